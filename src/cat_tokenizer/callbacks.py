@@ -1,0 +1,76 @@
+"""Callbacks: the model draws (``log_images``), these decide when and where it goes."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_only
+from torchvision.utils import save_image
+
+__all__ = ["ReconstructionGridLogger", "ExportPretrained"]
+
+log = logging.getLogger(__name__)
+
+
+def _log_dir(trainer: L.Trainer) -> Path:
+    return Path(trainer.log_dir or trainer.default_root_dir)
+
+
+class ReconstructionGridLogger(L.Callback):
+    """After each validation run, draws ``pl_module.log_images(first_val_batch)`` per ratio.
+
+    Grids go to ``<log_dir>/images/<name>_step<global_step>.png`` and, when the logger has an
+    ``add_image`` (TensorBoard), to the logger too.
+
+    Args:
+        max_images: images per grid (originals on top, reconstructions below).
+    """
+
+    def __init__(self, max_images: int = 4):
+        self.max_images = max_images
+        self._batch = None
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if batch_idx == 0 and batch is not None:
+            self._batch = {"image": batch["image"][: self.max_images].detach()}
+
+    @rank_zero_only
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._batch is None or trainer.sanity_checking:
+            return
+        grids = pl_module.log_images(self._batch, self.max_images)
+        out = _log_dir(trainer) / "images"
+        out.mkdir(parents=True, exist_ok=True)
+        experiment = getattr(trainer.logger, "experiment", None)
+        for name, grid in grids.items():
+            save_image(grid, out / f"{name}_step{trainer.global_step:06d}.png")
+            if hasattr(experiment, "add_image"):
+                experiment.add_image(name, grid, trainer.global_step)
+        self._batch = None
+
+
+class ExportPretrained(L.Callback):
+    """Writes the EMA weights as a ``NestedVAE.from_pretrained`` folder at the end of training
+    (and after every validation when ``every_validation``).
+
+    Args:
+        dirpath: output folder; default ``<log_dir>/pretrained``.
+        every_validation: also export after each validation run.
+    """
+
+    def __init__(self, dirpath: str | None = None, every_validation: bool = False):
+        self.dirpath, self.every_validation = dirpath, every_validation
+
+    @rank_zero_only
+    def _export(self, trainer: L.Trainer, pl_module) -> None:
+        path = pl_module.export_pretrained(self.dirpath or _log_dir(trainer) / "pretrained")
+        log.info("exported NestedVAE (EMA weights) to %s", path)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self.every_validation and not trainer.sanity_checking:
+            self._export(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._export(trainer, pl_module)

@@ -1,0 +1,82 @@
+"""``cat-tokenizer bench``: parameters, GFLOPs and throughput of the nested VAE per ratio.
+
+Throughput is measured for every ratio in one process, so the ratios between them are what
+to read; absolute images/s depend on the machine.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from cat_tokenizer.models.nested_vae import NestedVAE
+from cat_tokenizer.ratios import token_count
+
+__all__ = ["path_params", "flops", "bench_vae"]
+
+
+def path_params(model: nn.Module, fn) -> int:
+    """Parameters of the modules that ``fn()`` actually runs (each counted once)."""
+    used: dict[int, nn.Parameter] = {}
+    hooks = [
+        m.register_forward_hook(lambda mod, *_: used.update({id(p): p for p in mod.parameters(recurse=False)}))
+        for m in model.modules()
+    ]
+    try:
+        fn()
+    finally:
+        for h in hooks:
+            h.remove()
+    return sum(p.numel() for p in used.values())
+
+
+def flops(fn) -> int:
+    """FLOPs of ``fn()`` as counted by ``torch.utils.flop_counter`` (a multiply-add counts 2)."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+@torch.no_grad()
+def bench_vae(preset: str = "base", size: int = 256, batch: int = 1, iters: int = 3, device: str = "cpu") -> list[dict]:
+    """One row per ratio: path params, GFLOPs per image (encode / decode), tokens, images/s."""
+    vae = NestedVAE.from_preset(preset).to(device).eval()
+    x = torch.randn(batch, 3, size, size, device=device)
+    rows = []
+    for r in vae.ratios:
+        z = vae.encode(x[:1], r).mode()
+        row = {
+            "ratio": r,
+            "latent": f"{vae.latent_channels}x{z.shape[-2]}x{z.shape[-1]}",
+            "tokens": token_count(size, size, r),
+            "enc_params_M": path_params(vae, lambda: vae.encode(x[:1], r)) / 1e6,
+            "dec_params_M": path_params(vae, lambda: vae.decode(z, r)) / 1e6,
+            "enc_GFLOPs": flops(lambda: vae.encode(x[:1], r)) / 1e9,
+            "dec_GFLOPs": flops(lambda: vae.decode(z, r)) / 1e9,
+        }
+        vae.decode(vae.encode(x, r).mode(), r)  # warm-up
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            vae.decode(vae.encode(x, r).mode(), r)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        row["img_per_s"] = batch * iters / (time.perf_counter() - t0)
+        rows.append(row)
+    base = next((row for row in rows if row["ratio"] == 16), rows[0])
+    for row in rows:
+        row["speed_vs_16x"] = row["img_per_s"] / base["img_per_s"]
+    return rows
+
+
+def total_params(preset: str) -> tuple[float, float]:
+    """(nested model params, params of the same widths built for 16x only) in millions."""
+    nested = NestedVAE.from_preset(preset)
+    cfg = dict(nested.config)
+    fixed = NestedVAE(**{**cfg, "block_out_channels": cfg["block_out_channels"][:5], "ratios": [16]})
+    count = lambda m: sum(p.numel() for p in m.parameters()) / 1e6  # noqa: E731
+    return count(nested), count(fixed)

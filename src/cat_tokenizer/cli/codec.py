@@ -1,0 +1,70 @@
+"""``cat-tokenizer encode`` / ``decode``: images <-> latent files."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torchvision.transforms.v2 import functional as TF
+from torchvision.utils import save_image
+
+from cat_tokenizer.data.images import UnreadableImage, load_rgb
+from cat_tokenizer.io import load_latent, load_vae, save_latent
+
+__all__ = ["encode_files", "decode_files"]
+
+log = logging.getLogger(__name__)
+
+
+def _pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    return torch.device(device)
+
+
+@torch.no_grad()
+def encode_files(images: list[str], ratio: int, ckpt: str, out: str, sample: bool = False, device: str = "auto") -> list[Path]:
+    """Encode each image at ``ratio``; writes ``<out>/<stem>.safetensors``. Unreadable files are skipped.
+
+    Returns:
+        The latent files written.
+    """
+    dev = _pick_device(device)
+    vae = load_vae(ckpt).to(dev)
+    written, skipped = [], []
+    for path in images:
+        try:
+            img = load_rgb(path)
+        except UnreadableImage as err:
+            log.warning("skipping %s", err)
+            skipped.append(path)
+            continue
+        x = TF.to_dtype(TF.to_image(img), torch.float32, scale=True).mul(2).sub(1)[None].to(dev)  # (1, 3, H, W)
+        post = vae.encode(x, ratio)
+        z = post.sample() if sample else post.mode()  # (1, C, h, w)
+        target = Path(out) / f"{Path(path).stem}.safetensors"
+        written.append(save_latent(target, z[0], ratio, post.input_size, source=str(path)))
+        log.info("%s -> %s  latent %s (%d tokens)", path, target, tuple(z.shape[1:]), z.shape[-1] * z.shape[-2])
+    if skipped:
+        log.warning("skipped %d unreadable file(s): %s", len(skipped), ", ".join(skipped))
+    return written
+
+
+@torch.no_grad()
+def decode_files(latents: list[str], ckpt: str, out: str, device: str = "auto") -> list[Path]:
+    """Decode latent files to PNGs at their original size; returns the PNGs written."""
+    dev = _pick_device(device)
+    vae = load_vae(ckpt).to(dev)
+    written = []
+    for path in latents:
+        lat = load_latent(path)
+        x = vae.decode(lat.latent[None].to(dev), lat.ratio, size=(lat.height, lat.width))  # (1, 3, H, W)
+        target = Path(out) / f"{Path(path).stem}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        save_image(x.clamp(-1, 1).add(1).div(2), target)
+        written.append(target)
+        log.info("%s -> %s (%dx%d, ratio %d)", path, target, lat.height, lat.width, lat.ratio)
+    return written

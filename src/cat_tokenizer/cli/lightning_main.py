@@ -1,0 +1,59 @@
+"""The ``lightning`` console script: LightningCLI for fit / validate / test / predict.
+
+Lightning 2.x installs no ``lightning`` command, so this project provides one. Any other first
+word (``lightning login``, ``lightning run ...``) is handed to the ``lightning-sdk`` CLI when that
+package is installed.
+"""
+
+from __future__ import annotations
+
+import sys
+from importlib.metadata import PackageNotFoundError, distribution
+
+from lightning.pytorch.cli import LightningCLI
+
+__all__ = ["main", "cli", "TRAIN_COMMANDS"]
+
+TRAIN_COMMANDS = ("fit", "validate", "test", "predict")
+
+
+def cli(args: list[str] | None = None, run: bool = True) -> LightningCLI:
+    """Build (and by default run) the LightningCLI; model and data are chosen by ``class_path``.
+
+    The batch samplers shard themselves across ranks, so Lightning's own distributed sampler
+    is off by default (``trainer.use_distributed_sampler=false``).
+    """
+    return LightningCLI(
+        args=args,
+        run=run,
+        trainer_defaults={"use_distributed_sampler": False},
+        save_config_kwargs={"overwrite": True},
+    )
+
+
+def _hand_to_sdk(argv: list[str]) -> int:
+    try:
+        scripts = [ep for ep in distribution("lightning-sdk").entry_points if ep.group == "console_scripts" and ep.name == "lightning"]
+    except PackageNotFoundError:
+        scripts = []
+    if not scripts:
+        print(
+            f"lightning: '{argv[0]}' is not a training command ({', '.join(TRAIN_COMMANDS)}). "
+            "Other commands belong to the Lightning SDK CLI: pip install lightning-sdk",
+            file=sys.stderr,
+        )
+        return 2
+    sys.argv = ["lightning", *argv]
+    return scripts[0].load()() or 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    words = sys.argv[1:] if argv is None else list(argv)
+    if words and words[0] not in TRAIN_COMMANDS and not words[0].startswith("-"):
+        return _hand_to_sdk(words)
+    cli(None if argv is None else words)  # None: LightningCLI reads sys.argv itself
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

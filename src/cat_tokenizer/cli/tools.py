@@ -1,0 +1,108 @@
+"""The ``cat-tokenizer`` console script: tool commands (training lives in ``lightning fit``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from cat_tokenizer.ratios import DEFAULT_RATIOS
+
+__all__ = ["main", "build_parser"]
+
+log = logging.getLogger("cat_tokenizer")
+
+
+def _cmd_encode(a: argparse.Namespace) -> int:
+    from cat_tokenizer.cli.codec import encode_files
+
+    written = encode_files(a.images, a.ratio, a.ckpt, a.out, sample=a.sample, device=a.device)
+    print(f"wrote {len(written)} latent file(s) to {a.out}")
+    return 0 if written else 1
+
+
+def _cmd_decode(a: argparse.Namespace) -> int:
+    from cat_tokenizer.cli.codec import decode_files
+
+    written = decode_files(a.latents, a.ckpt, a.out, device=a.device)
+    print(f"wrote {len(written)} image(s) to {a.out}")
+    return 0
+
+
+def _cmd_bench(a: argparse.Namespace) -> int:
+    from cat_tokenizer.cli.bench import bench_vae, total_params
+
+    nested, fixed = total_params(a.preset)
+    print(f"NestedVAE '{a.preset}': {nested:.2f}M params in all; the same widths built for 16x only: {fixed:.2f}M")
+    rows = bench_vae(a.preset, a.size, a.batch, a.iters, a.device)
+    print(f"\nper ratio at {a.size}x{a.size}, batch {a.batch}, {a.device} (GFLOPs per image; a multiply-add counts 2):")
+    cols = ["ratio", "latent", "tokens", "enc_params_M", "dec_params_M", "enc_GFLOPs", "dec_GFLOPs", "img_per_s", "speed_vs_16x"]
+    print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
+    for row in rows:
+        print("| " + " | ".join(f"{row[c]:.2f}" if isinstance(row[c], float) else str(row[c]) for c in cols) + " |")
+    return 0
+
+
+def _cmd_demo(a: argparse.Namespace) -> int:
+    from cat_tokenizer.cli.demo import run_demo
+
+    report = run_demo(a.out, a.steps, a.image_size, a.batch_size, a.preset, a.num_workers)
+    print(report.read_text())
+    print(f"report: {report.resolve()}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cat-tokenizer", description="CAT tokenizer tools (train with `lightning fit -c configs/vae.yaml`).")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    e = sub.add_parser("encode", help="images -> latent .safetensors files (ratio and size in the metadata)")
+    e.add_argument("images", nargs="+", help="image files")
+    e.add_argument("--ratio", type=int, required=True, choices=DEFAULT_RATIOS, help="compression per side")
+    e.add_argument("--ckpt", required=True, help="save_pretrained folder, lightning .ckpt, or hub repo id")
+    e.add_argument("--out", required=True, help="output folder")
+    e.add_argument("--sample", action="store_true", help="sample the posterior instead of taking its mean")
+    e.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    e.set_defaults(fn=_cmd_encode)
+
+    d = sub.add_parser("decode", help="latent files -> PNGs at the original size")
+    d.add_argument("latents", nargs="+", help="latent .safetensors files from `encode`")
+    d.add_argument("--ckpt", required=True, help="the tokenizer that encoded them")
+    d.add_argument("--out", required=True, help="output folder")
+    d.add_argument("--device", default="auto")
+    d.set_defaults(fn=_cmd_decode)
+
+    b = sub.add_parser("bench", help="params, GFLOPs and images/s of the nested VAE per ratio")
+    b.add_argument("--preset", default="base", help="tiny, small or base")
+    b.add_argument("--size", type=int, default=256, help="image side in pixels")
+    b.add_argument("--batch", type=int, default=1)
+    b.add_argument("--iters", type=int, default=3)
+    b.add_argument("--device", default="cpu")
+    b.set_defaults(fn=_cmd_bench)
+
+    m = sub.add_parser("demo", help="train a small nested VAE on the embedded data and write a report")
+    m.add_argument("--out", default="outputs/demo")
+    m.add_argument("--steps", type=int, default=300, help="training batches")
+    m.add_argument("--image-size", type=int, default=128)
+    m.add_argument("--batch-size", type=int, default=4)
+    m.add_argument("--preset", default="small")
+    m.add_argument("--num-workers", type=int, default=2)
+    m.set_defaults(fn=_cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.fn(args)
+    except (FileNotFoundError, ValueError) as err:  # bad input: one line, no traceback (-v shows it)
+        if args.verbose:
+            raise
+        print(f"cat-tokenizer {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

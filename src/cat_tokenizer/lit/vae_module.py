@@ -1,0 +1,168 @@
+"""LightningModule that trains the nested VAE with a GAN (manual optimisation, two optimizers)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import lightning as L
+import torch
+from timm.utils import ModelEmaV3
+from torch import Tensor, nn
+from torchmetrics import MetricCollection
+from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
+from torchvision.utils import make_grid
+
+from cat_tokenizer.losses.vae_loss import VAELoss
+from cat_tokenizer.models.nested_vae import NestedVAE
+
+__all__ = ["NestedVAEModule"]
+
+CONFIG_KEY = "nested_vae_config"
+
+
+class NestedVAEModule(L.LightningModule):
+    """Trains a ``NestedVAE`` at one ratio per batch (the batch's ``ratio``).
+
+    Optimisation is manual: each batch takes one generator step and one discriminator step
+    (the discriminator's loss is zero-weighted before ``loss.disc_start``), so Lightning's
+    ``global_step``, which counts optimizer steps, advances by 2 per batch: ``trainer.max_steps``
+    is twice the number of batches. Schedules (warm-up, ``disc_start``, EMA) use the generator
+    step ``self.gen_step`` (= batches trained), which is saved in the checkpoint.
+
+    Args:
+        vae: the network to train (injected).
+        loss: the objective, which owns the discriminator (injected).
+        lr: generator learning rate (AdamW).
+        disc_lr: discriminator learning rate; default ``lr``.
+        betas: Adam betas for both optimizers (GAN-style (0.5, 0.9)).
+        weight_decay: generator weight decay (the discriminator uses none).
+        warmup_steps: linear LR warm-up length in generator steps.
+        grad_clip: max gradient norm for both optimizers (0 disables).
+        ema_decay: decay of the VAE's exponential moving average (0 disables EMA).
+        ema_warmup: use timm's EMA warm-up (decay ramps up over the first steps).
+        sample_posterior: train on posterior samples (True) or means.
+        gradient_checkpointing: recompute activations in backward to save memory.
+    """
+
+    def __init__(
+        self,
+        vae: NestedVAE,
+        loss: VAELoss,
+        lr: float = 1e-4,
+        disc_lr: float | None = None,
+        betas: tuple[float, float] = (0.5, 0.9),
+        weight_decay: float = 0.0,
+        warmup_steps: int = 1000,
+        grad_clip: float = 1.0,
+        ema_decay: float = 0.999,
+        ema_warmup: bool = True,
+        sample_posterior: bool = True,
+        gradient_checkpointing: bool = False,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["vae", "loss"])
+        self.automatic_optimization = False
+        self.vae, self.loss = vae.enable_gradient_checkpointing(gradient_checkpointing), loss
+        self.ema = ModelEmaV3(vae, decay=ema_decay, use_warmup=ema_warmup) if ema_decay > 0 else None
+        if self.ema is not None:
+            self.ema.requires_grad_(False)
+        self.register_buffer("gen_step", torch.zeros((), dtype=torch.long))
+        metrics = MetricCollection({"psnr": PeakSignalNoiseRatio(data_range=1.0), "ssim": StructuralSimilarityIndexMeasure(data_range=1.0)})
+        self.val_metrics = nn.ModuleDict({str(r): metrics.clone(prefix=f"val/{r}x/") for r in vae.ratios})
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def eval_vae(self) -> NestedVAE:
+        """The weights used for validation and export: the EMA when there is one."""
+        return self.ema.module if self.ema is not None else self.vae
+
+    def export_pretrained(self, directory: str | Path) -> Path:
+        """Write the evaluation (EMA) weights as a ``NestedVAE.from_pretrained`` folder."""
+        return self.eval_vae.save_pretrained(directory)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[CONFIG_KEY] = self.vae.config  # lets NestedVAE be rebuilt from the .ckpt alone
+
+    def _lr_factor(self, step: int) -> float:
+        return min(1.0, (step + 1) / self.hparams.warmup_steps) if self.hparams.warmup_steps > 0 else 1.0
+
+    # ------------------------------------------------------------------ training
+    def configure_optimizers(self):
+        hp = self.hparams
+        opt_g = torch.optim.AdamW(self.vae.parameters(), lr=hp.lr, betas=hp.betas, weight_decay=hp.weight_decay)
+        opt_d = torch.optim.AdamW(self.loss.discriminator.parameters(), lr=hp.disc_lr or hp.lr, betas=hp.betas, weight_decay=0.0)
+        return [opt_g, opt_d]
+
+    def training_step(self, batch: dict | None, batch_idx: int) -> None:
+        if batch is None:  # every file of the batch was unreadable (each already warned)
+            return None
+        x, ratio, step = batch["image"], int(batch["ratio"]), int(self.gen_step)
+        opt_g, opt_d = self.optimizers()
+        for opt in (opt_g, opt_d):
+            for group in opt.optimizer.param_groups:
+                group["lr"] = group.setdefault("initial_lr", group["lr"]) * self._lr_factor(step)
+
+        # Generator (VAE) step; toggling freezes the discriminator's params for this backward.
+        self.toggle_optimizer(opt_g)
+        x_hat, post = self.vae(x, ratio, sample=self.hparams.sample_posterior)  # (B, 3, H, W)
+        g_loss, g_logs = self.loss.generator_loss(x, x_hat, post, step, last_layer=self.vae.last_layer)
+        if not torch.isfinite(g_loss):
+            raise FloatingPointError(f"non-finite generator loss at step {step} (ratio {ratio}): {g_logs}")
+        opt_g.zero_grad(set_to_none=True)
+        self.manual_backward(g_loss)
+        self._clip(opt_g)
+        opt_g.step()
+        self.untoggle_optimizer(opt_g)
+
+        # Discriminator step (zero-weighted before disc_start, so global_step stays 2 per batch).
+        self.toggle_optimizer(opt_d)
+        d_loss, d_logs = self.loss.discriminator_loss(x, x_hat, step)
+        opt_d.zero_grad(set_to_none=True)
+        self.manual_backward(d_loss)
+        self._clip(opt_d)
+        opt_d.step()
+        self.untoggle_optimizer(opt_d)
+
+        self.gen_step += 1
+        if self.ema is not None:
+            self.ema.update(self.vae, step=int(self.gen_step))
+        bs = x.shape[0]
+        logs = {f"train/{k}": v for k, v in {**g_logs, **d_logs}.items()}
+        logs.update({f"train/{ratio}x/rec": g_logs["rec"], "train/lr": torch.tensor(opt_g.optimizer.param_groups[0]["lr"])})
+        self.log_dict(logs, prog_bar=False, batch_size=bs)
+        self.log("loss", g_logs["total"], prog_bar=True, batch_size=bs, logger=False)
+        self.log("ratio", float(ratio), prog_bar=True, batch_size=bs, logger=False)
+
+    def _clip(self, opt) -> None:
+        if self.hparams.grad_clip > 0:
+            self.clip_gradients(opt, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm")
+
+    # ------------------------------------------------------------------ validation
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor, ratio: int) -> Tensor:
+        """EMA reconstruction from the posterior mean, clamped to [-1, 1]."""
+        vae = self.eval_vae
+        post = vae.encode(x, ratio)
+        return vae.decode(post.mode(), ratio, size=post.input_size).clamp(-1, 1)
+
+    def validation_step(self, batch: dict | None, batch_idx: int) -> None:
+        if batch is None:
+            return
+        x = batch["image"]
+        for r in self.vae.ratios:  # every validation image at every ratio
+            x_hat = self.reconstruct(x, r)
+            m = self.val_metrics[str(r)]
+            m.update((x_hat.float() + 1) / 2, (x.float() + 1) / 2)
+            self.log_dict(m, batch_size=x.shape[0])
+            self.log(f"val/{r}x/tokens", float(math.ceil(x.shape[-2] / r) * math.ceil(x.shape[-1] / r)), batch_size=x.shape[0])
+
+    @torch.no_grad()
+    def log_images(self, batch: dict, max_images: int = 4) -> dict[str, Tensor]:
+        """Grids per ratio: originals on the top row, reconstructions below, in [0, 1].
+
+        Returns:
+            ``{"recon_8x": (3, H', W'), ...}``, one grid per ratio.
+        """
+        x = batch["image"][:max_images]
+        return {f"recon_{r}x": make_grid(torch.cat([x, self.reconstruct(x, r)]).float().add(1).div(2), nrow=len(x)) for r in self.vae.ratios}

@@ -1,0 +1,259 @@
+"""The nested VAE: one KL autoencoder with exits at 8x, 16x and 32x per side.
+
+Provenance: CAT (Content-Adaptive Image Tokenization), Sec. 3.2 / Fig. 1: the encoder's
+intermediate features at each compression level are routed through channel-matching
+projections into a shared middle block and a shared Gaussian head; the decoder mirrors this.
+The building blocks (ResNet stages, mid block with attention, down/upsamplers) are diffusers'
+LDM-style ``AutoencoderKL`` blocks, so widths match the familiar SD/LDM f8 VAE.
+
+Padding policy: an image whose sides are not multiples of the ratio is padded at the bottom and
+right by edge replication up to the next multiple; the posterior records the original size and
+``decode(..., size=post.input_size)`` crops back to it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+from diffusers.models.downsampling import Downsample2D
+from diffusers.models.unets.unet_2d_blocks import DownEncoderBlock2D, UNetMidBlock2D, UpDecoderBlock2D
+from diffusers.models.upsampling import Upsample2D
+from safetensors.torch import load_model, save_model
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from cat_tokenizer.ratios import DEFAULT_RATIOS, check_ratio, ratio_level
+
+__all__ = ["NestedVAE", "LatentPosterior", "NESTED_VAE_PRESETS"]
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+NESTED_VAE_PRESETS: dict[str, dict] = {
+    # ~0.4M params: unit tests, 32-64 px images.
+    "tiny": dict(block_out_channels=(8, 16, 16, 32, 32, 32), layers_per_block=1, norm_num_groups=8, latent_channels=4),
+    # ~3M params: the CPU demo at 128 px.
+    "small": dict(block_out_channels=(32, 32, 64, 64, 128, 128), layers_per_block=1, norm_num_groups=16, latent_channels=8),
+    # LDM-f8 width (128/256/512/512) extended by two 512-wide stages for 16x and 32x; paper scale.
+    "base": dict(block_out_channels=(128, 256, 512, 512, 512, 512), layers_per_block=2, norm_num_groups=32, latent_channels=16),
+}
+
+
+class LatentPosterior(DiagonalGaussianDistribution):
+    """Diagonal Gaussian over the latent at one ratio; remembers the ratio and the unpadded input size.
+
+    ``sample()`` / ``mode()`` return (B, C, ceil(H/r), ceil(W/r)); ``kl()`` is summed per image.
+    """
+
+    def __init__(self, parameters: Tensor, ratio: int, input_size: tuple[int, int]):
+        super().__init__(parameters)
+        self.ratio = ratio
+        self.input_size = input_size
+
+
+class _Encoder(nn.Module):
+    """Down path with one exit per ratio into a shared mid block and shared Gaussian head."""
+
+    def __init__(self, in_channels: int, ch: Sequence[int], layers: int, groups: int, latent: int, ratios: Sequence[int]):
+        super().__init__()
+        mid = ch[-1]
+        self.conv_in = nn.Conv2d(in_channels, ch[0], 3, padding=1)
+        self.stages = nn.ModuleList(
+            DownEncoderBlock2D(ch[max(i - 1, 0)], ch[i], num_layers=layers, resnet_groups=groups, add_downsample=False)
+            for i in range(len(ch))
+        )
+        self.downsamplers = nn.ModuleList(Downsample2D(ch[i], use_conv=True, padding=0) for i in range(len(ch) - 1))
+        # Channel-matching projections: stage features at ratio r -> shared width.
+        self.exits = nn.ModuleDict({str(r): nn.Conv2d(ch[ratio_level(r)], mid, 1) for r in ratios})
+        self.mid = UNetMidBlock2D(mid, temb_channels=None, resnet_groups=groups, attention_head_dim=mid)
+        self.norm_out = nn.GroupNorm(groups, mid, eps=1e-6)
+        self.conv_out = nn.Conv2d(mid, 2 * latent, 3, padding=1)
+        self.gradient_checkpointing = False
+
+    def _run(self, module: nn.Module, h: Tensor) -> Tensor:
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return checkpoint(module, h, use_reentrant=False)
+        return module(h)
+
+    def forward(self, x: Tensor, ratio: int) -> Tensor:
+        level = ratio_level(ratio)
+        h = self.conv_in(x)  # (B, ch0, H, W)
+        for i in range(level + 1):  # only the stages this ratio needs
+            if i > 0:
+                h = self.downsamplers[i - 1](h)  # (B, ch[i-1], H/2^i, W/2^i)
+            h = self._run(self.stages[i], h)  # (B, ch[i], H/2^i, W/2^i)
+        h = self.exits[str(ratio)](h)  # (B, mid, H/r, W/r)
+        h = self._run(self.mid, h)
+        return self.conv_out(F.silu(self.norm_out(h)))  # (B, 2C, H/r, W/r)
+
+
+class _Decoder(nn.Module):
+    """Shared latent-in + mid block, then one entry per ratio into the up path."""
+
+    def __init__(self, out_channels: int, ch: Sequence[int], layers: int, groups: int, latent: int, ratios: Sequence[int]):
+        super().__init__()
+        mid, top = ch[-1], len(ch) - 1
+        self.conv_in = nn.Conv2d(latent, mid, 3, padding=1)
+        self.mid = UNetMidBlock2D(mid, temb_channels=None, resnet_groups=groups, attention_head_dim=mid)
+        in_ch = [ch[min(i + 1, top)] for i in range(len(ch))]  # input width of up-stage i
+        self.entries = nn.ModuleDict({str(r): nn.Conv2d(mid, in_ch[ratio_level(r)], 3, padding=1) for r in ratios})
+        self.stages = nn.ModuleList(
+            UpDecoderBlock2D(in_ch[i], ch[i], num_layers=layers + 1, resnet_groups=groups, add_upsample=False)
+            for i in range(len(ch))
+        )
+        self.upsamplers = nn.ModuleList(Upsample2D(ch[i], use_conv=True) for i in range(1, len(ch)))
+        self.norm_out = nn.GroupNorm(groups, ch[0], eps=1e-6)
+        self.conv_out = nn.Conv2d(ch[0], out_channels, 3, padding=1)
+        self.gradient_checkpointing = False
+
+    _run = _Encoder._run
+
+    def forward(self, z: Tensor, ratio: int) -> Tensor:
+        level = ratio_level(ratio)
+        h = self._run(self.mid, self.conv_in(z))  # (B, mid, h, w)
+        h = self.entries[str(ratio)](h)  # (B, ch[level+1], h, w): a 32x latent enters at the top
+        for i in range(level, -1, -1):
+            h = self._run(self.stages[i], h)  # (B, ch[i], H/2^i, W/2^i)
+            if i > 0:
+                h = self.upsamplers[i - 1](h)  # (B, ch[i], H/2^(i-1), W/2^(i-1))
+        return self.conv_out(F.silu(self.norm_out(h)))  # (B, 3, H, W)
+
+
+class NestedVAE(nn.Module):
+    """One KL-VAE that encodes at any of several compression ratios (default 8x, 16x, 32x per side).
+
+    Args:
+        in_channels: image channels.
+        out_channels: reconstructed image channels.
+        block_out_channels: width of each resolution stage; stage i runs at 1/2^i of the input,
+            so 6 stages reach 32x. The last width is the shared mid-block width.
+        layers_per_block: ResNet blocks per encoder stage (the decoder uses one more, as in LDM).
+        norm_num_groups: GroupNorm groups; must divide every width.
+        latent_channels: channels C of the continuous latent (B, C, H/r, W/r).
+        ratios: the compression ratios this model supports (powers of two up to 2^(stages-1)).
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        block_out_channels: Sequence[int] = (128, 256, 512, 512, 512, 512),
+        layers_per_block: int = 2,
+        norm_num_groups: int = 32,
+        latent_channels: int = 16,
+        ratios: Sequence[int] = DEFAULT_RATIOS,
+    ):
+        super().__init__()
+        ch, ratios = tuple(int(c) for c in block_out_channels), tuple(sorted(int(r) for r in ratios))
+        if bad := [c for c in ch if c % norm_num_groups]:
+            raise ValueError(f"norm_num_groups={norm_num_groups} must divide every width; it does not divide {bad}")
+        max_ratio = 2 ** (len(ch) - 1)
+        if bad := [r for r in ratios if r > max_ratio or 2 ** ratio_level(r) != r]:
+            raise ValueError(f"ratios {bad} need more stages: {len(ch)} stages reach at most {max_ratio}x")
+        self.config = dict(
+            in_channels=in_channels, out_channels=out_channels, block_out_channels=list(ch),
+            layers_per_block=layers_per_block, norm_num_groups=norm_num_groups,
+            latent_channels=latent_channels, ratios=list(ratios),
+        )
+        self.ratios = ratios
+        self.latent_channels = latent_channels
+        self.encoder = _Encoder(in_channels, ch, layers_per_block, norm_num_groups, latent_channels, ratios)
+        self.decoder = _Decoder(out_channels, ch, layers_per_block, norm_num_groups, latent_channels, ratios)
+
+    # ------------------------------------------------------------------ construction / IO
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> NestedVAE:
+        """Build a named preset (``tiny``, ``small``, ``base``), with keyword overrides."""
+        if name not in NESTED_VAE_PRESETS:
+            raise ValueError(f"unknown NestedVAE preset {name!r}; choose from {sorted(NESTED_VAE_PRESETS)}")
+        return cls(**{**NESTED_VAE_PRESETS[name], **overrides})
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` (no pickle) to ``directory``."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / CONFIG_NAME).write_text(json.dumps(self.config, indent=2))
+        # save_model de-duplicates aliases (diffusers' Downsample2D registers its conv twice).
+        save_model(self, str(d / WEIGHTS_NAME), metadata={"format": "pt", "class": "NestedVAE"})
+        return d
+
+    @classmethod
+    def from_pretrained(cls, path_or_repo: str | Path, local_files_only: bool = False) -> NestedVAE:
+        """Load from a folder written by ``save_pretrained``, or from a Hugging Face hub repo id.
+
+        Raises:
+            FileNotFoundError: when it is neither a local folder nor a reachable hub repo.
+        """
+        d = Path(path_or_repo)
+        if not d.is_dir():
+            d = _hub_snapshot(str(path_or_repo), local_files_only)
+        for name in (CONFIG_NAME, WEIGHTS_NAME):
+            if not (d / name).is_file():
+                raise FileNotFoundError(f"{d} is not a NestedVAE folder: {name} is missing (write one with save_pretrained)")
+        model = cls(**json.loads((d / CONFIG_NAME).read_text()))
+        missing, unexpected = load_model(model, str(d / WEIGHTS_NAME), strict=False)
+        if missing or unexpected:
+            raise ValueError(f"{d / WEIGHTS_NAME} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        return model.eval()
+
+    def enable_gradient_checkpointing(self, enabled: bool = True) -> NestedVAE:
+        """Recompute stage activations in backward to save memory (for large images on GPU)."""
+        self.encoder.gradient_checkpointing = self.decoder.gradient_checkpointing = enabled
+        return self
+
+    # ------------------------------------------------------------------ the tokenizer API
+    def encode(self, x: Tensor, ratio: int) -> LatentPosterior:
+        """Encode images at one ratio, running only the encoder stages that ratio needs.
+
+        Args:
+            x: (B, 3, H, W) in [-1, 1]; any H, W (padded up to a multiple of ``ratio``).
+            ratio: one of ``self.ratios``.
+
+        Returns:
+            A posterior whose ``sample()``/``mode()`` is (B, C, ceil(H/r), ceil(W/r)).
+        """
+        ratio = check_ratio(ratio, self.ratios)
+        if x.ndim != 4 or x.shape[1] != self.config["in_channels"]:
+            raise ValueError(f"expected images of shape (B, {self.config['in_channels']}, H, W), got {tuple(x.shape)}")
+        size = (x.shape[-2], x.shape[-1])
+        pad_h, pad_w = (-size[0]) % ratio, (-size[1]) % ratio
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+        return LatentPosterior(self.encoder(x, ratio), ratio, size)
+
+    def decode(self, z: Tensor, ratio: int, size: tuple[int, int] | None = None) -> Tensor:
+        """Decode latents of one ratio: (B, C, h, w) -> (B, 3, h*r, w*r), cropped to ``size`` if given."""
+        ratio = check_ratio(ratio, self.ratios)
+        if z.ndim != 4 or z.shape[1] != self.latent_channels:
+            raise ValueError(f"expected latents of shape (B, {self.latent_channels}, h, w), got {tuple(z.shape)}")
+        x = self.decoder(z, ratio)
+        return x if size is None else x[..., : size[0], : size[1]]
+
+    def forward(self, x: Tensor, ratio: int, sample: bool = True) -> tuple[Tensor, LatentPosterior]:
+        """Reconstruct: returns ``(x_hat, posterior)`` with ``x_hat`` the size of ``x``."""
+        post = self.encode(x, ratio)
+        z = post.sample() if sample else post.mode()
+        return self.decode(z, ratio, size=post.input_size), post
+
+    @property
+    def last_layer(self) -> Tensor:
+        """Weight of the decoder's output conv (for the GAN loss's adaptive weight)."""
+        return self.decoder.conv_out.weight
+
+
+def _hub_snapshot(repo_id: str, local_files_only: bool) -> Path:
+    """Resolve a hub repo id to a local snapshot, or explain the local-path alternative."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME], local_files_only=local_files_only))
+    except Exception as err:  # hub errors vary by version: offline, not found, invalid id
+        raise FileNotFoundError(
+            f"cannot load NestedVAE from {repo_id!r}: not a local folder, and the hub said "
+            f"{type(err).__name__}. Pass a folder written by save_pretrained (config.json + model.safetensors)."
+        ) from None
