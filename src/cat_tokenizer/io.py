@@ -10,6 +10,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from cat_tokenizer.errors import InputNotFound, UserInputError
 from cat_tokenizer.models.nested_vae import NestedVAE
 
 __all__ = ["load_vae", "save_latent", "load_latent", "Latent"]
@@ -25,14 +26,14 @@ def load_vae(path: str | Path, ema: bool = True) -> NestedVAE:
         ema: from a ``.ckpt``, take the EMA weights (what validation and export use) if present.
 
     Raises:
-        FileNotFoundError: nothing loadable at ``path``.
-        ValueError: a ``.ckpt`` that is not a NestedVAEModule checkpoint.
+        InputNotFound: nothing loadable at ``path``.
+        UserInputError: a ``.ckpt`` that is not a NestedVAEModule checkpoint.
     """
     p = Path(path)
     if p.is_file():
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
         if _CONFIG_KEY not in ckpt:
-            raise ValueError(f"{p} is not a NestedVAEModule checkpoint (no '{_CONFIG_KEY}' entry)")
+            raise UserInputError(f"{p} is not a NestedVAEModule checkpoint (no '{_CONFIG_KEY}' entry)")
         state = ckpt["state_dict"]
         prefix = "ema.module." if ema and any(k.startswith("ema.module.") for k in state) else "vae."
         vae = NestedVAE(**ckpt[_CONFIG_KEY])
@@ -71,8 +72,8 @@ def load_latent(path: str | Path) -> Latent:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             if meta.get("format") != "cat-latent-v1":
-                raise ValueError(f"{path} is not a cat-tokenizer latent file (metadata: {meta})")
+                raise UserInputError(f"{path} is not a cat-tokenizer latent file (metadata: {meta})")
             return Latent(latent=f.get_tensor("latent"), ratio=int(meta["ratio"]), height=int(meta["height"]),
                           width=int(meta["width"]), source=meta.get("source", ""))
     except (OSError, SafetensorError) as err:  # missing, or not safetensors at all
-        raise ValueError(f"cannot read latent file {path}: {err}") from None
+        raise UserInputError(f"cannot read latent file {path}: {err}") from None

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from cat_tokenizer.errors import UserInputError
+
 __all__ = ["DEFAULT_RATIOS", "check_ratio", "ratio_level", "parse_ratio_spec", "token_count"]
 
 DEFAULT_RATIOS: tuple[int, ...] = (8, 16, 32)
@@ -17,7 +19,7 @@ def check_ratio(ratio: int, valid: Sequence[int] = DEFAULT_RATIOS) -> int:
     except (TypeError, ValueError):
         r = None
     if r is None or r != ratio or r not in valid:
-        raise ValueError(f"invalid compression ratio {ratio!r}; valid ratios are {sorted(valid)}")
+        raise UserInputError(f"invalid compression ratio {ratio!r}; valid ratios are {sorted(valid)}")
     return r
 
 
@@ -25,7 +27,7 @@ def ratio_level(ratio: int) -> int:
     """Index of the encoder stage whose features sit at ``ratio`` (8 -> 3, 16 -> 4, 32 -> 5)."""
     level = int(math.log2(ratio))
     if 2**level != ratio:
-        raise ValueError(f"compression ratio must be a power of two, got {ratio}")
+        raise UserInputError(f"compression ratio must be a power of two, got {ratio}")
     return level
 
 
@@ -40,7 +42,7 @@ def parse_ratio_spec(spec: str, valid: Sequence[int] = DEFAULT_RATIOS) -> int | 
     if spec.startswith("fixed:"):
         tail = spec[len("fixed:") :]
         return check_ratio(int(tail) if tail.isdigit() else tail, valid)
-    raise ValueError(f"ratio_sampling must be 'uniform' or 'fixed:<r>' with r in {sorted(valid)}, got {spec!r}")
+    raise UserInputError(f"ratio_sampling must be 'uniform' or 'fixed:<r>' with r in {sorted(valid)}, got {spec!r}")
 
 
 def token_count(height: int, width: int, ratio: int) -> int:

@@ -12,6 +12,8 @@ from importlib.metadata import PackageNotFoundError, distribution
 
 from lightning.pytorch.cli import LightningCLI
 
+from cat_tokenizer.errors import find_user_error
+
 __all__ = ["main", "cli", "TRAIN_COMMANDS"]
 
 TRAIN_COMMANDS = ("fit", "validate", "test", "predict")
@@ -51,7 +53,14 @@ def main(argv: list[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else list(argv)
     if words and words[0] not in TRAIN_COMMANDS and not words[0].startswith("-"):
         return _hand_to_sdk(words)
-    cli(None if argv is None else words)  # None: LightningCLI reads sys.argv itself
+    try:
+        cli(None if argv is None else words)  # None: LightningCLI reads sys.argv itself
+    except Exception as err:
+        user_err = find_user_error(err)  # jsonargparse wraps constructor errors; show ours as one line
+        if user_err is None:
+            raise
+        print(f"lightning {words[0] if words else ''}: error: {user_err}", file=sys.stderr)
+        return 2
     return 0
 
 

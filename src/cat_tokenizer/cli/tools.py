@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 
+from cat_tokenizer.errors import UserInputError
 from cat_tokenizer.ratios import DEFAULT_RATIOS
 
 __all__ = ["main", "build_parser"]
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.fn(args)
-    except (FileNotFoundError, ValueError) as err:  # bad input: one line, no traceback (-v shows it)
+    except UserInputError as err:  # bad input: one line, no traceback (-v shows it)
         if args.verbose:
             raise
         print(f"cat-tokenizer {args.command}: error: {err}", file=sys.stderr)

@@ -16,6 +16,7 @@ from torchvision.transforms import v2
 from cat_tokenizer.data.default_data import ensure_default_data
 from cat_tokenizer.data.images import UnreadableImage, list_images, load_rgb, partition_readable
 from cat_tokenizer.data.sampler import RatioBatchSampler
+from cat_tokenizer.errors import InputNotFound, UserInputError
 from cat_tokenizer.ratios import DEFAULT_RATIOS, check_ratio, parse_ratio_spec
 
 __all__ = ["CATDataModule", "ImageFileDataset", "collate_skipping"]
@@ -113,9 +114,9 @@ class CATDataModule(L.LightningDataModule):
         self.ratios = tuple(check_ratio(r, DEFAULT_RATIOS) for r in ratios)
         self.fixed_ratio = parse_ratio_spec(ratio_sampling, self.ratios)
         if root is not None and not Path(root).expanduser().is_dir():
-            raise FileNotFoundError(f"--data.root: image folder not found: {root}")
+            raise InputNotFound(f"--data.root: image folder not found: {root}")
         if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+            raise UserInputError(f"val_fraction must be in [0, 1), got {val_fraction}")
         self.root, self.image_size, self.batch_size = root, image_size, batch_size
         self.val_batch_size = val_batch_size or batch_size
         self.num_workers, self.val_fraction, self.hflip = num_workers, val_fraction, hflip
@@ -143,7 +144,7 @@ class CATDataModule(L.LightningDataModule):
             if self.skipped:
                 log.warning("skipped %d unreadable of %d files under %s", len(self.skipped), len(files) + len(self.skipped), root)
             if not files:
-                raise ValueError(f"no readable images under {root}")
+                raise UserInputError(f"no readable images under {root}")
         val = _stratified_split(files, root, self.val_fraction)
         held_out = set(val)
         train = [f for f in files if f not in held_out] or files

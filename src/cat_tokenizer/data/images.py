@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from cat_tokenizer.errors import InputNotFound, UserInputError
+
 __all__ = ["IMAGE_EXTENSIONS", "UnreadableImage", "list_images", "load_rgb", "check_image", "partition_readable"]
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
@@ -31,15 +33,15 @@ def list_images(root: str | Path) -> list[Path]:
     """All image files under ``root`` (recursive, by extension), sorted for determinism.
 
     Raises:
-        FileNotFoundError: ``root`` does not exist or is not a folder (one line, naming it).
-        ValueError: the folder holds no image files.
+        InputNotFound: ``root`` does not exist or is not a folder (one line, naming it).
+        UserInputError: the folder holds no image files.
     """
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(f"image folder not found: {root}")
+        raise InputNotFound(f"image folder not found: {root}")
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
     if not files:
-        raise ValueError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {root}")
+        raise UserInputError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {root}")
     return files
 
 

@@ -7,6 +7,8 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from torch.utils.data import Sampler
 
+from cat_tokenizer.errors import UserInputError
+
 __all__ = ["RatioBatchSampler"]
 
 
@@ -51,7 +53,7 @@ class RatioBatchSampler(Sampler[list[tuple[int, int]]]):
         rank: int = 0,
     ):
         if batch_size < 1 or num_items < 1:
-            raise ValueError(f"need batch_size >= 1 and a non-empty dataset (got {batch_size}, {num_items})")
+            raise UserInputError(f"need batch_size >= 1 and a non-empty dataset (got {batch_size}, {num_items})")
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} outside [0, {num_replicas})")
         if item_ratios is not None and len(item_ratios) != num_items:

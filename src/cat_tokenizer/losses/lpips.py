@@ -2,7 +2,8 @@
 
 The linear calibration layers ship inside torchmetrics; only the ImageNet backbone (torchvision
 VGG16 or AlexNet) must come from disk. Where it is looked for, in order:
-  1. the ``backbone_weights`` argument (a torchvision ``.pth`` state dict);
+  1. the ``backbone_weights`` argument (a torchvision ``.pth`` state dict; its ``features.*``
+     entries are used);
   2. ``$TORCH_HOME/hub/checkpoints/<torchvision file name>`` (where torchvision caches downloads,
      e.g. ``vgg16-397923af.pth``), so a machine that ever ran ``torchvision.models.vgg16(weights=...)``
      already has it.
@@ -18,12 +19,14 @@ import torchvision
 from torch import Tensor, nn
 from torchmetrics.functional.image.lpips import _NoTrainLpips
 
+from cat_tokenizer.errors import InputNotFound
+
 __all__ = ["LPIPS", "LPIPSWeightsNotFound", "default_backbone_path"]
 
 _TV = {"vgg": ("vgg16", "VGG16_Weights"), "alex": ("alexnet", "AlexNet_Weights")}
 
 
-class LPIPSWeightsNotFound(FileNotFoundError):
+class LPIPSWeightsNotFound(InputNotFound):
     """The LPIPS backbone weights are not on this machine."""
 
 
@@ -56,7 +59,9 @@ class LPIPS(nn.Module):
             )
         self.lpips = _NoTrainLpips(net=net, pretrained=True, pnet_rand=True)  # calibrated lin layers, random backbone
         backbone = getattr(torchvision.models, _TV[net][0])(weights=None)
-        backbone.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        # LPIPS uses only the convolutional features; a file holding just those is enough.
+        backbone.features.load_state_dict({k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")})
         # torchmetrics' slices hold the torchvision feature layers under their original indices.
         slices = {int(name.rsplit(".", 1)[-1]): mod for name, mod in self.lpips.net.named_modules() if name.count(".") == 1}
         for idx, mod in slices.items():

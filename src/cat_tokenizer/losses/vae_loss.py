@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cat_tokenizer.errors import UserInputError
 from cat_tokenizer.losses.discriminator import PatchDiscriminator
 from cat_tokenizer.losses.lpips import LPIPS
 from cat_tokenizer.models.nested_vae import LatentPosterior
@@ -57,7 +58,7 @@ class VAELoss(nn.Module):
     ):
         super().__init__()
         if rec_loss not in ("l1", "l2"):
-            raise ValueError(f"rec_loss must be 'l1' or 'l2', got {rec_loss!r}")
+            raise UserInputError(f"rec_loss must be 'l1' or 'l2', got {rec_loss!r}")
         self.rec_loss, self.kl_weight, self.disc_weight = rec_loss, kl_weight, disc_weight
         self.perceptual_weight, self.disc_start, self.adaptive_weight = perceptual_weight, disc_start, adaptive_weight
         self.perceptual = LPIPS(lpips_net, lpips_weights) if perceptual_weight > 0 else None

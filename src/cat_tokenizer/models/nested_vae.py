@@ -27,6 +27,7 @@ from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from cat_tokenizer.errors import InputNotFound, UserInputError
 from cat_tokenizer.ratios import DEFAULT_RATIOS, check_ratio, ratio_level
 
 __all__ = ["NestedVAE", "LatentPosterior", "NESTED_VAE_PRESETS"]
@@ -151,10 +152,10 @@ class NestedVAE(nn.Module):
         super().__init__()
         ch, ratios = tuple(int(c) for c in block_out_channels), tuple(sorted(int(r) for r in ratios))
         if bad := [c for c in ch if c % norm_num_groups]:
-            raise ValueError(f"norm_num_groups={norm_num_groups} must divide every width; it does not divide {bad}")
+            raise UserInputError(f"norm_num_groups={norm_num_groups} must divide every width; it does not divide {bad}")
         max_ratio = 2 ** (len(ch) - 1)
         if bad := [r for r in ratios if r > max_ratio or 2 ** ratio_level(r) != r]:
-            raise ValueError(f"ratios {bad} need more stages: {len(ch)} stages reach at most {max_ratio}x")
+            raise UserInputError(f"ratios {bad} need more stages: {len(ch)} stages reach at most {max_ratio}x")
         self.config = dict(
             in_channels=in_channels, out_channels=out_channels, block_out_channels=list(ch),
             layers_per_block=layers_per_block, norm_num_groups=norm_num_groups,
@@ -170,7 +171,7 @@ class NestedVAE(nn.Module):
     def from_preset(cls, name: str, **overrides) -> NestedVAE:
         """Build a named preset (``tiny``, ``small``, ``base``), with keyword overrides."""
         if name not in NESTED_VAE_PRESETS:
-            raise ValueError(f"unknown NestedVAE preset {name!r}; choose from {sorted(NESTED_VAE_PRESETS)}")
+            raise UserInputError(f"unknown NestedVAE preset {name!r}; choose from {sorted(NESTED_VAE_PRESETS)}")
         return cls(**{**NESTED_VAE_PRESETS[name], **overrides})
 
     def save_pretrained(self, directory: str | Path) -> Path:
@@ -187,18 +188,18 @@ class NestedVAE(nn.Module):
         """Load from a folder written by ``save_pretrained``, or from a Hugging Face hub repo id.
 
         Raises:
-            FileNotFoundError: when it is neither a local folder nor a reachable hub repo.
+            InputNotFound: when it is neither a local folder nor a reachable hub repo.
         """
         d = Path(path_or_repo)
         if not d.is_dir():
             d = _hub_snapshot(str(path_or_repo), local_files_only)
         for name in (CONFIG_NAME, WEIGHTS_NAME):
             if not (d / name).is_file():
-                raise FileNotFoundError(f"{d} is not a NestedVAE folder: {name} is missing (write one with save_pretrained)")
+                raise InputNotFound(f"{d} is not a NestedVAE folder: {name} is missing (write one with save_pretrained)")
         model = cls(**json.loads((d / CONFIG_NAME).read_text()))
         missing, unexpected = load_model(model, str(d / WEIGHTS_NAME), strict=False)
         if missing or unexpected:
-            raise ValueError(f"{d / WEIGHTS_NAME} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+            raise UserInputError(f"{d / WEIGHTS_NAME} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
         return model.eval()
 
     def enable_gradient_checkpointing(self, enabled: bool = True) -> NestedVAE:
@@ -219,7 +220,7 @@ class NestedVAE(nn.Module):
         """
         ratio = check_ratio(ratio, self.ratios)
         if x.ndim != 4 or x.shape[1] != self.config["in_channels"]:
-            raise ValueError(f"expected images of shape (B, {self.config['in_channels']}, H, W), got {tuple(x.shape)}")
+            raise UserInputError(f"expected images of shape (B, {self.config['in_channels']}, H, W), got {tuple(x.shape)}")
         size = (x.shape[-2], x.shape[-1])
         pad_h, pad_w = (-size[0]) % ratio, (-size[1]) % ratio
         if pad_h or pad_w:
@@ -230,7 +231,7 @@ class NestedVAE(nn.Module):
         """Decode latents of one ratio: (B, C, h, w) -> (B, 3, h*r, w*r), cropped to ``size`` if given."""
         ratio = check_ratio(ratio, self.ratios)
         if z.ndim != 4 or z.shape[1] != self.latent_channels:
-            raise ValueError(f"expected latents of shape (B, {self.latent_channels}, h, w), got {tuple(z.shape)}")
+            raise UserInputError(f"expected latents of shape (B, {self.latent_channels}, h, w), got {tuple(z.shape)}")
         x = self.decoder(z, ratio)
         return x if size is None else x[..., : size[0], : size[1]]
 
@@ -253,7 +254,7 @@ def _hub_snapshot(repo_id: str, local_files_only: bool) -> Path:
     try:
         return Path(snapshot_download(repo_id, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME], local_files_only=local_files_only))
     except Exception as err:  # hub errors vary by version: offline, not found, invalid id
-        raise FileNotFoundError(
+        raise InputNotFound(
             f"cannot load NestedVAE from {repo_id!r}: not a local folder, and the hub said "
             f"{type(err).__name__}. Pass a folder written by save_pretrained (config.json + model.safetensors)."
         ) from None

@@ -1,0 +1,117 @@
+"""CLI smoke tests: the entry points called in-process, as users call them."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+
+from cat_tokenizer import NestedVAE
+from cat_tokenizer.cli import lightning_main, tools
+from cat_tokenizer.io import load_latent
+
+CONFIG = str(Path(__file__).parents[1] / "configs" / "vae.yaml")
+TINY = [
+    "--model.init_args.vae.init_args.block_out_channels", "[8,16,16,32,32,32]",
+    "--model.init_args.vae.init_args.norm_num_groups", "8",
+    "--model.init_args.vae.init_args.layers_per_block", "1",
+    "--model.init_args.loss.init_args.disc_channels", "8",
+    "--data.init_args.image_size", "32", "--data.init_args.num_workers", "0", "--data.init_args.batch_size", "2",
+]
+
+
+def test_lightning_fit_fast_dev_run(image_folder, tmp_path):
+    args = ["fit", "-c", CONFIG, "--trainer.accelerator", "cpu", "--trainer.fast_dev_run", "true",
+            "--trainer.default_root_dir", str(tmp_path), "--data.init_args.root", str(image_folder), *TINY]
+    assert lightning_main.main(args) == 0
+
+
+def test_lightning_fit_default_data_writes_checkpoint_and_export(tmp_path):
+    # The real config on the embedded default data, 2 batches, checkpointing and export included.
+    args = ["fit", "-c", CONFIG, "--trainer.accelerator", "cpu", "--trainer.max_steps", "4",
+            "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1", "--trainer.precision", "32-true",
+            "--trainer.default_root_dir", str(tmp_path), *TINY]
+    assert lightning_main.main(args) == 0
+    run = next((tmp_path / "lightning_logs").iterdir())
+    assert (run / "pretrained" / "model.safetensors").is_file()
+    assert list((run / "images").glob("recon_8x_*.png"))
+    vae = NestedVAE.from_pretrained(run / "pretrained")
+    assert vae.config["block_out_channels"] == [8, 16, 16, 32, 32, 32]
+
+
+def test_lightning_missing_data_root_is_one_line(tmp_path, capsys):
+    assert lightning_main.main(["fit", "-c", CONFIG, "--data.init_args.root", str(tmp_path / "nope"), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert f"lightning fit: error: --data.root: image folder not found: {tmp_path / 'nope'}\n" in err
+    assert "Traceback" not in err
+
+
+def test_lightning_other_commands_go_to_sdk(capsys):
+    assert lightning_main.main(["login"]) == 2
+    assert "pip install lightning-sdk" in capsys.readouterr().err
+
+
+@pytest.fixture
+def pretrained(tmp_path, tiny_vae):
+    return str(tiny_vae.save_pretrained(tmp_path / "vae"))
+
+
+def test_encode_decode_roundtrip(tmp_path, pretrained, image_folder):
+    odd = tmp_path / "odd.png"
+    Image.new("RGB", (45, 70), (200, 30, 30)).save(odd)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    imgs = [str(odd), str(next(image_folder.rglob("*.png"))), str(broken)]
+    assert tools.main(["encode", *imgs, "--ratio", "16", "--ckpt", pretrained, "--out", str(tmp_path / "lat"), "--device", "cpu"]) == 0
+    files = sorted((tmp_path / "lat").glob("*.safetensors"))
+    assert len(files) == 2  # the broken file is skipped, not fatal
+    with safe_open(str(tmp_path / "lat" / "odd.safetensors"), "pt") as f:
+        meta = f.metadata()
+        assert f.get_tensor("latent").shape == (4, 5, 3)
+    assert meta["ratio"] == "16" and (meta["height"], meta["width"]) == ("70", "45")
+    assert tools.main(["decode", *map(str, files), "--ckpt", pretrained, "--out", str(tmp_path / "png"), "--device", "cpu"]) == 0
+    assert Image.open(tmp_path / "png" / "odd.png").size == (45, 70)
+    lat = load_latent(files[0])
+    assert lat.ratio == 16
+
+
+def test_encode_bad_inputs(tmp_path, pretrained, capsys):
+    with pytest.raises(SystemExit):
+        tools.main(["encode", "x.png", "--ratio", "12", "--ckpt", pretrained, "--out", str(tmp_path)])
+    assert "invalid choice: 12" in capsys.readouterr().err
+    assert tools.main(["encode", "x.png", "--ratio", "8", "--ckpt", str(tmp_path / "none"), "--out", str(tmp_path)]) == 2
+    assert "cannot load NestedVAE" in capsys.readouterr().err
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"junk")
+    assert tools.main(["decode", str(junk), "--ckpt", pretrained, "--out", str(tmp_path)]) == 2
+    assert "cannot read latent file" in capsys.readouterr().err
+
+
+def test_bench_reports_every_ratio(capsys):
+    assert tools.main(["bench", "--preset", "tiny", "--size", "64", "--iters", "1"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [int(r.split("|")[1]) for r in rows] == [8, 16, 32]
+    enc_params = [float(r.split("|")[4]) for r in rows]
+    assert enc_params[0] < enc_params[1] < enc_params[2]  # deeper ratios run more encoder stages
+    assert "same widths built for 16x only" in out
+
+
+@pytest.mark.slow
+def test_demo_writes_report(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert tools.main(["demo", "--out", str(out), "--steps", "3", "--preset", "tiny", "--image-size", "64", "--num-workers", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert f"report: {(out / 'report.md').resolve()}" in printed
+    assert {"report.md", "metrics.csv", "grid.png", "pretrained", "checkpoints"} <= {p.name for p in out.iterdir()}
+    rows = (out / "metrics.csv").read_text().strip().splitlines()[1:]
+    kinds = {r.split(",")[1] for r in rows}
+    assert len(rows) % 3 == 0 and {"text", "chart", "photo", "flat"} <= kinds
+    grid = Image.open(out / "grid.png")
+    assert grid.size[0] == 4 * 64 + 5 * 2  # original | 8x | 16x | 32x
+    NestedVAE.from_pretrained(out / "pretrained")
+    # Running again resumes from checkpoints/last.ckpt instead of starting over.
+    assert tools.main(["demo", "--out", str(out), "--steps", "4", "--preset", "tiny", "--image-size", "64", "--num-workers", "0"]) == 0
+    assert "4 training batches" in (out / "report.md").read_text()
+    assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] >= 6

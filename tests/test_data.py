@@ -1,0 +1,176 @@
+import hashlib
+import logging
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cat_tokenizer import CATDataModule
+from cat_tokenizer.data.datamodule import collate_skipping
+from cat_tokenizer.data.default_data import KINDS, ensure_default_data
+from cat_tokenizer.data.images import UnreadableImage, list_images, load_rgb
+from cat_tokenizer.data.sampler import RatioBatchSampler
+
+
+# ---------------------------------------------------------------- sampler
+def _epoch(s, epoch=0):
+    s.set_epoch(epoch)
+    return list(s)
+
+
+def test_uniform_batches_have_one_ratio_and_cover_everything():
+    s = RatioBatchSampler(23, 4, seed=3)
+    batches = _epoch(s)
+    assert len(batches) == len(s) == 6
+    assert all(len({r for _, r in b}) == 1 for b in batches)
+    assert sorted(i for b in batches for i, _ in b) == list(range(23))
+    assert {b[0][1] for b in batches} <= {8, 16, 32}
+    assert _epoch(s, 0) == batches and _epoch(s, 1) != batches  # deterministic per epoch, reshuffled across
+    assert _epoch(RatioBatchSampler(23, 4, seed=3)) == batches
+
+
+def test_uniform_draws_all_ratios_over_many_batches():
+    counts = Counter(b[0][1] for b in _epoch(RatioBatchSampler(3000, 4, seed=0)))
+    assert set(counts) == {8, 16, 32} and min(counts.values()) > 200
+
+
+def test_fixed_ratio_and_drop_last():
+    s = RatioBatchSampler(10, 4, fixed_ratio=16, drop_last=True)
+    batches = _epoch(s)
+    assert len(batches) == len(s) == 2 and all(r == 16 for b in batches for _, r in b)
+
+
+def test_bucketed_by_item_ratio():
+    ratios = [8] * 5 + [16] * 7 + [32] * 3
+    s = RatioBatchSampler(15, 2, item_ratios=ratios, seed=1)
+    batches = _epoch(s)
+    assert len(batches) == len(s) == 3 + 4 + 2
+    for b in batches:
+        assert all(ratios[i] == r for i, r in b) and len({r for _, r in b}) == 1
+    assert sorted(i for b in batches for i, _ in b) == list(range(15))
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+@pytest.mark.parametrize("item_ratios", [None, [8] * 9 + [32] * 8])
+def test_ranks_get_equal_disjoint_shards(drop_last, item_ratios):
+    shards = [_epoch(RatioBatchSampler(17, 3, item_ratios=item_ratios, drop_last=drop_last, seed=5, num_replicas=2, rank=k), 2) for k in range(2)]
+    lens = [len(RatioBatchSampler(17, 3, item_ratios=item_ratios, drop_last=drop_last, num_replicas=2, rank=k)) for k in range(2)]
+    assert len(shards[0]) == len(shards[1]) == lens[0] == lens[1]
+    seen = [i for shard in shards for b in shard for i, _ in b]
+    if drop_last:
+        assert len(seen) == len(set(seen))  # nothing repeated
+    else:
+        assert set(seen) == set(range(17))  # padding repeats batches, never loses items
+
+
+# ---------------------------------------------------------------- image files
+def test_modes_are_converted_to_rgb(tmp_path):
+    gray = Image.fromarray(np.full((8, 8), 100, np.uint8), "L")
+    pal = gray.convert("P")
+    rgba = Image.new("RGBA", (8, 8), (255, 0, 0, 0))  # fully transparent red -> white
+    i16 = Image.fromarray(np.full((8, 8), 65535, np.uint16))
+    for name, im in [("g.png", gray), ("p.png", pal), ("a.png", rgba), ("i16.png", i16)]:
+        im.save(tmp_path / name)
+    for name in ("g.png", "p.png"):
+        assert load_rgb(tmp_path / name).mode == "RGB" and load_rgb(tmp_path / name).getpixel((0, 0)) == (100, 100, 100)
+    assert load_rgb(tmp_path / "a.png").getpixel((0, 0)) == (255, 255, 255)
+    assert load_rgb(tmp_path / "i16.png").getpixel((0, 0)) == (255, 255, 255)
+
+
+def _corrupt_files(folder: Path) -> list[Path]:
+    good = folder / "good.png"
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(good)
+    data = good.read_bytes()
+    trunc_png = folder / "trunc.png"
+    trunc_png.write_bytes(data[: len(data) // 2])
+    jpg = folder / "photo.jpg"
+    Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)).save(jpg, quality=90)
+    trunc_jpg = folder / "trunc.jpg"
+    trunc_jpg.write_bytes(jpg.read_bytes()[: len(jpg.read_bytes()) * 2 // 3])  # header intact, scan data cut
+    text = folder / "notes.png"
+    text.write_text("this is not an image")
+    empty = folder / "empty.webp"
+    empty.write_bytes(b"")
+    return [trunc_png, trunc_jpg, text, empty]
+
+
+def test_unreadable_files_raise_one_line(tmp_path):
+    for bad in _corrupt_files(tmp_path):
+        with pytest.raises(UnreadableImage) as info:
+            load_rgb(bad)
+        assert str(bad) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_decompression_bomb_refused(tmp_path, monkeypatch):
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(UnreadableImage, match="decompression bomb"):
+        load_rgb(tmp_path / "big.png")
+
+
+def test_list_images_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "nope")):
+        list_images(tmp_path / "nope")
+    (tmp_path / "readme.txt").write_text("x")
+    with pytest.raises(ValueError, match="no image files"):
+        list_images(tmp_path)
+
+
+# ---------------------------------------------------------------- DataModule
+def test_datamodule_skips_corrupt_files_and_counts(image_folder, caplog):
+    _corrupt_files(image_folder / "class0")
+    dm = CATDataModule(root=str(image_folder), image_size=32, batch_size=2, num_workers=0, val_fraction=0.3)
+    with caplog.at_level(logging.WARNING):
+        dm.setup("fit")
+    # trunc.jpg passes the header check (JPEG verify reads no pixel data); the other three do not.
+    assert len(dm.skipped) == 3
+    assert "skipped 3 unreadable of" in caplog.text
+    assert len(dm.train_set) + len(dm.val_set) == 6 + 3  # 6 images + good.png, photo.jpg, trunc.jpg
+    seen = 0
+    with pytest.warns(UserWarning, match="trunc.jpg"):
+        for batch in dm.train_dataloader():  # the truncated JPEG is dropped at load time, no crash
+            if batch is not None:
+                assert batch["image"].shape[1:] == (3, 32, 32) and batch["image"].min() >= -1
+                assert batch["ratio"] in (8, 16, 32)
+                seen += len(batch["image"])
+        for batch in dm.val_dataloader():
+            if batch is not None:
+                seen += len(batch["image"])
+    assert seen == 8  # all but the truncated JPEG
+
+
+def test_datamodule_missing_root_is_one_line(tmp_path):
+    with pytest.raises(FileNotFoundError, match=f"image folder not found: {tmp_path / 'x'}$"):
+        CATDataModule(root=str(tmp_path / "x"))
+    with pytest.raises(ValueError, match="ratio_sampling"):
+        CATDataModule(root=None, ratio_sampling="adaptive")
+
+
+def test_collate_rejects_mixed_ratios():
+    item = lambda r: {"image": torch.zeros(3, 4, 4), "ratio": r, "index": 0}  # noqa: E731
+    assert collate_skipping([None, None]) is None
+    with pytest.raises(RuntimeError, match="mixes ratios"):
+        collate_skipping([item(8), item(16)])
+
+
+def test_validation_split_is_stratified_and_stable(image_folder):
+    dm = CATDataModule(root=str(image_folder), batch_size=2, num_workers=0, val_fraction=0.01)
+    dm.setup()
+    assert {f.parent.name for f in dm.val_set.files} == {"class0", "class1"}  # one per class folder at least
+    assert not set(dm.val_set.files) & set(dm.train_set.files)
+
+
+# ---------------------------------------------------------------- embedded default data
+def test_default_data_has_every_kind_and_is_deterministic(tmp_path, monkeypatch):
+    root = ensure_default_data()
+    counts = Counter(p.parent.name for p in list_images(root))
+    assert set(counts) == set(KINDS) and sum(counts.values()) >= 40
+    assert counts["text"] >= 8 and counts["chart"] >= 8
+    monkeypatch.setenv("CAT_TOKENIZER_CACHE", str(tmp_path))
+    again = ensure_default_data()
+    assert again != root
+    digest = lambda r: {p.relative_to(r): hashlib.sha1(p.read_bytes()).hexdigest() for p in list_images(r)}  # noqa: E731
+    assert digest(root) == digest(again)

@@ -1,0 +1,109 @@
+import math
+
+import pytest
+import torch
+
+from cat_tokenizer import NestedVAE
+from cat_tokenizer.ratios import check_ratio, parse_ratio_spec
+
+
+@pytest.mark.parametrize("size", [(64, 64), (70, 45), (33, 97)])
+@pytest.mark.parametrize("ratio", [8, 16, 32])
+def test_latent_shape_and_roundtrip_shape(tiny_vae, size, ratio):
+    x = torch.rand(2, 3, *size) * 2 - 1
+    post = tiny_vae.encode(x, ratio)
+    z = post.sample()
+    assert z.shape == (2, 4, math.ceil(size[0] / ratio), math.ceil(size[1] / ratio))
+    assert post.mode().shape == z.shape and post.input_size == size
+    assert tiny_vae.decode(z, ratio, size=post.input_size).shape == x.shape
+    # Without a size the decoder returns the padded grid.
+    assert tiny_vae.decode(z, ratio).shape[-2:] == (z.shape[-2] * ratio, z.shape[-1] * ratio)
+
+
+def test_invalid_ratio_lists_valid_ones(tiny_vae):
+    x = torch.zeros(1, 3, 32, 32)
+    with pytest.raises(ValueError, match=r"valid ratios are \[8, 16, 32\]"):
+        tiny_vae.encode(x, 4)
+    with pytest.raises(ValueError, match="valid ratios"):
+        tiny_vae.decode(torch.zeros(1, 4, 2, 2), 64)
+    with pytest.raises(ValueError, match="shape"):
+        tiny_vae.encode(torch.zeros(3, 32, 32), 8)
+    with pytest.raises(ValueError, match="valid ratios"):
+        check_ratio("16")
+    assert parse_ratio_spec("fixed:16") == 16 and parse_ratio_spec("uniform") is None
+    with pytest.raises(ValueError):
+        parse_ratio_spec("fixed:12")
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="norm_num_groups"):
+        NestedVAE(block_out_channels=(8, 12, 16, 16, 16, 16), norm_num_groups=8)
+    with pytest.raises(ValueError, match="more stages"):
+        NestedVAE(block_out_channels=(8, 16, 16, 16), norm_num_groups=8)
+    with pytest.raises(ValueError, match="unknown NestedVAE preset"):
+        NestedVAE.from_preset("huge")
+
+
+def _stages_run(vae, ratio):
+    ran = set()
+    hooks = [s.register_forward_hook(lambda m, i, o, k=k: ran.add(k)) for k, s in enumerate(vae.encoder.stages)]
+    dec = [s.register_forward_hook(lambda m, i, o, k=k: ran.add(("dec", k))) for k, s in enumerate(vae.decoder.stages)]
+    z = vae.encode(torch.zeros(1, 3, 64, 64), ratio).mode()
+    vae.decode(z, ratio)
+    for h in hooks + dec:
+        h.remove()
+    return ran
+
+
+@pytest.mark.parametrize("ratio,level", [(8, 3), (16, 4), (32, 5)])
+def test_only_needed_stages_run(tiny_vae, ratio, level):
+    ran = _stages_run(tiny_vae, ratio)
+    assert {k for k in ran if isinstance(k, int)} == set(range(level + 1))
+    # The decoder enters at the same level: an 8x latent skips the two coarsest up stages.
+    assert {k[1] for k in ran if isinstance(k, tuple)} == set(range(level + 1))
+
+
+@pytest.mark.parametrize("ratio", [8, 16, 32])
+def test_gradients_reach_shared_blocks(tiny_vae, ratio):
+    tiny_vae.zero_grad(set_to_none=True)
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    x_hat, post = tiny_vae(x, ratio)
+    ((x_hat - x).abs().mean() + post.kl().mean() * 1e-3).backward()
+    shared = [tiny_vae.encoder.mid, tiny_vae.encoder.norm_out, tiny_vae.encoder.conv_out, tiny_vae.decoder.conv_in,
+              tiny_vae.decoder.mid, tiny_vae.encoder.exits[str(ratio)], tiny_vae.decoder.entries[str(ratio)]]
+    for module in shared:
+        for name, p in module.named_parameters():
+            assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient at {name} for ratio {ratio}"
+    for r in tiny_vae.ratios:
+        if r != ratio:  # other exits are untouched
+            assert all(p.grad is None for p in tiny_vae.encoder.exits[str(r)].parameters())
+
+
+def test_save_load_roundtrip_identical(tiny_vae, tmp_path):
+    tiny_vae.eval()
+    x = torch.rand(1, 3, 48, 40) * 2 - 1
+    d = tiny_vae.save_pretrained(tmp_path / "vae")
+    assert sorted(p.name for p in d.iterdir()) == ["config.json", "model.safetensors"]
+    loaded = NestedVAE.from_pretrained(d)
+    for r in (8, 16, 32):
+        a = tiny_vae.decode(tiny_vae.encode(x, r).mode(), r)
+        b = loaded.decode(loaded.encode(x, r).mode(), r)
+        assert torch.equal(a, b)
+
+
+def test_from_pretrained_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="save_pretrained"):
+        NestedVAE.from_pretrained(tmp_path)  # a folder without the files
+    with pytest.raises(FileNotFoundError, match="not a local folder"):
+        NestedVAE.from_pretrained(tmp_path / "missing", local_files_only=True)
+
+
+def test_gradient_checkpointing_matches(tiny_vae):
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    torch.manual_seed(1)
+    a, _ = tiny_vae(x, 16, sample=False)
+    tiny_vae.enable_gradient_checkpointing()
+    b, _ = tiny_vae(x, 16, sample=False)
+    b.mean().backward()
+    assert torch.allclose(a, b, atol=1e-6)
+    assert tiny_vae.encoder.conv_in.weight.grad is not None

@@ -1,0 +1,125 @@
+import lightning as L
+import pytest
+import torch
+
+from cat_tokenizer import CATDataModule, NestedVAE, NestedVAEModule, VAELoss
+from cat_tokenizer.callbacks import ExportPretrained, ReconstructionGridLogger
+from cat_tokenizer.io import load_vae
+
+
+def _module(disc_start=0, **kw):
+    torch.manual_seed(0)
+    loss = VAELoss(perceptual_weight=0.0, disc_start=disc_start, disc_channels=8, disc_layers=2)
+    return NestedVAEModule(NestedVAE.from_preset("tiny"), loss, lr=1e-3, warmup_steps=2, ema_decay=0.9, ema_warmup=False, **kw)
+
+
+def _data(root, **kw):
+    return CATDataModule(root=str(root), image_size=32, batch_size=2, num_workers=0, val_fraction=0.3, **kw)
+
+
+def _trainer(tmp_path, max_steps, **kw):
+    return L.Trainer(accelerator="cpu", max_steps=max_steps, default_root_dir=str(tmp_path / "run"), logger=False,
+                     enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
+                     **{"limit_val_batches": 0, "enable_checkpointing": False, **kw})
+
+
+def _params(m):
+    return [p.detach().clone() for p in m.parameters()]
+
+
+def _changed(before, m):
+    return any(not torch.equal(a, b) for a, b in zip(before, m.parameters()))
+
+
+def test_gan_step_updates_both_optimizers_and_ema(image_folder, tmp_path):
+    model = _module(disc_start=0)
+    vae0, disc0, ema0 = _params(model.vae), _params(model.loss.discriminator), _params(model.ema.module)
+    trainer = _trainer(tmp_path, max_steps=4)
+    trainer.fit(model, datamodule=_data(image_folder))
+    assert int(model.gen_step) == 2 and trainer.global_step == 4  # global_step counts both optimizers
+    assert _changed(vae0, model.vae) and _changed(disc0, model.loss.discriminator) and _changed(ema0, model.ema.module)
+    ema, live = list(model.ema.module.parameters()), list(model.vae.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(ema, live))  # the EMA lags the live weights
+    assert all(not p.requires_grad for p in model.ema.parameters())
+
+
+def test_discriminator_frozen_before_disc_start(image_folder, tmp_path):
+    model = _module(disc_start=100)
+    vae0, disc0 = _params(model.vae), _params(model.loss.discriminator)
+    _trainer(tmp_path, max_steps=4).fit(model, datamodule=_data(image_folder))
+    assert _changed(vae0, model.vae)
+    assert not _changed(disc0, model.loss.discriminator)
+
+
+class _Count(L.Callback):
+    def __init__(self):
+        self.batches, self.start_step = 0, None
+
+    def on_train_start(self, trainer, pl_module):
+        self.start_step = int(pl_module.gen_step)
+
+    def on_train_batch_end(self, *args):
+        self.batches += 1
+
+
+def test_resume_continues_the_same_run(image_folder, tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", save_last=True, every_n_train_steps=2)
+    first = _module()
+    _trainer(tmp_path, 4, enable_checkpointing=True, callbacks=[ckpt]).fit(first, datamodule=_data(image_folder))
+    last = tmp_path / "ck" / "last.ckpt"
+    assert last.is_file()
+    second, count = _module(), _Count()
+    _trainer(tmp_path, 8, enable_checkpointing=True, callbacks=[count]).fit(second, datamodule=_data(image_folder), ckpt_path=str(last))
+    assert count.start_step == 2 and count.batches == 2 and int(second.gen_step) == 4
+    # The .ckpt loads as a tokenizer (EMA weights), with weights_only=True underneath.
+    vae = load_vae(last)
+    state = torch.load(last, weights_only=True)["state_dict"]
+    assert torch.equal(vae.decoder.conv_out.weight, state["ema.module.decoder.conv_out.weight"])
+
+
+def test_validation_logs_metrics_per_ratio_and_grids(image_folder, tmp_path):
+    model = _module()
+    trainer = _trainer(tmp_path, 2, limit_val_batches=None, callbacks=[ReconstructionGridLogger(2), ExportPretrained()])
+    metrics = trainer.validate(model, datamodule=_data(image_folder))[0]
+    for r in (8, 16, 32):
+        assert {f"val/{r}x/psnr", f"val/{r}x/ssim", f"val/{r}x/tokens"} <= set(metrics)
+        assert 0 < metrics[f"val/{r}x/psnr"] < 60
+    assert metrics["val/8x/tokens"] == 16.0 and metrics["val/32x/tokens"] == 1.0
+    grids = sorted(p.name for p in (tmp_path / "run" / "images").iterdir())
+    assert grids == ["recon_16x_step000000.png", "recon_32x_step000000.png", "recon_8x_step000000.png"]
+
+
+def test_training_lowers_the_loss(image_folder, tmp_path):
+    model = _module(disc_start=10**6)
+    data = _data(image_folder, ratio_sampling="fixed:8")
+    data.setup()
+    batch = next(iter(data.val_dataloader()))
+    x = batch["image"]
+
+    def rec():
+        with torch.no_grad():
+            x_hat, _ = model.vae(x, 8, sample=False)
+            return (x_hat - x).abs().mean().item()
+
+    before = rec()
+    _trainer(tmp_path, max_steps=2 * 15).fit(model, datamodule=data)
+    assert rec() < 0.8 * before
+
+
+def test_bf16_mixed_autocast_runs(image_folder, tmp_path):
+    model = _module()
+    trainer = _trainer(tmp_path, 2, precision="bf16-mixed")
+    trainer.fit(model, datamodule=_data(image_folder))
+    assert int(model.gen_step) == 1 and all(torch.isfinite(p).all() for p in model.vae.parameters())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.gpu
+def test_bf16_mixed_on_gpu(image_folder, tmp_path):
+    model = _module()
+    trainer = L.Trainer(accelerator="gpu", devices=1, precision="bf16-mixed", max_steps=4, logger=False,
+                        default_root_dir=str(tmp_path), use_distributed_sampler=False, limit_val_batches=0)
+    trainer.fit(model, datamodule=_data(image_folder))
+    assert int(model.gen_step) == 2
