@@ -59,6 +59,8 @@ def test_ranks_get_equal_disjoint_shards(drop_last, item_ratios):
     shards = [_epoch(RatioBatchSampler(17, 3, item_ratios=item_ratios, drop_last=drop_last, seed=5, num_replicas=2, rank=k), 2) for k in range(2)]
     lens = [len(RatioBatchSampler(17, 3, item_ratios=item_ratios, drop_last=drop_last, num_replicas=2, rank=k)) for k in range(2)]
     assert len(shards[0]) == len(shards[1]) == lens[0] == lens[1]
+    for b0, b1 in zip(*shards):  # every global step runs one ratio on all ranks
+        assert {r for _, r in b0} == {r for _, r in b1} and len({r for _, r in b0}) == 1
     seen = [i for shard in shards for b in shard for i, _ in b]
     if drop_last:
         assert len(seen) == len(set(seen))  # nothing repeated

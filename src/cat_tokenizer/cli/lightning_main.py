@@ -12,11 +12,13 @@ from importlib.metadata import PackageNotFoundError, distribution
 
 from lightning.pytorch.cli import LightningCLI
 
+from cat_tokenizer.cli import silence_known_warnings
 from cat_tokenizer.errors import find_user_error
 
 __all__ = ["main", "cli", "TRAIN_COMMANDS"]
 
 TRAIN_COMMANDS = ("fit", "validate", "test", "predict")
+
 
 
 def cli(args: list[str] | None = None, run: bool = True) -> LightningCLI:
@@ -53,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else list(argv)
     if words and words[0] not in TRAIN_COMMANDS and not words[0].startswith("-"):
         return _hand_to_sdk(words)
+    silence_known_warnings()
     try:
         cli(None if argv is None else words)  # None: LightningCLI reads sys.argv itself
     except Exception as err:

@@ -21,10 +21,11 @@ class RatioBatchSampler(Sampler[list[tuple[int, int]]]):
       * ``item_ratios=None``: items are shuffled and batched, and each batch draws its ratio
         uniformly from ``ratios`` (or always ``fixed_ratio``).
 
-    Every rank gets the same number of batches: with ``drop_last`` the surplus batches are
-    dropped, otherwise the list is padded by repeating batches from its start. The order
-    depends only on ``seed`` and the epoch set by ``set_epoch`` (Lightning calls it), so every
-    rank computes the same global list and takes its own slice ``[rank::num_replicas]``.
+    Under DDP, batches are grouped into global steps of ``num_replicas`` batches that share one
+    ratio, so all ranks run the same ratio at the same step (no rank waits on a slower ratio)
+    and get the same number of batches. An incomplete step is dropped (``drop_last``) or filled
+    by repeating batches of the same ratio. The order depends only on ``seed`` and the epoch set
+    by ``set_epoch`` (Lightning calls it), so every rank computes the same global plan.
 
     Args:
         num_items: dataset length.
@@ -72,45 +73,43 @@ class RatioBatchSampler(Sampler[list[tuple[int, int]]]):
             chunks.pop()
         return chunks
 
-    def _global_batches(self) -> list[list[tuple[int, int]]]:
+    def _steps(self, chunks: list[np.ndarray]) -> list[list[np.ndarray]]:
+        """Group batches into global steps of ``num_replicas`` batches (one per rank); an
+        incomplete last step is dropped (``drop_last``) or filled by repeating earlier batches."""
+        k = self.num_replicas
+        steps = [chunks[i : i + k] for i in range(0, len(chunks), k)]
+        if steps and len(steps[-1]) < k:
+            if self.drop_last:
+                steps.pop()
+            else:
+                steps[-1] = steps[-1] + [chunks[i % len(chunks)] for i in range(k - len(steps[-1]))]
+        return steps
+
+    def _global_steps(self) -> list[tuple[int, list[np.ndarray]]]:
+        """``[(ratio, [batch for rank 0, batch for rank 1, ...]), ...]`` for this epoch."""
         rng = np.random.default_rng(self.seed + self.epoch)
         if self.item_ratios is None:
             order = rng.permutation(self.num_items) if self.shuffle else np.arange(self.num_items)
-            chunks = self._chunks(order)
+            steps = self._steps(self._chunks(order))
             if self.fixed_ratio is not None:
-                ratios = [self.fixed_ratio] * len(chunks)
-            else:
-                ratios = rng.choice(self.ratios, size=len(chunks)).tolist()
-            batches = [[(int(i), int(r)) for i in c] for c, r in zip(chunks, ratios)]
-        else:
-            batches = []
-            for r in np.unique(self.item_ratios):
-                idx = np.flatnonzero(self.item_ratios == r)
-                if self.shuffle:
-                    idx = rng.permutation(idx)
-                batches += [[(int(i), int(r)) for i in c] for c in self._chunks(idx)]
-            if self.shuffle:
-                batches = [batches[i] for i in rng.permutation(len(batches))]
-        return batches
-
-    def _per_rank(self, total: int) -> int:
-        if self.drop_last:
-            return total // self.num_replicas
-        return -(-total // self.num_replicas)
+                return [(self.fixed_ratio, st) for st in steps]
+            return [(int(r), st) for r, st in zip(rng.choice(self.ratios, size=len(steps)), steps)]
+        out = []
+        for r in np.unique(self.item_ratios):
+            idx = np.flatnonzero(self.item_ratios == r)
+            out += [(int(r), st) for st in self._steps(self._chunks(rng.permutation(idx) if self.shuffle else idx))]
+        return [out[i] for i in rng.permutation(len(out))] if self.shuffle else out
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        batches = self._global_batches()
-        n = self._per_rank(len(batches)) * self.num_replicas
-        if n > len(batches):  # pad so every rank has the same count
-            batches = (batches * (-(-n // max(len(batches), 1))))[:n]
-        yield from batches[:n][self.rank :: self.num_replicas]
+        for ratio, step in self._global_steps():
+            yield [(int(i), ratio) for i in step[self.rank]]
 
-    def _num_chunks(self, n: int) -> int:
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+    def _num_steps(self, n_items: int) -> int:
+        chunks = n_items // self.batch_size if self.drop_last else -(-n_items // self.batch_size)
+        return chunks // self.num_replicas if self.drop_last else -(-chunks // self.num_replicas)
 
     def __len__(self) -> int:
         if self.item_ratios is None:
-            total = self._num_chunks(self.num_items)
-        else:  # bucket sizes do not depend on the epoch's shuffle
-            total = sum(self._num_chunks(int(c)) for c in np.unique(self.item_ratios, return_counts=True)[1])
-        return self._per_rank(total)
+            return self._num_steps(self.num_items)
+        # Bucket sizes do not depend on the epoch's shuffle.
+        return sum(self._num_steps(int(c)) for c in np.unique(self.item_ratios, return_counts=True)[1])
