@@ -15,6 +15,8 @@ log = logging.getLogger(__name__)
 
 
 def _log_dir(trainer: L.Trainer) -> Path:
+    """The run's folder. ``trainer.log_dir`` broadcasts under DDP: call it on every rank (in
+    ``setup``), never inside a rank-zero-only hook, or rank 0 waits forever."""
     return Path(trainer.log_dir or trainer.default_root_dir)
 
 
@@ -31,6 +33,10 @@ class ReconstructionGridLogger(L.Callback):
     def __init__(self, max_images: int = 4):
         self.max_images = max_images
         self._batch = None
+        self._out: Path | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._out = _log_dir(trainer) / "images"
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if batch_idx == 0 and batch is not None:
@@ -41,7 +47,7 @@ class ReconstructionGridLogger(L.Callback):
         if self._batch is None or trainer.sanity_checking:
             return
         grids = pl_module.log_images(self._batch, self.max_images)
-        out = _log_dir(trainer) / "images"
+        out = self._out
         out.mkdir(parents=True, exist_ok=True)
         experiment = getattr(trainer.logger, "experiment", None)
         for name, grid in grids.items():
@@ -62,10 +68,14 @@ class ExportPretrained(L.Callback):
 
     def __init__(self, dirpath: str | None = None, every_validation: bool = False):
         self.dirpath, self.every_validation = dirpath, every_validation
+        self._out: Path | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._out = Path(self.dirpath) if self.dirpath else _log_dir(trainer) / "pretrained"
 
     @rank_zero_only
     def _export(self, trainer: L.Trainer, pl_module) -> None:
-        path = pl_module.export_pretrained(self.dirpath or _log_dir(trainer) / "pretrained")
+        path = pl_module.export_pretrained(self._out)
         log.info("exported NestedVAE (EMA weights) to %s", path)
 
     def on_validation_end(self, trainer, pl_module) -> None:
