@@ -38,6 +38,17 @@ def test_lightning_fit_default_data_writes_checkpoint_and_export(tmp_path):
     assert list((run / "images").glob("recon_8x_*.png"))
     vae = NestedVAE.from_pretrained(run / "pretrained")
     assert vae.config["block_out_channels"] == [8, 16, 16, 32, 32, 32]
+    # `lightning predict` with the latent writer encodes the whole dataset from the checkpoint.
+    ckpt = run / "checkpoints" / "last.ckpt"
+    out = tmp_path / "latents"
+    args = ["predict", "-c", CONFIG, "--trainer.accelerator", "cpu", "--trainer.precision", "32-true",
+            "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", str(ckpt), "--return_predictions", "false",
+            "--trainer.callbacks+=cat_tokenizer.callbacks.LatentWriter", f"--trainer.callbacks.output_dir={out}",
+            "--data.init_args.ratio_sampling", "fixed:32", *TINY]
+    assert lightning_main.main(args) == 0
+    files = sorted(out.rglob("*.safetensors"))
+    assert len(files) == 45 and {f.parent.name for f in files} == {"photo", "texture", "text", "chart", "flat"}
+    assert load_latent(files[0]).latent.shape == (16, 1, 1) and load_latent(files[0]).ratio == 32  # 32 px / 32
 
 
 def test_lightning_missing_data_root_is_one_line(tmp_path, capsys):

@@ -123,3 +123,22 @@ def test_bf16_mixed_on_gpu(image_folder, tmp_path):
                         default_root_dir=str(tmp_path), use_distributed_sampler=False, limit_val_batches=0)
     trainer.fit(model, datamodule=_data(image_folder))
     assert int(model.gen_step) == 2
+
+
+def test_test_and_predict_write_latents(image_folder, tmp_path):
+    from cat_tokenizer.callbacks import LatentWriter
+    from cat_tokenizer.io import load_latent
+
+    model = _module()
+    metrics = _trainer(tmp_path, 2).test(model, datamodule=_data(image_folder))[0]
+    assert {"test/8x/psnr", "test/32x/ssim"} <= set(metrics)
+    data = _data(image_folder, ratio_sampling="fixed:16")
+    writer = LatentWriter(str(tmp_path / "latents"))
+    _trainer(tmp_path, 2, callbacks=[writer]).predict(model, datamodule=data, return_predictions=False)
+    files = sorted((tmp_path / "latents").rglob("*.safetensors"))
+    assert len(files) == 6 and {f.parent.name for f in files} == {"class0", "class1"}  # mirrors the folder
+    lat = load_latent(files[0])
+    assert lat.ratio == 16 and lat.latent.shape == (4, 2, 2) and (lat.height, lat.width) == (32, 32)
+    x = data.predict_set[data.predict_set.files.index(image_folder / "class0" / "img0.png")]["image"][None]
+    expected = model.eval_vae.encode(x, 16).mode()[0]
+    assert torch.allclose(load_latent(tmp_path / "latents" / "class0" / "img0.safetensors").latent, expected, atol=1e-5)

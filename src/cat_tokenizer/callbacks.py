@@ -6,10 +6,13 @@ import logging
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_only
 from torchvision.utils import save_image
 
-__all__ = ["ReconstructionGridLogger", "ExportPretrained"]
+from cat_tokenizer.io import save_latent
+
+__all__ = ["ReconstructionGridLogger", "ExportPretrained", "LatentWriter"]
 
 log = logging.getLogger(__name__)
 
@@ -84,3 +87,26 @@ class ExportPretrained(L.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._export(trainer, pl_module)
+
+
+class LatentWriter(BasePredictionWriter):
+    """Writes each latent from ``lightning predict`` as ``<output_dir>/<image path>.safetensors``
+    (mirroring the data folder), with ratio and size metadata, on every rank as it goes.
+
+    Args:
+        output_dir: where the latent files go.
+    """
+
+    def __init__(self, output_dir: str):
+        super().__init__(write_interval="batch")
+        self.output_dir = Path(output_dir)
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
+        if prediction is None:
+            return
+        data = trainer.datamodule
+        root, files = data.data_root(), data.predict_set.files
+        size = tuple(batch["image"].shape[-2:])
+        for latent, index in zip(prediction["latent"], prediction["index"].tolist()):
+            rel = files[index].relative_to(root)
+            save_latent(self.output_dir / rel.with_suffix(".safetensors"), latent, prediction["ratio"], size, source=str(files[index]))

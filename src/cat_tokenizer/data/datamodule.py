@@ -123,6 +123,7 @@ class CATDataModule(L.LightningDataModule):
         self.verify_images, self.seed, self.drop_last = verify_images, seed, drop_last
         self.train_set: ImageFileDataset | None = None
         self.val_set: ImageFileDataset | None = None
+        self.predict_set: ImageFileDataset | None = None
         self.skipped: list[UnreadableImage] = []
 
     def prepare_data(self) -> None:
@@ -150,6 +151,7 @@ class CATDataModule(L.LightningDataModule):
         train = [f for f in files if f not in held_out] or files
         self.train_set = ImageFileDataset(train, image_transform(self.image_size, True, self.hflip))
         self.val_set = ImageFileDataset(val, image_transform(self.image_size, False))
+        self.predict_set = ImageFileDataset(files, image_transform(self.image_size, False))
         log.info("data: %d train / %d val images from %s", len(train), len(val), root)
 
     def _rank(self) -> tuple[int, int]:
@@ -171,14 +173,26 @@ class CATDataModule(L.LightningDataModule):
         )
         return self._loader(self.train_set, sampler)
 
-    def val_dataloader(self) -> DataLoader:
+    def _ordered(self, dataset: ImageFileDataset, fixed_ratio: int | None) -> DataLoader:
         world, rank = self._rank()
-        # The module evaluates every ratio on each validation batch; the batch's own ratio is the first.
         sampler = RatioBatchSampler(
-            len(self.val_set), self.val_batch_size, self.ratios, fixed_ratio=self.ratios[0],
+            len(dataset), self.val_batch_size, self.ratios, fixed_ratio=fixed_ratio,
             shuffle=False, drop_last=False, seed=self.seed, num_replicas=world, rank=rank,
         )
-        return self._loader(self.val_set, sampler)
+        return self._loader(dataset, sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        # The module evaluates every ratio on each held-out batch; the batch's own ratio is the first.
+        return self._ordered(self.val_set, self.ratios[0])
+
+    def test_dataloader(self) -> DataLoader:
+        """The held-out split (this DataModule keeps no separate test split)."""
+        return self._ordered(self.val_set, self.ratios[0])
+
+    def predict_dataloader(self) -> DataLoader:
+        """Every image (train + held out, centre crops, in file order) at the ratio from
+        ``ratio_sampling``. Under DDP the last step may repeat a few images on one rank."""
+        return self._ordered(self.predict_set, self.fixed_ratio)
 
 
 def _stratified_split(files: list[Path], root: Path, fraction: float) -> list[Path]:

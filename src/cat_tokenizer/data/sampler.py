@@ -59,17 +59,18 @@ class RatioBatchSampler(Sampler[list[tuple[int, int]]]):
             raise ValueError(f"rank {rank} outside [0, {num_replicas})")
         if item_ratios is not None and len(item_ratios) != num_items:
             raise ValueError(f"item_ratios has {len(item_ratios)} entries for {num_items} items")
-        self.num_items, self.batch_size, self.ratios = num_items, batch_size, tuple(ratios)
+        # Private names: Lightning re-instantiates anything with public batch_size/drop_last attributes.
+        self.num_items, self._batch_size, self.ratios = num_items, batch_size, tuple(ratios)
         self.item_ratios = None if item_ratios is None else np.asarray(item_ratios, dtype=np.int64)
-        self.fixed_ratio, self.shuffle, self.drop_last = fixed_ratio, shuffle, drop_last
+        self.fixed_ratio, self.shuffle, self._drop_last = fixed_ratio, shuffle, drop_last
         self.seed, self.num_replicas, self.rank, self.epoch = seed, num_replicas, rank, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def _chunks(self, idx: np.ndarray) -> list[np.ndarray]:
-        chunks = [idx[i : i + self.batch_size] for i in range(0, len(idx), self.batch_size)]
-        if self.drop_last and chunks and len(chunks[-1]) < self.batch_size:
+        chunks = [idx[i : i + self._batch_size] for i in range(0, len(idx), self._batch_size)]
+        if self._drop_last and chunks and len(chunks[-1]) < self._batch_size:
             chunks.pop()
         return chunks
 
@@ -79,7 +80,7 @@ class RatioBatchSampler(Sampler[list[tuple[int, int]]]):
         k = self.num_replicas
         steps = [chunks[i : i + k] for i in range(0, len(chunks), k)]
         if steps and len(steps[-1]) < k:
-            if self.drop_last:
+            if self._drop_last:
                 steps.pop()
             else:
                 steps[-1] = steps[-1] + [chunks[i % len(chunks)] for i in range(k - len(steps[-1]))]
@@ -105,8 +106,8 @@ class RatioBatchSampler(Sampler[list[tuple[int, int]]]):
             yield [(int(i), ratio) for i in step[self.rank]]
 
     def _num_steps(self, n_items: int) -> int:
-        chunks = n_items // self.batch_size if self.drop_last else -(-n_items // self.batch_size)
-        return chunks // self.num_replicas if self.drop_last else -(-chunks // self.num_replicas)
+        chunks = n_items // self._batch_size if self._drop_last else -(-n_items // self._batch_size)
+        return chunks // self.num_replicas if self._drop_last else -(-chunks // self.num_replicas)
 
     def __len__(self) -> int:
         if self.item_ratios is None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import lightning as L
@@ -15,6 +14,7 @@ from torchvision.utils import make_grid
 
 from cat_tokenizer.losses.vae_loss import VAELoss
 from cat_tokenizer.models.nested_vae import NestedVAE
+from cat_tokenizer.ratios import token_count
 
 __all__ = ["NestedVAEModule"]
 
@@ -70,6 +70,7 @@ class NestedVAEModule(L.LightningModule):
         self.register_buffer("gen_step", torch.zeros((), dtype=torch.long))
         metrics = MetricCollection({"psnr": PeakSignalNoiseRatio(data_range=1.0), "ssim": StructuralSimilarityIndexMeasure(data_range=1.0)})
         self.val_metrics = nn.ModuleDict({str(r): metrics.clone(prefix=f"val/{r}x/") for r in vae.ratios})
+        self.test_metrics = nn.ModuleDict({str(r): metrics.clone(prefix=f"test/{r}x/") for r in vae.ratios})
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -146,16 +147,35 @@ class NestedVAEModule(L.LightningModule):
         post = vae.encode(x, ratio)
         return vae.decode(post.mode(), ratio, size=post.input_size).clamp(-1, 1)
 
-    def validation_step(self, batch: dict | None, batch_idx: int) -> None:
+    def _evaluate(self, batch: dict | None, metrics: nn.ModuleDict, prefix: str) -> None:
         if batch is None:
             return
         x = batch["image"]
-        for r in self.vae.ratios:  # every validation image at every ratio
+        for r in self.vae.ratios:  # every held-out image at every ratio
             x_hat = self.reconstruct(x, r)
-            m = self.val_metrics[str(r)]
+            m = metrics[str(r)]
             m.update((x_hat.float() + 1) / 2, (x.float() + 1) / 2)
             self.log_dict(m, batch_size=x.shape[0])
-            self.log(f"val/{r}x/tokens", float(math.ceil(x.shape[-2] / r) * math.ceil(x.shape[-1] / r)), batch_size=x.shape[0])
+            self.log(f"{prefix}/{r}x/tokens", float(token_count(x.shape[-2], x.shape[-1], r)), batch_size=x.shape[0])
+
+    def validation_step(self, batch: dict | None, batch_idx: int) -> None:
+        self._evaluate(batch, self.val_metrics, "val")
+
+    def test_step(self, batch: dict | None, batch_idx: int) -> None:
+        self._evaluate(batch, self.test_metrics, "test")
+
+    @torch.no_grad()
+    def predict_step(self, batch: dict | None, batch_idx: int) -> dict | None:
+        """Encode a batch at its own ratio with the EMA weights (posterior mean).
+
+        Returns:
+            ``{"latent": (B, C, h, w), "ratio": int, "index": (B,)}``; write them to disk with
+            ``cat_tokenizer.callbacks.LatentWriter``.
+        """
+        if batch is None:
+            return None
+        ratio = int(batch["ratio"])
+        return {"latent": self.eval_vae.encode(batch["image"], ratio).mode(), "ratio": ratio, "index": batch["index"]}
 
     @torch.no_grad()
     def log_images(self, batch: dict, max_images: int = 4) -> dict[str, Tensor]:
