@@ -165,3 +165,9 @@ def test_two_process_ddp_fit(image_folder, tmp_path):
         assert x["ratio"] == y["ratio"]  # one ratio per global step
         assert not set(x["index"]) & set(y["index"])  # each rank its own shard
     assert ranks[0]["checksum"] == pytest.approx(ranks[1]["checksum"], rel=1e-6)  # DDP kept them equal
+
+
+def test_mixed_precision_falls_back_to_fp32_on_cpu(caplog):
+    c = lightning_main.cli(["-c", CONFIG, "--trainer.accelerator", "cpu", *TINY], run=False)
+    assert c.trainer.precision == "32-true"  # the config says bf16-mixed
+    assert "using 32-true instead" in caplog.text
