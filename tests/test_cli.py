@@ -93,6 +93,10 @@ def test_encode_bad_inputs(tmp_path, pretrained, capsys):
     assert "invalid choice: 12" in capsys.readouterr().err
     assert tools.main(["encode", "x.png", "--ratio", "8", "--ckpt", str(tmp_path / "none"), "--out", str(tmp_path)]) == 2
     assert "cannot load NestedVAE" in capsys.readouterr().err
+    not_ckpt = tmp_path / "model.ckpt"
+    not_ckpt.write_bytes(b"junk")
+    assert tools.main(["encode", "x.png", "--ratio", "8", "--ckpt", str(not_ckpt), "--out", str(tmp_path)]) == 2
+    assert "cannot read checkpoint" in capsys.readouterr().err
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"junk")
     assert tools.main(["decode", str(junk), "--ckpt", pretrained, "--out", str(tmp_path)]) == 2

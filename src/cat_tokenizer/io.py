@@ -31,8 +31,11 @@ def load_vae(path: str | Path, ema: bool = True) -> NestedVAE:
     """
     p = Path(path)
     if p.is_file():
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
-        if _CONFIG_KEY not in ckpt:
+        try:
+            ckpt = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as err:  # not a torch file, or one that needs pickle (refused)
+            raise UserInputError(f"cannot read checkpoint {p}: {type(err).__name__}: {str(err).splitlines()[0]}") from None
+        if not isinstance(ckpt, dict) or _CONFIG_KEY not in ckpt:
             raise UserInputError(f"{p} is not a NestedVAEModule checkpoint (no '{_CONFIG_KEY}' entry)")
         state = ckpt["state_dict"]
         prefix = "ema.module." if ema and any(k.startswith("ema.module.") for k in state) else "vae."
