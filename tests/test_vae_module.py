@@ -43,6 +43,16 @@ def test_gan_step_updates_both_optimizers_and_ema(image_folder, tmp_path):
     assert all(not p.requires_grad for p in model.ema.parameters())
 
 
+def test_discriminator_adam_restarts_at_disc_start(image_folder, tmp_path):
+    model = _module(disc_start=2)
+    trainer = _trainer(tmp_path, max_steps=8)  # 4 batches: 2 idle, 2 with the GAN on
+    trainer.fit(model, datamodule=_data(image_folder))
+    opt_d = trainer.optimizers[1]
+    steps = {int(st["step"]) for st in opt_d.state.values()}
+    assert steps == {2}  # only the active steps count for the bias correction
+    assert {int(st["step"]) for st in trainer.optimizers[0].state.values()} == {4}
+
+
 def test_discriminator_frozen_before_disc_start(image_folder, tmp_path):
     model = _module(disc_start=100)
     vae0, disc0 = _params(model.vae), _params(model.loss.discriminator)

@@ -117,6 +117,8 @@ class NestedVAEModule(L.LightningModule):
         self.untoggle_optimizer(opt_g)
 
         # Discriminator step (zero-weighted before disc_start, so global_step stays 2 per batch).
+        if step == self.loss.disc_start:  # forget the idle zero-grad steps: Adam restarts its bias correction
+            opt_d.optimizer.state.clear()
         self.toggle_optimizer(opt_d)
         d_loss, d_logs = self.loss.discriminator_loss(x, x_hat, step)
         opt_d.zero_grad(set_to_none=True)
