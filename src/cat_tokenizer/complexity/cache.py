@@ -1,0 +1,75 @@
+"""On-disk score cache: one SQLite file per dataset, keyed by (image content hash, evaluator config hash).
+
+SQLite in WAL mode makes each write atomic and lets several processes (DDP ranks, a second
+scoring run) write one file at once; a killed run loses nothing already committed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+
+__all__ = ["ScoreCache", "content_hash", "config_hash"]
+
+
+def content_hash(path: str | Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file's bytes (so a renamed file keeps its score and an edited one does not)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def config_hash(config: dict) -> str:
+    """Stable hash of an evaluator's config (JSON with sorted keys)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class ScoreCache:
+    """``(content_hash, evaluator_hash) -> (score, description)``.
+
+    Args:
+        path: the SQLite file (created with its folder).
+        timeout: seconds a writer waits for another writer's lock.
+    """
+
+    def __init__(self, path: str | Path, timeout: float = 60.0):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, timeout=timeout)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS scores (content TEXT, evaluator TEXT, score REAL, description TEXT,"
+            " PRIMARY KEY (content, evaluator))"
+        )
+        self._db.commit()
+
+    def get_many(self, contents: Iterable[str], evaluator: str) -> dict[str, tuple[float, str]]:
+        """Cached ``{content_hash: (score, description)}`` for those present."""
+        keys = list(contents)
+        out: dict[str, tuple[float, str]] = {}
+        for i in range(0, len(keys), 500):  # SQLite's bound-parameter limit
+            part = keys[i : i + 500]
+            rows = self._db.execute(
+                f"SELECT content, score, description FROM scores WHERE evaluator=? AND content IN ({','.join('?' * len(part))})",
+                [evaluator, *part],
+            )
+            out.update({c: (s, d) for c, s, d in rows})
+        return out
+
+    def put_many(self, items: Iterable[tuple[str, float, str]], evaluator: str) -> None:
+        """Store ``(content_hash, score, description)`` rows in one transaction."""
+        rows = [(c, evaluator, float(s), d) for c, s, d in items]
+        with self._db:  # one transaction: all rows or none
+            self._db.executemany("INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?)", rows)
+
+    def evaluators(self) -> set[str]:
+        """Evaluator hashes with rows in this cache (to say when a config change rescored everything)."""
+        return {e for (e,) in self._db.execute("SELECT DISTINCT evaluator FROM scores")}
+
+    def close(self) -> None:
+        self._db.close()
