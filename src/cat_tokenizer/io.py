@@ -10,12 +10,12 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from cat_tokenizer.errors import InputNotFound, UserInputError
+from cat_tokenizer.errors import UserInputError
+from cat_tokenizer.lit.vae_module import CONFIG_KEY as _CONFIG_KEY  # written by NestedVAEModule.on_save_checkpoint
 from cat_tokenizer.models.nested_vae import NestedVAE
 
 __all__ = ["load_vae", "save_latent", "load_latent", "Latent"]
 
-_CONFIG_KEY = "nested_vae_config"  # written by NestedVAEModule.on_save_checkpoint
 
 
 def load_vae(path: str | Path, ema: bool = True) -> NestedVAE:

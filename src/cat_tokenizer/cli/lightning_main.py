@@ -24,7 +24,6 @@ log = logging.getLogger(__name__)
 TRAIN_COMMANDS = ("fit", "validate", "test", "predict")
 
 
-
 class CATLightningCLI(LightningCLI):
     """LightningCLI with one policy: mixed precision asked for on a CPU-only run falls back to
     ``32-true`` with a warning. CPUs without native bfloat16 emulate it, which made one base-preset

@@ -60,15 +60,14 @@ class RatioMapper:
             raise UserInputError("cannot calibrate ratio thresholds on an empty score list")
         if np.ptp(s) == 0:
             raise UserInputError(f"cannot calibrate thresholds: all {s.size} scores equal {s[0]:g}; set thresholds by hand")
-        t_min, t_max = (float(np.ceil(image_size / r) ** 2) for r in (rs[-1], rs[0]))
-        if not t_min <= target_mean_tokens <= t_max:
-            raise UserInputError(f"target_mean_tokens={target_mean_tokens:g} outside [{t_min:g}, {t_max:g}] for {image_size}px")
+        t_small, t_mid, t_big = (float(t) for t in cls.tokens(np.asarray(rs), image_size))  # tokens at 8x, 16x, 32x
+        if not t_big <= target_mean_tokens <= t_small:
+            raise UserInputError(f"target_mean_tokens={target_mean_tokens:g} outside [{t_big:g}, {t_small:g}] for {image_size}px")
         values, counts = np.unique(s, return_counts=True)
         # A cut at position p sends the p lowest scores below it; cuts fall between distinct values.
         pos = np.concatenate([[0], np.cumsum(counts)])  # (U+1,)
         cut_value = np.concatenate([values, [values[-1] + 1.0]])  # threshold giving each position
         n = s.size
-        t_big, t_mid, t_small = (float(np.ceil(image_size / r) ** 2) for r in (rs[-1], rs[1], rs[0]))
         best, best_err = (0, 0), np.inf
         for a, p_lo in enumerate(pos):  # p_lo scores get the largest ratio
             # mean(p_hi) = (p_lo*t_big + (p_hi - p_lo)*t_mid + (n - p_hi)*t_small) / n is linear in p_hi.
