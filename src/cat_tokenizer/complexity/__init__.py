@@ -1,6 +1,23 @@
-"""Content complexity -> compression ratio (issue 3; in progress: ratio mapping and the score cache)."""
+"""Content complexity -> compression ratio: describe an image, score it 1..9, map the score to a ratio.
 
-from cat_tokenizer.complexity.cache import ScoreCache, content_hash, config_hash
+Parts (each usable alone, chosen in YAML by class_path/init_args):
+  describers: ``ProbeDescriber`` (offline default), ``VLMDescriber``, ``CaptionerDescriber``
+  scorers:    ``RubricScorer`` (rules, default), ``LLMScorer`` (digit odds of a causal LM)
+  mapping:    ``RatioMapper`` (thresholds, or calibrated to a token budget)
+  cache:      ``ScoreCache`` (SQLite, keyed by content hash + evaluator fingerprint)
+"""
+
+from cat_tokenizer.complexity.base import Describer, Description, Scorer, text_description
+from cat_tokenizer.complexity.cache import ScoreCache, config_hash, content_hash
+from cat_tokenizer.complexity.evaluator import ComplexityEvaluator, ScoreResult, summarize
+from cat_tokenizer.complexity.llm import LLMScorer
+from cat_tokenizer.complexity.probe import ProbeDescriber
 from cat_tokenizer.complexity.ratio_map import RatioMapper
+from cat_tokenizer.complexity.rubric import RubricScorer
+from cat_tokenizer.complexity.vlm import CaptionerDescriber, VLMDescriber
 
-__all__ = ["RatioMapper", "ScoreCache", "content_hash", "config_hash"]
+__all__ = [
+    "ComplexityEvaluator", "ScoreResult", "summarize", "Describer", "Description", "Scorer", "text_description",
+    "ProbeDescriber", "VLMDescriber", "CaptionerDescriber", "RubricScorer", "LLMScorer", "RatioMapper",
+    "ScoreCache", "content_hash", "config_hash",
+]

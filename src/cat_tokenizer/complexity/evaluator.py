@@ -1,0 +1,251 @@
+"""The complexity evaluator: describe -> score -> ratio, with the on-disk score cache.
+
+    evaluator = ComplexityEvaluator.from_config("configs/evaluator/probe_rubric.yaml")
+    results = evaluator.score_images(paths, cache="scores.sqlite")   # [ScoreResult]
+    results = evaluator.score_texts(["a page of a newspaper"])       # the generation case
+
+Scores are cached per (image content hash, evaluator fingerprint hash) and written after every
+batch, so a killed run loses nothing already scored and a re-run only scores new or changed
+images. Ratios are not cached: they follow from the scores and the (possibly budget-calibrated)
+thresholds each time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+from torch import nn
+from tqdm.auto import tqdm
+
+from cat_tokenizer.complexity.base import Describer, Description, Scorer, text_description
+from cat_tokenizer.complexity.cache import ScoreCache, config_hash, content_hash
+from cat_tokenizer.complexity.ratio_map import RatioMapper
+from cat_tokenizer.data.images import UnreadableImage, load_rgb
+from cat_tokenizer.errors import InputNotFound, UserInputError
+from cat_tokenizer.ratios import DEFAULT_RATIOS, check_ratio
+
+__all__ = ["ComplexityEvaluator", "ScoreResult", "summarize"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ScoreResult:
+    """One scored image or prompt. ``error`` is set (and score/ratio None) for unreadable files."""
+
+    key: str
+    score: float | None = None
+    ratio: int | None = None
+    description: str = ""
+    cached: bool = False
+    error: str | None = None
+    overridden: bool = False
+
+
+class ComplexityEvaluator(nn.Module):
+    """Describer + scorer + ratio mapping.
+
+    Args:
+        describer: image -> description; default ``ProbeDescriber()`` (offline: OCR, faces, statistics).
+        scorer: description -> score 1..9; default ``RubricScorer()``, or none when the describer scores
+            itself (``VLMDescriber(score=True)``: the one-VLM pipeline).
+        thresholds: score cut points, ascending (default: score >= 7 -> 8x, >= 4 -> 16x, else 32x).
+        ratios: the tokenizer's ratios.
+        target_mean_tokens: if set, thresholds are calibrated on each scored set so the mean token
+            count at ``image_size`` comes closest to this budget (``thresholds`` is then ignored).
+        image_size: the side the token budget refers to.
+        batch_size: images described and scored together (and cached together).
+    """
+
+    def __init__(
+        self,
+        describer: Describer | None = None,
+        scorer: Scorer | None = None,
+        thresholds: Sequence[float] = (4.0, 7.0),
+        ratios: Sequence[int] = DEFAULT_RATIOS,
+        target_mean_tokens: float | None = None,
+        image_size: int = 256,
+        batch_size: int = 8,
+    ):
+        super().__init__()
+        from cat_tokenizer.complexity.probe import ProbeDescriber
+        from cat_tokenizer.complexity.rubric import RubricScorer
+
+        self.describer = describer if describer is not None else ProbeDescriber()
+        self_scoring = getattr(self.describer, "score", None) is True
+        self.scorer = scorer if (scorer is not None or self_scoring) else RubricScorer()
+        self.mapper = RatioMapper(thresholds, ratios)
+        self.target_mean_tokens, self.image_size, self.batch_size = target_mean_tokens, image_size, batch_size
+        if batch_size < 1:
+            raise UserInputError(f"batch_size must be >= 1, got {batch_size}")
+
+    # --- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: str | Path | Mapping | None = None) -> ComplexityEvaluator:
+        """Build from a YAML file or dict: ``{class_path: ..., init_args: {...}}`` or the init args alone.
+
+        ``None`` gives the offline default (probe describer + rule rubric).
+        """
+        from jsonargparse import ArgumentParser
+
+        if config is None:
+            return cls()
+        if isinstance(config, (str, Path)):
+            path = Path(config).expanduser()
+            if not path.is_file():
+                raise InputNotFound(f"evaluator config not found: {config}")
+            config = yaml.safe_load(path.read_text()) or {}
+        config = dict(config)
+        if "class_path" not in config:
+            config = {"class_path": f"{cls.__module__}.{cls.__name__}", "init_args": config}
+        parser = ArgumentParser(exit_on_error=False)
+        parser.add_argument("--evaluator", type=ComplexityEvaluator)
+        try:
+            parsed = parser.parse_object({"evaluator": config})
+        except Exception as err:  # jsonargparse reports bad keys/types here
+            raise UserInputError(f"bad evaluator config: {str(err).splitlines()[0]}") from err
+        return parser.instantiate_classes(parsed).evaluator
+
+    # --- identity -----------------------------------------------------------------------------
+    def fingerprint(self) -> dict:
+        return {"describer": self.describer.fingerprint(),
+                "scorer": self.scorer.fingerprint() if self.scorer is not None else "describer"}
+
+    @property
+    def evaluator_hash(self) -> str:
+        return config_hash(self.fingerprint())
+
+    @property
+    def name(self) -> str:
+        d = self.describer.fingerprint()["describer"].split("/")[0]
+        s = self.scorer.fingerprint()["scorer"].split("/")[0] if self.scorer is not None else "self"
+        return f"{d}+{s}"
+
+    # --- scoring ------------------------------------------------------------------------------
+    def score_descriptions(self, descriptions: list[Description]) -> list[float]:
+        if self.scorer is not None:
+            return [float(s) for s in self.scorer.score(descriptions)]
+        if any(d.score is None for d in descriptions):
+            raise UserInputError("this evaluator has no scorer and its describer gave no score; add a scorer")
+        return [float(d.score) for d in descriptions]
+
+    def mapper_for(self, scores: Sequence[float]) -> RatioMapper:
+        """The thresholds in force for this set of scores (calibrated when a token budget is set)."""
+        if self.target_mean_tokens is None:
+            return self.mapper
+        return RatioMapper.calibrate(scores, self.target_mean_tokens, self.image_size, self.mapper.ratios)
+
+    def _assign(self, results: list[ScoreResult], overrides: Mapping[str, int] | None, ratio: int | None) -> None:
+        ok = [r for r in results if r.score is not None]
+        if ok:
+            mapped = self.mapper_for([r.score for r in ok])([r.score for r in ok])
+            for r, m in zip(ok, mapped):
+                r.ratio = int(m)
+        for r in ok:
+            forced = ratio if ratio is not None else (overrides or {}).get(r.key)
+            if forced is not None:
+                r.ratio, r.overridden = check_ratio(forced, self.mapper.ratios), True
+
+    def score_images(
+        self,
+        paths: Sequence[str | Path],
+        cache: str | Path | ScoreCache | None = None,
+        overrides: Mapping[str, int] | None = None,
+        ratio: int | None = None,
+        progress: bool = False,
+    ) -> list[ScoreResult]:
+        """Score image files (cached ones are read, not recomputed); one result per path, in order.
+
+        Args:
+            paths: image files.
+            cache: a ``ScoreCache`` or its SQLite path (None: no cache).
+            overrides: ``{path: ratio}`` set by hand for some images (their scores are still computed).
+            ratio: one ratio for every image (a global override).
+            progress: show a progress bar.
+        """
+        results = [ScoreResult(key=str(p)) for p in paths]
+        hashes: list[str | None] = []
+        for r in results:
+            try:
+                hashes.append(content_hash(r.key))
+            except OSError as err:
+                r.error = f"{r.key}: cannot read ({err.strerror or err})"
+                hashes.append(None)
+        self._score_keyed(results, hashes, self._describe_files, cache, progress, "images")
+        self._assign(results, overrides, ratio)
+        return results
+
+    def score_texts(self, texts: Sequence[str], cache: str | Path | ScoreCache | None = None,
+                    ratio: int | None = None) -> list[ScoreResult]:
+        """Score prompts or class names (no image: the scorer reads the text itself)."""
+        if self.scorer is None:
+            raise UserInputError("text scoring needs a scorer (the describer-only pipeline needs an image)")
+        results = [ScoreResult(key=t) for t in texts]
+        hashes = ["text:" + hashlib.sha256(t.encode()).hexdigest() for t in texts]
+        self._score_keyed(results, hashes, lambda rs: [text_description(r.key) for r in rs], cache, False, "prompts")
+        self._assign(results, None, ratio)
+        return results
+
+    def _describe_files(self, results: list[ScoreResult]) -> list[Description | None]:
+        images, where = [], []
+        for i, r in enumerate(results):
+            try:
+                images.append(load_rgb(r.key))
+                where.append(i)
+            except UnreadableImage as err:
+                r.error = str(err)
+        out: list[Description | None] = [None] * len(results)
+        for i, d in zip(where, self.describer.describe(images) if images else []):
+            out[i] = d
+        return out
+
+    def _score_keyed(self, results, hashes, describe, cache, progress: bool, what: str) -> None:
+        store = cache if isinstance(cache, ScoreCache) or cache is None else ScoreCache(cache)
+        ev = self.evaluator_hash
+        hits = store.get_many([h for h in hashes if h], ev) if store is not None else {}
+        if store is not None and not hits and (others := store.evaluators() - {ev}):
+            log.info("score cache %s holds scores from %d other evaluator config(s); this config (%s) rescores everything",
+                     store.path, len(others), ev)
+        todo = []
+        for r, h in zip(results, hashes):
+            if h is None:
+                continue
+            if h in hits:
+                r.score, r.description = hits[h]
+                r.cached = True
+            else:
+                todo.append((r, h))
+        if store is not None:
+            log.info("%d %s: %d cached, %d to score", len(results), what, len(results) - len(todo), len(todo))
+        bar = tqdm(total=len(todo), desc=f"scoring {what}", unit=what[:-1], disable=not progress)
+        try:
+            for i in range(0, len(todo), self.batch_size):
+                chunk = todo[i : i + self.batch_size]
+                descs = describe([r for r, _ in chunk])
+                ok = [(r, h, d) for (r, h), d in zip(chunk, descs) if d is not None]
+                scores = self.score_descriptions([d for _, _, d in ok]) if ok else []
+                for (r, _, d), s in zip(ok, scores):
+                    r.score, r.description = s, d.text
+                if store is not None and ok:
+                    store.put_many([(h, r.score, r.description) for r, h, _ in ok], ev)
+                bar.update(len(chunk))
+        finally:
+            bar.close()
+            if store is not None and store is not cache:
+                store.close()
+
+
+def summarize(results: Sequence[ScoreResult], image_size: int, ratios: Sequence[int] = DEFAULT_RATIOS) -> dict:
+    """Counts per ratio and mean tokens vs every fixed ratio (square ``image_size`` images)."""
+    ok = [r for r in results if r.ratio is not None]
+    counts = {int(r): sum(x.ratio == r for x in ok) for r in ratios}
+    tokens = RatioMapper.tokens(np.array([x.ratio for x in ok]), image_size) if ok else np.zeros(0)
+    return {"scored": len(ok), "failed": len(results) - len(ok), "per_ratio": counts,
+            "mean_tokens": float(tokens.mean()) if ok else 0.0,
+            "fixed_tokens": {int(r): int(RatioMapper.tokens(np.array([r]), image_size)[0]) for r in ratios}}

@@ -1,0 +1,158 @@
+"""Perceptual probes: the offline describer (no neural network).
+
+Answers the paper's perceptual questions with classic tools: Tesseract OCR for text (through
+pytesseract), scikit-image's bundled LBP frontal-face cascade for faces, and image statistics
+for texture and detail (edge density, grey-level entropy, distinct colours, JPEG bits per pixel).
+The facts are written as a short structured description that a rubric (rules or an LLM) scores.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+from functools import cached_property
+
+import numpy as np
+from PIL import Image
+
+from cat_tokenizer.complexity.base import Describer, Description
+from cat_tokenizer.errors import UserInputError
+
+__all__ = ["ProbeDescriber", "probe_facts", "jpeg_bits_per_pixel"]
+
+_WORD = re.compile(r"[A-Za-z0-9]{2,}")
+
+
+def jpeg_bits_per_pixel(img: Image.Image, quality: int = 75) -> float:
+    """Size of the image as a JPEG at ``quality``, in bits per pixel (a classic detail proxy)."""
+    buf = io.BytesIO()
+    img.convert("RGB").save(buf, format="JPEG", quality=quality)
+    return 8.0 * buf.tell() / (img.width * img.height)
+
+
+def _fit(img: Image.Image, max_side: int) -> Image.Image:
+    scale = max_side / max(img.size)
+    if scale >= 1:
+        return img
+    return img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.BICUBIC)
+
+
+class ProbeDescriber(Describer):
+    """OCR + face detection + image statistics -> a structured description.
+
+    Args:
+        ocr: run Tesseract (needs the ``tesseract`` binary: ``make install`` adds it on Debian).
+        ocr_min_confidence: a word counts as text when Tesseract's confidence is at least this.
+        ocr_max_side: downscale larger images to this side before OCR.
+        ocr_lang: Tesseract language(s).
+        faces: run the LBP face cascade.
+        face_max_side: the side images are downscaled to for face detection.
+        stats_side: the side images are resized to for edge/entropy/colour/JPEG statistics, so
+            they compare across image sizes.
+    """
+
+    def __init__(
+        self,
+        ocr: bool = True,
+        ocr_min_confidence: float = 60.0,
+        ocr_max_side: int = 1600,
+        ocr_lang: str = "eng",
+        faces: bool = True,
+        face_max_side: int = 384,
+        stats_side: int = 256,
+    ):
+        super().__init__()
+        self.ocr, self.ocr_min_confidence, self.ocr_max_side, self.ocr_lang = ocr, ocr_min_confidence, ocr_max_side, ocr_lang
+        self.faces, self.face_max_side, self.stats_side = faces, face_max_side, stats_side
+        if ocr and shutil.which("tesseract") is None:
+            raise UserInputError(
+                "ProbeDescriber(ocr=True) needs the tesseract binary: run `make install` (Debian: apt-get install "
+                "tesseract-ocr tesseract-ocr-eng) or set ocr: false"
+            )
+
+    def fingerprint(self) -> dict:
+        return {"describer": "probe/v1", "ocr": self.ocr, "ocr_min_confidence": self.ocr_min_confidence,
+                "ocr_max_side": self.ocr_max_side, "ocr_lang": self.ocr_lang, "faces": self.faces,
+                "face_max_side": self.face_max_side, "stats_side": self.stats_side}
+
+    @cached_property
+    def _cascade(self):
+        from skimage.data import lbp_frontal_face_cascade_filename
+        from skimage.feature import Cascade
+
+        return Cascade(lbp_frontal_face_cascade_filename())
+
+    def describe(self, images: list[Image.Image]) -> list[Description]:
+        out = []
+        for img in images:
+            facts = probe_facts(img, self)
+            out.append(Description(text=_facts_text(facts), facts=facts))
+        return out
+
+    def _ocr(self, img: Image.Image) -> dict[str, float]:
+        import pytesseract
+
+        os.environ.setdefault("OMP_THREAD_LIMIT", "1")  # Tesseract's threads only fight over small images
+        small = _fit(img, self.ocr_max_side)
+        data = pytesseract.image_to_data(small, lang=self.ocr_lang, config="--oem 1 --psm 3", output_type=pytesseract.Output.DICT)
+        words, confs, area = 0, [], 0.0
+        for text, conf, w, h in zip(data["text"], data["conf"], data["width"], data["height"]):
+            if float(conf) >= self.ocr_min_confidence and _WORD.search(text or ""):
+                words += 1
+                confs.append(float(conf))
+                area += w * h
+        return {"text_words": float(words), "text_confidence": float(np.mean(confs)) if confs else 0.0,
+                "text_area": min(1.0, area / (small.width * small.height))}
+
+    def _faces(self, img: Image.Image) -> float:
+        from skimage.color import rgb2gray
+
+        small = _fit(img, self.face_max_side)
+        side = min(small.size)
+        lo = max(24, side // 12)
+        found = self._cascade.detect_multi_scale(
+            img=rgb2gray(np.asarray(small)), scale_factor=1.2, step_ratio=1, min_size=(lo, lo), max_size=(side, side),
+            min_neighbor_number=4,
+        )
+        return float(len(found))
+
+
+def probe_facts(img: Image.Image, probe: ProbeDescriber | None = None) -> dict[str, float]:
+    """All probe facts for one RGB image (statistics always; OCR and faces as ``probe`` allows)."""
+    from skimage.feature import canny
+    from skimage.measure import shannon_entropy
+
+    probe = probe or ProbeDescriber(ocr=False, faces=False)
+    img = img.convert("RGB")
+    stats = img.resize((probe.stats_side, probe.stats_side), Image.BICUBIC)
+    grey = np.asarray(stats.convert("L"), dtype=np.float64) / 255.0
+    rgb = np.asarray(stats) >> 3  # 5 bits per channel, so noise does not count as colours
+    facts = {
+        "edge_density": float(canny(grey, sigma=1.0).mean()),
+        "entropy": float(shannon_entropy(np.asarray(stats.convert("L")))),
+        "colours": float(len(np.unique(rgb.reshape(-1, 3) @ np.array([1024, 32, 1])))),
+        "jpeg_bpp": jpeg_bits_per_pixel(stats),
+        "width": float(img.width),
+        "height": float(img.height),
+    }
+    facts.update(probe._ocr(img) if probe.ocr else {})
+    if probe.faces:
+        facts["faces"] = probe._faces(img)
+    return facts
+
+
+def _facts_text(f: dict[str, float]) -> str:
+    parts = []
+    if "text_words" in f:
+        if f["text_words"] > 0:
+            parts.append(f"Text: yes, {f['text_words']:.0f} legible words covering {100 * f['text_area']:.0f}% of the image "
+                         f"(OCR confidence {f['text_confidence']:.0f}).")
+        else:
+            parts.append("Text: none legible.")
+    if "faces" in f:
+        parts.append(f"Human faces: {f['faces']:.0f}." if f["faces"] else "Human faces: none.")
+    parts.append(f"Edges: {100 * f['edge_density']:.1f}% of pixels. Grey-level entropy: {f['entropy']:.1f} bits. "
+                 f"Distinct colours: {f['colours']:.0f}. JPEG size: {f['jpeg_bpp']:.2f} bits per pixel.")
+    return " ".join(parts)
