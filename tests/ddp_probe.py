@@ -12,7 +12,11 @@ class BatchRecorder(L.Callback):
         self.out_dir, self.rows = out_dir, []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self.rows.append({"ratio": int(batch["ratio"]), "index": batch["index"].tolist()})
+        row = {"ratio": int(batch["ratio"]), "index": batch["index"].tolist()}
+        assigned = trainer.datamodule.train_set.ratios
+        if assigned is not None:  # content-assigned ratios: record what each image was assigned
+            row["assigned"] = [int(assigned[i]) for i in row["index"]]
+        self.rows.append(row)
 
     def on_train_end(self, trainer, pl_module):
         checksum = float(sum(p.double().sum() for p in pl_module.vae.parameters()))

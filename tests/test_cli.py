@@ -44,7 +44,7 @@ def test_lightning_fit_default_data_writes_checkpoint_and_export(tmp_path):
     args = ["predict", "-c", CONFIG, "--trainer.accelerator", "cpu", "--trainer.precision", "32-true",
             "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", str(ckpt), "--return_predictions", "false",
             "--trainer.callbacks+=cat_tokenizer.callbacks.LatentWriter", f"--trainer.callbacks.output_dir={out}",
-            "--data.init_args.ratio_sampling", "fixed:32", *TINY]
+            "--data.init_args.ratio_assignment", "fixed:32", *TINY]
     assert lightning_main.main(args) == 0
     files = sorted(out.rglob("*.safetensors"))
     assert len(files) == 45 and {f.parent.name for f in files} == {"photo", "texture", "text", "chart", "flat"}

@@ -12,7 +12,7 @@ from cat_tokenizer import CATDataModule
 from cat_tokenizer.data.datamodule import collate_skipping
 from cat_tokenizer.data.default_data import KINDS, ensure_default_data
 from cat_tokenizer.data.images import UnreadableImage, list_images, load_rgb
-from cat_tokenizer.data.sampler import RatioBatchSampler
+from cat_tokenizer.data.sampler import BucketBatchSampler
 
 
 # ---------------------------------------------------------------- sampler
@@ -22,30 +22,30 @@ def _epoch(s, epoch=0):
 
 
 def test_uniform_batches_have_one_ratio_and_cover_everything():
-    s = RatioBatchSampler(23, 4, seed=3)
+    s = BucketBatchSampler(23, 4, seed=3)
     batches = _epoch(s)
     assert len(batches) == len(s) == 6
     assert all(len({r for _, r in b}) == 1 for b in batches)
     assert sorted(i for b in batches for i, _ in b) == list(range(23))
     assert {b[0][1] for b in batches} <= {8, 16, 32}
     assert _epoch(s, 0) == batches and _epoch(s, 1) != batches  # deterministic per epoch, reshuffled across
-    assert _epoch(RatioBatchSampler(23, 4, seed=3)) == batches
+    assert _epoch(BucketBatchSampler(23, 4, seed=3)) == batches
 
 
 def test_uniform_draws_all_ratios_over_many_batches():
-    counts = Counter(b[0][1] for b in _epoch(RatioBatchSampler(3000, 4, seed=0)))
+    counts = Counter(b[0][1] for b in _epoch(BucketBatchSampler(3000, 4, seed=0)))
     assert set(counts) == {8, 16, 32} and min(counts.values()) > 200
 
 
 def test_fixed_ratio_and_drop_last():
-    s = RatioBatchSampler(10, 4, fixed_ratio=16, drop_last=True)
+    s = BucketBatchSampler(10, 4, fixed_ratio=16, drop_last=True)
     batches = _epoch(s)
     assert len(batches) == len(s) == 2 and all(r == 16 for b in batches for _, r in b)
 
 
 def test_bucketed_by_item_ratio():
     ratios = [8] * 5 + [16] * 7 + [32] * 3
-    s = RatioBatchSampler(15, 2, item_ratios=ratios, seed=1)
+    s = BucketBatchSampler(15, 2, item_ratios=ratios, seed=1)
     batches = _epoch(s)
     assert len(batches) == len(s) == 3 + 4 + 2
     for b in batches:
@@ -56,8 +56,8 @@ def test_bucketed_by_item_ratio():
 @pytest.mark.parametrize("drop_last", [False, True])
 @pytest.mark.parametrize("item_ratios", [None, [8] * 9 + [32] * 8])
 def test_ranks_get_equal_disjoint_shards(drop_last, item_ratios):
-    shards = [_epoch(RatioBatchSampler(17, 3, item_ratios=item_ratios, drop_last=drop_last, seed=5, num_replicas=2, rank=k), 2) for k in range(2)]
-    lens = [len(RatioBatchSampler(17, 3, item_ratios=item_ratios, drop_last=drop_last, num_replicas=2, rank=k)) for k in range(2)]
+    shards = [_epoch(BucketBatchSampler(17, 3, item_ratios=item_ratios, drop_last=drop_last, seed=5, num_replicas=2, rank=k), 2) for k in range(2)]
+    lens = [len(BucketBatchSampler(17, 3, item_ratios=item_ratios, drop_last=drop_last, num_replicas=2, rank=k)) for k in range(2)]
     assert len(shards[0]) == len(shards[1]) == lens[0] == lens[1]
     for b0, b1 in zip(*shards):  # every global step runs one ratio on all ranks
         assert {r for _, r in b0} == {r for _, r in b1} and len({r for _, r in b0}) == 1
@@ -147,8 +147,8 @@ def test_datamodule_skips_corrupt_files_and_counts(image_folder, caplog):
 def test_datamodule_missing_root_is_one_line(tmp_path):
     with pytest.raises(FileNotFoundError, match=f"image folder not found: {tmp_path / 'x'}$"):
         CATDataModule(root=str(tmp_path / "x"))
-    with pytest.raises(ValueError, match="ratio_sampling"):
-        CATDataModule(root=None, ratio_sampling="adaptive")
+    with pytest.raises(ValueError, match="ratio_assignment"):
+        CATDataModule(root=None, ratio_assignment="adaptive")
 
 
 def test_collate_rejects_mixed_ratios():

@@ -103,7 +103,7 @@ def test_validation_logs_metrics_per_ratio_and_grids(image_folder, tmp_path):
 
 def test_training_lowers_the_loss(image_folder, tmp_path):
     model = _module(disc_start=10**6)
-    data = _data(image_folder, ratio_sampling="fixed:8")
+    data = _data(image_folder, ratio_assignment="fixed:8")
     data.setup()
     batch = next(iter(data.val_dataloader()))
     x = batch["image"]
@@ -142,7 +142,7 @@ def test_test_and_predict_write_latents(image_folder, tmp_path):
     model = _module()
     metrics = _trainer(tmp_path, 2).test(model, datamodule=_data(image_folder))[0]
     assert {"test/8x/psnr", "test/32x/ssim"} <= set(metrics)
-    data = _data(image_folder, ratio_sampling="fixed:16")
+    data = _data(image_folder, ratio_assignment="fixed:16")
     writer = LatentWriter(str(tmp_path / "latents"))
     _trainer(tmp_path, 2, callbacks=[writer]).predict(model, datamodule=data, return_predictions=False)
     files = sorted((tmp_path / "latents").rglob("*.safetensors"))

@@ -42,7 +42,7 @@ def parse_ratio_spec(spec: str, valid: Sequence[int] = DEFAULT_RATIOS) -> int | 
     if spec.startswith("fixed:"):
         tail = spec[len("fixed:") :]
         return check_ratio(int(tail) if tail.isdigit() else tail, valid)
-    raise UserInputError(f"ratio_sampling must be 'uniform' or 'fixed:<r>' with r in {sorted(valid)}, got {spec!r}")
+    raise UserInputError(f"ratio_assignment must be 'uniform' or 'fixed:<r>' with r in {sorted(valid)}, got {spec!r}")
 
 
 def token_count(height: int, width: int, ratio: int) -> int:

@@ -11,5 +11,5 @@ def silence_known_warnings() -> None:
     warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
     # The EMA copy (and a frozen LPIPS) stay in eval mode by design.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-    # RatioBatchSampler's predict loader never drops items; Lightning cannot see that.
+    # BucketBatchSampler's predict loader never drops items; Lightning cannot see that.
     warnings.filterwarnings("ignore", message="You are using a custom batch sampler")

@@ -44,6 +44,19 @@ def _cmd_bench(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_score(a: argparse.Namespace) -> int:
+    from cat_tokenizer.cli.score import run_score
+
+    thresholds = [float(t) for t in a.thresholds.split(",")] if a.thresholds else None
+    results, summary = run_score(a.dir, a.text, a.out, a.evaluator, a.cache, a.budget, a.image_size, thresholds,
+                                 a.overrides, a.ratio, progress=not a.quiet)
+    if not a.out:
+        for r in results:
+            print(f"{r.score if r.score is not None else 'n/a':>6.6}  {r.ratio or '-':>2}x  {r.key}")
+    print(summary)
+    return 0 if any(r.score is not None for r in results) else 1
+
+
 def _cmd_demo(a: argparse.Namespace) -> int:
     from cat_tokenizer.cli.demo import run_demo
 
@@ -81,6 +94,20 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--iters", type=int, default=3)
     b.add_argument("--device", default="cpu")
     b.set_defaults(fn=_cmd_bench)
+
+    s = sub.add_parser("score", help="complexity score, ratio and description per image (or prompt) -> CSV")
+    s.add_argument("dir", nargs="?", help="image folder (searched recursively)")
+    s.add_argument("--text", action="append", default=[], help="score this prompt or class name instead (repeatable)")
+    s.add_argument("--out", help="CSV to write (path, score, ratio, description, evaluator)")
+    s.add_argument("--evaluator", help="evaluator YAML (class_path/init_args); default: probe describer + rule rubric")
+    s.add_argument("--cache", help="score cache file (default: one per folder under $CAT_TOKENIZER_CACHE/scores)")
+    s.add_argument("--budget", type=float, help="target mean tokens: calibrate the thresholds on these scores")
+    s.add_argument("--image-size", type=int, help="side the token counts refer to (default: the evaluator's, 256)")
+    s.add_argument("--thresholds", help="score cut points, e.g. 4,7 (score >= 7 -> 8x, >= 4 -> 16x, else 32x)")
+    s.add_argument("--overrides", help="CSV with path,ratio columns: ratios set by hand for some images")
+    s.add_argument("--ratio", type=int, choices=DEFAULT_RATIOS, help="one ratio for every image (global override)")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(fn=_cmd_score)
 
     m = sub.add_parser("demo", help="train a small nested VAE on the embedded data and write a report")
     m.add_argument("--out", default="outputs/demo")

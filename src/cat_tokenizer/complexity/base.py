@@ -38,7 +38,11 @@ def text_description(prompt: str) -> Description:
 
 
 class Describer(nn.Module):
-    """Images -> descriptions. Subclasses implement ``describe`` and ``fingerprint``."""
+    """Images -> descriptions. Subclasses implement ``describe`` and ``fingerprint``; neural ones
+    load their weights in ``load()`` (called on first use)."""
+
+    def load(self) -> Describer:
+        return self
 
     def describe(self, images: list[Image.Image]) -> list[Description]:
         raise NotImplementedError
@@ -54,6 +58,9 @@ class Describer(nn.Module):
 
 class Scorer(nn.Module):
     """Descriptions -> scores in [SCORE_MIN, SCORE_MAX] (higher = more detail = more tokens)."""
+
+    def load(self) -> Scorer:
+        return self
 
     def score(self, descriptions: list[Description]) -> list[float]:
         raise NotImplementedError

@@ -12,7 +12,7 @@ import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["ScoreCache", "content_hash", "config_hash"]
+__all__ = ["ScoreCache", "content_hash", "config_hash", "merge_shards"]
 
 
 def content_hash(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -67,9 +67,36 @@ class ScoreCache:
         with self._db:  # one transaction: all rows or none
             self._db.executemany("INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?)", rows)
 
+    def count(self, evaluator: str | None = None) -> int:
+        """Rows in the cache (for one evaluator hash, or all)."""
+        if evaluator is None:
+            return self._db.execute("SELECT COUNT(*) FROM scores").fetchone()[0]
+        return self._db.execute("SELECT COUNT(*) FROM scores WHERE evaluator=?", (evaluator,)).fetchone()[0]
+
     def evaluators(self) -> set[str]:
         """Evaluator hashes with rows in this cache (to say when a config change rescored everything)."""
         return {e for (e,) in self._db.execute("SELECT DISTINCT evaluator FROM scores")}
 
     def close(self) -> None:
         self._db.close()
+
+
+def merge_shards(target: ScoreCache, shards: Iterable[str | Path]) -> int:
+    """Copy every row of the shard caches into ``target`` (one transaction each), then delete them.
+
+    Returns the number of rows merged. A shard that fails to merge is kept for the next run.
+    """
+    total = 0
+    for shard in shards:
+        shard = Path(shard)
+        src = sqlite3.connect(shard)
+        try:
+            rows = src.execute("SELECT content, evaluator, score, description FROM scores").fetchall()
+        finally:
+            src.close()
+        with target._db:
+            target._db.executemany("INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?)", rows)
+        total += len(rows)
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{shard}{suffix}").unlink(missing_ok=True)
+    return total

@@ -110,7 +110,15 @@ class ComplexityEvaluator(nn.Module):
             parsed = parser.parse_object({"evaluator": config})
         except Exception as err:  # jsonargparse reports bad keys/types here
             raise UserInputError(f"bad evaluator config: {str(err).splitlines()[0]}") from err
-        return parser.instantiate_classes(parsed).evaluator
+        instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes  # renamed in jsonargparse 4.49
+        return instantiate(parsed).evaluator
+
+    def load(self) -> ComplexityEvaluator:
+        """Load the parts' weights now (otherwise on first use)."""
+        self.describer.load()
+        if self.scorer is not None:
+            self.scorer.load()
+        return self
 
     # --- identity -----------------------------------------------------------------------------
     def fingerprint(self) -> dict:
@@ -159,6 +167,7 @@ class ComplexityEvaluator(nn.Module):
         overrides: Mapping[str, int] | None = None,
         ratio: int | None = None,
         progress: bool = False,
+        read_also: Sequence[ScoreCache] = (),
     ) -> list[ScoreResult]:
         """Score image files (cached ones are read, not recomputed); one result per path, in order.
 
@@ -168,6 +177,7 @@ class ComplexityEvaluator(nn.Module):
             overrides: ``{path: ratio}`` set by hand for some images (their scores are still computed).
             ratio: one ratio for every image (a global override).
             progress: show a progress bar.
+            read_also: more caches consulted for hits (read only; new scores go to ``cache``).
         """
         results = [ScoreResult(key=str(p)) for p in paths]
         hashes: list[str | None] = []
@@ -177,7 +187,7 @@ class ComplexityEvaluator(nn.Module):
             except OSError as err:
                 r.error = f"{r.key}: cannot read ({err.strerror or err})"
                 hashes.append(None)
-        self._score_keyed(results, hashes, self._describe_files, cache, progress, "images")
+        self._score_keyed(results, hashes, self._describe_files, cache, progress, "images", read_also)
         self._assign(results, overrides, ratio)
         return results
 
@@ -205,10 +215,15 @@ class ComplexityEvaluator(nn.Module):
             out[i] = d
         return out
 
-    def _score_keyed(self, results, hashes, describe, cache, progress: bool, what: str) -> None:
+    def _score_keyed(self, results, hashes, describe, cache, progress: bool, what: str, read_also=()) -> None:
         store = cache if isinstance(cache, ScoreCache) or cache is None else ScoreCache(cache)
         ev = self.evaluator_hash
-        hits = store.get_many([h for h in hashes if h], ev) if store is not None else {}
+        keys = [h for h in hashes if h]
+        hits = {}
+        for extra in read_also:
+            hits.update(extra.get_many(keys, ev))
+        if store is not None:
+            hits.update(store.get_many([k for k in keys if k not in hits], ev))
         if store is not None and not hits and (others := store.evaluators() - {ev}):
             log.info("score cache %s holds scores from %d other evaluator config(s); this config (%s) rescores everything",
                      store.path, len(others), ev)

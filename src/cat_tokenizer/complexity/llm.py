@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 
 from cat_tokenizer.complexity.base import SCORE_MAX, SCORE_MIN, Description, Scorer
-from cat_tokenizer.complexity.hf import BUILTIN_SMOLLM2, load_causal_lm
+from cat_tokenizer.complexity.hf import BUILTIN_SMOLLM2, load_causal_lm, resolve_device
 from cat_tokenizer.errors import InputNotFound, UserInputError
 
-__all__ = ["LLMScorer", "load_rubric", "digit_token_ids"]
+__all__ = ["LLMScorer", "load_rubric", "digit_token_ids", "parse_score"]
 
 log = logging.getLogger(__name__)
 _DIGIT = re.compile(r"(?<!\d)([1-9])(?!\d)")
@@ -40,6 +40,15 @@ def load_rubric(path: str | None = None) -> str:
     if "{description}" not in text:
         raise UserInputError(f"rubric {path} has no {{description}} placeholder")
     return text
+
+
+def parse_score(answer: str, fallback: float) -> float:
+    """The first standalone digit 1..9 in a free-text answer; ``fallback`` (with a warning) if there is none."""
+    m = _DIGIT.search(answer)
+    if m is None:
+        log.warning("LLM answer holds no score (%r); using fallback_score %g", answer[:60], fallback)
+        return float(fallback)
+    return float(m.group(1))
 
 
 def digit_token_ids(tokenizer) -> list[list[int]] | None:
@@ -69,6 +78,7 @@ class LLMScorer(Scorer):
         dtype: model weights' dtype (``float32``, ``bfloat16`` ...).
         max_length: prompts are truncated from the left to this many tokens.
         prefix_cache: compute the rubric's keys/values once and reuse them for every batch.
+        device: where the model runs (``auto``: CUDA if available); a Lightning run moves it anyway.
     """
 
     def __init__(
@@ -84,6 +94,7 @@ class LLMScorer(Scorer):
         dtype: str = "float32",
         max_length: int = 2048,
         prefix_cache: bool = True,
+        device: str = "auto",
     ):
         super().__init__()
         if mode not in ("digits", "generate"):
@@ -94,15 +105,24 @@ class LLMScorer(Scorer):
         self.batch_size, self.max_new_tokens, self.fallback_score = batch_size, max_new_tokens, fallback_score
         self.dtype, self.max_length = dtype, max_length
         self.rubric = load_rubric(rubric)
-        self.tokenizer, self.lm = load_causal_lm(model, gguf_file, dtype)
+        self.mode = self.requested_mode = mode
+        self.prefix_cache, self.device_name = prefix_cache, device
+        resolve_device(device)  # a CUDA device on a CPU-only machine fails here, before any loading
+        self.lm = None  # loaded on first use (a DDP rank that only reads the score cache never loads it)
+
+    def load(self) -> LLMScorer:
+        """Load the tokenizer and model (once), and split the prompt into its shared prefix and per-image suffix."""
+        if self.lm is not None:
+            return self
+        self.tokenizer, lm = load_causal_lm(self.model_name, self.gguf_file, self.dtype)
+        self.lm = lm.to(resolve_device(self.device_name))
         self.tokenizer.padding_side, self.tokenizer.truncation_side = "left", "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.digit_ids = digit_token_ids(self.tokenizer)
-        if mode == "digits" and self.digit_ids is None:
-            log.warning("%s has no single-token digits: LLMScorer falls back to mode='generate'", model)
-            mode = "generate"
-        self.mode, self.prefix_cache = mode, prefix_cache
+        if self.mode == "digits" and self.digit_ids is None:
+            log.warning("%s has no single-token digits: LLMScorer falls back to mode='generate'", self.model_name)
+            self.mode = "generate"
         # The prompt splits at the line where the description starts: a fixed prefix (rubric,
         # examples, chat header) and a per-image suffix, tokenized separately on every path so
         # cached, batched and one-at-a-time scoring see the very same token ids.
@@ -114,10 +134,11 @@ class LLMScorer(Scorer):
         self._kv: tuple[torch.device, object] | None = None
         # transformers 5 renamed the forward argument ``past_key_values`` to ``cache``.
         self._cache_kwarg = "cache" if "cache" in inspect.signature(self.lm.forward).parameters else "past_key_values"
+        return self
 
     def fingerprint(self) -> dict:
         return {"scorer": "llm/v1", "model": self.model_name, "gguf_file": self.gguf_file, "rubric": self.rubric,
-                "chat": self.chat, "mode": self.mode, "max_new_tokens": self.max_new_tokens,
+                "chat": self.chat, "mode": self.requested_mode, "max_new_tokens": self.max_new_tokens,
                 "fallback_score": self.fallback_score, "dtype": self.dtype, "max_length": self.max_length}
 
     def prompt(self, description: str) -> str:
@@ -144,6 +165,7 @@ class LLMScorer(Scorer):
     @torch.inference_mode()
     def digit_probs(self, descriptions: list[str]) -> torch.Tensor:
         """(N, 9) probabilities of the answers 1..9 after the rubric prompt (one batched pass)."""
+        self.load()
         dev = self.lm.device
         suffixes = [self._suffix_template.replace("{description}", d.strip()) for d in descriptions]
         pad_side = self.tokenizer.padding_side
@@ -173,19 +195,15 @@ class LLMScorer(Scorer):
 
     @torch.inference_mode()
     def generate_scores(self, prompts: list[str]) -> list[float]:
+        self.load()
         enc = self._encode(prompts)
         out = self.lm.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=False,
                                pad_token_id=self.tokenizer.pad_token_id)
         answers = self.tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-        scores = []
-        for text in answers:
-            m = _DIGIT.search(text)
-            if m is None:
-                log.warning("LLM answer holds no score (%r); using fallback_score %g", text[:60], self.fallback_score)
-            scores.append(float(m.group(1)) if m else self.fallback_score)
-        return scores
+        return [parse_score(text, self.fallback_score) for text in answers]
 
     def score(self, descriptions: list[Description]) -> list[float]:
+        self.load()
         scores: list[float] = []
         digits = torch.arange(SCORE_MIN, SCORE_MAX + 1, dtype=torch.float32)
         for i in range(0, len(descriptions), self.batch_size):

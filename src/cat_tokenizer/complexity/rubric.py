@@ -51,7 +51,7 @@ class RubricScorer(Scorer):
         min_words: int = 3,
         text_points: float = 4.0,
         words_per_point: float = 100.0,
-        face_points: float = 2.0,
+        face_points: float = 2.5,
         prompt_base: float = 5.0,
         prompt_step: float = 2.0,
         high_words: Sequence[str] = HIGH_WORDS,

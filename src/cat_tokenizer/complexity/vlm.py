@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from cat_tokenizer.complexity.base import SCORE_MAX, SCORE_MIN, Describer, Description
-from cat_tokenizer.complexity.hf import load_pretrained
+from cat_tokenizer.complexity.hf import load_pretrained, resolve_device
 from cat_tokenizer.complexity.llm import digit_token_ids, load_rubric
 from cat_tokenizer.errors import UserInputError
 
@@ -51,12 +51,23 @@ def _new_tokens(out: torch.Tensor, input_ids: torch.Tensor | None) -> torch.Tens
 
 
 class _ImageTextDescriber(Describer):
-    def __init__(self, model: str, dtype: str, max_new_tokens: int, batch_size: int):
+    def __init__(self, model: str, dtype: str, max_new_tokens: int, batch_size: int, device: str):
         super().__init__()
         if max_new_tokens < 1 or batch_size < 1:
             raise UserInputError("max_new_tokens and batch_size must be >= 1")
         self.model_name, self.dtype, self.max_new_tokens, self.batch_size = model, dtype, max_new_tokens, batch_size
-        self.processor, self.net = _load_image_text_model(model, dtype)
+        self.device_name = device
+        resolve_device(device)  # fail early on a CUDA device without CUDA
+        self.net = None  # loaded on first use
+
+    def load(self) -> _ImageTextDescriber:
+        if self.net is None:
+            self.processor, net = _load_image_text_model(self.model_name, self.dtype)
+            self.net = net.to(resolve_device(self.device_name))
+            gen = getattr(self.net, "generation_config", None)
+            if gen is not None and gen.pad_token_id is None:
+                gen.pad_token_id = self.processor.tokenizer.pad_token_id
+        return self
 
     def _inputs(self, images: list[Image.Image], texts: list[str] | None) -> dict:
         kwargs = {"images": images, "return_tensors": "pt"}
@@ -70,7 +81,7 @@ class _ImageTextDescriber(Describer):
     def _generate(self, images: list[Image.Image], texts: list[str] | None) -> list[str]:
         enc = self._inputs(images, texts)
         tok = self.processor.tokenizer
-        out = self.net.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+        out = self.net.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=False)
         return [t.strip() for t in tok.batch_decode(_new_tokens(out, enc.get("input_ids")), skip_special_tokens=True)]
 
 
@@ -86,6 +97,7 @@ class VLMDescriber(_ImageTextDescriber):
         max_new_tokens: answer length.
         batch_size: images per generate call.
         dtype: weights' dtype.
+        device: where the model runs (``auto``: CUDA if available).
     """
 
     def __init__(
@@ -98,13 +110,19 @@ class VLMDescriber(_ImageTextDescriber):
         max_new_tokens: int = 96,
         batch_size: int = 4,
         dtype: str = "float32",
+        device: str = "auto",
     ):
-        super().__init__(model, dtype, max_new_tokens, batch_size)
+        super().__init__(model, dtype, max_new_tokens, batch_size, device)
         self.questions, self.prompt_format, self.score, self.rubric_path = tuple(questions), prompt_format, score, rubric
         self.rubric = load_rubric(rubric) if score else None
-        self.digit_ids = digit_token_ids(self.processor.tokenizer) if score else None
-        if score and self.digit_ids is None:
-            raise UserInputError(f"{model}: its tokenizer has no single-token digits, so score=True cannot read digit odds")
+
+    def load(self) -> VLMDescriber:
+        if self.net is None:
+            super().load()
+            self.digit_ids = digit_token_ids(self.processor.tokenizer) if self.score else None
+            if self.score and self.digit_ids is None:
+                raise UserInputError(f"{self.model_name}: its tokenizer has no single-token digits, so score=True cannot read digit odds")
+        return self
 
     def fingerprint(self) -> dict:
         return {"describer": "vlm/v1", "model": self.model_name, "questions": self.questions,
@@ -128,6 +146,7 @@ class VLMDescriber(_ImageTextDescriber):
         return (probs.cpu() @ torch.arange(SCORE_MIN, SCORE_MAX + 1, dtype=torch.float32)).tolist()
 
     def describe(self, images: list[Image.Image]) -> list[Description]:
+        self.load()
         question = " ".join(f"{i + 1}. {q}" for i, q in enumerate(self.questions))
         out = []
         for i in range(0, len(images), self.batch_size):
@@ -148,6 +167,7 @@ class CaptionerDescriber(_ImageTextDescriber):
         max_new_tokens: caption length.
         batch_size: images per generate call.
         dtype: weights' dtype.
+        device: where the model runs (``auto``: CUDA if available).
     """
 
     def __init__(
@@ -158,8 +178,9 @@ class CaptionerDescriber(_ImageTextDescriber):
         max_new_tokens: int = 40,
         batch_size: int = 8,
         dtype: str = "float32",
+        device: str = "auto",
     ):
-        super().__init__(model, dtype, max_new_tokens, batch_size)
+        super().__init__(model, dtype, max_new_tokens, batch_size, device)
         self.prompt, self.questions = prompt, tuple(questions)
 
     def fingerprint(self) -> dict:
@@ -167,6 +188,7 @@ class CaptionerDescriber(_ImageTextDescriber):
                 "max_new_tokens": self.max_new_tokens, "dtype": self.dtype}
 
     def describe(self, images: list[Image.Image]) -> list[Description]:
+        self.load()
         out = []
         for i in range(0, len(images), self.batch_size):
             batch = images[i : i + self.batch_size]

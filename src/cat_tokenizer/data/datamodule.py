@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import random
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from cat_tokenizer.complexity.evaluator import ComplexityEvaluator
+from cat_tokenizer.data.annotations import class_labels, read_captions
+from cat_tokenizer.data.assign import parse_assignment, ratios_from_csv, ratios_from_evaluator
 from cat_tokenizer.data.default_data import ensure_default_data
 from cat_tokenizer.data.images import UnreadableImage, list_images, load_rgb, partition_readable
-from cat_tokenizer.data.sampler import RatioBatchSampler
+from cat_tokenizer.data.sampler import BucketBatchSampler
 from cat_tokenizer.errors import InputNotFound, UserInputError
-from cat_tokenizer.ratios import DEFAULT_RATIOS, check_ratio, parse_ratio_spec
+from cat_tokenizer.ratios import DEFAULT_RATIOS, check_ratio
 
 __all__ = ["CATDataModule", "ImageFileDataset", "collate_skipping"]
 
@@ -39,14 +44,24 @@ def image_transform(size: int, train: bool, hflip: bool = False) -> v2.Compose:
 
 
 class ImageFileDataset(Dataset):
-    """Images from a list of files; items are dicts ``{image, ratio, index}``.
+    """Images from a list of files; items are dicts ``{image, ratio, index[, label][, caption]}``.
 
-    Indexed by ``(index, ratio)`` pairs from ``RatioBatchSampler`` (or a plain index: ratio 0).
+    Indexed by ``(index, ratio)`` pairs from ``BucketBatchSampler`` (or a plain index: ratio 0).
     A file that fails to decode returns ``None`` with one warning; ``collate_skipping`` drops it.
+
+    Args:
+        files: image paths.
+        transform: PIL image -> (3, S, S) tensor in [-1, 1].
+        labels: one class index per file, or None.
+        captions: one list of captions per file, or None; training draws one at random, evaluation takes the first.
+        ratios: one assigned ratio per file (content-adaptive modes), or None.
+        train: draw random captions.
     """
 
-    def __init__(self, files: Sequence[Path], transform: v2.Compose):
-        self.files, self.transform = list(files), transform
+    def __init__(self, files: Sequence[Path], transform: v2.Compose, labels: Sequence[int] | None = None,
+                 captions: Sequence[list[str]] | None = None, ratios: np.ndarray | None = None, train: bool = False):
+        self.files, self.transform, self.train = list(files), transform, train
+        self.labels, self.captions, self.ratios = labels, captions, ratios
 
     def __len__(self) -> int:
         return len(self.files)
@@ -58,26 +73,40 @@ class ImageFileDataset(Dataset):
         except UnreadableImage as err:
             warnings.warn(f"skipping unreadable image {err}", stacklevel=1)
             return None
-        return {"image": self.transform(img), "ratio": ratio, "index": index}
+        item = {"image": self.transform(img), "ratio": ratio, "index": index}
+        if self.labels is not None:
+            item["label"] = self.labels[index]
+        if self.captions is not None:
+            caps = self.captions[index] or [""]
+            item["caption"] = random.choice(caps) if self.train else caps[0]
+        return item
 
 
 def collate_skipping(items: list[dict | None]) -> dict | None:
-    """Default collate over the readable items; ``ratio`` becomes one int for the whole batch."""
+    """Collate the readable items; ``ratio`` becomes one int for the whole batch, captions a list."""
     items = [it for it in items if it is not None]
     if not items:
         return None
     ratios = {it["ratio"] for it in items}
     if len(ratios) != 1:
         raise RuntimeError(f"a batch mixes ratios {sorted(ratios)}; batches must hold one ratio")
-    return {
+    batch = {
         "image": torch.stack([it["image"] for it in items]),  # (B, 3, S, S)
         "index": torch.tensor([it["index"] for it in items]),
         "ratio": ratios.pop(),
     }
+    if "label" in items[0]:
+        batch["label"] = torch.tensor([it["label"] for it in items])  # (B,)
+    if "caption" in items[0]:
+        batch["caption"] = [it["caption"] for it in items]
+    return batch
 
 
 class CATDataModule(L.LightningDataModule):
     """Image folder (recursive) or the embedded default data, in batches of one ratio each.
+
+    One DataModule serves the VAE, the DiT and the probe: optional class labels (subfolders) and
+    captions, and a ratio per batch from a sampling rule or per image from content complexity.
 
     Args:
         root: folder of images (searched recursively); None uses the embedded default data.
@@ -88,7 +117,14 @@ class CATDataModule(L.LightningDataModule):
         val_fraction: share of files held out for validation, chosen by a hash of the path (stable
             when files are added) within each top-level subfolder, at least one per subfolder.
         ratios: compression ratios in play.
-        ratio_sampling: ``uniform`` (each batch draws a ratio) or ``fixed:<r>``.
+        ratio_assignment: ``uniform`` (each batch draws a ratio), ``fixed:<r>``, ``complexity`` (each
+            image at the ratio the evaluator assigns, scored once in ``prepare_data`` and cached) or
+            ``csv:<path>`` (columns ``path,ratio``, e.g. written by ``cat-tokenizer score``).
+        evaluator: the complexity evaluator for ``complexity`` (default: probe describer + rule rubric).
+        score_cache: the score cache file (default: one per dataset under ``$CAT_TOKENIZER_CACHE/scores``).
+        labels: add ``label`` (index of the top-level subfolder, sorted names) to every batch.
+        captions: a captions file (CSV ``path,caption``, JSON ``{path: caption}``, or COCO captions);
+            adds ``caption`` (a list of strings) to every batch.
         hflip: random horizontal flips in training (off by default: mirrored text is not text).
         verify_images: check every file's header at setup and drop unreadable ones up front.
         seed: base seed of the per-epoch shuffles.
@@ -104,7 +140,11 @@ class CATDataModule(L.LightningDataModule):
         num_workers: int = 4,
         val_fraction: float = 0.1,
         ratios: Sequence[int] = DEFAULT_RATIOS,
-        ratio_sampling: str = "uniform",
+        ratio_assignment: str = "uniform",
+        evaluator: ComplexityEvaluator | None = None,
+        score_cache: str | None = None,
+        labels: bool = False,
+        captions: str | None = None,
         hflip: bool = False,
         verify_images: bool = True,
         seed: int = 0,
@@ -112,7 +152,8 @@ class CATDataModule(L.LightningDataModule):
     ):
         super().__init__()
         self.ratios = tuple(check_ratio(r, DEFAULT_RATIOS) for r in ratios)
-        self.fixed_ratio = parse_ratio_spec(ratio_sampling, self.ratios)
+        self.assignment = parse_assignment(ratio_assignment, self.ratios)
+        self.fixed_ratio = self.assignment.fixed
         if root is not None and not Path(root).expanduser().is_dir():
             raise InputNotFound(f"--data.root: image folder not found: {root}")
         if not 0.0 <= val_fraction < 1.0:
@@ -121,44 +162,101 @@ class CATDataModule(L.LightningDataModule):
         self.val_batch_size = val_batch_size or batch_size
         self.num_workers, self.val_fraction, self.hflip = num_workers, val_fraction, hflip
         self.verify_images, self.seed, self.drop_last = verify_images, seed, drop_last
+        self._evaluator, self.score_cache = evaluator, score_cache
+        self.labels, self.captions = labels, captions
+        self.classes: list[str] = []
         self.train_set: ImageFileDataset | None = None
         self.val_set: ImageFileDataset | None = None
         self.predict_set: ImageFileDataset | None = None
         self.skipped: list[UnreadableImage] = []
 
-    def prepare_data(self) -> None:
-        if self.root is None:
-            ensure_default_data()
+    @property
+    def evaluator(self) -> ComplexityEvaluator:
+        if self._evaluator is None:
+            self._evaluator = ComplexityEvaluator()
+        return self._evaluator
 
     def data_root(self) -> Path:
         return Path(self.root).expanduser() if self.root is not None else ensure_default_data()
+
+    def score_cache_path(self) -> Path:
+        from cat_tokenizer.cli.score import default_score_cache
+
+        return Path(self.score_cache).expanduser() if self.score_cache else default_score_cache(self.data_root())
+
+    def _readable_files(self, root: Path, report: bool) -> list[Path]:
+        files = list_images(root)
+        if not self.verify_images:
+            return files
+        files, skipped = partition_readable(files)
+        if report:
+            self.skipped = skipped
+            for err in skipped:
+                log.warning("skipping unreadable image %s", err)
+            if skipped:
+                log.warning("skipped %d unreadable of %d files under %s", len(skipped), len(files) + len(skipped), root)
+        if not files:
+            raise UserInputError(f"no readable images under {root}")
+        return files
+
+    def prepare_data(self) -> None:
+        """Build the default data; for ``complexity``, score every image once into the cache
+        (local rank 0 of each node; the other ranks read the cache in ``setup``)."""
+        root = self.data_root()
+        if self.assignment.kind == "complexity":
+            files = self._readable_files(root, report=False)
+            ratios_from_evaluator(self.evaluator, files, self.score_cache_path(), progress=True)
+
+    def _item_ratios(self, files: list[Path], root: Path) -> tuple[list[Path], np.ndarray | None]:
+        if self.assignment.kind == "csv":
+            return files, ratios_from_csv(self.assignment.csv_path, files, root, self.ratios)
+        if self.assignment.kind != "complexity":
+            return files, None
+        ratios, errors = ratios_from_evaluator(self.evaluator, files, self.score_cache_path())
+        for e in errors:
+            log.warning("no complexity score, dropped: %s", e)
+        bad = sorted(set(int(r) for r in ratios[ratios > 0]) - set(self.ratios))
+        if bad:
+            raise UserInputError(f"the evaluator assigns ratios {bad} outside data.ratios {list(self.ratios)}")
+        keep = ratios > 0
+        return [f for f, k in zip(files, keep) if k], ratios[keep]
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
         root = self.data_root()
-        files = list_images(root)
-        if self.verify_images:
-            files, self.skipped = partition_readable(files)
-            for err in self.skipped:
-                log.warning("skipping unreadable image %s", err)
-            if self.skipped:
-                log.warning("skipped %d unreadable of %d files under %s", len(self.skipped), len(files) + len(self.skipped), root)
-            if not files:
-                raise UserInputError(f"no readable images under {root}")
-        val = _stratified_split(files, root, self.val_fraction)
-        held_out = set(val)
-        train = [f for f in files if f not in held_out] or files
-        self.train_set = ImageFileDataset(train, image_transform(self.image_size, True, self.hflip))
-        self.val_set = ImageFileDataset(val, image_transform(self.image_size, False))
-        self.predict_set = ImageFileDataset(files, image_transform(self.image_size, False))
-        log.info("data: %d train / %d val images from %s", len(train), len(val), root)
+        files, item_ratios = self._item_ratios(self._readable_files(root, report=True), root)
+        labels = None
+        if self.labels:
+            labels, self.classes = class_labels(files, root)
+        captions = None
+        if self.captions:
+            table = read_captions(self.captions, root)
+            captions = [table.get(f.relative_to(root).as_posix(), []) for f in files]
+            missing = sum(not c for c in captions)
+            if missing:
+                log.warning("%d of %d images have no caption in %s (they get an empty caption)", missing, len(files), self.captions)
+        val = set(_stratified_split(files, root, self.val_fraction))
+        train_idx = [i for i, f in enumerate(files) if f not in val] or list(range(len(files)))
+        val_idx = [i for i, f in enumerate(files) if f in val]
+
+        def subset(idx: list[int], train: bool) -> ImageFileDataset:
+            return ImageFileDataset(
+                [files[i] for i in idx], image_transform(self.image_size, train, self.hflip and train),
+                labels=None if labels is None else [labels[i] for i in idx],
+                captions=None if captions is None else [captions[i] for i in idx],
+                ratios=None if item_ratios is None else item_ratios[idx], train=train,
+            )
+
+        self.train_set, self.val_set = subset(train_idx, True), subset(val_idx, False)
+        self.predict_set = subset(list(range(len(files))), False)
+        log.info("data: %d train / %d val images from %s", len(train_idx), len(val_idx), root)
 
     def _rank(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)
         return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
 
-    def _loader(self, dataset: ImageFileDataset, sampler: RatioBatchSampler) -> DataLoader:
+    def _loader(self, dataset: ImageFileDataset, sampler: BucketBatchSampler) -> DataLoader:
         return DataLoader(
             dataset, batch_sampler=sampler, num_workers=self.num_workers, collate_fn=collate_skipping,
             pin_memory=torch.cuda.is_available(), persistent_workers=self.num_workers > 0,
@@ -166,32 +264,34 @@ class CATDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         world, rank = self._rank()
-        sampler = RatioBatchSampler(
-            len(self.train_set), self.batch_size, self.ratios, fixed_ratio=self.fixed_ratio,
-            shuffle=True, drop_last=self.drop_last and len(self.train_set) >= self.batch_size * world,
+        sampler = BucketBatchSampler(
+            len(self.train_set), self.batch_size, self.ratios, item_ratios=self.train_set.ratios,
+            fixed_ratio=self.fixed_ratio, shuffle=True,
+            drop_last=self.drop_last and len(self.train_set) >= self.batch_size * world,
             seed=self.seed, num_replicas=world, rank=rank,
         )
         return self._loader(self.train_set, sampler)
 
     def _ordered(self, dataset: ImageFileDataset, fixed_ratio: int | None) -> DataLoader:
         world, rank = self._rank()
-        sampler = RatioBatchSampler(
-            len(dataset), self.val_batch_size, self.ratios, fixed_ratio=fixed_ratio,
+        sampler = BucketBatchSampler(
+            len(dataset), self.val_batch_size, self.ratios, item_ratios=dataset.ratios, fixed_ratio=fixed_ratio,
             shuffle=False, drop_last=False, seed=self.seed, num_replicas=world, rank=rank,
         )
         return self._loader(dataset, sampler)
 
     def val_dataloader(self) -> DataLoader:
-        # The module evaluates every ratio on each held-out batch; the batch's own ratio is the first.
-        return self._ordered(self.val_set, self.ratios[0])
+        # Per-image ratios when assigned by content; otherwise the smallest ratio (the VAE module
+        # evaluates every ratio on each held-out batch anyway).
+        return self._ordered(self.val_set, self.fixed_ratio or self.ratios[0])
 
     def test_dataloader(self) -> DataLoader:
         """The held-out split (this DataModule keeps no separate test split)."""
-        return self._ordered(self.val_set, self.ratios[0])
+        return self._ordered(self.val_set, self.fixed_ratio or self.ratios[0])
 
     def predict_dataloader(self) -> DataLoader:
-        """Every image (train + held out, centre crops, in file order) at the ratio from
-        ``ratio_sampling``. Under DDP the last step may repeat a few images on one rank."""
+        """Every image (train + held out, centre crops, in file order, bucketed by ratio when
+        assigned per image). Under DDP the last step may repeat a few images on one rank."""
         return self._ordered(self.predict_set, self.fixed_ratio)
 
 

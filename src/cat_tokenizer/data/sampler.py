@@ -9,10 +9,10 @@ from torch.utils.data import Sampler
 
 from cat_tokenizer.errors import UserInputError
 
-__all__ = ["RatioBatchSampler"]
+__all__ = ["BucketBatchSampler"]
 
 
-class RatioBatchSampler(Sampler[list[tuple[int, int]]]):
+class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
     """Yields batches ``[(index, ratio), ...]`` in which every item has the same ratio.
 
     Two modes:

@@ -1,4 +1,4 @@
-"""Ratio mapping and the score cache (the first pieces of the complexity evaluator)."""
+"""Ratio mapping (thresholds, budget calibration) and the SQLite score cache."""
 
 import multiprocessing as mp
 

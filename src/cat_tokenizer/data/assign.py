@@ -1,0 +1,86 @@
+"""Per-image compression ratios for a dataset: from the complexity evaluator (cached) or a CSV."""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from cat_tokenizer.errors import InputNotFound, UserInputError
+from cat_tokenizer.ratios import check_ratio, parse_ratio_spec
+
+__all__ = ["RatioAssignment", "parse_assignment", "ratios_from_csv", "ratios_from_evaluator"]
+
+log = logging.getLogger(__name__)
+
+
+class RatioAssignment:
+    """A parsed ``ratio_assignment`` string.
+
+    ``uniform`` (each batch draws a ratio), ``fixed:<r>``, ``complexity`` (the evaluator's ratio
+    per image, bucketed) or ``csv:<path>`` (columns ``path,ratio``, e.g. from ``cat-tokenizer score``).
+    """
+
+    def __init__(self, kind: str, fixed: int | None = None, csv_path: str | None = None):
+        self.kind, self.fixed, self.csv_path = kind, fixed, csv_path
+
+    @property
+    def per_item(self) -> bool:
+        return self.kind in ("complexity", "csv")
+
+
+def parse_assignment(spec: str, ratios: Sequence[int]) -> RatioAssignment:
+    if spec == "complexity":
+        return RatioAssignment("complexity")
+    if spec.startswith("csv:"):
+        return RatioAssignment("csv", csv_path=spec[len("csv:") :])
+    try:
+        fixed = parse_ratio_spec(spec, ratios)
+    except UserInputError:
+        raise UserInputError(
+            f"ratio_assignment must be uniform, fixed:<r> (r in {sorted(ratios)}), complexity or csv:<path>; got {spec!r}"
+        ) from None
+    return RatioAssignment("uniform" if fixed is None else "fixed", fixed=fixed)
+
+
+def ratios_from_csv(path: str | Path, files: Sequence[Path], root: Path, ratios: Sequence[int]) -> np.ndarray:
+    """(N,) ratios for ``files`` from a CSV with ``path`` (relative to ``root`` or absolute) and ``ratio``.
+
+    Raises:
+        UserInputError: missing columns, a bad ratio, or files the CSV does not cover.
+    """
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise InputNotFound(f"ratio CSV not found: {path}")
+    table: dict[str, int] = {}
+    with p.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or not {"path", "ratio"} <= set(reader.fieldnames):
+            raise UserInputError(f"{path}: needs columns 'path' and 'ratio', found {reader.fieldnames}")
+        for i, row in enumerate(reader, start=2):
+            if not (row["ratio"] or "").strip():
+                continue  # an unreadable image in a score CSV
+            try:
+                r = check_ratio(int(row["ratio"]), ratios)
+            except ValueError:
+                raise UserInputError(f"{path}:{i}: bad ratio {row['ratio']!r} (valid: {sorted(ratios)})") from None
+            q = Path(row["path"])
+            table[str(q if q.is_absolute() else root / q)] = r
+    missing = [f for f in files if str(f) not in table]
+    if missing:
+        raise UserInputError(f"{path} gives no ratio for {len(missing)} of {len(files)} images (first: {missing[0]}); "
+                             f"rescore with `cat-tokenizer score {root} --out {path}`")
+    return np.array([table[str(f)] for f in files], dtype=np.int64)
+
+
+def ratios_from_evaluator(evaluator, files: Sequence[Path], cache: Path, progress: bool = False) -> tuple[np.ndarray, list[str]]:
+    """(N,) ratios from the evaluator (through the score cache) and the errors of files it could not score."""
+    results = evaluator.score_images(files, cache=cache, progress=progress)
+    ratios = np.array([r.ratio if r.ratio is not None else 0 for r in results], dtype=np.int64)
+    errors = [r.error for r in results if r.error]
+    counts = {int(r): int((ratios == r).sum()) for r in np.unique(ratios[ratios > 0])}
+    log.info("complexity ratios (%s): %s", evaluator.name, ", ".join(f"{r}x: {n}" for r, n in counts.items()))
+    return ratios, errors
