@@ -38,6 +38,7 @@ demo: install
 
 bench: install
 	$(VENV)/bin/cat-tokenizer bench
+	$(VENV)/bin/cat-tokenizer bench-score
 
 clean:
 	rm -rf $(VENV) outputs lightning_logs .pytest_cache

@@ -125,6 +125,13 @@ def test_demo_writes_report(tmp_path, capsys):
     assert len(rows) % 3 == 0 and {"text", "chart", "photo", "flat"} <= kinds
     grid = Image.open(out / "grid.png")
     assert grid.size[0] == 4 * 64 + 5 * 2  # original | 8x | 16x | 32x
+    # The pipeline part: every image scored and encoded at its ratio, per-kind and total tables.
+    report = (out / "report.md").read_text()
+    assert "| CAT (adaptive) |" in report and "| fixed 16x | 16 |" in report  # 64px / 16 = 4x4 tokens
+    per_image = (out / "pipeline.csv").read_text().strip().splitlines()
+    assert len(per_image) == 1 + 45 and (out / "pipeline.png").is_file()
+    flat = [r for r in per_image if r.startswith("flat/")]
+    assert flat and all(",32," in r for r in flat)  # flat graphics get the fewest tokens
     NestedVAE.from_pretrained(out / "pretrained")
     # Running again resumes from checkpoints/last.ckpt instead of starting over.
     assert tools.main(["demo", "--out", str(out), "--steps", "4", "--preset", "tiny", "--image-size", "64", "--num-workers", "0"]) == 0

@@ -1,5 +1,6 @@
 """``cat-tokenizer demo`` (``make demo``): train a small nested VAE on the embedded data on the
-CPU, then report held-out reconstructions at 8x / 16x / 32x.
+CPU, report held-out reconstructions at 8x / 16x / 32x, then run the whole CAT pipeline (score
+each image, encode at its assigned ratio, decode, compare with fixed ratios: ``pipeline.*``).
 
 Writes into ``--out``: ``report.md`` (the table), ``metrics.csv`` (per image and ratio),
 ``grid.png`` (original | 8x | 16x | 32x per row), ``pretrained/`` (EMA weights, loadable with
@@ -21,6 +22,7 @@ from torchvision.utils import make_grid, save_image
 
 from cat_tokenizer.callbacks import ExportPretrained
 from cat_tokenizer.cli import silence_known_warnings
+from cat_tokenizer.cli.pipeline import pipeline_report
 from cat_tokenizer.data.datamodule import CATDataModule
 from cat_tokenizer.losses.vae_loss import VAELoss
 from cat_tokenizer.lit.vae_module import NestedVAEModule
@@ -57,7 +59,11 @@ def run_demo(out: str = "outputs/demo", steps: int = 300, image_size: int = 128,
                    ExportPretrained(dirpath=str(out_dir / "pretrained"))],
     )
     trainer.fit(model, datamodule=data, ckpt_path=str(last) if last.is_file() else None)
-    return reconstruction_report(model.eval_vae.eval(), data, out_dir, trained_steps=int(model.gen_step))
+    vae = model.eval_vae.eval()
+    report = reconstruction_report(vae, data, out_dir, trained_steps=int(model.gen_step))
+    pipeline = pipeline_report(vae, data, out_dir)
+    report.write_text(report.read_text() + "\n" + pipeline.read_text())
+    return report
 
 
 @torch.no_grad()

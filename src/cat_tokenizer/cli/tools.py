@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from cat_tokenizer.errors import UserInputError
 from cat_tokenizer.ratios import DEFAULT_RATIOS
@@ -55,6 +56,31 @@ def _cmd_score(a: argparse.Namespace) -> int:
             print(f"{r.score if r.score is not None else 'n/a':>6.6}  {r.ratio or '-':>2}x  {r.key}")
     print(summary)
     return 0 if any(r.score is not None for r in results) else 1
+
+
+def _cmd_bench_score(a: argparse.Namespace) -> int:
+    from cat_tokenizer.cli.bench_score import bench_scorers
+
+    rows = bench_scorers(a.n, a.llm, a.batch, a.device)
+    print(f"complexity evaluator throughput on {a.n} embedded images, {a.device} (speed_vs: against the naive LLM row)")
+    print("| component | setting | items/s | s/item | speed_vs |\n|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['component']} | {r['setting']} | {r['items_per_s']:.2f} | {r['s_per_item']:.3f} | {r['speed_vs']} |")
+    return 0
+
+
+def _cmd_analyse(a: argparse.Namespace) -> int:
+    from cat_tokenizer.cli.analyse import run_analysis
+    from cat_tokenizer.complexity import ComplexityEvaluator
+    from cat_tokenizer.io import load_vae
+
+    vae = load_vae(a.ckpt)
+    configs = a.evaluator or [None]
+    evaluators = [(Path(c).stem if c else "rubric", ComplexityEvaluator.from_config(c)) for c in configs]
+    table = run_analysis(a.dir, vae, evaluators, a.out, a.image_size, a.tolerance_db, a.lpips_weights, a.cache, a.device)
+    print(table)
+    print(f"wrote {a.out}/analysis.md, per_image.csv, scatter.png")
+    return 0
 
 
 def _cmd_demo(a: argparse.Namespace) -> int:
@@ -108,6 +134,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ratio", type=int, choices=DEFAULT_RATIOS, help="one ratio for every image (global override)")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(fn=_cmd_score)
+
+    bs = sub.add_parser("bench-score", help="images/s of each describer and scorer; LLM batching and prefix-cache gains")
+    bs.add_argument("--n", type=int, default=16, help="embedded images to use")
+    bs.add_argument("--llm", default="builtin:smollm2", help="causal LM for LLMScorer (hub id, folder, builtin:smollm2)")
+    bs.add_argument("--batch", type=int, default=8)
+    bs.add_argument("--device", default="cpu")
+    bs.set_defaults(fn=_cmd_bench_score)
+
+    an = sub.add_parser("analyse", help="Section 3.1: complexity signals vs each image's max acceptable ratio")
+    an.add_argument("dir", help="image folder")
+    an.add_argument("--ckpt", required=True, help="the nested VAE (folder, .ckpt or hub id)")
+    an.add_argument("--evaluator", action="append", help="evaluator YAML whose score is a signal (repeatable; default: probe+rubric)")
+    an.add_argument("--out", default="outputs/analysis", help="output folder")
+    an.add_argument("--image-size", type=int, default=256)
+    an.add_argument("--tolerance-db", type=float, default=1.0, help="PSNR drop vs 8x still acceptable (dB)")
+    an.add_argument("--lpips-weights", help="local VGG16 weights file: adds LPIPS at 16x as a signal")
+    an.add_argument("--cache", help="score cache file")
+    an.add_argument("--device", default="cpu")
+    an.set_defaults(fn=_cmd_analyse)
 
     m = sub.add_parser("demo", help="train a small nested VAE on the embedded data and write a report")
     m.add_argument("--out", default="outputs/demo")

@@ -12,7 +12,8 @@ import io
 import os
 import re
 import shutil
-from functools import cached_property
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from PIL import Image
@@ -51,6 +52,8 @@ class ProbeDescriber(Describer):
         face_max_side: the side images are downscaled to for face detection.
         stats_side: the side images are resized to for edge/entropy/colour/JPEG statistics, so
             they compare across image sizes.
+        workers: images probed in parallel threads (Tesseract runs as a subprocess, so threads
+            overlap; 0 = one at a time).
     """
 
     def __init__(
@@ -62,10 +65,12 @@ class ProbeDescriber(Describer):
         faces: bool = True,
         face_max_side: int = 384,
         stats_side: int = 256,
+        workers: int = 2,
     ):
         super().__init__()
         self.ocr, self.ocr_min_confidence, self.ocr_max_side, self.ocr_lang = ocr, ocr_min_confidence, ocr_max_side, ocr_lang
-        self.faces, self.face_max_side, self.stats_side = faces, face_max_side, stats_side
+        self.faces, self.face_max_side, self.stats_side, self.workers = faces, face_max_side, stats_side, workers
+        self._local = threading.local()  # one face cascade per thread
         if ocr and shutil.which("tesseract") is None:
             raise UserInputError(
                 "ProbeDescriber(ocr=True) needs the tesseract binary: run `make install` (Debian: apt-get install "
@@ -77,19 +82,24 @@ class ProbeDescriber(Describer):
                 "ocr_max_side": self.ocr_max_side, "ocr_lang": self.ocr_lang, "faces": self.faces,
                 "face_max_side": self.face_max_side, "stats_side": self.stats_side}
 
-    @cached_property
+    @property
     def _cascade(self):
-        from skimage.data import lbp_frontal_face_cascade_filename
-        from skimage.feature import Cascade
+        if getattr(self._local, "cascade", None) is None:
+            from skimage.data import lbp_frontal_face_cascade_filename
+            from skimage.feature import Cascade
 
-        return Cascade(lbp_frontal_face_cascade_filename())
+            self._local.cascade = Cascade(lbp_frontal_face_cascade_filename())
+        return self._local.cascade
+
+    def _one(self, img: Image.Image) -> Description:
+        facts = probe_facts(img, self)
+        return Description(text=_facts_text(facts), facts=facts)
 
     def describe(self, images: list[Image.Image]) -> list[Description]:
-        out = []
-        for img in images:
-            facts = probe_facts(img, self)
-            out.append(Description(text=_facts_text(facts), facts=facts))
-        return out
+        if self.workers > 1 and len(images) > 1:
+            with ThreadPoolExecutor(min(self.workers, len(images))) as pool:
+                return list(pool.map(self._one, images))
+        return [self._one(img) for img in images]
 
     def _ocr(self, img: Image.Image) -> dict[str, float]:
         import pytesseract

@@ -1,0 +1,56 @@
+"""``cat-tokenizer bench-score`` (part of ``make bench``): throughput of every describer and scorer,
+and the LLM scorer's batching and prefix-cache gains, all measured in one process on the same
+images so the ratios compare like with like."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from cat_tokenizer.complexity import LLMScorer, ProbeDescriber, RubricScorer
+from cat_tokenizer.data.default_data import ensure_default_data
+from cat_tokenizer.data.images import list_images, load_rgb
+
+__all__ = ["bench_scorers"]
+
+
+def _rate(fn: Callable[[], object], n: int, repeat: int = 1) -> tuple[float, float]:
+    """(items/s, seconds per item) of ``fn`` over ``n`` items, best of ``repeat``."""
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return n / best, best / n
+
+
+def bench_scorers(n: int = 16, llm: str = "builtin:smollm2", batch_size: int = 8, device: str = "cpu") -> list[dict]:
+    """Rows ``{component, setting, items, items_per_s, s_per_item, speed_vs}`` for the embedded data."""
+    files = list_images(ensure_default_data())
+    files = [files[i * len(files) // n] for i in range(n)]  # spread over the kinds
+    images = [load_rgb(f) for f in files]
+    rows = []
+
+    def add(component: str, setting: str, fn, base: float | None = None, repeat: int = 1) -> float:
+        rate, spi = _rate(fn, len(images), repeat)
+        rows.append({"component": component, "setting": setting, "items": len(images), "items_per_s": rate,
+                     "s_per_item": spi, "speed_vs": "" if base is None else f"{rate / base:.2f}x"})
+        return rate
+
+    probe = ProbeDescriber()
+    descs = probe.describe(images[:1]) and probe.describe(images)  # warm-up (cascade load) then the real list
+    add("ProbeDescriber", "OCR + faces + statistics", lambda: probe.describe(images))
+    add("ProbeDescriber", "statistics only (ocr/faces off)", lambda: ProbeDescriber(ocr=False, faces=False).describe(images))
+    add("RubricScorer", "rules", lambda: RubricScorer().score(descs), repeat=3)
+    scorer = LLMScorer(model=llm, batch_size=1, prefix_cache=False, device=device).load()
+    scorer.score(descs[:1])  # warm-up
+    naive = add(f"LLMScorer {llm}", "one at a time, full prompt", lambda: scorer.score(descs))
+    scorer.prefix_cache = True
+    add(f"LLMScorer {llm}", "one at a time, cached rubric prefix", lambda: scorer.score(descs), naive)
+    scorer.batch_size = batch_size
+    add(f"LLMScorer {llm}", f"batch {batch_size}, cached rubric prefix", lambda: scorer.score(descs), naive)
+    scorer.prefix_cache = False
+    add(f"LLMScorer {llm}", f"batch {batch_size}, full prompt", lambda: scorer.score(descs), naive)
+    rows.append({"component": "prompt", "setting": f"{scorer._prefix_ids.shape[1]} shared prefix tokens",
+                 "items": len(images), "items_per_s": float("nan"), "s_per_item": float("nan"), "speed_vs": ""})
+    return rows
