@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import logging
 import os
 import tempfile
@@ -11,42 +10,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cat_tokenizer.complexity import ComplexityEvaluator, RatioMapper, ScoreResult, summarize
-from cat_tokenizer.data.default_data import cache_dir
+from cat_tokenizer.complexity.cache import default_score_cache
+from cat_tokenizer.data.assign import read_ratio_csv
 from cat_tokenizer.data.images import list_images
-from cat_tokenizer.errors import InputNotFound, UserInputError
+from cat_tokenizer.errors import UserInputError
 
-__all__ = ["default_score_cache", "read_overrides", "write_rows", "run_score", "format_summary"]
+__all__ = ["write_rows", "result_rows", "run_score", "format_summary"]
 
 log = logging.getLogger(__name__)
 COLUMNS = ("path", "score", "ratio", "description", "evaluator")
-
-
-def default_score_cache(root: str | Path) -> Path:
-    """One SQLite score cache per dataset folder, under the project cache."""
-    key = hashlib.sha1(str(Path(root).expanduser().resolve()).encode()).hexdigest()[:16]
-    return cache_dir() / "scores" / f"{Path(root).name or 'root'}-{key}.sqlite"
-
-
-def read_overrides(path: str | Path, root: Path) -> dict[str, int]:
-    """``{absolute path: ratio}`` from a CSV with columns ``path,ratio`` (paths relative to ``root`` or absolute)."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise InputNotFound(f"overrides CSV not found: {path}")
-    with p.open(newline="") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or not {"path", "ratio"} <= set(reader.fieldnames):
-            raise UserInputError(f"{path}: needs columns 'path' and 'ratio', found {reader.fieldnames}")
-        out = {}
-        for i, row in enumerate(reader, start=2):
-            if not (row["ratio"] or "").strip():
-                continue
-            try:
-                ratio = int(row["ratio"])
-            except ValueError:
-                raise UserInputError(f"{path}:{i}: ratio {row['ratio']!r} is not an integer") from None
-            f_ = Path(row["path"])
-            out[str(f_ if f_.is_absolute() else root / f_)] = ratio
-    return out
 
 
 def write_rows(rows: Sequence[dict], out: str | Path, columns: Sequence[str] = COLUMNS) -> Path:
@@ -60,6 +32,13 @@ def write_rows(rows: Sequence[dict], out: str | Path, columns: Sequence[str] = C
         w.writerows(rows)
     os.replace(tmp, out)
     return out
+
+
+def result_rows(results: Sequence[ScoreResult], root: Path | None, evaluator_name: str) -> list[dict]:
+    """CSV rows; image paths relative to ``root`` (None: keys as they are, e.g. prompts)."""
+    return [{"path": r.key if root is None else str(Path(r.key).relative_to(root)),
+             "score": "" if r.score is None else f"{r.score:.3f}", "ratio": r.ratio if r.ratio is not None else "",
+             "description": r.description or (r.error or ""), "evaluator": evaluator_name} for r in results]
 
 
 def format_summary(results: Sequence[ScoreResult], evaluator: ComplexityEvaluator) -> str:
@@ -100,18 +79,15 @@ def run_score(
     name = evaluator.name
     if texts:
         results = evaluator.score_texts(list(texts), cache=cache, ratio=ratio)
-        rows = [{"path": r.key, "score": f"{r.score:.3f}", "ratio": r.ratio, "description": r.description, "evaluator": name}
-                for r in results]
+        rows = result_rows(results, None, name)
     else:
         base = Path(root).expanduser()
         files = list_images(base)
         store = Path(cache) if cache else default_score_cache(base)
         log.info("score cache: %s", store)
-        manual = read_overrides(overrides, base) if overrides else None
+        manual = read_ratio_csv(overrides, base, evaluator.mapper.ratios) if overrides else None
         results = evaluator.score_images(files, cache=store, overrides=manual, ratio=ratio, progress=progress)
-        rows = [{"path": str(Path(r.key).relative_to(base)), "score": "" if r.score is None else f"{r.score:.3f}",
-                 "ratio": r.ratio if r.ratio is not None else "", "description": r.description or (r.error or ""),
-                 "evaluator": name} for r in results]
+        rows = result_rows(results, base, name)
     summary = format_summary(results, evaluator)
     failed = [r for r in results if r.error]
     if failed:

@@ -37,38 +37,32 @@ def text_description(prompt: str) -> Description:
     return Description(text=f"Image to be generated from the prompt: {prompt.strip()}", facts={"prompt_only": 1.0})
 
 
-class Describer(nn.Module):
-    """Images -> descriptions. Subclasses implement ``describe`` and ``fingerprint``; neural ones
-    load their weights in ``load()`` (called on first use)."""
+class _Part(nn.Module):
+    """What describers and scorers share: lazy loading, a fingerprint, a device."""
 
-    def load(self) -> Describer:
+    def load(self):
+        """Load weights now (neural parts load on first use otherwise); returns self."""
         return self
+
+    def fingerprint(self) -> dict:
+        """The settings that change this part's output (hashed into the score cache key)."""
+        raise NotImplementedError
+
+    @property
+    def device(self):
+        p = next(iter(self.parameters()), None)
+        return p.device if p is not None else "cpu"
+
+
+class Describer(_Part):
+    """Images -> descriptions. Subclasses implement ``describe`` and ``fingerprint``."""
 
     def describe(self, images: list[Image.Image]) -> list[Description]:
         raise NotImplementedError
 
-    def fingerprint(self) -> dict:
-        raise NotImplementedError
 
-    @property
-    def device(self):
-        p = next(iter(self.parameters()), None)
-        return p.device if p is not None else "cpu"
-
-
-class Scorer(nn.Module):
+class Scorer(_Part):
     """Descriptions -> scores in [SCORE_MIN, SCORE_MAX] (higher = more detail = more tokens)."""
-
-    def load(self) -> Scorer:
-        return self
 
     def score(self, descriptions: list[Description]) -> list[float]:
         raise NotImplementedError
-
-    def fingerprint(self) -> dict:
-        raise NotImplementedError
-
-    @property
-    def device(self):
-        p = next(iter(self.parameters()), None)
-        return p.device if p is not None else "cpu"

@@ -12,7 +12,9 @@ import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["ScoreCache", "content_hash", "config_hash", "merge_shards"]
+from cat_tokenizer.data.default_data import cache_dir
+
+__all__ = ["ScoreCache", "content_hash", "config_hash", "merge_shards", "default_score_cache"]
 
 
 def content_hash(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -22,6 +24,12 @@ def content_hash(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def default_score_cache(root: str | Path) -> Path:
+    """One SQLite score cache per dataset folder, under the project cache."""
+    key = hashlib.sha1(str(Path(root).expanduser().resolve()).encode()).hexdigest()[:16]
+    return cache_dir() / "scores" / f"{Path(root).name or 'root'}-{key}.sqlite"
 
 
 def config_hash(config: dict) -> str:

@@ -12,7 +12,7 @@ import numpy as np
 from cat_tokenizer.errors import InputNotFound, UserInputError
 from cat_tokenizer.ratios import check_ratio, parse_ratio_spec
 
-__all__ = ["RatioAssignment", "parse_assignment", "ratios_from_csv", "ratios_from_evaluator"]
+__all__ = ["RatioAssignment", "parse_assignment", "read_ratio_csv", "ratios_from_csv", "ratios_from_evaluator"]
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +46,12 @@ def parse_assignment(spec: str, ratios: Sequence[int]) -> RatioAssignment:
     return RatioAssignment("uniform" if fixed is None else "fixed", fixed=fixed)
 
 
-def ratios_from_csv(path: str | Path, files: Sequence[Path], root: Path, ratios: Sequence[int]) -> np.ndarray:
-    """(N,) ratios for ``files`` from a CSV with ``path`` (relative to ``root`` or absolute) and ``ratio``.
+def read_ratio_csv(path: str | Path, root: Path, ratios: Sequence[int]) -> dict[str, int]:
+    """``{absolute path: ratio}`` from a CSV with columns ``path`` (relative to ``root`` or absolute)
+    and ``ratio``; rows with an empty ratio (unreadable images in a score CSV) are skipped.
 
     Raises:
-        UserInputError: missing columns, a bad ratio, or files the CSV does not cover.
+        InputNotFound / UserInputError: no such file, missing columns, or a ratio outside ``ratios``.
     """
     p = Path(path).expanduser()
     if not p.is_file():
@@ -62,13 +63,23 @@ def ratios_from_csv(path: str | Path, files: Sequence[Path], root: Path, ratios:
             raise UserInputError(f"{path}: needs columns 'path' and 'ratio', found {reader.fieldnames}")
         for i, row in enumerate(reader, start=2):
             if not (row["ratio"] or "").strip():
-                continue  # an unreadable image in a score CSV
+                continue
             try:
                 r = check_ratio(int(row["ratio"]), ratios)
             except ValueError:
                 raise UserInputError(f"{path}:{i}: bad ratio {row['ratio']!r} (valid: {sorted(ratios)})") from None
             q = Path(row["path"])
             table[str(q if q.is_absolute() else root / q)] = r
+    return table
+
+
+def ratios_from_csv(path: str | Path, files: Sequence[Path], root: Path, ratios: Sequence[int]) -> np.ndarray:
+    """(N,) ratios for ``files`` from a ``path,ratio`` CSV (e.g. from ``cat-tokenizer score``).
+
+    Raises:
+        UserInputError: as ``read_ratio_csv``, or files the CSV does not cover.
+    """
+    table = read_ratio_csv(path, root, ratios)
     missing = [f for f in files if str(f) not in table]
     if missing:
         raise UserInputError(f"{path} gives no ratio for {len(missing)} of {len(files)} images (first: {missing[0]}); "

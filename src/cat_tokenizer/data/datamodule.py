@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from cat_tokenizer.complexity.cache import default_score_cache
 from cat_tokenizer.complexity.evaluator import ComplexityEvaluator
 from cat_tokenizer.data.annotations import class_labels, read_captions
 from cat_tokenizer.data.assign import parse_assignment, ratios_from_csv, ratios_from_evaluator
@@ -180,8 +181,6 @@ class CATDataModule(L.LightningDataModule):
         return Path(self.root).expanduser() if self.root is not None else ensure_default_data()
 
     def score_cache_path(self) -> Path:
-        from cat_tokenizer.cli.score import default_score_cache
-
         return Path(self.score_cache).expanduser() if self.score_cache else default_score_cache(self.data_root())
 
     def _readable_files(self, root: Path, report: bool) -> list[Path]:

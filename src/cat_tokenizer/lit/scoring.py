@@ -17,8 +17,8 @@ from pathlib import Path
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
-from cat_tokenizer.cli.score import default_score_cache, format_summary, write_rows
-from cat_tokenizer.complexity.cache import ScoreCache, merge_shards
+from cat_tokenizer.cli.score import format_summary, result_rows, write_rows
+from cat_tokenizer.complexity.cache import ScoreCache, default_score_cache, merge_shards
 from cat_tokenizer.complexity.evaluator import ComplexityEvaluator, ScoreResult
 from cat_tokenizer.data.default_data import ensure_default_data
 from cat_tokenizer.data.images import list_images
@@ -116,10 +116,7 @@ class ComplexityScoringModule(L.LightningModule):
             log.info("merged %d scores from %d shard(s) into %s\n%s", merged, len(shards), self._main.path,
                      format_summary(results, self.evaluator))
             if self.output_csv:
-                root = self.trainer.datamodule.data_root()
-                write_rows([{"path": str(Path(r.key).relative_to(root)), "score": "" if r.score is None else f"{r.score:.3f}",
-                             "ratio": r.ratio or "", "description": r.description or (r.error or ""),
-                             "evaluator": self.evaluator.name} for r in results], self.output_csv)
+                write_rows(result_rows(results, self.trainer.datamodule.data_root(), self.evaluator.name), self.output_csv)
                 log.info("wrote %s", self.output_csv)
         self._main.close()
         self.trainer.strategy.barrier()
