@@ -39,11 +39,18 @@ def test_analyse_cli_writes_table_csv_and_plot(tmp_path, tiny_vae, capsys):
     assert len((out / "per_image.csv").read_text().strip().splitlines()) == 7
 
 
-def test_analyse_needs_three_images(tmp_path, tiny_vae, capsys):
+def test_analyse_bad_input_is_one_line(tmp_path, tiny_vae, capsys):
+    import torch
+
     root = mixed_folder(tmp_path / "imgs", n=2)
     tiny_vae.save_pretrained(tmp_path / "vae")
-    assert tools.main(["analyse", str(root), "--ckpt", str(tmp_path / "vae"), "--image-size", "32", "--out", str(tmp_path / "o")]) == 2
+    args = ["analyse", str(root), "--ckpt", str(tmp_path / "vae"), "--image-size", "32", "--out", str(tmp_path / "o")]
+    assert tools.main(args) == 2
     assert "at least 3 readable images" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert tools.main([*args, "--device", "cuda:0"]) == 2
+        err = capsys.readouterr().err
+        assert "no CUDA device" in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.slow

@@ -25,6 +25,7 @@ from scipy import stats
 from cat_tokenizer.complexity import ComplexityEvaluator
 from cat_tokenizer.complexity.probe import jpeg_bits_per_pixel
 from cat_tokenizer.data.datamodule import image_transform
+from cat_tokenizer.devices import resolve_device
 from cat_tokenizer.data.images import UnreadableImage, list_images, load_rgb
 from cat_tokenizer.errors import UserInputError
 from cat_tokenizer.models.nested_vae import NestedVAE
@@ -76,8 +77,9 @@ def run_analysis(
 ) -> str:
     """Compute the table, write ``analysis.md``, ``per_image.csv`` and ``scatter.png``; return the table."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(device)
     files = list_images(root)
+    out_dir.mkdir(parents=True, exist_ok=True)
     lpips = None
     if lpips_weights:
         from cat_tokenizer.losses.lpips import LPIPS

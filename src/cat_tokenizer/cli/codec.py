@@ -10,19 +10,12 @@ from torchvision.transforms.v2 import functional as TF
 from torchvision.utils import save_image
 
 from cat_tokenizer.data.images import UnreadableImage, load_rgb
+from cat_tokenizer.devices import resolve_device
 from cat_tokenizer.io import load_latent, load_vae, save_latent
 
 __all__ = ["encode_files", "decode_files"]
 
 log = logging.getLogger(__name__)
-
-
-def _pick_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-    return torch.device(device)
 
 
 @torch.no_grad()
@@ -32,7 +25,7 @@ def encode_files(images: list[str], ratio: int, ckpt: str, out: str, sample: boo
     Returns:
         The latent files written.
     """
-    dev = _pick_device(device)
+    dev = resolve_device(device)
     vae = load_vae(ckpt).to(dev)
     written, skipped = [], []
     for path in images:
@@ -56,7 +49,7 @@ def encode_files(images: list[str], ratio: int, ckpt: str, out: str, sample: boo
 @torch.no_grad()
 def decode_files(latents: list[str], ckpt: str, out: str, device: str = "auto") -> list[Path]:
     """Decode latent files to PNGs at their original size; returns the PNGs written."""
-    dev = _pick_device(device)
+    dev = resolve_device(device)
     vae = load_vae(ckpt).to(dev)
     written = []
     for path in latents:

@@ -94,6 +94,12 @@ def _tables(rows: list[dict], ratios: tuple[int, ...], name: str, size: int) -> 
     lines.append(line("CAT (adaptive)", mean(rows, "tokens"), "psnr_cat", "ssim_cat"))
     for q in ratios:
         lines.append(line(f"fixed {q}x", token_count(size, size, q), f"psnr_{q}x", f"ssim_{q}x"))
+    lines += ["", "Per image (PSNR dB / SSIM at the assigned ratio, and at fixed 16x):", "",
+              "| image | split | score | ratio | tokens | CAT | fixed 16x |", "|---|---|---|---|---|---|---|"]
+    ref = 16 if 16 in ratios else ratios[0]
+    for r in rows:
+        lines.append(f"| {r['image']} | {r['split']} | {r['score']:.2f} | {r['ratio']}x | {r['tokens']} | "
+                     f"{r['psnr_cat']:.2f} / {r['ssim_cat']:.3f} | {r[f'psnr_{ref}x']:.2f} / {r[f'ssim_{ref}x']:.3f} |")
     lines += ["", "Files: pipeline.csv (per image), pipeline.png (original | CAT | fixed 16x), scores.sqlite (score cache)", ""]
     return "\n".join(lines)
 

@@ -20,22 +20,12 @@ import torch
 from cat_tokenizer.data.default_data import cache_dir
 from cat_tokenizer.errors import InputNotFound, UserInputError
 
-__all__ = ["BUILTIN_SMOLLM2", "resolve_device", "load_causal_lm", "load_pretrained", "builtin_smollm2_dir"]
+__all__ = ["BUILTIN_SMOLLM2", "load_causal_lm", "load_pretrained", "builtin_smollm2_dir"]
 
 log = logging.getLogger(__name__)
 
 BUILTIN_SMOLLM2 = "builtin:smollm2"
 _SMOL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> cuda if available else cpu; a CUDA device on a machine without one is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserInputError(f"device {device!r} asked for, but this machine has no CUDA device; use device: cpu or auto")
-    return dev
 
 
 def _offline_hint(model: str, err: Exception) -> UserInputError:

@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 
 from cat_tokenizer.complexity.base import SCORE_MAX, SCORE_MIN, Description, Scorer
-from cat_tokenizer.complexity.hf import BUILTIN_SMOLLM2, load_causal_lm, resolve_device
+from cat_tokenizer.complexity.hf import BUILTIN_SMOLLM2, load_causal_lm
+from cat_tokenizer.devices import resolve_device
 from cat_tokenizer.errors import InputNotFound, UserInputError
 
 __all__ = ["LLMScorer", "load_rubric", "digit_token_ids", "parse_score"]
