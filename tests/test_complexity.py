@@ -208,3 +208,25 @@ def test_score_cli_empty_folder(tmp_path, capsys):
     (tmp_path / "empty" / "notes.txt").write_text("not an image")
     assert tools.main(["score", str(tmp_path / "empty")]) == 2
     assert "no image files" in capsys.readouterr().err
+
+
+def test_rerun_stats_files_instead_of_rereading_them(kinds, tmp_path, monkeypatch):
+    import cat_tokenizer.complexity.cache as cache_mod
+
+    files = sorted(kinds.glob("*.png"))
+    ev = ComplexityEvaluator(describer=CountingDescriber())
+    first = ev.score_images(files, cache=tmp_path / "s.sqlite")
+
+    def no_reading(path, chunk=0):
+        raise AssertionError(f"{path} was read again")
+
+    monkeypatch.setattr(cache_mod, "content_hash", no_reading)
+    again = ev.score_images(files, cache=tmp_path / "s.sqlite")
+    assert all(r.cached for r in again) and [r.score for r in again] == [r.score for r in first]
+
+
+def test_slices_can_skip_ratio_mapping(kinds):
+    ev = ComplexityEvaluator(describer=CountingDescriber(), target_mean_tokens=300)
+    same = [kinds / "flat.png"] * 2  # calibrating on these alone would be an error
+    res = ev.score_images(same, map_ratios=False)
+    assert all(r.score is not None and r.ratio is None for r in res)

@@ -38,7 +38,9 @@ def config_hash(config: dict) -> str:
 
 
 class ScoreCache:
-    """``(content_hash, evaluator_hash) -> (score, description)``.
+    """``(content_hash, evaluator_hash) -> (score, description)``, plus a memo of file content
+    hashes keyed by ``(path, size, mtime)`` so a re-run on a large dataset only stats its files
+    instead of reading them all again.
 
     Args:
         path: the SQLite file (created with its folder).
@@ -54,7 +56,39 @@ class ScoreCache:
             "CREATE TABLE IF NOT EXISTS scores (content TEXT, evaluator TEXT, score REAL, description TEXT,"
             " PRIMARY KEY (content, evaluator))"
         )
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, content TEXT)"
+        )
         self._db.commit()
+
+    def content_hashes(self, paths: Iterable[str | Path]) -> list[str | None]:
+        """Content hash per path (None for a file that cannot be read), from the memo when the
+        file's size and mtime are unchanged, else computed and remembered."""
+        paths = [str(p) for p in paths]
+        memo: dict[str, tuple[int, int, str]] = {}
+        for i in range(0, len(paths), 500):
+            part = paths[i : i + 500]
+            rows = self._db.execute(f"SELECT path, size, mtime_ns, content FROM files WHERE path IN ({','.join('?' * len(part))})", part)
+            memo.update({p: (sz, mt, c) for p, sz, mt, c in rows})
+        out: list[str | None] = []
+        fresh = []
+        for p in paths:
+            try:
+                st = Path(p).stat()
+                known = memo.get(p)
+                if known is not None and known[:2] == (st.st_size, st.st_mtime_ns):
+                    out.append(known[2])
+                    continue
+                h = content_hash(p)
+            except OSError:
+                out.append(None)
+                continue
+            out.append(h)
+            fresh.append((p, st.st_size, st.st_mtime_ns, h))
+        if fresh:
+            with self._db:
+                self._db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)", fresh)
+        return out
 
     def get_many(self, contents: Iterable[str], evaluator: str) -> dict[str, tuple[float, str]]:
         """Cached ``{content_hash: (score, description)}`` for those present."""
@@ -100,10 +134,12 @@ def merge_shards(target: ScoreCache, shards: Iterable[str | Path]) -> int:
         src = sqlite3.connect(shard)
         try:
             rows = src.execute("SELECT content, evaluator, score, description FROM scores").fetchall()
+            files = src.execute("SELECT path, size, mtime_ns, content FROM files").fetchall()
         finally:
             src.close()
         with target._db:
             target._db.executemany("INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?)", rows)
+            target._db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)", files)
         total += len(rows)
         for suffix in ("", "-wal", "-shm"):
             Path(f"{shard}{suffix}").unlink(missing_ok=True)

@@ -168,6 +168,7 @@ class ComplexityEvaluator(nn.Module):
         ratio: int | None = None,
         progress: bool = False,
         read_also: Sequence[ScoreCache] = (),
+        map_ratios: bool = True,
     ) -> list[ScoreResult]:
         """Score image files (cached ones are read, not recomputed); one result per path, in order.
 
@@ -178,18 +179,30 @@ class ComplexityEvaluator(nn.Module):
             ratio: one ratio for every image (a global override).
             progress: show a progress bar.
             read_also: more caches consulted for hits (read only; new scores go to ``cache``).
+            map_ratios: map scores to ratios (off when scoring a slice of a dataset whose
+                budget calibration needs all the scores, as a distributed run does).
         """
         results = [ScoreResult(key=str(p)) for p in paths]
-        hashes: list[str | None] = []
-        for r in results:
-            try:
-                hashes.append(content_hash(r.key))
-            except OSError as err:
-                r.error = f"{r.key}: cannot read ({err.strerror or err})"
-                hashes.append(None)
-        self._score_keyed(results, hashes, self._describe_files, cache, progress, "images", read_also)
-        self._assign(results, overrides, ratio)
+        store = cache if isinstance(cache, ScoreCache) or cache is None else ScoreCache(cache)
+        hashes = store.content_hashes(paths) if store is not None else [self._hash_or_none(p) for p in paths]
+        for r, h in zip(results, hashes):
+            if h is None:
+                r.error = f"{r.key}: cannot read (missing or unreadable file)"
+        try:
+            self._score_keyed(results, hashes, self._describe_files, store, progress, "images", read_also)
+        finally:
+            if store is not None and store is not cache:
+                store.close()
+        if map_ratios:
+            self._assign(results, overrides, ratio)
         return results
+
+    @staticmethod
+    def _hash_or_none(path: str | Path) -> str | None:
+        try:
+            return content_hash(path)
+        except OSError:
+            return None
 
     def score_texts(self, texts: Sequence[str], cache: str | Path | ScoreCache | None = None,
                     ratio: int | None = None) -> list[ScoreResult]:

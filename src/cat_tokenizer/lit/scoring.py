@@ -100,7 +100,8 @@ class ComplexityScoringModule(L.LightningModule):
         self._shard = ScoreCache(Path(f"{main}.shards") / f"rank{self.global_rank}.sqlite")
 
     def predict_step(self, batch: list[str], batch_idx: int) -> list[ScoreResult]:
-        results = self.evaluator.score_images(batch, cache=self._shard, read_also=[self._main])
+        # Ratios are mapped at the end over all scores (a token budget is calibrated on the whole set).
+        results = self.evaluator.score_images(batch, cache=self._shard, read_also=[self._main], map_ratios=False)
         self.scored += sum(not r.cached and r.error is None for r in results)
         return results
 
