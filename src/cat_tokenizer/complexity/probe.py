@@ -9,8 +9,6 @@ The facts are written as a short structured description that a rubric (rules or 
 from __future__ import annotations
 
 import io
-import os
-import re
 import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -22,9 +20,6 @@ from cat_tokenizer.complexity.base import Describer, Description
 from cat_tokenizer.errors import UserInputError
 
 __all__ = ["ProbeDescriber", "probe_facts", "jpeg_bits_per_pixel"]
-
-_WORD = re.compile(r"[A-Za-z0-9]{2,}")
-
 
 def jpeg_bits_per_pixel(img: Image.Image, quality: int = 75) -> float:
     """Size of the image as a JPEG at ``quality``, in bits per pixel (a classic detail proxy)."""
@@ -102,18 +97,12 @@ class ProbeDescriber(Describer):
         return [self._one(img) for img in images]
 
     def _ocr(self, img: Image.Image) -> dict[str, float]:
-        import pytesseract
+        from cat_tokenizer.metrics.ocr import ocr_words
 
-        os.environ.setdefault("OMP_THREAD_LIMIT", "1")  # Tesseract's threads only fight over small images
         small = _fit(img, self.ocr_max_side)
-        data = pytesseract.image_to_data(small, lang=self.ocr_lang, config="--oem 1 --psm 3", output_type=pytesseract.Output.DICT)
-        words, confs, area = 0, [], 0.0
-        for text, conf, w, h in zip(data["text"], data["conf"], data["width"], data["height"]):
-            if float(conf) >= self.ocr_min_confidence and _WORD.search(text or ""):
-                words += 1
-                confs.append(float(conf))
-                area += w * h
-        return {"text_words": float(words), "text_confidence": float(np.mean(confs)) if confs else 0.0,
+        words = [w for w in ocr_words(small, self.ocr_lang) if w[1] >= self.ocr_min_confidence]
+        area = sum(w * h for _, _, w, h in words)
+        return {"text_words": float(len(words)), "text_confidence": float(np.mean([c for _, c, _, _ in words])) if words else 0.0,
                 "text_area": min(1.0, area / (small.width * small.height))}
 
     def _faces(self, img: Image.Image) -> float:

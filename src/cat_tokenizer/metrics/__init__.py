@@ -1,0 +1,6 @@
+"""Evaluation metrics shared by the tasks: FID with a local Inception, OCR confidence."""
+
+from cat_tokenizer.metrics.fid import InceptionFeatures, build_fid
+from cat_tokenizer.metrics.ocr import ocr_confidence, ocr_words
+
+__all__ = ["InceptionFeatures", "build_fid", "ocr_words", "ocr_confidence"]
