@@ -46,8 +46,9 @@ def run_benchmark(tokenizer: str, datasets: Sequence[str], out_dir: str | Path, 
     rows = []
     for name in datasets:
         # A name of a bundled set, or any folder with class subfolders.
-        root = Path(name).expanduser() if Path(name).expanduser().is_dir() else ensure_probe_dataset(name, max_per_class)
-        name = root.name if root.name != name else name
+        folder = Path(name).expanduser().is_dir()
+        root = Path(name).expanduser() if folder else ensure_probe_dataset(name, max_per_class)
+        name = root.name if folder else name
         for variant, assignment, features in VARIANTS:
             L.seed_everything(seed, workers=True)
             dm = CATDataModule(root=str(root), image_size=image_size, batch_size=batch_size, num_workers=0,
