@@ -96,6 +96,15 @@ def _cmd_eval_recon(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_distill(a: argparse.Namespace) -> int:
+    from cat_tokenizer.cli.distill import run_distill
+
+    run_distill(a.teacher, a.data, a.out, a.ckpt, a.image_size, a.epochs, a.batch_size, a.lr, a.hidden, a.val_fraction, a.device)
+    print((Path(a.out) / "distill.md").read_text())
+    print(f"wrote {a.out}/ (tokenizer with its ratio head), distill.json, distill.md; use it with --evaluator distilled:{a.out}")
+    return 0
+
+
 def _cmd_analyse(a: argparse.Namespace) -> int:
     from cat_tokenizer.cli.analyse import run_analysis
     from cat_tokenizer.complexity import ComplexityEvaluator
@@ -194,6 +203,20 @@ def build_parser() -> argparse.ArgumentParser:
     er.add_argument("--cache", help="score cache file")
     er.add_argument("--device", default="auto")
     er.set_defaults(fn=_cmd_eval_recon)
+
+    ds = sub.add_parser("distill", help="train the tokenizer's ratio head on a teacher evaluator; report agreement and speed")
+    ds.add_argument("--data", required=True, help="image folder")
+    ds.add_argument("--ckpt", required=True, help="the nested VAE whose trunk the head reads")
+    ds.add_argument("--out", required=True, help="folder for the tokenizer with its head, distill.json, distill.md")
+    ds.add_argument("--teacher", help="teacher evaluator YAML (default: probe + rubric)")
+    ds.add_argument("--image-size", type=int, default=128)
+    ds.add_argument("--epochs", type=int, default=40)
+    ds.add_argument("--batch-size", type=int, default=32)
+    ds.add_argument("--lr", type=float, default=3e-3)
+    ds.add_argument("--hidden", type=int, default=64)
+    ds.add_argument("--val-fraction", type=float, default=0.2)
+    ds.add_argument("--device", default="auto")
+    ds.set_defaults(fn=_cmd_distill)
 
     an = sub.add_parser("analyse", help="Section 3.1: complexity signals vs each image's max acceptable ratio")
     an.add_argument("dir", help="image folder")

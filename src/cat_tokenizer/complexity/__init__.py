@@ -1,7 +1,8 @@
 """Content complexity -> compression ratio: describe an image, score it 1..9, map the score to a ratio.
 
 Parts (each usable alone, chosen in YAML by class_path/init_args):
-  describers: ``ProbeDescriber`` (offline default), ``VLMDescriber``, ``CaptionerDescriber``
+  describers: ``ProbeDescriber`` (offline default), ``VLMDescriber``, ``CaptionerDescriber``,
+              ``DistilledDescriber`` (a tokenizer's trained ratio head; ``from_config("distilled:D")``)
   scorers:    ``RubricScorer`` (rules, default), ``LLMScorer`` (digit odds of a causal LM)
   mapping:    ``RatioMapper`` (thresholds, or calibrated to a token budget)
   cache:      ``ScoreCache`` (SQLite, keyed by content hash + evaluator fingerprint)
@@ -9,6 +10,7 @@ Parts (each usable alone, chosen in YAML by class_path/init_args):
 
 from cat_tokenizer.complexity.base import Describer, Description, Scorer, text_description
 from cat_tokenizer.complexity.cache import ScoreCache, config_hash, content_hash
+from cat_tokenizer.complexity.distilled import DistilledDescriber
 from cat_tokenizer.complexity.evaluator import ComplexityEvaluator, ScoreResult, summarize
 from cat_tokenizer.complexity.llm import LLMScorer
 from cat_tokenizer.complexity.probe import ProbeDescriber
@@ -18,6 +20,6 @@ from cat_tokenizer.complexity.vlm import CaptionerDescriber, VLMDescriber
 
 __all__ = [
     "ComplexityEvaluator", "ScoreResult", "summarize", "Describer", "Description", "Scorer", "text_description",
-    "ProbeDescriber", "VLMDescriber", "CaptionerDescriber", "RubricScorer", "LLMScorer", "RatioMapper",
+    "ProbeDescriber", "VLMDescriber", "CaptionerDescriber", "DistilledDescriber", "RubricScorer", "LLMScorer", "RatioMapper",
     "ScoreCache", "content_hash", "config_hash",
 ]

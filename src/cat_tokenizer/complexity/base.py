@@ -55,7 +55,10 @@ class _Part(nn.Module):
 
 
 class Describer(_Part):
-    """Images -> descriptions. Subclasses implement ``describe`` and ``fingerprint``."""
+    """Images -> descriptions. Subclasses implement ``describe`` and ``fingerprint``; one that
+    sets ``scores_itself`` puts a score in every description (no scorer needed)."""
+
+    scores_itself: bool = False
 
     def describe(self, images: list[Image.Image]) -> list[Description]:
         raise NotImplementedError

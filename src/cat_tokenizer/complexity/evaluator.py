@@ -78,7 +78,7 @@ class ComplexityEvaluator(nn.Module):
         from cat_tokenizer.complexity.rubric import RubricScorer
 
         self.describer = describer if describer is not None else ProbeDescriber()
-        self_scoring = getattr(self.describer, "score", None) is True
+        self_scoring = bool(getattr(self.describer, "scores_itself", False))
         self.scorer = scorer if (scorer is not None or self_scoring) else RubricScorer()
         self.mapper = RatioMapper(thresholds, ratios)
         self.target_mean_tokens, self.image_size, self.batch_size = target_mean_tokens, image_size, batch_size
@@ -90,12 +90,18 @@ class ComplexityEvaluator(nn.Module):
     def from_config(cls, config: str | Path | Mapping | None = None) -> ComplexityEvaluator:
         """Build from a YAML file or dict: ``{class_path: ..., init_args: {...}}`` or the init args alone.
 
-        ``None`` gives the offline default (probe describer + rule rubric).
+        ``None`` gives the offline default (probe describer + rule rubric); ``"distilled:D"`` the
+        ratio head of the tokenizer in folder D (from ``cat-tokenizer distill``).
         """
         from jsonargparse import ArgumentParser
 
         if config is None:
             return cls()
+        if isinstance(config, str) and config.startswith("distilled:"):
+            from cat_tokenizer.complexity.distilled import DistilledDescriber
+
+            student = DistilledDescriber(config[len("distilled:") :])
+            return cls(describer=student, thresholds=student.thresholds)
         if isinstance(config, (str, Path)):
             path = Path(config).expanduser()
             if not path.is_file():

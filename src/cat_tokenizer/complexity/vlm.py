@@ -117,6 +117,10 @@ class VLMDescriber(_ImageTextDescriber):
         self.questions, self.prompt_format, self.score, self.rubric_path = tuple(questions), prompt_format, score, rubric
         self.rubric = load_rubric(rubric) if score else None
 
+    @property
+    def scores_itself(self) -> bool:
+        return self.score
+
     def load(self) -> VLMDescriber:
         if self.net is None:
             super().load()

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from cat_tokenizer.errors import InputNotFound, UserInputError
+from cat_tokenizer.models.ratio_head import RatioHead
 from cat_tokenizer.ratios import DEFAULT_RATIOS, check_ratio, ratio_level
 
 __all__ = ["NestedVAE", "LatentPosterior", "NESTED_VAE_PRESETS"]
@@ -81,16 +82,23 @@ class _Encoder(nn.Module):
             return checkpoint(module, h, use_reentrant=False)
         return module(h)
 
-    def forward(self, x: Tensor, ratio: int) -> Tensor:
-        level = ratio_level(ratio)
-        h = self.conv_in(x)  # (B, ch0, H, W)
-        for i in range(level + 1):  # only the stages this ratio needs
+    def stages_to(self, h: Tensor, start: int, level: int) -> Tensor:
+        """Run stages ``start..level`` (stage 0 takes the image itself)."""
+        if start == 0:
+            h = self.conv_in(h)  # (B, ch0, H, W)
+        for i in range(start, level + 1):  # only the stages this ratio needs
             if i > 0:
                 h = self.downsamplers[i - 1](h)  # (B, ch[i-1], H/2^i, W/2^i)
             h = self._run(self.stages[i], h)  # (B, ch[i], H/2^i, W/2^i)
+        return h
+
+    def exit(self, h: Tensor, ratio: int) -> Tensor:
         h = self.exits[str(ratio)](h)  # (B, mid, H/r, W/r)
         h = self._run(self.mid, h)
         return self.conv_out(F.silu(self.norm_out(h)))  # (B, 2C, H/r, W/r)
+
+    def forward(self, x: Tensor, ratio: int) -> Tensor:
+        return self.exit(self.stages_to(x, 0, ratio_level(ratio)), ratio)
 
 
 class _Decoder(nn.Module):
@@ -148,6 +156,7 @@ class NestedVAE(nn.Module):
         norm_num_groups: int = 32,
         latent_channels: int = 16,
         ratios: Sequence[int] = DEFAULT_RATIOS,
+        ratio_head: dict | None = None,
     ):
         super().__init__()
         ch, ratios = tuple(int(c) for c in block_out_channels), tuple(sorted(int(r) for r in ratios))
@@ -165,6 +174,18 @@ class NestedVAE(nn.Module):
         self.latent_channels = latent_channels
         self.encoder = _Encoder(in_channels, ch, layers_per_block, norm_num_groups, latent_channels, ratios)
         self.decoder = _Decoder(out_channels, ch, layers_per_block, norm_num_groups, latent_channels, ratios)
+        self.ratio_head: RatioHead | None = None
+        if ratio_head is not None:
+            self.attach_ratio_head(RatioHead(**ratio_head))
+
+    def attach_ratio_head(self, head: RatioHead) -> NestedVAE:
+        """Carry a trained ratio head (saved with the tokenizer): ``encode(x, ratio="auto")`` then works."""
+        trunk_ch = self.config["block_out_channels"][ratio_level(min(self.ratios))]
+        if head.config["in_channels"] != trunk_ch:
+            raise UserInputError(f"ratio head expects {head.config['in_channels']} channels, the trunk gives {trunk_ch}")
+        self.ratio_head = head
+        self.config["ratio_head"] = dict(head.config)
+        return self
 
     # ------------------------------------------------------------------ construction / IO
     @classmethod
@@ -208,24 +229,63 @@ class NestedVAE(nn.Module):
         return self
 
     # ------------------------------------------------------------------ the tokenizer API
-    def encode(self, x: Tensor, ratio: int) -> LatentPosterior:
+    def _check_images(self, x: Tensor) -> None:
+        if x.ndim != 4 or x.shape[1] != self.config["in_channels"]:
+            raise UserInputError(f"expected images of shape (B, {self.config['in_channels']}, H, W), got {tuple(x.shape)}")
+
+    @staticmethod
+    def _pad(x: Tensor, multiple: int) -> Tensor:
+        pad_h, pad_w = (-x.shape[-2]) % multiple, (-x.shape[-1]) % multiple
+        return F.pad(x, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else x
+
+    def encode(self, x: Tensor, ratio: int | str) -> LatentPosterior | list[LatentPosterior]:
         """Encode images at one ratio, running only the encoder stages that ratio needs.
 
         Args:
             x: (B, 3, H, W) in [-1, 1]; any H, W (padded up to a multiple of ``ratio``).
-            ratio: one of ``self.ratios``.
+            ratio: one of ``self.ratios``, or ``"auto"``: the attached ratio head picks each image's
+                ratio from the shared trunk features, and encoding continues from that trunk to the
+                chosen exit (the input is then padded to a multiple of the largest ratio).
 
         Returns:
-            A posterior whose ``sample()``/``mode()`` is (B, C, ceil(H/r), ceil(W/r)).
+            A posterior whose ``sample()``/``mode()`` is (B, C, ceil(H/r), ceil(W/r)); with
+            ``"auto"``, one posterior per image (each with its own ``ratio``).
         """
+        if ratio == "auto":
+            return self.encode_auto(x)
         ratio = check_ratio(ratio, self.ratios)
-        if x.ndim != 4 or x.shape[1] != self.config["in_channels"]:
-            raise UserInputError(f"expected images of shape (B, {self.config['in_channels']}, H, W), got {tuple(x.shape)}")
+        self._check_images(x)
         size = (x.shape[-2], x.shape[-1])
-        pad_h, pad_w = (-size[0]) % ratio, (-size[1]) % ratio
-        if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
-        return LatentPosterior(self.encoder(x, ratio), ratio, size)
+        return LatentPosterior(self.encoder(self._pad(x, ratio), ratio), ratio, size)
+
+    def trunk_level(self) -> int:
+        """The encoder stage every ratio runs through (the smallest ratio's exit stage)."""
+        return ratio_level(min(self.ratios))
+
+    def predict_scores(self, x: Tensor) -> Tensor:
+        """Complexity scores (B,) from the ratio head on the trunk features."""
+        if self.ratio_head is None:
+            raise UserInputError("this tokenizer has no ratio head: train one with `cat-tokenizer distill`")
+        self._check_images(x)
+        return self.ratio_head(self.encoder.stages_to(self._pad(x, min(self.ratios)), 0, self.trunk_level()))
+
+    def encode_auto(self, x: Tensor) -> list[LatentPosterior]:
+        """``encode(x, "auto")``: one trunk pass, the head's ratio per image, then each group of
+        images continues from its trunk features to its exit."""
+        if self.ratio_head is None:
+            raise UserInputError('ratio="auto" needs a ratio head: train one with `cat-tokenizer distill`')
+        self._check_images(x)
+        size, lvl = (x.shape[-2], x.shape[-1]), self.trunk_level()
+        h = self.encoder.stages_to(self._pad(x, max(self.ratios)), 0, lvl)  # (B, ch[lvl], H/8, W/8)
+        ratios = self.ratio_head.ratios_for(self.ratio_head(h))
+        out: list[LatentPosterior | None] = [None] * len(ratios)
+        for r in sorted(set(ratios)):
+            idx = [i for i, q in enumerate(ratios) if q == r]
+            g = self.encoder.stages_to(h[idx], lvl + 1, ratio_level(r))  # continue to r's stage
+            params = self.encoder.exit(g, r)  # (b, 2C, H/r, W/r)
+            for j, i in enumerate(idx):
+                out[i] = LatentPosterior(params[j : j + 1], r, size)
+        return out
 
     def decode(self, z: Tensor, ratio: int, size: tuple[int, int] | None = None) -> Tensor:
         """Decode latents of one ratio: (B, C, h, w) -> (B, 3, h*r, w*r), cropped to ``size`` if given."""

@@ -1,0 +1,149 @@
+"""``cat-tokenizer distill``: train the tokenizer's ratio head on a teacher evaluator's scores.
+
+1. Score every image with the teacher (through the dataset's score cache).
+2. Encode each image's trunk features once with the frozen tokenizer (eval crop at ``image_size``).
+3. Train the head (Lightning, MSE on the teacher's score) on the training split.
+4. Report on the held-out split: ratio agreement (accuracy and confusion matrix, thresholds =
+   the teacher's), Spearman correlation of scores, and images/s of student vs teacher measured in
+   this process on the same held-out images (the teacher without its cache).
+5. Save the tokenizer with its head to ``--out`` (``NestedVAE.from_pretrained(out).encode(x, "auto")``,
+   ``--evaluator distilled:<out>``) and ``distill.json`` / ``distill.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+from torchmetrics.functional.classification import multiclass_confusion_matrix
+from torchmetrics.functional.regression import spearman_corrcoef
+
+from cat_tokenizer.cli import silence_known_warnings
+from cat_tokenizer.complexity import ComplexityEvaluator
+from cat_tokenizer.complexity.cache import default_score_cache
+from cat_tokenizer.data.datamodule import _stratified_split, image_transform
+from cat_tokenizer.data.images import list_images, load_rgb, partition_readable
+from cat_tokenizer.devices import resolve_device
+from cat_tokenizer.errors import UserInputError
+from cat_tokenizer.io import load_vae
+from cat_tokenizer.models.ratio_head import RatioHead
+
+__all__ = ["RatioHeadModule", "run_distill"]
+
+log = logging.getLogger(__name__)
+
+
+class RatioHeadModule(L.LightningModule):
+    """Trains a ``RatioHead`` on precomputed trunk features (the trunk stays frozen)."""
+
+    def __init__(self, head: RatioHead, lr: float = 1e-3, weight_decay: float = 1e-4):
+        super().__init__()
+        self.head, self.lr, self.weight_decay = head, lr, weight_decay
+
+    def training_step(self, batch, batch_idx):
+        feats, score = batch
+        loss = F.mse_loss(self.head(feats), score)
+        self.log("train/mse", loss, prog_bar=True)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.head.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+
+@torch.no_grad()
+def _trunk(vae, files: list[Path], image_size: int, device: torch.device, batch: int = 16) -> torch.Tensor:
+    tf = image_transform(image_size, train=False)
+    out = []
+    for i in range(0, len(files), batch):
+        x = torch.stack([tf(load_rgb(f)) for f in files[i : i + batch]]).to(device)
+        out.append(vae.encoder.stages_to(vae._pad(x, min(vae.ratios)), 0, vae.trunk_level()).cpu())
+    return torch.cat(out)  # (N, C, S/8, S/8)
+
+
+def _rate(fn, n: int) -> float:
+    t = time.perf_counter()
+    fn()
+    return n / (time.perf_counter() - t)
+
+
+def run_distill(teacher_config: str | None, data: str, out: str, tokenizer: str, image_size: int = 128,
+                epochs: int = 40, batch_size: int = 32, lr: float = 3e-3, hidden: int = 64, val_fraction: float = 0.2,
+                device: str = "auto", seed: int = 0) -> dict:
+    """Distil and report; returns the metrics dict (also written to ``out/distill.json``)."""
+    silence_known_warnings()
+    L.seed_everything(seed, workers=True)
+    root, out_dir, dev = Path(data).expanduser(), Path(out), resolve_device(device)
+    teacher = ComplexityEvaluator.from_config(teacher_config)
+    files, bad = partition_readable(list_images(root))
+    for err in bad:
+        log.warning("skipping unreadable image %s", err)
+    results = teacher.score_images(files, cache=default_score_cache(root), progress=True)
+    scored = [(Path(r.key), r.score) for r in results if r.score is not None]
+    if len(scored) < 4:
+        raise UserInputError(f"need at least 4 scored images to distil, found {len(scored)} under {root}")
+    files = [f for f, _ in scored]
+    scores = torch.tensor([s for _, s in scored], dtype=torch.float32)
+    mapper = teacher.mapper_for(scores.tolist())  # the teacher's thresholds (calibrated if it has a budget)
+    val = set(_stratified_split(files, root, val_fraction))
+    tr = [i for i, f in enumerate(files) if f not in val]
+    va = [i for i, f in enumerate(files) if f in val]
+    if not tr or not va:
+        raise UserInputError(f"the split left {len(tr)} training and {len(va)} held-out images; add images or change val_fraction")
+
+    vae = load_vae(tokenizer).eval().to(dev)
+    feats = _trunk(vae, files, image_size, dev)
+    head = RatioHead(feats.shape[1], hidden, mapper.thresholds, mapper.ratios, image_size)
+    module = RatioHeadModule(head, lr)
+    loader = DataLoader(TensorDataset(feats[tr], scores[tr]), batch_size=batch_size, shuffle=True)
+    L.Trainer(max_epochs=epochs, accelerator=dev.type, devices=1, logger=False, enable_checkpointing=False,
+              enable_progress_bar=False, enable_model_summary=False).fit(module, loader)
+    head = module.head.eval().to(dev)
+    vae.attach_ratio_head(head)
+
+    with torch.no_grad():
+        pred = head(feats[va].to(dev)).cpu()
+    teacher_ratios = torch.tensor(mapper(scores[va].numpy()))
+    student_ratios = torch.tensor(head.ratios_for(pred))
+    index = {r: i for i, r in enumerate(mapper.ratios)}
+    confusion = multiclass_confusion_matrix(student_ratios.apply_(index.get), teacher_ratios.apply_(index.get),
+                                            num_classes=len(index))  # rows: teacher, cols: student
+    agreement = float(np.trace(confusion.numpy()) / max(1, len(va)))
+    rho = float(spearman_corrcoef(pred, scores[va])) if len(va) > 2 and scores[va].std() > 0 else float("nan")
+
+    # Speed, one process, the same held-out images from decoded PIL images; the teacher without its cache.
+    images = [load_rgb(files[i]) for i in va]
+    tf = image_transform(image_size, train=False)
+    x = torch.stack([tf(im) for im in images]).to(dev)
+    with torch.no_grad():
+        student_ips = _rate(lambda: vae.predict_scores(torch.stack([tf(im) for im in images]).to(dev)), len(images))
+        teacher_ips = _rate(lambda: teacher.score_descriptions(teacher.describer.describe(images)), len(images))
+        enc_s = 1.0 / _rate(lambda: vae.encode(x, min(vae.ratios)), len(images))
+        trunk = vae.encoder.stages_to(vae._pad(x, min(vae.ratios)), 0, vae.trunk_level())
+        head_s = 1.0 / _rate(lambda: head(trunk), len(images))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    vae.save_pretrained(out_dir)
+    metrics = {"teacher": teacher.name, "images": len(files), "train": len(tr), "held_out": len(va),
+               "ratio_agreement": round(agreement, 4), "spearman": round(rho, 4),
+               "confusion_rows_teacher_cols_student": confusion.tolist(), "ratios": list(mapper.ratios),
+               "thresholds": list(mapper.thresholds), "student_images_per_s": round(student_ips, 2),
+               "teacher_images_per_s": round(teacher_ips, 2), "speedup": round(student_ips / teacher_ips, 1),
+               "head_share_of_8x_encode": round(head_s / enc_s, 5), "head_params": sum(p.numel() for p in head.parameters()),
+               "image_size": image_size, "epochs": epochs}
+    (out_dir / "distill.json").write_text(json.dumps(metrics, indent=2))
+    lines = [f"# Distilled ratio head ({teacher.name} -> tokenizer trunk)", "",
+             f"{len(files)} images ({len(tr)} train / {len(va)} held out) at {image_size}px; head {metrics['head_params']} params.",
+             "", f"- ratio agreement on held-out images: {100 * agreement:.1f}%",
+             f"- Spearman correlation of scores: {rho:+.3f}",
+             f"- speed: student {student_ips:.1f} img/s vs teacher {teacher_ips:.2f} img/s ({metrics['speedup']}x), {dev}",
+             f"- the head alone costs {100 * head_s / enc_s:.3f}% of an 8x encode", "",
+             "Confusion (rows: teacher ratio, columns: student ratio; " + ", ".join(f"{r}x" for r in mapper.ratios) + "):", ""]
+    lines += ["    " + " ".join(f"{v:5d}" for v in row) for row in confusion.tolist()]
+    (out_dir / "distill.md").write_text("\n".join(lines) + "\n")
+    return metrics
