@@ -89,6 +89,9 @@ def test_distill_cli_and_distilled_evaluator(tmp_path, tiny_vae, capsys):
     assert metrics["held_out"] >= 2 and 0.0 <= metrics["ratio_agreement"] <= 1.0
     assert sum(map(sum, metrics["confusion_rows_teacher_cols_student"])) == metrics["held_out"]
     assert metrics["student_images_per_s"] > 0 and metrics["head_share_of_8x_encode"] < 1.0
+    # The standalone timm CNN student, trained on the same labels, is reported beside the head.
+    assert metrics["cnn"] == "resnet10t" and 0.0 <= metrics["cnn_ratio_agreement"] <= 1.0
+    assert metrics["cnn_gflops_per_image"] > 100 * metrics["head_gflops_per_image"]
     assert "ratio agreement on held-out images" in capsys.readouterr().out
     # The student plugs in wherever an evaluator does.
     ev = ComplexityEvaluator.from_config(f"distilled:{out}")

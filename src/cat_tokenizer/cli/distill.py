@@ -21,11 +21,13 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 from torchmetrics.functional.regression import spearman_corrcoef
 
 from cat_tokenizer.cli import silence_known_warnings
+from cat_tokenizer.cli.bench import flops
 from cat_tokenizer.complexity import ComplexityEvaluator
 from cat_tokenizer.complexity.cache import default_score_cache
 from cat_tokenizer.data.datamodule import _stratified_split, image_transform
@@ -41,15 +43,16 @@ log = logging.getLogger(__name__)
 
 
 class RatioHeadModule(L.LightningModule):
-    """Trains a ``RatioHead`` on precomputed trunk features (the trunk stays frozen)."""
+    """Regresses the teacher's score with any network ``(B, ...) -> (B,)`` or ``(B, 1)``: the ratio
+    head on precomputed trunk features (the trunk stays frozen), or a standalone CNN on images."""
 
-    def __init__(self, head: RatioHead, lr: float = 1e-3, weight_decay: float = 1e-4):
+    def __init__(self, head: nn.Module, lr: float = 1e-3, weight_decay: float = 1e-4):
         super().__init__()
         self.head, self.lr, self.weight_decay = head, lr, weight_decay
 
     def training_step(self, batch, batch_idx):
-        feats, score = batch
-        loss = F.mse_loss(self.head(feats), score)
+        inputs, score = batch
+        loss = F.mse_loss(self.head(inputs).reshape(-1), score)
         self.log("train/mse", loss, prog_bar=True)
         return loss
 
@@ -67,7 +70,32 @@ def _trunk(vae, files: list[Path], image_size: int, device: torch.device, batch:
     return torch.cat(out)  # (N, C, S/8, S/8)
 
 
+def _agreement(pred: torch.Tensor, target: torch.Tensor, mapper) -> tuple[float, torch.Tensor, float]:
+    """(ratio agreement, confusion matrix rows=teacher cols=student, Spearman of scores)."""
+    index = {r: i for i, r in enumerate(mapper.ratios)}
+    teacher = torch.tensor([index[int(r)] for r in mapper(target.numpy())])
+    student = torch.tensor([index[int(r)] for r in mapper(pred.numpy())])
+    confusion = multiclass_confusion_matrix(student, teacher, num_classes=len(index))
+    rho = float(spearman_corrcoef(pred, target)) if len(pred) > 2 and target.std() > 0 and pred.std() > 0 else float("nan")
+    return float(np.trace(confusion.numpy()) / max(1, len(pred))), confusion, rho
+
+
+def _train_cnn(name: str, images: torch.Tensor, scores: torch.Tensor, epochs: int, batch_size: int, lr: float, dev) -> nn.Module:
+    import timm
+
+    net = timm.create_model(name, pretrained=False, num_classes=1)
+    nn.init.zeros_(net.get_classifier().weight)
+    nn.init.constant_(net.get_classifier().bias, 5.0)
+    module = RatioHeadModule(net, lr)
+    L.Trainer(max_epochs=epochs, accelerator=dev.type, devices=1, logger=False, enable_checkpointing=False,
+              enable_progress_bar=False, enable_model_summary=False).fit(
+        module, DataLoader(TensorDataset(images, scores), batch_size=batch_size, shuffle=True))
+    return module.head.eval().to(dev)
+
+
 def _rate(fn, n: int) -> float:
+    """Items per second of ``fn()`` over ``n`` items, after one warm-up call."""
+    fn()
     t = time.perf_counter()
     fn()
     return n / (time.perf_counter() - t)
@@ -75,8 +103,14 @@ def _rate(fn, n: int) -> float:
 
 def run_distill(teacher_config: str | None, data: str, out: str, tokenizer: str, image_size: int = 128,
                 epochs: int = 40, batch_size: int = 32, lr: float = 3e-3, hidden: int = 64, val_fraction: float = 0.2,
-                device: str = "auto", seed: int = 0) -> dict:
-    """Distil and report; returns the metrics dict (also written to ``out/distill.json``)."""
+                device: str = "auto", seed: int = 0, cnn: str | None = "resnet10t") -> dict:
+    """Distil and report; returns the metrics dict (also written to ``out/distill.json``).
+
+    With ``cnn`` (a timm model name, randomly initialised), a standalone CNN student is trained on
+    the same images and labels and reported beside the head (agreement and GFLOPs per image), the
+    comparison the design asks for. The tokenizer keeps the head either way: only the head can
+    route inside ``encode(x, "auto")`` for free.
+    """
     silence_known_warnings()
     L.seed_everything(seed, workers=True)
     root, out_dir, dev = Path(data).expanduser(), Path(out), resolve_device(device)
@@ -109,13 +143,7 @@ def run_distill(teacher_config: str | None, data: str, out: str, tokenizer: str,
 
     with torch.no_grad():
         pred = head(feats[va].to(dev)).cpu()
-    teacher_ratios = torch.tensor(mapper(scores[va].numpy()))
-    student_ratios = torch.tensor(head.ratios_for(pred))
-    index = {r: i for i, r in enumerate(mapper.ratios)}
-    confusion = multiclass_confusion_matrix(student_ratios.apply_(index.get), teacher_ratios.apply_(index.get),
-                                            num_classes=len(index))  # rows: teacher, cols: student
-    agreement = float(np.trace(confusion.numpy()) / max(1, len(va)))
-    rho = float(spearman_corrcoef(pred, scores[va])) if len(va) > 2 and scores[va].std() > 0 else float("nan")
+    agreement, confusion, rho = _agreement(pred, scores[va], mapper)
 
     # Speed, one process, the same held-out images from decoded PIL images; the teacher without its cache.
     images = [load_rgb(files[i]) for i in va]
@@ -127,6 +155,19 @@ def run_distill(teacher_config: str | None, data: str, out: str, tokenizer: str,
         enc_s = 1.0 / _rate(lambda: vae.encode(x, min(vae.ratios)), len(images))
         trunk = vae.encoder.stages_to(vae._pad(x, min(vae.ratios)), 0, vae.trunk_level())
         head_s = 1.0 / _rate(lambda: head(trunk), len(images))
+        head_gflops = flops(lambda: head(trunk[:1])) / 1e9
+    cnn_metrics = {}
+    if cnn:
+        all_x = torch.stack([tf(load_rgb(f)) for f in files])  # (N, 3, S, S)
+        net = _train_cnn(cnn, all_x[tr], scores[tr], epochs, batch_size, lr, dev)
+        with torch.no_grad():
+            cnn_pred = net(all_x[va].to(dev)).reshape(-1).cpu()
+            cnn_ips = _rate(lambda: net(torch.stack([tf(im) for im in images]).to(dev)), len(images))
+            cnn_gflops = flops(lambda: net(x[:1])) / 1e9
+        c_agree, c_conf, c_rho = _agreement(cnn_pred, scores[va], mapper)
+        cnn_metrics = {"cnn": cnn, "cnn_ratio_agreement": round(c_agree, 4), "cnn_spearman": round(c_rho, 4),
+                       "cnn_confusion": c_conf.tolist(), "cnn_gflops_per_image": round(cnn_gflops, 4),
+                       "cnn_params": sum(p.numel() for p in net.parameters()), "cnn_images_per_s": round(cnn_ips, 2)}
     out_dir.mkdir(parents=True, exist_ok=True)
     vae.save_pretrained(out_dir)
     metrics = {"teacher": teacher.name, "images": len(files), "train": len(tr), "held_out": len(va),
@@ -135,7 +176,7 @@ def run_distill(teacher_config: str | None, data: str, out: str, tokenizer: str,
                "thresholds": list(mapper.thresholds), "student_images_per_s": round(student_ips, 2),
                "teacher_images_per_s": round(teacher_ips, 2), "speedup": round(student_ips / teacher_ips, 1),
                "head_share_of_8x_encode": round(head_s / enc_s, 5), "head_params": sum(p.numel() for p in head.parameters()),
-               "image_size": image_size, "epochs": epochs}
+               "head_gflops_per_image": round(head_gflops, 6), "image_size": image_size, "epochs": epochs, **cnn_metrics}
     (out_dir / "distill.json").write_text(json.dumps(metrics, indent=2))
     lines = [f"# Distilled ratio head ({teacher.name} -> tokenizer trunk)", "",
              f"{len(files)} images ({len(tr)} train / {len(va)} held out) at {image_size}px; head {metrics['head_params']} params.",
@@ -145,5 +186,10 @@ def run_distill(teacher_config: str | None, data: str, out: str, tokenizer: str,
              f"- the head alone costs {100 * head_s / enc_s:.3f}% of an 8x encode", "",
              "Confusion (rows: teacher ratio, columns: student ratio; " + ", ".join(f"{r}x" for r in mapper.ratios) + "):", ""]
     lines += ["    " + " ".join(f"{v:5d}" for v in row) for row in confusion.tolist()]
+    if cnn_metrics:
+        lines += ["", f"Standalone CNN student ({cnn}, random init, same labels): agreement {100 * cnn_metrics['cnn_ratio_agreement']:.1f}%, "
+                  f"Spearman {cnn_metrics['cnn_spearman']:+.3f}, {cnn_metrics['cnn_gflops_per_image']:.3f} GFLOPs/image and "
+                  f"{cnn_metrics['cnn_params']} params vs the head's {head_gflops:.6f} GFLOPs on free trunk features; "
+                  f"{cnn_metrics['cnn_images_per_s']:.1f} img/s."]
     (out_dir / "distill.md").write_text("\n".join(lines) + "\n")
     return metrics

@@ -99,7 +99,8 @@ def _cmd_eval_recon(a: argparse.Namespace) -> int:
 def _cmd_distill(a: argparse.Namespace) -> int:
     from cat_tokenizer.cli.distill import run_distill
 
-    run_distill(a.teacher, a.data, a.out, a.ckpt, a.image_size, a.epochs, a.batch_size, a.lr, a.hidden, a.val_fraction, a.device)
+    run_distill(a.teacher, a.data, a.out, a.ckpt, a.image_size, a.epochs, a.batch_size, a.lr, a.hidden, a.val_fraction, a.device,
+                cnn=None if a.cnn == "none" else a.cnn)
     print((Path(a.out) / "distill.md").read_text())
     print(f"wrote {a.out}/ (tokenizer with its ratio head), distill.json, distill.md; use it with --evaluator distilled:{a.out}")
     return 0
@@ -216,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--hidden", type=int, default=64)
     ds.add_argument("--val-fraction", type=float, default=0.2)
     ds.add_argument("--device", default="auto")
+    ds.add_argument("--cnn", default="resnet10t", help="timm model for the standalone CNN comparison (none: skip)")
     ds.set_defaults(fn=_cmd_distill)
 
     an = sub.add_parser("analyse", help="Section 3.1: complexity signals vs each image's max acceptable ratio")
