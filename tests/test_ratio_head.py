@@ -99,3 +99,28 @@ def test_distill_cli_and_distilled_evaluator(tmp_path, tiny_vae, capsys):
     res = ev.score_images(sorted(root.rglob("*.png")), cache=tmp_path / "s.sqlite")
     assert all(r.ratio in (8, 16, 32) and r.description.startswith("distilled score") for r in res)
     assert tools.main(["score", str(root), "--evaluator", f"distilled:{out}", "-q", "--cache", str(tmp_path / "s.sqlite")]) == 0
+
+
+@pytest.mark.slow
+def test_text_student_distils_and_plugs_in(tmp_path, capsys):
+    from tiny_hf import tiny_bert
+
+    from cat_tokenizer.complexity import text_description
+    from cat_tokenizer.complexity.text_student import TextStudentScorer
+
+    encoder = tiny_bert(tmp_path / "bert")
+    prompts = [f"a page of dense text number {i}" for i in range(10)] + [f"a plain flat sky number {i}" for i in range(10)]
+    (tmp_path / "prompts.txt").write_text("\n".join(prompts))
+    out = tmp_path / "student"
+    assert tools.main(["distill-text", "--prompts", str(tmp_path / "prompts.txt"), "--encoder", str(encoder),
+                       "--out", str(out), "--epochs", "50", "--device", "cpu"]) == 0
+    metrics = json.loads((out / "distill_text.json").read_text())
+    assert metrics["held_out"] >= 2 and sum(map(sum, metrics["confusion"])) == metrics["held_out"]
+    assert "prompts/s" in capsys.readouterr().out
+    a = TextStudentScorer(str(out), device="cpu").score([text_description(p) for p in prompts[:3]])
+    b = TextStudentScorer(str(out), device="cpu").score([text_description(p) for p in prompts[:3]])
+    assert a == b and all(isinstance(s, float) for s in a)  # saved and loaded: identical predictions
+    assert tools.main(["score", "--text", "a chart", "--text", "a wall", "--evaluator", f"distilled-text:{out}"]) == 0
+    assert "evaluator probe+text-student" in capsys.readouterr().out
+    with pytest.raises(UserInputError, match="not a text student folder"):
+        TextStudentScorer(str(tmp_path))

@@ -75,3 +75,16 @@ def tiny_llama(out: Path, seed: int = 0) -> Path:
                                  eos_token_id=tok.eos_token_id)).save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+def tiny_bert(out: Path) -> Path:
+    """A BERT-architecture text encoder (hidden 16, one layer) with the SmolLM2 tokenizer."""
+    from transformers import BertConfig, BertModel
+
+    tok = smollm2_tokenizer()
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=256,
+                         pad_token_id=tok.pad_token_id)).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out

@@ -37,7 +37,7 @@ from cat_tokenizer.errors import UserInputError
 from cat_tokenizer.io import load_vae
 from cat_tokenizer.models.ratio_head import RatioHead
 
-__all__ = ["RatioHeadModule", "run_distill"]
+__all__ = ["RatioHeadModule", "run_distill", "run_distill_text"]
 
 log = logging.getLogger(__name__)
 
@@ -192,4 +192,57 @@ def run_distill(teacher_config: str | None, data: str, out: str, tokenizer: str,
                   f"{cnn_metrics['cnn_params']} params vs the head's {head_gflops:.6f} GFLOPs on free trunk features; "
                   f"{cnn_metrics['cnn_images_per_s']:.1f} img/s."]
     (out_dir / "distill.md").write_text("\n".join(lines) + "\n")
+    return metrics
+
+
+def run_distill_text(teacher_config: str | None, prompts_file: str, encoder: str, out: str, epochs: int = 200,
+                     batch_size: int = 64, lr: float = 1e-2, val_fraction: float = 0.2, max_length: int = 128,
+                     device: str = "auto", seed: int = 0) -> dict:
+    """Distil the teacher's prompt scores into a frozen text encoder + linear head; report and save."""
+    import hashlib
+
+    from cat_tokenizer.complexity.base import text_description
+    from cat_tokenizer.complexity.text_student import TextEmbedder, TextStudentScorer
+    from cat_tokenizer.data.default_data import cache_dir
+
+    silence_known_warnings()
+    L.seed_everything(seed, workers=True)
+    path = Path(prompts_file).expanduser()
+    if not path.is_file():
+        raise UserInputError(f"prompts file not found: {prompts_file} (one prompt or class name per line)")
+    prompts = list(dict.fromkeys(line.strip() for line in path.read_text().splitlines() if line.strip()))
+    if len(prompts) < 4:
+        raise UserInputError(f"need at least 4 distinct prompts to distil, found {len(prompts)} in {prompts_file}")
+    teacher = ComplexityEvaluator.from_config(teacher_config)
+    results = teacher.score_texts(prompts, cache=cache_dir() / "scores" / "prompts.sqlite")
+    scores = torch.tensor([r.score for r in results], dtype=torch.float32)
+    mapper = teacher.mapper_for(scores.tolist())
+    held = [int(hashlib.sha1(p.encode()).hexdigest()[:8], 16) / 2**32 < val_fraction for p in prompts]
+    tr = [i for i, h in enumerate(held) if not h]
+    va = [i for i, h in enumerate(held) if h]
+    if not tr or len(va) < 2:
+        raise UserInputError(f"the split left {len(tr)} training and {len(va)} held-out prompts; add prompts")
+    dev = resolve_device(device)
+    embedder = TextEmbedder(encoder, max_length, device)
+    texts = [text_description(p).text for p in prompts]  # what the teacher's scorer read
+    emb = embedder(texts)  # (N, D)
+    head = nn.Linear(embedder.dim, 1)
+    nn.init.zeros_(head.weight)
+    nn.init.constant_(head.bias, 5.0)
+    module = RatioHeadModule(head, lr)
+    L.Trainer(max_epochs=epochs, accelerator=dev.type, devices=1, logger=False, enable_checkpointing=False,
+              enable_progress_bar=False, enable_model_summary=False).fit(
+        module, DataLoader(TensorDataset(emb[tr], scores[tr]), batch_size=batch_size, shuffle=True))
+    head = module.head.eval().cpu()
+    with torch.no_grad():
+        pred = head(emb[va]).reshape(-1)
+    agreement, confusion, rho = _agreement(pred, scores[va], mapper)
+    descs = [text_description(prompts[i]) for i in va]
+    student_tps = _rate(lambda: head(embedder([d.text for d in descs])), len(descs))
+    teacher_tps = _rate(lambda: teacher.score_descriptions(descs), len(descs))
+    TextStudentScorer.save(out, head, encoder, embedder.dim, max_length, mapper.thresholds, mapper.ratios)
+    metrics = {"teacher": teacher.name, "encoder": encoder, "prompts": len(prompts), "train": len(tr), "held_out": len(va),
+               "ratio_agreement": round(agreement, 4), "spearman": round(rho, 4), "confusion": confusion.tolist(),
+               "student_texts_per_s": round(student_tps, 2), "teacher_texts_per_s": round(teacher_tps, 2)}
+    (Path(out) / "distill_text.json").write_text(json.dumps(metrics, indent=2))
     return metrics

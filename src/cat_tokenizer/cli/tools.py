@@ -106,6 +106,17 @@ def _cmd_distill(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_distill_text(a: argparse.Namespace) -> int:
+    from cat_tokenizer.cli.distill import run_distill_text
+
+    m = run_distill_text(a.teacher, a.prompts, a.encoder, a.out, a.epochs, a.batch_size, a.lr, a.val_fraction, device=a.device)
+    print(f"text student ({m['encoder']}) distilled from {m['teacher']} on {m['train']} prompts; held out {m['held_out']}:")
+    print(f"- ratio agreement: {100 * m['ratio_agreement']:.1f}%   Spearman: {m['spearman']:+.3f}")
+    print(f"- speed: student {m['student_texts_per_s']:.1f} prompts/s vs teacher {m['teacher_texts_per_s']:.2f} prompts/s")
+    print(f"wrote {a.out}/ (student.json, head.safetensors, distill_text.json); use it with --evaluator distilled-text:{a.out}")
+    return 0
+
+
 def _cmd_analyse(a: argparse.Namespace) -> int:
     from cat_tokenizer.cli.analyse import run_analysis
     from cat_tokenizer.complexity import ComplexityEvaluator
@@ -219,6 +230,18 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--device", default="auto")
     ds.add_argument("--cnn", default="resnet10t", help="timm model for the standalone CNN comparison (none: skip)")
     ds.set_defaults(fn=_cmd_distill)
+
+    dt = sub.add_parser("distill-text", help="a text-only student for prompts: frozen text encoder + head, from a teacher")
+    dt.add_argument("--prompts", required=True, help="text file, one prompt or class name per line")
+    dt.add_argument("--encoder", default="builtin:minilm", help="transformers text encoder: hub id, local folder, or builtin:minilm")
+    dt.add_argument("--out", required=True)
+    dt.add_argument("--teacher", help="teacher evaluator YAML (its scorer scores the prompts; default: rubric)")
+    dt.add_argument("--epochs", type=int, default=200)
+    dt.add_argument("--batch-size", type=int, default=64)
+    dt.add_argument("--lr", type=float, default=1e-2)
+    dt.add_argument("--val-fraction", type=float, default=0.2)
+    dt.add_argument("--device", default="auto")
+    dt.set_defaults(fn=_cmd_distill_text)
 
     an = sub.add_parser("analyse", help="Section 3.1: complexity signals vs each image's max acceptable ratio")
     an.add_argument("dir", help="image folder")

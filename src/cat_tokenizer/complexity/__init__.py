@@ -3,7 +3,8 @@
 Parts (each usable alone, chosen in YAML by class_path/init_args):
   describers: ``ProbeDescriber`` (offline default), ``VLMDescriber``, ``CaptionerDescriber``,
               ``DistilledDescriber`` (a tokenizer's trained ratio head; ``from_config("distilled:D")``)
-  scorers:    ``RubricScorer`` (rules, default), ``LLMScorer`` (digit odds of a causal LM)
+  scorers:    ``RubricScorer`` (rules, default), ``LLMScorer`` (digit odds of a causal LM),
+              ``TextStudentScorer`` (a distilled text encoder + head for prompts; ``"distilled-text:D"``)
   mapping:    ``RatioMapper`` (thresholds, or calibrated to a token budget)
   cache:      ``ScoreCache`` (SQLite, keyed by content hash + evaluator fingerprint)
 """
@@ -16,10 +17,11 @@ from cat_tokenizer.complexity.llm import LLMScorer
 from cat_tokenizer.complexity.probe import ProbeDescriber
 from cat_tokenizer.complexity.ratio_map import RatioMapper
 from cat_tokenizer.complexity.rubric import RubricScorer
+from cat_tokenizer.complexity.text_student import TextStudentScorer
 from cat_tokenizer.complexity.vlm import CaptionerDescriber, VLMDescriber
 
 __all__ = [
     "ComplexityEvaluator", "ScoreResult", "summarize", "Describer", "Description", "Scorer", "text_description",
-    "ProbeDescriber", "VLMDescriber", "CaptionerDescriber", "DistilledDescriber", "RubricScorer", "LLMScorer", "RatioMapper",
+    "ProbeDescriber", "VLMDescriber", "CaptionerDescriber", "DistilledDescriber", "RubricScorer", "LLMScorer", "TextStudentScorer", "RatioMapper",
     "ScoreCache", "content_hash", "config_hash",
 ]

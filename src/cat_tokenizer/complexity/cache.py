@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import sqlite3
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -51,15 +53,26 @@ class ScoreCache:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, timeout=timeout)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS scores (content TEXT, evaluator TEXT, score REAL, description TEXT,"
-            " PRIMARY KEY (content, evaluator))"
-        )
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, content TEXT)"
-        )
-        self._db.commit()
+        # Several processes (DDP ranks) may open a new file at once; switching to WAL and creating
+        # the tables can then fail with "database is locked" without waiting, so retry for a while.
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute(
+                    "CREATE TABLE IF NOT EXISTS scores (content TEXT, evaluator TEXT, score REAL, description TEXT,"
+                    " PRIMARY KEY (content, evaluator))"
+                )
+                self._db.execute(
+                    "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, content TEXT)"
+                )
+                self._db.commit()
+                break
+            except sqlite3.OperationalError as err:
+                if "locked" not in str(err) or time.monotonic() > deadline:
+                    raise
+                self._db.rollback()
+                time.sleep(0.05 + 0.1 * random.random())
 
     def content_hashes(self, paths: Iterable[str | Path]) -> list[str | None]:
         """Content hash per path (None for a file that cannot be read), from the memo when the

@@ -91,12 +91,18 @@ class ComplexityEvaluator(nn.Module):
         """Build from a YAML file or dict: ``{class_path: ..., init_args: {...}}`` or the init args alone.
 
         ``None`` gives the offline default (probe describer + rule rubric); ``"distilled:D"`` the
-        ratio head of the tokenizer in folder D (from ``cat-tokenizer distill``).
+        ratio head of the tokenizer in folder D (from ``cat-tokenizer distill``); ``"distilled-text:D"``
+        the text-only student in D (from ``cat-tokenizer distill-text``) as the scorer.
         """
         from jsonargparse import ArgumentParser
 
         if config is None:
             return cls()
+        if isinstance(config, str) and config.startswith("distilled-text:"):
+            from cat_tokenizer.complexity.text_student import TextStudentScorer
+
+            student = TextStudentScorer(config[len("distilled-text:") :])
+            return cls(scorer=student, thresholds=student.thresholds, ratios=student.config["ratios"])
         if isinstance(config, str) and config.startswith("distilled:"):
             from cat_tokenizer.complexity.distilled import DistilledDescriber
 

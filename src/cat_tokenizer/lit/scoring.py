@@ -96,7 +96,11 @@ class ComplexityScoringModule(L.LightningModule):
     def on_predict_start(self) -> None:
         self.evaluator.load().to(self.device)  # lazily loaded networks go to this rank's device
         main = self._cache_path()
-        self._main = ScoreCache(main)
+        if self.global_rank == 0:
+            self._main = ScoreCache(main)  # rank 0 creates the file; the others open it once it exists
+        self.trainer.strategy.barrier()
+        if self.global_rank != 0:
+            self._main = ScoreCache(main)
         self._shard = ScoreCache(Path(f"{main}.shards") / f"rank{self.global_rank}.sqlite")
 
     def predict_step(self, batch: list[str], batch_idx: int) -> list[ScoreResult]:
