@@ -80,17 +80,23 @@ def _agreement(pred: torch.Tensor, target: torch.Tensor, mapper) -> tuple[float,
     return float(np.trace(confusion.numpy()) / max(1, len(pred))), confusion, rho
 
 
+def _fit_regressor(net: nn.Module, final: nn.Linear, inputs: torch.Tensor, scores: torch.Tensor, epochs: int,
+                   batch_size: int, lr: float, dev: torch.device) -> nn.Module:
+    """Train ``net`` to regress the scores (its ``final`` layer starts at the scale's middle, 5); eval mode on ``dev``."""
+    nn.init.zeros_(final.weight)
+    nn.init.constant_(final.bias, 5.0)
+    module = RatioHeadModule(net, lr)
+    L.Trainer(max_epochs=epochs, accelerator=dev.type, devices=1, logger=False, enable_checkpointing=False,
+              enable_progress_bar=False, enable_model_summary=False).fit(
+        module, DataLoader(TensorDataset(inputs, scores), batch_size=batch_size, shuffle=True))
+    return module.head.eval().to(dev)
+
+
 def _train_cnn(name: str, images: torch.Tensor, scores: torch.Tensor, epochs: int, batch_size: int, lr: float, dev) -> nn.Module:
     import timm
 
     net = timm.create_model(name, pretrained=False, num_classes=1)
-    nn.init.zeros_(net.get_classifier().weight)
-    nn.init.constant_(net.get_classifier().bias, 5.0)
-    module = RatioHeadModule(net, lr)
-    L.Trainer(max_epochs=epochs, accelerator=dev.type, devices=1, logger=False, enable_checkpointing=False,
-              enable_progress_bar=False, enable_model_summary=False).fit(
-        module, DataLoader(TensorDataset(images, scores), batch_size=batch_size, shuffle=True))
-    return module.head.eval().to(dev)
+    return _fit_regressor(net, net.get_classifier(), images, scores, epochs, batch_size, lr, dev)
 
 
 def _rate(fn, n: int) -> float:
@@ -134,11 +140,7 @@ def run_distill(teacher_config: str | None, data: str, out: str, tokenizer: str,
     vae = load_vae(tokenizer).eval().to(dev)
     feats = _trunk(vae, files, image_size, dev)
     head = RatioHead(feats.shape[1], hidden, mapper.thresholds, mapper.ratios, image_size)
-    module = RatioHeadModule(head, lr)
-    loader = DataLoader(TensorDataset(feats[tr], scores[tr]), batch_size=batch_size, shuffle=True)
-    L.Trainer(max_epochs=epochs, accelerator=dev.type, devices=1, logger=False, enable_checkpointing=False,
-              enable_progress_bar=False, enable_model_summary=False).fit(module, loader)
-    head = module.head.eval().to(dev)
+    head = _fit_regressor(head, head.out, feats[tr], scores[tr], epochs, batch_size, lr, dev)
     vae.attach_ratio_head(head)
 
     with torch.no_grad():
@@ -227,13 +229,7 @@ def run_distill_text(teacher_config: str | None, prompts_file: str, encoder: str
     texts = [text_description(p).text for p in prompts]  # what the teacher's scorer read
     emb = embedder(texts)  # (N, D)
     head = nn.Linear(embedder.dim, 1)
-    nn.init.zeros_(head.weight)
-    nn.init.constant_(head.bias, 5.0)
-    module = RatioHeadModule(head, lr)
-    L.Trainer(max_epochs=epochs, accelerator=dev.type, devices=1, logger=False, enable_checkpointing=False,
-              enable_progress_bar=False, enable_model_summary=False).fit(
-        module, DataLoader(TensorDataset(emb[tr], scores[tr]), batch_size=batch_size, shuffle=True))
-    head = module.head.eval().cpu()
+    head = _fit_regressor(head, head, emb[tr], scores[tr], epochs, batch_size, lr, torch.device("cpu"))
     with torch.no_grad():
         pred = head(emb[va]).reshape(-1)
     agreement, confusion, rho = _agreement(pred, scores[va], mapper)
