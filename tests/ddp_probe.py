@@ -4,7 +4,6 @@ import json
 import os
 
 import lightning as L
-import torch
 
 
 class BatchRecorder(L.Callback):

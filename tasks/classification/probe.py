@@ -11,7 +11,6 @@ Features per image (posterior mean of the frozen tokenizer at the batch's ratio)
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import lightning as L
 import torch
@@ -20,7 +19,6 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from cat_tokenizer.errors import UserInputError
-from cat_tokenizer.models.nested_vae import NestedVAE
 
 __all__ = ["LinearProbeModule", "latent_features", "FEATURE_MODES"]
 

@@ -13,25 +13,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
-from torchvision.transforms.v2 import functional as TF
 
 from cat_tokenizer.complexity import ComplexityEvaluator
 from cat_tokenizer.data.datamodule import image_transform
 from cat_tokenizer.data.images import UnreadableImage, list_images, load_rgb
 from cat_tokenizer.devices import resolve_device
 from cat_tokenizer.errors import UserInputError
-from cat_tokenizer.metrics import build_fid, ocr_confidence
+from cat_tokenizer.metrics import build_fid, ocr_confidence, psnr_ssim, to_pil
 from cat_tokenizer.models.nested_vae import NestedVAE
 from cat_tokenizer.ratios import token_count
 
 __all__ = ["evaluate_reconstruction"]
 
 log = logging.getLogger(__name__)
-
-
-def _to_pil(x: torch.Tensor):
-    return TF.to_pil_image(((x.clamp(-1, 1) + 1) / 2).cpu())
 
 
 @torch.no_grad()
@@ -64,26 +58,26 @@ def evaluate_reconstruction(root: str | Path, vae: NestedVAE, out_dir: str | Pat
             log.warning("skipping %s", err)
             continue
         n += 1
-        conf, words = ocr_confidence(_to_pil(x[0]))
+        conf, words = ocr_confidence(to_pil(x[0]))
         text_bearing = words >= min_words
         if text_bearing:
             acc["original"]["ocr"].append(conf)
         recon = {}
         for r in vae.ratios:
-            post = vae.encode(x, r)
-            recon[f"{r}x"] = (vae.decode(post.mode(), r, size=post.input_size).clamp(-1, 1), r)
+            recon[f"{r}x"] = (vae.reconstruct(x, r), r)
         recon["CAT adaptive"] = recon[f"{assigned[str(f)]}x"]
         real = (x + 1) / 2
         for name, (x_hat, r) in recon.items():
             fake = (x_hat + 1) / 2
             a = acc[name]
             a["tokens"].append(token_count(image_size, image_size, r))
-            a["psnr"].append(float(peak_signal_noise_ratio(fake, real, data_range=1.0)))
-            a["ssim"].append(float(structural_similarity_index_measure(fake, real, data_range=1.0)))
+            psnr, ssim = psnr_ssim(x_hat, x)
+            a["psnr"].append(psnr)
+            a["ssim"].append(ssim)
             if lpips is not None:
                 a["lpips"].append(float(lpips(x_hat, x).mean()))
             if text_bearing:
-                a["ocr"].append(ocr_confidence(_to_pil(x_hat[0]))[0])
+                a["ocr"].append(ocr_confidence(to_pil(x_hat[0]))[0])
             fids[name].update(real, real=True)
             fids[name].update(fake, real=False)
     if n < 2:

@@ -28,6 +28,7 @@ from cat_tokenizer.data.datamodule import image_transform
 from cat_tokenizer.devices import resolve_device
 from cat_tokenizer.data.images import UnreadableImage, list_images, load_rgb
 from cat_tokenizer.errors import UserInputError
+from cat_tokenizer.metrics.image import to_pil
 from cat_tokenizer.models.nested_vae import NestedVAE
 
 __all__ = ["max_acceptable_ratio", "quantile_matched_ratios", "run_analysis"]
@@ -55,8 +56,7 @@ def quantile_matched_ratios(signal: np.ndarray, target_ratios: np.ndarray, highe
 def _reconstruction_errors(vae: NestedVAE, x: torch.Tensor, lpips=None) -> dict[int, dict[str, float]]:
     out = {}
     for r in vae.ratios:
-        post = vae.encode(x, r)
-        x_hat = vae.decode(post.mode(), r, size=post.input_size).clamp(-1, 1)
+        x_hat = vae.reconstruct(x, r)
         mse = float(((x_hat - x) / 2).pow(2).mean())
         out[r] = {"mse": mse, "psnr": float(10 * np.log10(1.0 / max(mse, 1e-12)))}
         if lpips is not None:
@@ -96,7 +96,7 @@ def run_analysis(
             continue
         x = tf(img)[None].to(device)  # (1, 3, S, S)
         err = _reconstruction_errors(vae, x, lpips)
-        crop = _to_pil(x[0])
+        crop = to_pil(x[0])
         row = {"path": f.relative_to(root).as_posix(), "max_ratio": max_acceptable_ratio({r: e["psnr"] for r, e in err.items()}, tolerance_db),
                "jpeg_bpp": jpeg_bits_per_pixel(crop), "mse_16x": err[16]["mse"] if 16 in err else err[vae.ratios[1]]["mse"]}
         if lpips is not None:
@@ -138,12 +138,6 @@ def run_analysis(
         w.writerows(rows)
     _scatter(rows, signals, level, out_dir / "scatter.png")
     return table
-
-
-def _to_pil(x: torch.Tensor):
-    from PIL import Image
-
-    return Image.fromarray(((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy())
 
 
 def _scatter(rows: list[dict], signals: list[str], level: np.ndarray, path: Path) -> None:

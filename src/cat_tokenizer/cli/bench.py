@@ -15,7 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from cat_tokenizer.models.nested_vae import NestedVAE
 from cat_tokenizer.ratios import token_count
 
-__all__ = ["path_params", "flops", "bench_vae"]
+__all__ = ["path_params", "flops", "items_per_second", "bench_vae"]
 
 
 def path_params(model: nn.Module, fn) -> int:
@@ -41,6 +41,22 @@ def flops(fn) -> int:
 
 
 @torch.no_grad()
+def items_per_second(fn, n: int, repeat: int = 1, warmup: bool = False) -> float:
+    """Throughput of ``fn()`` processing ``n`` items: best of ``repeat`` timed calls, after one
+    untimed call when ``warmup`` (lazy loading, caches and allocator growth stay out of the time)."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)  # CUDA kernels run async
+    if warmup:
+        fn()
+    best = float("inf")
+    for _ in range(repeat):
+        sync()
+        t = time.perf_counter()
+        fn()
+        sync()
+        best = min(best, time.perf_counter() - t)
+    return n / best
+
+
 def bench_vae(preset: str = "base", size: int = 256, batch: int = 1, iters: int = 3, device: str = "cpu") -> list[dict]:
     """One row per ratio: path params, GFLOPs per image (encode / decode), tokens, images/s."""
     vae = NestedVAE.from_preset(preset).to(device).eval()

@@ -4,24 +4,12 @@ images so the ratios compare like with like."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
+from cat_tokenizer.cli.bench import items_per_second
 from cat_tokenizer.complexity import LLMScorer, ProbeDescriber, RubricScorer
 from cat_tokenizer.data.default_data import ensure_default_data
 from cat_tokenizer.data.images import list_images, load_rgb
 
 __all__ = ["bench_scorers"]
-
-
-def _rate(fn: Callable[[], object], n: int, repeat: int = 1) -> tuple[float, float]:
-    """(items/s, seconds per item) of ``fn`` over ``n`` items, best of ``repeat``."""
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return n / best, best / n
 
 
 def bench_scorers(n: int = 16, llm: str = "builtin:smollm2", batch_size: int = 8, device: str = "cpu") -> list[dict]:
@@ -32,9 +20,9 @@ def bench_scorers(n: int = 16, llm: str = "builtin:smollm2", batch_size: int = 8
     rows = []
 
     def add(component: str, setting: str, fn, base: float | None = None, repeat: int = 1) -> float:
-        rate, spi = _rate(fn, len(images), repeat)
+        rate = items_per_second(fn, len(images), repeat)
         rows.append({"component": component, "setting": setting, "items": len(images), "items_per_s": rate,
-                     "s_per_item": spi, "speed_vs": "" if base is None else f"{rate / base:.2f}x"})
+                     "s_per_item": 1.0 / rate, "speed_vs": "" if base is None else f"{rate / base:.2f}x"})
         return rate
 
     probe = ProbeDescriber()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 
 import lightning as L
@@ -27,7 +26,7 @@ from torchmetrics.functional.classification import multiclass_confusion_matrix
 from torchmetrics.functional.regression import spearman_corrcoef
 
 from cat_tokenizer.cli import silence_known_warnings
-from cat_tokenizer.cli.bench import flops
+from cat_tokenizer.cli.bench import flops, items_per_second
 from cat_tokenizer.complexity import ComplexityEvaluator
 from cat_tokenizer.complexity.cache import default_score_cache
 from cat_tokenizer.data.datamodule import _stratified_split, image_transform
@@ -99,14 +98,6 @@ def _train_cnn(name: str, images: torch.Tensor, scores: torch.Tensor, epochs: in
     return _fit_regressor(net, net.get_classifier(), images, scores, epochs, batch_size, lr, dev)
 
 
-def _rate(fn, n: int) -> float:
-    """Items per second of ``fn()`` over ``n`` items, after one warm-up call."""
-    fn()
-    t = time.perf_counter()
-    fn()
-    return n / (time.perf_counter() - t)
-
-
 def run_distill(teacher_config: str | None, data: str, out: str, tokenizer: str, image_size: int = 128,
                 epochs: int = 40, batch_size: int = 32, lr: float = 3e-3, hidden: int = 64, val_fraction: float = 0.2,
                 device: str = "auto", seed: int = 0, cnn: str | None = "resnet10t") -> dict:
@@ -152,11 +143,11 @@ def run_distill(teacher_config: str | None, data: str, out: str, tokenizer: str,
     tf = image_transform(image_size, train=False)
     x = torch.stack([tf(im) for im in images]).to(dev)
     with torch.no_grad():
-        student_ips = _rate(lambda: vae.predict_scores(torch.stack([tf(im) for im in images]).to(dev)), len(images))
-        teacher_ips = _rate(lambda: teacher.score_descriptions(teacher.describer.describe(images)), len(images))
-        enc_s = 1.0 / _rate(lambda: vae.encode(x, min(vae.ratios)), len(images))
+        student_ips = items_per_second(lambda: vae.predict_scores(torch.stack([tf(im) for im in images]).to(dev)), len(images), warmup=True)
+        teacher_ips = items_per_second(lambda: teacher.score_descriptions(teacher.describer.describe(images)), len(images), warmup=True)
+        enc_s = 1.0 / items_per_second(lambda: vae.encode(x, min(vae.ratios)), len(images), warmup=True)
         trunk = vae.encoder.stages_to(vae._pad(x, min(vae.ratios)), 0, vae.trunk_level())
-        head_s = 1.0 / _rate(lambda: head(trunk), len(images))
+        head_s = 1.0 / items_per_second(lambda: head(trunk), len(images), warmup=True)
         head_gflops = flops(lambda: head(trunk[:1])) / 1e9
     cnn_metrics = {}
     if cnn:
@@ -164,7 +155,7 @@ def run_distill(teacher_config: str | None, data: str, out: str, tokenizer: str,
         net = _train_cnn(cnn, all_x[tr], scores[tr], epochs, batch_size, lr, dev)
         with torch.no_grad():
             cnn_pred = net(all_x[va].to(dev)).reshape(-1).cpu()
-            cnn_ips = _rate(lambda: net(torch.stack([tf(im) for im in images]).to(dev)), len(images))
+            cnn_ips = items_per_second(lambda: net(torch.stack([tf(im) for im in images]).to(dev)), len(images), warmup=True)
             cnn_gflops = flops(lambda: net(x[:1])) / 1e9
         c_agree, c_conf, c_rho = _agreement(cnn_pred, scores[va], mapper)
         cnn_metrics = {"cnn": cnn, "cnn_ratio_agreement": round(c_agree, 4), "cnn_spearman": round(c_rho, 4),
@@ -224,7 +215,6 @@ def run_distill_text(teacher_config: str | None, prompts_file: str, encoder: str
     va = [i for i, h in enumerate(held) if h]
     if not tr or len(va) < 2:
         raise UserInputError(f"the split left {len(tr)} training and {len(va)} held-out prompts; add prompts")
-    dev = resolve_device(device)
     embedder = TextEmbedder(encoder, max_length, device)
     texts = [text_description(p).text for p in prompts]  # what the teacher's scorer read
     emb = embedder(texts)  # (N, D)
@@ -234,8 +224,8 @@ def run_distill_text(teacher_config: str | None, prompts_file: str, encoder: str
         pred = head(emb[va]).reshape(-1)
     agreement, confusion, rho = _agreement(pred, scores[va], mapper)
     descs = [text_description(prompts[i]) for i in va]
-    student_tps = _rate(lambda: head(embedder([d.text for d in descs])), len(descs))
-    teacher_tps = _rate(lambda: teacher.score_descriptions(descs), len(descs))
+    student_tps = items_per_second(lambda: head(embedder([d.text for d in descs])), len(descs), warmup=True)
+    teacher_tps = items_per_second(lambda: teacher.score_descriptions(descs), len(descs), warmup=True)
     TextStudentScorer.save(out, head, encoder, embedder.dim, max_length, mapper.thresholds, mapper.ratios)
     metrics = {"teacher": teacher.name, "encoder": encoder, "prompts": len(prompts), "train": len(tr), "held_out": len(va),
                "ratio_agreement": round(agreement, 4), "spearman": round(rho, 4), "confusion": confusion.tolist(),

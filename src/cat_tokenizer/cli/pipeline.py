@@ -11,26 +11,14 @@ import csv
 from pathlib import Path
 
 import numpy as np
-import torch
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from cat_tokenizer.complexity import ComplexityEvaluator
 from cat_tokenizer.data.datamodule import CATDataModule
+from cat_tokenizer.metrics.image import psnr_ssim
 from cat_tokenizer.models.nested_vae import NestedVAE
 from cat_tokenizer.ratios import token_count
 
 __all__ = ["pipeline_report"]
-
-
-@torch.no_grad()
-def _recon(vae: NestedVAE, x: torch.Tensor, r: int) -> torch.Tensor:
-    post = vae.encode(x, r)
-    return vae.decode(post.mode(), r, size=post.input_size).clamp(-1, 1)
-
-
-def _quality(x_hat: torch.Tensor, x: torch.Tensor) -> tuple[float, float]:
-    a, b = (x_hat + 1) / 2, (x + 1) / 2
-    return float(peak_signal_noise_ratio(a, b, data_range=1.0)), float(structural_similarity_index_measure(a, b, data_range=1.0))
 
 
 def pipeline_report(vae: NestedVAE, data: CATDataModule, out_dir: Path, evaluator: ComplexityEvaluator | None = None,
@@ -52,9 +40,9 @@ def pipeline_report(vae: NestedVAE, data: CATDataModule, out_dir: Path, evaluato
         kind = name.split("/")[0] if "/" in name else "."
         row = {"image": name, "kind": kind, "split": "held-out" if ds.files[i] in held_out else "train",
                "score": round(res.score, 3), "ratio": res.ratio, "tokens": token_count(*x.shape[-2:], res.ratio)}
-        recon = {r: _recon(vae, x, r) for r in vae.ratios}
+        recon = {r: vae.reconstruct(x, r) for r in vae.ratios}
         for r in vae.ratios:
-            row[f"psnr_{r}x"], row[f"ssim_{r}x"] = _quality(recon[r], x)
+            row[f"psnr_{r}x"], row[f"ssim_{r}x"] = psnr_ssim(recon[r], x)
         row["psnr_cat"], row["ssim_cat"] = row[f"psnr_{res.ratio}x"], row[f"ssim_{res.ratio}x"]
         rows.append(row)
         if shown.get(kind, 0) < per_kind_in_grid:

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -195,16 +196,12 @@ class ComplexityEvaluator(nn.Module):
                 budget calibration needs all the scores, as a distributed run does).
         """
         results = [ScoreResult(key=str(p)) for p in paths]
-        store = cache if isinstance(cache, ScoreCache) or cache is None else ScoreCache(cache)
-        hashes = store.content_hashes(paths) if store is not None else [self._hash_or_none(p) for p in paths]
-        for r, h in zip(results, hashes):
-            if h is None:
-                r.error = f"{r.key}: cannot read (missing or unreadable file)"
-        try:
+        with _opened(cache) as store:
+            hashes = store.content_hashes(paths) if store is not None else [self._hash_or_none(p) for p in paths]
+            for r, h in zip(results, hashes):
+                if h is None:
+                    r.error = f"{r.key}: cannot read (missing or unreadable file)"
             self._score_keyed(results, hashes, self._describe_files, store, progress, "images", read_also)
-        finally:
-            if store is not None and store is not cache:
-                store.close()
         if map_ratios:
             self._assign(results, overrides, ratio)
         return results
@@ -223,7 +220,8 @@ class ComplexityEvaluator(nn.Module):
             raise UserInputError("text scoring needs a scorer (the describer-only pipeline needs an image)")
         results = [ScoreResult(key=t) for t in texts]
         hashes = ["text:" + hashlib.sha256(t.encode()).hexdigest() for t in texts]
-        self._score_keyed(results, hashes, lambda rs: [text_description(r.key) for r in rs], cache, False, "prompts")
+        with _opened(cache) as store:
+            self._score_keyed(results, hashes, lambda rs: [text_description(r.key) for r in rs], store, False, "prompts")
         self._assign(results, None, ratio)
         return results
 
@@ -240,8 +238,8 @@ class ComplexityEvaluator(nn.Module):
             out[i] = d
         return out
 
-    def _score_keyed(self, results, hashes, describe, cache, progress: bool, what: str, read_also=()) -> None:
-        store = cache if isinstance(cache, ScoreCache) or cache is None else ScoreCache(cache)
+    def _score_keyed(self, results, hashes, describe, store: ScoreCache | None, progress: bool, what: str,
+                     read_also=()) -> None:
         ev = self.evaluator_hash
         keys = [h for h in hashes if h]
         hits = {}
@@ -277,8 +275,19 @@ class ComplexityEvaluator(nn.Module):
                 bar.update(len(chunk))
         finally:
             bar.close()
-            if store is not None and store is not cache:
-                store.close()
+
+
+@contextmanager
+def _opened(cache: str | Path | ScoreCache | None) -> Iterator[ScoreCache | None]:
+    """The cache as an open ``ScoreCache`` (or None); one opened here from a path is closed after."""
+    if cache is None or isinstance(cache, ScoreCache):
+        yield cache
+        return
+    store = ScoreCache(cache)
+    try:
+        yield store
+    finally:
+        store.close()
 
 
 def summarize(results: Sequence[ScoreResult], image_size: int, ratios: Sequence[int] = DEFAULT_RATIOS) -> dict:

@@ -145,9 +145,7 @@ class NestedVAEModule(L.LightningModule):
     @torch.no_grad()
     def reconstruct(self, x: Tensor, ratio: int) -> Tensor:
         """EMA reconstruction from the posterior mean, clamped to [-1, 1]."""
-        vae = self.eval_vae
-        post = vae.encode(x, ratio)
-        return vae.decode(post.mode(), ratio, size=post.input_size).clamp(-1, 1)
+        return self.eval_vae.reconstruct(x, ratio)
 
     def _evaluate(self, batch: dict | None, metrics: nn.ModuleDict, prefix: str) -> None:
         if batch is None:

@@ -295,6 +295,12 @@ class NestedVAE(nn.Module):
         x = self.decoder(z, ratio)
         return x if size is None else x[..., : size[0], : size[1]]
 
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor, ratio: int) -> Tensor:
+        """Evaluation reconstruction: decode the posterior mean, same size as ``x``, clamped to [-1, 1]."""
+        post = self.encode(x, ratio)
+        return self.decode(post.mode(), ratio, size=post.input_size).clamp(-1, 1)
+
     def forward(self, x: Tensor, ratio: int, sample: bool = True) -> tuple[Tensor, LatentPosterior]:
         """Reconstruct: returns ``(x_hat, posterior)`` with ``x_hat`` the size of ``x``."""
         post = self.encode(x, ratio)
