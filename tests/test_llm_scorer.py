@@ -48,8 +48,12 @@ def test_batched_cached_and_single_scoring_agree(smollm):
 
 @pytest.mark.slow
 def test_generate_mode_and_text_scoring(smollm):
-    gen = LLMScorer(mode="generate", max_new_tokens=4, device="cpu")
-    assert all(1 <= s <= 9 for s in gen.score([text_description(DESCRIPTIONS[0])]))
+    gen = LLMScorer(mode="generate", max_new_tokens=4, device="cpu").load()
+    assert gen.mode == "generate" and all(1 <= s <= 9 for s in gen.score([text_description(DESCRIPTIONS[0])]))
+    # The answer the real generate() produced goes through the defensive parser.
+    decode = gen.tokenizer.batch_decode
+    gen.tokenizer.batch_decode = lambda ids, **kw: [" 3, I think"] * len(decode(ids, **kw))
+    assert gen.score([text_description(DESCRIPTIONS[0])]) == [3.0]
     ev = ComplexityEvaluator(scorer=smollm)
     res = ev.score_texts(["a chart of quarterly sales", "a plain white wall"])
     assert all(r.ratio in (8, 16, 32) and 1 <= r.score <= 9 for r in res)
