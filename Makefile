@@ -8,7 +8,7 @@ DEMO_STEPS ?= 300
 # The tokenizer the downstream benchmarks use: the demo's, trained by `make demo` when missing.
 CKPT ?= $(DEMO_OUT)/pretrained
 
-.PHONY: install system-deps test test-fast demo bench classify eval-recon need-data clean
+.PHONY: install system-deps test test-fast demo bench bench-gen classify eval-recon need-data gen-demo gen-imagenet need-imagenet clean
 
 install: $(STAMP)
 
@@ -54,9 +54,38 @@ eval-recon: need-data install $(if $(filter $(DEMO_OUT)/pretrained,$(CKPT)),$(DE
 need-data:
 	@test -n "$(DATA)" || { echo "make eval-recon: set DATA=<image folder> (and CKPT=<tokenizer>, default $(CKPT))"; exit 2; }
 
+# DiT + CAT on the embedded data, CPU-sized: encode latents, train a mini DiT, sample a grid per ratio.
+GEN_DEMO_OUT ?= outputs/gen_demo
+GEN_DEMO_STEPS ?= 800
+gen-demo: install $(if $(filter $(DEMO_OUT)/pretrained,$(CKPT)),$(DEMO_OUT)/pretrained/config.json)
+	$(VENV)/bin/cat-tokenizer gen-demo --ckpt $(CKPT) --out $(GEN_DEMO_OUT) --steps $(GEN_DEMO_STEPS)
+
+# Class-conditional DiT on ImageNet CAT latents: make gen-imagenet IMAGENET_DIR=/data/imagenet/train CKPT=<tokenizer>
+#   RATIO_MODE=adaptive|fixed:8|fixed:16|fixed:32  DIT=S_2|B_2|L_2|XL_2  LATENTS=<cache folder>  GEN_ARGS=<more fit flags>
+RATIO_MODE ?= adaptive
+DIT ?= B_2
+LATENTS ?= outputs/gen_imagenet/latents
+GEN_ARGS ?=
+# the DiT's input channels = the tokenizer's latent channels (read from a save_pretrained folder; else 16)
+LATENT_CH = $(shell $(PY) -c "import json; print(json.load(open('$(CKPT)/config.json'))['latent_channels'])" 2>/dev/null || echo 16)
+gen-imagenet: need-imagenet install
+	$(VENV)/bin/lightning predict -c configs/dit_encode.yaml --data.root $(IMAGENET_DIR) --model.tokenizer $(CKPT) \
+		--model.cache_dir $(LATENTS) --data.skip_encoded $(LATENTS) \
+		--data.ratio_assignment $(if $(filter adaptive,$(RATIO_MODE)),complexity,$(RATIO_MODE))
+	$(VENV)/bin/lightning fit -c configs/dit_imagenet.yaml --model.dit configs/dit/$(DIT).yaml --model.dit.init_args.in_channels $(LATENT_CH) \
+		--data.cache_dir $(LATENTS) --model.tokenizer $(CKPT) --model.ratio_mode $(RATIO_MODE) \
+		--trainer.default_root_dir outputs/gen_imagenet $(GEN_ARGS)
+
+need-imagenet:
+	@test -n "$(IMAGENET_DIR)" || { echo "make gen-imagenet: set IMAGENET_DIR=<folder of class subfolders, e.g. /data/imagenet/train> (and CKPT=<tokenizer>)"; exit 2; }
+
+bench-gen: install
+	$(VENV)/bin/cat-tokenizer bench-gen
+
 bench: install
 	$(VENV)/bin/cat-tokenizer bench
 	$(VENV)/bin/cat-tokenizer bench-score
+	$(VENV)/bin/cat-tokenizer bench-gen
 
 clean:
 	rm -rf $(VENV) outputs lightning_logs .pytest_cache

@@ -2,5 +2,6 @@
 
   classification/  linear probe on padded / pooled / fixed-ratio latents (``make classify``)
   reconstruction/  PSNR, SSIM, rFID, LPIPS, OCR confidence per ratio and for CAT (``make eval-recon``)
-  (generation with a DiT over variable-length CAT tokens: issue 4, not landed yet)
+  generation/      DiT over variable-length CAT latents: encode once, train, sample, gFID (``make gen-demo``,
+                   ``make gen-imagenet``, ``cat-tokenizer sample / fid / bench-gen``)
 """

@@ -263,6 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--preset", default="small")
     m.add_argument("--num-workers", type=int, default=2)
     m.set_defaults(fn=_cmd_demo)
+
+    from tasks.generation.cli import add_generation_commands  # sample, fid, bench-gen, gen-demo
+
+    add_generation_commands(sub)
     return p
 
 

@@ -18,9 +18,19 @@ from torchvision.transforms import v2
 from cat_tokenizer.complexity.cache import default_score_cache
 from cat_tokenizer.complexity.evaluator import ComplexityEvaluator
 from cat_tokenizer.data.annotations import class_labels, read_captions
-from cat_tokenizer.data.assign import parse_assignment, ratios_from_csv, ratios_from_evaluator
+from cat_tokenizer.data.assign import (
+    parse_assignment,
+    ratios_from_csv,
+    ratios_from_evaluator,
+)
 from cat_tokenizer.data.default_data import ensure_default_data
-from cat_tokenizer.data.images import UnreadableImage, list_images, load_rgb, partition_readable
+from cat_tokenizer.data.images import (
+    UnreadableImage,
+    list_images,
+    load_rgb,
+    partition_readable,
+)
+from cat_tokenizer.data.latent_cache import LatentCache, assignment_mode
 from cat_tokenizer.data.sampler import BucketBatchSampler
 from cat_tokenizer.errors import InputNotFound, UserInputError
 from cat_tokenizer.ratios import DEFAULT_RATIOS, check_ratio
@@ -130,6 +140,8 @@ class CATDataModule(L.LightningDataModule):
         verify_images: check every file's header at setup and drop unreadable ones up front.
         seed: base seed of the per-epoch shuffles.
         drop_last: drop partial training batches.
+        skip_encoded: a latent cache folder (``cat_tokenizer.data.latent_cache``): ``predict`` covers
+            only the images not yet encoded there under this ratio assignment (resuming an encode).
     """
 
     def __init__(
@@ -150,6 +162,7 @@ class CATDataModule(L.LightningDataModule):
         verify_images: bool = True,
         seed: int = 0,
         drop_last: bool = True,
+        skip_encoded: str | None = None,
     ):
         super().__init__()
         self.ratios = tuple(check_ratio(r, DEFAULT_RATIOS) for r in ratios)
@@ -165,6 +178,7 @@ class CATDataModule(L.LightningDataModule):
         self.verify_images, self.seed, self.drop_last = verify_images, seed, drop_last
         self._evaluator, self.score_cache = evaluator, score_cache
         self.labels, self.captions = labels, captions
+        self.ratio_assignment, self.skip_encoded = ratio_assignment, skip_encoded
         self.classes: list[str] = []
         self.train_set: ImageFileDataset | None = None
         self.val_set: ImageFileDataset | None = None
@@ -248,8 +262,19 @@ class CATDataModule(L.LightningDataModule):
             )
 
         self.train_set, self.val_set = subset(train_idx, True), subset(val_idx, False)
-        self.predict_set = subset(list(range(len(files))), False)
+        self.predict_set = subset(self._to_encode(files, root), False)
         log.info("data: %d train / %d val images from %s", len(train_idx), len(val_idx), root)
+
+    def _to_encode(self, files: list[Path], root: Path) -> list[int]:
+        """Indices of the files ``predict`` should cover (all, or those not yet in ``skip_encoded``)."""
+        if not self.skip_encoded:
+            return list(range(len(files)))
+        done = LatentCache(self.skip_encoded).done_keys(assignment_mode(self.ratio_assignment))
+        todo = [i for i, f in enumerate(files) if f.relative_to(root).as_posix() not in done]
+        if done:
+            log.info("latent cache %s: %d of %d images already encoded, %d to go", self.skip_encoded,
+                     len(files) - len(todo), len(files), len(todo))
+        return todo
 
     def _rank(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)
@@ -288,9 +313,11 @@ class CATDataModule(L.LightningDataModule):
         """The held-out split (this DataModule keeps no separate test split)."""
         return self._ordered(self.val_set, self.fixed_ratio or self.ratios[0])
 
-    def predict_dataloader(self) -> DataLoader:
+    def predict_dataloader(self) -> DataLoader | list:
         """Every image (train + held out, centre crops, in file order, bucketed by ratio when
         assigned per image). Under DDP the last step may repeat a few images on one rank."""
+        if not len(self.predict_set):  # everything already encoded (skip_encoded)
+            return []
         return self._ordered(self.predict_set, self.fixed_ratio)
 
 

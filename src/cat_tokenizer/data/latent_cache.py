@@ -1,0 +1,156 @@
+"""A folder of latents encoded once by a frozen tokenizer, for training on latents (the DiT).
+
+Layout::
+
+    <dir>/meta.json                 tokenizer fingerprint, image size, class names
+    <dir>/<r>x/<image rel path>.safetensors   one latent (C, S/r, S/r), written atomically
+    <dir>/index/<run>.rank<k>.jsonl          one line per latent, appended after its file is in place
+
+An index line is ``{"key", "ratio", "mode", "file", "label"?, "caption"?}``; ``mode`` is the ratio
+assignment of the encoding run: ``adaptive`` (per-image ratios: complexity, csv) or ``fixed:<r>``.
+A latent whose line is written is done; a run killed midway loses at most the batch in flight,
+and the next run encodes only what has no line yet (``done_keys``). Every rank writes its own
+index file, so distributed encoding needs no merge step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from cat_tokenizer.errors import InputNotFound, UserInputError
+
+__all__ = ["LatentCache", "LatentEntry", "assignment_mode", "fingerprint_state"]
+
+
+def assignment_mode(ratio_assignment: str) -> str:
+    """The cache's name for a DataModule ratio assignment: ``fixed:<r>`` or ``adaptive``."""
+    return ratio_assignment if ratio_assignment.startswith("fixed:") else "adaptive"
+
+
+@dataclass(frozen=True)
+class LatentEntry:
+    key: str  # image path relative to the data root
+    ratio: int
+    mode: str
+    file: str  # relative to the cache folder
+    label: int | None = None
+    caption: str | None = None
+
+
+class LatentCache:
+    """Reads and writes a latent cache folder (see the module docstring).
+
+    Args:
+        root: the cache folder (created on first write).
+    """
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).expanduser()
+
+    # ------------------------------------------------------------------ metadata
+    @property
+    def meta_path(self) -> Path:
+        return self.root / "meta.json"
+
+    def meta(self) -> dict:
+        return json.loads(self.meta_path.read_text()) if self.meta_path.is_file() else {}
+
+    def claim(self, tokenizer_fingerprint: str, image_size: int, classes: list[str], tokenizer: str) -> None:
+        """Record (or check) which tokenizer and image size this cache holds latents of.
+
+        Raises:
+            UserInputError: the folder already holds latents of another tokenizer or size.
+        """
+        mine = {"tokenizer_fingerprint": tokenizer_fingerprint, "image_size": image_size}
+        old = self.meta()
+        if old and any(old.get(k) != v for k, v in mine.items()):
+            raise UserInputError(
+                f"latent cache {self.root} holds latents of tokenizer {old.get('tokenizer')} at {old.get('image_size')}px; "
+                f"this run encodes with {tokenizer} at {image_size}px: use another cache folder")
+        if old and old.get("classes") and classes and old["classes"] != classes:
+            raise UserInputError(f"latent cache {self.root} was written with other class folders: use another cache folder")
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.meta_path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps({**old, **mine, "tokenizer": tokenizer, "classes": classes or old.get("classes", [])}, indent=1))
+        os.replace(tmp, self.meta_path)
+
+    # ------------------------------------------------------------------ writing
+    def latent_file(self, key: str, ratio: int) -> str:
+        return f"{ratio}x/{Path(key).with_suffix('.safetensors').as_posix()}"
+
+    def index_file(self, run: str, rank: int) -> Path:
+        return self.root / "index" / f"{run}.rank{rank}.jsonl"
+
+    def append(self, index_file: Path, entries: list[LatentEntry]) -> None:
+        """Record entries whose latent files are already in place (one flushed line each)."""
+        index_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(index_file, "a+") as f:
+            if f.tell() > 0:  # after a torn last line (a kill mid-write), start on a fresh line
+                f.seek(f.tell() - 1)
+                if f.read(1) != "\n":
+                    f.write("\n")
+            for e in entries:
+                line = {k: v for k, v in e.__dict__.items() if v is not None}
+                f.write(json.dumps(line) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    # ------------------------------------------------------------------ reading
+    def entries(self) -> list[LatentEntry]:
+        """Every recorded latent (later lines win for the same key, mode and ratio). A torn last
+        line from a killed run is ignored."""
+        found: dict[tuple[str, str, int], LatentEntry] = {}
+        for path in sorted((self.root / "index").glob("*.jsonl")):
+            for line in path.read_text().splitlines():
+                try:
+                    d = json.loads(line)
+                    e = LatentEntry(**d)
+                except (ValueError, TypeError):
+                    continue
+                found[(e.key, e.mode, e.ratio)] = e
+        return list(found.values())
+
+    def done_keys(self, mode: str) -> set[str]:
+        """Image keys already encoded under ``mode`` (``adaptive`` or ``fixed:<r>``)."""
+        return {e.key for e in self.entries() if e.mode == mode}
+
+    def select(self, ratio_mode: str) -> list[LatentEntry]:
+        """The training set for a DiT ``ratio_mode``: ``adaptive`` takes each image at its assigned
+        ratio; ``fixed:<r>`` takes every latent at ``r`` (from a fixed run, or adaptive ones at r).
+
+        Raises:
+            InputNotFound: the cache holds nothing for this mode.
+        """
+        entries = self.entries()
+        if not entries:
+            raise InputNotFound(f"latent cache {self.root} is empty or missing: encode the data first "
+                                f"(lightning predict -c configs/dit_encode.yaml --model.cache_dir {self.root})")
+        if ratio_mode == "adaptive":
+            chosen = [e for e in entries if e.mode == "adaptive"]
+        elif ratio_mode.startswith("fixed:") and ratio_mode[6:].isdigit():
+            r = int(ratio_mode[6:])
+            chosen = list({e.key: e for e in entries if e.ratio == r}.values())
+        else:
+            raise UserInputError(f"ratio_mode must be 'adaptive' or 'fixed:<r>', got {ratio_mode!r}")
+        if not chosen:
+            modes = sorted({e.mode for e in entries})
+            raise InputNotFound(f"latent cache {self.root} has no latents for ratio_mode {ratio_mode} (it holds {modes}): "
+                                f"encode with --data.ratio_assignment {'complexity' if ratio_mode == 'adaptive' else ratio_mode}")
+        return sorted(chosen, key=lambda e: e.key)
+
+
+def fingerprint_state(state: dict) -> str:
+    """A short hash of a state dict's names, shapes and bytes (identifies a tokenizer's weights)."""
+    h = hashlib.sha1()
+    for k in sorted(state):
+        v = state[k].detach().cpu().contiguous()
+        h.update(k.encode())
+        h.update(str(tuple(v.shape)).encode())
+        h.update(v.view(-1).view(torch.uint8).numpy().tobytes() if v.numel() else b"")
+    return h.hexdigest()[:16]

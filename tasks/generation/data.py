@@ -1,0 +1,175 @@
+"""Batches of cached latents, one ratio per batch (the shared ``BucketBatchSampler``)."""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader, Dataset
+
+from cat_tokenizer.data.datamodule import _stratified_split
+from cat_tokenizer.data.latent_cache import LatentCache, LatentEntry
+from cat_tokenizer.data.sampler import BucketBatchSampler
+from cat_tokenizer.errors import InputNotFound, UserInputError
+
+__all__ = ["LatentDataModule", "LatentDataset", "collate_latents"]
+
+log = logging.getLogger(__name__)
+
+
+class LatentDataset(Dataset):
+    """Items ``{latent (C, h, w) float32, ratio, index[, label][, caption]}`` from cache entries.
+
+    Args:
+        root: the cache folder.
+        entries: the latents of this split.
+    """
+
+    def __init__(self, root: Path, entries: list[LatentEntry]):
+        self.root, self.entries = root, entries
+        self.ratios = np.array([e.ratio for e in entries], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict | None:
+        index = key[0] if isinstance(key, tuple) else key
+        e = self.entries[index]
+        try:
+            latent = load_file(str(self.root / e.file))["latent"].float()
+        except Exception as err:  # a file deleted or damaged since it was indexed
+            log.warning("skipping unreadable latent %s: %s", e.file, err)
+            return None
+        item = {"latent": latent, "ratio": e.ratio, "index": index}
+        if e.label is not None:
+            item["label"] = e.label
+        if e.caption is not None:
+            item["caption"] = e.caption
+        return item
+
+
+def collate_latents(items: list[dict | None]) -> dict | None:
+    items = [it for it in items if it is not None]
+    if not items:
+        return None
+    ratios = {it["ratio"] for it in items}
+    if len(ratios) != 1:
+        raise RuntimeError(f"a batch mixes ratios {sorted(ratios)}; batches must hold one ratio")
+    batch = {"latent": torch.stack([it["latent"] for it in items]), "ratio": ratios.pop(),  # (B, C, h, w)
+             "index": torch.tensor([it["index"] for it in items])}
+    if all("label" in it for it in items):
+        batch["label"] = torch.tensor([it["label"] for it in items])  # (B,)
+    if all("caption" in it for it in items):
+        batch["caption"] = [it["caption"] for it in items]
+    return batch
+
+
+class LatentDataModule(L.LightningDataModule):
+    """A latent cache (from ``lightning predict -c configs/dit_encode.yaml``) as train / val batches.
+
+    Which latents are used is the model's ``ratio_mode``: the DiT module calls ``use_ratio_mode``
+    in its setup (``adaptive``: each image at its assigned ratio; ``fixed:<r>``: every image at r).
+
+    Args:
+        cache_dir: the latent cache folder.
+        batch_size: latents per training batch (per device).
+        val_batch_size: latents per validation batch (default ``batch_size``).
+        num_workers: DataLoader worker processes.
+        val_fraction: share held out for the validation loss (hash of the path, per class folder).
+        seed: base seed of the per-epoch shuffles.
+        drop_last: drop partial training batches.
+    """
+
+    def __init__(self, cache_dir: str, batch_size: int = 32, val_batch_size: int | None = None, num_workers: int = 4,
+                 val_fraction: float = 0.01, seed: int = 0, drop_last: bool = True):
+        super().__init__()
+        self.cache = LatentCache(cache_dir)
+        if not self.cache.root.is_dir():
+            raise InputNotFound(f"--data.cache_dir: latent cache not found: {cache_dir} "
+                                "(encode first: lightning predict -c configs/dit_encode.yaml)")
+        if not 0.0 <= val_fraction < 1.0:
+            raise UserInputError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
+        self.num_workers, self.val_fraction, self.seed, self.drop_last = num_workers, val_fraction, seed, drop_last
+        self.ratio_mode: str | None = None
+        self.train_set: LatentDataset | None = None
+        self.val_set: LatentDataset | None = None
+
+    # ------------------------------------------------------------------ what the model reads
+    @property
+    def meta(self) -> dict:
+        return self.cache.meta()
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta.get("classes", []))
+
+    @property
+    def image_size(self) -> int:
+        return int(self.meta.get("image_size", 0))
+
+    def use_ratio_mode(self, ratio_mode: str) -> None:
+        """Build the train / val splits from the latents of ``ratio_mode``."""
+        if self.ratio_mode == ratio_mode and self.train_set is not None:
+            return
+        entries = self.cache.select(ratio_mode)
+        root = Path("/k")  # split by key, as the image DataModule splits files
+        val = set() if self.val_fraction == 0 else {
+            p.relative_to(root).as_posix() for p in _stratified_split([root / e.key for e in entries], root, self.val_fraction)}
+        train = [e for e in entries if e.key not in val] or entries
+        held = [e for e in entries if e.key in val]
+        self.ratio_mode = ratio_mode
+        self.train_set, self.val_set = LatentDataset(self.cache.root, train), LatentDataset(self.cache.root, held)
+        counts = {int(r): int(c) for r, c in zip(*np.unique(self.train_set.ratios, return_counts=True))}
+        log.info("latents (%s): %d train / %d val from %s; train per ratio %s", ratio_mode, len(train), len(held),
+                 self.cache.root, {f"{r}x": c for r, c in counts.items()})
+
+    def latent_ratios(self) -> list[int]:
+        """Ratios present in the chosen latents (train or held out)."""
+        return sorted({int(r) for ds in (self.train_set, self.val_set) if ds is not None for r in ds.ratios})
+
+    def latent_std(self, ratio: int, max_items: int = 256) -> tuple[float, int]:
+        """Standard deviation of the latents at ``ratio`` over up to ``max_items`` of them (a seeded
+        sample; training latents first, held-out ones when training has too few), and how many were read."""
+        pool = [(ds, int(i)) for ds in (self.train_set, self.val_set) if ds is not None for i in np.flatnonzero(ds.ratios == ratio)]
+        if not pool:
+            return 0.0, 0
+        n_train = sum(ds is self.train_set for ds, _ in pool)
+        chosen = random.Random(self.seed).sample(pool[:n_train], min(max_items, n_train))
+        chosen += pool[n_train:][: max_items - len(chosen)]
+        zs = [it["latent"] for it in (ds[i] for ds, i in chosen) if it is not None]
+        return float(torch.stack(zs).float().std()), len(zs)
+
+    def example(self) -> dict:
+        """One training item (its shape tells the latent channels)."""
+        for i in range(len(self.train_set)):
+            item = self.train_set[i]
+            if item is not None:
+                return item
+        raise UserInputError(f"no readable latent in {self.cache.root}")
+
+    # ------------------------------------------------------------------ loaders
+    def _rank(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
+    def _loader(self, ds: LatentDataset, batch_size: int, train: bool) -> DataLoader:
+        if ds is None:
+            raise UserInputError("LatentDataModule: no ratio_mode chosen (the DiT module chooses it in setup)")
+        world, rank = self._rank()
+        sampler = BucketBatchSampler(len(ds), batch_size, item_ratios=ds.ratios, shuffle=train,
+                                     drop_last=train and self.drop_last and len(ds) >= batch_size * world,
+                                     seed=self.seed, num_replicas=world, rank=rank)
+        return DataLoader(ds, batch_sampler=sampler, num_workers=self.num_workers, collate_fn=collate_latents,
+                          pin_memory=torch.cuda.is_available(), persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.batch_size, train=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader(self.val_set, self.val_batch_size, train=False) if self.val_set else []

@@ -1,0 +1,98 @@
+"""Encode a dataset once into a latent cache with the frozen tokenizer (``lightning predict``).
+
+    lightning predict -c configs/dit_encode.yaml --data.root DIR --model.tokenizer VAE --model.cache_dir LATENTS
+
+Each rank encodes its share of the CATDataModule's bucketed predict batches (every batch one
+ratio: the image's assigned ratio, or the fixed one) and writes the posterior means straight
+into the cache, one file per image, then one index line per image. Run it again after a kill:
+the DataModule's ``skip_encoded`` (set to the same folder by the config) leaves out what is done.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from pathlib import Path
+
+import lightning as L
+import torch
+from safetensors.torch import save_file
+
+from cat_tokenizer.data.latent_cache import (
+    LatentCache,
+    LatentEntry,
+    assignment_mode,
+    fingerprint_state,
+)
+from cat_tokenizer.errors import UserInputError
+
+__all__ = ["LatentEncoder"]
+
+log = logging.getLogger(__name__)
+
+
+class LatentEncoder(L.LightningModule):
+    """Frozen nested VAE whose ``predict_step`` writes latents into a ``LatentCache``.
+
+    Args:
+        tokenizer: the nested VAE: a ``save_pretrained`` folder, a ``lightning fit`` .ckpt, or a hub id.
+        cache_dir: the latent cache folder (set ``data.skip_encoded`` to the same folder to resume).
+        dtype: storage dtype of the latents (``float32`` or ``bfloat16``/``float16`` to halve the disk).
+    """
+
+    def __init__(self, tokenizer: str, cache_dir: str, dtype: str = "float32"):
+        super().__init__()
+        from cat_tokenizer.io import load_vae
+
+        if dtype not in ("float32", "bfloat16", "float16"):
+            raise UserInputError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
+        self.tokenizer_path, self.cache, self.dtype_name = tokenizer, LatentCache(cache_dir), dtype
+        self.vae = load_vae(tokenizer).eval().requires_grad_(False)
+        self._index = None
+        self._written = 0
+
+    def on_predict_start(self) -> None:
+        dm = self.trainer.datamodule
+        if dm is None or not hasattr(dm, "predict_set"):
+            raise UserInputError("LatentEncoder needs a CATDataModule (data: class_path: cat_tokenizer.CATDataModule)")
+        if dm.assignment.kind == "uniform":
+            raise UserInputError("encoding latents for the DiT needs per-image ratios (data.ratio_assignment complexity "
+                                 "or csv:<path>) or one ratio (fixed:<r>), not uniform")
+        if dm.skip_encoded is None:
+            log.info("data.skip_encoded is not set: encoding every image (set it to model.cache_dir to resume a run)")
+        elif Path(dm.skip_encoded).expanduser().resolve() != self.cache.root.resolve():
+            raise UserInputError(f"data.skip_encoded ({dm.skip_encoded}) must be model.cache_dir ({self.cache.root}) "
+                                 "or null")
+        self.mode = assignment_mode(dm.ratio_assignment)
+        self.cache.claim(fingerprint_state(self.vae.state_dict()), dm.image_size, list(dm.classes), str(self.tokenizer_path))
+        run = f"{self.mode.replace(':', '')}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        self._index = self.cache.index_file(run, self.global_rank)
+
+    @torch.no_grad()
+    def predict_step(self, batch: dict | None, batch_idx: int) -> None:
+        if batch is None:  # every file of the batch was unreadable (each already warned)
+            return None
+        dm = self.trainer.datamodule
+        ratio = int(batch["ratio"])
+        z = self.vae.encode(batch["image"], ratio).mode().to(getattr(torch, self.dtype_name)).cpu()  # (B, C, S/r, S/r)
+        root, files = dm.data_root(), dm.predict_set.files
+        entries = []
+        for k, i in enumerate(batch["index"].tolist()):
+            key = files[i].relative_to(root).as_posix()
+            rel = self.cache.latent_file(key, ratio)
+            path = self.cache.root / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            save_file({"latent": z[k].contiguous()}, str(tmp), metadata={"ratio": str(ratio), "key": key})
+            os.replace(tmp, path)  # atomic: a kill never leaves half a latent under the real name
+            label = int(batch["label"][k]) if "label" in batch else None
+            caption = batch["caption"][k] if "caption" in batch else None
+            entries.append(LatentEntry(key=key, ratio=ratio, mode=self.mode, file=rel, label=label, caption=caption))
+        self.cache.append(self._index, entries)
+        self._written += len(entries)
+        return None
+
+    def on_predict_end(self) -> None:
+        log.info("rank %d wrote %d latents to %s", self.global_rank, self._written, self.cache.root)
