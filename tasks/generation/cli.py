@@ -80,9 +80,11 @@ def _cmd_bench_gen(a: argparse.Namespace) -> int:
 
     for spec in a.mix or ["embedded", "paper"]:
         mix = parse_mix(spec, a.image_size)
-        rows = bench_gen(a.preset, a.image_size, a.batch, a.images, mix, a.latent_channels, a.device, a.precision)
+        rows = bench_gen(a.preset, a.image_size, a.batch, a.images, mix, a.latent_channels, a.device, a.precision,
+                         repeats=a.repeats)
         shares = ", ".join(f"{r}x {100 * s:.0f}%" for r, s in sorted(mix.items()))
         print(f"\nDiT-{a.preset} training throughput, {a.image_size}px, batch {a.batch}, {a.images} images, {a.device}, "
+              f"best of {a.repeats} interleaved rounds, "
               f"precision {a.precision}; CAT mix '{spec}': {shares}")
         cols = ["variant", "images_per_s", "tokens_per_s", "mean_tokens", "padding_share", "speed_vs_fixed16", "peak_mem_GiB"]
         print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
@@ -143,12 +145,13 @@ def add_generation_commands(sub) -> None:
     b.add_argument("--latent-channels", type=int, default=16)
     b.add_argument("--device", default="cpu")
     b.add_argument("--precision", default="32", choices=["32", "bf16"])
+    b.add_argument("--repeats", type=int, default=3, help="interleaved timing rounds; each variant's best is reported")
     b.set_defaults(fn=_cmd_bench_gen)
 
     g = sub.add_parser("gen-demo", help="DiT + CAT on the embedded data on a CPU: encode, train, sample grid per ratio")
     g.add_argument("--out", default="outputs/gen_demo")
     g.add_argument("--ckpt", default="outputs/demo/pretrained", help="the tokenizer (make demo trains this one)")
-    g.add_argument("--steps", type=int, default=1200, help="DiT training steps")
+    g.add_argument("--steps", type=int, default=800, help="DiT training steps")
     g.add_argument("--image-size", type=int, default=128)
     g.add_argument("--batch-size", type=int, default=8)
     g.add_argument("--preset", default="mini")

@@ -44,7 +44,7 @@ def _loss_curve(log_dir: Path) -> list[tuple[int, float]]:
     return [(e.step, e.value) for e in ea.Scalars("train/loss")] if "train/loss" in ea.Tags()["scalars"] else []
 
 
-def run_gen_demo(out: str = "outputs/gen_demo", tokenizer: str = "outputs/demo/pretrained", steps: int = 1200,
+def run_gen_demo(out: str = "outputs/gen_demo", tokenizer: str = "outputs/demo/pretrained", steps: int = 800,
                  image_size: int = 128, batch_size: int = 8, preset: str = "mini", sample_steps: int = 50,
                  guidance: float = 2.0, accelerator: str = "auto") -> Path:
     """Encode, train, sample; returns ``report.md``. Run again with more ``steps`` to continue."""

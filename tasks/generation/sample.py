@@ -118,7 +118,7 @@ def generate_to_folder(module: DiTModule, specs: list[SampleSpec], out: Path, ba
     resumes). Each batch holds one ratio; a sample's noise depends only on ``seed`` and its index.
 
     Returns:
-        one row per sample: file, index, ratio, tokens, label, text.
+        one row per sample: file, index, ratio, tokens (the DiT's: latent cells / patch_size^2), label, text.
     """
     from tqdm import tqdm
 
@@ -144,7 +144,7 @@ def generate_to_folder(module: DiTModule, specs: list[SampleSpec], out: Path, ba
             tmp.replace(out / f"{s.index:06d}.png")
         bar.update(len(group))
     bar.close()
-    return [{"file": f"{s.index:06d}.png", "index": s.index, "ratio": s.ratio, "tokens": token_count(size, size, s.ratio),
+    return [{"file": f"{s.index:06d}.png", "index": s.index, "ratio": s.ratio, "tokens": token_count(size, size, s.ratio * module.dit.patch_size),
              "label": "" if s.label is None else s.label, "text": s.text} for s in specs]
 
 
