@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader, Dataset
 
-from cat_tokenizer.data.datamodule import _stratified_split
+from cat_tokenizer.data.datamodule import _stratified_split, collate_skipping
 from cat_tokenizer.data.latent_cache import LatentCache, LatentEntry
 from cat_tokenizer.data.sampler import BucketBatchSampler
 from cat_tokenizer.errors import InputNotFound, UserInputError
@@ -53,20 +53,7 @@ class LatentDataset(Dataset):
         return item
 
 
-def collate_latents(items: list[dict | None]) -> dict | None:
-    items = [it for it in items if it is not None]
-    if not items:
-        return None
-    ratios = {it["ratio"] for it in items}
-    if len(ratios) != 1:
-        raise RuntimeError(f"a batch mixes ratios {sorted(ratios)}; batches must hold one ratio")
-    batch = {"latent": torch.stack([it["latent"] for it in items]), "ratio": ratios.pop(),  # (B, C, h, w)
-             "index": torch.tensor([it["index"] for it in items])}
-    if all("label" in it for it in items):
-        batch["label"] = torch.tensor([it["label"] for it in items])  # (B,)
-    if all("caption" in it for it in items):
-        batch["caption"] = [it["caption"] for it in items]
-    return batch
+collate_latents = collate_skipping  # {latent (B, C, h, w), ratio, index (B,)[, label (B,)][, caption]}
 
 
 class LatentDataModule(L.LightningDataModule):

@@ -94,22 +94,25 @@ class ImageFileDataset(Dataset):
 
 
 def collate_skipping(items: list[dict | None]) -> dict | None:
-    """Collate the readable items; ``ratio`` becomes one int for the whole batch, captions a list."""
+    """Collate the readable items of one ratio: tensors stacked (``image`` (B, 3, S, S), or ``latent``),
+    ints as a tensor (``index``, ``label``), strings as a list (``caption``), ``ratio`` one int."""
     items = [it for it in items if it is not None]
     if not items:
         return None
     ratios = {it["ratio"] for it in items}
     if len(ratios) != 1:
         raise RuntimeError(f"a batch mixes ratios {sorted(ratios)}; batches must hold one ratio")
-    batch = {
-        "image": torch.stack([it["image"] for it in items]),  # (B, 3, S, S)
-        "index": torch.tensor([it["index"] for it in items]),
-        "ratio": ratios.pop(),
-    }
-    if "label" in items[0]:
-        batch["label"] = torch.tensor([it["label"] for it in items])  # (B,)
-    if "caption" in items[0]:
-        batch["caption"] = [it["caption"] for it in items]
+    batch = {"ratio": ratios.pop()}
+    for key in items[0]:
+        if key == "ratio" or not all(key in it for it in items):
+            continue
+        values = [it[key] for it in items]
+        if isinstance(values[0], torch.Tensor):
+            batch[key] = torch.stack(values)
+        elif isinstance(values[0], int):
+            batch[key] = torch.tensor(values)
+        else:
+            batch[key] = values
     return batch
 
 
