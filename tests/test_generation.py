@@ -359,3 +359,42 @@ def test_bench_gen_variants():
     assert by["fixed-16x"]["mean_tokens"] == 4 and by["cat-bucketed"]["mean_tokens"] == (16 + 1) / 2
     assert by["cat-bucketed"]["padding_share"] == 0 and by["cat-padded"]["padding_share"] > 0
     assert by["fixed-16x"]["speed_vs_fixed16"] == 1.0 and all(r["images_per_s"] > 0 for r in rows)
+
+
+@pytest.mark.slow
+def test_two_process_encode_and_ddp_fit(encoded, tmp_path):
+    """`lightning predict` on 2 CPU processes: each rank writes its own latents and index, no merge;
+    then 2-process DDP training of the DiT from that cache; then a resumed run keeps the scales."""
+    import os
+    import shutil
+    import sys
+
+    from test_datamodule_assign import _run
+
+    exe = shutil.which("lightning", path=os.path.dirname(sys.executable))
+    cache = tmp_path / "latents"
+    _run([exe, "predict", "-c", str(ROOT / "configs" / "dit_encode.yaml"), "--trainer.accelerator", "cpu",
+          "--trainer.devices", "2", "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path),
+          "--model.tokenizer", str(encoded["vae"]), "--model.cache_dir", str(cache), "--data.skip_encoded", str(cache),
+          "--data.root", str(encoded["images"]), "--data.image_size", "64", "--data.num_workers", "0",
+          "--data.val_batch_size", "2", "--data.ratio_assignment", f"csv:{encoded['csv']}"])
+    assert sorted(p.name.split(".")[-2] for p in (cache / "index").glob("*.jsonl")) == ["rank0", "rank1"]
+    assert {e.key: e.ratio for e in LatentCache(cache).entries()} == RATIOS_BY_FILE
+    fit = [exe, "fit", "-c", str(ROOT / "configs" / "dit_imagenet.yaml"), "--trainer.accelerator", "cpu",
+           "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.enable_progress_bar", "false",
+           "--trainer.val_check_interval", "2", "--trainer.default_root_dir", str(tmp_path / "run"),
+           "--data.cache_dir", str(cache), "--data.batch_size", "1", "--data.num_workers", "0", "--data.val_fraction", "0.3",
+           "--model.dit.init_args.preset", "tiny", "--model.dit.init_args.in_channels", "4",
+           "--model.dit.init_args.num_classes", "2", "--model.tokenizer", str(encoded["vae"]),
+           "--model.diffusion.init_args.sample_steps", "2", "--model.grid_images", "2"]
+    _run([*fit, "--trainer.max_steps", "4"])
+    ckpt = next((tmp_path / "run").rglob("last.ckpt"))
+    first = load_dit(ckpt)
+    assert first.trained_ratios == [8, 16, 32] and int(torch.load(ckpt, weights_only=True)["global_step"]) == 4
+    state = torch.load(ckpt, weights_only=True)
+    state["state_dict"]["latent_scale"] *= 2  # not what a fresh measurement gives: the resumed run must keep it
+    torch.save(state, ckpt)
+    _run([*fit, "--trainer.max_steps", "6", "--ckpt_path", str(ckpt)])
+    resumed = max((tmp_path / "run").rglob("last.ckpt"), key=lambda p: p.stat().st_mtime)
+    assert int(torch.load(resumed, weights_only=True)["global_step"]) == 6
+    torch.testing.assert_close(load_dit(resumed).latent_scale, 2 * first.latent_scale)  # measured once, kept on resume

@@ -73,12 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     if words and words[0] not in TRAIN_COMMANDS and not words[0].startswith("-"):
         return _hand_to_sdk(words)
     silence_known_warnings()
-    ours = logging.getLogger("cat_tokenizer")
-    if not ours.handlers:  # the project's own INFO lines (data split, scoring summary) on stderr
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-        ours.addHandler(handler)
-        ours.setLevel(logging.INFO)
+    for name in ("cat_tokenizer", "tasks"):  # the project's own INFO lines (data split, scoring, latent scales) on stderr
+        ours = logging.getLogger(name)
+        if not ours.handlers:
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+            ours.addHandler(handler)
+            ours.setLevel(logging.INFO)
     try:
         cli(None if argv is None else words)  # None: LightningCLI reads sys.argv itself
     except Exception as err:
