@@ -32,11 +32,7 @@ def _labels(spec: str | None) -> list[int] | None:
 
 
 def _cmd_sample(a: argparse.Namespace) -> int:
-    from tasks.generation.sample import (
-        generate_to_folder,
-        plan_samples,
-        write_sample_report,
-    )
+    from tasks.generation.sample import generate_to_folder, plan_samples, write_sample_report
 
     module = _load(a)
     specs = plan_samples(module, a.n, a.ratio, _labels(a.class_label), a.prompt, a.evaluator)

@@ -20,12 +20,7 @@ import lightning as L
 import torch
 from safetensors.torch import save_file
 
-from cat_tokenizer.data.latent_cache import (
-    LatentCache,
-    LatentEntry,
-    assignment_mode,
-    fingerprint_state,
-)
+from cat_tokenizer.data.latent_cache import LatentCache, LatentEntry, assignment_mode, fingerprint_state
 from cat_tokenizer.errors import UserInputError
 
 __all__ = ["LatentEncoder"]

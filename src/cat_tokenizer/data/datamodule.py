@@ -18,18 +18,9 @@ from torchvision.transforms import v2
 from cat_tokenizer.complexity.cache import default_score_cache
 from cat_tokenizer.complexity.evaluator import ComplexityEvaluator
 from cat_tokenizer.data.annotations import class_labels, read_captions
-from cat_tokenizer.data.assign import (
-    parse_assignment,
-    ratios_from_csv,
-    ratios_from_evaluator,
-)
+from cat_tokenizer.data.assign import parse_assignment, ratios_from_csv, ratios_from_evaluator
 from cat_tokenizer.data.default_data import ensure_default_data
-from cat_tokenizer.data.images import (
-    UnreadableImage,
-    list_images,
-    load_rgb,
-    partition_readable,
-)
+from cat_tokenizer.data.images import UnreadableImage, list_images, load_rgb, partition_readable
 from cat_tokenizer.data.latent_cache import LatentCache, assignment_mode
 from cat_tokenizer.data.sampler import BucketBatchSampler
 from cat_tokenizer.errors import InputNotFound, UserInputError
