@@ -153,13 +153,13 @@ def encoded(tmp_path_factory):
     return {"base": base, "images": images, "vae": base / "vae", "cache": cache, "csv": ratios_csv}
 
 
-def _encode(images: Path, vae: Path, cache: Path, assignment: str) -> int:
+def _encode(images: Path, vae: Path, cache: Path, assignment: str, extra: list[str] = ()) -> int:
     return lightning_main.main([
         "predict", "-c", str(ROOT / "configs" / "dit_encode.yaml"), "--trainer.accelerator", "cpu",
         "--trainer.default_root_dir", str(cache.parent),
         "--model.tokenizer", str(vae), "--model.cache_dir", str(cache), "--data.skip_encoded", str(cache),
         "--data.root", str(images), "--data.image_size", "64", "--data.num_workers", "0", "--data.val_batch_size", "4",
-        "--data.ratio_assignment", assignment,
+        "--data.ratio_assignment", assignment, *extra,
     ])
 
 
@@ -333,23 +333,50 @@ def test_precision_recall_on_known_sets():
     assert precision_recall(real, far) == (0.0, 0.0)
 
 
-def test_text_conditioning_with_a_tiny_encoder(encoded, tmp_path):
+def test_text_conditioning_with_captions_and_a_tiny_encoder(encoded, tmp_path):
+    """Captions go into the cache at encode time (all of them; training draws one), and a DiT
+    conditioned on a frozen tiny BERT trains and samples from them."""
     from tiny_hf import tiny_bert
 
-    from tasks.generation.data import collate_latents
+    caps = tmp_path / "captions.csv"
+    caps.write_text("path,caption\nclass0/img0.png,a red square\nclass0/img0.png,a square in red\n"
+                    + "".join(f"{k},a picture\n" for k in RATIOS_BY_FILE if k != "class0/img0.png"))
+    cache = tmp_path / "latents"
+    assert _encode(encoded["images"], encoded["vae"], cache, "fixed:16", ["--data.captions", str(caps)]) == 0
+    entries = {e.key: e for e in LatentCache(cache).entries()}
+    assert entries["class0/img0.png"].captions == ["a red square", "a square in red"]
+    dm = LatentDataModule(str(cache), batch_size=2, num_workers=0, val_fraction=0.0)
+    dm.use_ratio_mode("fixed:16")
+    i = next(k for k, e in enumerate(dm.train_set.entries) if e.key == "class0/img0.png")
+    assert {dm.train_set[i]["caption"] for _ in range(30)} == {"a red square", "a square in red"}
 
     encoder = tiny_bert(tmp_path / "bert")
     dim = json.loads((encoder / "config.json").read_text())["hidden_size"]
-    module = DiTModule(tiny_dit(num_classes=0, text_dim=dim), tokenizer=str(encoded["vae"]), text_encoder=str(encoder), ema_decay=0)
+    module = DiTModule(tiny_dit(num_classes=0, text_dim=dim), tokenizer=str(encoded["vae"]), text_encoder=str(encoder),
+                       ema_decay=0)
     module.latent_scale.fill_(1.0)
-    dm = LatentDataModule(str(encoded["cache"]), batch_size=2, num_workers=0, val_fraction=0.0)
-    dm.use_ratio_mode("fixed:16")
-    batch = collate_latents([dm.train_set[0], dm.train_set[1]])
-    batch["caption"] = ["a red square", "a page of text"]
+    batch = next(iter(dm.train_dataloader()))
     loss = module._loss(batch, module.dit, drop=0.5)
-    assert loss.shape == (2,) and torch.isfinite(loss).all()
+    assert loss.shape == (2,) and torch.isfinite(loss).all() and len(batch["caption"]) == 2
     z = module.sample_latents(2, 16, texts=["a cat", "a chart"], steps=2, image_size=64)
     assert z.shape == (2, 4, 4, 4)
+
+
+def test_make_gen_imagenet_needs_the_folder():
+    import shutil
+    import subprocess
+
+    if shutil.which("make") is None:
+        pytest.skip("no make")
+    res = subprocess.run(["make", "-s", "gen-imagenet"], cwd=ROOT, capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+    assert res.returncode != 0 and "set IMAGENET_DIR=" in res.stdout + res.stderr
+
+
+def test_fit_without_a_latent_cache_is_one_line(tmp_path, capsys):
+    rc = lightning_main.main(["fit", "-c", str(ROOT / "configs" / "dit_imagenet.yaml"), "--trainer.accelerator", "cpu",
+                              "--data.cache_dir", str(tmp_path / "none"), "--model.dit.init_args.preset", "tiny"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "latent cache not found" in err and "Traceback" not in err
 
 
 def test_bench_gen_variants():

@@ -28,10 +28,11 @@ class LatentDataset(Dataset):
     Args:
         root: the cache folder.
         entries: the latents of this split.
+        train: draw one of an image's captions at random (else the first).
     """
 
-    def __init__(self, root: Path, entries: list[LatentEntry]):
-        self.root, self.entries = root, entries
+    def __init__(self, root: Path, entries: list[LatentEntry], train: bool = False):
+        self.root, self.entries, self.train = root, entries, train
         self.ratios = np.array([e.ratio for e in entries], dtype=np.int64)
 
     def __len__(self) -> int:
@@ -48,8 +49,9 @@ class LatentDataset(Dataset):
         item = {"latent": latent, "ratio": e.ratio, "index": index}
         if e.label is not None:
             item["label"] = e.label
-        if e.caption is not None:
-            item["caption"] = e.caption
+        if e.captions is not None:
+            caps = e.captions or [""]
+            item["caption"] = random.choice(caps) if self.train else caps[0]
         return item
 
 
@@ -111,7 +113,8 @@ class LatentDataModule(L.LightningDataModule):
         train = [e for e in entries if e.key not in val] or entries
         held = [e for e in entries if e.key in val]
         self.ratio_mode = ratio_mode
-        self.train_set, self.val_set = LatentDataset(self.cache.root, train), LatentDataset(self.cache.root, held)
+        self.train_set = LatentDataset(self.cache.root, train, train=True)
+        self.val_set = LatentDataset(self.cache.root, held)
         counts = {int(r): int(c) for r, c in zip(*np.unique(self.train_set.ratios, return_counts=True))}
         log.info("latents (%s): %d train / %d val from %s; train per ratio %s", ratio_mode, len(train), len(held),
                  self.cache.root, {f"{r}x": c for r, c in counts.items()})

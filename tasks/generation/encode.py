@@ -83,8 +83,8 @@ class LatentEncoder(L.LightningModule):
             save_file({"latent": z[k].contiguous()}, str(tmp), metadata={"ratio": str(ratio), "key": key})
             os.replace(tmp, path)  # atomic: a kill never leaves half a latent under the real name
             label = int(batch["label"][k]) if "label" in batch else None
-            caption = batch["caption"][k] if "caption" in batch else None
-            entries.append(LatentEntry(key=key, ratio=ratio, mode=self.mode, file=rel, label=label, caption=caption))
+            captions = list(dm.predict_set.captions[i]) if dm.predict_set.captions is not None else None  # all of them
+            entries.append(LatentEntry(key=key, ratio=ratio, mode=self.mode, file=rel, label=label, captions=captions))
         self.cache.append(self._index, entries)
         self._written += len(entries)
         return None

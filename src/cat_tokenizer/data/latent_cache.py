@@ -6,7 +6,7 @@ Layout::
     <dir>/<r>x/<image rel path>.safetensors   one latent (C, S/r, S/r), written atomically
     <dir>/index/<run>.rank<k>.jsonl          one line per latent, appended after its file is in place
 
-An index line is ``{"key", "ratio", "mode", "file", "label"?, "caption"?}``; ``mode`` is the ratio
+An index line is ``{"key", "ratio", "mode", "file", "label"?, "captions"?}``; ``mode`` is the ratio
 assignment of the encoding run: ``adaptive`` (per-image ratios: complexity, csv) or ``fixed:<r>``.
 A latent whose line is written is done; a run killed midway loses at most the batch in flight,
 and the next run encodes only what has no line yet (``done_keys``). Every rank writes its own
@@ -40,7 +40,7 @@ class LatentEntry:
     mode: str
     file: str  # relative to the cache folder
     label: int | None = None
-    caption: str | None = None
+    captions: list[str] | None = None  # every caption of the image (training draws one)
 
 
 class LatentCache:
