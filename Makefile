@@ -66,11 +66,12 @@ RATIO_MODE ?= adaptive
 DIT ?= B_2
 LATENTS ?= outputs/gen_imagenet/latents
 GEN_ARGS ?=
+FLIP ?= true
 # the DiT's input channels = the tokenizer's latent channels (read from a save_pretrained folder; else 16)
 LATENT_CH = $(shell $(PY) -c "import json; print(json.load(open('$(CKPT)/config.json'))['latent_channels'])" 2>/dev/null || echo 16)
 gen-imagenet: need-imagenet install
 	$(VENV)/bin/lightning predict -c configs/dit_encode.yaml --data.root $(IMAGENET_DIR) --model.tokenizer $(CKPT) \
-		--model.cache_dir $(LATENTS) --data.skip_encoded $(LATENTS) \
+		--model.cache_dir $(LATENTS) --data.skip_encoded $(LATENTS) --model.flip $(FLIP) \
 		--data.ratio_assignment $(if $(filter adaptive,$(RATIO_MODE)),complexity,$(RATIO_MODE))
 	$(VENV)/bin/lightning fit -c configs/dit_imagenet.yaml --model.dit configs/dit/$(DIT).yaml --model.dit.init_args.in_channels $(LATENT_CH) \
 		--data.cache_dir $(LATENTS) --model.tokenizer $(CKPT) --model.ratio_mode $(RATIO_MODE) \

@@ -21,7 +21,7 @@ from cat_tokenizer.errors import InputNotFound, UserInputError
 from tasks.generation import Diffusion, DiT, DiTModule, LatentDataModule, load_dit
 from tasks.generation.bench import bench_gen, padded_forward, patchify
 from tasks.generation.dit import sincos_pos_embed_2d
-from tasks.generation.fid import precision_recall
+from tasks.generation.fid import fid_from_folders, precision_recall
 
 ROOT = Path(__file__).parents[1]
 RATIOS_BY_FILE = {"class0/img0.png": 8, "class1/img1.png": 16, "class0/img2.png": 32,
@@ -197,6 +197,24 @@ def test_latent_cache_resumes_after_a_kill(encoded, tmp_path, caplog):
     assert rc == 2
 
 
+def test_flip_augmentation_in_the_cache(encoded, tmp_path):
+    cache = tmp_path / "latents"
+    assert _encode(encoded["images"], encoded["vae"], cache, "fixed:16", ["--model.flip", "true"]) == 0
+    vae = NestedVAE.from_pretrained(encoded["vae"])
+    e = next(e for e in LatentCache(cache).entries() if e.key == "class0/img0.png")
+    x = image_transform(64, train=False)(load_rgb(encoded["images"] / e.key))[None]
+    stored = load_file(str(cache / e.file))
+    torch.testing.assert_close(stored["latent_flip"], vae.encode(x.flip(-1), 16).mode()[0], atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(stored["latent_flip"], stored["latent"])
+    dm = LatentDataModule(str(cache), batch_size=2, num_workers=0, val_fraction=0.0)
+    dm.use_ratio_mode("fixed:16")
+    i = next(k for k, en in enumerate(dm.train_set.entries) if en.key == e.key)
+    draws = {float(dm.train_set[i]["latent"].sum()) for _ in range(30)}
+    assert len(draws) == 2  # training draws both orientations
+    # latents without flips into a cache of flips: refused
+    assert _encode(encoded["images"], encoded["vae"], cache, f"csv:{encoded['csv']}") == 2
+
+
 def test_latent_datamodule_ratio_modes(encoded):
     dm = LatentDataModule(str(encoded["cache"]), batch_size=2, num_workers=0, val_fraction=0.0)
     dm.use_ratio_mode("adaptive")
@@ -323,6 +341,13 @@ def test_fid_cli_against_folder_and_saved_stats(trained, encoded, tmp_path, caps
     res2 = json.loads((out / "fid.json").read_text())
     assert res2["fid"] == pytest.approx(res["fid"], rel=1e-3, abs=1e-2)
     assert "6 generated vs 8 reference" in capsys.readouterr().out
+
+
+def test_fid_of_a_folder_against_itself_is_zero(tmp_path):
+    ref = tmp_path / "ref"
+    write_images(ref, n=8, size=64, seed=4)
+    res = fid_from_folders(ref, ref, image_size=64, batch_size=8)
+    assert abs(res["fid"]) < 1e-2 and res["precision"] == 1.0 and res["recall"] == 1.0
 
 
 def test_precision_recall_on_known_sets():

@@ -28,7 +28,8 @@ class LatentDataset(Dataset):
     Args:
         root: the cache folder.
         entries: the latents of this split.
-        train: draw one of an image's captions at random (else the first).
+        train: draw one of an image's captions at random (else the first), and the mirrored latent
+            half the time when the cache has one.
     """
 
     def __init__(self, root: Path, entries: list[LatentEntry], train: bool = False):
@@ -42,7 +43,9 @@ class LatentDataset(Dataset):
         index = key[0] if isinstance(key, tuple) else key
         e = self.entries[index]
         try:
-            latent = load_file(str(self.root / e.file))["latent"].float()
+            tensors = load_file(str(self.root / e.file))
+            flip = self.train and "latent_flip" in tensors and random.random() < 0.5
+            latent = tensors["latent_flip" if flip else "latent"].float()
         except Exception as err:  # a file deleted or damaged since it was indexed
             log.warning("skipping unreadable latent %s: %s", e.file, err)
             return None

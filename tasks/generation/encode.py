@@ -35,15 +35,18 @@ class LatentEncoder(L.LightningModule):
         tokenizer: the nested VAE: a ``save_pretrained`` folder, a ``lightning fit`` .ckpt, or a hub id.
         cache_dir: the latent cache folder (set ``data.skip_encoded`` to the same folder to resume).
         dtype: storage dtype of the latents (``float32`` or ``bfloat16``/``float16`` to halve the disk).
+        flip: also encode each image mirrored left-right (stored beside it; DiT training then draws
+            one of the two, the usual flip augmentation); doubles the encode cost. Off by default:
+            mirrored text is not text.
     """
 
-    def __init__(self, tokenizer: str, cache_dir: str, dtype: str = "float32"):
+    def __init__(self, tokenizer: str, cache_dir: str, dtype: str = "float32", flip: bool = False):
         super().__init__()
         from cat_tokenizer.io import load_vae
 
         if dtype not in ("float32", "bfloat16", "float16"):
             raise UserInputError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
-        self.tokenizer_path, self.cache, self.dtype_name = tokenizer, LatentCache(cache_dir), dtype
+        self.tokenizer_path, self.cache, self.dtype_name, self.flip = tokenizer, LatentCache(cache_dir), dtype, flip
         self.vae = load_vae(tokenizer).eval().requires_grad_(False)
         self._index = None
         self._written = 0
@@ -61,7 +64,7 @@ class LatentEncoder(L.LightningModule):
             raise UserInputError(f"data.skip_encoded ({dm.skip_encoded}) must be model.cache_dir ({self.cache.root}) "
                                  "or null")
         self.mode = assignment_mode(dm.ratio_assignment)
-        self.cache.claim(fingerprint_state(self.vae.state_dict()), dm.image_size, list(dm.classes), str(self.tokenizer_path))
+        self.cache.claim(fingerprint_state(self.vae.state_dict()), dm.image_size, list(dm.classes), str(self.tokenizer_path), self.flip)
         run = f"{self.mode.replace(':', '')}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
         self._index = self.cache.index_file(run, self.global_rank)
 
@@ -71,7 +74,9 @@ class LatentEncoder(L.LightningModule):
             return None
         dm = self.trainer.datamodule
         ratio = int(batch["ratio"])
-        z = self.vae.encode(batch["image"], ratio).mode().to(getattr(torch, self.dtype_name)).cpu()  # (B, C, S/r, S/r)
+        dtype = getattr(torch, self.dtype_name)
+        z = self.vae.encode(batch["image"], ratio).mode().to(dtype).cpu()  # (B, C, S/r, S/r)
+        z_flip = self.vae.encode(batch["image"].flip(-1), ratio).mode().to(dtype).cpu() if self.flip else None
         root, files = dm.data_root(), dm.predict_set.files
         entries = []
         for k, i in enumerate(batch["index"].tolist()):
@@ -80,7 +85,8 @@ class LatentEncoder(L.LightningModule):
             path = self.cache.root / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            save_file({"latent": z[k].contiguous()}, str(tmp), metadata={"ratio": str(ratio), "key": key})
+            tensors = {"latent": z[k].contiguous(), **({"latent_flip": z_flip[k].contiguous()} if self.flip else {})}
+            save_file(tensors, str(tmp), metadata={"ratio": str(ratio), "key": key})
             os.replace(tmp, path)  # atomic: a kill never leaves half a latent under the real name
             label = int(batch["label"][k]) if "label" in batch else None
             captions = list(dm.predict_set.captions[i]) if dm.predict_set.captions is not None else None  # all of them

@@ -3,7 +3,8 @@
 Layout::
 
     <dir>/meta.json                 tokenizer fingerprint, image size, class names
-    <dir>/<r>x/<image rel path>.safetensors   one latent (C, S/r, S/r), written atomically
+    <dir>/<r>x/<image rel path>.safetensors   one latent (C, S/r, S/r) ("latent"; "latent_flip" for the
+                                             mirrored image when the cache has flips), written atomically
     <dir>/index/<run>.rank<k>.jsonl          one line per latent, appended after its file is in place
 
 An index line is ``{"key", "ratio", "mode", "file", "label"?, "captions"?}``; ``mode`` is the ratio
@@ -61,18 +62,20 @@ class LatentCache:
     def meta(self) -> dict:
         return json.loads(self.meta_path.read_text()) if self.meta_path.is_file() else {}
 
-    def claim(self, tokenizer_fingerprint: str, image_size: int, classes: list[str], tokenizer: str) -> None:
-        """Record (or check) which tokenizer and image size this cache holds latents of.
+    def claim(self, tokenizer_fingerprint: str, image_size: int, classes: list[str], tokenizer: str,
+              flip: bool = False) -> None:
+        """Record (or check) which tokenizer, image size and flip setting this cache holds latents of.
 
         Raises:
             UserInputError: the folder already holds latents of another tokenizer or size.
         """
-        mine = {"tokenizer_fingerprint": tokenizer_fingerprint, "image_size": image_size}
+        mine = {"tokenizer_fingerprint": tokenizer_fingerprint, "image_size": image_size, "flip": flip}
         old = self.meta()
         if old and any(old.get(k) != v for k, v in mine.items()):
             raise UserInputError(
-                f"latent cache {self.root} holds latents of tokenizer {old.get('tokenizer')} at {old.get('image_size')}px; "
-                f"this run encodes with {tokenizer} at {image_size}px: use another cache folder")
+                f"latent cache {self.root} holds latents of tokenizer {old.get('tokenizer')} at {old.get('image_size')}px "
+                f"(flips: {old.get('flip', False)}); this run encodes with {tokenizer} at {image_size}px (flips: {flip}): "
+                "use another cache folder")
         if old and old.get("classes") and classes and old["classes"] != classes:
             raise UserInputError(f"latent cache {self.root} was written with other class folders: use another cache folder")
         self.root.mkdir(parents=True, exist_ok=True)
