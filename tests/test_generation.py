@@ -359,32 +359,49 @@ def test_precision_recall_on_known_sets():
 
 
 def test_text_conditioning_with_captions_and_a_tiny_encoder(encoded, tmp_path):
-    """Captions go into the cache at encode time (all of them; training draws one), and a DiT
-    conditioned on a frozen tiny BERT trains and samples from them."""
+    """Captions go into the cache at encode time (all of them, embedded once by the frozen text
+    encoder; training draws one), and a DiT conditioned on that encoder trains and samples."""
     from tiny_hf import tiny_bert
 
+    from cat_tokenizer.complexity.text_student import TextEmbedder
+
+    encoder = tiny_bert(tmp_path / "bert")
     caps = tmp_path / "captions.csv"
     caps.write_text("path,caption\nclass0/img0.png,a red square\nclass0/img0.png,a square in red\n"
                     + "".join(f"{k},a picture\n" for k in RATIOS_BY_FILE if k != "class0/img0.png"))
     cache = tmp_path / "latents"
-    assert _encode(encoded["images"], encoded["vae"], cache, "fixed:16", ["--data.captions", str(caps)]) == 0
-    entries = {e.key: e for e in LatentCache(cache).entries()}
-    assert entries["class0/img0.png"].captions == ["a red square", "a square in red"]
+    assert _encode(encoded["images"], encoded["vae"], cache, "fixed:16",
+                   ["--data.captions", str(caps), "--model.text_encoder", str(encoder)]) == 0
+    entry = next(e for e in LatentCache(cache).entries() if e.key == "class0/img0.png")
+    assert entry.captions == ["a red square", "a square in red"]
+    embedder = TextEmbedder(str(encoder), device="cpu")
+    torch.testing.assert_close(load_file(str(cache / entry.file))["text_emb"], embedder(entry.captions), atol=1e-5, rtol=1e-4)
     dm = LatentDataModule(str(cache), batch_size=2, num_workers=0, val_fraction=0.0)
     dm.use_ratio_mode("fixed:16")
     i = next(k for k, e in enumerate(dm.train_set.entries) if e.key == "class0/img0.png")
-    assert {dm.train_set[i]["caption"] for _ in range(30)} == {"a red square", "a square in red"}
+    items = [dm.train_set[i] for _ in range(30)]
+    draws = {it["caption"]: it["text_emb"] for it in items}
+    assert set(draws) == {"a red square", "a square in red"}
+    for caption, emb in draws.items():  # each drawn caption comes with its own embedding
+        torch.testing.assert_close(emb, embedder([caption])[0], atol=1e-5, rtol=1e-4)
 
-    encoder = tiny_bert(tmp_path / "bert")
-    dim = json.loads((encoder / "config.json").read_text())["hidden_size"]
+    dim = embedder.dim
     module = DiTModule(tiny_dit(num_classes=0, text_dim=dim), tokenizer=str(encoded["vae"]), text_encoder=str(encoder),
                        ema_decay=0)
     module.latent_scale.fill_(1.0)
     batch = next(iter(dm.train_dataloader()))
     loss = module._loss(batch, module.dit, drop=0.5)
-    assert loss.shape == (2,) and torch.isfinite(loss).all() and len(batch["caption"]) == 2
-    z = module.sample_latents(2, 16, texts=["a cat", "a chart"], steps=2, image_size=64)
+    assert loss.shape == (2,) and torch.isfinite(loss).all() and batch["text_emb"].shape == (2, dim)
+    assert "text" not in module._frozen  # training read the cached embeddings; the encoder was never loaded
+    z = module.sample_latents(2, 16, texts=["a cat", "a chart"], steps=2, image_size=64)  # sampling embeds prompts
     assert z.shape == (2, 4, 4, 4)
+    other = tiny_bert(tmp_path / "other_bert")  # a different encoder than the cache's embeddings: refused
+    rc = lightning_main.main([
+        "fit", "-c", str(ROOT / "configs" / "dit_imagenet.yaml"), "--trainer.accelerator", "cpu", "--trainer.fast_dev_run",
+        "true", "--trainer.default_root_dir", str(tmp_path), "--data.cache_dir", str(cache), "--data.num_workers", "0",
+        "--model.dit.init_args.preset", "tiny", "--model.dit.init_args.in_channels", "4", "--model.dit.init_args.num_classes",
+        "0", "--model.dit.init_args.text_dim", str(dim), "--model.text_encoder", str(other)])
+    assert rc == 2
 
 
 def test_make_gen_imagenet_needs_the_folder():

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 class LatentDataset(Dataset):
-    """Items ``{latent (C, h, w) float32, ratio, index[, label][, caption]}`` from cache entries.
+    """Items ``{latent (C, h, w) float32, ratio, index[, label][, caption[, text_emb (D,)]]}`` from cache entries.
 
     Args:
         root: the cache folder.
@@ -54,7 +54,10 @@ class LatentDataset(Dataset):
             item["label"] = e.label
         if e.captions is not None:
             caps = e.captions or [""]
-            item["caption"] = random.choice(caps) if self.train else caps[0]
+            j = random.randrange(len(caps)) if self.train else 0
+            item["caption"] = caps[j]
+            if "text_emb" in tensors:  # that caption, embedded at encode time: (D,)
+                item["text_emb"] = tensors["text_emb"][min(j, len(tensors["text_emb"]) - 1)].float()
         return item
 
 

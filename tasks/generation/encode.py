@@ -38,9 +38,13 @@ class LatentEncoder(L.LightningModule):
         flip: also encode each image mirrored left-right (stored beside it; DiT training then draws
             one of the two, the usual flip augmentation); doubles the encode cost. Off by default:
             mirrored text is not text.
+        text_encoder: also embed every caption with this frozen transformers encoder (hub id, folder or
+            ``builtin:minilm``; the same as the DiT's ``text_encoder``), so text-conditioned training
+            reads embeddings instead of running the encoder on every batch.
     """
 
-    def __init__(self, tokenizer: str, cache_dir: str, dtype: str = "float32", flip: bool = False):
+    def __init__(self, tokenizer: str, cache_dir: str, dtype: str = "float32", flip: bool = False,
+                 text_encoder: str | None = None):
         super().__init__()
         from cat_tokenizer.io import load_vae
 
@@ -48,6 +52,8 @@ class LatentEncoder(L.LightningModule):
             raise UserInputError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
         self.tokenizer_path, self.cache, self.dtype_name, self.flip = tokenizer, LatentCache(cache_dir), dtype, flip
         self.vae = load_vae(tokenizer).eval().requires_grad_(False)
+        self.text_encoder = text_encoder
+        self._text = None  # the frozen TextEmbedder, built on first use (not a submodule)
         self._index = None
         self._written = 0
 
@@ -64,7 +70,10 @@ class LatentEncoder(L.LightningModule):
             raise UserInputError(f"data.skip_encoded ({dm.skip_encoded}) must be model.cache_dir ({self.cache.root}) "
                                  "or null")
         self.mode = assignment_mode(dm.ratio_assignment)
-        self.cache.claim(fingerprint_state(self.vae.state_dict()), dm.image_size, list(dm.classes), str(self.tokenizer_path), self.flip)
+        self.cache.claim(fingerprint_state(self.vae.state_dict()), dm.image_size, list(dm.classes), str(self.tokenizer_path), self.flip,
+                         self.text_encoder)
+        if self.text_encoder and dm.predict_set.captions is None:
+            raise UserInputError("model.text_encoder embeds captions: give them with --data.captions FILE")
         run = f"{self.mode.replace(':', '')}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
         self._index = self.cache.index_file(run, self.global_rank)
 
@@ -86,6 +95,8 @@ class LatentEncoder(L.LightningModule):
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
             tensors = {"latent": z[k].contiguous(), **({"latent_flip": z_flip[k].contiguous()} if self.flip else {})}
+            if self.text_encoder:
+                tensors["text_emb"] = self._embed(list(dm.predict_set.captions[i]) or [""])  # (N, D)
             save_file(tensors, str(tmp), metadata={"ratio": str(ratio), "key": key})
             os.replace(tmp, path)  # atomic: a kill never leaves half a latent under the real name
             label = int(batch["label"][k]) if "label" in batch else None
@@ -94,6 +105,13 @@ class LatentEncoder(L.LightningModule):
         self.cache.append(self._index, entries)
         self._written += len(entries)
         return None
+
+    def _embed(self, captions: list[str]) -> torch.Tensor:
+        if self._text is None:
+            from cat_tokenizer.complexity.text_student import TextEmbedder
+
+            self._text = TextEmbedder(self.text_encoder, device=str(self.device))
+        return self._text(captions).float().contiguous()  # (N, D)
 
     def on_predict_end(self) -> None:
         log.info("rank %d wrote %d latents to %s", self.global_rank, self._written, self.cache.root)

@@ -139,6 +139,13 @@ class DiTModule(L.LightningModule):
                 raise UserInputError("text conditioning needs captions in the latent cache: encode with --data.captions FILE")
             if self.dit.text_dim <= 0:
                 raise UserInputError("model.text_encoder is set but model.dit.text_dim is 0: set it to the encoder's width")
+            cached = dm.meta.get("text_encoder")
+            if "text_emb" in item and cached != self.hparams.text_encoder:
+                raise UserInputError(f"the latent cache holds caption embeddings of {cached}; model.text_encoder is "
+                                     f"{self.hparams.text_encoder}: use the same encoder (or a cache without embeddings)")
+            if "text_emb" in item and item["text_emb"].shape[-1] != self.dit.text_dim:
+                raise UserInputError(f"cached caption embeddings have width {item['text_emb'].shape[-1]}; "
+                                     f"model.dit.text_dim is {self.dit.text_dim}")
         elif self.dit.num_classes > 0:
             if "label" not in item:
                 raise UserInputError("class conditioning needs labels in the latent cache: encode with --data.labels true "
@@ -163,7 +170,8 @@ class DiTModule(L.LightningModule):
         n = batch["latent"].shape[0]
         dropped = torch.rand(n, device=self.device) < drop
         if self.hparams.text_encoder:
-            text = self.embed_text(batch["caption"])
+            # embeddings stored by the encoder (checked in setup to come from this text encoder), else computed now
+            text = batch["text_emb"].to(self.device) if "text_emb" in batch else self.embed_text(batch["caption"])
             return None, torch.where(dropped[:, None], torch.full_like(text, float("nan")), text)
         if self.dit.num_classes > 0:
             return torch.where(dropped, self.dit.num_classes, batch["label"]), None

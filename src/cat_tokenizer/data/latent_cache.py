@@ -4,7 +4,9 @@ Layout::
 
     <dir>/meta.json                 tokenizer fingerprint, image size, class names
     <dir>/<r>x/<image rel path>.safetensors   one latent (C, S/r, S/r) ("latent"; "latent_flip" for the
-                                             mirrored image when the cache has flips), written atomically
+                                             mirrored image when the cache has flips; "text_emb" (N, D): the
+                                             image's N captions embedded, when encoded with a text encoder),
+                                             written atomically
     <dir>/index/<run>.rank<k>.jsonl          one line per latent, appended after its file is in place
 
 An index line is ``{"key", "ratio", "mode", "file", "label"?, "captions"?}``; ``mode`` is the ratio
@@ -63,18 +65,20 @@ class LatentCache:
         return json.loads(self.meta_path.read_text()) if self.meta_path.is_file() else {}
 
     def claim(self, tokenizer_fingerprint: str, image_size: int, classes: list[str], tokenizer: str,
-              flip: bool = False) -> None:
+              flip: bool = False, text_encoder: str | None = None) -> None:
         """Record (or check) which tokenizer, image size and flip setting this cache holds latents of.
 
         Raises:
             UserInputError: the folder already holds latents of another tokenizer or size.
         """
-        mine = {"tokenizer_fingerprint": tokenizer_fingerprint, "image_size": image_size, "flip": flip}
+        mine = {"tokenizer_fingerprint": tokenizer_fingerprint, "image_size": image_size, "flip": flip,
+                "text_encoder": text_encoder}
         old = self.meta()
         if old and any(old.get(k) != v for k, v in mine.items()):
             raise UserInputError(
                 f"latent cache {self.root} holds latents of tokenizer {old.get('tokenizer')} at {old.get('image_size')}px "
-                f"(flips: {old.get('flip', False)}); this run encodes with {tokenizer} at {image_size}px (flips: {flip}): "
+                f"(flips: {old.get('flip', False)}, text encoder: {old.get('text_encoder')}); this run encodes with "
+                f"{tokenizer} at {image_size}px (flips: {flip}, text encoder: {text_encoder}): "
                 "use another cache folder")
         if old and old.get("classes") and classes and old["classes"] != classes:
             raise UserInputError(f"latent cache {self.root} was written with other class folders: use another cache folder")
