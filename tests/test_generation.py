@@ -177,7 +177,7 @@ def test_latent_cache_round_trip(encoded):
         torch.testing.assert_close(stored, expected, atol=1e-5, rtol=1e-4)
 
 
-def test_latent_cache_resumes_after_a_kill(encoded, tmp_path, caplog):
+def test_latent_cache_resumes_after_a_kill(encoded, tmp_path, caplog, capsys):
     cache_dir = tmp_path / "latents"
     import shutil
 
@@ -194,10 +194,10 @@ def test_latent_cache_resumes_after_a_kill(encoded, tmp_path, caplog):
     torch.manual_seed(5)
     NestedVAE.from_preset("tiny").save_pretrained(tmp_path / "other_vae")
     rc = _encode(encoded["images"], tmp_path / "other_vae", cache_dir, "fixed:16")
-    assert rc == 2
+    assert rc == 2 and "use another cache folder" in capsys.readouterr().err
 
 
-def test_flip_augmentation_in_the_cache(encoded, tmp_path):
+def test_flip_augmentation_in_the_cache(encoded, tmp_path, capsys):
     cache = tmp_path / "latents"
     assert _encode(encoded["images"], encoded["vae"], cache, "fixed:16", ["--model.flip", "true"]) == 0
     vae = NestedVAE.from_pretrained(encoded["vae"])
@@ -213,6 +213,7 @@ def test_flip_augmentation_in_the_cache(encoded, tmp_path):
     assert len(draws) == 2  # training draws both orientations
     # latents without flips into a cache of flips: refused
     assert _encode(encoded["images"], encoded["vae"], cache, f"csv:{encoded['csv']}") == 2
+    assert "(flips: True" in capsys.readouterr().err
 
 
 def test_latent_datamodule_ratio_modes(encoded):
@@ -358,7 +359,7 @@ def test_precision_recall_on_known_sets():
     assert precision_recall(real, far) == (0.0, 0.0)
 
 
-def test_text_conditioning_with_captions_and_a_tiny_encoder(encoded, tmp_path):
+def test_text_conditioning_with_captions_and_a_tiny_encoder(encoded, tmp_path, capsys):
     """Captions go into the cache at encode time (all of them, embedded once by the frozen text
     encoder; training draws one), and a DiT conditioned on that encoder trains and samples."""
     from tiny_hf import tiny_bert
@@ -400,8 +401,8 @@ def test_text_conditioning_with_captions_and_a_tiny_encoder(encoded, tmp_path):
         "fit", "-c", str(ROOT / "configs" / "dit_imagenet.yaml"), "--trainer.accelerator", "cpu", "--trainer.fast_dev_run",
         "true", "--trainer.default_root_dir", str(tmp_path), "--data.cache_dir", str(cache), "--data.num_workers", "0",
         "--model.dit.init_args.preset", "tiny", "--model.dit.init_args.in_channels", "4", "--model.dit.init_args.num_classes",
-        "0", "--model.dit.init_args.text_dim", str(dim), "--model.text_encoder", str(other)])
-    assert rc == 2
+        "0", "--model.dit.init_args.text_dim", str(dim), "--model.text_encoder", str(other), "--model.ratio_mode", "fixed:16"])
+    assert rc == 2 and "holds caption embeddings of" in capsys.readouterr().err
 
 
 def test_make_gen_imagenet_needs_the_folder():
