@@ -241,6 +241,10 @@ def test_latent_cache_select_errors(tmp_path):
     index.write_text(index.read_text() + '{"key": "b.p')  # killed mid-line
     cache.append(index, [LatentEntry(key="c.png", ratio=16, mode="fixed:16", file="16x/c.safetensors")])
     assert [e.key for e in cache.select("fixed:16")] == ["a.png", "c.png"]  # the torn line skipped, the new one kept
+    cache.append(index, [LatentEntry(key="d.png", ratio=16, mode="adaptive", file="16x/d.safetensors"),
+                         LatentEntry(key="e.png", ratio=8, mode="adaptive", file="8x/e.safetensors")])
+    assert cache.done_keys("fixed:16") == {"a.png", "c.png", "d.png"}  # adaptive latents at 16x need no re-encode
+    assert cache.done_keys("adaptive") == {"d.png", "e.png"}
     with pytest.raises(UserInputError, match="ratio_mode must be"):
         cache.select("fixed:big")
 

@@ -124,7 +124,10 @@ class LatentCache:
         return list(found.values())
 
     def done_keys(self, mode: str) -> set[str]:
-        """Image keys already encoded under ``mode`` (``adaptive`` or ``fixed:<r>``)."""
+        """Image keys already encoded for ``mode``: under ``adaptive``, those of adaptive runs; under
+        ``fixed:<r>``, every latent at r (an adaptive run's latents at r are the same tensors)."""
+        if mode.startswith("fixed:"):
+            return {e.key for e in self.entries() if str(e.ratio) == mode[len("fixed:") :]}
         return {e.key for e in self.entries() if e.mode == mode}
 
     def select(self, ratio_mode: str) -> list[LatentEntry]:
