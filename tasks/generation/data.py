@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader, Dataset
 
-from cat_tokenizer.data.datamodule import _stratified_split, collate_skipping
+from cat_tokenizer.data.datamodule import collate_skipping, stratified_val_keys
 from cat_tokenizer.data.latent_cache import LatentCache, LatentEntry
 from cat_tokenizer.data.sampler import BucketBatchSampler
 from cat_tokenizer.errors import InputNotFound, UserInputError
@@ -113,9 +113,7 @@ class LatentDataModule(L.LightningDataModule):
         if self.ratio_mode == ratio_mode and self.train_set is not None:
             return
         entries = self.cache.select(ratio_mode)
-        root = Path("/k")  # split by key, as the image DataModule splits files
-        val = set() if self.val_fraction == 0 else {
-            p.relative_to(root).as_posix() for p in _stratified_split([root / e.key for e in entries], root, self.val_fraction)}
+        val = stratified_val_keys([e.key for e in entries], self.val_fraction)  # as the image DataModule splits files
         train = [e for e in entries if e.key not in val] or entries
         held = [e for e in entries if e.key in val]
         self.ratio_mode = ratio_mode

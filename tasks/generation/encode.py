@@ -86,32 +86,38 @@ class LatentEncoder(L.LightningModule):
         dtype = getattr(torch, self.dtype_name)
         z = self.vae.encode(batch["image"], ratio).mode().to(dtype).cpu()  # (B, C, S/r, S/r)
         z_flip = self.vae.encode(batch["image"].flip(-1), ratio).mode().to(dtype).cpu() if self.flip else None
-        root, files = dm.data_root(), dm.predict_set.files
+        root, files, indices = dm.data_root(), dm.predict_set.files, batch["index"].tolist()
+        all_caps = dm.predict_set.captions
+        captions = [list(all_caps[i]) for i in indices] if all_caps is not None else None  # every caption of each image
+        text_embs = self._embed(captions) if self.text_encoder else None  # one encoder pass for the whole batch
         entries = []
-        for k, i in enumerate(batch["index"].tolist()):
+        for k, i in enumerate(indices):
             key = files[i].relative_to(root).as_posix()
             rel = self.cache.latent_file(key, ratio)
             path = self.cache.root / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
             tensors = {"latent": z[k].contiguous(), **({"latent_flip": z_flip[k].contiguous()} if self.flip else {})}
-            if self.text_encoder:
-                tensors["text_emb"] = self._embed(list(dm.predict_set.captions[i]) or [""])  # (N, D)
+            if text_embs is not None:
+                tensors["text_emb"] = text_embs[k]  # (N_k, D)
             save_file(tensors, str(tmp), metadata={"ratio": str(ratio), "key": key})
             os.replace(tmp, path)  # atomic: a kill never leaves half a latent under the real name
             label = int(batch["label"][k]) if "label" in batch else None
-            captions = list(dm.predict_set.captions[i]) if dm.predict_set.captions is not None else None  # all of them
-            entries.append(LatentEntry(key=key, ratio=ratio, mode=self.mode, file=rel, label=label, captions=captions))
+            entries.append(LatentEntry(key=key, ratio=ratio, mode=self.mode, file=rel, label=label,
+                                       captions=None if captions is None else captions[k]))
         self.cache.append(self._index, entries)
         self._written += len(entries)
         return None
 
-    def _embed(self, captions: list[str]) -> torch.Tensor:
+    def _embed(self, captions: list[list[str]]) -> list[torch.Tensor]:
+        """Per image, its captions embedded (an image without captions gets the empty caption's)."""
         if self._text is None:
             from cat_tokenizer.complexity.text_student import TextEmbedder
 
             self._text = TextEmbedder(self.text_encoder, device=str(self.device))
-        return self._text(captions).float().contiguous()  # (N, D)
+        per_image = [caps or [""] for caps in captions]
+        flat = self._text([c for caps in per_image for c in caps]).float()  # (sum N_k, D)
+        return [t.contiguous() for t in flat.split([len(caps) for caps in per_image])]
 
     def on_predict_end(self) -> None:
         log.info("rank %d wrote %d latents to %s", self.global_rank, self._written, self.cache.root)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from cat_tokenizer.data.images import list_images, load_rgb
+from cat_tokenizer.data.images import UnreadableImage, list_images, load_rgb
 from cat_tokenizer.errors import InputNotFound, UserInputError
 
 __all__ = ["RecordingExtractor", "precision_recall", "fid_from_folders", "load_ref_stats"]
@@ -118,8 +118,8 @@ def _folder_batches(folder: Path, size: int, batch_size: int):
         for f in files[i : i + batch_size]:
             try:
                 batch.append(tf(load_rgb(f)))
-            except Exception as err:  # noqa: BLE001 - a bad file is skipped with a line, not fatal
-                log.warning("skipping %s: %s", f, err)
+            except UnreadableImage as err:  # a bad file is skipped with a line, not fatal
+                log.warning("skipping unreadable image %s", err)
         if batch:
             yield (torch.stack(batch) + 1) / 2  # (B, 3, S, S) in [0, 1]
 

@@ -11,7 +11,7 @@ from timm.utils import ModelEmaV3
 from torch import Tensor
 from torchvision.utils import make_grid
 
-from cat_tokenizer.errors import UserInputError
+from cat_tokenizer.errors import InputNotFound, UserInputError
 from cat_tokenizer.models.nested_vae import NestedVAE
 from tasks.generation.diffusion import Diffusion
 from tasks.generation.dit import DiT
@@ -316,8 +316,6 @@ def load_dit(path: str | Path, tokenizer: str | None = None, device: str = "cpu"
     """
     p = Path(path)
     if not p.is_file():
-        from cat_tokenizer.errors import InputNotFound
-
         raise InputNotFound(f"DiT checkpoint not found: {p}")
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)

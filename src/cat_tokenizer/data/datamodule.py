@@ -316,22 +316,27 @@ class CATDataModule(L.LightningDataModule):
 
 
 def _stratified_split(files: list[Path], root: Path, fraction: float) -> list[Path]:
-    """Validation files: those whose path hash falls under ``fraction``, per top-level subfolder
-    (a class or content kind), with at least one from every subfolder of 3+ files."""
-    groups: dict[str, list[Path]] = {}
-    for f in files:
-        rel = f.relative_to(root)
-        groups.setdefault(rel.parts[0] if len(rel.parts) > 1 else "", []).append(f)
-    val = []
+    """Validation files (``stratified_val_keys`` of their paths relative to ``root``); never empty."""
+    by_key = {f.relative_to(root).as_posix(): f for f in files}
+    return sorted(by_key[k] for k in stratified_val_keys(list(by_key), fraction)) or files[:1]
+
+
+def stratified_val_keys(keys: list[str], fraction: float) -> set[str]:
+    """Held-out keys (relative paths, ``/``-separated): those whose hash falls under ``fraction``,
+    per top-level folder (a class or content kind), with at least one from every folder of 3+ keys."""
+    groups: dict[str, list[str]] = {}
+    for k in keys:
+        groups.setdefault(k.split("/")[0] if "/" in k else "", []).append(k)
+    val: set[str] = set()
     for members in groups.values():
-        keyed = sorted(members, key=lambda f: _hash_fraction(f.relative_to(root)))
-        chosen = [f for f in keyed if _hash_fraction(f.relative_to(root)) < fraction]
+        keyed = sorted(members, key=_hash_fraction)
+        chosen = [k for k in keyed if _hash_fraction(k) < fraction]
         if not chosen and fraction > 0 and len(members) >= 3:
             chosen = keyed[:1]
-        val += chosen
-    return sorted(val) or files[:1]
+        val.update(chosen)
+    return val
 
 
-def _hash_fraction(rel: Path) -> float:
+def _hash_fraction(key: str) -> float:
     """A stable number in [0, 1) from a relative path."""
-    return int(hashlib.sha1(rel.as_posix().encode()).hexdigest()[:8], 16) / 2**32
+    return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) / 2**32
