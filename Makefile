@@ -8,7 +8,7 @@ DEMO_STEPS ?= 300
 # The tokenizer the downstream benchmarks use: the demo's, trained by `make demo` when missing.
 CKPT ?= $(DEMO_OUT)/pretrained
 
-.PHONY: install system-deps test test-fast demo bench bench-gen bench-gen-gpu classify eval-recon need-data gen-demo gen-imagenet need-imagenet clean
+.PHONY: install system-deps test test-fast demo bench bench-gen bench-gen-gpu classify distill eval-recon need-data gen-demo gen-imagenet need-imagenet clean
 
 install: $(STAMP)
 
@@ -46,6 +46,14 @@ $(DEMO_OUT)/pretrained/config.json:
 # Linear probe (CAT adaptive padded / pooled vs fixed 8x, 16x, 32x) on labelled sets that ship in packages.
 classify: install $(if $(filter $(DEMO_OUT)/pretrained,$(CKPT)),$(DEMO_OUT)/pretrained/config.json)
 	$(VENV)/bin/cat-tokenizer classify --ckpt $(CKPT) --out outputs/classify
+
+# Distilled ratio head: a varied offline image set, scored by the teacher, the head trained on the tokenizer's trunk.
+# make distill [DISTILL_N=6000] [CKPT=D] [DISTILL_ARGS="--teacher Y --cnn none"]
+DISTILL_N ?= 6000
+DISTILL_OUT ?= outputs/distill
+distill: install $(if $(filter $(DEMO_OUT)/pretrained,$(CKPT)),$(DEMO_OUT)/pretrained/config.json)
+	$(VENV)/bin/cat-tokenizer variety --out $(DISTILL_OUT)/data --n $(DISTILL_N)
+	$(VENV)/bin/cat-tokenizer distill --data $(DISTILL_OUT)/data --ckpt $(CKPT) --out $(DISTILL_OUT)/student $(DISTILL_ARGS)
 
 # Reconstruction table per ratio and for CAT: make eval-recon DATA=DIR [CKPT=D]
 eval-recon: need-data install $(if $(filter $(DEMO_OUT)/pretrained,$(CKPT)),$(DEMO_OUT)/pretrained/config.json)

@@ -90,7 +90,10 @@ def test_encode_decode_roundtrip(tmp_path, pretrained, image_folder):
 def test_encode_bad_inputs(tmp_path, pretrained, capsys):
     with pytest.raises(SystemExit):
         tools.main(["encode", "x.png", "--ratio", "12", "--ckpt", pretrained, "--out", str(tmp_path)])
-    assert "invalid choice: 12" in capsys.readouterr().err
+    assert "invalid choice: '12'" in capsys.readouterr().err
+    Image.new("RGB", (32, 32)).save(tmp_path / "ok.png")
+    assert tools.main(["encode", str(tmp_path / "ok.png"), "--ratio", "auto", "--ckpt", pretrained, "--out", str(tmp_path)]) == 2
+    assert "needs a ratio head" in capsys.readouterr().err  # auto without a distilled head: one line
     assert tools.main(["encode", "x.png", "--ratio", "8", "--ckpt", str(tmp_path / "none"), "--out", str(tmp_path)]) == 2
     assert "cannot load NestedVAE" in capsys.readouterr().err
     not_ckpt = tmp_path / "model.ckpt"

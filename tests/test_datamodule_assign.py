@@ -61,6 +61,22 @@ def test_complexity_mode_buckets_by_assigned_ratio(tmp_path):
         assert all(expect[dm.val_set.files[i].parent.name] == batch["ratio"] for i in batch["index"].tolist())
 
 
+def test_evaluator_given_as_a_string_in_a_config(tmp_path):
+    """--data.evaluator takes a YAML path, distilled:D or auto:D as well as a class config."""
+    from jsonargparse import ArgumentParser
+
+    (tmp_path / "ev.yaml").write_text(json.dumps(FAST_EVAL))
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(CATDataModule, "data")
+    for value in (str(tmp_path / "ev.yaml"), "auto:some/student"):
+        assert parser.parse_args(["--data.evaluator", value]).data.evaluator == value
+    root = mixed_folder(tmp_path / "imgs")
+    dm = CATDataModule(root=str(root), ratio_assignment="complexity", evaluator=str(tmp_path / "ev.yaml"))
+    assert dm.evaluator.evaluator_hash == fast_evaluator().evaluator_hash
+    with pytest.raises(UserInputError, match="no tokenizer folder"):
+        _ = CATDataModule(root=str(root), ratio_assignment="complexity", evaluator=f"auto:{tmp_path}").evaluator
+
+
 def test_csv_mode_labels_and_captions(tmp_path):
     root = mixed_folder(tmp_path / "imgs")
     files = sorted(root.rglob("*.png"))

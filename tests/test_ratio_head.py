@@ -7,26 +7,65 @@ import torch
 
 from cat_tokenizer import NestedVAE
 from cat_tokenizer.cli import tools
-from cat_tokenizer.cli.distill import RatioHeadModule
+from cat_tokenizer.cli.distill import RatioHeadModule, _HeadOnStatistics
 from cat_tokenizer.complexity import ComplexityEvaluator
 from cat_tokenizer.errors import UserInputError
-from cat_tokenizer.models.ratio_head import RatioHead
+from cat_tokenizer.models.ratio_head import RatioHead, stage_statistics
 from test_datamodule_assign import FAST_EVAL, mixed_folder
 
 
-def with_head(vae: NestedVAE) -> NestedVAE:
-    return vae.attach_ratio_head(RatioHead(vae.config["block_out_channels"][vae.trunk_level()], hidden=8))
+def with_head(vae: NestedVAE, conv: int = 0) -> NestedVAE:
+    return vae.attach_ratio_head(RatioHead(vae.config["block_out_channels"][: vae.trunk_level() + 1], hidden=8, conv=conv))
 
 
-def test_head_shapes_and_thresholds(tiny_vae):
-    vae = with_head(tiny_vae)
+@pytest.mark.parametrize("conv", [0, 4])
+def test_head_shapes_and_thresholds(tiny_vae, conv):
+    vae = with_head(tiny_vae, conv)
     x = torch.rand(3, 3, 40, 56) * 2 - 1
+    taps = vae.trunk(x)
+    assert [t.shape[1:] for t in taps] == [(8, 40, 56), (16, 20, 28), (16, 10, 14), (32, 5, 7)]  # tiny preset, 8x last
+    assert stage_statistics(taps).shape == (3, 4 * (8 + 16 + 16 + 32))
     assert vae.predict_scores(x).shape == (3,)
     assert vae.ratio_head.ratios_for(torch.tensor([1.0, 4.0, 6.9, 7.0, 9.0])) == [32, 16, 16, 8, 8]
     with pytest.raises(UserInputError, match="no ratio head"):
         NestedVAE.from_preset("tiny").predict_scores(x)
-    with pytest.raises(UserInputError, match="channels"):
-        NestedVAE.from_preset("tiny").attach_ratio_head(RatioHead(7))
+    with pytest.raises(UserInputError, match="stage channels"):
+        NestedVAE.from_preset("tiny").attach_ratio_head(RatioHead([8, 16, 16, 7]))
+
+
+def test_head_reads_images_at_its_own_size(tiny_vae, tmp_path, capsys):
+    from torchvision.transforms.v2 import functional as TF
+    from PIL import Image
+
+    vae = tiny_vae.attach_ratio_head(RatioHead([8, 16, 16, 32], hidden=8, image_size=32)).eval()
+    torch.nn.init.normal_(vae.ratio_head.out.weight)
+    x = torch.rand(2, 3, 64, 96) * 2 - 1
+    small = TF.center_crop(TF.resize(x, 32, antialias=True), [32, 32])
+    with torch.no_grad():
+        assert torch.allclose(vae.predict_scores(x), vae.ratio_head(vae.trunk(small)))  # scored on the resized view
+        assert not torch.allclose(vae.ratio_head(vae.trunk(x)), vae.predict_scores(x))  # the full-size trunk differs
+        want = vae.ratio_head.ratios_for(vae.predict_scores(x))
+        assert [p.ratio for p in vae.encode(x, "auto")] == want
+    # The encode CLI: --ratio auto writes each latent at the head's ratio.
+    vae.save_pretrained(tmp_path / "v")
+    Image.fromarray((torch.rand(40, 40, 3) * 255).byte().numpy()).save(tmp_path / "a.png")
+    assert tools.main(["encode", str(tmp_path / "a.png"), "--ratio", "auto", "--ckpt", str(tmp_path / "v"),
+                       "--out", str(tmp_path / "z"), "--device", "cpu"]) == 0
+    from cat_tokenizer.io import load_latent
+
+    lat = load_latent(tmp_path / "z" / "a.safetensors")
+    with torch.no_grad():
+        img = TF.to_dtype(TF.to_image(Image.open(tmp_path / "a.png")), torch.float32, scale=True)[None] * 2 - 1
+        assert lat.ratio == vae.ratio_head.ratios_for(vae.predict_scores(img))[0]
+    assert lat.latent.shape[-1] == 64 // lat.ratio  # "auto" pads to a multiple of the largest ratio (40 -> 64)
+    assert (lat.height, lat.width) == (40, 40)  # ... and the latent remembers the size to crop back to
+
+
+def test_stage_statistics_values():
+    h = torch.tensor([[[[0.0, 2.0], [4.0, 6.0]]]])  # (1, 1, 2, 2)
+    mean, std, top, grad = stage_statistics([h])[0].tolist()
+    assert (mean, top) == (3.0, 6.0) and abs(std - torch.tensor([0.0, 2.0, 4.0, 6.0]).std().item()) < 1e-6
+    assert grad == 2.0 + 4.0  # mean |horizontal| + mean |vertical| neighbour difference
 
 
 def test_head_fits_a_separable_labelling(tiny_vae):
@@ -41,10 +80,11 @@ def test_head_fits_a_separable_labelling(tiny_vae):
     x = torch.cat([left, right]) + 0.1 * torch.randn(32, 3, 32, 32)
     target = torch.tensor([2.0] * 16 + [8.0] * 16)  # 32x vs 8x
     with torch.no_grad():
-        feats = vae.encoder.stages_to(x, 0, vae.trunk_level())
-    module = RatioHeadModule(vae.ratio_head, lr=3e-2)
-    L.Trainer(max_epochs=60, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-              enable_model_summary=False).fit(module, DataLoader(TensorDataset(feats, target), batch_size=8, shuffle=True))
+        stats = stage_statistics(vae.trunk(x))
+    module = RatioHeadModule(_HeadOnStatistics(vae.ratio_head), lr=3e-2)
+    L.Trainer(max_epochs=30, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False).fit(module, DataLoader(TensorDataset(stats, target), batch_size=8, shuffle=True))
+    vae.ratio_head.eval()
     with torch.no_grad():
         ratios = vae.ratio_head.ratios_for(vae.predict_scores(x))
     assert ratios == [32] * 16 + [8] * 16
@@ -57,7 +97,7 @@ def test_auto_routes_each_image_to_its_exit(tiny_vae):
         vae.ratio_head.out.weight.zero_()
         vae.ratio_head.out.bias.fill_(5.0)
         scores = torch.tensor([8.0, 2.0, 5.0, 9.0])
-        vae.ratio_head.forward = lambda feats: scores[: feats.shape[0]]  # a head that disagrees per image
+        vae.ratio_head.forward = lambda taps: scores[: taps[0].shape[0]]  # a head that disagrees per image
         posts = vae.encode(x, "auto")
         assert [p.ratio for p in posts] == [8, 32, 16, 8]
         for i, p in enumerate(posts):
@@ -66,8 +106,9 @@ def test_auto_routes_each_image_to_its_exit(tiny_vae):
             assert vae.decode(p.mode(), p.ratio, size=p.input_size).shape == (1, 3, 64, 64)
 
 
-def test_saved_and_loaded_head_predicts_identically(tiny_vae, tmp_path):
-    vae = with_head(tiny_vae).eval()
+@pytest.mark.parametrize("conv", [0, 4])
+def test_saved_and_loaded_head_predicts_identically(tiny_vae, tmp_path, conv):
+    vae = with_head(tiny_vae, conv).eval()
     torch.nn.init.normal_(vae.ratio_head.out.weight)
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     vae.save_pretrained(tmp_path / "v")
@@ -75,6 +116,16 @@ def test_saved_and_loaded_head_predicts_identically(tiny_vae, tmp_path):
     again = NestedVAE.from_pretrained(tmp_path / "v")
     with torch.no_grad():
         assert torch.equal(again.predict_scores(x), vae.predict_scores(x))
+        assert len(set(vae.predict_scores(x).tolist())) == 2  # the images get different scores
+
+
+def test_head_saved_by_the_earlier_version_is_refused_clearly(tiny_vae, tmp_path):
+    tiny_vae.save_pretrained(tmp_path / "v")
+    cfg = json.loads((tmp_path / "v" / "config.json").read_text())
+    cfg["ratio_head"] = {"in_channels": 32, "hidden": 8, "thresholds": [4.0, 7.0], "ratios": [8, 16, 32], "image_size": 32}
+    (tmp_path / "v" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(UserInputError, match="earlier version"):
+        NestedVAE.from_pretrained(tmp_path / "v")
 
 
 @pytest.mark.slow
@@ -99,6 +150,19 @@ def test_distill_cli_and_distilled_evaluator(tmp_path, tiny_vae, capsys):
     res = ev.score_images(sorted(root.rglob("*.png")), cache=tmp_path / "s.sqlite")
     assert all(r.ratio in (8, 16, 32) and r.description.startswith("distilled score") for r in res)
     assert tools.main(["score", str(root), "--evaluator", f"distilled:{out}", "-q", "--cache", str(tmp_path / "s.sqlite")]) == 0
+    # auto:D: the head only where its recorded held-out agreement makes it the default, else its teacher.
+    assert sum(n for _, n in metrics["agreement_by_folder"].values()) == metrics["held_out"]
+    assert metrics["replaces_teacher_by_default"] is False  # a handful of held-out images never qualifies
+    report = json.loads((out / "config.json").read_text())["ratio_head"]["report"]
+    assert report["held_out"] == metrics["held_out"] and report["agreement"] == metrics["ratio_agreement"]
+    fallback = ComplexityEvaluator.from_config(f"auto:{out}")
+    assert fallback.name == "probe+rubric" and fallback.evaluator_hash == ComplexityEvaluator.from_config(str(tmp_path / "teacher.yaml")).evaluator_hash
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["ratio_head"]["report"].update(agreement=0.93, held_out=500)
+    (out / "config.json").write_text(json.dumps(cfg))
+    assert ComplexityEvaluator.from_config(f"auto:{out}").name == "distilled+self"
+    with pytest.raises(UserInputError, match="no ratio head"):
+        ComplexityEvaluator.from_config(f"auto:{tmp_path / 'vae'}")
 
 
 @pytest.mark.slow

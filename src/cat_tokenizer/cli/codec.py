@@ -19,8 +19,9 @@ log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def encode_files(images: list[str], ratio: int, ckpt: str, out: str, sample: bool = False, device: str = "auto") -> list[Path]:
-    """Encode each image at ``ratio``; writes ``<out>/<stem>.safetensors``. Unreadable files are skipped.
+def encode_files(images: list[str], ratio: int | str, ckpt: str, out: str, sample: bool = False, device: str = "auto") -> list[Path]:
+    """Encode each image at ``ratio`` (or ``"auto"``: the tokenizer's ratio head picks it); writes
+    ``<out>/<stem>.safetensors``. Unreadable files are skipped.
 
     Returns:
         The latent files written.
@@ -37,10 +38,11 @@ def encode_files(images: list[str], ratio: int, ckpt: str, out: str, sample: boo
             continue
         x = TF.to_dtype(TF.to_image(img), torch.float32, scale=True).mul(2).sub(1)[None].to(dev)  # (1, 3, H, W)
         post = vae.encode(x, ratio)
+        post = post[0] if isinstance(post, list) else post  # "auto": one posterior per image
         z = post.sample() if sample else post.mode()  # (1, C, h, w)
         target = Path(out) / f"{Path(path).stem}.safetensors"
-        written.append(save_latent(target, z[0], ratio, post.input_size, source=str(path)))
-        log.info("%s -> %s  latent %s (%d tokens)", path, target, tuple(z.shape[1:]), z.shape[-1] * z.shape[-2])
+        written.append(save_latent(target, z[0], post.ratio, post.input_size, source=str(path)))
+        log.info("%s -> %s  %dx latent %s (%d tokens)", path, target, post.ratio, tuple(z.shape[1:]), z.shape[-1] * z.shape[-2])
     if skipped:
         log.warning("skipped %d unreadable file(s): %s", len(skipped), ", ".join(skipped))
     return written

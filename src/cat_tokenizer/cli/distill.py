@@ -29,12 +29,13 @@ from cat_tokenizer.cli import silence_known_warnings
 from cat_tokenizer.cli.bench import flops, items_per_second
 from cat_tokenizer.complexity import ComplexityEvaluator
 from cat_tokenizer.complexity.cache import default_score_cache
+from cat_tokenizer.complexity.evaluator import MIN_AGREEMENT, MIN_HELD_OUT
 from cat_tokenizer.data.datamodule import _stratified_split, image_transform
 from cat_tokenizer.data.images import list_images, load_rgb, partition_readable
 from cat_tokenizer.devices import resolve_device
 from cat_tokenizer.errors import UserInputError
 from cat_tokenizer.io import load_vae
-from cat_tokenizer.models.ratio_head import RatioHead
+from cat_tokenizer.models.ratio_head import RatioHead, stage_statistics
 
 __all__ = ["RatioHeadModule", "run_distill", "run_distill_text"]
 
@@ -42,31 +43,49 @@ log = logging.getLogger(__name__)
 
 
 class RatioHeadModule(L.LightningModule):
-    """Regresses the teacher's score with any network ``(B, ...) -> (B,)`` or ``(B, 1)``: the ratio
-    head on precomputed trunk features (the trunk stays frozen), or a standalone CNN on images."""
+    """Regresses the teacher's score with any network ``(*inputs) -> (B,)`` or ``(B, 1)``: the ratio
+    head on precomputed trunk statistics (the trunk stays frozen), or a standalone CNN on images.
+    AdamW with a one-cycle schedule over the run."""
 
     def __init__(self, head: nn.Module, lr: float = 1e-3, weight_decay: float = 1e-4):
         super().__init__()
         self.head, self.lr, self.weight_decay = head, lr, weight_decay
 
     def training_step(self, batch, batch_idx):
-        inputs, score = batch
-        loss = F.mse_loss(self.head(inputs).reshape(-1), score)
+        *inputs, score = batch
+        loss = F.mse_loss(self.head(*inputs).reshape(-1), score)
         self.log("train/mse", loss, prog_bar=True)
         return loss
 
     def configure_optimizers(self):
-        return torch.optim.AdamW(self.head.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        opt = torch.optim.AdamW(self.head.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, self.lr, total_steps=self.trainer.estimated_stepping_batches)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class _HeadOnStatistics(nn.Module):
+    """The ratio head fed precomputed trunk statistics (and the 8x map when it has a conv branch)."""
+
+    def __init__(self, head: RatioHead):
+        super().__init__()
+        self.head = head
+
+    def forward(self, stats: torch.Tensor, last: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head.score(stats, last)
 
 
 @torch.no_grad()
-def _trunk(vae, files: list[Path], image_size: int, device: torch.device, batch: int = 16) -> torch.Tensor:
+def _trunk(vae, files: list[Path], image_size: int, device: torch.device, keep_last: bool,
+           batch: int = 16) -> list[torch.Tensor]:
+    """[(N, 4 * sum C) statistics of every trunk stage] + [(N, C, S/8, S/8) 8x maps] if ``keep_last``."""
     tf = image_transform(image_size, train=False)
-    out = []
+    stats, last = [], []
     for i in range(0, len(files), batch):
-        x = torch.stack([tf(load_rgb(f)) for f in files[i : i + batch]]).to(device)
-        out.append(vae.encoder.stages_to(vae._pad(x, min(vae.ratios)), 0, vae.trunk_level()).cpu())
-    return torch.cat(out)  # (N, C, S/8, S/8)
+        taps = vae.trunk(torch.stack([tf(load_rgb(f)) for f in files[i : i + batch]]).to(device))
+        stats.append(stage_statistics(taps).cpu())
+        if keep_last:
+            last.append(taps[-1].cpu())
+    return [torch.cat(stats)] + ([torch.cat(last)] if keep_last else [])
 
 
 def _agreement(pred: torch.Tensor, target: torch.Tensor, mapper) -> tuple[float, torch.Tensor, float]:
@@ -79,15 +98,25 @@ def _agreement(pred: torch.Tensor, target: torch.Tensor, mapper) -> tuple[float,
     return float(np.trace(confusion.numpy()) / max(1, len(pred))), confusion, rho
 
 
-def _fit_regressor(net: nn.Module, final: nn.Linear, inputs: torch.Tensor, scores: torch.Tensor, epochs: int,
+def _agreement_by_folder(pred: torch.Tensor, target: torch.Tensor, mapper, files: list[Path], root: Path) -> dict[str, list]:
+    """``{top-level folder: [agreement, count]}`` on the held-out images (where a student fails)."""
+    groups: dict[str, list[int]] = {}
+    for i, f in enumerate(files):
+        rel = f.relative_to(root).parts
+        groups.setdefault(rel[0] if len(rel) > 1 else ".", []).append(i)
+    return {g: [round(_agreement(pred[idx], target[idx], mapper)[0], 4), len(idx)] for g, idx in sorted(groups.items())}
+
+
+def _fit_regressor(net: nn.Module, final: nn.Linear, inputs: list[torch.Tensor], scores: torch.Tensor, epochs: int,
                    batch_size: int, lr: float, dev: torch.device) -> nn.Module:
-    """Train ``net`` to regress the scores (its ``final`` layer starts at the scale's middle, 5); eval mode on ``dev``."""
+    """Train ``net(*inputs)`` to regress the scores (its ``final`` layer starts at the scale's middle, 5);
+    eval mode on ``dev``."""
     nn.init.zeros_(final.weight)
     nn.init.constant_(final.bias, 5.0)
     module = RatioHeadModule(net, lr)
     L.Trainer(max_epochs=epochs, accelerator=dev.type, devices=1, logger=False, enable_checkpointing=False,
               enable_progress_bar=False, enable_model_summary=False).fit(
-        module, DataLoader(TensorDataset(inputs, scores), batch_size=batch_size, shuffle=True))
+        module, DataLoader(TensorDataset(*inputs, scores), batch_size=batch_size, shuffle=True))
     return module.head.eval().to(dev)
 
 
@@ -95,18 +124,20 @@ def _train_cnn(name: str, images: torch.Tensor, scores: torch.Tensor, epochs: in
     import timm
 
     net = timm.create_model(name, pretrained=False, num_classes=1)
-    return _fit_regressor(net, net.get_classifier(), images, scores, epochs, batch_size, lr, dev)
+    return _fit_regressor(net, net.get_classifier(), [images], scores, epochs, batch_size, lr, dev)
 
 
 def run_distill(teacher_config: str | None, data: str, out: str, tokenizer: str, image_size: int = 128,
-                epochs: int = 40, batch_size: int = 32, lr: float = 3e-3, hidden: int = 64, val_fraction: float = 0.2,
-                device: str = "auto", seed: int = 0, cnn: str | None = "resnet10t") -> dict:
+                epochs: int = 150, batch_size: int = 32, lr: float = 3e-3, hidden: int = 256, conv: int = 0,
+                val_fraction: float = 0.2, device: str = "auto", seed: int = 0, cnn: str | None = "resnet10t",
+                cnn_epochs: int = 20, speed_images: int = 64) -> dict:
     """Distil and report; returns the metrics dict (also written to ``out/distill.json``).
 
     With ``cnn`` (a timm model name, randomly initialised), a standalone CNN student is trained on
-    the same images and labels and reported beside the head (agreement and GFLOPs per image), the
-    comparison the design asks for. The tokenizer keeps the head either way: only the head can
-    route inside ``encode(x, "auto")`` for free.
+    the same images and labels (``cnn_epochs``) and reported beside the head (agreement and GFLOPs
+    per image), the comparison the design asks for. The tokenizer keeps the head either way: only
+    the head can route inside ``encode(x, "auto")`` for free. Speeds are measured on the first
+    ``speed_images`` held-out images.
     """
     silence_known_warnings()
     L.seed_everything(seed, workers=True)
@@ -129,30 +160,37 @@ def run_distill(teacher_config: str | None, data: str, out: str, tokenizer: str,
         raise UserInputError(f"the split left {len(tr)} training and {len(va)} held-out images; add images or change val_fraction")
 
     vae = load_vae(tokenizer).eval().to(dev)
-    feats = _trunk(vae, files, image_size, dev)
-    head = RatioHead(feats.shape[1], hidden, mapper.thresholds, mapper.ratios, image_size)
-    head = _fit_regressor(head, head.out, feats[tr], scores[tr], epochs, batch_size, lr, dev)
+    inputs = _trunk(vae, files, image_size, dev, keep_last=conv > 0)  # [(N, D) statistics, (N, C, h, w) 8x maps]
+    stage_channels = vae.config["block_out_channels"][: vae.trunk_level() + 1]
+    head = RatioHead(stage_channels, hidden, conv, mapper.thresholds, mapper.ratios, image_size)
+    _fit_regressor(_HeadOnStatistics(head), head.out, [t[tr] for t in inputs], scores[tr], epochs, batch_size, lr, dev)
+    head.eval()
+    with torch.no_grad():
+        pred = head.score(*[t[va].to(dev) for t in inputs]).cpu()
+    agreement, confusion, rho = _agreement(pred, scores[va], mapper)
+    by_folder = _agreement_by_folder(pred, scores[va], mapper, [files[i] for i in va], root)
+    teacher_ref = str(Path(teacher_config).expanduser().resolve()) if teacher_config else None
+    head.config["report"] = {"teacher": teacher_ref, "teacher_name": teacher.name, "agreement": round(agreement, 4),
+                             "held_out": len(va), "spearman": round(rho, 4)}
     vae.attach_ratio_head(head)
 
-    with torch.no_grad():
-        pred = head(feats[va].to(dev)).cpu()
-    agreement, confusion, rho = _agreement(pred, scores[va], mapper)
-
     # Speed, one process, the same held-out images from decoded PIL images; the teacher without its cache.
-    images = [load_rgb(files[i]) for i in va]
+    images = [load_rgb(files[i]) for i in va[:speed_images]]
     tf = image_transform(image_size, train=False)
     x = torch.stack([tf(im) for im in images]).to(dev)
     with torch.no_grad():
         student_ips = items_per_second(lambda: vae.predict_scores(torch.stack([tf(im) for im in images]).to(dev)), len(images), warmup=True)
         teacher_ips = items_per_second(lambda: teacher.score_descriptions(teacher.describer.describe(images)), len(images), warmup=True)
         enc_s = 1.0 / items_per_second(lambda: vae.encode(x, min(vae.ratios)), len(images), warmup=True)
-        trunk = vae.encoder.stages_to(vae._pad(x, min(vae.ratios)), 0, vae.trunk_level())
-        head_s = 1.0 / items_per_second(lambda: head(trunk), len(images), warmup=True)
-        head_gflops = flops(lambda: head(trunk[:1])) / 1e9
+        taps = vae.trunk(x)
+        head_s = 1.0 / items_per_second(lambda: head(taps), len(images), warmup=True)
+        head_gflops = flops(lambda: head([t[:1] for t in taps])) / 1e9
+    out_dir.mkdir(parents=True, exist_ok=True)
+    vae.save_pretrained(out_dir)  # the head is usable before the (slow) CNN comparison starts
     cnn_metrics = {}
     if cnn:
         all_x = torch.stack([tf(load_rgb(f)) for f in files])  # (N, 3, S, S)
-        net = _train_cnn(cnn, all_x[tr], scores[tr], epochs, batch_size, lr, dev)
+        net = _train_cnn(cnn, all_x[tr], scores[tr], cnn_epochs, batch_size, lr, dev)
         with torch.no_grad():
             cnn_pred = net(all_x[va].to(dev)).reshape(-1).cpu()
             cnn_ips = items_per_second(lambda: net(torch.stack([tf(im) for im in images]).to(dev)), len(images), warmup=True)
@@ -160,16 +198,17 @@ def run_distill(teacher_config: str | None, data: str, out: str, tokenizer: str,
         c_agree, c_conf, c_rho = _agreement(cnn_pred, scores[va], mapper)
         cnn_metrics = {"cnn": cnn, "cnn_ratio_agreement": round(c_agree, 4), "cnn_spearman": round(c_rho, 4),
                        "cnn_confusion": c_conf.tolist(), "cnn_gflops_per_image": round(cnn_gflops, 4),
-                       "cnn_params": sum(p.numel() for p in net.parameters()), "cnn_images_per_s": round(cnn_ips, 2)}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    vae.save_pretrained(out_dir)
+                       "cnn_params": sum(p.numel() for p in net.parameters()), "cnn_images_per_s": round(cnn_ips, 2),
+                       "cnn_epochs": cnn_epochs}
     metrics = {"teacher": teacher.name, "images": len(files), "train": len(tr), "held_out": len(va),
                "ratio_agreement": round(agreement, 4), "spearman": round(rho, 4),
                "confusion_rows_teacher_cols_student": confusion.tolist(), "ratios": list(mapper.ratios),
                "thresholds": list(mapper.thresholds), "student_images_per_s": round(student_ips, 2),
                "teacher_images_per_s": round(teacher_ips, 2), "speedup": round(student_ips / teacher_ips, 1),
                "head_share_of_8x_encode": round(head_s / enc_s, 5), "head_params": sum(p.numel() for p in head.parameters()),
-               "head_gflops_per_image": round(head_gflops, 6), "image_size": image_size, "epochs": epochs, **cnn_metrics}
+               "head_gflops_per_image": round(head_gflops, 6), "image_size": image_size, "epochs": epochs,
+               "agreement_by_folder": by_folder, "speed_images": len(images),
+               "replaces_teacher_by_default": agreement >= MIN_AGREEMENT and len(va) >= MIN_HELD_OUT, **cnn_metrics}
     (out_dir / "distill.json").write_text(json.dumps(metrics, indent=2))
     lines = [f"# Distilled ratio head ({teacher.name} -> tokenizer trunk)", "",
              f"{len(files)} images ({len(tr)} train / {len(va)} held out) at {image_size}px; head {metrics['head_params']} params.",
@@ -179,6 +218,10 @@ def run_distill(teacher_config: str | None, data: str, out: str, tokenizer: str,
              f"- the head alone costs {100 * head_s / enc_s:.3f}% of an 8x encode", "",
              "Confusion (rows: teacher ratio, columns: student ratio; " + ", ".join(f"{r}x" for r in mapper.ratios) + "):", ""]
     lines += ["    " + " ".join(f"{v:5d}" for v in row) for row in confusion.tolist()]
+    lines += ["", "Agreement per top-level folder: " + ", ".join(f"{g} {100 * a:.0f}% of {n}" for g, (a, n) in by_folder.items())]
+    lines += ["", f"`--evaluator auto:{out}` uses " + (
+        "this head (it meets" if metrics["replaces_teacher_by_default"] else "the teacher, not this head (it misses") +
+        f" the {100 * MIN_AGREEMENT:.0f}% agreement on {MIN_HELD_OUT}+ held-out images that makes it the default)."]
     if cnn_metrics:
         lines += ["", f"Standalone CNN student ({cnn}, random init, same labels): agreement {100 * cnn_metrics['cnn_ratio_agreement']:.1f}%, "
                   f"Spearman {cnn_metrics['cnn_spearman']:+.3f}, {cnn_metrics['cnn_gflops_per_image']:.3f} GFLOPs/image and "
@@ -219,7 +262,7 @@ def run_distill_text(teacher_config: str | None, prompts_file: str, encoder: str
     texts = [text_description(p).text for p in prompts]  # what the teacher's scorer read
     emb = embedder(texts)  # (N, D)
     head = nn.Linear(embedder.dim, 1)
-    head = _fit_regressor(head, head, emb[tr], scores[tr], epochs, batch_size, lr, torch.device("cpu"))
+    head = _fit_regressor(head, head, [emb[tr]], scores[tr], epochs, batch_size, lr, torch.device("cpu"))
     with torch.no_grad():
         pred = head(emb[va]).reshape(-1)
     agreement, confusion, rho = _agreement(pred, scores[va], mapper)

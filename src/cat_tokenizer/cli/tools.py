@@ -18,7 +18,8 @@ log = logging.getLogger("cat_tokenizer")
 def _cmd_encode(a: argparse.Namespace) -> int:
     from cat_tokenizer.cli.codec import encode_files
 
-    written = encode_files(a.images, a.ratio, a.ckpt, a.out, sample=a.sample, device=a.device)
+    ratio = a.ratio if a.ratio == "auto" else int(a.ratio)
+    written = encode_files(a.images, ratio, a.ckpt, a.out, sample=a.sample, device=a.device)
     print(f"wrote {len(written)} latent file(s) to {a.out}")
     return 0 if written else 1
 
@@ -99,10 +100,19 @@ def _cmd_eval_recon(a: argparse.Namespace) -> int:
 def _cmd_distill(a: argparse.Namespace) -> int:
     from cat_tokenizer.cli.distill import run_distill
 
-    run_distill(a.teacher, a.data, a.out, a.ckpt, a.image_size, a.epochs, a.batch_size, a.lr, a.hidden, a.val_fraction, a.device,
-                cnn=None if a.cnn == "none" else a.cnn)
+    run_distill(a.teacher, a.data, a.out, a.ckpt, a.image_size, a.epochs, a.batch_size, a.lr, a.hidden, a.conv, a.val_fraction,
+                a.device, cnn=None if a.cnn == "none" else a.cnn, cnn_epochs=a.cnn_epochs)
     print((Path(a.out) / "distill.md").read_text())
     print(f"wrote {a.out}/ (tokenizer with its ratio head), distill.json, distill.md; use it with --evaluator distilled:{a.out}")
+    return 0
+
+
+def _cmd_variety(a: argparse.Namespace) -> int:
+    from cat_tokenizer.data.variety import RECIPES, build_variety_set
+
+    out = build_variety_set(a.out, a.n, a.size, a.seed)
+    counts = {r: len(list((out / r).glob("*.png"))) for r in RECIPES}
+    print(f"{sum(counts.values())} images at {a.size}px in {out}: " + ", ".join(f"{r} {n}" for r, n in counts.items()))
     return 0
 
 
@@ -147,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("encode", help="images -> latent .safetensors files (ratio and size in the metadata)")
     e.add_argument("images", nargs="+", help="image files")
-    e.add_argument("--ratio", type=int, required=True, choices=DEFAULT_RATIOS, help="compression per side")
+    e.add_argument("--ratio", required=True, choices=[str(r) for r in DEFAULT_RATIOS] + ["auto"],
+                   help="compression per side, or auto (the tokenizer's ratio head picks it: `cat-tokenizer distill`)")
     e.add_argument("--ckpt", required=True, help="save_pretrained folder, lightning .ckpt, or hub repo id")
     e.add_argument("--out", required=True, help="output folder")
     e.add_argument("--sample", action="store_true", help="sample the posterior instead of taking its mean")
@@ -222,14 +233,23 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--out", required=True, help="folder for the tokenizer with its head, distill.json, distill.md")
     ds.add_argument("--teacher", help="teacher evaluator YAML (default: probe + rubric)")
     ds.add_argument("--image-size", type=int, default=128)
-    ds.add_argument("--epochs", type=int, default=40)
+    ds.add_argument("--epochs", type=int, default=150, help="epochs of the head (it trains on precomputed statistics: fast)")
     ds.add_argument("--batch-size", type=int, default=32)
     ds.add_argument("--lr", type=float, default=3e-3)
-    ds.add_argument("--hidden", type=int, default=64)
+    ds.add_argument("--hidden", type=int, default=256, help="width of the head's MLP")
+    ds.add_argument("--conv", type=int, default=0, help="width of the head's conv branch on the 8x map (0: statistics only)")
     ds.add_argument("--val-fraction", type=float, default=0.2)
     ds.add_argument("--device", default="auto")
     ds.add_argument("--cnn", default="resnet10t", help="timm model for the standalone CNN comparison (none: skip)")
+    ds.add_argument("--cnn-epochs", type=int, default=20, help="epochs of the standalone CNN (it trains on images: slow on CPU)")
     ds.set_defaults(fn=_cmd_distill)
+
+    va = sub.add_parser("variety", help="build a varied image set offline (crops, blurs, pages, charts, text overlays, flat)")
+    va.add_argument("--out", required=True, help="output folder (resumable: existing images are kept)")
+    va.add_argument("--n", type=int, default=2000, help="number of images")
+    va.add_argument("--size", type=int, default=128, help="image side in pixels")
+    va.add_argument("--seed", type=int, default=0)
+    va.set_defaults(fn=_cmd_variety)
 
     dt = sub.add_parser("distill-text", help="a text-only student for prompts: frozen text encoder + head, from a teacher")
     dt.add_argument("--prompts", required=True, help="text file, one prompt or class name per line")

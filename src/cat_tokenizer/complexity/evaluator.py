@@ -35,6 +35,9 @@ __all__ = ["ComplexityEvaluator", "ScoreResult", "summarize"]
 
 log = logging.getLogger(__name__)
 
+MIN_AGREEMENT = 0.9  # the distilled head replaces its teacher by default from this held-out agreement ...
+MIN_HELD_OUT = 100  # ... measured on at least this many held-out images
+
 
 @dataclass
 class ScoreResult:
@@ -92,8 +95,9 @@ class ComplexityEvaluator(nn.Module):
         """Build from a YAML file or dict: ``{class_path: ..., init_args: {...}}`` or the init args alone.
 
         ``None`` gives the offline default (probe describer + rule rubric); ``"distilled:D"`` the
-        ratio head of the tokenizer in folder D (from ``cat-tokenizer distill``); ``"distilled-text:D"``
-        the text-only student in D (from ``cat-tokenizer distill-text``) as the scorer.
+        ratio head of the tokenizer in folder D (from ``cat-tokenizer distill``); ``"auto:D"`` that
+        head if it agreed well enough with its teacher, else the teacher (``student_or_teacher``);
+        ``"distilled-text:D"`` the text-only student in D (from ``cat-tokenizer distill-text``) as the scorer.
         """
         from jsonargparse import ArgumentParser
 
@@ -104,6 +108,8 @@ class ComplexityEvaluator(nn.Module):
 
             student = TextStudentScorer(config[len("distilled-text:") :])
             return cls(scorer=student, thresholds=student.thresholds, ratios=student.config["ratios"])
+        if isinstance(config, str) and config.startswith("auto:"):
+            return cls.student_or_teacher(config[len("auto:") :])
         if isinstance(config, str) and config.startswith("distilled:"):
             from cat_tokenizer.complexity.distilled import DistilledDescriber
 
@@ -125,6 +131,32 @@ class ComplexityEvaluator(nn.Module):
             raise UserInputError(f"bad evaluator config: {str(err).splitlines()[0]}") from err
         instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes  # renamed in jsonargparse 4.49
         return instantiate(parsed).evaluator
+
+    @classmethod
+    def student_or_teacher(cls, path: str | Path, min_agreement: float = MIN_AGREEMENT,
+                           min_held_out: int = MIN_HELD_OUT) -> ComplexityEvaluator:
+        """The distilled ratio head of tokenizer ``path`` where it agreed with its teacher on at least
+        ``min_agreement`` of at least ``min_held_out`` held-out images (``cat-tokenizer distill``
+        records both in the head); otherwise its teacher, rebuilt from the recorded config. The
+        choice and its reason are logged."""
+        import json
+
+        cfg_file = Path(path).expanduser() / "config.json"
+        if not cfg_file.is_file():
+            raise InputNotFound(f"auto:{path}: no tokenizer folder (config.json) there")
+        head = json.loads(cfg_file.read_text()).get("ratio_head")
+        if head is None:
+            raise UserInputError(f"auto:{path}: this tokenizer has no ratio head; make one with `cat-tokenizer distill --out {path}`")
+        report = head.get("report") or {}
+        agreement, held_out = report.get("agreement"), report.get("held_out", 0)
+        if agreement is not None and agreement >= min_agreement and held_out >= min_held_out:
+            log.info("auto:%s: the distilled ratio head (%.1f%% agreement with %s on %d held-out images)",
+                     path, 100 * agreement, report.get("teacher_name"), held_out)
+            return cls.from_config(f"distilled:{path}")
+        why = ("no recorded agreement" if agreement is None else
+               f"{100 * agreement:.1f}% agreement on {held_out} held-out images (needs {100 * min_agreement:.0f}% on {min_held_out}+)")
+        log.warning("auto:%s: using the teacher %s, not the ratio head: %s", path, report.get("teacher_name", "probe+rubric"), why)
+        return cls.from_config(report.get("teacher"))
 
     def load(self) -> ComplexityEvaluator:
         """Load the parts' weights now (otherwise on first use)."""

@@ -125,7 +125,9 @@ class CATDataModule(L.LightningDataModule):
         ratio_assignment: ``uniform`` (each batch draws a ratio), ``fixed:<r>``, ``complexity`` (each
             image at the ratio the evaluator assigns, scored once in ``prepare_data`` and cached) or
             ``csv:<path>`` (columns ``path,ratio``, e.g. written by ``cat-tokenizer score``).
-        evaluator: the complexity evaluator for ``complexity`` (default: probe describer + rule rubric).
+        evaluator: the complexity evaluator for ``complexity`` (default: probe describer + rule rubric),
+            or a string for ``ComplexityEvaluator.from_config``: a YAML path, ``distilled:D``, or
+            ``auto:D`` (tokenizer D's distilled ratio head where it agreed >= 90% with its teacher).
         score_cache: the score cache file (default: one per dataset under ``$CAT_TOKENIZER_CACHE/scores``).
         labels: add ``label`` (index of the top-level subfolder, sorted names) to every batch.
         captions: a captions file (CSV ``path,caption``, JSON ``{path: caption}``, or COCO captions);
@@ -148,7 +150,7 @@ class CATDataModule(L.LightningDataModule):
         val_fraction: float = 0.1,
         ratios: Sequence[int] = DEFAULT_RATIOS,
         ratio_assignment: str = "uniform",
-        evaluator: ComplexityEvaluator | None = None,
+        evaluator: ComplexityEvaluator | str | None = None,
         score_cache: str | None = None,
         labels: bool = False,
         captions: str | None = None,
@@ -181,8 +183,8 @@ class CATDataModule(L.LightningDataModule):
 
     @property
     def evaluator(self) -> ComplexityEvaluator:
-        if self._evaluator is None:
-            self._evaluator = ComplexityEvaluator()
+        if self._evaluator is None or isinstance(self._evaluator, str):
+            self._evaluator = ComplexityEvaluator.from_config(self._evaluator)
         return self._evaluator
 
     def data_root(self) -> Path:

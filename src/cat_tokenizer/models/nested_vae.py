@@ -82,14 +82,17 @@ class _Encoder(nn.Module):
             return checkpoint(module, h, use_reentrant=False)
         return module(h)
 
-    def stages_to(self, h: Tensor, start: int, level: int) -> Tensor:
-        """Run stages ``start..level`` (stage 0 takes the image itself)."""
+    def stages_to(self, h: Tensor, start: int, level: int, taps: list[Tensor] | None = None) -> Tensor:
+        """Run stages ``start..level`` (stage 0 takes the image itself); each stage's output is
+        appended to ``taps`` when given."""
         if start == 0:
             h = self.conv_in(h)  # (B, ch0, H, W)
         for i in range(start, level + 1):  # only the stages this ratio needs
             if i > 0:
                 h = self.downsamplers[i - 1](h)  # (B, ch[i-1], H/2^i, W/2^i)
             h = self._run(self.stages[i], h)  # (B, ch[i], H/2^i, W/2^i)
+            if taps is not None:
+                taps.append(h)
         return h
 
     def exit(self, h: Tensor, ratio: int) -> Tensor:
@@ -176,13 +179,16 @@ class NestedVAE(nn.Module):
         self.decoder = _Decoder(out_channels, ch, layers_per_block, norm_num_groups, latent_channels, ratios)
         self.ratio_head: RatioHead | None = None
         if ratio_head is not None:
+            if "stage_channels" not in ratio_head:
+                raise UserInputError("this tokenizer's ratio head was saved by an earlier version (8x map only); "
+                                     "re-run `cat-tokenizer distill` to train the current one")
             self.attach_ratio_head(RatioHead(**ratio_head))
 
     def attach_ratio_head(self, head: RatioHead) -> NestedVAE:
         """Carry a trained ratio head (saved with the tokenizer): ``encode(x, ratio="auto")`` then works."""
-        trunk_ch = self.config["block_out_channels"][ratio_level(min(self.ratios))]
-        if head.config["in_channels"] != trunk_ch:
-            raise UserInputError(f"ratio head expects {head.config['in_channels']} channels, the trunk gives {trunk_ch}")
+        trunk_ch = list(self.config["block_out_channels"][: self.trunk_level() + 1])
+        if head.config["stage_channels"] != trunk_ch:
+            raise UserInputError(f"ratio head expects trunk stage channels {head.config['stage_channels']}, the trunk gives {trunk_ch}")
         self.ratio_head = head
         self.config["ratio_head"] = dict(head.config)
         return self
@@ -245,7 +251,8 @@ class NestedVAE(nn.Module):
             x: (B, 3, H, W) in [-1, 1]; any H, W (padded up to a multiple of ``ratio``).
             ratio: one of ``self.ratios``, or ``"auto"``: the attached ratio head picks each image's
                 ratio from the shared trunk features, and encoding continues from that trunk to the
-                chosen exit (the input is then padded to a multiple of the largest ratio).
+                chosen exit (the input is then padded to a multiple of the largest ratio). Images at
+                another size than the head was distilled at are scored on a resized copy instead.
 
         Returns:
             A posterior whose ``sample()``/``mode()`` is (B, C, ceil(H/r), ceil(W/r)); with
@@ -262,12 +269,32 @@ class NestedVAE(nn.Module):
         """The encoder stage every ratio runs through (the smallest ratio's exit stage)."""
         return ratio_level(min(self.ratios))
 
+    def trunk(self, x: Tensor, multiple: int | None = None) -> list[Tensor]:
+        """The outputs of every trunk stage (full resolution first, the 8x stage last) for images
+        padded to a multiple of ``multiple`` (default: the smallest ratio)."""
+        taps: list[Tensor] = []
+        self.encoder.stages_to(self._pad(x, multiple or min(self.ratios)), 0, self.trunk_level(), taps)
+        return taps
+
+    def _head_view(self, x: Tensor) -> Tensor | None:
+        """``x`` as the head was trained to see it (short side resized to its ``image_size``, centre
+        crop), or None when ``x`` already is: trunk statistics depend on scale, so a head trained at
+        128 px must not read a 512 px trunk."""
+        side = self.ratio_head.config.get("image_size")
+        if side is None or x.shape[-2:] == (side, side):
+            return None
+        from torchvision.transforms.v2 import functional as TF
+
+        return TF.center_crop(TF.resize(x, side, antialias=True), [side, side])  # (B, 3, side, side)
+
     def predict_scores(self, x: Tensor) -> Tensor:
-        """Complexity scores (B,) from the ratio head on the trunk features."""
+        """Complexity scores (B,) from the ratio head on the trunk features (of a resized view when
+        ``x`` is not at the head's image size)."""
         if self.ratio_head is None:
             raise UserInputError("this tokenizer has no ratio head: train one with `cat-tokenizer distill`")
         self._check_images(x)
-        return self.ratio_head(self.encoder.stages_to(self._pad(x, min(self.ratios)), 0, self.trunk_level()))
+        view = self._head_view(x)
+        return self.ratio_head(self.trunk(x if view is None else view))
 
     def encode_auto(self, x: Tensor) -> list[LatentPosterior]:
         """``encode(x, "auto")``: one trunk pass, the head's ratio per image, then each group of
@@ -276,8 +303,10 @@ class NestedVAE(nn.Module):
             raise UserInputError('ratio="auto" needs a ratio head: train one with `cat-tokenizer distill`')
         self._check_images(x)
         size, lvl = (x.shape[-2], x.shape[-1]), self.trunk_level()
-        h = self.encoder.stages_to(self._pad(x, max(self.ratios)), 0, lvl)  # (B, ch[lvl], H/8, W/8)
-        ratios = self.ratio_head.ratios_for(self.ratio_head(h))
+        taps = self.trunk(x, max(self.ratios))
+        h = taps[-1]  # (B, ch[lvl], H/8, W/8)
+        view = self._head_view(x)  # other sizes: the head reads a small resized copy's trunk (extra cost)
+        ratios = self.ratio_head.ratios_for(self.ratio_head(taps if view is None else self.trunk(view)))
         out: list[LatentPosterior | None] = [None] * len(ratios)
         for r in sorted(set(ratios)):
             idx = [i for i, q in enumerate(ratios) if q == r]

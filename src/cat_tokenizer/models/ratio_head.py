@@ -1,9 +1,13 @@
 """A ratio head on the nested VAE's shared trunk: the complexity decision without an LLM.
 
-Every ratio's encoding runs the encoder down to the 8x stage, so the features there are free.
-The head (1x1 conv, SiLU, average + max pooling, linear) regresses the teacher evaluator's score
-(1..9); the score maps to a ratio with the teacher's thresholds. Distilled from the LLM/rubric
-evaluator by ``cat-tokenizer distill`` (the reviewers' suggestion: a small dedicated predictor).
+Every ratio's encoding runs the encoder through the stages down to 8x, so their outputs are free.
+The head summarises each trunk stage by per-channel statistics (spatial mean, std, max and mean
+absolute neighbour difference: parameter-free, one pass over features the encoder computes
+anyway), optionally adds a small conv branch on the 8x map, and an MLP regresses the teacher
+evaluator's score (1..9); the score maps to a ratio with the teacher's thresholds. Distilled from
+the LLM/rubric evaluator by ``cat-tokenizer distill`` (the reviewers' suggestion: a small dedicated
+predictor). Statistics of all stages, not the 8x map alone, is what made it agree: 87.7% vs 64.6%
+on the same 6000 images (README, "Distilled ratio head").
 """
 
 from __future__ import annotations
@@ -14,34 +18,64 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["RatioHead"]
+__all__ = ["RatioHead", "stage_statistics"]
+
+STATS_PER_CHANNEL = 4
+
+
+def stage_statistics(taps: Sequence[Tensor]) -> Tensor:
+    """Trunk stage outputs [(B, C_s, H_s, W_s)] -> (B, 4 * sum C_s): per channel mean, std, max and
+    mean |horizontal| + |vertical| neighbour difference (texture energy), stage after stage."""
+    out = []
+    for h in taps:
+        h = h.float()
+        grad = (h[..., 1:] - h[..., :-1]).abs().mean((-2, -1)) + (h[..., 1:, :] - h[..., :-1, :]).abs().mean((-2, -1))
+        out += [h.mean((-2, -1)), h.std((-2, -1)), h.amax((-2, -1)), grad]  # each (B, C_s)
+    return torch.cat(out, 1)
 
 
 class RatioHead(nn.Module):
-    """Trunk features (B, C, H/8, W/8) -> complexity score (B,).
+    """Trunk stage outputs -> complexity score (B,).
 
     Args:
-        in_channels: channels of the trunk features (the encoder's width at the 8x stage).
-        hidden: width of the 1x1 projection.
+        stage_channels: channels of each trunk stage, full resolution first (the encoder's
+            ``block_out_channels`` up to the 8x stage).
+        hidden: width of the MLP.
+        conv: width of an optional two-layer 3x3 conv branch on the 8x map, pooled by mean and
+            max (0: statistics only).
         thresholds: score cut points, ascending (the teacher's).
         ratios: the ratios, ascending; the highest scores get the smallest ratio.
         image_size: the image side it was trained at (images are scored after resizing to it).
+        report: how it was distilled (teacher config and name, held-out agreement and count);
+            ``ComplexityEvaluator.from_config("auto:D")`` reads it to choose student or teacher.
     """
 
-    def __init__(self, in_channels: int, hidden: int = 64, thresholds: Sequence[float] = (4.0, 7.0),
-                 ratios: Sequence[int] = (8, 16, 32), image_size: int | None = None):
+    def __init__(self, stage_channels: Sequence[int], hidden: int = 256, conv: int = 0,
+                 thresholds: Sequence[float] = (4.0, 7.0), ratios: Sequence[int] = (8, 16, 32),
+                 image_size: int | None = None, report: dict | None = None):
         super().__init__()
-        self.config = {"in_channels": in_channels, "hidden": hidden, "thresholds": [float(t) for t in thresholds],
-                       "ratios": [int(r) for r in ratios], "image_size": image_size}
-        self.proj = nn.Conv2d(in_channels, hidden, 1)
-        self.out = nn.Linear(2 * hidden, 1)
+        self.config = {"stage_channels": [int(c) for c in stage_channels], "hidden": hidden, "conv": conv,
+                       "thresholds": [float(t) for t in thresholds], "ratios": [int(r) for r in ratios],
+                       "image_size": image_size, "report": report}
+        dim = STATS_PER_CHANNEL * sum(stage_channels) + 2 * conv
+        self.conv = nn.Sequential(
+            nn.Conv2d(stage_channels[-1], conv, 3, padding=1), nn.SiLU(),
+            nn.Conv2d(conv, conv, 3, stride=2, padding=1), nn.SiLU(),
+        ) if conv else None
+        self.mlp = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.SiLU())
+        self.out = nn.Linear(hidden, 1)
         nn.init.zeros_(self.out.weight)
         nn.init.constant_(self.out.bias, 5.0)  # start at the middle of the 1..9 scale
 
-    def forward(self, feats: Tensor) -> Tensor:
-        h = torch.nn.functional.silu(self.proj(feats))  # (B, hidden, h, w)
-        pooled = torch.cat([h.mean((-2, -1)), h.amax((-2, -1))], 1)  # (B, 2*hidden)
-        return self.out(pooled).squeeze(-1)  # (B,)
+    def score(self, stats: Tensor, last: Tensor | None = None) -> Tensor:
+        """(B, 4 * sum C) statistics [+ the (B, C, h, w) 8x map for the conv branch] -> (B,)."""
+        if self.conv is not None:
+            c = self.conv(last)  # (B, conv, h/2, w/2)
+            stats = torch.cat([stats, c.mean((-2, -1)), c.amax((-2, -1))], 1)
+        return self.out(self.mlp(stats)).squeeze(-1)  # (B,)
+
+    def forward(self, taps: Sequence[Tensor]) -> Tensor:
+        return self.score(stage_statistics(taps), taps[-1])
 
     def ratios_for(self, scores: Tensor) -> list[int]:
         """Scores -> ratios with the stored thresholds (same rule as ``RatioMapper``)."""
