@@ -29,7 +29,7 @@ from cat_tokenizer.cli import silence_known_warnings
 from cat_tokenizer.cli.bench import flops, items_per_second
 from cat_tokenizer.complexity import ComplexityEvaluator
 from cat_tokenizer.complexity.cache import default_score_cache
-from cat_tokenizer.complexity.evaluator import MIN_AGREEMENT, MIN_HELD_OUT
+from cat_tokenizer.complexity.evaluator import MIN_AGREEMENT, MIN_HELD_OUT, replaces_teacher
 from cat_tokenizer.data.datamodule import _stratified_split, image_transform
 from cat_tokenizer.data.images import list_images, load_rgb, partition_readable
 from cat_tokenizer.devices import resolve_device
@@ -136,7 +136,7 @@ def run_distill(teacher_config: str | None, data: str, out: str, tokenizer: str,
     With ``cnn`` (a timm model name, randomly initialised), a standalone CNN student is trained on
     the same images and labels (``cnn_epochs``) and reported beside the head (agreement and GFLOPs
     per image), the comparison the design asks for. The tokenizer keeps the head either way: only
-    the head can route inside ``encode(x, "auto")`` for free. Speeds are measured on the first
+    the head can route inside ``encode(x, "auto")``, on features the encode computes anyway. Speeds are measured on the first
     ``speed_images`` held-out images.
     """
     silence_known_warnings()
@@ -208,7 +208,7 @@ def run_distill(teacher_config: str | None, data: str, out: str, tokenizer: str,
                "head_share_of_8x_encode": round(head_s / enc_s, 5), "head_params": sum(p.numel() for p in head.parameters()),
                "head_gflops_per_image": round(head_gflops, 6), "image_size": image_size, "epochs": epochs,
                "agreement_by_folder": by_folder, "speed_images": len(images),
-               "replaces_teacher_by_default": agreement >= MIN_AGREEMENT and len(va) >= MIN_HELD_OUT, **cnn_metrics}
+               "replaces_teacher_by_default": replaces_teacher(agreement, len(va)), **cnn_metrics}
     (out_dir / "distill.json").write_text(json.dumps(metrics, indent=2))
     lines = [f"# Distilled ratio head ({teacher.name} -> tokenizer trunk)", "",
              f"{len(files)} images ({len(tr)} train / {len(va)} held out) at {image_size}px; head {metrics['head_params']} params.",

@@ -39,6 +39,12 @@ MIN_AGREEMENT = 0.9  # the distilled head replaces its teacher by default from t
 MIN_HELD_OUT = 100  # ... measured on at least this many held-out images
 
 
+def replaces_teacher(agreement: float | None, held_out: int, min_agreement: float = MIN_AGREEMENT,
+                     min_held_out: int = MIN_HELD_OUT) -> bool:
+    """Whether a distilled head agreed well enough with its teacher to be used in its place (``auto:D``)."""
+    return agreement is not None and agreement >= min_agreement and held_out >= min_held_out
+
+
 @dataclass
 class ScoreResult:
     """One scored image or prompt. ``error`` is set (and score/ratio None) for unreadable files."""
@@ -149,7 +155,7 @@ class ComplexityEvaluator(nn.Module):
             raise UserInputError(f"auto:{path}: this tokenizer has no ratio head; make one with `cat-tokenizer distill --out {path}`")
         report = head.get("report") or {}
         agreement, held_out = report.get("agreement"), report.get("held_out", 0)
-        if agreement is not None and agreement >= min_agreement and held_out >= min_held_out:
+        if replaces_teacher(agreement, held_out, min_agreement, min_held_out):
             log.info("auto:%s: the distilled ratio head (%.1f%% agreement with %s on %d held-out images)",
                      path, 100 * agreement, report.get("teacher_name"), held_out)
             return cls.from_config(f"distilled:{path}")

@@ -287,14 +287,21 @@ class NestedVAE(nn.Module):
 
         return TF.center_crop(TF.resize(x, side, antialias=True), [side, side])  # (B, 3, side, side)
 
+    def _head_scores(self, x: Tensor, taps: list[Tensor] | None = None) -> Tensor:
+        """The head's scores (B,): on ``x``'s trunk (``taps`` when already computed), or on a resized
+        view's trunk when ``x`` is not at the head's image size."""
+        view = self._head_view(x)
+        if view is not None:
+            taps = self.trunk(view)
+        return self.ratio_head(taps if taps is not None else self.trunk(x))
+
     def predict_scores(self, x: Tensor) -> Tensor:
         """Complexity scores (B,) from the ratio head on the trunk features (of a resized view when
         ``x`` is not at the head's image size)."""
         if self.ratio_head is None:
             raise UserInputError("this tokenizer has no ratio head: train one with `cat-tokenizer distill`")
         self._check_images(x)
-        view = self._head_view(x)
-        return self.ratio_head(self.trunk(x if view is None else view))
+        return self._head_scores(x)
 
     def encode_auto(self, x: Tensor) -> list[LatentPosterior]:
         """``encode(x, "auto")``: one trunk pass, the head's ratio per image, then each group of
@@ -305,8 +312,7 @@ class NestedVAE(nn.Module):
         size, lvl = (x.shape[-2], x.shape[-1]), self.trunk_level()
         taps = self.trunk(x, max(self.ratios))
         h = taps[-1]  # (B, ch[lvl], H/8, W/8)
-        view = self._head_view(x)  # other sizes: the head reads a small resized copy's trunk (extra cost)
-        ratios = self.ratio_head.ratios_for(self.ratio_head(taps if view is None else self.trunk(view)))
+        ratios = self.ratio_head.ratios_for(self._head_scores(x, taps))  # other sizes: a resized copy's trunk
         out: list[LatentPosterior | None] = [None] * len(ratios)
         for r in sorted(set(ratios)):
             idx = [i for i, q in enumerate(ratios) if q == r]
