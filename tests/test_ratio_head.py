@@ -68,6 +68,35 @@ def test_stage_statistics_values():
     assert grad == 2.0 + 4.0  # mean |horizontal| + mean |vertical| neighbour difference
 
 
+def test_row_stride_reads_every_kth_row_and_stages_select():
+    h = torch.randn(2, 3, 9, 7)
+    rows, top, below = h[..., ::4, :], h[..., 0:8:4, :], h[..., 1:9:4, :]  # rows 0, 4, 8; pairs (0, 1), (4, 5)
+    grad = (rows[..., 1:] - rows[..., :-1]).abs().mean((-2, -1)) + (below - top).abs().mean((-2, -1))
+    want = torch.cat([rows.mean((-2, -1)), rows.std((-2, -1)), rows.amax((-2, -1)), grad], 1)
+    assert torch.allclose(stage_statistics([h], [4]), want, atol=1e-6)
+    assert torch.allclose(stage_statistics([h], [1]), stage_statistics([h]))
+    taps = [torch.randn(2, c, 32 >> i, 32 >> i) for i, c in enumerate([8, 16, 16, 32])]
+    head = RatioHead([8, 16, 16, 32], hidden=8)
+    assert head.config["row_stride"] == [8, 4, 2, 1]  # default: each stage sampled on as many rows as the 8x map has
+    assert torch.equal(head.statistics(taps), stage_statistics(taps, [8, 4, 2, 1]))
+    late = RatioHead([8, 16, 16, 32], hidden=8, stages=[3, 2])
+    assert late.config["stages"] == [2, 3] and late(taps).shape == (2,)
+    assert torch.equal(late.statistics(taps), stage_statistics(taps[2:], [2, 1]))
+    with pytest.raises(UserInputError, match="stages must be among 0..3"):
+        RatioHead([8, 16, 16, 32], stages=[4])
+    with pytest.raises(UserInputError, match="one stride >= 1 per trunk stage"):
+        RatioHead([8, 16, 16, 32], row_stride=[2, 1])
+
+
+def test_head_saved_before_row_sampling_reads_every_row(tiny_vae, tmp_path):
+    vae = tiny_vae.attach_ratio_head(RatioHead([8, 16, 16, 32], hidden=8, row_stride=[1, 1, 1, 1]))
+    vae.save_pretrained(tmp_path / "v")
+    cfg = json.loads((tmp_path / "v" / "config.json").read_text())
+    del cfg["ratio_head"]["row_stride"], cfg["ratio_head"]["stages"]  # as the previous version wrote it
+    (tmp_path / "v" / "config.json").write_text(json.dumps(cfg))
+    assert NestedVAE.from_pretrained(tmp_path / "v").ratio_head.config["row_stride"] == [1, 1, 1, 1]
+
+
 def test_head_fits_a_separable_labelling(tiny_vae):
     import lightning as L
     from torch.utils.data import DataLoader, TensorDataset
@@ -80,7 +109,7 @@ def test_head_fits_a_separable_labelling(tiny_vae):
     x = torch.cat([left, right]) + 0.1 * torch.randn(32, 3, 32, 32)
     target = torch.tensor([2.0] * 16 + [8.0] * 16)  # 32x vs 8x
     with torch.no_grad():
-        stats = stage_statistics(vae.trunk(x))
+        stats = vae.ratio_head.statistics(vae.trunk(x))
     module = RatioHeadModule(_HeadOnStatistics(vae.ratio_head), lr=3e-2)
     L.Trainer(max_epochs=30, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
               enable_model_summary=False).fit(module, DataLoader(TensorDataset(stats, target), batch_size=8, shuffle=True))
@@ -135,8 +164,11 @@ def test_distill_cli_and_distilled_evaluator(tmp_path, tiny_vae, capsys):
     (tmp_path / "teacher.yaml").write_text(json.dumps(FAST_EVAL))
     out = tmp_path / "student"
     assert tools.main(["distill", "--data", str(root), "--ckpt", str(tmp_path / "vae"), "--out", str(out),
-                       "--teacher", str(tmp_path / "teacher.yaml"), "--image-size", "32", "--epochs", "30", "--device", "cpu"]) == 0
+                       "--teacher", str(tmp_path / "teacher.yaml"), "--image-size", "32", "--epochs", "30", "--device", "cpu",
+                       "--max-images", "11", "--stages", "1,2,3"]) == 0
     metrics = json.loads((out / "distill.json").read_text())
+    assert metrics["images"] == 11 and metrics["train"] + metrics["held_out"] == 11  # a sample of the 12
+    assert json.loads((out / "config.json").read_text())["ratio_head"]["stages"] == [1, 2, 3]
     assert metrics["held_out"] >= 2 and 0.0 <= metrics["ratio_agreement"] <= 1.0
     assert sum(map(sum, metrics["confusion_rows_teacher_cols_student"])) == metrics["held_out"]
     assert metrics["student_images_per_s"] > 0 and metrics["head_share_of_8x_encode"] < 1.0
@@ -163,6 +195,9 @@ def test_distill_cli_and_distilled_evaluator(tmp_path, tiny_vae, capsys):
     assert ComplexityEvaluator.from_config(f"auto:{out}").name == "distilled+self"
     with pytest.raises(UserInputError, match="no ratio head"):
         ComplexityEvaluator.from_config(f"auto:{tmp_path / 'vae'}")
+    assert tools.main(["distill", "--data", str(root), "--ckpt", str(tmp_path / "vae"), "--out", str(out),
+                       "--row-stride", "8,x"]) == 2
+    assert "--row-stride takes comma-separated integers" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -13,9 +13,10 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from cat_tokenizer.models.nested_vae import NestedVAE
+from cat_tokenizer.models.ratio_head import RatioHead
 from cat_tokenizer.ratios import token_count
 
-__all__ = ["path_params", "flops", "items_per_second", "bench_vae"]
+__all__ = ["path_params", "flops", "items_per_second", "bench_vae", "bench_ratio_head", "HEAD_VARIANTS"]
 
 
 def path_params(model: nn.Module, fn) -> int:
@@ -96,3 +97,33 @@ def total_params(preset: str) -> tuple[float, float]:
     fixed = NestedVAE(**{**cfg, "block_out_channels": cfg["block_out_channels"][:5], "ratios": [16]})
     count = lambda m: sum(p.numel() for p in m.parameters()) / 1e6  # noqa: E731
     return count(nested), count(fixed)
+
+
+# Ratio head variants for ``bench_ratio_head``: RatioHead keyword arguments for a 4-stage (8x) trunk.
+HEAD_VARIANTS: dict[str, dict] = {
+    "all rows, all stages": {"row_stride": [1, 1, 1, 1]},
+    "rows 8/4/2/1 (default)": {},
+    "rows 16/8/4/2": {"row_stride": [16, 8, 4, 2]},
+    "stages 1-3, all rows": {"stages": [1, 2, 3], "row_stride": [1, 1, 1, 1]},
+    "stages 2-3, all rows": {"stages": [2, 3], "row_stride": [1, 1, 1, 1]},
+}
+
+
+@torch.no_grad()
+def bench_ratio_head(preset: str = "small", size: int = 128, batch: int = 4, repeat: int = 5, device: str = "cpu",
+                     variants: dict[str, dict] | None = None) -> list[dict]:
+    """The ratio head's cost (statistics + MLP on trunk outputs already computed) as a share of an
+    8x encode of the same images, per head variant, all timed in this process (best of ``repeat``)."""
+    vae = NestedVAE.from_preset(preset).to(device).eval()
+    x = torch.randn(batch, 3, size, size, device=device)
+    enc_s = 1.0 / items_per_second(lambda: vae.encode(x, min(vae.ratios)), 1, repeat, warmup=True)
+    taps = vae.trunk(x)
+    channels = [t.shape[1] for t in taps]
+    rows = []
+    for name, kwargs in (variants or HEAD_VARIANTS).items():
+        head = RatioHead(channels, **kwargs).to(device).eval()
+        head_s = 1.0 / items_per_second(lambda: head(taps), 1, repeat, warmup=True)
+        rows.append({"variant": name, "inputs": head.mlp[1].in_features,
+                     "params": sum(p.numel() for p in head.parameters()), "share_of_8x_encode": head_s / enc_s,
+                     "head_ms_per_image": 1e3 * head_s / batch, "encode_ms_per_image": 1e3 * enc_s / batch})
+    return rows

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 from pathlib import Path
 
 import lightning as L
@@ -35,7 +36,7 @@ from cat_tokenizer.data.images import list_images, load_rgb, partition_readable
 from cat_tokenizer.devices import resolve_device
 from cat_tokenizer.errors import UserInputError
 from cat_tokenizer.io import load_vae
-from cat_tokenizer.models.ratio_head import RatioHead, stage_statistics
+from cat_tokenizer.models.ratio_head import RatioHead
 
 __all__ = ["RatioHeadModule", "run_distill", "run_distill_text"]
 
@@ -75,14 +76,15 @@ class _HeadOnStatistics(nn.Module):
 
 
 @torch.no_grad()
-def _trunk(vae, files: list[Path], image_size: int, device: torch.device, keep_last: bool,
+def _trunk(vae, head: RatioHead, files: list[Path], image_size: int, device: torch.device,
            batch: int = 16) -> list[torch.Tensor]:
-    """[(N, 4 * sum C) statistics of every trunk stage] + [(N, C, S/8, S/8) 8x maps] if ``keep_last``."""
+    """[(N, D) the head's trunk statistics] + [(N, C, S/8, S/8) 8x maps] when it has a conv branch."""
     tf = image_transform(image_size, train=False)
     stats, last = [], []
+    keep_last = head.conv is not None
     for i in range(0, len(files), batch):
         taps = vae.trunk(torch.stack([tf(load_rgb(f)) for f in files[i : i + batch]]).to(device))
-        stats.append(stage_statistics(taps).cpu())
+        stats.append(head.statistics(taps).cpu())
         if keep_last:
             last.append(taps[-1].cpu())
     return [torch.cat(stats)] + ([torch.cat(last)] if keep_last else [])
@@ -130,20 +132,26 @@ def _train_cnn(name: str, images: torch.Tensor, scores: torch.Tensor, epochs: in
 def run_distill(teacher_config: str | None, data: str, out: str, tokenizer: str, image_size: int = 128,
                 epochs: int = 150, batch_size: int = 32, lr: float = 3e-3, hidden: int = 256, conv: int = 0,
                 val_fraction: float = 0.2, device: str = "auto", seed: int = 0, cnn: str | None = "resnet10t",
-                cnn_epochs: int = 20, speed_images: int = 64) -> dict:
+                cnn_epochs: int = 20, speed_images: int = 64, stages: list[int] | None = None,
+                row_stride: list[int] | None = None, max_images: int | None = None) -> dict:
     """Distil and report; returns the metrics dict (also written to ``out/distill.json``).
 
     With ``cnn`` (a timm model name, randomly initialised), a standalone CNN student is trained on
     the same images and labels (``cnn_epochs``) and reported beside the head (agreement and GFLOPs
     per image), the comparison the design asks for. The tokenizer keeps the head either way: only
     the head can route inside ``encode(x, "auto")``, on features the encode computes anyway. Speeds are measured on the first
-    ``speed_images`` held-out images.
+    ``speed_images`` held-out images. ``stages`` / ``row_stride``: which trunk stages the head
+    summarises and how sparsely it reads their rows (``RatioHead``; default all stages, rows 8/4/2/1).
+    ``max_images``: distil on a seeded random sample of that many images of ``data`` (all by default).
     """
     silence_known_warnings()
     L.seed_everything(seed, workers=True)
     root, out_dir, dev = Path(data).expanduser(), Path(out), resolve_device(device)
     teacher = ComplexityEvaluator.from_config(teacher_config)
-    files, bad = partition_readable(list_images(root))
+    files = list_images(root)
+    if max_images and len(files) > max_images:  # a seeded sample, the same for every run with this seed
+        files = sorted(random.Random(seed).sample(files, max_images))
+    files, bad = partition_readable(files)
     for err in bad:
         log.warning("skipping unreadable image %s", err)
     results = teacher.score_images(files, cache=default_score_cache(root), progress=True)
@@ -160,9 +168,10 @@ def run_distill(teacher_config: str | None, data: str, out: str, tokenizer: str,
         raise UserInputError(f"the split left {len(tr)} training and {len(va)} held-out images; add images or change val_fraction")
 
     vae = load_vae(tokenizer).eval().to(dev)
-    inputs = _trunk(vae, files, image_size, dev, keep_last=conv > 0)  # [(N, D) statistics, (N, C, h, w) 8x maps]
     stage_channels = vae.config["block_out_channels"][: vae.trunk_level() + 1]
-    head = RatioHead(stage_channels, hidden, conv, mapper.thresholds, mapper.ratios, image_size)
+    head = RatioHead(stage_channels, hidden, conv, mapper.thresholds, mapper.ratios, image_size, stages=stages,
+                     row_stride=row_stride).to(dev)
+    inputs = _trunk(vae, head, files, image_size, dev)  # [(N, D) statistics, (N, C, h, w) 8x maps]
     _fit_regressor(_HeadOnStatistics(head), head.out, [t[tr] for t in inputs], scores[tr], epochs, batch_size, lr, dev)
     head.eval()
     with torch.no_grad():

@@ -46,6 +46,19 @@ def _cmd_bench(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_head(a: argparse.Namespace) -> int:
+    from cat_tokenizer.cli.bench import bench_ratio_head
+
+    for preset in a.preset:
+        rows = bench_ratio_head(preset, a.size, a.batch, a.repeat, a.device)
+        print(f"\nratio head cost, NestedVAE '{preset}', {a.size}x{a.size}, batch {a.batch}, {a.device}, best of {a.repeat} "
+              f"(8x encode: {rows[0]['encode_ms_per_image']:.2f} ms/image)")
+        print("| head variant | statistics | params | ms/image | share of an 8x encode |\n|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['variant']} | {r['inputs']} | {r['params']} | {r['head_ms_per_image']:.3f} | {100 * r['share_of_8x_encode']:.2f}% |")
+    return 0
+
+
 def _cmd_score(a: argparse.Namespace) -> int:
     from cat_tokenizer.cli.score import run_score
 
@@ -97,11 +110,22 @@ def _cmd_eval_recon(a: argparse.Namespace) -> int:
     return 0
 
 
+def _ints(text: str | None, flag: str) -> list[int] | None:
+    """"1,2,3" -> [1, 2, 3]; a one-line error for anything else."""
+    if text is None:
+        return None
+    try:
+        return [int(t) for t in text.split(",")]
+    except ValueError:
+        raise UserInputError(f"{flag} takes comma-separated integers, e.g. 8,4,2,1; got {text!r}") from None
+
+
 def _cmd_distill(a: argparse.Namespace) -> int:
     from cat_tokenizer.cli.distill import run_distill
 
     run_distill(a.teacher, a.data, a.out, a.ckpt, a.image_size, a.epochs, a.batch_size, a.lr, a.hidden, a.conv, a.val_fraction,
-                a.device, cnn=None if a.cnn == "none" else a.cnn, cnn_epochs=a.cnn_epochs)
+                a.device, cnn=None if a.cnn == "none" else a.cnn, cnn_epochs=a.cnn_epochs, stages=_ints(a.stages, "--stages"),
+                row_stride=_ints(a.row_stride, "--row-stride"), max_images=a.max_images)
     print((Path(a.out) / "distill.md").read_text())
     print(f"wrote {a.out}/ (tokenizer with its ratio head), distill.json, distill.md; use it with --evaluator distilled:{a.out}")
     return 0
@@ -180,6 +204,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default="cpu")
     b.set_defaults(fn=_cmd_bench)
 
+    bh = sub.add_parser("bench-head", help="the ratio head's cost as a share of an 8x encode, per head variant")
+    bh.add_argument("--preset", nargs="+", default=["small", "base"], help="NestedVAE presets to measure")
+    bh.add_argument("--size", type=int, default=128, help="image side in pixels")
+    bh.add_argument("--batch", type=int, default=4)
+    bh.add_argument("--repeat", type=int, default=5, help="timed calls per variant (the best counts)")
+    bh.add_argument("--device", default="cpu")
+    bh.set_defaults(fn=_cmd_bench_head)
+
     s = sub.add_parser("score", help="complexity score, ratio and description per image (or prompt) -> CSV")
     s.add_argument("dir", nargs="?", help="image folder (searched recursively)")
     s.add_argument("--text", action="append", default=[], help="score this prompt or class name instead (repeatable)")
@@ -238,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--lr", type=float, default=3e-3)
     ds.add_argument("--hidden", type=int, default=256, help="width of the head's MLP")
     ds.add_argument("--conv", type=int, default=0, help="width of the head's conv branch on the 8x map (0: statistics only)")
+    ds.add_argument("--stages", help="trunk stages the head summarises, e.g. 1,2,3 (default: all; 0 = full resolution)")
+    ds.add_argument("--row-stride", help="per trunk stage, read every k-th row for the statistics (default: 8,4,2,1 on an 8x trunk)")
+    ds.add_argument("--max-images", type=int, help="distil on a seeded random sample of this many images (default: all)")
     ds.add_argument("--val-fraction", type=float, default=0.2)
     ds.add_argument("--device", default="auto")
     ds.add_argument("--cnn", default="resnet10t", help="timm model for the standalone CNN comparison (none: skip)")

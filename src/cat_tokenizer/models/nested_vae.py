@@ -182,6 +182,8 @@ class NestedVAE(nn.Module):
             if "stage_channels" not in ratio_head:
                 raise UserInputError("this tokenizer's ratio head was saved by an earlier version (8x map only); "
                                      "re-run `cat-tokenizer distill` to train the current one")
+            if "row_stride" not in ratio_head:  # saved before row sampling existed: it read every row
+                ratio_head = {**ratio_head, "row_stride": [1] * len(ratio_head["stage_channels"])}
             self.attach_ratio_head(RatioHead(**ratio_head))
 
     def attach_ratio_head(self, head: RatioHead) -> NestedVAE:

@@ -18,19 +18,33 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from cat_tokenizer.errors import UserInputError
+
 __all__ = ["RatioHead", "stage_statistics"]
 
 STATS_PER_CHANNEL = 4
 
 
-def stage_statistics(taps: Sequence[Tensor]) -> Tensor:
+def stage_statistics(taps: Sequence[Tensor], row_stride: Sequence[int] | None = None) -> Tensor:
     """Trunk stage outputs [(B, C_s, H_s, W_s)] -> (B, 4 * sum C_s): per channel mean, std, max and
-    mean |horizontal| + |vertical| neighbour difference (texture energy), stage after stage."""
+    mean |horizontal| + |vertical| neighbour difference (texture energy), stage after stage.
+
+    ``row_stride[s]`` = k reads only every k-th row of stage s (and the row below each, for the
+    vertical difference): the statistics are memory-bound, and the full-resolution stages hold most
+    of the bytes, so sampling their rows is what makes the head cheap next to the encode.
+    """
     out = []
-    for h in taps:
-        h = h.float()
-        grad = (h[..., 1:] - h[..., :-1]).abs().mean((-2, -1)) + (h[..., 1:, :] - h[..., :-1, :]).abs().mean((-2, -1))
-        out += [h.mean((-2, -1)), h.std((-2, -1)), h.amax((-2, -1)), grad]  # each (B, C_s)
+    for s, h in enumerate(taps):
+        k = int(row_stride[s]) if row_stride is not None else 1
+        if k > 1 and h.shape[-2] > 1:
+            top, below = h[..., 0:-1:k, :], h[..., 1::k, :]  # (B, C, ceil((H-1)/k), W) each
+            rows = h[..., ::k, :]
+        else:
+            top, below, rows = h[..., :-1, :], h[..., 1:, :], h
+        rows = rows.float()
+        std, mean = torch.std_mean(rows, (-2, -1))  # (B, C_s) each
+        grad = (rows[..., 1:] - rows[..., :-1]).abs().mean((-2, -1)) + (below.float() - top.float()).abs().mean((-2, -1))
+        out += [mean, std, rows.amax((-2, -1)), grad]  # each (B, C_s)
     return torch.cat(out, 1)
 
 
@@ -41,6 +55,11 @@ class RatioHead(nn.Module):
         stage_channels: channels of each trunk stage, full resolution first (the encoder's
             ``block_out_channels`` up to the 8x stage).
         hidden: width of the MLP.
+        stages: the trunk stages it summarises (0 = full resolution); default all.
+        row_stride: per trunk stage, read every k-th row for the statistics (1 = all rows); the
+            default samples each stage on as many rows as the 8x stage has (8, 4, 2, 1 for an
+            8x trunk), which keeps the head's cost a small share of the encode (README,
+            "Distilled ratio head").
         conv: width of an optional two-layer 3x3 conv branch on the 8x map, pooled by mean and
             max (0: statistics only).
         thresholds: score cut points, ascending (the teacher's).
@@ -52,12 +71,20 @@ class RatioHead(nn.Module):
 
     def __init__(self, stage_channels: Sequence[int], hidden: int = 256, conv: int = 0,
                  thresholds: Sequence[float] = (4.0, 7.0), ratios: Sequence[int] = (8, 16, 32),
-                 image_size: int | None = None, report: dict | None = None):
+                 image_size: int | None = None, report: dict | None = None, stages: Sequence[int] | None = None,
+                 row_stride: Sequence[int] | None = None):
         super().__init__()
+        n = len(stage_channels)
+        stages = list(range(n)) if stages is None else sorted({int(s) for s in stages})
+        row_stride = [2 ** (n - 1 - s) for s in range(n)] if row_stride is None else [int(k) for k in row_stride]
+        if not stages or stages[0] < 0 or stages[-1] >= n:
+            raise UserInputError(f"ratio head stages must be among 0..{n - 1} (the trunk stages), got {stages}")
+        if len(row_stride) != n or min(row_stride) < 1:
+            raise UserInputError(f"ratio head row_stride needs one stride >= 1 per trunk stage ({n}), got {row_stride}")
         self.config = {"stage_channels": [int(c) for c in stage_channels], "hidden": hidden, "conv": conv,
                        "thresholds": [float(t) for t in thresholds], "ratios": [int(r) for r in ratios],
-                       "image_size": image_size, "report": report}
-        dim = STATS_PER_CHANNEL * sum(stage_channels) + 2 * conv
+                       "image_size": image_size, "report": report, "stages": stages, "row_stride": row_stride}
+        dim = STATS_PER_CHANNEL * sum(stage_channels[s] for s in stages) + 2 * conv
         self.conv = nn.Sequential(
             nn.Conv2d(stage_channels[-1], conv, 3, padding=1), nn.SiLU(),
             nn.Conv2d(conv, conv, 3, stride=2, padding=1), nn.SiLU(),
@@ -74,8 +101,13 @@ class RatioHead(nn.Module):
             stats = torch.cat([stats, c.mean((-2, -1)), c.amax((-2, -1))], 1)
         return self.out(self.mlp(stats)).squeeze(-1)  # (B,)
 
+    def statistics(self, taps: Sequence[Tensor]) -> Tensor:
+        """All trunk stage outputs -> (B, 4 * sum C) statistics of the stages this head reads."""
+        stages, stride = self.config["stages"], self.config["row_stride"]
+        return stage_statistics([taps[s] for s in stages], [stride[s] for s in stages])
+
     def forward(self, taps: Sequence[Tensor]) -> Tensor:
-        return self.score(stage_statistics(taps), taps[-1])
+        return self.score(self.statistics(taps), taps[-1])
 
     def ratios_for(self, scores: Tensor) -> list[int]:
         """Scores -> ratios with the stored thresholds (same rule as ``RatioMapper``)."""
