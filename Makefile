@@ -98,6 +98,7 @@ bench-gen-gpu: install
 bench: install
 	$(VENV)/bin/cat-tokenizer bench
 	$(VENV)/bin/cat-tokenizer bench-score
+	$(VENV)/bin/cat-tokenizer bench-head
 	$(VENV)/bin/cat-tokenizer bench-gen
 
 clean:

@@ -119,6 +119,22 @@ def test_head_fits_a_separable_labelling(tiny_vae):
     assert ratios == [32] * 16 + [8] * 16
 
 
+@pytest.mark.parametrize("loss,want", [("l1", 8.0), ("mse", 0.6 * 8.0 + 0.4 * 2.0)])
+def test_l1_fits_the_median_of_a_bimodal_teacher(loss, want):
+    """Inputs the student cannot tell apart, teacher 8 for 60% and 2 for 40%: L1 lands on the mode
+    the majority gets (8x), MSE between the modes (5.6: the 16x bin, which neither group has)."""
+    from cat_tokenizer.cli.distill import _fit_regressor
+
+    torch.manual_seed(0)
+    x, y = torch.ones(50, 1), torch.tensor([8.0] * 30 + [2.0] * 20)
+    net = torch.nn.Linear(1, 1)
+    _fit_regressor(net, net, [x], y, epochs=40, batch_size=50, lr=0.5, dev=torch.device("cpu"), loss=loss)
+    with torch.no_grad():
+        assert net(x[:1]).item() == pytest.approx(want, abs=0.3)
+    with pytest.raises(UserInputError, match="unknown distillation loss"):
+        RatioHeadModule(net, loss="l2")
+
+
 def test_auto_routes_each_image_to_its_exit(tiny_vae):
     vae = with_head(tiny_vae).eval()
     x = torch.rand(4, 3, 64, 64) * 2 - 1

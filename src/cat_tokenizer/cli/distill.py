@@ -43,19 +43,34 @@ __all__ = ["RatioHeadModule", "run_distill", "run_distill_text"]
 log = logging.getLogger(__name__)
 
 
+LOSSES = {"l1": F.l1_loss, "mse": F.mse_loss}
+
+
+def _check_loss(loss: str) -> str:
+    if loss not in LOSSES:
+        raise UserInputError(f"unknown distillation loss {loss!r}; choose from {sorted(LOSSES)}")
+    return loss
+
+
 class RatioHeadModule(L.LightningModule):
     """Regresses the teacher's score with any network ``(*inputs) -> (B,)`` or ``(B, 1)``: the ratio
     head on precomputed trunk statistics (the trunk stays frozen), or a standalone CNN on images.
-    AdamW with a one-cycle schedule over the run."""
+    AdamW with a one-cycle schedule over the run.
 
-    def __init__(self, head: nn.Module, lr: float = 1e-3, weight_decay: float = 1e-4):
+    ``loss``: "l1" (default) fits the median of the teacher's score given the input, "mse" its mean.
+    Where the teacher is bimodal for inputs the student cannot tell apart (text that OCR may or may
+    not read adds 4 points), the mean falls between the modes and often in the wrong ratio bin; the
+    median sits in one mode. L1 raised held-out agreement from 88.8% to 91.5% (README).
+    """
+
+    def __init__(self, head: nn.Module, lr: float = 1e-3, weight_decay: float = 1e-4, loss: str = "l1"):
         super().__init__()
-        self.head, self.lr, self.weight_decay = head, lr, weight_decay
+        self.head, self.lr, self.weight_decay, self.loss = head, lr, weight_decay, _check_loss(loss)
 
     def training_step(self, batch, batch_idx):
         *inputs, score = batch
-        loss = F.mse_loss(self.head(*inputs).reshape(-1), score)
-        self.log("train/mse", loss, prog_bar=True)
+        loss = LOSSES[self.loss](self.head(*inputs).reshape(-1), score)
+        self.log(f"train/{self.loss}", loss, prog_bar=True)
         return loss
 
     def configure_optimizers(self):
@@ -110,30 +125,31 @@ def _agreement_by_folder(pred: torch.Tensor, target: torch.Tensor, mapper, files
 
 
 def _fit_regressor(net: nn.Module, final: nn.Linear, inputs: list[torch.Tensor], scores: torch.Tensor, epochs: int,
-                   batch_size: int, lr: float, dev: torch.device) -> nn.Module:
+                   batch_size: int, lr: float, dev: torch.device, loss: str = "l1") -> nn.Module:
     """Train ``net(*inputs)`` to regress the scores (its ``final`` layer starts at the scale's middle, 5);
     eval mode on ``dev``."""
     nn.init.zeros_(final.weight)
     nn.init.constant_(final.bias, 5.0)
-    module = RatioHeadModule(net, lr)
+    module = RatioHeadModule(net, lr, loss=loss)
     L.Trainer(max_epochs=epochs, accelerator=dev.type, devices=1, logger=False, enable_checkpointing=False,
               enable_progress_bar=False, enable_model_summary=False).fit(
         module, DataLoader(TensorDataset(*inputs, scores), batch_size=batch_size, shuffle=True))
     return module.head.eval().to(dev)
 
 
-def _train_cnn(name: str, images: torch.Tensor, scores: torch.Tensor, epochs: int, batch_size: int, lr: float, dev) -> nn.Module:
+def _train_cnn(name: str, images: torch.Tensor, scores: torch.Tensor, epochs: int, batch_size: int, lr: float, dev,
+               loss: str) -> nn.Module:
     import timm
 
     net = timm.create_model(name, pretrained=False, num_classes=1)
-    return _fit_regressor(net, net.get_classifier(), [images], scores, epochs, batch_size, lr, dev)
+    return _fit_regressor(net, net.get_classifier(), [images], scores, epochs, batch_size, lr, dev, loss)
 
 
 def run_distill(teacher_config: str | None, data: str, out: str, tokenizer: str, image_size: int = 128,
                 epochs: int = 150, batch_size: int = 32, lr: float = 3e-3, hidden: int = 256, conv: int = 0,
                 val_fraction: float = 0.2, device: str = "auto", seed: int = 0, cnn: str | None = "resnet10t",
                 cnn_epochs: int = 20, speed_images: int = 64, stages: list[int] | None = None,
-                row_stride: list[int] | None = None, max_images: int | None = None) -> dict:
+                row_stride: list[int] | None = None, max_images: int | None = None, loss: str = "l1") -> dict:
     """Distil and report; returns the metrics dict (also written to ``out/distill.json``).
 
     With ``cnn`` (a timm model name, randomly initialised), a standalone CNN student is trained on
@@ -143,8 +159,10 @@ def run_distill(teacher_config: str | None, data: str, out: str, tokenizer: str,
     ``speed_images`` held-out images. ``stages`` / ``row_stride``: which trunk stages the head
     summarises and how sparsely it reads their rows (``RatioHead``; default all stages, rows 8/4/2/1).
     ``max_images``: distil on a seeded random sample of that many images of ``data`` (all by default).
+    ``loss``: "l1" or "mse" on the teacher's score (``RatioHeadModule``).
     """
     silence_known_warnings()
+    _check_loss(loss)  # before the (slow) scoring
     L.seed_everything(seed, workers=True)
     root, out_dir, dev = Path(data).expanduser(), Path(out), resolve_device(device)
     teacher = ComplexityEvaluator.from_config(teacher_config)
@@ -172,7 +190,7 @@ def run_distill(teacher_config: str | None, data: str, out: str, tokenizer: str,
     head = RatioHead(stage_channels, hidden, conv, mapper.thresholds, mapper.ratios, image_size, stages=stages,
                      row_stride=row_stride).to(dev)
     inputs = _trunk(vae, head, files, image_size, dev)  # [(N, D) statistics, (N, C, h, w) 8x maps]
-    _fit_regressor(_HeadOnStatistics(head), head.out, [t[tr] for t in inputs], scores[tr], epochs, batch_size, lr, dev)
+    _fit_regressor(_HeadOnStatistics(head), head.out, [t[tr] for t in inputs], scores[tr], epochs, batch_size, lr, dev, loss)
     head.eval()
     with torch.no_grad():
         pred = head.score(*[t[va].to(dev) for t in inputs]).cpu()
@@ -199,7 +217,7 @@ def run_distill(teacher_config: str | None, data: str, out: str, tokenizer: str,
     cnn_metrics = {}
     if cnn:
         all_x = torch.stack([tf(load_rgb(f)) for f in files])  # (N, 3, S, S)
-        net = _train_cnn(cnn, all_x[tr], scores[tr], cnn_epochs, batch_size, lr, dev)
+        net = _train_cnn(cnn, all_x[tr], scores[tr], cnn_epochs, batch_size, lr, dev, loss)
         with torch.no_grad():
             cnn_pred = net(all_x[va].to(dev)).reshape(-1).cpu()
             cnn_ips = items_per_second(lambda: net(torch.stack([tf(im) for im in images]).to(dev)), len(images), warmup=True)
@@ -215,7 +233,8 @@ def run_distill(teacher_config: str | None, data: str, out: str, tokenizer: str,
                "thresholds": list(mapper.thresholds), "student_images_per_s": round(student_ips, 2),
                "teacher_images_per_s": round(teacher_ips, 2), "speedup": round(student_ips / teacher_ips, 1),
                "head_share_of_8x_encode": round(head_s / enc_s, 5), "head_params": sum(p.numel() for p in head.parameters()),
-               "head_gflops_per_image": round(head_gflops, 6), "image_size": image_size, "epochs": epochs,
+               "head_gflops_per_image": round(head_gflops, 6), "image_size": image_size, "epochs": epochs, "loss": loss,
+               "stages": head.config["stages"], "row_stride": head.config["row_stride"],
                "agreement_by_folder": by_folder, "speed_images": len(images),
                "replaces_teacher_by_default": replaces_teacher(agreement, len(va)), **cnn_metrics}
     (out_dir / "distill.json").write_text(json.dumps(metrics, indent=2))
