@@ -143,7 +143,8 @@ def _cmd_variety(a: argparse.Namespace) -> int:
 def _cmd_distill_text(a: argparse.Namespace) -> int:
     from cat_tokenizer.cli.distill import run_distill_text
 
-    m = run_distill_text(a.teacher, a.prompts, a.encoder, a.out, a.epochs, a.batch_size, a.lr, a.val_fraction, device=a.device)
+    m = run_distill_text(a.teacher, a.prompts, a.encoder, a.out, a.epochs, a.batch_size, a.lr, a.val_fraction, device=a.device,
+                         loss=a.loss)
     print(f"text student ({m['encoder']}) distilled from {m['teacher']} on {m['train']} prompts; held out {m['held_out']}:")
     print(f"- ratio agreement: {100 * m['ratio_agreement']:.1f}%   Spearman: {m['spearman']:+.3f}")
     print(f"- speed: student {m['student_texts_per_s']:.1f} prompts/s vs teacher {m['teacher_texts_per_s']:.2f} prompts/s")
@@ -298,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     dt.add_argument("--lr", type=float, default=1e-2)
     dt.add_argument("--val-fraction", type=float, default=0.2)
     dt.add_argument("--device", default="auto")
+    dt.add_argument("--loss", default="mse", choices=["l1", "mse"], help="regression loss on the teacher's prompt scores")
     dt.set_defaults(fn=_cmd_distill_text)
 
     an = sub.add_parser("analyse", help="Section 3.1: complexity signals vs each image's max acceptable ratio")
