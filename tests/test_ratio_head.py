@@ -173,6 +173,26 @@ def test_head_saved_by_the_earlier_version_is_refused_clearly(tiny_vae, tmp_path
         NestedVAE.from_pretrained(tmp_path / "v")
 
 
+def test_grouped_split_holds_out_whole_sources(tmp_path):
+    from cat_tokenizer.cli.distill import _grouped_split, _read_groups
+
+    root = tmp_path / "d"
+    groups = {f"p/{g}{i}.png": g for g in [f"photo-{k}" for k in range(10)] + [f"doc-{k}" for k in range(5)] for i in range(3)}
+    files = [root / k for k in groups] + [root / f"flat/{i}.png" for i in range(10)]  # the last ten have no group
+    val = _grouped_split(files, root, 0.2, groups)
+    held = {groups.get(f.relative_to(root).as_posix()) for f in val}
+    trained = {groups.get(f.relative_to(root).as_posix()) for f in files if f not in val}
+    assert held - {None} and not (held & trained) - {None}  # no source on both sides
+    assert sum(g.startswith("photo") for g in held - {None}) == 2 and sum(g.startswith("doc") for g in held - {None}) == 1
+    assert sum(f.parent.name == "flat" for f in val) == 2  # files without a group: split one by one
+    assert _read_groups(root, "auto") == (None, "random") and _read_groups(root, "none") == (None, "random")
+    with pytest.raises(UserInputError, match="groups file not found"):
+        _read_groups(root, str(tmp_path / "nope.csv"))
+    (tmp_path / "bad.csv").write_text("file;group\na.png;x\n")
+    with pytest.raises(UserInputError, match="header 'path,<group>'"):
+        _read_groups(root, str(tmp_path / "bad.csv"))
+
+
 @pytest.mark.slow
 def test_distill_cli_and_distilled_evaluator(tmp_path, tiny_vae, capsys):
     root = mixed_folder(tmp_path / "imgs", n=12)
@@ -183,6 +203,7 @@ def test_distill_cli_and_distilled_evaluator(tmp_path, tiny_vae, capsys):
                        "--teacher", str(tmp_path / "teacher.yaml"), "--image-size", "32", "--epochs", "30", "--device", "cpu",
                        "--max-images", "11", "--stages", "1,2,3"]) == 0
     metrics = json.loads((out / "distill.json").read_text())
+    assert metrics["split"] == "random"  # no sources.csv in this folder
     assert metrics["images"] == 11 and metrics["train"] + metrics["held_out"] == 11  # a sample of the 12
     assert json.loads((out / "config.json").read_text())["ratio_head"]["stages"] == [1, 2, 3]
     assert metrics["held_out"] >= 2 and 0.0 <= metrics["ratio_agreement"] <= 1.0

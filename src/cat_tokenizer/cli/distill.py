@@ -2,7 +2,8 @@
 
 1. Score every image with the teacher (through the dataset's score cache).
 2. Encode each image's trunk features once with the frozen tokenizer (eval crop at ``image_size``).
-3. Train the head (Lightning, MSE on the teacher's score) on the training split.
+3. Train the head (Lightning, L1 on the teacher's score) on the training split (whole sources held
+   out when the folder names them: ``sources.csv``).
 4. Report on the held-out split: ratio agreement (accuracy and confusion matrix, thresholds =
    the teacher's), Spearman correlation of scores, and images/s of student vs teacher measured in
    this process on the same held-out images (the teacher without its cache).
@@ -12,6 +13,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import random
@@ -31,8 +33,9 @@ from cat_tokenizer.cli.bench import flops, items_per_second
 from cat_tokenizer.complexity import ComplexityEvaluator
 from cat_tokenizer.complexity.cache import default_score_cache
 from cat_tokenizer.complexity.evaluator import MIN_AGREEMENT, MIN_HELD_OUT, replaces_teacher
-from cat_tokenizer.data.datamodule import _stratified_split, image_transform
+from cat_tokenizer.data.datamodule import _hash_fraction, _stratified_split, image_transform
 from cat_tokenizer.data.images import list_images, load_rgb, partition_readable
+from cat_tokenizer.data.variety import SOURCES_FILE
 from cat_tokenizer.devices import resolve_device
 from cat_tokenizer.errors import UserInputError
 from cat_tokenizer.io import load_vae
@@ -105,6 +108,37 @@ def _trunk(vae, head: RatioHead, files: list[Path], image_size: int, device: tor
     return [torch.cat(stats)] + ([torch.cat(last)] if keep_last else [])
 
 
+def _read_groups(root: Path, groups: str | None) -> tuple[dict[str, str] | None, str]:
+    """``({path relative to root: group}, where from)``; groups "auto" reads ``root/sources.csv``
+    when there is one (``cat-tokenizer variety`` writes it), "none" splits at random."""
+    if groups in (None, "none") or (groups == "auto" and not (root / SOURCES_FILE).is_file()):
+        return None, "random"
+    path = root / SOURCES_FILE if groups == "auto" else Path(groups).expanduser()
+    if not path.is_file():
+        raise UserInputError(f"groups file not found: {groups} (a CSV of path,group rows; paths relative to the data folder)")
+    with path.open(newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows or rows[0][0] != "path" or len(rows[0]) < 2 or any(len(r) < 2 for r in rows[1:]):
+        raise UserInputError(f"{path} must be a CSV with a header 'path,<group>' and two columns per row")
+    return {r[0]: r[1] for r in rows[1:]}, str(path)
+
+
+def _grouped_split(files: list[Path], root: Path, fraction: float, groups: dict[str, str]) -> set[Path]:
+    """Held-out files: every file of the held-out groups (a file without a group is its own). Groups
+    are held out per family (the name before its last "-": ``photo-3`` is a photo), the
+    ``round(fraction * n)`` of each family's n groups that hash lowest, at least one. Unlike a
+    per-file split, no held-out image shares a source with a training image."""
+    rel = {f: f.relative_to(root).as_posix() for f in files}
+    key = {f: groups[rel[f]] if rel[f] in groups else "\0" + rel[f] for f in files}  # "\0": a file of no group
+    families: dict[str, list[str]] = {}
+    for g in sorted(set(key.values())):
+        families.setdefault("\0" if g.startswith("\0") else g.rsplit("-", 1)[0], []).append(g)
+    held = set()
+    for members in families.values():
+        held.update(sorted(members, key=_hash_fraction)[: max(1, round(fraction * len(members)))])
+    return {f for f in files if key[f] in held}
+
+
 def _agreement(pred: torch.Tensor, target: torch.Tensor, mapper) -> tuple[float, torch.Tensor, float]:
     """(ratio agreement, confusion matrix rows=teacher cols=student, Spearman of scores)."""
     index = {r: i for i, r in enumerate(mapper.ratios)}
@@ -149,7 +183,8 @@ def run_distill(teacher_config: str | None, data: str, out: str, tokenizer: str,
                 epochs: int = 150, batch_size: int = 32, lr: float = 3e-3, hidden: int = 256, conv: int = 0,
                 val_fraction: float = 0.2, device: str = "auto", seed: int = 0, cnn: str | None = "resnet10t",
                 cnn_epochs: int = 20, speed_images: int = 64, stages: list[int] | None = None,
-                row_stride: list[int] | None = None, max_images: int | None = None, loss: str = "l1") -> dict:
+                row_stride: list[int] | None = None, max_images: int | None = None, loss: str = "l1",
+                groups: str | None = "auto") -> dict:
     """Distil and report; returns the metrics dict (also written to ``out/distill.json``).
 
     With ``cnn`` (a timm model name, randomly initialised), a standalone CNN student is trained on
@@ -159,12 +194,15 @@ def run_distill(teacher_config: str | None, data: str, out: str, tokenizer: str,
     ``speed_images`` held-out images. ``stages`` / ``row_stride``: which trunk stages the head
     summarises and how sparsely it reads their rows (``RatioHead``; default all stages, rows 8/4/2/1).
     ``max_images``: distil on a seeded random sample of that many images of ``data`` (all by default).
-    ``loss``: "l1" or "mse" on the teacher's score (``RatioHeadModule``).
+    ``loss``: "l1" or "mse" on the teacher's score (``RatioHeadModule``). ``groups``: hold out whole
+    sources ("auto": ``data/sources.csv`` when present, as ``variety`` writes; a CSV path; "none":
+    a per-file split); the agreement ``auto:`` trusts is then on images from unseen sources.
     """
     silence_known_warnings()
     _check_loss(loss)  # before the (slow) scoring
     L.seed_everything(seed, workers=True)
     root, out_dir, dev = Path(data).expanduser(), Path(out), resolve_device(device)
+    group_of, split_from = _read_groups(root, groups)  # before the (slow) scoring: a bad file fails now
     teacher = ComplexityEvaluator.from_config(teacher_config)
     files = list_images(root)
     if max_images and len(files) > max_images:  # a seeded sample, the same for every run with this seed
@@ -179,7 +217,9 @@ def run_distill(teacher_config: str | None, data: str, out: str, tokenizer: str,
     files = [f for f, _ in scored]
     scores = torch.tensor([s for _, s in scored], dtype=torch.float32)
     mapper = teacher.mapper_for(scores.tolist())  # the teacher's thresholds (calibrated if it has a budget)
-    val = set(_stratified_split(files, root, val_fraction))
+    val = _grouped_split(files, root, val_fraction, group_of) if group_of else set(_stratified_split(files, root, val_fraction))
+    split = "random" if group_of is None else f"by source ({split_from})"
+    log.info("held-out split: %s", split)
     tr = [i for i, f in enumerate(files) if f not in val]
     va = [i for i, f in enumerate(files) if f in val]
     if not tr or not va:
@@ -198,7 +238,7 @@ def run_distill(teacher_config: str | None, data: str, out: str, tokenizer: str,
     by_folder = _agreement_by_folder(pred, scores[va], mapper, [files[i] for i in va], root)
     teacher_ref = str(Path(teacher_config).expanduser().resolve()) if teacher_config else None
     head.config["report"] = {"teacher": teacher_ref, "teacher_name": teacher.name, "agreement": round(agreement, 4),
-                             "held_out": len(va), "spearman": round(rho, 4)}
+                             "held_out": len(va), "spearman": round(rho, 4), "split": split}
     vae.attach_ratio_head(head)
 
     # Speed, one process, the same held-out images from decoded PIL images; the teacher without its cache.
@@ -227,7 +267,7 @@ def run_distill(teacher_config: str | None, data: str, out: str, tokenizer: str,
                        "cnn_confusion": c_conf.tolist(), "cnn_gflops_per_image": round(cnn_gflops, 4),
                        "cnn_params": sum(p.numel() for p in net.parameters()), "cnn_images_per_s": round(cnn_ips, 2),
                        "cnn_epochs": cnn_epochs}
-    metrics = {"teacher": teacher.name, "images": len(files), "train": len(tr), "held_out": len(va),
+    metrics = {"teacher": teacher.name, "images": len(files), "train": len(tr), "held_out": len(va), "split": split,
                "ratio_agreement": round(agreement, 4), "spearman": round(rho, 4),
                "confusion_rows_teacher_cols_student": confusion.tolist(), "ratios": list(mapper.ratios),
                "thresholds": list(mapper.thresholds), "student_images_per_s": round(student_ips, 2),
@@ -239,7 +279,8 @@ def run_distill(teacher_config: str | None, data: str, out: str, tokenizer: str,
                "replaces_teacher_by_default": replaces_teacher(agreement, len(va)), **cnn_metrics}
     (out_dir / "distill.json").write_text(json.dumps(metrics, indent=2))
     lines = [f"# Distilled ratio head ({teacher.name} -> tokenizer trunk)", "",
-             f"{len(files)} images ({len(tr)} train / {len(va)} held out) at {image_size}px; head {metrics['head_params']} params.",
+             f"{len(files)} images ({len(tr)} train / {len(va)} held out, split {split}) at {image_size}px; "
+             f"head {metrics['head_params']} params.",
              "", f"- ratio agreement on held-out images: {100 * agreement:.1f}%",
              f"- Spearman correlation of scores: {rho:+.3f}",
              f"- speed: student {student_ips:.1f} img/s vs teacher {teacher_ips:.2f} img/s ({metrics['speedup']}x), {dev}",

@@ -125,7 +125,7 @@ def _cmd_distill(a: argparse.Namespace) -> int:
 
     run_distill(a.teacher, a.data, a.out, a.ckpt, a.image_size, a.epochs, a.batch_size, a.lr, a.hidden, a.conv, a.val_fraction,
                 a.device, cnn=None if a.cnn == "none" else a.cnn, cnn_epochs=a.cnn_epochs, stages=_ints(a.stages, "--stages"),
-                row_stride=_ints(a.row_stride, "--row-stride"), max_images=a.max_images, loss=a.loss)
+                row_stride=_ints(a.row_stride, "--row-stride"), max_images=a.max_images, loss=a.loss, groups=a.groups)
     print((Path(a.out) / "distill.md").read_text())
     print(f"wrote {a.out}/ (tokenizer with its ratio head), distill.json, distill.md; use it with --evaluator distilled:{a.out}")
     return 0
@@ -275,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--row-stride", help="per trunk stage, read every k-th row for the statistics (default: 8,4,2,1 on an 8x trunk)")
     ds.add_argument("--loss", default="l1", choices=["l1", "mse"],
                     help="regression loss on the teacher's score (l1: its median, which keeps bimodal cases in one ratio)")
+    ds.add_argument("--groups", default="auto", help="hold out whole sources: auto (DIR/sources.csv if present, as variety "
+                    "writes), a CSV of path,group rows, or none (per-file split)")
     ds.add_argument("--max-images", type=int, help="distil on a seeded random sample of this many images (default: all)")
     ds.add_argument("--val-fraction", type=float, default=0.2)
     ds.add_argument("--device", default="auto")

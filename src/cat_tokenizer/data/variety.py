@@ -16,6 +16,9 @@ Each image depends only on (seed, index), is written atomically as ``<out>/<reci
 and an existing file is kept, so a killed build resumes where it stopped and two builds with the
 same arguments are byte-identical; a larger ``n`` later adds images and keeps the first ones.
 ``<out>/variety.json`` records the arguments (another size or seed in the same folder is refused).
+``<out>/sources.csv`` names each image's source (``photo-3``: the fourth photo/texture, shared by
+its photo, blurred and overlay crops; ``flat-<index>``: drawn from nothing), so ``distill`` can hold
+out whole sources: a crop of a photo the student trained on is not a new image.
 """
 
 from __future__ import annotations
@@ -32,11 +35,15 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 from cat_tokenizer.data.default_data import _WORDS, _render_chart, _render_document, ensure_default_data
 from cat_tokenizer.errors import UserInputError
 
-__all__ = ["RECIPES", "build_variety_set"]
+__all__ = ["RECIPES", "SOURCES_FILE", "build_variety_set"]
 
 log = logging.getLogger(__name__)
 
 RECIPES = {"photo": 0.3, "blurred": 0.15, "document": 0.15, "chart": 0.1, "overlay": 0.15, "flat": 0.15}
+SOURCES_FILE = "sources.csv"
+_KIND = {"photo": "photo", "blurred": "photo", "overlay": "photo", "document": "document", "chart": "chart"}
+
+
 def _sources(root: Path, extra_renders: int) -> dict[str, list[Image.Image]]:
     """Source images by role (loaded once; the extra renders are deterministic)."""
     def load(kind: str) -> list[Image.Image]:
@@ -104,10 +111,27 @@ def _make(rng: random.Random, recipe: str, sources: dict[str, list[Image.Image]]
         return _crop(rng, rng.choice(sources["document"]), size, 0.2, flip=False)
     if recipe == "chart":
         return _crop(rng, rng.choice(sources["chart"]), size, 0.4, flip=False)
-    img = _crop(rng, rng.choice(sources["photo"]), size, 0.2)
+    img = _crop(rng, rng.choice(sources["photo"]), size, 0.2)  # the source draws _source_name replays
     if recipe == "blurred":
         return img.filter(ImageFilter.GaussianBlur(rng.uniform(1.0, 4.0) * size / 128))
     return _overlay(rng, img, size) if recipe == "overlay" else img
+
+
+def _source_name(seed: int, index: int, recipe: str, counts: dict[str, int]) -> str:
+    """The source ``_make`` draws for image ``index``, replayed without rendering it."""
+    if recipe == "flat":
+        return f"flat-{index:05d}"
+    rng = random.Random(f"{seed}-{index}")
+    rng.random()  # the draw that chose the recipe
+    kind = _KIND[recipe]
+    return f"{kind}-{rng.choice(range(counts[kind]))}"  # the same draw as rng.choice(sources[kind])
+
+
+def _write_sources(out: Path, seed: int, plan: list[str], counts: dict[str, int]) -> None:
+    rows = ["path,source"] + [f"{r}/{i:05d}.png,{_source_name(seed, i, r, counts)}" for i, r in enumerate(plan)]
+    tmp = out / f"{SOURCES_FILE}.tmp{os.getpid()}"
+    tmp.write_text("\n".join(rows) + "\n")
+    tmp.replace(out / SOURCES_FILE)
 
 
 def build_variety_set(out: str | Path, n: int = 2000, size: int = 128, seed: int = 0, extra_renders: int = 16) -> Path:
@@ -122,16 +146,16 @@ def build_variety_set(out: str | Path, n: int = 2000, size: int = 128, seed: int
     if made_by.is_file() and json.loads(made_by.read_text()) != args:
         raise UserInputError(f"{out} holds images built with other arguments ({made_by.read_text().strip()}); "
                              "use another folder, or the same size/seed (n may grow)")
-    if done.is_file() and done.read_text().strip().isdigit() and int(done.read_text()) >= n:
+    if done.is_file() and done.read_text().strip().isdigit() and int(done.read_text()) >= n and (out / SOURCES_FILE).is_file():
         return out
     out.mkdir(parents=True, exist_ok=True)
     made_by.write_text(json.dumps(args))
     names, weights = list(RECIPES), list(RECIPES.values())
     plan = [random.Random(f"{seed}-{i}").choices(names, weights)[0] for i in range(n)]
     todo = [i for i, r in enumerate(plan) if not (out / r / f"{i:05d}.png").is_file()]
+    sources = _sources(ensure_default_data(), extra_renders)
     if todo:
         log.info("building %d of %d varied images at %dpx in %s", len(todo), n, size, out)
-        sources = _sources(ensure_default_data(), extra_renders)
         for i in todo:
             rng = random.Random(f"{seed}-{i}")
             rng.random()  # the draw that chose the recipe
@@ -140,5 +164,6 @@ def build_variety_set(out: str | Path, n: int = 2000, size: int = 128, seed: int
             tmp = path.with_suffix(f".tmp{os.getpid()}")
             _make(rng, plan[i], sources, size).save(tmp, format="PNG")
             tmp.replace(path)
+    _write_sources(out, seed, plan, {k: len(v) for k, v in sources.items()})
     done.write_text(str(n))
     return out
