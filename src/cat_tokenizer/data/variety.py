@@ -117,14 +117,19 @@ def _make(rng: random.Random, recipe: str, sources: dict[str, list[Image.Image]]
     return _overlay(rng, img, size) if recipe == "overlay" else img
 
 
+def _image_rng(seed: int, index: int) -> random.Random:
+    """Image ``index``'s generator, past the draw that chose its recipe (``plan``): ``_make`` continues it."""
+    rng = random.Random(f"{seed}-{index}")
+    rng.random()  # the draw that chose the recipe
+    return rng
+
+
 def _source_name(seed: int, index: int, recipe: str, counts: dict[str, int]) -> str:
     """The source ``_make`` draws for image ``index``, replayed without rendering it."""
     if recipe == "flat":
         return f"flat-{index:05d}"
-    rng = random.Random(f"{seed}-{index}")
-    rng.random()  # the draw that chose the recipe
     kind = _KIND[recipe]
-    return f"{kind}-{rng.choice(range(counts[kind]))}"  # the same draw as rng.choice(sources[kind])
+    return f"{kind}-{_image_rng(seed, index).choice(range(counts[kind]))}"  # the same draw as rng.choice(sources[kind])
 
 
 def _write_sources(out: Path, seed: int, plan: list[str], counts: dict[str, int]) -> None:
@@ -157,8 +162,7 @@ def build_variety_set(out: str | Path, n: int = 2000, size: int = 128, seed: int
     if todo:
         log.info("building %d of %d varied images at %dpx in %s", len(todo), n, size, out)
         for i in todo:
-            rng = random.Random(f"{seed}-{i}")
-            rng.random()  # the draw that chose the recipe
+            rng = _image_rng(seed, i)
             path = out / plan[i] / f"{i:05d}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".tmp{os.getpid()}")

@@ -38,7 +38,7 @@ def stage_statistics(taps: Sequence[Tensor], row_stride: Sequence[int] | None = 
         k = int(row_stride[s]) if row_stride is not None else 1
         h = h.float()
         rows = h[..., ::k, :]  # (B, C_s, ceil(H_s / k), W_s) the rows read
-        top, below = (h[..., 0:-1:k, :], h[..., 1::k, :]) if k > 1 else (h[..., :-1, :], h[..., 1:, :])
+        top, below = h[..., 0:-1:k, :], h[..., 1::k, :]  # vertical neighbour pairs (r, r + 1) for the rows read
         flat = rows.flatten(-2)  # (B, C_s, n)
         mean = flat.mean(-1, keepdim=True)
         std = ((flat - mean).square().sum(-1) / max(1, flat.shape[-1] - 1)).sqrt()  # unbiased; ~20x faster than torch.std on CPU
