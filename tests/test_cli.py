@@ -191,7 +191,10 @@ def test_two_process_ddp_fit(image_folder, tmp_path):
     assert ranks[0]["checksum"] == pytest.approx(ranks[1]["checksum"], rel=1e-6)  # DDP kept them equal
 
 
-def test_mixed_precision_falls_back_to_fp32_on_cpu(caplog):
+@pytest.mark.parametrize("native", [False, True])
+def test_mixed_precision_on_cpu_needs_native_bf16(caplog, monkeypatch, native):
+    monkeypatch.setattr(lightning_main, "cpu_has_native_bf16", lambda: native)
     c = lightning_main.cli(["-c", CONFIG, "--trainer.accelerator", "cpu", *TINY], run=False)
-    assert c.trainer.precision == "32-true"  # the config says bf16-mixed
-    assert "using 32-true instead" in caplog.text
+    # the config says bf16-mixed: kept where the CPU has bfloat16, else fp32
+    assert c.trainer.precision == ("bf16-mixed" if native else "32-true")
+    assert ("using 32-true instead" in caplog.text) is not native

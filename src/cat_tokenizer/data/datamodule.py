@@ -8,6 +8,7 @@ import random
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import numpy as np
@@ -22,27 +23,14 @@ from cat_tokenizer.data.assign import parse_assignment, ratios_from_csv, ratios_
 from cat_tokenizer.data.default_data import ensure_default_data
 from cat_tokenizer.data.images import UnreadableImage, list_images, load_rgb, partition_readable
 from cat_tokenizer.data.latent_cache import LatentCache, assignment_mode
-from cat_tokenizer.data.sampler import BucketBatchSampler
+from cat_tokenizer.data.sampler import BucketBatchSampler, balanced_weights
+from cat_tokenizer.data.transforms import CropPolicy, image_transform
 from cat_tokenizer.errors import InputNotFound, UserInputError
 from cat_tokenizer.ratios import DEFAULT_RATIOS, check_ratio
 
-__all__ = ["CATDataModule", "ImageFileDataset", "collate_skipping"]
+__all__ = ["CATDataModule", "ImageFileDataset", "collate_skipping", "image_transform"]
 
 log = logging.getLogger(__name__)
-
-
-def image_transform(size: int, train: bool, hflip: bool = False) -> v2.Compose:
-    """Resize the short side to ``size``, crop ``size x size`` (random for training), map to [-1, 1]."""
-    crop = v2.RandomCrop(size) if train else v2.CenterCrop(size)
-    flips = [v2.RandomHorizontalFlip()] if (train and hflip) else []
-    return v2.Compose([
-        v2.ToImage(),
-        v2.Resize(size, antialias=True),
-        crop,
-        *flips,
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize([0.5, 0.5, 0.5], [0.5, 0.5, 0.5]),  # (3, size, size) in [-1, 1]
-    ])
 
 
 class ImageFileDataset(Dataset):
@@ -115,7 +103,15 @@ class CATDataModule(L.LightningDataModule):
 
     Args:
         root: folder of images (searched recursively); None uses the embedded default data.
-        image_size: training resolution (short side resized, then a square crop).
+        image_size: side of the square crops (training and evaluation).
+        crop: how an image becomes a crop (``cat_tokenizer.data.transforms``): ``resize`` (short side to
+            ``image_size``, then crop: the whole image) or ``native`` (crops at or near the image's own
+            resolution, so text stays legible; images no larger than ``image_size`` are resized whole).
+            Evaluation uses the same policy (native: centred crops at native resolution).
+        max_downscale: with ``crop: native``, the largest random downscale in training.
+        balance: ``kind`` draws training images so that every top-level folder (content kind or
+            class) gets the same share per epoch (with replacement; epoch length unchanged);
+            ``none`` samples every file equally often.
         batch_size: images per training batch.
         val_batch_size: images per validation batch (default: ``batch_size``).
         num_workers: DataLoader worker processes.
@@ -144,6 +140,9 @@ class CATDataModule(L.LightningDataModule):
         self,
         root: str | None = None,
         image_size: int = 256,
+        crop: CropPolicy = "resize",
+        max_downscale: float = 2.0,
+        balance: Literal["none", "kind"] = "none",
         batch_size: int = 8,
         val_batch_size: int | None = None,
         num_workers: int = 4,
@@ -166,9 +165,16 @@ class CATDataModule(L.LightningDataModule):
         self.fixed_ratio = self.assignment.fixed
         if root is not None and not Path(root).expanduser().is_dir():
             raise InputNotFound(f"--data.root: image folder not found: {root}")
+        if crop not in ("resize", "native"):
+            raise UserInputError(f"--data.crop must be 'resize' or 'native', got {crop!r}")
+        if balance not in ("none", "kind"):
+            raise UserInputError(f"--data.balance must be 'none' or 'kind', got {balance!r}")
+        if max_downscale < 1:
+            raise UserInputError(f"--data.max_downscale must be >= 1, got {max_downscale}")
         if not 0.0 <= val_fraction < 1.0:
             raise UserInputError(f"val_fraction must be in [0, 1), got {val_fraction}")
         self.root, self.image_size, self.batch_size = root, image_size, batch_size
+        self.crop, self.max_downscale, self.balance = crop, max_downscale, balance
         self.val_batch_size = val_batch_size or batch_size
         self.num_workers, self.val_fraction, self.hflip = num_workers, val_fraction, hflip
         self.verify_images, self.seed, self.drop_last = verify_images, seed, drop_last
@@ -251,13 +257,15 @@ class CATDataModule(L.LightningDataModule):
 
         def subset(idx: list[int], train: bool) -> ImageFileDataset:
             return ImageFileDataset(
-                [files[i] for i in idx], image_transform(self.image_size, train, self.hflip and train),
+                [files[i] for i in idx],
+                image_transform(self.image_size, train, self.hflip and train, self.crop, self.max_downscale),
                 labels=None if labels is None else [labels[i] for i in idx],
                 captions=None if captions is None else [captions[i] for i in idx],
                 ratios=None if item_ratios is None else item_ratios[idx], train=train,
             )
 
         self.train_set, self.val_set = subset(train_idx, True), subset(val_idx, False)
+        self.train_kinds = [_kind(files[i], root) for i in train_idx]
         self.predict_set = subset(self._to_encode(files, root), False)
         log.info("data: %d train / %d val images from %s", len(train_idx), len(val_idx), root)
 
@@ -284,9 +292,10 @@ class CATDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         world, rank = self._rank()
+        weights = balanced_weights(self.train_kinds) if self.balance == "kind" else None
         sampler = BucketBatchSampler(
             len(self.train_set), self.batch_size, self.ratios, item_ratios=self.train_set.ratios,
-            fixed_ratio=self.fixed_ratio, shuffle=True,
+            fixed_ratio=self.fixed_ratio, shuffle=True, weights=weights,
             drop_last=self.drop_last and len(self.train_set) >= self.batch_size * world,
             seed=self.seed, num_replicas=world, rank=rank,
         )
@@ -315,6 +324,12 @@ class CATDataModule(L.LightningDataModule):
         if not len(self.predict_set):  # everything already encoded (skip_encoded)
             return []
         return self._ordered(self.predict_set, self.fixed_ratio)
+
+
+def _kind(path: Path, root: Path) -> str:
+    """The top-level folder of ``path`` under ``root`` (its content kind or class); ``""`` at the top."""
+    parts = path.relative_to(root).parts
+    return parts[0] if len(parts) > 1 else ""
 
 
 def _stratified_split(files: list[Path], root: Path, fraction: float) -> list[Path]:

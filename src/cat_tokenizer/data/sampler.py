@@ -9,7 +9,7 @@ from torch.utils.data import Sampler
 
 from cat_tokenizer.errors import UserInputError
 
-__all__ = ["BucketBatchSampler"]
+__all__ = ["BucketBatchSampler", "balanced_weights"]
 
 
 class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
@@ -38,6 +38,7 @@ class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
         seed: base seed; epoch ``e`` uses ``seed + e``.
         num_replicas: DDP world size.
         rank: this process's rank.
+        weights: per-item sampling weights (e.g. ``balanced_weights(kinds)``), or None.
     """
 
     def __init__(
@@ -52,6 +53,7 @@ class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
         seed: int = 0,
         num_replicas: int = 1,
         rank: int = 0,
+        weights: Sequence[float] | None = None,
     ):
         if batch_size < 1 or num_items < 1:
             raise UserInputError(f"need batch_size >= 1 and a non-empty dataset (got {batch_size}, {num_items})")
@@ -59,11 +61,14 @@ class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
             raise ValueError(f"rank {rank} outside [0, {num_replicas})")
         if item_ratios is not None and len(item_ratios) != num_items:
             raise ValueError(f"item_ratios has {len(item_ratios)} entries for {num_items} items")
+        if weights is not None and (len(weights) != num_items or min(weights) < 0 or sum(weights) <= 0):
+            raise ValueError(f"weights must be {num_items} non-negative numbers with a positive sum")
         # Private names: Lightning re-instantiates anything with public batch_size/drop_last attributes.
         self.num_items, self._batch_size, self.ratios = num_items, batch_size, tuple(ratios)
         self.item_ratios = None if item_ratios is None else np.asarray(item_ratios, dtype=np.int64)
         self.fixed_ratio, self.shuffle, self._drop_last = fixed_ratio, shuffle, drop_last
         self.seed, self.num_replicas, self.rank, self.epoch = seed, num_replicas, rank, 0
+        self.weights = None if weights is None else np.asarray(weights, dtype=np.float64)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -86,11 +91,20 @@ class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
                 steps[-1] = steps[-1] + [chunks[i % len(chunks)] for i in range(k - len(steps[-1]))]
         return steps
 
+    def _order(self, idx: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """This epoch's order of the items ``idx``: as given, shuffled, or drawn by weight."""
+        if not self.shuffle:
+            return idx
+        if self.weights is None or not self.weights[idx].sum() > 0:
+            return rng.permutation(idx)
+        p = self.weights[idx] / self.weights[idx].sum()
+        return rng.choice(idx, size=len(idx), replace=True, p=p)
+
     def _global_steps(self) -> list[tuple[int, list[np.ndarray]]]:
         """``[(ratio, [batch for rank 0, batch for rank 1, ...]), ...]`` for this epoch."""
         rng = np.random.default_rng(self.seed + self.epoch)
         if self.item_ratios is None:
-            order = rng.permutation(self.num_items) if self.shuffle else np.arange(self.num_items)
+            order = self._order(np.arange(self.num_items), rng)
             steps = self._steps(self._chunks(order))
             if self.fixed_ratio is not None:
                 return [(self.fixed_ratio, st) for st in steps]
@@ -98,7 +112,7 @@ class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
         out = []
         for r in np.unique(self.item_ratios):
             idx = np.flatnonzero(self.item_ratios == r)
-            out += [(int(r), st) for st in self._steps(self._chunks(rng.permutation(idx) if self.shuffle else idx))]
+            out += [(int(r), st) for st in self._steps(self._chunks(self._order(idx, rng)))]
         return [out[i] for i in rng.permutation(len(out))] if self.shuffle else out
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
@@ -114,3 +128,9 @@ class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
             return self._num_steps(self.num_items)
         # Bucket sizes do not depend on the epoch's shuffle.
         return sum(self._num_steps(int(c)) for c in np.unique(self.item_ratios, return_counts=True)[1])
+
+
+def balanced_weights(groups: Sequence[str]) -> np.ndarray:
+    """Per-item weights that give every group the same total weight (1 / group size each)."""
+    names, inverse, counts = np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True, return_counts=True)
+    return 1.0 / counts[inverse]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import torch
@@ -12,6 +14,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 from torchvision.utils import make_grid
 
+from cat_tokenizer.errors import UserInputError
 from cat_tokenizer.losses.vae_loss import VAELoss
 from cat_tokenizer.models.nested_vae import NestedVAE
 from cat_tokenizer.ratios import token_count
@@ -25,7 +28,7 @@ class NestedVAEModule(L.LightningModule):
     """Trains a ``NestedVAE`` at one ratio per batch (the batch's ``ratio``).
 
     Optimisation is manual: each batch takes one generator step and one discriminator step
-    (the discriminator's loss is zero-weighted before ``loss.disc_start``), so Lightning's
+    (an empty one, without forward or backward, before ``loss.disc_start``), so Lightning's
     ``global_step``, which counts optimizer steps, advances by 2 per batch: ``trainer.max_steps``
     is twice the number of batches. Schedules (warm-up, ``disc_start``, EMA) use the generator
     step ``self.gen_step`` (= batches trained), which is saved in the checkpoint.
@@ -38,6 +41,11 @@ class NestedVAEModule(L.LightningModule):
         betas: Adam betas for both optimizers (GAN-style (0.5, 0.9)).
         weight_decay: generator weight decay (the discriminator uses none).
         warmup_steps: linear LR warm-up length in generator steps.
+        lr_schedule: after warm-up, ``constant`` or ``cosine`` (decays to ``min_lr_ratio * lr`` at
+            ``decay_steps`` generator steps, then holds there: a run resumed past the horizon continues
+            at the floor).
+        decay_steps: the cosine horizon in generator steps (batches); required for ``cosine``.
+        min_lr_ratio: the cosine floor as a fraction of ``lr``.
         grad_clip: max gradient norm for both optimizers (0 disables).
         ema_decay: decay of the VAE's exponential moving average (0 disables EMA).
         ema_warmup: use timm's EMA warm-up (decay ramps up over the first steps).
@@ -54,6 +62,9 @@ class NestedVAEModule(L.LightningModule):
         betas: tuple[float, float] = (0.5, 0.9),
         weight_decay: float = 0.0,
         warmup_steps: int = 1000,
+        lr_schedule: Literal["constant", "cosine"] = "constant",
+        decay_steps: int | None = None,
+        min_lr_ratio: float = 0.1,
         grad_clip: float = 1.0,
         ema_decay: float = 0.999,
         ema_warmup: bool = True,
@@ -61,6 +72,10 @@ class NestedVAEModule(L.LightningModule):
         gradient_checkpointing: bool = False,
     ):
         super().__init__()
+        if lr_schedule not in ("constant", "cosine"):
+            raise UserInputError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
+        if lr_schedule == "cosine" and not (decay_steps and decay_steps > warmup_steps):
+            raise UserInputError(f"lr_schedule 'cosine' needs decay_steps > warmup_steps ({warmup_steps}), got {decay_steps}")
         self.save_hyperparameters(ignore=["vae", "loss"])
         self.automatic_optimization = False
         self.vae, self.loss = vae.enable_gradient_checkpointing(gradient_checkpointing), loss
@@ -86,7 +101,14 @@ class NestedVAEModule(L.LightningModule):
         checkpoint[CONFIG_KEY] = self.vae.config  # lets NestedVAE be rebuilt from the .ckpt alone
 
     def _lr_factor(self, step: int) -> float:
-        return min(1.0, (step + 1) / self.hparams.warmup_steps) if self.hparams.warmup_steps > 0 else 1.0
+        """LR multiplier at generator step ``step``: linear warm-up, then constant or cosine to the floor."""
+        hp = self.hparams
+        if hp.warmup_steps > 0 and step < hp.warmup_steps:
+            return (step + 1) / hp.warmup_steps
+        if hp.lr_schedule == "constant":
+            return 1.0
+        t = min(1.0, (step - hp.warmup_steps) / (hp.decay_steps - hp.warmup_steps))
+        return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
 
     # ------------------------------------------------------------------ training
     def configure_optimizers(self):
@@ -116,16 +138,19 @@ class NestedVAEModule(L.LightningModule):
         opt_g.step()
         self.untoggle_optimizer(opt_g)
 
-        # Discriminator step (zero-weighted before disc_start, so global_step stays 2 per batch).
-        if step == self.loss.disc_start:  # forget the idle zero-grad steps: Adam restarts its bias correction
-            opt_d.optimizer.state.clear()
-        self.toggle_optimizer(opt_d)
-        d_loss, d_logs = self.loss.discriminator_loss(x, x_hat, step)
+        # Discriminator step. Before disc_start it is an empty step (no gradients, so AdamW leaves
+        # the weights and its state alone): it costs nothing and keeps global_step at 2 per batch.
+        d_logs: dict[str, Tensor] = {}
         opt_d.zero_grad(set_to_none=True)
-        self.manual_backward(d_loss)
-        self._clip(opt_d)
-        opt_d.step()
-        self.untoggle_optimizer(opt_d)
+        if self.loss.disc_active(step):
+            self.toggle_optimizer(opt_d)
+            d_loss, d_logs = self.loss.discriminator_loss(x, x_hat, step)
+            self.manual_backward(d_loss)
+            self._clip(opt_d)
+            opt_d.step()
+            self.untoggle_optimizer(opt_d)
+        else:
+            opt_d.step()
 
         self.gen_step += 1
         if self.ema is not None:
