@@ -75,8 +75,8 @@ def test_encode_decode_roundtrip(tmp_path, pretrained, image_folder):
     broken.write_bytes(b"not a jpeg")
     imgs = [str(odd), str(next(image_folder.rglob("*.png"))), str(broken)]
     assert tools.main(["encode", *imgs, "--ratio", "16", "--ckpt", pretrained, "--out", str(tmp_path / "lat"), "--device", "cpu"]) == 0
-    files = sorted((tmp_path / "lat").glob("*.safetensors"))
-    assert len(files) == 2  # the broken file is skipped, not fatal
+    files = sorted((tmp_path / "lat").rglob("*.safetensors"))
+    assert len(files) == 2  # the broken file is skipped, not fatal; paths kept relative to the common folder
     with safe_open(str(tmp_path / "lat" / "odd.safetensors"), "pt") as f:
         meta = f.metadata()
         assert f.get_tensor("latent").shape == (4, 5, 3)

@@ -6,13 +6,13 @@ import logging
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.callbacks import BasePredictionWriter, RichProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from torchvision.utils import save_image
 
 from cat_tokenizer.io import save_latent
 
-__all__ = ["ReconstructionGridLogger", "ExportPretrained", "LatentWriter"]
+__all__ = ["ReconstructionGridLogger", "ExportPretrained", "LatentWriter", "StepProgressBar"]
 
 log = logging.getLogger(__name__)
 
@@ -77,16 +77,20 @@ class ExportPretrained(L.Callback):
         self._out = Path(self.dirpath) if self.dirpath else _log_dir(trainer) / "pretrained"
 
     @rank_zero_only
-    def _export(self, trainer: L.Trainer, pl_module) -> None:
+    def _export(self, trainer: L.Trainer, pl_module, final: bool = False) -> None:
+        if trainer.fast_dev_run:  # a smoke test has no run folder (log_dir is None): nothing worth keeping
+            if final:
+                log.info("fast_dev_run: EMA weights not exported")
+            return
         path = pl_module.export_pretrained(self._out)
-        log.info("exported NestedVAE (EMA weights) to %s", path)
+        (log.info if final else log.debug)("exported NestedVAE (EMA weights) to %s", path.resolve())
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if self.every_validation and not trainer.sanity_checking:
             self._export(trainer, pl_module)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        self._export(trainer, pl_module)
+        self._export(trainer, pl_module, final=True)
 
 
 class LatentWriter(BasePredictionWriter):
@@ -110,3 +114,16 @@ class LatentWriter(BasePredictionWriter):
         for latent, index in zip(prediction["latent"], prediction["index"].tolist()):
             rel = files[index].relative_to(root)
             save_latent(self.output_dir / rel.with_suffix(".safetensors"), latent, prediction["ratio"], size, source=str(files[index]))
+
+
+class StepProgressBar(RichProgressBar):
+    """Lightning's rich progress bar, labelled ``Epoch N`` when training runs by steps: the stock
+    label divides by ``max_epochs - 1`` and reads ``Epoch 0/-2`` for ``max_epochs = -1``.
+    The ``lightning`` command uses it unless a config names another progress bar."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        max_epochs = self.trainer.max_epochs
+        if max_epochs is None or max_epochs < 0:
+            label = f"Epoch {current_epoch}"
+            return f"{label:{len(self.validation_description)}}" if len(self.validation_description) > len(label) else label
+        return super()._get_train_description(current_epoch)

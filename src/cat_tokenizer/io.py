@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from cat_tokenizer.errors import UserInputError
 from cat_tokenizer.lit.vae_module import CONFIG_KEY as _CONFIG_KEY  # written by NestedVAEModule.on_save_checkpoint
 from cat_tokenizer.models.nested_vae import NestedVAE
 
-__all__ = ["load_vae", "save_latent", "load_latent", "Latent"]
+__all__ = ["load_vae", "save_latent", "load_latent", "check_latent", "apply_umask", "Latent"]
 
 
 
@@ -39,8 +40,11 @@ def load_vae(path: str | Path, ema: bool = True) -> NestedVAE:
             raise UserInputError(f"{p} is not a NestedVAEModule checkpoint (no '{_CONFIG_KEY}' entry)")
         state = ckpt["state_dict"]
         prefix = "ema.module." if ema and any(k.startswith("ema.module.") for k in state) else "vae."
-        vae = NestedVAE(**ckpt[_CONFIG_KEY])
-        vae.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}, strict=True)
+        try:
+            vae = NestedVAE(**ckpt[_CONFIG_KEY])
+            vae.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}, strict=True)
+        except (TypeError, RuntimeError) as err:  # a config key or a weight shape that does not fit
+            raise UserInputError(f"{p}: the weights do not fit the recorded NestedVAE config ({str(err).splitlines()[0][:200]})") from None
         return vae.eval()
     return NestedVAE.from_pretrained(p)
 
@@ -61,22 +65,58 @@ def save_latent(path: str | Path, latent: Tensor, ratio: int, size: tuple[int, i
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"ratio": str(ratio), "height": str(size[0]), "width": str(size[1]), "source": source, "format": "cat-latent-v1"}
-    save_file({"latent": latent.detach().contiguous().cpu()}, str(path), metadata=meta)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({"latent": latent.detach().contiguous().cpu()}, str(tmp), metadata=meta)
+    apply_umask(tmp)
+    os.replace(tmp, path)  # atomic: a killed encode never leaves half a latent under the real name
     return path
+
+
+def apply_umask(path: str | Path) -> None:
+    """Give a file the permissions a plain ``open()`` would (safetensors writes 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
 
 
 def load_latent(path: str | Path) -> Latent:
     """Read a file written by ``save_latent``.
 
     Raises:
-        ValueError: the file is not a CAT latent (no ratio/size metadata).
+        UserInputError (a ValueError): the file is unreadable or not a CAT latent (no integer ratio/size metadata).
     """
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             if meta.get("format") != "cat-latent-v1":
                 raise UserInputError(f"{path} is not a cat-tokenizer latent file (metadata: {meta})")
-            return Latent(latent=f.get_tensor("latent"), ratio=int(meta["ratio"]), height=int(meta["height"]),
-                          width=int(meta["width"]), source=meta.get("source", ""))
+            try:
+                ratio, height, width = (int(meta[k]) for k in ("ratio", "height", "width"))
+            except (KeyError, ValueError):
+                raise UserInputError(f"{path}: latent metadata needs integer ratio, height and width, got {meta}") from None
+            if "latent" not in f.keys():
+                raise UserInputError(f"{path}: no 'latent' tensor in the file")
+            return Latent(latent=f.get_tensor("latent"), ratio=ratio, height=height, width=width, source=meta.get("source", ""))
     except (OSError, SafetensorError) as err:  # missing, or not safetensors at all
         raise UserInputError(f"cannot read latent file {path}: {err}") from None
+
+
+def check_latent(lat: Latent, vae: NestedVAE, path: str | Path = "") -> None:
+    """Refuse a latent that the tokenizer cannot decode as its metadata says: a ratio the tokenizer
+    lacks, other channels, or a grid that is not ``ceil(height / ratio) x ceil(width / ratio)``.
+
+    Raises:
+        UserInputError: one line naming the file and the mismatch.
+    """
+    name = path or lat.source or "latent"
+    if lat.latent.ndim != 3:
+        raise UserInputError(f"{name}: a latent is (C, h, w), got shape {tuple(lat.latent.shape)}")
+    if lat.ratio not in vae.ratios:
+        raise UserInputError(f"{name}: ratio {lat.ratio} is not one of this tokenizer's {list(vae.ratios)}")
+    c, h, w = lat.latent.shape
+    if c != vae.latent_channels:
+        raise UserInputError(f"{name}: {c} latent channels, this tokenizer has {vae.latent_channels}")
+    want = (-(-lat.height // lat.ratio), -(-lat.width // lat.ratio))
+    if lat.height < 1 or lat.width < 1 or (h, w) != want:
+        raise UserInputError(f"{name}: a {h}x{w} grid at {lat.ratio}x does not fit the recorded size {lat.height}x{lat.width} "
+                             f"(expected {want[0]}x{want[1]})")

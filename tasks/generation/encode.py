@@ -22,6 +22,7 @@ from safetensors.torch import save_file
 
 from cat_tokenizer.data.latent_cache import LatentCache, LatentEntry, assignment_mode, fingerprint_state
 from cat_tokenizer.errors import UserInputError
+from cat_tokenizer.io import apply_umask
 
 __all__ = ["LatentEncoder"]
 
@@ -101,6 +102,7 @@ class LatentEncoder(L.LightningModule):
             if text_embs is not None:
                 tensors["text_emb"] = text_embs[k]  # (N_k, D)
             save_file(tensors, str(tmp), metadata={"ratio": str(ratio), "key": key})
+            apply_umask(tmp)
             os.replace(tmp, path)  # atomic: a kill never leaves half a latent under the real name
             label = int(batch["label"][k]) if "label" in batch else None
             entries.append(LatentEntry(key=key, ratio=ratio, mode=self.mode, file=rel, label=label,

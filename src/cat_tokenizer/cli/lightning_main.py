@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 from importlib.metadata import PackageNotFoundError, distribution
 
+import lightning as L
 import torch
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI
 
 from cat_tokenizer.cli import silence_known_warnings
 from cat_tokenizer.devices import cpu_has_native_bf16
-from cat_tokenizer.errors import find_user_error
+from cat_tokenizer.callbacks import StepProgressBar
+from cat_tokenizer.errors import UserInputError, find_user_error
 
 __all__ = ["main", "cli", "CATLightningCLI", "TRAIN_COMMANDS"]
 
@@ -35,6 +39,9 @@ class CATLightningCLI(LightningCLI):
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         trainer = cfg.trainer
         on_cpu = trainer.accelerator == "cpu" or (trainer.accelerator == "auto" and not torch.cuda.is_available())
+        ckpt = cfg.get("ckpt_path")
+        if ckpt and str(ckpt) not in ("last", "best", "hpc", "registry") and "://" not in str(ckpt) and not Path(ckpt).is_file():
+            raise UserInputError(f"--ckpt_path: checkpoint not found: {ckpt}")
         precision = str(trainer.precision)
         if not on_cpu or precision not in ("bf16-mixed", "16-mixed", "bf16", "16"):
             return
@@ -43,6 +50,13 @@ class CATLightningCLI(LightningCLI):
             return
         log.warning("precision %s on a CPU-only run without native bfloat16: using 32-true instead", precision)
         trainer.precision = "32-true"
+
+
+    def _instantiate_trainer(self, config: dict, callbacks: list) -> L.Trainer:
+        listed = [*(config.get("callbacks") or []), *callbacks]
+        if config.get("enable_progress_bar", True) is not False and not any(isinstance(c, ProgressBar) for c in listed):
+            callbacks = [*callbacks, StepProgressBar()]  # not "Epoch 0/-2" when training by steps
+        return super()._instantiate_trainer(config, callbacks)
 
 
 def cli(args: list[str] | None = None, run: bool = True) -> LightningCLI:

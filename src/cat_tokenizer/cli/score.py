@@ -14,6 +14,7 @@ from cat_tokenizer.complexity.cache import default_score_cache
 from cat_tokenizer.data.assign import read_ratio_csv
 from cat_tokenizer.data.images import list_images
 from cat_tokenizer.errors import UserInputError
+from cat_tokenizer.io import apply_umask
 
 __all__ = ["write_rows", "result_rows", "run_score", "format_summary"]
 
@@ -30,6 +31,7 @@ def write_rows(rows: Sequence[dict], out: str | Path, columns: Sequence[str] = C
         w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
+    apply_umask(tmp)  # mkstemp makes 0600 files
     os.replace(tmp, out)
     return out
 

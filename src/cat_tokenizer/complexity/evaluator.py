@@ -134,7 +134,8 @@ class ComplexityEvaluator(nn.Module):
         try:
             parsed = parser.parse_object({"evaluator": config})
         except Exception as err:  # jsonargparse reports bad keys/types here
-            raise UserInputError(f"bad evaluator config: {str(err).splitlines()[0]}") from err
+            detail = " ".join(line.strip() for line in str(err).splitlines() if line.strip())  # jsonargparse nests the cause
+            raise UserInputError(f"bad evaluator config: {detail[:500]}") from err
         instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes  # renamed in jsonargparse 4.49
         return instantiate(parsed).evaluator
 

@@ -7,6 +7,7 @@ warning (images above ``Image.MAX_IMAGE_PIXELS``) is treated as a refusal too.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -17,6 +18,8 @@ from PIL import Image
 from cat_tokenizer.errors import InputNotFound, UserInputError
 
 __all__ = ["IMAGE_EXTENSIONS", "UnreadableImage", "list_images", "load_rgb", "check_image", "partition_readable"]
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 
@@ -39,7 +42,12 @@ def list_images(root: str | Path) -> list[Path]:
     root = Path(root).expanduser()
     if not root.is_dir():
         raise InputNotFound(f"image folder not found: {root}")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    candidates = [p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS]
+    files = sorted(p for p in candidates if p.is_file())
+    if dead := sorted(set(candidates) - set(files)):  # broken symlinks, symlink loops, folders named *.png
+        sample = ", ".join(str(p) for p in dead[:3]) + (" ..." if len(dead) > 3 else "")
+        log.warning("skipped %d image path(s) under %s that are not readable files (broken symlink, symlink loop "
+                    "or folder): %s", len(dead), root, sample)
     if not files:
         raise UserInputError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {root}")
     return files

@@ -13,6 +13,7 @@ right by edge replication up to the next multiple; the posterior records the ori
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +24,7 @@ from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.models.downsampling import Downsample2D
 from diffusers.models.unets.unet_2d_blocks import DownEncoderBlock2D, UNetMidBlock2D, UpDecoderBlock2D
 from diffusers.models.upsampling import Upsample2D
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
@@ -31,10 +33,19 @@ from cat_tokenizer.errors import InputNotFound, UserInputError
 from cat_tokenizer.models.ratio_head import RatioHead
 from cat_tokenizer.ratios import DEFAULT_RATIOS, check_ratio, ratio_level
 
-__all__ = ["NestedVAE", "LatentPosterior", "NESTED_VAE_PRESETS"]
+__all__ = ["NestedVAE", "LatentPosterior", "NESTED_VAE_PRESETS", "BUNDLED_TOKENIZERS", "bundled_path"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+# Trained tokenizers that ship inside the package (src/cat_tokenizer/pretrained/<name>/, with a model card).
+BUNDLED_TOKENIZERS = ("cat-small",)
+
+
+def bundled_path(name: str) -> Path:
+    """The folder of a tokenizer shipped with the package (``NestedVAE.from_pretrained(name)`` reads it)."""
+    from importlib.resources import files
+
+    return Path(str(files("cat_tokenizer") / "pretrained" / name))
 
 NESTED_VAE_PRESETS: dict[str, dict] = {
     # ~0.4M params: unit tests, 32-64 px images.
@@ -203,30 +214,50 @@ class NestedVAE(nn.Module):
             raise UserInputError(f"unknown NestedVAE preset {name!r}; choose from {sorted(NESTED_VAE_PRESETS)}")
         return cls(**{**NESTED_VAE_PRESETS[name], **overrides})
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` (no pickle) to ``directory``."""
+    def save_pretrained(self, directory: str | Path, dtype: torch.dtype | None = None) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` (no pickle) to ``directory``; ``dtype``
+        (e.g. ``torch.float16``) stores the weights in that precision (loading casts them back)."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         (d / CONFIG_NAME).write_text(json.dumps(self.config, indent=2))
         # save_model de-duplicates aliases (diffusers' Downsample2D registers its conv twice).
-        save_model(self, str(d / WEIGHTS_NAME), metadata={"format": "pt", "class": "NestedVAE"})
+        model = self if dtype is None else copy.deepcopy(self).to(dtype)
+        save_model(model, str(d / WEIGHTS_NAME), metadata={"format": "pt", "class": "NestedVAE"})
         return d
 
     @classmethod
     def from_pretrained(cls, path_or_repo: str | Path, local_files_only: bool = False) -> NestedVAE:
-        """Load from a folder written by ``save_pretrained``, or from a Hugging Face hub repo id.
+        """Load from a folder written by ``save_pretrained``, a tokenizer shipped with the package
+        (``"cat-small"``, offline), or a Hugging Face hub repo id.
 
         Raises:
-            InputNotFound: when it is neither a local folder nor a reachable hub repo.
+            InputNotFound: when it is neither a local folder, a shipped name nor a reachable hub repo.
         """
         d = Path(path_or_repo)
-        if not d.is_dir():
+        if not d.is_dir() and str(path_or_repo) in BUNDLED_TOKENIZERS:
+            d = bundled_path(str(path_or_repo))
+        elif not d.is_dir():
             d = _hub_snapshot(str(path_or_repo), local_files_only)
         for name in (CONFIG_NAME, WEIGHTS_NAME):
             if not (d / name).is_file():
                 raise InputNotFound(f"{d} is not a NestedVAE folder: {name} is missing (write one with save_pretrained)")
-        model = cls(**json.loads((d / CONFIG_NAME).read_text()))
-        missing, unexpected = load_model(model, str(d / WEIGHTS_NAME), strict=False)
+        try:
+            config = json.loads((d / CONFIG_NAME).read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise UserInputError(f"{d / CONFIG_NAME}: not valid JSON ({err})") from None
+        if not isinstance(config, dict):
+            raise UserInputError(f"{d / CONFIG_NAME}: expected a JSON object of NestedVAE arguments")
+        try:
+            model = cls(**config)
+        except TypeError as err:  # an unknown or missing key
+            raise UserInputError(f"{d / CONFIG_NAME}: {str(err).replace('__init__() ', '')}") from None
+        try:
+            missing, unexpected = load_model(model, str(d / WEIGHTS_NAME), strict=False)
+        except SafetensorError as err:
+            raise UserInputError(f"{d / WEIGHTS_NAME}: not a readable safetensors file ({err})") from None
+        except RuntimeError as err:  # shapes that do not fit the config
+            first = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), str(err).splitlines()[0])
+            raise UserInputError(f"{d / WEIGHTS_NAME} does not match {d / CONFIG_NAME}: {first}") from None
         if missing or unexpected:
             raise UserInputError(f"{d / WEIGHTS_NAME} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
         return model.eval()
