@@ -4,11 +4,15 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO_OUT ?= outputs/demo
-DEMO_STEPS ?= 300
-# The tokenizer the downstream benchmarks use: the demo's, trained by `make demo` when missing.
-CKPT ?= $(DEMO_OUT)/pretrained
+# Real images (read in place, never copied into the repo); `make demo` falls back to the embedded 45 without them.
+REAL_DATA ?= ../shared/data/real-v1
+DEMO_DATA ?= $(if $(wildcard $(REAL_DATA)/dev),$(REAL_DATA)/dev,)
+# The tokenizer every command uses: cat-small ships inside the package (CKPT=<folder|.ckpt|hub id> overrides).
+CKPT ?= cat-small
+TRAIN_OUT ?= outputs/train_small
+TRAIN_ARGS ?=
 
-.PHONY: install system-deps test test-fast demo bench bench-gen bench-gen-gpu classify distill eval-recon need-data gen-demo gen-imagenet need-imagenet clean
+.PHONY: install system-deps test test-fast demo train-small need-real-data bench bench-gen bench-gen-gpu classify distill eval-recon need-data gen-demo gen-imagenet need-imagenet clean
 
 install: $(STAMP)
 
@@ -37,14 +41,24 @@ test: install
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
+# The shipped tokenizer on real-v1 dev/ (or the embedded data): reconstructions.png + per-kind tables, ~1 min.
 demo: install
-	$(VENV)/bin/cat-tokenizer demo --out $(DEMO_OUT) --steps $(DEMO_STEPS)
+	$(VENV)/bin/cat-tokenizer demo --ckpt $(CKPT) --out $(DEMO_OUT) $(if $(DEMO_DATA),--data $(DEMO_DATA))
 
-$(DEMO_OUT)/pretrained/config.json:
-	$(MAKE) --no-print-directory demo
+# Train cat-small from scratch on real-v1 train/ with the per-kind dev curve; resumes when run again.
+# make train-small [REAL_DATA=DIR] [TRAIN_OUT=D] [TRAIN_ARGS="--trainer.max_time 00:02:00:00"]
+train-small: need-real-data install
+	$(VENV)/bin/lightning fit -c configs/vae_small.yaml --data.root $(REAL_DATA)/train \
+		--trainer.default_root_dir $(TRAIN_OUT) --trainer.logger.class_path lightning.pytorch.loggers.TensorBoardLogger \
+		--trainer.logger.init_args.save_dir $(TRAIN_OUT) --trainer.logger.init_args.name run --trainer.logger.init_args.version 0 \
+		--trainer.callbacks+=cat_tokenizer.lit.kind_eval.KindEvaluator --trainer.callbacks.root $(REAL_DATA)/dev \
+		$(if $(wildcard $(TRAIN_OUT)/run/version_0/checkpoints/last.ckpt),--ckpt_path $(TRAIN_OUT)/run/version_0/checkpoints/last.ckpt) $(TRAIN_ARGS)
+
+need-real-data:
+	@test -d "$(REAL_DATA)/train" || { echo "make train-small: no $(REAL_DATA)/train; set REAL_DATA=<folder with train/KIND/... and dev/KIND/...>"; exit 2; }
 
 # Linear probe (CAT adaptive padded / pooled vs fixed 8x, 16x, 32x) on labelled sets that ship in packages.
-classify: install $(if $(filter $(DEMO_OUT)/pretrained,$(CKPT)),$(DEMO_OUT)/pretrained/config.json)
+classify: install
 	$(VENV)/bin/cat-tokenizer classify --ckpt $(CKPT) --out outputs/classify
 
 # Distilled ratio head: a varied offline image set, scored by the teacher, the head trained on the tokenizer's trunk.
@@ -52,12 +66,12 @@ classify: install $(if $(filter $(DEMO_OUT)/pretrained,$(CKPT)),$(DEMO_OUT)/pret
 DISTILL_N ?= 16000
 DISTILL_ARGS ?= --cnn none
 DISTILL_OUT ?= outputs/distill
-distill: install $(if $(filter $(DEMO_OUT)/pretrained,$(CKPT)),$(DEMO_OUT)/pretrained/config.json)
+distill: install
 	$(VENV)/bin/cat-tokenizer variety --out $(DISTILL_OUT)/data --n $(DISTILL_N)
 	$(VENV)/bin/cat-tokenizer distill --data $(DISTILL_OUT)/data --ckpt $(CKPT) --out $(DISTILL_OUT)/student $(DISTILL_ARGS)
 
 # Reconstruction table per ratio and for CAT: make eval-recon DATA=DIR [CKPT=D]
-eval-recon: need-data install $(if $(filter $(DEMO_OUT)/pretrained,$(CKPT)),$(DEMO_OUT)/pretrained/config.json)
+eval-recon: need-data install
 	$(VENV)/bin/cat-tokenizer eval-recon $(DATA) --ckpt $(CKPT) --out outputs/eval_recon
 
 need-data:
@@ -66,7 +80,7 @@ need-data:
 # DiT + CAT on the embedded data, CPU-sized: encode latents, train a mini DiT, sample a grid per ratio.
 GEN_DEMO_OUT ?= outputs/gen_demo
 GEN_DEMO_STEPS ?= 800
-gen-demo: install $(if $(filter $(DEMO_OUT)/pretrained,$(CKPT)),$(DEMO_OUT)/pretrained/config.json)
+gen-demo: install
 	$(VENV)/bin/cat-tokenizer gen-demo --ckpt $(CKPT) --out $(GEN_DEMO_OUT) --steps $(GEN_DEMO_STEPS)
 
 # Class-conditional DiT on ImageNet CAT latents: make gen-imagenet IMAGENET_DIR=/data/imagenet/train CKPT=<tokenizer>
@@ -76,8 +90,8 @@ DIT ?= B_2
 LATENTS ?= outputs/gen_imagenet/latents
 GEN_ARGS ?=
 FLIP ?= true
-# the DiT's input channels = the tokenizer's latent channels (read from a save_pretrained folder; else 16)
-LATENT_CH = $(shell $(PY) -c "import json; print(json.load(open('$(CKPT)/config.json'))['latent_channels'])" 2>/dev/null || echo 16)
+# the DiT's input channels = the tokenizer's latent channels (read from the tokenizer; else 16)
+LATENT_CH = $(shell $(PY) -c "from cat_tokenizer.io import load_vae; print(load_vae('$(CKPT)').latent_channels)" 2>/dev/null || echo 16)
 gen-imagenet: need-imagenet install
 	$(VENV)/bin/lightning predict -c configs/dit_encode.yaml --data.root $(IMAGENET_DIR) --model.tokenizer $(CKPT) \
 		--model.cache_dir $(LATENTS) --data.skip_encoded $(LATENTS) --model.flip $(FLIP) \

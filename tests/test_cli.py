@@ -1,6 +1,9 @@
 """CLI smoke tests: the entry points called in-process, as users call them."""
 
+import csv
 from pathlib import Path
+
+import numpy as np
 
 import pytest
 import torch
@@ -126,30 +129,36 @@ def test_bench_reports_every_ratio(capsys):
     assert "same widths built for 16x only" in out
 
 
-@pytest.mark.slow
-def test_demo_writes_report(tmp_path, capsys):
+def test_demo_reconstructs_each_kind_and_runs_cat(tmp_path, capsys, tiny_vae):
+    tiny_vae.save_pretrained(tmp_path / "tok")
+    data = tmp_path / "dev"
+    rng = np.random.default_rng(0)
+    for kind in ("flat", "text"):
+        for i in range(4):
+            p = data / kind / "src" / f"{i}.png"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            arr = np.full((80, 96, 3), 230, np.uint8)
+            if kind == "text":
+                arr[10:70:6, 8:90] = rng.integers(0, 60, (10, 82, 3))
+            Image.fromarray(arr).save(p)
     out = tmp_path / "demo"
-    assert tools.main(["demo", "--out", str(out), "--steps", "3", "--preset", "tiny", "--image-size", "64", "--num-workers", "0"]) == 0
+    args = ["demo", "--data", str(data), "--ckpt", str(tmp_path / "tok"), "--out", str(out), "--image-size", "64",
+            "--per-kind", "3", "--show", "2", "--device", "cpu"]
+    assert tools.main(args) == 0
     printed = capsys.readouterr().out
     assert f"report: {(out / 'report.md').resolve()}" in printed
-    assert {"report.md", "metrics.csv", "grid.png", "pretrained", "checkpoints"} <= {p.name for p in out.iterdir()}
-    rows = (out / "metrics.csv").read_text().strip().splitlines()[1:]
-    kinds = {r.split(",")[1] for r in rows}
-    assert len(rows) % 3 == 0 and {"text", "chart", "photo", "flat"} <= kinds
-    grid = Image.open(out / "grid.png")
-    assert grid.size[0] == 4 * 64 + 5 * 2  # original | 8x | 16x | 32x
-    # The pipeline part: every image scored and encoded at its ratio, per-kind and total tables.
+    assert {"report.md", "metrics.csv", "reconstructions.png", "scores.sqlite"} <= {p.name for p in out.iterdir()}
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert len(rows) == 6 and {r["kind"] for r in rows} == {"flat", "text"}
+    for r in rows:  # every ratio measured, and CAT's PSNR is the one at its assigned ratio
+        assert r["cat_ratio"] in ("8", "16", "32") and r["psnr_cat"] == r[f"psnr_{r['cat_ratio']}x"]
     report = (out / "report.md").read_text()
-    assert "| CAT (adaptive) |" in report and "| fixed 16x | 16 |" in report  # 64px / 16 = 4x4 tokens
-    per_image = (out / "pipeline.csv").read_text().strip().splitlines()
-    assert len(per_image) == 1 + 45 and (out / "pipeline.png").is_file()
-    flat = [r for r in per_image if r.startswith("flat/")]
-    assert flat and all(",32," in r for r in flat)  # flat graphics get the fewest tokens
-    NestedVAE.from_pretrained(out / "pretrained")
-    # Running again resumes from checkpoints/last.ckpt instead of starting over.
-    assert tools.main(["demo", "--out", str(out), "--steps", "4", "--preset", "tiny", "--image-size", "64", "--num-workers", "0"]) == 0
-    assert "4 training batches" in (out / "report.md").read_text()
-    assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] >= 6
+    assert "| flat | 3 |" in report and "| text | 3 |" in report and "| all | 6 |" in report
+    assert "8x (64 tokens)" in report  # 64 px / 8 = 8 x 8
+    picture = Image.open(out / "reconstructions.png")
+    assert picture.size[0] > picture.size[1] * 0.9  # 4 rows (2 per kind) x 4 columns
+    # a missing checkpoint is one line, exit 2
+    assert tools.main(["demo", "--data", str(data), "--ckpt", str(tmp_path / "nope"), "--out", str(out)]) == 2
 
 
 @pytest.mark.slow

@@ -1,11 +1,14 @@
-"""``cat-tokenizer demo`` (``make demo``): train a small nested VAE on the embedded data on the
-CPU, report held-out reconstructions at 8x / 16x / 32x, then run the whole CAT pipeline (score
-each image, encode at its assigned ratio, decode, compare with fixed ratios: ``pipeline.*``).
+"""``cat-tokenizer demo`` (``make demo``): the shipped tokenizer on real images, per content kind.
 
-Writes into ``--out``: ``report.md`` (the table), ``metrics.csv`` (per image and ratio),
-``grid.png`` (original | 8x | 16x | 32x per row), ``pretrained/`` (EMA weights, loadable with
-``NestedVAE.from_pretrained``) and ``checkpoints/last.ckpt`` (resumable: run the demo again with
-the same ``--out`` and more ``--steps`` to continue).
+Takes a fixed sample of a folder whose top-level subfolders are content kinds (``make demo`` uses
+real-v1 ``dev/`` when it is there, else the embedded 45 images), reconstructs every image at 8x, 16x
+and 32x with the shipped ``cat-small`` weights (or ``--ckpt``), then runs the CAT pipeline on the same
+images: score each one with the complexity evaluator, take its reconstruction at the assigned ratio,
+and compare with fixed 16x.
+
+Writes into ``--out``: ``reconstructions.png`` (original | 8x | 16x | 32x, a few images of each kind),
+``report.md`` (the per-kind tables), ``metrics.csv`` (per image: kind, score, assigned ratio, PSNR and
+SSIM at every ratio) and ``scores.sqlite`` (the evaluator's cache).
 """
 
 from __future__ import annotations
@@ -14,103 +17,120 @@ import csv
 import logging
 from pathlib import Path
 
-import lightning as L
+import numpy as np
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
-from torchvision.utils import make_grid, save_image
 
-from cat_tokenizer.callbacks import ExportPretrained
-from cat_tokenizer.cli import silence_known_warnings
-from cat_tokenizer.cli.pipeline import pipeline_report
-from cat_tokenizer.data.datamodule import CATDataModule
-from cat_tokenizer.losses.vae_loss import VAELoss
-from cat_tokenizer.metrics.image import psnr_ssim
-from cat_tokenizer.lit.vae_module import NestedVAEModule
+from cat_tokenizer.complexity import ComplexityEvaluator
+from cat_tokenizer.data.default_data import ensure_default_data
+from cat_tokenizer.devices import resolve_device
+from cat_tokenizer.io import load_vae
+from cat_tokenizer.lit.kind_eval import KindSample, evaluate_kinds, load_kind_sample
 from cat_tokenizer.models.nested_vae import NestedVAE
 from cat_tokenizer.ratios import token_count
 
-__all__ = ["run_demo", "reconstruction_report"]
+__all__ = ["run_demo"]
 
 log = logging.getLogger(__name__)
 
 
-def run_demo(out: str = "outputs/demo", steps: int = 300, image_size: int = 128, batch_size: int = 4,
-             preset: str = "small", num_workers: int = 2, seed: int = 0) -> Path:
-    """Train for ``steps`` batches and write the report; returns the report path."""
+def run_demo(data: str | None = None, ckpt: str = "cat-small", out: str = "outputs/demo", image_size: int = 128,
+             per_kind: int = 24, show: int = 3, evaluator: ComplexityEvaluator | None = None, device: str = "auto") -> Path:
+    """Reconstruct a per-kind sample at every ratio and with CAT; returns report.md."""
     out_dir = Path(out)
-    silence_known_warnings()
-    L.seed_everything(seed, workers=True)
-    data = CATDataModule(root=None, image_size=image_size, batch_size=batch_size, num_workers=num_workers,
-                         val_fraction=0.15, seed=seed)
-    # Short CPU run: no LPIPS (no weights offline), GAN kept off (disc_start beyond the run).
-    loss = VAELoss(perceptual_weight=0.0, disc_start=10**9)
-    # Without the GAN, plain Adam betas learn faster than the GAN-style (0.5, 0.9).
-    model = NestedVAEModule(NestedVAE.from_preset(preset), loss, lr=5e-4, betas=(0.9, 0.99),
-                            warmup_steps=min(50, steps // 5), ema_decay=0.99, ema_warmup=True)
-    ckpt_dir = out_dir / "checkpoints"
-    last = ckpt_dir / "last.ckpt"
-    trainer = L.Trainer(
-        accelerator="auto", devices=1, precision="32-true",
-        max_steps=2 * steps,  # two optimizer steps (VAE + discriminator) per batch
-        default_root_dir=str(out_dir), use_distributed_sampler=False,
-        check_val_every_n_epoch=None, val_check_interval=None, limit_val_batches=0,
-        log_every_n_steps=5, enable_model_summary=False,
-        callbacks=[ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=100),
-                   ExportPretrained(dirpath=str(out_dir / "pretrained"))],
-    )
-    trainer.fit(model, datamodule=data, ckpt_path=str(last) if last.is_file() else None)
-    vae = model.eval_vae.eval()
-    report = reconstruction_report(vae, data, out_dir, trained_steps=int(model.gen_step))
-    pipeline = pipeline_report(vae, data, out_dir)
-    report.write_text(report.read_text() + "\n" + pipeline.read_text())
+    root = Path(data).expanduser() if data else ensure_default_data()
+    vae = load_vae(ckpt).to(resolve_device(device)).eval()
+    sample = load_kind_sample(root, per_kind, image_size, crop="native")
+    rows = evaluate_kinds(vae, sample)
+    evaluator = evaluator or ComplexityEvaluator(image_size=image_size)
+    scored = {r.key: r for r in evaluator.score_images([root / p for p in sample.paths], cache=out_dir / "scores.sqlite")}
+    per_image = _per_image(rows, scored, root, vae.ratios, image_size)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "metrics.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(per_image[0]))
+        w.writeheader()
+        w.writerows(per_image)
+    _picture(vae, sample, show, out_dir / "reconstructions.png")
+    report = out_dir / "report.md"
+    report.write_text(_report(per_image, vae, ckpt, root, image_size, evaluator.name))
     return report
+
+
+def _per_image(rows: list[dict], scored: dict, root: Path, ratios: tuple[int, ...], size: int) -> list[dict]:
+    by_path: dict[str, dict] = {}
+    for r in rows:
+        d = by_path.setdefault(r["path"], {"image": r["path"], "kind": r["kind"]})
+        d[f"psnr_{r['ratio']}x"], d[f"ssim_{r['ratio']}x"] = round(r["psnr"], 3), round(r["ssim"], 4)
+    out = []
+    for path, d in by_path.items():
+        res = scored.get(str(root / path))
+        ratio = res.ratio if res is not None and res.ratio else None
+        d["score"] = round(res.score, 3) if ratio else ""
+        d["cat_ratio"] = ratio or ""
+        d["cat_tokens"] = token_count(size, size, ratio) if ratio else ""
+        d["psnr_cat"] = d[f"psnr_{ratio}x"] if ratio else ""
+        out.append(d)
+    return out
+
+
+def _report(rows: list[dict], vae: NestedVAE, ckpt: str, root: Path, size: int, evaluator: str) -> str:
+    ratios = vae.ratios
+    mean = lambda sel, k: float(np.mean([r[k] for r in sel]))  # noqa: E731
+    kinds = sorted({r["kind"] for r in rows})
+    params = sum(p.numel() for p in vae.parameters()) / 1e6
+    lines = [f"# cat-tokenizer demo: {ckpt} ({params:.2f}M params) on {len(rows)} images of {root}", "",
+             f"{size}x{size} crops at native resolution (images smaller than {size} px resized whole), posterior mean.", "",
+             "## Reconstruction per kind (PSNR dB / SSIM)", "",
+             "| kind | images | " + " | ".join(f"{r}x ({token_count(size, size, r)} tokens)" for r in ratios) + " |",
+             "|---|---|" + "---|" * len(ratios)]
+    for kind in [*kinds, "all"]:
+        sel = rows if kind == "all" else [r for r in rows if r["kind"] == kind]
+        cells = [f"{mean(sel, f'psnr_{r}x'):.2f} / {mean(sel, f'ssim_{r}x'):.3f}" for r in ratios]
+        lines.append(f"| {kind} | {len(sel)} | " + " | ".join(cells) + " |")
+    scored = [r for r in rows if r["cat_ratio"]]
+    ref = 16 if 16 in ratios else ratios[0]
+    lines += ["", f"## CAT: each image at the ratio the evaluator assigns ({evaluator})", "",
+              "| kind | images | " + " | ".join(f"{r}x" for r in ratios) + f" | mean tokens | PSNR CAT | PSNR fixed {ref}x |",
+              "|---|---|" + "---|" * len(ratios) + "---|---|---|"]
+    for kind in [*kinds, "all"]:
+        sel = scored if kind == "all" else [r for r in scored if r["kind"] == kind]
+        if not sel:
+            continue
+        hist = " | ".join(str(sum(r["cat_ratio"] == q for r in sel)) for q in ratios)
+        lines.append(f"| {kind} | {len(sel)} | {hist} | {mean(sel, 'cat_tokens'):.0f} | {mean(sel, 'psnr_cat'):.2f} | "
+                     f"{mean(sel, f'psnr_{ref}x'):.2f} |")
+    lines += ["", f"Fixed {ref}x spends {token_count(size, size, ref)} tokens per image.",
+              "Files: reconstructions.png (original | " + " | ".join(f"{r}x" for r in ratios) + "), metrics.csv (per image), "
+              "scores.sqlite (the evaluator's cache).", ""]
+    return "\n".join(lines)
 
 
 @torch.no_grad()
-def reconstruction_report(vae: NestedVAE, data: CATDataModule, out_dir: Path, trained_steps: int) -> Path:
-    """Reconstruct every validation image at every ratio; write grid.png, metrics.csv, report.md."""
-    data.setup("validate")
-    ds = data.val_set
-    rows, grid_rows = [], []
-    for i in range(len(ds)):
-        item = ds[i]
-        if item is None:
-            continue
-        x = item["image"][None]  # (1, 3, S, S)
-        name = ds.files[i].relative_to(data.data_root()).as_posix()
-        recon = []
-        for r in vae.ratios:
-            x_hat = vae.reconstruct(x, r)
-            psnr, ssim = psnr_ssim(x_hat, x)
-            rows.append({"image": name, "kind": name.split("/")[0], "ratio": r, "tokens": token_count(*x.shape[-2:], r),
-                         "psnr": psnr, "ssim": ssim})
-            recon.append(x_hat[0])
-        grid_rows += [x[0], *recon]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_image(make_grid(torch.stack(grid_rows), nrow=1 + len(vae.ratios), padding=2).add(1).div(2), out_dir / "grid.png")
-    with open(out_dir / "metrics.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    lines = [
-        "# Nested VAE demo report",
-        "",
-        f"Held-out images: {len(grid_rows) // (1 + len(vae.ratios))} at {data.image_size}px; "
-        f"model: {sum(p.numel() for p in vae.parameters()) / 1e6:.2f}M params, {trained_steps} training batches.",
-        "",
-        "| ratio | tokens / image | PSNR (dB) | SSIM |",
-        "|---|---|---|---|",
-    ]
-    for r in vae.ratios:
-        sel = [row for row in rows if row["ratio"] == r]
-        mean = lambda k: sum(row[k] for row in sel) / len(sel)  # noqa: E731
-        lines.append(f"| {r}x | {sel[0]['tokens']} | {mean('psnr'):.2f} | {mean('ssim'):.3f} |")
-    lines += ["", "Per image (PSNR dB / SSIM):", "", "| image | " + " | ".join(f"{r}x" for r in vae.ratios) + " |",
-              "|---|" + "---|" * len(vae.ratios)]
-    for name in dict.fromkeys(row["image"] for row in rows):
-        cells = [f"{row['psnr']:.2f} / {row['ssim']:.3f}" for row in rows if row["image"] == name]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "Files: grid.png (original | 8x | 16x | 32x per row), metrics.csv, pretrained/, checkpoints/last.ckpt", ""]
-    report = out_dir / "report.md"
-    report.write_text("\n".join(lines))
-    return report
+def _picture(vae: NestedVAE, sample: KindSample, show: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    picks = []
+    for kind in sorted(set(sample.kinds)):
+        idx = [i for i, k in enumerate(sample.kinds) if k == kind]
+        picks += [idx[int(j)] for j in np.linspace(0, len(idx) - 1, min(show, len(idx)))]
+    picks = list(dict.fromkeys(picks))
+    dev = next(vae.parameters()).device
+    x = sample.images[picks].to(dev)  # (n, 3, S, S)
+    recon = {r: vae.reconstruct(x, r).float().cpu() for r in vae.ratios}
+    cols = 1 + len(vae.ratios)
+    fig, axes = plt.subplots(len(picks), cols, figsize=(1.9 * cols, 1.95 * len(picks)), squeeze=False)
+    to_np = lambda t: ((t.clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy()  # noqa: E731
+    for row, i in enumerate(picks):
+        images = [x[row].cpu(), *(recon[r][row] for r in vae.ratios)]
+        titles = [sample.kinds[i], *(f"{r}x" for r in vae.ratios)]
+        for col, (img, title) in enumerate(zip(images, titles)):
+            ax = axes[row][col]
+            ax.imshow(to_np(img), interpolation="nearest")
+            if row == 0 or col == 0:
+                ax.set_title(title, fontsize=8)
+            ax.axis("off")
+    fig.tight_layout(pad=0.3)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

@@ -166,12 +166,24 @@ def _cmd_analyse(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_rd(a: argparse.Namespace) -> int:
+    from tasks.reconstruction.rd import run_rd
+
+    features = {"auto": None, "on": True, "off": False}[a.features]
+    budgets = [float(b) for b in a.budgets.split(",")] if a.budgets else None
+    report = run_rd(a.dir, a.ckpt, a.out, a.evaluator or [None], a.image_size, a.crop, budgets, features, a.device, not a.quiet)
+    text = report.read_text()
+    print(text[: text.index("## Every budget")] if "## Every budget" in text else text)
+    print(f"wrote {report}, {report.with_suffix('.csv')}, {report.with_suffix('.png')}")
+    return 0
+
+
 def _cmd_demo(a: argparse.Namespace) -> int:
     from cat_tokenizer.cli.demo import run_demo
 
-    report = run_demo(a.out, a.steps, a.image_size, a.batch_size, a.preset, a.num_workers)
+    report = run_demo(a.data, a.ckpt, a.out, a.image_size, a.per_kind, a.show, device=a.device)
     print(report.read_text())
-    print(f"report: {report.resolve()}")
+    print(f"report: {report.resolve()}  picture: {report.with_name('reconstructions.png').resolve()}")
     return 0
 
 
@@ -316,13 +328,29 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--device", default="cpu")
     an.set_defaults(fn=_cmd_analyse)
 
-    m = sub.add_parser("demo", help="train a small nested VAE on the embedded data and write a report")
+    rd = sub.add_parser("rd", help="rate-distortion of CAT vs fixed ratios, JPEG size, random and the oracle on a folder")
+    rd.add_argument("dir", help="image folder (top-level subfolders = content kinds in the per-kind table)")
+    rd.add_argument("--ckpt", default="cat-small", help="the tokenizer: cat-small (shipped), a folder, .ckpt or hub id")
+    rd.add_argument("--out", default="outputs/rd", help="output folder (recon_cache/ inside is reused by reruns)")
+    rd.add_argument("--evaluator", action="append", help="evaluator for a CAT curve (YAML, distilled:D, auto:D; repeatable; "
+                    "default: the offline default)")
+    rd.add_argument("--image-size", type=int, default=128)
+    rd.add_argument("--crop", default="native", choices=["native", "resize"], help="crop policy (as in training)")
+    rd.add_argument("--budgets", help="mean-token budgets, e.g. 16,40,64,128,256 (default: 13 points from 32x to 8x)")
+    rd.add_argument("--features", default="auto", choices=["auto", "on", "off"],
+                    help="Inception features for rFID (auto: when the folder has 200+ images)")
+    rd.add_argument("--device", default="auto")
+    rd.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    rd.set_defaults(fn=_cmd_rd)
+
+    m = sub.add_parser("demo", help="the shipped tokenizer on a folder of kinds: reconstructions per kind, CAT vs fixed 16x")
+    m.add_argument("--data", help="folder whose top-level subfolders are content kinds (default: the embedded 45 images)")
+    m.add_argument("--ckpt", default="cat-small", help="tokenizer: cat-small (shipped), a save_pretrained folder, .ckpt or hub id")
     m.add_argument("--out", default="outputs/demo")
-    m.add_argument("--steps", type=int, default=300, help="training batches")
     m.add_argument("--image-size", type=int, default=128)
-    m.add_argument("--batch-size", type=int, default=4)
-    m.add_argument("--preset", default="small")
-    m.add_argument("--num-workers", type=int, default=2)
+    m.add_argument("--per-kind", type=int, default=24, help="images per kind in the tables")
+    m.add_argument("--show", type=int, default=3, help="images per kind in reconstructions.png")
+    m.add_argument("--device", default="auto")
     m.set_defaults(fn=_cmd_demo)
 
     from tasks.generation.cli import add_generation_commands  # sample, fid, bench-gen, gen-demo

@@ -78,3 +78,40 @@ class RatioMapper:
                 if abs(mean - target_mean_tokens) < best_err - 1e-9:
                     best, best_err = (a, b), abs(mean - target_mean_tokens)
         return cls((float(cut_value[best[0]]), float(cut_value[best[1]])), rs)
+
+    @classmethod
+    def calibrate_shift(cls, scores: Sequence[float], target_mean_tokens: float, image_size: int,
+                        anchor: Sequence[float], ratios: Sequence[int] = DEFAULT_RATIOS) -> RatioMapper:
+        """The ``anchor`` thresholds moved together by one offset so the mean token count comes
+        closest to the target: the evaluator's own spacing between its cut points is kept, so a budget
+        keeps a spread over every ratio (``calibrate`` may put everything at one ratio when that hits
+        the target exactly, e.g. all 16x at 16x's budget). Lowering the offset by one breakpoint moves
+        one image (or one group of equal scores) up one ratio, so the result is within one image's
+        worth of tokens of the target whenever scores are distinct.
+
+        Raises:
+            UserInputError: no scores, or a target outside what the ratios allow.
+        """
+        s = np.asarray(scores, dtype=np.float64)
+        rs = tuple(sorted(ratios))
+        a = np.asarray(sorted(float(t) for t in anchor))
+        if len(a) != len(rs) - 1:
+            raise UserInputError(f"need {len(rs) - 1} anchor thresholds for ratios {rs}, got {list(anchor)}")
+        if s.size == 0:
+            raise UserInputError("cannot calibrate ratio thresholds on an empty score list")
+        tokens = cls.tokens(np.asarray(rs), image_size)
+        if not tokens.min() <= target_mean_tokens <= tokens.max():
+            raise UserInputError(f"target_mean_tokens={target_mean_tokens:g} outside [{tokens.min():g}, {tokens.max():g}] "
+                                 f"for {image_size}px")
+        # Offsets at which some score meets some shifted threshold (score == a_k + d), plus both extremes.
+        breaks = np.unique((s[:, None] - a[None, :]).ravel())
+        span = float(np.ptp(s)) + float(np.ptp(a)) + 1.0
+        candidates = np.concatenate([[breaks[0] - span], breaks, [breaks[-1] + span]])
+        best, best_err = candidates[0], np.inf
+        for d in candidates:  # a threshold at exactly a score sends that score up (side="right")
+            mean = cls(tuple(a + d), rs).tokens(cls(tuple(a + d), rs)(s), image_size).mean()
+            err = abs(mean - target_mean_tokens)
+            if err < best_err - 1e-9:
+                best, best_err = d, err
+        return cls(tuple(a + best), rs)
+

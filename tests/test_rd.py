@@ -1,0 +1,90 @@
+"""Rate-distortion: the oracle bound, budget calibration, and `cat-tokenizer rd` end to end."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cat_tokenizer.cli import tools
+from cat_tokenizer.complexity import RatioMapper
+from tasks.reconstruction.rd import RD_COLUMNS, headline, oracle_allocation, rd_curves, score_allocation
+from tasks.reconstruction.table import ReconTable
+
+
+def _table(n: int = 40, seed: int = 0) -> ReconTable:
+    """Known distortions: PSNR rises with tokens, by an amount that differs per image (its 'complexity')."""
+    rng = np.random.default_rng(seed)
+    base = rng.uniform(14, 30, n)
+    need = rng.uniform(0, 4, n)  # how much detail the image has: 8x gains `need` dB over 16x, 32x loses 0.3 need^2
+    psnr = np.stack([base + need, base, base - 0.3 * need**2], 1)  # 8x, 16x, 32x
+    kinds = ["flat" if x < 1.3 else "text" if x > 2.7 else "natural" for x in need]
+    return ReconTable(paths=[f"{k}/{i}.png" for i, k in enumerate(kinds)], kinds=kinds, ratios=(8, 16, 32), image_size=128,
+                      psnr=psnr, ssim=np.clip(psnr / 40, 0, 1), mse=10 ** (-psnr / 10), ocr=np.full((n, 3), np.nan),
+                      ocr_orig=np.full(n, np.nan), jpeg_bpp=rng.uniform(0.5, 3, n))
+
+
+def test_oracle_is_the_exact_optimum_on_a_small_case():
+    t = _table(7, seed=3)
+    costs = t.tokens(np.arange(3))
+    for budget in (16, 40, 64, 100, 200, 256):
+        got = oracle_allocation(t.psnr, costs, budget)
+        assert costs[got].mean() <= budget
+        best = max(t.psnr[np.arange(7), list(c)].sum() for c in itertools.product(range(3), repeat=7) if costs[list(c)].mean() <= budget)
+        assert t.psnr[np.arange(7), got].sum() == pytest.approx(best)
+
+
+def test_oracle_beats_or_equals_every_method_at_every_budget():
+    t = _table()
+    complexity = t.psnr[:, 0] - t.psnr[:, 2]  # an evaluator that knows the truth, up to noise
+    scores = {"CAT (good)": (complexity + np.random.default_rng(1).normal(0, 0.5, len(t)), None),
+              "CAT (inverted)": (-complexity, None)}
+    rows, _ = rd_curves(t, scores)
+    costs = t.tokens(np.arange(3))
+    for r in rows:
+        bound = t.psnr[np.arange(len(t)), oracle_allocation(t.psnr, costs, r["mean_tokens"])].mean()
+        assert r["psnr"] <= bound + 1e-9, r
+    h = headline(rows, t.ratios)
+    assert h["oracle"]["psnr_gain_db"] >= h["CAT (good)"]["psnr_gain_db"] > h["random"]["psnr_gain_db"] > h["CAT (inverted)"]["psnr_gain_db"]
+    assert 0 < h["CAT (good)"]["oracle_capture"] <= 1
+    assert h["CAT (good)"]["token_saving"] > 0  # reaches fixed 16x's PSNR with fewer tokens
+
+
+@pytest.mark.parametrize("target", [16, 30, 64, 100, 180, 256])
+def test_budget_calibration_within_one_image(target):
+    scores = np.random.default_rng(0).normal(5, 2, 50)
+    mapper = RatioMapper.calibrate_shift(scores, target, 128, anchor=(4.0, 7.0))
+    mean = RatioMapper.tokens(mapper(scores), 128).mean()
+    assert abs(mean - target) <= (256 - 64) / 50  # the largest one-image step, spread over 50 images
+    assert mapper.thresholds[1] - mapper.thresholds[0] == pytest.approx(3.0)  # the evaluator's spacing is kept
+    idx = score_allocation(scores, 64, 128, (8, 16, 32), anchor=(4.0, 7.0))
+    assert set(idx.tolist()) == {0, 1, 2}  # 16x's budget still spreads over every ratio (calibrate gave all-16x)
+
+
+def test_rd_command_writes_table_plot_and_report(tmp_path, tiny_vae, capsys):
+    tiny_vae.save_pretrained(tmp_path / "tok")
+    rng = np.random.default_rng(0)
+    for kind in ("flat", "natural"):
+        for i in range(4):
+            p = tmp_path / "data" / kind / f"{i}.png"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            arr = np.full((48, 48, 3), 40 * i, np.uint8) if kind == "flat" else rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)
+            Image.fromarray(arr).save(p)
+    out = tmp_path / "rd"
+    args = ["rd", str(tmp_path / "data"), "--ckpt", str(tmp_path / "tok"), "--out", str(out), "--image-size", "32",
+            "--features", "off", "--device", "cpu", "-q", "--budgets", "1,4,10,16"]
+    assert tools.main(args) == 0
+    rows = list(csv.DictReader(open(out / "rd.csv")))
+    assert list(rows[0]) == RD_COLUMNS
+    methods = {r["method"] for r in rows}
+    assert {"fixed 8x", "fixed 16x", "fixed 32x", "CAT (default)", "JPEG size", "random", "oracle"} <= methods
+    assert all(float(r["mean_tokens"]) <= float(r["budget"]) + 1e-9 for r in rows if r["method"] == "oracle")
+    assert (out / "rd.png").stat().st_size > 1000 and "## Per content kind" in (out / "rd.md").read_text()
+    chunks = list((out / "recon_cache").rglob("chunk_*.npz"))
+    assert chunks
+    mtimes = [c.stat().st_mtime_ns for c in chunks]
+    assert tools.main(args) == 0  # a rerun reuses every measurement
+    assert [c.stat().st_mtime_ns for c in chunks] == mtimes and len(list((out / "recon_cache").rglob("chunk_*.npz"))) == len(chunks)
