@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from cat_tokenizer.cli import tools
-from cat_tokenizer.cli.analyse import max_acceptable_ratio, quantile_matched_ratios
+from tasks.reconstruction.analysis import max_acceptable_ratio, max_acceptable_ratios, quantile_matched_ratios
+from tasks.reconstruction.table import ReconTable
 from test_datamodule_assign import mixed_folder
 
 
@@ -14,6 +15,18 @@ def test_max_acceptable_ratio_uses_the_tolerance():
     assert max_acceptable_ratio(psnr, 3.0) == 32
     assert max_acceptable_ratio(psnr, 0.1) == 8
     assert max_acceptable_ratio({8: 20.0, 16: 25.0, 32: 19.5}, 1.0) == 32  # a better coarse recon is acceptable
+    # text: OCR confidence must hold too
+    assert max_acceptable_ratio(psnr, 3.0, ocr={8: 80.0, 16: 75.0, 32: 40.0}, ocr_tolerance=10) == 16
+
+
+def test_max_acceptable_ratios_on_a_table():
+    psnr = np.array([[30.0, 29.5, 29.2], [30.0, 27.0, 20.0], [25.0, 24.8, 24.5]])
+    ocr = np.full((3, 3), np.nan)
+    ocr[2] = [70.0, 50.0, 30.0]  # text-bearing: PSNR holds, OCR does not
+    t = ReconTable(["a", "b", "c"], ["k"] * 3, (8, 16, 32), 128, psnr, psnr / 40, psnr, ocr, np.array([np.nan, np.nan, 72.0]),
+                   np.ones(3))
+    assert max_acceptable_ratios(t, 1.0, 10.0).tolist() == [32, 8, 8]
+    assert max_acceptable_ratios(t, 1.0, 25.0).tolist() == [32, 8, 16]
 
 
 def test_quantile_matching_keeps_the_histogram_and_ranks():
@@ -31,10 +44,11 @@ def test_analyse_cli_writes_table_csv_and_plot(tmp_path, tiny_vae, capsys):
     cfg.write_text("describer:\n  class_path: cat_tokenizer.complexity.ProbeDescriber\n  init_args: {ocr: false}\n")
     out = tmp_path / "an"
     assert tools.main(["analyse", str(root), "--ckpt", str(tmp_path / "vae"), "--image-size", "64", "--out", str(out),
-                       "--evaluator", str(cfg)]) == 0
+                       "--evaluator", str(cfg), "--features", "off", "--device", "cpu", "-q"]) == 0
     text = capsys.readouterr().out
-    for signal in ("jpeg_bpp", "mse_16x", "score_fast"):
+    for signal in ("JPEG size", "MSE (16x)", "fast"):
         assert f"| {signal} |" in text
+    assert "tolerate 16x or more (paper, ImageNet: 56%)" in text
     assert {"analysis.md", "per_image.csv", "scatter.png"} <= {p.name for p in out.iterdir()}
     assert len((out / "per_image.csv").read_text().strip().splitlines()) == 7
 
@@ -44,7 +58,8 @@ def test_analyse_bad_input_is_one_line(tmp_path, tiny_vae, capsys):
 
     root = mixed_folder(tmp_path / "imgs", n=2)
     tiny_vae.save_pretrained(tmp_path / "vae")
-    args = ["analyse", str(root), "--ckpt", str(tmp_path / "vae"), "--image-size", "32", "--out", str(tmp_path / "o")]
+    args = ["analyse", str(root), "--ckpt", str(tmp_path / "vae"), "--image-size", "32", "--out", str(tmp_path / "o"),
+            "--evaluator", "default", "--features", "off", "-q"]
     assert tools.main(args) == 2
     assert "at least 3 readable images" in capsys.readouterr().err
     if not torch.cuda.is_available():

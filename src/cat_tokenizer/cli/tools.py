@@ -153,14 +153,11 @@ def _cmd_distill_text(a: argparse.Namespace) -> int:
 
 
 def _cmd_analyse(a: argparse.Namespace) -> int:
-    from cat_tokenizer.cli.analyse import run_analysis
-    from cat_tokenizer.complexity import ComplexityEvaluator
-    from cat_tokenizer.io import load_vae
+    from cat_tokenizer.cli.analyse import analyse_folder
 
-    vae = load_vae(a.ckpt)
-    configs = a.evaluator or [None]
-    evaluators = [(Path(c).stem if c else "rubric", ComplexityEvaluator.from_config(c)) for c in configs]
-    table = run_analysis(a.dir, vae, evaluators, a.out, a.image_size, a.tolerance_db, a.lpips_weights, a.cache, a.device)
+    features = {"auto": None, "on": True, "off": False}[a.features]
+    table = analyse_folder(a.dir, a.ckpt, a.out, a.evaluator or ["default", "smollm2"], a.image_size, a.crop, a.tolerance_db,
+                           a.ocr_tolerance, features, a.recon_cache, a.cache, a.device, not a.quiet)
     print(table)
     print(f"wrote {a.out}/analysis.md, per_image.csv, scatter.png")
     return 0
@@ -316,16 +313,21 @@ def build_parser() -> argparse.ArgumentParser:
     dt.add_argument("--loss", default="mse", choices=["l1", "mse"], help="regression loss on the teacher's prompt scores")
     dt.set_defaults(fn=_cmd_distill_text)
 
-    an = sub.add_parser("analyse", help="Section 3.1: complexity signals vs each image's max acceptable ratio")
-    an.add_argument("dir", help="image folder")
-    an.add_argument("--ckpt", required=True, help="the nested VAE (folder, .ckpt or hub id)")
-    an.add_argument("--evaluator", action="append", help="evaluator YAML whose score is a signal (repeatable; default: probe+rubric)")
+    an = sub.add_parser("analyse", help="Section 3.1: each complexity signal vs each image's max acceptable ratio")
+    an.add_argument("dir", help="image folder (top-level subfolders = content kinds)")
+    an.add_argument("--ckpt", default="cat-small", help="the nested VAE: cat-small (shipped), a folder, .ckpt or hub id")
+    an.add_argument("--evaluator", action="append", help="evaluator whose score is a signal: default, smollm2, a YAML, "
+                    "distilled:D (repeatable; default: default and smollm2)")
     an.add_argument("--out", default="outputs/analysis", help="output folder")
-    an.add_argument("--image-size", type=int, default=256)
+    an.add_argument("--image-size", type=int, default=128)
+    an.add_argument("--crop", default="native", choices=["native", "resize"])
     an.add_argument("--tolerance-db", type=float, default=1.0, help="PSNR drop vs 8x still acceptable (dB)")
-    an.add_argument("--lpips-weights", help="local VGG16 weights file: adds LPIPS at 16x as a signal")
+    an.add_argument("--ocr-tolerance", type=float, default=10.0, help="OCR confidence drop vs 8x still acceptable (points)")
+    an.add_argument("--features", default="on", choices=["auto", "on", "off"], help="Inception features (the LPIPS stand-in)")
+    an.add_argument("--recon-cache", help="reconstruction cache folder (default OUT/recon_cache; rd's works too)")
     an.add_argument("--cache", help="score cache file")
-    an.add_argument("--device", default="cpu")
+    an.add_argument("--device", default="auto")
+    an.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     an.set_defaults(fn=_cmd_analyse)
 
     rd = sub.add_parser("rd", help="rate-distortion of CAT vs fixed ratios, JPEG size, random and the oracle on a folder")

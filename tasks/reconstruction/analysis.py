@@ -1,0 +1,173 @@
+"""``cat-tokenizer analyse``: the paper's Section 3.1 on any folder.
+
+Per image (the cached measurements of ``table.measure_folder``): the *maximum acceptable ratio* is
+the largest ratio whose PSNR is within ``tolerance_db`` of the 8x reconstruction's and, for a
+text-bearing crop, whose OCR word confidence is within ``ocr_tolerance`` points of the 8x one's.
+Its detail level is ``log2(32 / ratio)`` (0: 32x is fine ... 2: needs 8x).
+
+Candidate complexity scores, each against that level: Pearson r, Spearman rho, and agreement (the
+share of images whose ratio it gets right) when mapped to ratios by rank with the true histogram
+(so agreement measures ranking, not calibration) and, for evaluators, by their own thresholds:
+
+* MSE of the 16x reconstruction; JPEG bits per pixel of the crop (the paper's baselines);
+* the L2 distance of Inception pool features between the crop and its 16x reconstruction: the offline
+  stand-in for the paper's LPIPS (LPIPS weights are not available offline);
+* each evaluator given (default: the offline default and the SmolLM2 LLM path; a distilled head with
+  ``distilled:D``).
+
+The paper (CAT, Sec. 3.1, ImageNet): 56% of images tolerate 16x or more; MSE, JPEG size and LPIPS
+correlate with the acceptable ratio at Pearson r <= 0.36; the LLM score at r = 0.55 with 62% agreement.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+from cat_tokenizer.complexity import ComplexityEvaluator
+from cat_tokenizer.errors import UserInputError
+from tasks.reconstruction.table import ReconTable
+
+__all__ = ["max_acceptable_ratio", "max_acceptable_ratios", "quantile_matched_ratios", "signal_table", "run_analysis",
+           "SMOLLM2_EVALUATOR", "PAPER"]
+
+log = logging.getLogger(__name__)
+
+# The LLM path with the model that ships offline (configs/evaluator/probe_llm.yaml).
+SMOLLM2_EVALUATOR = {"class_path": "cat_tokenizer.complexity.ComplexityEvaluator",
+                     "init_args": {"describer": {"class_path": "cat_tokenizer.complexity.ProbeDescriber"},
+                                   "scorer": {"class_path": "cat_tokenizer.complexity.LLMScorer",
+                                              "init_args": {"model": "builtin:smollm2", "batch_size": 8}}}}
+# Section 3.1 of the paper (ImageNet, its tokenizer): what each row is compared with.
+PAPER = {"MSE (16x)": "r <= 0.36", "JPEG size": "r <= 0.36", "Inception distance (16x)": "LPIPS: r <= 0.36",
+         "LLM": "r = 0.55, 62% agreement"}
+
+
+def max_acceptable_ratio(psnr: dict[int, float], tolerance_db: float, ocr: dict[int, float] | None = None,
+                         ocr_tolerance: float = 10.0) -> int:
+    """Largest ratio whose PSNR is within ``tolerance_db`` of the smallest ratio's (and, with ``ocr``,
+    whose OCR confidence is within ``ocr_tolerance`` points of the smallest ratio's)."""
+    ratios = sorted(psnr)
+    ok = [r for r in ratios if psnr[r] >= psnr[ratios[0]] - tolerance_db
+          and (ocr is None or ocr[r] >= ocr[ratios[0]] - ocr_tolerance)]
+    return max(ok)
+
+
+def max_acceptable_ratios(table: ReconTable, tolerance_db: float = 1.0, ocr_tolerance: float = 10.0) -> np.ndarray:
+    """``max_acceptable_ratio`` for every image of the table: (N,) ratios."""
+    ok = table.psnr >= table.psnr[:, :1] - tolerance_db  # (N, R)
+    text = table.text_bearing
+    ok[text] &= table.ocr[text] >= table.ocr[text, :1] - ocr_tolerance
+    ratios = np.asarray(table.ratios)
+    return np.array([ratios[np.flatnonzero(row)].max() for row in ok])
+
+
+def quantile_matched_ratios(signal: np.ndarray, target_ratios: np.ndarray, higher_is_complex: bool = True) -> np.ndarray:
+    """Ratios from a signal, by ranking: the most complex images get the smallest ratios, in the
+    same proportions as ``target_ratios`` (so agreement measures ranking, not calibration)."""
+    order = np.argsort(-signal if higher_is_complex else signal, kind="stable")
+    out = np.empty_like(target_ratios)
+    out[order] = np.sort(target_ratios)
+    return out
+
+
+def signal_table(signals: dict[str, np.ndarray], target: np.ndarray, own: dict[str, np.ndarray] | None = None) -> list[dict]:
+    """Per signal: Pearson r and Spearman rho with the detail level, agreement rank-matched and with its own ratios."""
+    level = np.log2(32 / target)
+    rows = []
+    for name, v in signals.items():
+        v = np.asarray(v, np.float64)
+        if np.ptp(v) == 0 or np.ptp(level) == 0:
+            pr = sr = float("nan")
+        else:
+            pr, sr = float(stats.pearsonr(v, level)[0]), float(stats.spearmanr(v, level)[0])
+        mine = own.get(name) if own else None
+        rows.append({"signal": name, "pearson": pr, "spearman": sr,
+                     "agreement_ranked": float((quantile_matched_ratios(v, target) == target).mean()),
+                     "agreement_own": float((mine == target).mean()) if mine is not None else float("nan")})
+    return rows
+
+
+def _pct(v: float) -> str:
+    return "-" if np.isnan(v) else f"{100 * v:.0f}%"
+
+
+def run_analysis(table: ReconTable, root: Path, evaluators: Sequence[tuple[str, ComplexityEvaluator]], out_dir: Path,
+                 tolerance_db: float = 1.0, ocr_tolerance: float = 10.0, cache: Path | None = None) -> str:
+    """The table as markdown; writes analysis.md, per_image.csv, scatter.png."""
+    if len(table) < 3:
+        raise UserInputError(f"need at least 3 readable images to correlate, found {len(table)} under {root}")
+    target = max_acceptable_ratios(table, tolerance_db, ocr_tolerance)
+    j16 = list(table.ratios).index(16) if 16 in table.ratios else len(table.ratios) // 2
+    signals: dict[str, np.ndarray] = {"MSE (16x)": table.mse[:, j16], "JPEG size": table.jpeg_bpp}
+    if table.feats is not None:
+        d = table.feats[:, j16].astype(np.float32) - table.feats_orig.astype(np.float32)
+        signals["Inception distance (16x)"] = np.linalg.norm(d, axis=1)
+    own: dict[str, np.ndarray] = {}
+    paths = [root / p for p in table.paths]
+    for name, ev in evaluators:
+        res = ev.score_images(paths, cache=cache, progress=True)
+        s = np.array([np.nan if r.score is None else r.score for r in res])
+        if np.isnan(s).all():
+            log.warning("evaluator %s scored no image; left out", name)
+            continue
+        signals[name] = np.where(np.isnan(s), np.nanmedian(s), s)
+        own[name] = np.array([r.ratio or 0 for r in res])
+    rows = signal_table(signals, target, own)
+    ratios = table.ratios
+    kinds = sorted(set(table.kinds))
+    kind_arr = np.array(table.kinds)
+    tolerant = float((target >= 16).mean())
+    lines = [f"# Section 3.1 on {len(table)} images of {root} ({table.image_size} px)", "",
+             f"Maximum acceptable ratio: the largest ratio within {tolerance_db:g} dB PSNR of 8x (and, on the "
+             f"{int(table.text_bearing.sum())} text-bearing crops, within {ocr_tolerance:g} points of 8x's OCR confidence).", "",
+             "| kind | images | " + " | ".join(f"{r}x" for r in ratios) + " | 16x or more |", "|---|---|" + "---|" * (len(ratios) + 1)]
+    for kind in [*kinds, "all"]:
+        sel = np.ones(len(target), bool) if kind == "all" else kind_arr == kind
+        hist = " | ".join(f"{int((target[sel] == r).sum())}" for r in ratios)
+        lines.append(f"| {kind} | {int(sel.sum())} | {hist} | {_pct(float((target[sel] >= 16).mean()))} |")
+    lines += ["", f"{100 * tolerant:.0f}% of images tolerate 16x or more (paper, ImageNet: 56%).", "",
+              "| signal | Pearson r | Spearman rho | agreement (rank-matched) | agreement (own thresholds) | paper |",
+              "|---|---|---|---|---|---|"]
+    for r in rows:
+        paper = PAPER.get(r["signal"], PAPER["LLM"] if r["signal"] in ("smollm2",) else "")
+        lines.append(f"| {r['signal']} | {r['pearson']:+.2f} | {r['spearman']:+.2f} | {_pct(r['agreement_ranked'])} | "
+                     f"{_pct(r['agreement_own'])} | {paper} |")
+    lines += ["", "Positive r: the signal rises with the detail an image needs. Inception distance is the offline "
+              "stand-in for the paper's LPIPS (no LPIPS weights offline). Rank-matched agreement gives every signal the "
+              "true ratio histogram; own thresholds are the evaluator's ratios as it would assign them.", "",
+              "Files: analysis.md, per_image.csv, scatter.png", ""]
+    text = "\n".join(lines)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "analysis.md").write_text(text)
+    with open(out_dir / "per_image.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "kind", "max_ratio", *(f"psnr_{r}x" for r in ratios), *(f"ocr_{r}x" for r in ratios), *signals])
+        for i, p in enumerate(table.paths):
+            w.writerow([p, table.kinds[i], int(target[i]), *(f"{v:.3f}" for v in table.psnr[i]),
+                        *("" if np.isnan(v) else f"{v:.1f}" for v in table.ocr[i]), *(f"{signals[s][i]:.5g}" for s in signals)])
+    _scatter(signals, np.log2(32 / target), out_dir / "scatter.png")
+    return text
+
+
+def _scatter(signals: dict[str, np.ndarray], level: np.ndarray, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(signals), figsize=(3.2 * len(signals), 3.0), squeeze=False)
+    jitter = np.random.default_rng(0).uniform(-0.12, 0.12, len(level))
+    for ax, (name, v) in zip(axes[0], signals.items()):
+        ax.scatter(v, level + jitter, s=10, alpha=0.6)
+        ax.set_xlabel(name, fontsize=8)
+        ax.set_yticks([0, 1, 2], ["32x", "16x", "8x"])
+    axes[0][0].set_ylabel("max acceptable ratio")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
