@@ -88,3 +88,45 @@ def test_rd_command_writes_table_plot_and_report(tmp_path, tiny_vae, capsys):
     mtimes = [c.stat().st_mtime_ns for c in chunks]
     assert tools.main(args) == 0  # a rerun reuses every measurement
     assert [c.stat().st_mtime_ns for c in chunks] == mtimes and len(list((out / "recon_cache").rglob("chunk_*.npz"))) == len(chunks)
+
+
+def test_distill_target_oracle_learns_separable_labels(tmp_path, tiny_vae, monkeypatch):
+    """Flat images tolerate 32x, noisy ones need 8x (a synthetic measurement table): the head trained on
+    those oracle labels separates held-out images of both kinds, and the saved head scores like the oracle."""
+    import json
+
+    import tasks.reconstruction.table as table_mod
+    from cat_tokenizer.complexity import ComplexityEvaluator
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "data"
+    for kind in ("flat", "noise"):
+        for src in ("a", "b", "c", "d", "e"):
+            for i in range(6):
+                p = root / kind / src / f"{i}.png"
+                p.parent.mkdir(parents=True, exist_ok=True)
+                arr = (np.full((40, 40, 3), rng.integers(0, 255, 3), np.uint8) if kind == "flat"
+                       else rng.integers(0, 255, (40, 40, 3), dtype=np.uint8))
+                Image.fromarray(arr).save(p)
+    tiny_vae.save_pretrained(tmp_path / "tok")
+
+    def fake_measure(root_, vae, cache, image_size, crop, features=None, only=None, **kw):
+        paths = sorted(f.relative_to(root_).as_posix() for f in only)
+        flat = np.array([p.startswith("flat/") for p in paths])
+        psnr = np.where(flat[:, None], [[30.0, 29.9, 29.8]], [[30.0, 26.0, 22.0]])  # flat: 32x is fine; noise: needs 8x
+        n = len(paths)
+        return ReconTable(paths, [p.split("/")[0] for p in paths], (8, 16, 32), image_size, psnr, psnr / 40, psnr,
+                          np.full((n, 3), np.nan), np.full(n, np.nan), np.ones(n))
+
+    monkeypatch.setattr(table_mod, "measure_folder", fake_measure)
+    out = tmp_path / "student"
+    args = ["distill", "--target", "oracle", "--data", str(root), "--ckpt", str(tmp_path / "tok"), "--out", str(out),
+            "--image-size", "32", "--epochs", "60", "--groups", "folder", "--cnn", "none", "--device", "cpu"]
+    assert tools.main(args) == 0
+    report = json.loads((out / "distill.json").read_text())
+    assert report["target"] == "oracle" and report["crop"] == "native" and report["split"].startswith("by source")
+    assert report["held_out"] == 12  # one of five sources per kind, 6 images each
+    assert report["ratio_agreement"] >= 0.9
+    ev = ComplexityEvaluator.from_config(f"distilled:{out}")
+    res = ev.score_images([root / "flat" / "a" / "0.png", root / "noise" / "a" / "0.png"])
+    assert [r.ratio for r in res] == [32, 8]

@@ -116,11 +116,12 @@ def _measure(vae: NestedVAE, x: torch.Tensor, inception, min_words: int) -> dict
 
 
 def measure_folder(root: str | Path, vae: NestedVAE, cache: str | Path, image_size: int = 128, crop: CropPolicy = "native",
-                   min_words: int = 3, features: bool | None = None, chunk: int = 32, progress: bool = True) -> ReconTable:
-    """Measure every image under ``root`` (cached in ``cache``); ``features=None`` computes Inception
-    features when the folder has at least 200 images (enough for rFID to mean something)."""
+                   min_words: int = 3, features: bool | None = None, chunk: int = 32, progress: bool = True,
+                   only: list[Path] | None = None) -> ReconTable:
+    """Measure every image under ``root`` (or the files ``only``; cached in ``cache``); ``features=None``
+    computes Inception features when there are at least 200 images (enough for rFID to mean something)."""
     root, vae = Path(root).expanduser(), vae.eval()
-    files = list_images(root)
+    files = sorted(Path(f) for f in only) if only is not None else list_images(root)
     if features is None:
         features = len(files) >= 200
     folder = Path(cache) / _settings_key(vae, image_size, crop, min_words, features)

@@ -95,9 +95,9 @@ class _HeadOnStatistics(nn.Module):
 
 @torch.no_grad()
 def _trunk(vae, head: RatioHead, files: list[Path], image_size: int, device: torch.device,
-           batch: int = 16) -> list[torch.Tensor]:
+           batch: int = 16, crop: str = "resize") -> list[torch.Tensor]:
     """[(N, D) the head's trunk statistics] + [(N, C, S/8, S/8) 8x maps] when it has a conv branch."""
-    tf = image_transform(image_size, train=False)
+    tf = image_transform(image_size, train=False, crop=crop)
     stats, last = [], []
     keep_last = head.conv is not None
     for i in range(0, len(files), batch):
@@ -113,6 +113,10 @@ def _read_groups(root: Path, groups: str | None) -> tuple[dict[str, str] | None,
     when there is one (``cat-tokenizer variety`` writes it), "none" splits at random."""
     if groups in (None, "none") or (groups == "auto" and not (root / SOURCES_FILE).is_file()):
         return None, "random"
+    if groups == "folder":  # KIND/SOURCE/...: the second folder is the source, the first its family
+        found = {f.relative_to(root).as_posix(): "-".join(f.relative_to(root).parts[:2]) for f in list_images(root)
+                 if len(f.relative_to(root).parts) > 2}
+        return found, "KIND/SOURCE folders"
     path = root / SOURCES_FILE if groups == "auto" else Path(groups).expanduser()
     if not path.is_file():
         raise UserInputError(f"groups file not found: {groups} (a CSV of path,group rows; paths relative to the data folder)")
@@ -179,12 +183,34 @@ def _train_cnn(name: str, images: torch.Tensor, scores: torch.Tensor, epochs: in
     return _fit_regressor(net, net.get_classifier(), [images], scores, epochs, batch_size, lr, dev, loss)
 
 
+ORACLE_SCORES = {8: 8.5, 16: 5.5, 32: 2.5}  # max acceptable ratio -> regression target (thresholds 4, 7)
+
+
+def _oracle_labels(files: list[Path], root: Path, tokenizer: str, out_dir: Path, image_size: int, crop: str,
+                   tolerance_db: float, ocr_tolerance: float, dev: torch.device):
+    """``([(file, score)], mapper, name)`` from the tokenizer's own maximum acceptable ratios."""
+    from cat_tokenizer.complexity import RatioMapper
+    from tasks.reconstruction.analysis import max_acceptable_ratios
+    from tasks.reconstruction.table import measure_folder
+
+    vae = load_vae(tokenizer).eval().to(dev)
+    table = measure_folder(root, vae, out_dir / "recon_cache", image_size, crop, features=False, only=files)
+    ratios = max_acceptable_ratios(table, tolerance_db, ocr_tolerance)
+    if set(ratios.tolist()) - set(ORACLE_SCORES):
+        raise UserInputError(f"--target oracle needs ratios 8, 16, 32; the tokenizer has {list(vae.ratios)}")
+    hist = {r: int((ratios == r).sum()) for r in sorted(ORACLE_SCORES)}
+    log.info("oracle labels (max acceptable ratio within %g dB / OCR %g): %s", tolerance_db, ocr_tolerance, hist)
+    scored = [(root / p, ORACLE_SCORES[int(r)]) for p, r in zip(table.paths, ratios)]
+    return scored, RatioMapper((4.0, 7.0), (8, 16, 32)), f"oracle (max acceptable ratio, {tolerance_db:g} dB, OCR {ocr_tolerance:g})"
+
+
 def run_distill(teacher_config: str | None, data: str, out: str, tokenizer: str, image_size: int = 128,
                 epochs: int = 150, batch_size: int = 32, lr: float = 3e-3, hidden: int = 256, conv: int = 0,
                 val_fraction: float = 0.2, device: str = "auto", seed: int = 0, cnn: str | None = "resnet10t",
                 cnn_epochs: int = 20, speed_images: int = 64, stages: list[int] | None = None,
                 row_stride: list[int] | None = None, max_images: int | None = None, loss: str = "l1",
-                groups: str | None = "auto") -> dict:
+                groups: str | None = "auto", target: str = "teacher", crop: str | None = None,
+                tolerance_db: float = 1.0, ocr_tolerance: float = 10.0) -> dict:
     """Distil and report; returns the metrics dict (also written to ``out/distill.json``).
 
     With ``cnn`` (a timm model name, randomly initialised), a standalone CNN student is trained on
@@ -196,27 +222,42 @@ def run_distill(teacher_config: str | None, data: str, out: str, tokenizer: str,
     ``max_images``: distil on a seeded random sample of that many images of ``data`` (all by default).
     ``loss``: "l1" or "mse" on the teacher's score (``RatioHeadModule``). ``groups``: hold out whole
     sources ("auto": ``data/sources.csv`` when present, as ``variety`` writes; a CSV path; "none":
-    a per-file split); the agreement ``auto:`` trusts is then on images from unseen sources.
+    a per-file split; "folder": ``KIND/SOURCE/...`` folders, as real-v1 is laid out); the agreement
+    ``auto:`` trusts is then on images from unseen sources.
+
+    ``target="oracle"`` trains on the tokenizer's own labels instead of a teacher: each image's maximum
+    acceptable ratio (``tasks.reconstruction.analysis``: within ``tolerance_db`` of 8x's PSNR and, for
+    text, ``ocr_tolerance`` of its OCR confidence), measured on ``crop`` crops (default native) and
+    regressed as scores 8.5 / 5.5 / 2.5 for 8x / 16x / 32x (thresholds 4 and 7).
     """
     silence_known_warnings()
     _check_loss(loss)  # before the (slow) scoring
     L.seed_everything(seed, workers=True)
     root, out_dir, dev = Path(data).expanduser(), Path(out), resolve_device(device)
+    if target not in ("teacher", "oracle"):
+        raise UserInputError(f"--target must be teacher or oracle, got {target!r}")
+    crop = crop or ("native" if target == "oracle" else "resize")
     group_of, split_from = _read_groups(root, groups)  # before the (slow) scoring: a bad file fails now
-    teacher = ComplexityEvaluator.from_config(teacher_config)
+    teacher = ComplexityEvaluator.from_config(teacher_config) if target == "teacher" else None
     files = list_images(root)
     if max_images and len(files) > max_images:  # a seeded sample, the same for every run with this seed
         files = sorted(random.Random(seed).sample(files, max_images))
     files, bad = partition_readable(files)
     for err in bad:
         log.warning("skipping unreadable image %s", err)
-    results = teacher.score_images(files, cache=default_score_cache(root), progress=True)
-    scored = [(Path(r.key), r.score) for r in results if r.score is not None]
+    if target == "oracle":
+        scored, mapper, teacher_name = _oracle_labels(files, root, tokenizer, out_dir, image_size, crop, tolerance_db,
+                                                      ocr_tolerance, dev)
+    else:
+        results = teacher.score_images(files, cache=default_score_cache(root), progress=True)
+        scored = [(Path(r.key), r.score) for r in results if r.score is not None]
+        teacher_name = teacher.name
     if len(scored) < 4:
         raise UserInputError(f"need at least 4 scored images to distil, found {len(scored)} under {root}")
     files = [f for f, _ in scored]
     scores = torch.tensor([s for _, s in scored], dtype=torch.float32)
-    mapper = teacher.mapper_for(scores.tolist())  # the teacher's thresholds (calibrated if it has a budget)
+    if teacher is not None:
+        mapper = teacher.mapper_for(scores.tolist())  # the teacher's thresholds (calibrated if it has a budget)
     val = _grouped_split(files, root, val_fraction, group_of) if group_of else set(_stratified_split(files, root, val_fraction))
     split = "random" if group_of is None else f"by source ({split_from})"
     log.info("held-out split: %s", split)
@@ -228,26 +269,27 @@ def run_distill(teacher_config: str | None, data: str, out: str, tokenizer: str,
     vae = load_vae(tokenizer).eval().to(dev)
     stage_channels = vae.config["block_out_channels"][: vae.trunk_level() + 1]
     head = RatioHead(stage_channels, hidden, conv, mapper.thresholds, mapper.ratios, image_size, stages=stages,
-                     row_stride=row_stride).to(dev)
-    inputs = _trunk(vae, head, files, image_size, dev)  # [(N, D) statistics, (N, C, h, w) 8x maps]
+                     row_stride=row_stride, crop=crop).to(dev)
+    inputs = _trunk(vae, head, files, image_size, dev, crop=crop)  # [(N, D) statistics, (N, C, h, w) 8x maps]
     _fit_regressor(_HeadOnStatistics(head), head.out, [t[tr] for t in inputs], scores[tr], epochs, batch_size, lr, dev, loss)
     head.eval()
     with torch.no_grad():
         pred = head.score(*[t[va].to(dev) for t in inputs]).cpu()
     agreement, confusion, rho = _agreement(pred, scores[va], mapper)
     by_folder = _agreement_by_folder(pred, scores[va], mapper, [files[i] for i in va], root)
-    teacher_ref = str(Path(teacher_config).expanduser().resolve()) if teacher_config else None
-    head.config["report"] = {"teacher": teacher_ref, "teacher_name": teacher.name, "agreement": round(agreement, 4),
+    teacher_ref = str(Path(teacher_config).expanduser().resolve()) if teacher_config and target == "teacher" else None
+    head.config["report"] = {"teacher": teacher_ref, "teacher_name": teacher_name, "agreement": round(agreement, 4),
                              "held_out": len(va), "spearman": round(rho, 4), "split": split}
     vae.attach_ratio_head(head)
 
     # Speed, one process, the same held-out images from decoded PIL images; the teacher without its cache.
     images = [load_rgb(files[i]) for i in va[:speed_images]]
-    tf = image_transform(image_size, train=False)
+    tf = image_transform(image_size, train=False, crop=crop)
     x = torch.stack([tf(im) for im in images]).to(dev)
     with torch.no_grad():
         student_ips = items_per_second(lambda: vae.predict_scores(torch.stack([tf(im) for im in images]).to(dev)), len(images), warmup=True)
-        teacher_ips = items_per_second(lambda: teacher.score_descriptions(teacher.describer.describe(images)), len(images), warmup=True)
+        teacher_ips = (items_per_second(lambda: teacher.score_descriptions(teacher.describer.describe(images)), len(images),
+                                        warmup=True) if teacher is not None else float("nan"))  # the oracle needs every reconstruction
         enc_s = 1.0 / items_per_second(lambda: vae.encode(x, min(vae.ratios)), len(images), warmup=True)
         taps = vae.trunk(x)
         head_s = 1.0 / items_per_second(lambda: head(taps), len(images), warmup=True)
@@ -267,23 +309,25 @@ def run_distill(teacher_config: str | None, data: str, out: str, tokenizer: str,
                        "cnn_confusion": c_conf.tolist(), "cnn_gflops_per_image": round(cnn_gflops, 4),
                        "cnn_params": sum(p.numel() for p in net.parameters()), "cnn_images_per_s": round(cnn_ips, 2),
                        "cnn_epochs": cnn_epochs}
-    metrics = {"teacher": teacher.name, "images": len(files), "train": len(tr), "held_out": len(va), "split": split,
+    metrics = {"teacher": teacher_name, "target": target, "crop": crop, "images": len(files), "train": len(tr), "held_out": len(va), "split": split,
                "ratio_agreement": round(agreement, 4), "spearman": round(rho, 4),
                "confusion_rows_teacher_cols_student": confusion.tolist(), "ratios": list(mapper.ratios),
                "thresholds": list(mapper.thresholds), "student_images_per_s": round(student_ips, 2),
-               "teacher_images_per_s": round(teacher_ips, 2), "speedup": round(student_ips / teacher_ips, 1),
+               "teacher_images_per_s": round(teacher_ips, 2) if teacher is not None else None,
+               "speedup": round(student_ips / teacher_ips, 1) if teacher is not None else None,
                "head_share_of_8x_encode": round(head_s / enc_s, 5), "head_params": sum(p.numel() for p in head.parameters()),
                "head_gflops_per_image": round(head_gflops, 6), "image_size": image_size, "epochs": epochs, "loss": loss,
                "stages": head.config["stages"], "row_stride": head.config["row_stride"],
                "agreement_by_folder": by_folder, "speed_images": len(images),
                "replaces_teacher_by_default": replaces_teacher(agreement, len(va)), **cnn_metrics}
     (out_dir / "distill.json").write_text(json.dumps(metrics, indent=2))
-    lines = [f"# Distilled ratio head ({teacher.name} -> tokenizer trunk)", "",
+    lines = [f"# Distilled ratio head ({teacher_name} -> tokenizer trunk)", "",
              f"{len(files)} images ({len(tr)} train / {len(va)} held out, split {split}) at {image_size}px; "
              f"head {metrics['head_params']} params.",
              "", f"- ratio agreement on held-out images: {100 * agreement:.1f}%",
              f"- Spearman correlation of scores: {rho:+.3f}",
-             f"- speed: student {student_ips:.1f} img/s vs teacher {teacher_ips:.2f} img/s ({metrics['speedup']}x), {dev}",
+             (f"- speed: student {student_ips:.1f} img/s vs teacher {teacher_ips:.2f} img/s ({metrics['speedup']}x), {dev}"
+              if teacher is not None else f"- speed: student {student_ips:.1f} img/s ({dev}); the oracle reconstructs every ratio"),
              f"- the head alone costs {100 * head_s / enc_s:.3f}% of an 8x encode", "",
              "Confusion (rows: teacher ratio, columns: student ratio; " + ", ".join(f"{r}x" for r in mapper.ratios) + "):", ""]
     lines += ["    " + " ".join(f"{v:5d}" for v in row) for row in confusion.tolist()]

@@ -125,7 +125,8 @@ def _cmd_distill(a: argparse.Namespace) -> int:
 
     run_distill(a.teacher, a.data, a.out, a.ckpt, a.image_size, a.epochs, a.batch_size, a.lr, a.hidden, a.conv, a.val_fraction,
                 a.device, cnn=None if a.cnn == "none" else a.cnn, cnn_epochs=a.cnn_epochs, stages=_ints(a.stages, "--stages"),
-                row_stride=_ints(a.row_stride, "--row-stride"), max_images=a.max_images, loss=a.loss, groups=a.groups)
+                row_stride=_ints(a.row_stride, "--row-stride"), max_images=a.max_images, loss=a.loss, groups=a.groups,
+                target=a.target, crop=a.crop, tolerance_db=a.tolerance_db, ocr_tolerance=a.ocr_tolerance)
     print((Path(a.out) / "distill.md").read_text())
     print(f"wrote {a.out}/ (tokenizer with its ratio head), distill.json, distill.md; use it with --evaluator distilled:{a.out}")
     return 0
@@ -271,7 +272,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     ds = sub.add_parser("distill", help="train the tokenizer's ratio head on a teacher evaluator; report agreement and speed")
     ds.add_argument("--data", required=True, help="image folder")
-    ds.add_argument("--ckpt", required=True, help="the nested VAE whose trunk the head reads")
+    ds.add_argument("--ckpt", default="cat-small", help="the nested VAE whose trunk the head reads (default: cat-small)")
+    ds.add_argument("--target", default="teacher", choices=["teacher", "oracle"],
+                    help="teacher: an evaluator's scores; oracle: the tokenizer's own max acceptable ratio per image")
+    ds.add_argument("--crop", choices=["resize", "native"], help="crop policy of the head's view (default: native for oracle, "
+                    "resize for teacher)")
+    ds.add_argument("--tolerance-db", type=float, default=1.0, help="oracle: PSNR drop vs 8x still acceptable")
+    ds.add_argument("--ocr-tolerance", type=float, default=10.0, help="oracle: OCR confidence drop vs 8x still acceptable")
     ds.add_argument("--out", required=True, help="folder for the tokenizer with its head, distill.json, distill.md")
     ds.add_argument("--teacher", help="teacher evaluator YAML (default: probe + rubric)")
     ds.add_argument("--image-size", type=int, default=128)
@@ -285,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--loss", default="l1", choices=["l1", "mse"],
                     help="regression loss on the teacher's score (l1: its median, which keeps bimodal cases in one ratio)")
     ds.add_argument("--groups", default="auto", help="hold out whole sources: auto (DIR/sources.csv if present, as variety "
-                    "writes), a CSV of path,group rows, or none (per-file split)")
+                    "writes), folder (DIR/KIND/SOURCE/..., as real-v1), a CSV of path,group rows, or none (per-file split)")
     ds.add_argument("--max-images", type=int, help="distil on a seeded random sample of this many images (default: all)")
     ds.add_argument("--val-fraction", type=float, default=0.2)
     ds.add_argument("--device", default="auto")

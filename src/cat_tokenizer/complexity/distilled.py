@@ -24,8 +24,8 @@ class DistilledDescriber(Describer):
 
     Args:
         path: a tokenizer folder with a ratio head (``cat-tokenizer distill --out``).
-        image_size: images are resized (short side) and centre-cropped to this before the trunk
-            (None: the size the head was trained at).
+        image_size: images are cropped to this before the trunk, by the crop policy the head was
+            trained with (None: the size the head was trained at).
         batch_size: images per forward pass.
         device: where the trunk runs.
     """
@@ -57,14 +57,14 @@ class DistilledDescriber(Describer):
         weights = Path(self.path) / "model.safetensors"
         stamp = weights.stat().st_mtime_ns if weights.is_file() else None
         return {"describer": "distilled/v1", "path": str(Path(self.path).resolve()), "weights_mtime": stamp,
-                "image_size": self.load().image_size}
+                "image_size": self.load().image_size, "crop": self.vae.ratio_head.config.get("crop", "resize")}
 
     @torch.no_grad()
     def describe(self, images: list[Image.Image]) -> list[Description]:
         from cat_tokenizer.data.datamodule import image_transform
 
         self.load()
-        tf = image_transform(self.image_size, train=False)
+        tf = image_transform(self.image_size, train=False, crop=self.vae.ratio_head.config.get("crop", "resize"))
         out = []
         for i in range(0, len(images), self.batch_size):
             x = torch.stack([tf(im) for im in images[i : i + self.batch_size]]).to(self.vae.encoder.conv_in.weight.device)

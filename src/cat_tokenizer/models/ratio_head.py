@@ -71,7 +71,7 @@ class RatioHead(nn.Module):
     def __init__(self, stage_channels: Sequence[int], hidden: int = 256, conv: int = 0,
                  thresholds: Sequence[float] = (4.0, 7.0), ratios: Sequence[int] = (8, 16, 32),
                  image_size: int | None = None, report: dict | None = None, stages: Sequence[int] | None = None,
-                 row_stride: Sequence[int] | None = None):
+                 row_stride: Sequence[int] | None = None, crop: str = "resize"):
         super().__init__()
         n = len(stage_channels)
         stages = list(range(n)) if stages is None else sorted({int(s) for s in stages})
@@ -82,7 +82,8 @@ class RatioHead(nn.Module):
             raise UserInputError(f"ratio head row_stride needs one stride >= 1 per trunk stage ({n}), got {row_stride}")
         self.config = {"stage_channels": [int(c) for c in stage_channels], "hidden": hidden, "conv": conv,
                        "thresholds": [float(t) for t in thresholds], "ratios": [int(r) for r in ratios],
-                       "image_size": image_size, "report": report, "stages": stages, "row_stride": row_stride}
+                       "image_size": image_size, "report": report, "stages": stages, "row_stride": row_stride,
+                       "crop": crop}
         dim = STATS_PER_CHANNEL * sum(stage_channels[s] for s in stages) + 2 * conv
         self.conv = nn.Sequential(
             nn.Conv2d(stage_channels[-1], conv, 3, padding=1), nn.SiLU(),
