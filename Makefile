@@ -111,6 +111,8 @@ bench-gen-gpu: install
 	$(VENV)/bin/cat-tokenizer bench-gen --preset B/2 --device cuda --precision bf16 --batch 64 --images 2048 --mix embedded --mix paper
 
 bench: install
+	$(VENV)/bin/cat-tokenizer bench-train
+	$(VENV)/bin/cat-tokenizer bench --preset cat-small --size 128 --batch 8
 	$(VENV)/bin/cat-tokenizer bench
 	$(VENV)/bin/cat-tokenizer bench-score
 	$(VENV)/bin/cat-tokenizer bench-head

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
+
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -126,4 +128,54 @@ def bench_ratio_head(preset: str = "small", size: int = 128, batch: int = 4, rep
         rows.append({"variant": name, "inputs": head.mlp[1].in_features,
                      "params": sum(p.numel() for p in head.parameters()), "share_of_8x_encode": head_s / enc_s,
                      "head_ms_per_image": 1e3 * head_s / batch, "encode_ms_per_image": 1e3 * enc_s / batch})
+    return rows
+
+
+# Training-step variants for ``bench_train``: (label, precision, GAN on from the first step).
+TRAIN_VARIANTS = [
+    ("fp32, GAN on (discriminator forward/backward every step)", "32-true", True),
+    ("fp32, GAN off (empty discriminator step)", "32-true", False),
+    ("bf16-mixed, GAN off (the cat-small recipe)", "bf16-mixed", False),
+]
+
+
+def bench_train(preset: str = "cat-small", size: int = 128, batch: int = 8, steps: int = 8, warmup: int = 3) -> list[dict]:
+    """Images/s of full ``NestedVAEModule`` training steps (Lightning, manual optimisation, EMA, one
+    ratio per batch cycling 8/16/32) per variant of ``TRAIN_VARIANTS``, on fixed random batches
+    (no data loading), in this process. bf16 rows are skipped on CPUs without native bfloat16."""
+    import lightning as L
+
+    from cat_tokenizer.devices import cpu_has_native_bf16
+    from cat_tokenizer.lit.vae_module import NestedVAEModule
+    from cat_tokenizer.losses.vae_loss import VAELoss
+
+    class _Timer(L.Callback):
+        def __init__(self):
+            self.times: list[float] = []
+
+        def on_train_batch_start(self, *args) -> None:
+            self._t = time.perf_counter()
+
+        def on_train_batch_end(self, *args) -> None:
+            self.times.append(time.perf_counter() - self._t)
+
+    g = torch.Generator().manual_seed(0)
+    data = [{"image": torch.rand(batch, 3, size, size, generator=g) * 2 - 1, "ratio": r, "index": torch.arange(batch)}
+            for r in (8, 16, 32)] * ((warmup + steps) // 3 + 1)
+    rows = []
+    for label, precision, gan in TRAIN_VARIANTS:
+        if precision.startswith("bf16") and not torch.cuda.is_available() and not cpu_has_native_bf16():
+            continue
+        torch.manual_seed(0)
+        module = NestedVAEModule(NestedVAE.from_preset(preset), VAELoss(perceptual_weight=0.0, disc_start=0 if gan else 10**9),
+                                 lr=1e-3, betas=(0.9, 0.99), warmup_steps=1)
+        timer = _Timer()
+        L.Trainer(max_steps=2 * (warmup + steps), precision=precision, logger=False, enable_checkpointing=False,
+                  enable_progress_bar=False, enable_model_summary=False, callbacks=[timer], limit_val_batches=0,
+                  use_distributed_sampler=False).fit(module, torch.utils.data.DataLoader(data, batch_size=None))
+        t = float(np.median(timer.times[warmup:]))
+        rows.append({"variant": label, "s_per_step": t, "img_per_s": batch / t})
+    base = rows[0]["img_per_s"]
+    for r in rows:
+        r["speed_vs_first"] = r["img_per_s"] / base
     return rows

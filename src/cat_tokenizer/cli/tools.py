@@ -46,6 +46,18 @@ def _cmd_bench(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_train(a: argparse.Namespace) -> int:
+    from cat_tokenizer.cli.bench import bench_train
+
+    rows = bench_train(a.preset, a.size, a.batch, a.steps)
+    print(f"NestedVAEModule training step, preset '{a.preset}', {a.size}x{a.size}, batch {a.batch}, CPU threads "
+          f"{__import__('torch').get_num_threads()}, median of {a.steps} steps (no data loading):")
+    print("| variant | s/step | img/s | speed vs first |\n|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['variant']} | {r['s_per_step']:.3f} | {r['img_per_s']:.1f} | {r['speed_vs_first']:.2f}x |")
+    return 0
+
+
 def _cmd_bench_head(a: argparse.Namespace) -> int:
     from cat_tokenizer.cli.bench import bench_ratio_head
 
@@ -208,12 +220,19 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(fn=_cmd_decode)
 
     b = sub.add_parser("bench", help="params, GFLOPs and images/s of the nested VAE per ratio")
-    b.add_argument("--preset", default="base", help="tiny, small or base")
+    b.add_argument("--preset", default="base", help="tiny, small, cat-small or base")
     b.add_argument("--size", type=int, default=256, help="image side in pixels")
     b.add_argument("--batch", type=int, default=1)
     b.add_argument("--iters", type=int, default=3)
     b.add_argument("--device", default="cpu")
     b.set_defaults(fn=_cmd_bench)
+
+    bt = sub.add_parser("bench-train", help="img/s of a VAE training step: fp32 with the GAN, fp32 without, bf16 without")
+    bt.add_argument("--preset", default="cat-small", help="NestedVAE preset")
+    bt.add_argument("--size", type=int, default=128)
+    bt.add_argument("--batch", type=int, default=8)
+    bt.add_argument("--steps", type=int, default=8, help="timed steps per variant (after 3 warm-up steps)")
+    bt.set_defaults(fn=_cmd_bench_train)
 
     bh = sub.add_parser("bench-head", help="the ratio head's cost as a share of an 8x encode, per head variant")
     bh.add_argument("--preset", nargs="+", default=["small", "base"], help="NestedVAE presets to measure")

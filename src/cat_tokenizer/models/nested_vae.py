@@ -52,6 +52,8 @@ NESTED_VAE_PRESETS: dict[str, dict] = {
     "tiny": dict(block_out_channels=(8, 16, 16, 32, 32, 32), layers_per_block=1, norm_num_groups=8, latent_channels=4),
     # ~3M params: the CPU demo at 128 px.
     "small": dict(block_out_channels=(32, 32, 64, 64, 128, 128), layers_per_block=1, norm_num_groups=16, latent_channels=8),
+    # cat-small, the shipped CPU tokenizer (4.8M params): small's widths, 16 latent channels (measured better at equal time).
+    "cat-small": dict(block_out_channels=(32, 32, 64, 64, 128, 128), layers_per_block=1, norm_num_groups=16, latent_channels=16),
     # LDM-f8 width (128/256/512/512) extended by two 512-wide stages for 16x and 32x; paper scale.
     "base": dict(block_out_channels=(128, 256, 512, 512, 512, 512), layers_per_block=2, norm_num_groups=32, latent_channels=16),
 }
