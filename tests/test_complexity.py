@@ -210,19 +210,22 @@ def test_score_cli_empty_folder(tmp_path, capsys):
     assert "no image files" in capsys.readouterr().err
 
 
-def test_rerun_stats_files_instead_of_rereading_them(kinds, tmp_path, monkeypatch):
+def test_rerun_with_trust_stat_stats_files_instead_of_rereading_them(kinds, tmp_path, monkeypatch):
     import cat_tokenizer.complexity.cache as cache_mod
+    from cat_tokenizer.complexity.cache import ScoreCache
 
     files = sorted(kinds.glob("*.png"))
     ev = ComplexityEvaluator(describer=CountingDescriber())
-    first = ev.score_images(files, cache=tmp_path / "s.sqlite")
+    first = ev.score_images(files, cache=ScoreCache(tmp_path / "s.sqlite", trust_stat=True))
 
     def no_reading(path, chunk=0):
         raise AssertionError(f"{path} was read again")
 
     monkeypatch.setattr(cache_mod, "content_hash", no_reading)
-    again = ev.score_images(files, cache=tmp_path / "s.sqlite")
+    again = ev.score_images(files, cache=ScoreCache(tmp_path / "s.sqlite", trust_stat=True))
     assert all(r.cached for r in again) and [r.score for r in again] == [r.score for r in first]
+    with pytest.raises(AssertionError, match="was read again"):  # the default hashes every file, every time
+        ev.score_images(files, cache=tmp_path / "s.sqlite")
 
 
 def test_slices_can_skip_ratio_mapping(kinds):

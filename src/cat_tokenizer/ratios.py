@@ -48,3 +48,26 @@ def parse_ratio_spec(spec: str, valid: Sequence[int] = DEFAULT_RATIOS) -> int | 
 def token_count(height: int, width: int, ratio: int) -> int:
     """Latent tokens for an image of ``height x width`` at ``ratio`` (sides padded up to a multiple)."""
     return math.ceil(height / ratio) * math.ceil(width / ratio)
+
+
+def parse_budget(spec: str | float, image_size: int, valid: Sequence[int] = DEFAULT_RATIOS) -> float:
+    """Mean tokens per image from a number or a ratio-relative spec: ``"16x-18%"`` is fixed 16x's
+    token count minus 18% (the paper's CAT on ImageNet), ``"8x+0%"`` fixed 8x's.
+
+    Raises:
+        UserInputError: anything else.
+    """
+    import re
+
+    if isinstance(spec, (int, float)):
+        return float(spec)
+    text = str(spec).strip().replace(" ", "")
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    m = re.fullmatch(r"(\d+)x(?:([+-]\d+(?:\.\d+)?)%)?", text)
+    if m is None or int(m.group(1)) not in valid:
+        raise UserInputError(f"--budget takes mean tokens (e.g. 210) or <ratio>x[+-<percent>%] with ratio in {list(valid)} "
+                             f"(e.g. 16x-18%); got {spec!r}")
+    return token_count(image_size, image_size, int(m.group(1))) * (1 + float(m.group(2) or 0) / 100)

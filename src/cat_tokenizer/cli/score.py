@@ -14,6 +14,7 @@ from cat_tokenizer.complexity.cache import default_score_cache
 from cat_tokenizer.data.assign import read_ratio_csv
 from cat_tokenizer.data.images import list_images
 from cat_tokenizer.errors import UserInputError
+from cat_tokenizer.ratios import parse_budget
 from cat_tokenizer.io import apply_umask
 
 __all__ = ["write_rows", "result_rows", "run_score", "format_summary"]
@@ -43,10 +44,19 @@ def result_rows(results: Sequence[ScoreResult], root: Path | None, evaluator_nam
              "description": r.description or (r.error or ""), "evaluator": evaluator_name} for r in results]
 
 
-def format_summary(results: Sequence[ScoreResult], evaluator: ComplexityEvaluator) -> str:
+def format_summary(results: Sequence[ScoreResult], evaluator: ComplexityEvaluator, root: Path | None = None) -> str:
     s = summarize(results, evaluator.image_size, evaluator.mapper.ratios)
     lines = [f"scored {s['scored']} ({sum(r.cached for r in results)} from cache), {s['failed']} failed; evaluator {evaluator.name}"]
     lines += [f"  {r:>2}x: {n:5d} images" for r, n in s["per_ratio"].items()]
+    kinds: dict[str, list[int]] = {}
+    for r in results:
+        rel = Path(r.key).relative_to(root).parts if root is not None and r.ratio else ()
+        if len(rel) > 1:
+            kinds.setdefault(rel[0], []).append(r.ratio)
+    if len(kinds) > 1:  # shares per top-level folder (content kind)
+        ratios = evaluator.mapper.ratios
+        lines.append("per kind (" + " / ".join(f"{q}x" for q in ratios) + "): " + "; ".join(
+            f"{k} " + "/".join(f"{100 * v.count(q) / len(v):.0f}%" for q in ratios) for k, v in sorted(kinds.items())))
     if s["scored"]:
         fixed = s["fixed_tokens"]
         base = fixed.get(16, next(iter(fixed.values())))
@@ -61,7 +71,7 @@ def run_score(
     out: str | None,
     evaluator_config: str | None = None,
     cache: str | None = None,
-    budget: float | None = None,
+    budget: float | str | None = None,
     image_size: int | None = None,
     thresholds: Sequence[float] | None = None,
     overrides: str | None = None,
@@ -77,7 +87,7 @@ def run_score(
     if thresholds is not None:
         evaluator.mapper = RatioMapper(thresholds, evaluator.mapper.ratios)
     if budget is not None:
-        evaluator.target_mean_tokens = budget
+        evaluator.target_mean_tokens = parse_budget(budget, evaluator.image_size, evaluator.mapper.ratios)
     name = evaluator.name
     if texts:
         results = evaluator.score_texts(list(texts), cache=cache, ratio=ratio)
@@ -90,7 +100,7 @@ def run_score(
         manual = read_ratio_csv(overrides, base, evaluator.mapper.ratios) if overrides else None
         results = evaluator.score_images(files, cache=store, overrides=manual, ratio=ratio, progress=progress)
         rows = result_rows(results, base, name)
-    summary = format_summary(results, evaluator)
+    summary = format_summary(results, evaluator, None if texts else base)
     failed = [r for r in results if r.error]
     if failed:
         summary += f"\n{len(failed)} unreadable file(s), not scored:\n" + "\n".join(f"  {r.error}" for r in failed)

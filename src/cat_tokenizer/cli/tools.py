@@ -188,6 +188,25 @@ def _cmd_rd(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_fit_rubric(a: argparse.Namespace) -> int:
+    from tasks.complexity.fit import run_fit_rubric
+
+    kind_map = None
+    if a.kind_map:
+        try:
+            from tasks.complexity.fit import RATIO_CLASS
+
+            kind_map = {k: RATIO_CLASS[int(v)] for k, v in (item.split("=") for item in a.kind_map.split(","))}
+        except (ValueError, KeyError):
+            raise UserInputError(f"--kind-map takes kind=ratio pairs with ratios 8, 16, 32, e.g. text=8,natural=16,flat=32; "
+                                 f"got {a.kind_map!r}") from None
+    report = run_fit_rubric(a.data, a.out, a.eval, a.target, kind_map, a.ratio_column, a.ocr, not a.no_faces, a.c,
+                            a.face_points, a.max_files, progress=not a.quiet)
+    print(Path(a.out).with_suffix(".md").read_text())
+    print(f"wrote {a.out} (use it with --evaluator {a.out}), {Path(a.out).with_suffix('.md')}, {Path(a.out).with_suffix('.json')}")
+    return 0 if report else 1
+
+
 def _cmd_demo(a: argparse.Namespace) -> int:
     from cat_tokenizer.cli.demo import run_demo
 
@@ -248,7 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="CSV to write (path, score, ratio, description, evaluator)")
     s.add_argument("--evaluator", help="evaluator YAML (class_path/init_args); default: probe describer + rule rubric")
     s.add_argument("--cache", help="score cache file (default: one per folder under $CAT_TOKENIZER_CACHE/scores)")
-    s.add_argument("--budget", type=float, help="target mean tokens: calibrate the thresholds on these scores")
+    s.add_argument("--budget", help="target mean tokens (e.g. 210) or relative to a fixed ratio (e.g. 16x-18%%): the "
+                   "evaluator's thresholds are shifted together on these scores until the mean matches")
     s.add_argument("--image-size", type=int, help="side the token counts refer to (default: the evaluator's, 256)")
     s.add_argument("--thresholds", help="score cut points, e.g. 4,7 (score >= 7 -> 8x, >= 4 -> 16x, else 32x)")
     s.add_argument("--overrides", help="CSV with path,ratio columns: ratios set by hand for some images")
@@ -370,6 +390,21 @@ def build_parser() -> argparse.ArgumentParser:
     rd.add_argument("--device", default="auto")
     rd.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     rd.set_defaults(fn=_cmd_rd)
+
+    fr = sub.add_parser("fit-rubric", help="fit the evaluator's scorer to labelled folders; source-held-out CV figures")
+    fr.add_argument("data", help="folder of KIND/SOURCE/... images (e.g. real-v1 train/)")
+    fr.add_argument("--out", required=True, help="evaluator YAML to write (a .md report, .json and .facts.csv cache go beside it)")
+    fr.add_argument("--eval", help="a held-out folder to report on with the final model (e.g. real-v1 dev/)")
+    fr.add_argument("--target", default="kinds", help="kinds (top-level folders as weak labels) or csv:FILE (path + ratio column)")
+    fr.add_argument("--kind-map", help="kind=ratio pairs (default text=8,charts=8,natural=16,flat=32)")
+    fr.add_argument("--ratio-column", default="ratio", help="with csv:FILE, the column holding 8/16/32 (analyse: max_ratio)")
+    fr.add_argument("--ocr", action="store_true", help="add Tesseract facts (slow: about 5 img/s here)")
+    fr.add_argument("--no-faces", action="store_true", help="no face detection")
+    fr.add_argument("--c", type=float, default=1.0, help="inverse L2 strength of the logistic regression")
+    fr.add_argument("--face-points", type=float, default=2.5, help="score points a detected face adds")
+    fr.add_argument("--max-files", type=int, help="fit on a seeded sample of this many files")
+    fr.add_argument("-q", "--quiet", action="store_true")
+    fr.set_defaults(fn=_cmd_fit_rubric)
 
     m = sub.add_parser("demo", help="the shipped tokenizer on a folder of kinds: reconstructions per kind, CAT vs fixed 16x")
     m.add_argument("--data", help="folder whose top-level subfolders are content kinds (default: the embedded 45 images)")

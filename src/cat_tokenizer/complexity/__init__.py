@@ -3,7 +3,8 @@
 Parts (each usable alone, chosen in YAML by class_path/init_args):
   describers: ``ProbeDescriber`` (offline default), ``VLMDescriber``, ``CaptionerDescriber``,
               ``DistilledDescriber`` (a tokenizer's trained ratio head; ``from_config("distilled:D")``)
-  scorers:    ``RubricScorer`` (rules, default), ``LLMScorer`` (digit odds of a causal LM),
+  scorers:    ``FittedScorer`` (a logistic model over probe facts, fitted by ``cat-tokenizer fit-rubric``),
+              ``RubricScorer`` (rules), ``LLMScorer`` (digit odds of a causal LM),
               ``TextStudentScorer`` (a distilled text encoder + head for prompts; ``"distilled-text:D"``)
   mapping:    ``RatioMapper`` (thresholds, or calibrated to a token budget)
   cache:      ``ScoreCache`` (SQLite, keyed by content hash + evaluator fingerprint)
@@ -13,6 +14,7 @@ from cat_tokenizer.complexity.base import Describer, Description, Scorer, text_d
 from cat_tokenizer.complexity.cache import ScoreCache, config_hash, content_hash
 from cat_tokenizer.complexity.distilled import DistilledDescriber
 from cat_tokenizer.complexity.evaluator import ComplexityEvaluator, ScoreResult, summarize
+from cat_tokenizer.complexity.fitted import FittedScorer
 from cat_tokenizer.complexity.llm import LLMScorer
 from cat_tokenizer.complexity.probe import ProbeDescriber
 from cat_tokenizer.complexity.ratio_map import RatioMapper
@@ -22,6 +24,6 @@ from cat_tokenizer.complexity.vlm import CaptionerDescriber, VLMDescriber
 
 __all__ = [
     "ComplexityEvaluator", "ScoreResult", "summarize", "Describer", "Description", "Scorer", "text_description",
-    "ProbeDescriber", "VLMDescriber", "CaptionerDescriber", "DistilledDescriber", "RubricScorer", "LLMScorer", "TextStudentScorer", "RatioMapper",
+    "ProbeDescriber", "VLMDescriber", "CaptionerDescriber", "DistilledDescriber", "RubricScorer", "FittedScorer", "LLMScorer", "TextStudentScorer", "RatioMapper",
     "ScoreCache", "content_hash", "config_hash",
 ]

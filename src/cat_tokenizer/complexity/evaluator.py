@@ -196,10 +196,16 @@ class ComplexityEvaluator(nn.Module):
         return [float(d.score) for d in descriptions]
 
     def mapper_for(self, scores: Sequence[float]) -> RatioMapper:
-        """The thresholds in force for this set of scores (calibrated when a token budget is set)."""
+        """The thresholds in force for this set of scores: with a token budget, this evaluator's
+        thresholds shifted together until the mean tokens match it (``RatioMapper.calibrate_shift``:
+        the spread over every ratio is kept)."""
         if self.target_mean_tokens is None:
             return self.mapper
-        return RatioMapper.calibrate(scores, self.target_mean_tokens, self.image_size, self.mapper.ratios)
+        s = np.asarray(scores, dtype=np.float64)
+        if s.size and np.ptp(s) == 0:
+            raise UserInputError(f"cannot calibrate thresholds: all {s.size} scores equal {s[0]:g}; set thresholds by hand")
+        return RatioMapper.calibrate_shift(s, self.target_mean_tokens, self.image_size, self.mapper.thresholds,
+                                           self.mapper.ratios)
 
     def _assign(self, results: list[ScoreResult], overrides: Mapping[str, int] | None, ratio: int | None) -> None:
         ok = [r for r in results if r.score is not None]

@@ -49,6 +49,10 @@ class ProbeDescriber(Describer):
             they compare across image sizes.
         workers: images probed in parallel threads (Tesseract runs as a subprocess, so threads
             overlap; 0 = one at a time).
+        layout: add the weight-free layout facts (``complexity.layout``: background share, thin lines,
+            glyph-sized components and how many sit in text rows, saturated share).
+        faces_on: ``all`` images, or only ``photo``-like ones (background share under 0.5 and over 256
+            colours: the cascade is the slowest fact, and icons, pages and charts have no faces).
     """
 
     def __init__(
@@ -61,10 +65,15 @@ class ProbeDescriber(Describer):
         face_max_side: int = 384,
         stats_side: int = 256,
         workers: int = 2,
+        layout: bool = False,
+        faces_on: str = "all",
     ):
         super().__init__()
         self.ocr, self.ocr_min_confidence, self.ocr_max_side, self.ocr_lang = ocr, ocr_min_confidence, ocr_max_side, ocr_lang
         self.faces, self.face_max_side, self.stats_side, self.workers = faces, face_max_side, stats_side, workers
+        if faces_on not in ("all", "photo"):
+            raise UserInputError(f"faces_on must be 'all' or 'photo', got {faces_on!r}")
+        self.layout, self.faces_on = layout, faces_on
         self._local = threading.local()  # one face cascade per thread
         if ocr and shutil.which("tesseract") is None:
             raise UserInputError(
@@ -73,9 +82,12 @@ class ProbeDescriber(Describer):
             )
 
     def fingerprint(self) -> dict:
-        return {"describer": "probe/v1", "ocr": self.ocr, "ocr_min_confidence": self.ocr_min_confidence,
-                "ocr_max_side": self.ocr_max_side, "ocr_lang": self.ocr_lang, "faces": self.faces,
-                "face_max_side": self.face_max_side, "stats_side": self.stats_side}
+        fp = {"describer": "probe/v1", "ocr": self.ocr, "ocr_min_confidence": self.ocr_min_confidence,
+              "ocr_max_side": self.ocr_max_side, "ocr_lang": self.ocr_lang, "faces": self.faces,
+              "face_max_side": self.face_max_side, "stats_side": self.stats_side}
+        if self.layout or self.faces_on != "all":  # probe/v1 caches stay valid for the v1 settings
+            fp.update(describer="probe/v2", layout=self.layout, faces_on=self.faces_on)
+        return fp
 
     @property
     def _cascade(self):
@@ -136,14 +148,26 @@ def probe_facts(img: Image.Image, probe: ProbeDescriber | None = None) -> dict[s
         "width": float(img.width),
         "height": float(img.height),
     }
+    if probe.layout:
+        from cat_tokenizer.complexity.layout import layout_facts
+
+        facts.update(layout_facts(img))
     facts.update(probe._ocr(img) if probe.ocr else {})
     if probe.faces:
-        facts["faces"] = probe._faces(img)
+        photo_like = facts.get("bg_share", 0.0) < 0.5 and facts["colours"] > 256
+        facts["faces"] = probe._faces(img) if probe.faces_on == "all" or photo_like else 0.0
     return facts
 
 
 def _facts_text(f: dict[str, float]) -> str:
     parts = []
+    if "glyph_rows" in f:
+        text_like = f["glyphs"] >= 2 and f["glyph_rows"] >= 0.5
+        parts.append(f"Layout: {100 * f['bg_share']:.0f}% flat background; "
+                     f"{'rows of small glyphs like printed text' if text_like else 'no rows of text-like glyphs'} "
+                     f"({f['glyphs']:.1f} glyph-sized marks per 10k pixels, {100 * f['glyph_rows']:.0f}% in rows); "
+                     f"{f['h_lines']:.0f} horizontal and {f['v_lines']:.0f} vertical thin lines (axes, grids, rules); "
+                     f"{100 * f['sat_share']:.0f}% saturated colour.")
     if "text_words" in f:
         if f["text_words"] > 0:
             parts.append(f"Text: yes, {f['text_words']:.0f} legible words covering {100 * f['text_area']:.0f}% of the image "

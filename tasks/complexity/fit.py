@@ -1,0 +1,264 @@
+"""``cat-tokenizer fit-rubric DATA --out FILE.yaml``: fit the evaluator's scorer to labelled folders.
+
+Labels (the target is pluggable):
+* ``kinds`` (default): the top-level folder of each image, mapped to a class by ``kind_map``
+  (real-v1: text and charts -> 2 (8x), natural -> 1 (16x), flat -> 0 (32x)): weak labels;
+* ``csv:FILE``: a CSV with ``path`` (relative to DATA) and a ratio column (``--ratio-column``, default
+  ``ratio``; 8 -> 2, 16 -> 1, 32 -> 0), e.g. ``analyse``'s per_image.csv with ``max_ratio``: the
+  tokenizer's own maximum acceptable ratios.
+
+The figures say what happens on a new source: leave-one-source-out cross-validation, where a source is
+the second folder (``KIND/SOURCE/...``; the first when there is no second). Reported on the pooled
+out-of-fold scores, and on ``--eval`` (a held-out folder such as real-v1 ``dev/``) with the model fitted
+on all of DATA: AUC of the score for (text + charts) over natural and over flat, natural over flat, and
+the share of each kind at 8x / 16x / 32x with the thresholds 4 and 7.
+
+Probe facts are cached per file content in ``<out>.facts.csv`` (a rerun or a refit reads them).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from torchmetrics.functional.classification import binary_auroc
+from tqdm import tqdm
+
+from cat_tokenizer.complexity import ComplexityEvaluator, ProbeDescriber, RatioMapper
+from cat_tokenizer.complexity.cache import content_hash
+from cat_tokenizer.complexity.fitted import DEFAULT_FEATURES, FittedScorer, fit_facts
+from cat_tokenizer.complexity.probe import probe_facts
+from cat_tokenizer.data.images import UnreadableImage, list_images, load_rgb
+from cat_tokenizer.errors import InputNotFound, UserInputError
+
+__all__ = ["collect_facts", "cross_validate", "evaluate_scores", "run_fit_rubric", "REAL_V1_KINDS"]
+
+log = logging.getLogger(__name__)
+
+REAL_V1_KINDS = {"text": 2, "charts": 2, "natural": 1, "flat": 0}
+RATIO_CLASS = {8: 2, 16: 1, 32: 0}
+
+
+def _probe_settings(probe: ProbeDescriber) -> dict:
+    return {"ocr": probe.ocr, "faces": probe.faces, "layout": probe.layout, "faces_on": probe.faces_on}
+
+
+def collect_facts(files: Sequence[Path], probe: ProbeDescriber, cache: Path, workers: int = 2,
+                  progress: bool = True) -> list[dict | None]:
+    """Probe facts per file (None for unreadable files), cached in ``cache`` by content hash and probe settings."""
+    key = json.dumps(probe.fingerprint(), sort_keys=True)
+    known: dict[str, dict] = {}
+    if cache.is_file():
+        with cache.open(newline="") as fh:
+            for row in csv.DictReader(fh):
+                if row.pop("probe") == key:
+                    h = row.pop("hash")
+                    known[h] = {k: float(v) for k, v in row.items() if v != ""}
+    hashes = [content_hash(f) for f in files]
+    todo = [i for i, h in enumerate(hashes) if h not in known]
+
+    def one(i: int) -> tuple[int, dict | None]:
+        try:
+            return i, probe_facts(load_rgb(files[i]), probe)
+        except UnreadableImage as err:
+            log.warning("skipping %s", err)
+            return i, None
+
+    fresh: dict[int, dict | None] = {}
+    if todo:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        bar = tqdm(total=len(todo), desc="probe facts", unit="img", disable=not progress)
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            rows = []
+            for i, facts in pool.map(one, todo):
+                fresh[i] = facts
+                bar.update()
+                if facts is not None:
+                    rows.append((hashes[i], facts))
+                if len(rows) >= 200 or (rows and len(fresh) == len(todo)):
+                    _append(cache, key, rows)
+                    rows = []
+        bar.close()
+    return [known.get(h) if i not in fresh else fresh[i] for i, h in enumerate(hashes)]
+
+
+def _append(cache: Path, key: str, rows: list[tuple[str, dict]]) -> None:
+    names = sorted({k for _, f in rows for k in f})
+    existing = None
+    if cache.is_file():
+        with cache.open(newline="") as fh:
+            existing = next(csv.reader(fh), None)
+    columns = existing or ["hash", "probe", *names]
+    if existing and set(names) - set(existing):  # new facts: rewrite with the wider header
+        with cache.open(newline="") as fh:
+            old = list(csv.DictReader(fh))
+        columns = ["hash", "probe", *sorted(set(existing[2:]) | set(names))]
+        with cache.open("w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=columns)
+            w.writeheader()
+            w.writerows(old)
+    with cache.open("a", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+        if not existing:
+            w.writeheader()
+        for h, f in rows:
+            w.writerow({"hash": h, "probe": key, **f})
+
+
+def source_of(path: Path, root: Path) -> str:
+    parts = path.relative_to(root).parts
+    return "/".join(parts[:2]) if len(parts) > 2 else parts[0] if len(parts) > 1 else ""
+
+
+def kind_of(path: Path, root: Path) -> str:
+    parts = path.relative_to(root).parts
+    return parts[0] if len(parts) > 1 else ""
+
+
+def _labels(files: list[Path], root: Path, target: str, kind_map: dict[str, int], ratio_column: str) -> list[int | None]:
+    if target == "kinds":
+        unknown = sorted({kind_of(f, root) for f in files} - set(kind_map))
+        if unknown:
+            raise UserInputError(f"no class for the folders {unknown}; give --kind-map, e.g. "
+                                 "text=8,charts=8,natural=16,flat=32")
+        return [kind_map[kind_of(f, root)] for f in files]
+    if not target.startswith("csv:"):
+        raise UserInputError(f"--target must be kinds or csv:FILE, got {target!r}")
+    path = Path(target[4:]).expanduser()
+    if not path.is_file():
+        raise InputNotFound(f"label file not found: {path}")
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or "path" not in rows[0] or ratio_column not in rows[0]:
+        raise UserInputError(f"{path} needs the columns path and {ratio_column}")
+    table = {r["path"]: RATIO_CLASS.get(int(float(r[ratio_column]))) for r in rows if r[ratio_column]}
+    return [table.get(f.relative_to(root).as_posix()) for f in files]
+
+
+def cross_validate(facts: list[dict], labels: np.ndarray, groups: list[str], **fit_kw) -> np.ndarray:
+    """Out-of-fold scores, holding out one group (source) at a time."""
+    scores = np.full(len(facts), np.nan)
+    groups_arr = np.asarray(groups)
+    for g in sorted(set(groups)):
+        test = groups_arr == g
+        train = ~test
+        if len(set(labels[train].tolist())) < 2:
+            continue
+        model = fit_facts([facts[i] for i in np.flatnonzero(train)], labels[train], **fit_kw)
+        scores[test] = model.score_facts([facts[i] for i in np.flatnonzero(test)])
+    return scores
+
+
+def _auc(pos: np.ndarray, neg: np.ndarray) -> float:
+    if not len(pos) or not len(neg):
+        return float("nan")
+    s = torch.tensor(np.concatenate([pos, neg]), dtype=torch.float64)
+    y = torch.tensor([1] * len(pos) + [0] * len(neg))
+    return float(binary_auroc(s, y))
+
+
+def evaluate_scores(scores: np.ndarray, kinds: list[str], thresholds: Sequence[float] = (4.0, 7.0),
+                    high: Sequence[str] = ("text", "charts"), mid: Sequence[str] = ("natural",),
+                    low: Sequence[str] = ("flat",)) -> dict:
+    """AUCs between kind groups and each kind's shares at 8x / 16x / 32x under ``thresholds``."""
+    k = np.asarray(kinds)
+    ok = ~np.isnan(scores)
+    s, k = scores[ok], k[ok]
+    hi, md, lo = np.isin(k, high), np.isin(k, mid), np.isin(k, low)
+    ratios = RatioMapper(thresholds)(s)
+    shares = {kind: {int(r): float((ratios[k == kind] == r).mean()) for r in (8, 16, 32)} for kind in sorted(set(k))}
+    tokens = RatioMapper.tokens(ratios, 256)
+    return {"auc_high_vs_natural": _auc(s[hi], s[md]), "auc_high_vs_flat": _auc(s[hi], s[lo]),
+            "auc_natural_vs_flat": _auc(s[md], s[lo]), "shares": shares, "images": int(ok.sum()),
+            "mean_tokens_256px": float(tokens.mean()) if len(tokens) else float("nan")}
+
+
+def _score_table(name: str, m: dict) -> list[str]:
+    lines = [f"**{name}** ({m['images']} images): AUC text+charts > natural {m['auc_high_vs_natural']:.3f}, "
+             f"text+charts > flat {m['auc_high_vs_flat']:.3f}, natural > flat {m['auc_natural_vs_flat']:.3f}; "
+             f"mean {m['mean_tokens_256px']:.0f} tokens per 256-px image (fixed 16x: 256).", "",
+             "| kind | 8x | 16x | 32x |", "|---|---|---|---|"]
+    for kind, sh in m["shares"].items():
+        lines.append(f"| {kind} | " + " | ".join(f"{100 * sh[r]:.0f}%" for r in (8, 16, 32)) + " |")
+    return lines + [""]
+
+
+def run_fit_rubric(data: str, out: str, eval_dir: str | None = None, target: str = "kinds",
+                   kind_map: dict[str, int] | None = None, ratio_column: str = "ratio", ocr: bool = False,
+                   faces: bool = True, c: float = 1.0, face_points: float = 2.5, max_files: int | None = None,
+                   seed: int = 0, progress: bool = True) -> dict:
+    """Fit on ``data``, cross-validate by source, evaluate on ``eval_dir``; write ``out`` (YAML) and
+    ``out`` with .md / .json beside it. Returns the report dict."""
+    root, out_path = Path(data).expanduser(), Path(out)
+    kind_map = kind_map or REAL_V1_KINDS
+    probe = ProbeDescriber(ocr=ocr, faces=faces, layout=True, faces_on="photo")
+    files = list_images(root)
+    if max_files and len(files) > max_files:
+        rng = np.random.default_rng(seed)
+        files = sorted(files[i] for i in rng.choice(len(files), max_files, replace=False))
+    labels = _labels(files, root, target, kind_map, ratio_column)
+    t0 = time.perf_counter()
+    facts = collect_facts(files, probe, out_path.with_suffix(".facts.csv"), progress=progress)
+    keep = [i for i, (f, y) in enumerate(zip(facts, labels)) if f is not None and y is not None]
+    if len(keep) < 10:
+        raise UserInputError(f"need at least 10 labelled, readable images to fit, found {len(keep)} under {root}")
+    files = [files[i] for i in keep]
+    facts = [facts[i] for i in keep]
+    y = np.array([labels[i] for i in keep])
+    kinds = [kind_of(f, root) for f in files]
+    groups = [source_of(f, root) for f in files]
+    fit_kw = {"c": c, "face_points": face_points}
+    cv_scores = cross_validate(facts, y, groups, **fit_kw)
+    report = {"data": str(root), "images": len(files), "target": target, "kind_map": kind_map if target == "kinds" else None,
+              "sources": sorted(set(groups)), "probe": _probe_settings(probe), "c": c, "face_points": face_points,
+              "cv": evaluate_scores(cv_scores, kinds), "fitted": time.strftime("%Y-%m-%d")}
+    model = fit_facts(facts, y, c=c, face_points=face_points)
+    if eval_dir:
+        ev_root = Path(eval_dir).expanduser()
+        ev_files = list_images(ev_root)
+        ev_facts = collect_facts(ev_files, probe, out_path.with_suffix(".facts.csv"), progress=progress)
+        ok = [i for i, f in enumerate(ev_facts) if f is not None]
+        ev_scores = np.full(len(ev_files), np.nan)
+        ev_scores[ok] = model.score_facts([ev_facts[i] for i in ok])
+        report["eval"] = {"data": str(ev_root), **evaluate_scores(ev_scores, [kind_of(f, ev_root) for f in ev_files])}
+    report["seconds"] = round(time.perf_counter() - t0, 1)
+    model.provenance = {k: report[k] for k in ("data", "images", "target", "fitted")} | {
+        "cv_auc_high_vs_natural": round(report["cv"]["auc_high_vs_natural"], 4),
+        "cv_auc_high_vs_flat": round(report["cv"]["auc_high_vs_flat"], 4)}
+    config = {"class_path": "cat_tokenizer.complexity.ComplexityEvaluator", "init_args": {
+        "describer": {"class_path": "cat_tokenizer.complexity.ProbeDescriber", "init_args": _probe_settings(probe)},
+        "scorer": {"class_path": "cat_tokenizer.complexity.FittedScorer", "init_args": model.init_args()},
+        "thresholds": [4.0, 7.0]}}
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    header = (f"# Fitted by `cat-tokenizer fit-rubric {data}` on {report['fitted']} ({len(files)} images, target {target}).\n"
+              f"# Source-held-out CV: AUC text+charts > natural {report['cv']['auc_high_vs_natural']:.3f}, "
+              f"> flat {report['cv']['auc_high_vs_flat']:.3f}. Full report: {out_path.with_suffix('.md').name}\n")
+    out_path.write_text(header + yaml.safe_dump(config, sort_keys=False, width=120))
+    out_path.with_suffix(".json").write_text(json.dumps(report, indent=2))
+    lines = [f"# Fitted complexity scorer: {out_path.name}", "",
+             f"Fitted on {len(files)} images of {root} (target {target}; probe: {_probe_settings(probe)}), "
+             f"{len(set(groups))} sources; class-balanced multinomial logistic regression (C={c}) over "
+             f"{len(DEFAULT_FEATURES)} probe facts; faces add {face_points} points. {report['seconds']} s.", "",
+             "## Leave-one-source-out cross-validation (pooled out-of-fold scores)", "", *_score_table("CV", report["cv"])]
+    if "eval" in report:
+        lines += [f"## Held-out folder {report['eval']['data']} (model fitted on all of the data)", "",
+                  *_score_table("eval", report["eval"])]
+    lines += ["## Weights (standardised facts; rows: 32x, 16x, 8x class)", "",
+              "| fact | transform | " + " | ".join(("32x", "16x", "8x")) + " |", "|---|---|---|---|---|"]
+    for j, name in enumerate(model.features):
+        lines.append(f"| {name} | {model.transforms[j]} | " + " | ".join(f"{model.coef[k, j]:+.2f}" for k in range(3)) + " |")
+    out_path.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    return report
+
+
+def load_evaluator(path: str) -> ComplexityEvaluator:
+    """The evaluator a fit wrote (a normal evaluator config)."""
+    return ComplexityEvaluator.from_config(path)

@@ -1,0 +1,149 @@
+"""Layout facts on images where the answer is known; the fitted scorer: better than the hand rubric,
+round-trips through its config, and keys the score cache by its weights."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image, ImageDraw, ImageFont
+
+from cat_tokenizer.complexity import ComplexityEvaluator, FittedScorer, RubricScorer
+from cat_tokenizer.complexity.base import Description
+from cat_tokenizer.complexity.fitted import fit_facts
+from cat_tokenizer.complexity.layout import layout_facts
+from cat_tokenizer.complexity.probe import ProbeDescriber, probe_facts
+from tasks.complexity.fit import cross_validate, evaluate_scores
+
+
+def _font(px: int) -> ImageFont.FreeTypeFont:
+    from matplotlib import font_manager
+
+    return ImageFont.truetype(font_manager.findfont("DejaVu Sans"), px)
+
+
+def _text_line(height_px: int = 10) -> Image.Image:
+    img = Image.new("RGB", (320, 60), "white")
+    ImageDraw.Draw(img).text((8, 20), "The quick brown fox jumps over the lazy dog", fill="black", font=_font(height_px))
+    return img
+
+
+def _chart(seed: int = 0) -> Image.Image:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(seed)
+    fig, ax = plt.subplots(figsize=(3.2, 2.4), dpi=100)
+    ax.plot(np.cumsum(rng.normal(size=40)))
+    ax.set_xlabel("time")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return Image.open(buf).convert("RGB")
+
+
+def _disc(seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    img = Image.new("RGB", (200, 200), "white")
+    ImageDraw.Draw(img).ellipse([40, 40, 160, 160], fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
+    return img
+
+
+def _photo(seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    base = rng.normal(120, 40, (24, 32, 3))
+    return Image.fromarray(np.clip(base, 0, 255).astype(np.uint8)).resize((256, 192), Image.Resampling.BICUBIC)
+
+
+def test_a_rendered_chart_has_axis_lines():
+    f = layout_facts(_chart())
+    assert f["h_lines"] >= 1 and f["v_lines"] >= 1 and f["bg_share"] > 0.6
+
+
+def test_a_ten_pixel_text_line_is_text():
+    f = layout_facts(_text_line(10))
+    assert f["glyphs"] > 1 and f["glyph_rows"] > 0.6 and f["h_lines"] == 0
+
+
+def test_a_flat_disc_has_neither():
+    f = layout_facts(_disc())
+    assert f["h_lines"] == 0 and f["v_lines"] == 0 and f["glyphs"] == 0 and f["glyph_rows"] == 0
+    assert f["bg_share"] > 0.5
+
+
+def _toy(n: int, seed: int) -> tuple[list[dict], np.ndarray, list[str]]:
+    """Charts and text lines (8x), noise photos (16x), discs (32x), as probe facts."""
+    makers = [("charts", 2, _chart), ("text", 2, lambda s: _text_line(9 + s % 4)), ("natural", 1, _photo), ("flat", 0, _disc)]
+    probe = ProbeDescriber(ocr=False, faces=False, layout=True)
+    facts, y, kinds = [], [], []
+    for i in range(n):
+        kind, cls, make = makers[i % 4]
+        facts.append(probe_facts(make(seed + i), probe))
+        y.append(cls)
+        kinds.append(kind)
+    return facts, np.array(y), kinds
+
+
+@pytest.mark.slow
+def test_fitted_scorer_beats_the_hand_rubric_on_held_out_toys():
+    facts, y, kinds = _toy(48, 0)
+    test_facts, _, test_kinds = _toy(24, 1000)
+    fitted = fit_facts(facts, y)
+    rubric = RubricScorer()
+    hand = np.array(rubric.score([Description("", f) for f in test_facts]))
+    fit_scores = fitted.score_facts(test_facts)
+    m_fit, m_hand = evaluate_scores(fit_scores, test_kinds), evaluate_scores(hand, test_kinds)
+    assert m_fit["auc_high_vs_natural"] > m_hand["auc_high_vs_natural"]
+    assert m_fit["auc_high_vs_natural"] >= 0.9 and m_fit["auc_high_vs_flat"] >= 0.9
+    assert m_fit["shares"]["flat"][32] >= 0.8 and m_fit["shares"]["text"][8] >= 0.8
+    cv = cross_validate(facts, y, kinds)  # holding out a whole kind at a time still scores every image
+    assert not np.isnan(cv[np.isin(kinds, ["text", "charts", "natural"])]).any()
+
+
+def test_fitted_config_round_trips_and_keys_the_cache(tmp_path):
+    facts = [{"jpeg_bpp": b, "glyphs": g} for b, g in [(0.1, 0), (0.2, 0), (1.0, 1), (1.1, 2), (0.5, 9), (0.6, 12)]]
+    model = fit_facts(facts, [0, 0, 1, 1, 2, 2], features={"jpeg_bpp": "id", "glyphs": "log1p"}, face_points=0.0)
+    config = {"class_path": "cat_tokenizer.complexity.ComplexityEvaluator",
+              "init_args": {"describer": {"class_path": "cat_tokenizer.complexity.ProbeDescriber",
+                                          "init_args": {"ocr": False, "faces": False, "layout": True}},
+                            "scorer": {"class_path": "cat_tokenizer.complexity.FittedScorer", "init_args": model.init_args()}}}
+    path = tmp_path / "fitted.yaml"
+    path.write_text(yaml.safe_dump(config))
+    ev = ComplexityEvaluator.from_config(str(path))
+    assert isinstance(ev.scorer, FittedScorer)
+    assert ev.scorer.score_facts(facts).tolist() == pytest.approx(model.score_facts(facts).tolist())
+    assert model.score_facts(facts)[0] < 4 < model.score_facts(facts)[2] < 7 < model.score_facts(facts)[4]
+    other = dict(config)
+    bumped = model.init_args()
+    bumped["coef"] = (np.asarray(bumped["coef"]) * 1.5).tolist()
+    other["init_args"] = {**config["init_args"], "scorer": {"class_path": "cat_tokenizer.complexity.FittedScorer",
+                                                             "init_args": bumped}}
+    assert ComplexityEvaluator.from_config(other).evaluator_hash != ev.evaluator_hash  # new weights: new cache key
+    assert ComplexityEvaluator.from_config(str(path)).evaluator_hash == ev.evaluator_hash
+
+
+def test_budget_relative_to_a_fixed_ratio_and_per_kind_shares(tmp_path, capsys):
+    from cat_tokenizer.cli import tools
+    from cat_tokenizer.errors import UserInputError
+    from cat_tokenizer.ratios import parse_budget
+
+    assert parse_budget("16x-18%", 256) == pytest.approx(256 * 0.82)
+    assert parse_budget("8x", 128) == 256 and parse_budget("210", 256) == 210
+    with pytest.raises(UserInputError, match="16x-18%"):
+        parse_budget("16y", 256)
+    for kind, make in (("flat", _disc), ("natural", _photo), ("text", lambda i: _text_line(9 + i))):
+        for i in range(3):
+            (tmp_path / "d" / kind).mkdir(parents=True, exist_ok=True)
+            make(i).save(tmp_path / "d" / kind / f"{i}.png")
+    cfg = tmp_path / "fast.yaml"
+    cfg.write_text("describer:\n  class_path: cat_tokenizer.complexity.ProbeDescriber\n  init_args: {ocr: false, faces: false}\n")
+    assert tools.main(["score", str(tmp_path / "d"), "--evaluator", str(cfg), "--budget", "16x-18%", "--image-size", "128",
+                       "--cache", str(tmp_path / "s.sqlite"), "-q"]) == 0
+    out = capsys.readouterr().out
+    mean = float(out.split("mean tokens at 128px: ")[1].split()[0])
+    assert abs(mean - 64 * 0.82) <= (256 - 64) / 9  # within one image's worth
+    assert "per kind (8x / 16x / 32x): flat " in out and "; natural " in out and "; text " in out
