@@ -57,7 +57,8 @@ def test_rubric_rules_on_known_facts():
     s = r.score([flat, photo, face, page])
     assert s == sorted(s) and s[0] < 4 <= s[1] < 7 <= s[2] and s[3] == 9
     assert r.score([text_description("a dense page of newspaper text")])[0] > r.score([text_description("a plain blue sky")])[0]
-    assert all(1 <= x <= 9 for x in s)
+    # by hand: base 1 + min(5, bpp / 0.4) + min(2, 8 * edges) (+ 4 + min(1, words / 100) for text, + 2.5 for a face)
+    assert s == pytest.approx([1 + 0.5, 1 + 3 + 0.8, 1 + 3 + 0.8 + 2.5, 9.0])
 
 
 @needs_tesseract

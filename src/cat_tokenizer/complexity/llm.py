@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from cat_tokenizer.complexity.base import SCORE_MAX, SCORE_MIN, Description, Scorer
-from cat_tokenizer.complexity.hf import BUILTIN_SMOLLM2, load_causal_lm
+from cat_tokenizer.complexity.hf import BUILTIN_SMOLLM2, load_causal_lm, weights_fingerprint
 from cat_tokenizer.devices import resolve_device
 from cat_tokenizer.errors import InputNotFound, UserInputError
 
@@ -138,7 +138,10 @@ class LLMScorer(Scorer):
         return self
 
     def fingerprint(self) -> dict:
-        return {"scorer": "llm/v1", "model": self.model_name, "gguf_file": self.gguf_file, "rubric": self.rubric,
+        if getattr(self, "_weights", None) is None:
+            self._weights = weights_fingerprint(self.model_name, self.gguf_file)
+        return {"scorer": "llm/v1", "model": self.model_name, "weights": self._weights, "gguf_file": self.gguf_file,
+                "rubric": self.rubric,
                 "chat": self.chat, "mode": self.requested_mode, "max_new_tokens": self.max_new_tokens,
                 "fallback_score": self.fallback_score, "dtype": self.dtype, "max_length": self.max_length}
 

@@ -86,7 +86,9 @@ class ProbeDescriber(Describer):
               "ocr_max_side": self.ocr_max_side, "ocr_lang": self.ocr_lang, "faces": self.faces,
               "face_max_side": self.face_max_side, "stats_side": self.stats_side}
         if self.layout or self.faces_on != "all":  # probe/v1 caches stay valid for the v1 settings
-            fp.update(describer="probe/v2", layout=self.layout, faces_on=self.faces_on)
+            from cat_tokenizer.complexity.layout import LAYOUT_VERSION
+
+            fp.update(describer="probe/v2", layout=self.layout, faces_on=self.faces_on, layout_version=LAYOUT_VERSION)
         return fp
 
     @property
