@@ -18,7 +18,11 @@ class BatchRecorder(L.Callback):
         self.rows.append(row)
 
     def on_train_end(self, trainer, pl_module):
-        checksum = float(sum(p.double().sum() for p in pl_module.vae.parameters()))
+        total = lambda module: float(sum(p.double().sum() for p in module.parameters()))  # noqa: E731
+        checksum = total(pl_module.vae)
+        disc = total(pl_module.loss.discriminator)
+        ema = total(pl_module.ema.module) if pl_module.ema is not None else None
         path = os.path.join(self.out_dir, f"rank{trainer.global_rank}.json")
         with open(path, "w") as f:
-            json.dump({"batches": self.rows, "checksum": checksum, "world": trainer.world_size}, f)
+            json.dump({"batches": self.rows, "checksum": checksum, "disc_checksum": disc, "ema_checksum": ema,
+                       "gen_step": int(pl_module.gen_step), "world": trainer.world_size}, f)

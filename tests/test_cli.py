@@ -162,9 +162,10 @@ def test_demo_reconstructs_each_kind_and_runs_cat(tmp_path, capsys, tiny_vae):
 
 
 @pytest.mark.slow
-def test_two_process_ddp_fit(image_folder, tmp_path):
+@pytest.mark.parametrize("disc_start", [50001, 0])  # GAN off (the empty discriminator step) and on from the start
+def test_two_process_ddp_fit(image_folder, tmp_path, disc_start):
     """A real 2-process CPU DDP run (gloo) through the `lightning` script: equal batch counts,
-    one ratio per step on both ranks, disjoint data, and weights kept in sync."""
+    one ratio per step on both ranks, disjoint data, and VAE, discriminator and EMA weights kept in sync."""
     import json
     import os
     import shutil
@@ -182,7 +183,8 @@ def test_two_process_ddp_fit(image_folder, tmp_path):
             "--trainer.precision", "32-true", "--trainer.limit_val_batches", "0", "--trainer.logger", "false",
             "--trainer.default_root_dir", str(tmp_path),
             "--trainer.callbacks+=ddp_probe.BatchRecorder", f"--trainer.callbacks.out_dir={tmp_path}",
-            "--data.init_args.root", str(image_folder), *TINY]
+            "--data.init_args.root", str(image_folder), *TINY,
+            "--model.init_args.loss.init_args.disc_start", str(disc_start)]
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         _, stderr = proc.communicate(timeout=240)
@@ -198,6 +200,9 @@ def test_two_process_ddp_fit(image_folder, tmp_path):
         assert x["ratio"] == y["ratio"]  # one ratio per global step
         assert not set(x["index"]) & set(y["index"])  # each rank its own shard
     assert ranks[0]["checksum"] == pytest.approx(ranks[1]["checksum"], rel=1e-6)  # DDP kept them equal
+    assert ranks[0]["ema_checksum"] == pytest.approx(ranks[1]["ema_checksum"], rel=1e-6)
+    assert ranks[0]["disc_checksum"] == pytest.approx(ranks[1]["disc_checksum"], rel=1e-6)
+    assert ranks[0]["gen_step"] == ranks[1]["gen_step"] == 4
 
 
 @pytest.mark.parametrize("native", [False, True])

@@ -106,11 +106,19 @@ def test_unreadable_files_raise_one_line(tmp_path):
         assert str(bad) in str(info.value) and "\n" not in str(info.value)
 
 
-def test_decompression_bomb_refused(tmp_path, monkeypatch):
+@pytest.mark.parametrize("limit", [1000, 3000])  # 4096 px: over 2x the limit (PIL's error), between 1x and 2x (its warning)
+def test_decompression_bomb_refused(tmp_path, monkeypatch, limit):
+    import warnings
+
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "big.png")
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
-    with pytest.raises(UnreadableImage, match="decompression bomb"):
-        load_rgb(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the warning path must be refused by us, not escape as a warning
+        with pytest.raises(UnreadableImage, match="decompression bomb"):
+            load_rgb(tmp_path / "big.png")
+    if limit == 3000:  # PIL itself only warns here: the refusal is ours
+        with pytest.warns(Image.DecompressionBombWarning):
+            Image.open(tmp_path / "big.png")
 
 
 def test_list_images_errors(tmp_path):
@@ -163,6 +171,21 @@ def test_validation_split_is_stratified_and_stable(image_folder):
     dm.setup()
     assert {f.parent.name for f in dm.val_set.files} == {"class0", "class1"}  # one per class folder at least
     assert not set(dm.val_set.files) & set(dm.train_set.files)
+    # stable: adding files never moves an existing file between train and validation
+    before = CATDataModule(root=str(image_folder), batch_size=2, num_workers=0, val_fraction=0.3)
+    before.setup()
+    for i in range(20):
+        Image.new("RGB", (40, 40), (i * 10, 0, 0)).save(image_folder / f"class{i % 2}" / f"new{i}.png")
+    after = CATDataModule(root=str(image_folder), batch_size=2, num_workers=0, val_fraction=0.3)
+    after.setup()
+    from cat_tokenizer.data.datamodule import _hash_fraction
+
+    assert set(before.train_set.files) <= set(after.train_set.files)  # a trained-on file never becomes held out
+    by_hash = {f for f in before.val_set.files if _hash_fraction(f.relative_to(image_folder).as_posix()) < 0.3}
+    assert by_hash <= set(after.val_set.files)  # held out by its hash: held out for good
+    # only a folder's at-least-one pick (no file under the fraction yet) may go back to training
+    assert all(f not in by_hash for f in set(before.val_set.files) - set(after.val_set.files))
+    assert len(after.val_set.files) > len(before.val_set.files)  # some new files went to validation
 
 
 # ---------------------------------------------------------------- embedded default data

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from cat_tokenizer import NestedVAE
+from cat_tokenizer.models.ratio_head import RatioHead
 from cat_tokenizer.ratios import check_ratio, parse_ratio_spec
 
 
@@ -100,10 +101,43 @@ def test_from_pretrained_errors(tmp_path):
 
 def test_gradient_checkpointing_matches(tiny_vae):
     x = torch.rand(1, 3, 32, 32) * 2 - 1
-    torch.manual_seed(1)
-    a, _ = tiny_vae(x, 16, sample=False)
+
+    def forward_and_grads() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        tiny_vae.zero_grad(set_to_none=True)
+        out, _ = tiny_vae(x, 16, sample=False)
+        out.pow(2).mean().backward()
+        return out.detach(), {n: p.grad.clone() for n, p in tiny_vae.named_parameters() if p.grad is not None}
+
+    a, grads_a = forward_and_grads()
     tiny_vae.enable_gradient_checkpointing()
-    b, _ = tiny_vae(x, 16, sample=False)
-    b.mean().backward()
+    b, grads_b = forward_and_grads()
     assert torch.allclose(a, b, atol=1e-6)
-    assert tiny_vae.encoder.conv_in.weight.grad is not None
+    assert grads_a.keys() == grads_b.keys() and len(grads_a) > 10  # the same parameters get gradients ...
+    for name in grads_a:  # ... of the same value: recomputation in backward changes nothing
+        assert torch.allclose(grads_a[name], grads_b[name], atol=1e-6, rtol=1e-4), name
+
+
+@pytest.mark.parametrize("size", [(45, 70), (33, 97)])
+def test_padding_and_crop_back_on_sizes_not_multiple_of_32(tiny_vae, size):
+    x = torch.rand(2, 3, *size) * 2 - 1
+    for r in (8, 16, 32):
+        post = tiny_vae.encode(x, r)
+        assert post.mode().shape[-2:] == (-(-size[0] // r), -(-size[1] // r)) and post.input_size == size
+        out = tiny_vae.decode(post.mode(), r, size=post.input_size)
+        assert out.shape[-2:] == size
+        # the padded input is x with its last row/column replicated: the crop equals decoding x padded by hand
+        pad = torch.nn.functional.pad(x, (0, (-size[1]) % r, 0, (-size[0]) % r), mode="replicate")
+        full = tiny_vae.decode(tiny_vae.encode(pad, r).mode(), r)
+        assert torch.allclose(out, full[..., : size[0], : size[1]], atol=1e-5)
+    head = RatioHead(tiny_vae.config["block_out_channels"][: tiny_vae.trunk_level() + 1], thresholds=(4.0, 7.0))
+    tiny_vae.attach_ratio_head(head)
+    posts = tiny_vae.encode(x, "auto")
+    for i, post in enumerate(posts):  # auto pads to the largest ratio, but each latent crops back to the input size
+        assert post.input_size == size
+        out = tiny_vae.decode(post.mode(), post.ratio, size=post.input_size)
+        assert out.shape[-2:] == size
+        # the same as padding to a multiple of 32 by hand and encoding at the chosen ratio
+        pad32 = torch.nn.functional.pad(x[i : i + 1], (0, (-size[1]) % 32, 0, (-size[0]) % 32), mode="replicate")
+        ref = tiny_vae.encode(pad32, post.ratio).mode()
+        assert torch.allclose(post.mode(), ref, atol=1e-4)
+        assert torch.allclose(tiny_vae.decode(ref, post.ratio)[..., : size[0], : size[1]], out, atol=1e-4)

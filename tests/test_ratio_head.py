@@ -200,17 +200,21 @@ def test_distill_cli_and_distilled_evaluator(tmp_path, tiny_vae, capsys):
     (tmp_path / "teacher.yaml").write_text(json.dumps(FAST_EVAL))
     out = tmp_path / "student"
     assert tools.main(["distill", "--data", str(root), "--ckpt", str(tmp_path / "vae"), "--out", str(out),
-                       "--teacher", str(tmp_path / "teacher.yaml"), "--image-size", "32", "--epochs", "30", "--device", "cpu",
+                       "--teacher", str(tmp_path / "teacher.yaml"), "--image-size", "32", "--epochs", "200", "--device", "cpu",
                        "--max-images", "11", "--stages", "1,2,3"]) == 0
     metrics = json.loads((out / "distill.json").read_text())
     assert metrics["split"] == "random"  # no sources.csv in this folder
     assert metrics["images"] == 11 and metrics["train"] + metrics["held_out"] == 11  # a sample of the 12
     assert json.loads((out / "config.json").read_text())["ratio_head"]["stages"] == [1, 2, 3]
-    assert metrics["held_out"] >= 2 and 0.0 <= metrics["ratio_agreement"] <= 1.0
-    assert sum(map(sum, metrics["confusion_rows_teacher_cols_student"])) == metrics["held_out"]
+    confusion = metrics["confusion_rows_teacher_cols_student"]
+    assert metrics["held_out"] >= 2 and sum(map(sum, confusion)) == metrics["held_out"]
+    assert metrics["ratio_agreement"] == pytest.approx(sum(confusion[i][i] for i in range(3)) / metrics["held_out"], abs=1e-4)
+    assert metrics["ratio_agreement"] >= 0.66  # flat vs noise: separable, and the head separates them
     assert metrics["student_images_per_s"] > 0 and metrics["head_share_of_8x_encode"] < 1.0
     # The standalone timm CNN student, trained on the same labels, is reported beside the head.
-    assert metrics["cnn"] == "resnet10t" and 0.0 <= metrics["cnn_ratio_agreement"] <= 1.0
+    cnn_conf = metrics["cnn_confusion"]
+    assert metrics["cnn"] == "resnet10t" and sum(map(sum, cnn_conf)) == metrics["held_out"]
+    assert metrics["cnn_ratio_agreement"] == pytest.approx(sum(cnn_conf[i][i] for i in range(3)) / metrics["held_out"], abs=1e-4)
     assert metrics["cnn_gflops_per_image"] > 100 * metrics["head_gflops_per_image"]
     assert "ratio agreement on held-out images" in capsys.readouterr().out
     # The student plugs in wherever an evaluator does.
@@ -253,9 +257,9 @@ def test_text_student_distils_and_plugs_in(tmp_path, capsys):
     metrics = json.loads((out / "distill_text.json").read_text())
     assert metrics["held_out"] >= 2 and sum(map(sum, metrics["confusion"])) == metrics["held_out"]
     assert "prompts/s" in capsys.readouterr().out
-    a = TextStudentScorer(str(out), device="cpu").score([text_description(p) for p in prompts[:3]])
-    b = TextStudentScorer(str(out), device="cpu").score([text_description(p) for p in prompts[:3]])
-    assert a == b and all(isinstance(s, float) for s in a)  # saved and loaded: identical predictions
+    held = metrics["held_out_predictions"]  # the in-memory student's scores before saving
+    loaded = TextStudentScorer(str(out), device="cpu").score([text_description(p) for p in held])
+    assert loaded == pytest.approx(list(held.values()), abs=1e-5)  # saved and loaded: the same predictions
     assert tools.main(["score", "--text", "a chart", "--text", "a wall", "--evaluator", f"distilled-text:{out}"]) == 0
     assert "evaluator probe+text-student" in capsys.readouterr().out
     with pytest.raises(UserInputError, match="not a text student folder"):

@@ -99,6 +99,16 @@ def test_validation_logs_metrics_per_ratio_and_grids(image_folder, tmp_path):
     assert metrics["val/8x/tokens"] == 16.0 and metrics["val/32x/tokens"] == 1.0
     grids = sorted(p.name for p in (tmp_path / "run" / "images").iterdir())
     assert grids == ["recon_16x_step000000.png", "recon_32x_step000000.png", "recon_8x_step000000.png"]
+    # ExportPretrained(every_validation) writes the EMA weights, not the raw ones: move them apart first
+    with torch.no_grad():
+        for p in model.vae.parameters():
+            p.add_(0.01)
+    trainer = _trainer(tmp_path, 2, limit_val_batches=1, callbacks=[ExportPretrained(every_validation=True)])
+    trainer.validate(model, datamodule=_data(image_folder))
+    exported = NestedVAE.from_pretrained(tmp_path / "run" / "pretrained")
+    for (name, a), b in zip(model.ema.module.state_dict().items(), exported.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert not torch.equal(exported.decoder.conv_out.weight, model.vae.decoder.conv_out.weight)
 
 
 def test_training_lowers_the_loss(image_folder, tmp_path):

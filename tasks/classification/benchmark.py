@@ -42,7 +42,7 @@ def run_benchmark(tokenizer: str, datasets: Sequence[str], out_dir: str | Path, 
     silence_known_warnings()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    evaluator = evaluator or ComplexityEvaluator(image_size=image_size)
+    evaluator = evaluator or ComplexityEvaluator.default(image_size)
     rows = []
     for name in datasets:
         # A name of a bundled set, or any folder with class subfolders.

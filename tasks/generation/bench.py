@@ -61,7 +61,7 @@ def embedded_mix(image_size: int) -> dict[int, float]:
     from cat_tokenizer.data.images import list_images
 
     root = ensure_default_data()
-    ev = ComplexityEvaluator()
+    ev = ComplexityEvaluator()  # the hand rubric: the mix the README figures were measured with
     ev.image_size = image_size
     ratios = [r.ratio for r in ev.score_images(list_images(root), default_score_cache(root)) if r.ratio]
     values, counts = np.unique(ratios, return_counts=True)

@@ -36,7 +36,7 @@ def evaluate_reconstruction(root: str | Path, vae: NestedVAE, out_dir: str | Pat
     """Write ``recon.md`` / ``recon.csv`` (one row per tokenizer setting); returns recon.md."""
     root, out_dir, dev = Path(root), Path(out_dir), resolve_device(device)
     files = list_images(root)
-    evaluator = evaluator or ComplexityEvaluator(image_size=image_size)
+    evaluator = evaluator or ComplexityEvaluator.default(image_size)
     assigned = {r.key: r.ratio for r in evaluator.score_images(files, cache=score_cache, progress=True) if r.ratio}
     vae = vae.to(dev).eval()
     lpips = None

@@ -16,7 +16,7 @@ def _evaluator(spec: str) -> tuple[str, ComplexityEvaluator]:
     from tasks.reconstruction.analysis import SMOLLM2_EVALUATOR
 
     if spec == "default":
-        return "default evaluator", ComplexityEvaluator()
+        return "default evaluator", ComplexityEvaluator.default()
     if spec == "smollm2":
         return "smollm2", ComplexityEvaluator.from_config(SMOLLM2_EVALUATOR)
     return (Path(spec).stem if spec.endswith((".yaml", ".yml")) else spec), ComplexityEvaluator.from_config(spec)

@@ -41,7 +41,7 @@ def run_demo(data: str | None = None, ckpt: str = "cat-small", out: str = "outpu
     vae = load_vae(ckpt).to(resolve_device(device)).eval()
     sample = load_kind_sample(root, per_kind, image_size, crop="native")
     rows = evaluate_kinds(vae, sample)
-    evaluator = evaluator or ComplexityEvaluator(image_size=image_size)
+    evaluator = evaluator or ComplexityEvaluator.default(image_size)
     scored = {r.key: r for r in evaluator.score_images([root / p for p in sample.paths], cache=out_dir / "scores.sqlite")}
     per_image = _per_image(rows, scored, root, vae.ratios, image_size)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -387,6 +387,8 @@ def run_distill_text(teacher_config: str | None, prompts_file: str, encoder: str
     TextStudentScorer.save(out, head, encoder, embedder.dim, max_length, mapper.thresholds, mapper.ratios)
     metrics = {"teacher": teacher.name, "encoder": encoder, "loss": loss, "prompts": len(prompts), "train": len(tr), "held_out": len(va),
                "ratio_agreement": round(agreement, 4), "spearman": round(rho, 4), "confusion": confusion.tolist(),
-               "student_texts_per_s": round(student_tps, 2), "teacher_texts_per_s": round(teacher_tps, 2)}
+               "student_texts_per_s": round(student_tps, 2), "teacher_texts_per_s": round(teacher_tps, 2),
+               "held_out_predictions": {prompts[i]: round(float(p), 6) for i, p in zip(va, pred)},
+               "held_out_teacher": {prompts[i]: round(float(scores[i]), 6) for i in va}}
     (Path(out) / "distill_text.json").write_text(json.dumps(metrics, indent=2))
     return metrics

@@ -31,7 +31,15 @@ from cat_tokenizer.data.images import UnreadableImage, load_rgb
 from cat_tokenizer.errors import InputNotFound, UserInputError
 from cat_tokenizer.ratios import DEFAULT_RATIOS, check_ratio
 
-__all__ = ["ComplexityEvaluator", "ScoreResult", "summarize"]
+def default_config_path() -> Path:
+    """The default evaluator's config, shipped in the package: the fitted scorer of ``cat-tokenizer
+    fit-rubric`` on real-v1 train (its report: configs/evaluator/fitted_real_v1.md in the repository)."""
+    from importlib.resources import files
+
+    return Path(str(files("cat_tokenizer.complexity") / "configs" / "real_v1_fitted.yaml"))
+
+
+__all__ = ["ComplexityEvaluator", "ScoreResult", "summarize", "default_config_path"]
 
 log = logging.getLogger(__name__)
 
@@ -97,17 +105,29 @@ class ComplexityEvaluator(nn.Module):
 
     # --- construction -------------------------------------------------------------------------
     @classmethod
+    def default(cls, image_size: int | None = None) -> ComplexityEvaluator:
+        """The offline default evaluator (``from_config(None)``), its token counts at ``image_size``."""
+        ev = cls.from_config(None)
+        if image_size is not None:
+            ev.image_size = image_size
+        return ev
+
+    @classmethod
     def from_config(cls, config: str | Path | Mapping | None = None) -> ComplexityEvaluator:
         """Build from a YAML file or dict: ``{class_path: ..., init_args: {...}}`` or the init args alone.
 
-        ``None`` gives the offline default (probe describer + rule rubric); ``"distilled:D"`` the
+        ``None`` (or ``"default"``) gives the offline default: the probe with layout facts and the scorer
+        fitted on real-v1 (``default_config_path()``, written by ``cat-tokenizer fit-rubric``); ``"rubric"``
+        the hand-set rule rubric (the default before it); ``"distilled:D"`` the
         ratio head of the tokenizer in folder D (from ``cat-tokenizer distill``); ``"auto:D"`` that
         head if it agreed well enough with its teacher, else the teacher (``student_or_teacher``);
         ``"distilled-text:D"`` the text-only student in D (from ``cat-tokenizer distill-text``) as the scorer.
         """
         from jsonargparse import ArgumentParser
 
-        if config is None:
+        if config is None or config == "default":
+            return cls.from_config(default_config_path())
+        if config == "rubric":
             return cls()
         if isinstance(config, str) and config.startswith("distilled-text:"):
             from cat_tokenizer.complexity.text_student import TextStudentScorer

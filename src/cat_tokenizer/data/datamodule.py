@@ -115,8 +115,10 @@ class CATDataModule(L.LightningDataModule):
         batch_size: images per training batch.
         val_batch_size: images per validation batch (default: ``batch_size``).
         num_workers: DataLoader worker processes.
-        val_fraction: share of files held out for validation, chosen by a hash of the path (stable
-            when files are added) within each top-level subfolder, at least one per subfolder.
+        val_fraction: share of files held out for validation, chosen by a hash of the path within each
+            top-level subfolder, at least one per subfolder. Adding files never moves a training file to
+            validation; only a folder's at-least-one pick (while none of its files hashes under the
+            fraction) goes back to training once one does.
         ratios: compression ratios in play.
         ratio_assignment: ``uniform`` (each batch draws a ratio), ``fixed:<r>``, ``complexity`` (each
             image at the ratio the evaluator assigns, scored once in ``prepare_data`` and cached) or

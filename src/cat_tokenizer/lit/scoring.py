@@ -82,7 +82,7 @@ class ComplexityScoringModule(L.LightningModule):
     def __init__(self, evaluator: ComplexityEvaluator | None = None, score_cache: str | None = None,
                  output_csv: str | None = None):
         super().__init__()
-        self.evaluator = evaluator if evaluator is not None else ComplexityEvaluator()
+        self.evaluator = evaluator if evaluator is not None else ComplexityEvaluator.default()
         self.score_cache, self.output_csv = score_cache, output_csv
         self._main: ScoreCache | None = None
         self._shard: ScoreCache | None = None
