@@ -147,3 +147,22 @@ def test_budget_relative_to_a_fixed_ratio_and_per_kind_shares(tmp_path, capsys):
     mean = float(out.split("mean tokens at 128px: ")[1].split()[0])
     assert abs(mean - 64 * 0.82) <= (256 - 64) / 9  # within one image's worth
     assert "per kind (8x / 16x / 32x): flat " in out and "; natural " in out and "; text " in out
+
+
+def test_evaluate_kinds_reports_auc_and_shares(tmp_path, capsys):
+    from cat_tokenizer.cli import tools
+
+    for kind, make in (("flat", _disc), ("natural", _photo), ("text", lambda i: _text_line(9 + i)), ("charts", _chart)):
+        for i in range(3):
+            (tmp_path / "d" / kind).mkdir(parents=True, exist_ok=True)
+            make(i).save(tmp_path / "d" / kind / f"{i}.png")
+    cfg = tmp_path / "fast.yaml"
+    cfg.write_text("describer:\n  class_path: cat_tokenizer.complexity.ProbeDescriber\n  init_args: {ocr: false, faces: false}\n")
+    assert tools.main(["evaluate-kinds", str(tmp_path / "d"), "--evaluator", str(cfg), "--evaluator", "default",
+                       "--cache", str(tmp_path / "s.sqlite"), "-q"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith(f"| {cfg}") or line.startswith("| default")]
+    assert len(rows) == 2
+    default = rows[1].split("|")
+    assert float(default[5]) >= 0.9  # the fitted default ranks text and charts above flat discs
+    assert "charts 8/16/32x" in out and "flat 8/16/32x" in out

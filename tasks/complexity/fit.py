@@ -262,3 +262,32 @@ def run_fit_rubric(data: str, out: str, eval_dir: str | None = None, target: str
 def load_evaluator(path: str) -> ComplexityEvaluator:
     """The evaluator a fit wrote (a normal evaluator config)."""
     return ComplexityEvaluator.from_config(path)
+
+
+def run_evaluate_kinds(data: str, evaluators: Sequence[str], high: Sequence[str] = ("text", "charts"),
+                       mid: Sequence[str] = ("natural",), low: Sequence[str] = ("flat",), cache: str | None = None,
+                       progress: bool = True) -> str:
+    """Score a KIND/... folder with each evaluator; a markdown table of AUCs and per-kind ratio shares."""
+    from cat_tokenizer.complexity.cache import default_score_cache
+
+    root = Path(data).expanduser()
+    files = list_images(root)
+    kinds = [kind_of(f, root) for f in files]
+    lines = [f"# Evaluators on {len(files)} images of {root}", "",
+             f"High: {', '.join(high)}; middle: {', '.join(mid)}; low: {', '.join(low)}. Shares at the evaluator's "
+             "own thresholds; AUC of the score.", "",
+             "| evaluator | img/s | AUC high > middle | AUC high > low | AUC middle > low | mean tokens (256 px) | "
+             + " | ".join(f"{k} 8/16/32x" for k in sorted(set(kinds))) + " |",
+             "|---|---|---|---|---|---|" + "---|" * len(set(kinds))]
+    for spec in evaluators:
+        ev = ComplexityEvaluator.from_config(None if spec == "default" else spec)
+        t0 = time.perf_counter()
+        res = ev.score_images(files, cache=cache or default_score_cache(root), progress=progress)
+        fresh = sum(not r.cached for r in res)
+        speed = f"{fresh / (time.perf_counter() - t0):.1f}" if fresh else "cached"
+        s = np.array([np.nan if r.score is None else r.score for r in res])
+        m = evaluate_scores(s, kinds, ev.mapper.thresholds, high, mid, low)
+        shares = " | ".join("/".join(f"{100 * m['shares'][k][r]:.0f}" for r in (8, 16, 32)) for k in sorted(m["shares"]))
+        lines.append(f"| {spec} ({ev.name}) | {speed} | {m['auc_high_vs_natural']:.3f} | {m['auc_high_vs_flat']:.3f} | "
+                     f"{m['auc_natural_vs_flat']:.3f} | {m['mean_tokens_256px']:.0f} | {shares} |")
+    return "\n".join(lines) + "\n"

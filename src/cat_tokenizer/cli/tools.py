@@ -207,6 +207,14 @@ def _cmd_fit_rubric(a: argparse.Namespace) -> int:
     return 0 if report else 1
 
 
+def _cmd_evaluate_kinds(a: argparse.Namespace) -> int:
+    from tasks.complexity.fit import run_evaluate_kinds
+
+    split = lambda t: [x for x in t.split(",") if x]  # noqa: E731
+    print(run_evaluate_kinds(a.data, a.evaluator or ["default"], split(a.high), split(a.mid), split(a.low), a.cache, not a.quiet))
+    return 0
+
+
 def _cmd_demo(a: argparse.Namespace) -> int:
     from cat_tokenizer.cli.demo import run_demo
 
@@ -405,6 +413,16 @@ def build_parser() -> argparse.ArgumentParser:
     fr.add_argument("--max-files", type=int, help="fit on a seeded sample of this many files")
     fr.add_argument("-q", "--quiet", action="store_true")
     fr.set_defaults(fn=_cmd_fit_rubric)
+
+    ek = sub.add_parser("evaluate-kinds", help="AUC and per-kind ratio shares of evaluators on a KIND/... folder")
+    ek.add_argument("data", help="folder whose top-level subfolders are content kinds (e.g. real-v1 dev/)")
+    ek.add_argument("--evaluator", action="append", help="default, rubric, a YAML, distilled:D ... (repeatable)")
+    ek.add_argument("--high", default="text,charts", help="kinds that need the most tokens")
+    ek.add_argument("--mid", default="natural")
+    ek.add_argument("--low", default="flat")
+    ek.add_argument("--cache", help="score cache file")
+    ek.add_argument("-q", "--quiet", action="store_true")
+    ek.set_defaults(fn=_cmd_evaluate_kinds)
 
     m = sub.add_parser("demo", help="the shipped tokenizer on a folder of kinds: reconstructions per kind, CAT vs fixed 16x")
     m.add_argument("--data", help="folder whose top-level subfolders are content kinds (default: the embedded 45 images)")
