@@ -12,7 +12,7 @@ CKPT ?= cat-small
 TRAIN_OUT ?= outputs/train_small
 TRAIN_ARGS ?=
 
-.PHONY: install system-deps test test-fast demo train-small need-real-data bench bench-gen bench-gen-gpu classify distill eval-recon need-data gen-demo gen-imagenet need-imagenet clean
+.PHONY: install system-deps test test-fast lint demo train-small need-real-data bench bench-gen bench-gen-gpu classify distill eval-recon need-data gen-demo gen-imagenet need-imagenet clean
 
 install: $(STAMP)
 
@@ -37,6 +37,9 @@ system-deps:
 
 test: install
 	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check src tasks tests
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"

@@ -4,9 +4,7 @@ import csv
 from pathlib import Path
 
 import numpy as np
-
 import pytest
-import torch
 from PIL import Image
 from safetensors import safe_open
 

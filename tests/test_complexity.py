@@ -10,8 +10,7 @@ import pytest
 from PIL import Image, ImageFilter
 
 from cat_tokenizer.cli import tools
-from cat_tokenizer.complexity import (ComplexityEvaluator, Describer, Description, ProbeDescriber, RubricScorer,
-                                      ScoreCache, text_description)
+from cat_tokenizer.complexity import ComplexityEvaluator, Describer, Description, ProbeDescriber, RubricScorer, ScoreCache, text_description
 from cat_tokenizer.data.default_data import _render_document, _render_flat
 from cat_tokenizer.errors import UserInputError
 

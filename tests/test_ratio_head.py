@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from test_datamodule_assign import FAST_EVAL, mixed_folder
 
 from cat_tokenizer import NestedVAE
 from cat_tokenizer.cli import tools
@@ -11,7 +12,6 @@ from cat_tokenizer.cli.distill import RatioHeadModule, _HeadOnStatistics
 from cat_tokenizer.complexity import ComplexityEvaluator
 from cat_tokenizer.errors import UserInputError
 from cat_tokenizer.models.ratio_head import RatioHead, stage_statistics
-from test_datamodule_assign import FAST_EVAL, mixed_folder
 
 
 def with_head(vae: NestedVAE, conv: int = 0) -> NestedVAE:
@@ -34,8 +34,8 @@ def test_head_shapes_and_thresholds(tiny_vae, conv):
 
 
 def test_head_reads_images_at_its_own_size(tiny_vae, tmp_path, capsys):
-    from torchvision.transforms.v2 import functional as TF
     from PIL import Image
+    from torchvision.transforms.v2 import functional as TF
 
     vae = tiny_vae.attach_ratio_head(RatioHead([8, 16, 16, 32], hidden=8, image_size=32)).eval()
     torch.nn.init.normal_(vae.ratio_head.out.weight)

@@ -24,8 +24,7 @@ def smollm2_tokenizer():
 
 def tiny_llava(out: Path) -> Path:
     """A LLaVA-architecture VLM (CLIP vision tower + Llama LM), hidden size 16, one layer each."""
-    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
-                              LlavaForConditionalGeneration, LlavaProcessor)
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
     tok = smollm2_tokenizer()
     tok.add_tokens(["<image>"], special_tokens=True)
@@ -46,8 +45,7 @@ def tiny_llava(out: Path) -> Path:
 
 def tiny_blip(out: Path) -> Path:
     """A BLIP captioning model (ViT + text decoder), hidden size 16, one layer each."""
-    from transformers import (BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor,
-                              BlipTextConfig, BlipVisionConfig)
+    from transformers import BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor, BlipTextConfig, BlipVisionConfig
 
     tok = smollm2_tokenizer()
     torch.manual_seed(0)

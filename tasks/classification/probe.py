@@ -11,7 +11,6 @@ Features per image (posterior mean of the frozen tokenizer at the batch's ratio)
 
 from __future__ import annotations
 
-
 import lightning as L
 import torch
 import torch.nn.functional as F

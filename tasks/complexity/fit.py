@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from cat_tokenizer.complexity import ComplexityEvaluator, ProbeDescriber, RatioMapper
 from cat_tokenizer.complexity.cache import content_hash
-from cat_tokenizer.complexity.fitted import DEFAULT_FEATURES, FittedScorer, fit_facts
+from cat_tokenizer.complexity.fitted import DEFAULT_FEATURES, fit_facts
 from cat_tokenizer.complexity.probe import probe_facts
 from cat_tokenizer.data.images import UnreadableImage, list_images, load_rgb
 from cat_tokenizer.errors import InputNotFound, UserInputError

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 from importlib.metadata import PackageNotFoundError, distribution
+from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI
 
+from cat_tokenizer.callbacks import StepProgressBar
 from cat_tokenizer.cli import silence_known_warnings
 from cat_tokenizer.devices import cpu_has_native_bf16
-from cat_tokenizer.callbacks import StepProgressBar
 from cat_tokenizer.errors import UserInputError, find_user_error
 
 __all__ = ["main", "cli", "CATLightningCLI", "TRAIN_COMMANDS"]

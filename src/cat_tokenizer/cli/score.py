@@ -14,8 +14,8 @@ from cat_tokenizer.complexity.cache import default_score_cache
 from cat_tokenizer.data.assign import read_ratio_csv
 from cat_tokenizer.data.images import list_images
 from cat_tokenizer.errors import UserInputError
-from cat_tokenizer.ratios import parse_budget
 from cat_tokenizer.io import apply_umask
+from cat_tokenizer.ratios import parse_budget
 
 __all__ = ["write_rows", "result_rows", "run_score", "format_summary"]
 

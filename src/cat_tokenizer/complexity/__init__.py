@@ -24,6 +24,7 @@ from cat_tokenizer.complexity.vlm import CaptionerDescriber, VLMDescriber
 
 __all__ = [
     "ComplexityEvaluator", "ScoreResult", "summarize", "Describer", "Description", "Scorer", "text_description",
-    "ProbeDescriber", "VLMDescriber", "CaptionerDescriber", "DistilledDescriber", "RubricScorer", "FittedScorer", "LLMScorer", "TextStudentScorer", "RatioMapper",
+    "ProbeDescriber", "VLMDescriber", "CaptionerDescriber", "DistilledDescriber",
+    "RubricScorer", "FittedScorer", "LLMScorer", "TextStudentScorer", "RatioMapper",
     "ScoreCache", "content_hash", "config_hash",
 ]

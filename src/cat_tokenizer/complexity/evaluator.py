@@ -31,6 +31,7 @@ from cat_tokenizer.data.images import UnreadableImage, load_rgb
 from cat_tokenizer.errors import InputNotFound, UserInputError
 from cat_tokenizer.ratios import DEFAULT_RATIOS, check_ratio
 
+
 def default_config_path() -> Path:
     """The default evaluator's config, shipped in the package: the fitted scorer of ``cat-tokenizer
     fit-rubric`` on real-v1 train (its report: configs/evaluator/fitted_real_v1.md in the repository)."""

@@ -16,8 +16,8 @@ from PIL import Image
 
 from cat_tokenizer.complexity.base import SCORE_MAX, SCORE_MIN, Describer, Description
 from cat_tokenizer.complexity.hf import load_pretrained
-from cat_tokenizer.devices import resolve_device
 from cat_tokenizer.complexity.llm import digit_token_ids, load_rubric
+from cat_tokenizer.devices import resolve_device
 from cat_tokenizer.errors import UserInputError
 
 __all__ = ["VLMDescriber", "CaptionerDescriber", "PERCEPTUAL_QUESTIONS"]
