@@ -12,7 +12,7 @@ CKPT ?= cat-small
 TRAIN_OUT ?= outputs/train_small
 TRAIN_ARGS ?=
 
-.PHONY: install system-deps test test-fast lint demo train-small need-real-data bench bench-gen bench-gen-gpu classify distill eval-recon need-data gen-demo gen-imagenet need-imagenet clean
+.PHONY: install system-deps test test-fast lint demo train-small ship-small need-real-data bench bench-gen bench-gen-gpu classify distill eval-recon need-data gen-demo gen-imagenet need-imagenet clean
 
 install: $(STAMP)
 
@@ -56,6 +56,11 @@ train-small: need-real-data install
 		--trainer.logger.init_args.save_dir $(TRAIN_OUT) --trainer.logger.init_args.name run --trainer.logger.init_args.version 0 \
 		--trainer.callbacks+=cat_tokenizer.lit.kind_eval.KindEvaluator --trainer.callbacks.root $(REAL_DATA)/dev \
 		$(if $(wildcard $(TRAIN_OUT)/run/version_0/checkpoints/last.ckpt),--ckpt_path $(TRAIN_OUT)/run/version_0/checkpoints/last.ckpt) $(TRAIN_ARGS)
+
+# Ship the trained run as cat-small (fp16 EMA weights + its per-kind training curve) inside the package.
+ship-small: install
+	$(VENV)/bin/cat-tokenizer export --ckpt $(TRAIN_OUT)/run/version_0/checkpoints/last.ckpt --out src/cat_tokenizer/pretrained/cat-small --fp16
+	cp $(TRAIN_OUT)/run/version_0/kind_eval.csv src/cat_tokenizer/pretrained/cat-small/training_curve.csv
 
 need-real-data:
 	@test -d "$(REAL_DATA)/train" || { echo "make train-small: no $(REAL_DATA)/train; set REAL_DATA=<folder with train/KIND/... and dev/KIND/...>"; exit 2; }

@@ -45,3 +45,23 @@ def tiny_vae():
 
     torch.manual_seed(0)
     return NestedVAE.from_preset("tiny")
+
+
+def write_kind_folder(root: Path, kinds=("flat", "natural"), n: int = 4, size: tuple[int, int] = (48, 48),
+                      source: str = "src", seed: int = 0) -> Path:
+    """``root/KIND/SOURCE/i.png``: flat = one grey level per image, natural = noise, text = dark stripes on light grey."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    for kind in kinds:
+        for i in range(n):
+            if kind == "flat":
+                arr = np.full((h, w, 3), (40 * i + 30) % 256, np.uint8)
+            elif kind == "text":
+                arr = np.full((h, w, 3), 230, np.uint8)
+                arr[h // 8 : h - h // 8 : 6, w // 12 : w - w // 12] = rng.integers(0, 60, (len(range(h // 8, h - h // 8, 6)), w - 2 * (w // 12), 3))
+            else:
+                arr = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+            p = root / kind / source / f"{i}.png"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(arr).save(p)
+    return root

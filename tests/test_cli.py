@@ -3,8 +3,8 @@
 import csv
 from pathlib import Path
 
-import numpy as np
 import pytest
+from conftest import write_kind_folder
 from PIL import Image
 from safetensors import safe_open
 
@@ -129,16 +129,7 @@ def test_bench_reports_every_ratio(capsys):
 
 def test_demo_reconstructs_each_kind_and_runs_cat(tmp_path, capsys, tiny_vae):
     tiny_vae.save_pretrained(tmp_path / "tok")
-    data = tmp_path / "dev"
-    rng = np.random.default_rng(0)
-    for kind in ("flat", "text"):
-        for i in range(4):
-            p = data / kind / "src" / f"{i}.png"
-            p.parent.mkdir(parents=True, exist_ok=True)
-            arr = np.full((80, 96, 3), 230, np.uint8)
-            if kind == "text":
-                arr[10:70:6, 8:90] = rng.integers(0, 60, (10, 82, 3))
-            Image.fromarray(arr).save(p)
+    data = write_kind_folder(tmp_path / "dev", kinds=("flat", "text"), n=4, size=(80, 96))
     out = tmp_path / "demo"
     args = ["demo", "--data", str(data), "--ckpt", str(tmp_path / "tok"), "--out", str(out), "--image-size", "64",
             "--per-kind", "3", "--show", "2", "--device", "cpu"]

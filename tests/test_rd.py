@@ -7,6 +7,7 @@ import itertools
 
 import numpy as np
 import pytest
+from conftest import write_kind_folder
 from PIL import Image
 
 from cat_tokenizer.cli import tools
@@ -66,13 +67,7 @@ def test_budget_calibration_within_one_image(target):
 
 def test_rd_command_writes_table_plot_and_report(tmp_path, tiny_vae, capsys):
     tiny_vae.save_pretrained(tmp_path / "tok")
-    rng = np.random.default_rng(0)
-    for kind in ("flat", "natural"):
-        for i in range(4):
-            p = tmp_path / "data" / kind / f"{i}.png"
-            p.parent.mkdir(parents=True, exist_ok=True)
-            arr = np.full((48, 48, 3), 40 * i, np.uint8) if kind == "flat" else rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)
-            Image.fromarray(arr).save(p)
+    write_kind_folder(tmp_path / "data", kinds=("flat", "natural"), n=4)
     out = tmp_path / "rd"
     args = ["rd", str(tmp_path / "data"), "--ckpt", str(tmp_path / "tok"), "--out", str(out), "--image-size", "32",
             "--features", "off", "--device", "cpu", "-q", "--budgets", "1,4,10,16"]

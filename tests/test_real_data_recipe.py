@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import write_kind_folder
 from PIL import Image, ImageDraw
 
 from cat_tokenizer import CATDataModule, NestedVAE, NestedVAEModule, VAELoss
@@ -128,14 +129,7 @@ def test_discriminator_untouched_before_disc_start(image_folder, tmp_path):
 
 # ---------------------------------------------------------------- per-kind evaluation
 def test_kind_eval_ranks_a_perfect_and_a_blind_decoder(tmp_path, tiny_vae):
-    root = tmp_path / "dev"
-    rng = np.random.default_rng(0)
-    for kind in ("flat", "natural"):
-        for i in range(5):
-            p = root / kind / "s" / f"{i}.png"
-            p.parent.mkdir(parents=True, exist_ok=True)
-            arr = np.full((48, 48, 3), 200, np.uint8) if kind == "flat" else rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)
-            Image.fromarray(arr).save(p)
+    root = write_kind_folder(tmp_path / "dev", kinds=("flat", "natural"), n=5, size=(48, 48))
     sample = load_kind_sample(root, per_kind=3, image_size=32)
     assert sample.images.shape == (6, 3, 32, 32) and sorted(Counter(sample.kinds).values()) == [3, 3]
     rows = evaluate_kinds(tiny_vae.eval(), sample)

@@ -146,7 +146,7 @@ def add_generation_commands(sub) -> None:
 
     g = sub.add_parser("gen-demo", help="DiT + CAT on the embedded data on a CPU: encode, train, sample grid per ratio")
     g.add_argument("--out", default="outputs/gen_demo")
-    g.add_argument("--ckpt", default="outputs/demo/pretrained", help="the tokenizer (make demo trains this one)")
+    g.add_argument("--ckpt", default="cat-small", help="the tokenizer (default: the shipped cat-small)")
     g.add_argument("--steps", type=int, default=800, help="DiT training steps")
     g.add_argument("--image-size", type=int, default=128)
     g.add_argument("--batch-size", type=int, default=8)

@@ -11,7 +11,6 @@ class name (``--ratio auto``), into ``samples.png`` and ``report.md``.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -30,10 +29,12 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
 def _tokenizer_channels(tokenizer: str) -> int:
-    cfg = Path(tokenizer) / "config.json"
-    if not cfg.is_file():
-        raise InputNotFound(f"no tokenizer at {tokenizer}: train one with `make demo` (or pass --ckpt)")
-    return int(json.loads(cfg.read_text())["latent_channels"])
+    from cat_tokenizer.io import load_vae
+
+    try:
+        return load_vae(tokenizer).latent_channels
+    except InputNotFound:
+        raise InputNotFound(f"no tokenizer at {tokenizer}: pass --ckpt (default: the shipped cat-small)") from None
 
 
 def _loss_curve(log_dir: Path) -> list[tuple[int, float]]:
@@ -44,7 +45,7 @@ def _loss_curve(log_dir: Path) -> list[tuple[int, float]]:
     return [(e.step, e.value) for e in ea.Scalars("train/loss")] if "train/loss" in ea.Tags()["scalars"] else []
 
 
-def run_gen_demo(out: str = "outputs/gen_demo", tokenizer: str = "outputs/demo/pretrained", steps: int = 800,
+def run_gen_demo(out: str = "outputs/gen_demo", tokenizer: str = "cat-small", steps: int = 800,
                  image_size: int = 128, batch_size: int = 8, preset: str = "mini", sample_steps: int = 50,
                  guidance: float = 2.0, accelerator: str = "auto") -> Path:
     """Encode, train, sample; returns ``report.md``. Run again with more ``steps`` to continue."""

@@ -215,6 +215,19 @@ def _cmd_evaluate_kinds(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(a: argparse.Namespace) -> int:
+    import torch
+
+    from cat_tokenizer.io import load_vae
+
+    vae = load_vae(a.ckpt)
+    out = vae.save_pretrained(a.out, dtype=torch.float16 if a.fp16 else None)
+    size = (out / "model.safetensors").stat().st_size / 2**20
+    print(f"wrote {out}/config.json and model.safetensors ({size:.1f} MiB, {'fp16' if a.fp16 else 'fp32'}); "
+          f"load it with NestedVAE.from_pretrained('{out}')")
+    return 0
+
+
 def _cmd_demo(a: argparse.Namespace) -> int:
     from cat_tokenizer.cli.demo import run_demo
 
@@ -423,6 +436,12 @@ def build_parser() -> argparse.ArgumentParser:
     ek.add_argument("--cache", help="score cache file")
     ek.add_argument("-q", "--quiet", action="store_true")
     ek.set_defaults(fn=_cmd_evaluate_kinds)
+
+    ex = sub.add_parser("export", help="a tokenizer (.ckpt: its EMA weights) as a from_pretrained folder, optionally fp16")
+    ex.add_argument("--ckpt", required=True, help="lightning .ckpt, save_pretrained folder or hub id")
+    ex.add_argument("--out", required=True, help="output folder (config.json + model.safetensors)")
+    ex.add_argument("--fp16", action="store_true", help="store the weights in float16 (loading casts them back)")
+    ex.set_defaults(fn=_cmd_export)
 
     m = sub.add_parser("demo", help="the shipped tokenizer on a folder of kinds: reconstructions per kind, CAT vs fixed 16x")
     m.add_argument("--data", help="folder whose top-level subfolders are content kinds (default: the embedded 45 images)")
