@@ -272,6 +272,18 @@ def write_rd(out: Path, table: ReconTable, rows: list[dict], allocs: dict, root:
             shares = "/".join(f"{100 * (idx[sel] == j).mean():.0f}" for j in range(len(ratios)))
             cells.append(f"{psnr:.2f} ({shares})")
         lines.append(f"| {kind} | {int(sel.sum())} | " + " | ".join(cells) + " |")
+    text = table.text_bearing
+    if text.any():
+        lines += ["", "## OCR on text-bearing crops per kind (mean Tesseract word confidence; share of the original's)", "",
+                  "| kind | text-bearing crops | original | " + " | ".join(f"{q}x" for q in ratios) + " |",
+                  "|---|---|---|" + "---|" * len(ratios)]
+        for kind in kinds:
+            sel = (kind_arr == kind) & text
+            if not sel.any():
+                continue
+            orig = float(table.ocr_orig[sel].mean())
+            cells = [f"{table.ocr[sel, j].mean():.1f} ({100 * table.ocr[sel, j].mean() / orig:.0f}%)" for j in range(len(ratios))]
+            lines.append(f"| {kind} | {int(sel.sum())} | {orig:.1f} | " + " | ".join(cells) + " |")
     lines += ["", "## Every budget", "", "| " + " | ".join(RD_COLUMNS) + " |", "|" + "---|" * len(RD_COLUMNS)]
     for r in rows:
         lines.append("| " + " | ".join(_fmt(r[c], 3) if isinstance(r[c], float) else str(r[c]) for c in RD_COLUMNS) + " |")
