@@ -11,6 +11,7 @@ from safetensors import safe_open
 from cat_tokenizer import NestedVAE
 from cat_tokenizer.cli import lightning_main, tools
 from cat_tokenizer.io import load_latent
+from cat_tokenizer.lit import cli as lit_cli
 
 CONFIG = str(Path(__file__).parents[1] / "configs" / "vae.yaml")
 TINY = [
@@ -196,8 +197,8 @@ def test_two_process_ddp_fit(image_folder, tmp_path, disc_start):
 
 @pytest.mark.parametrize("native", [False, True])
 def test_mixed_precision_on_cpu_needs_native_bf16(caplog, monkeypatch, native):
-    monkeypatch.setattr(lightning_main, "cpu_has_native_bf16", lambda: native)
-    c = lightning_main.cli(["-c", CONFIG, "--trainer.accelerator", "cpu", *TINY], run=False)
+    monkeypatch.setattr(lit_cli, "cpu_has_native_bf16", lambda: native)
+    c = lit_cli.cli(["-c", CONFIG, "--trainer.accelerator", "cpu", *TINY], run=False)
     # the config says bf16-mixed: kept where the CPU has bfloat16, else fp32
     assert c.trainer.precision == ("bf16-mixed" if native else "32-true")
     assert ("using 32-true instead" in caplog.text) is not native

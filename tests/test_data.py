@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from cat_tokenizer import CATDataModule
-from cat_tokenizer.data.datamodule import collate_skipping
+from cat_tokenizer.data.dataset import collate_skipping
 from cat_tokenizer.data.default_data import KINDS, ensure_default_data
 from cat_tokenizer.data.images import UnreadableImage, list_images, load_rgb
 from cat_tokenizer.data.sampler import BucketBatchSampler
@@ -178,10 +178,10 @@ def test_validation_split_is_stratified_and_stable(image_folder):
         Image.new("RGB", (40, 40), (i * 10, 0, 0)).save(image_folder / f"class{i % 2}" / f"new{i}.png")
     after = CATDataModule(root=str(image_folder), batch_size=2, num_workers=0, val_fraction=0.3)
     after.setup()
-    from cat_tokenizer.data.datamodule import _hash_fraction
+    from cat_tokenizer.data.dataset import hash_fraction
 
     assert set(before.train_set.files) <= set(after.train_set.files)  # a trained-on file never becomes held out
-    by_hash = {f for f in before.val_set.files if _hash_fraction(f.relative_to(image_folder).as_posix()) < 0.3}
+    by_hash = {f for f in before.val_set.files if hash_fraction(f.relative_to(image_folder).as_posix()) < 0.3}
     assert by_hash <= set(after.val_set.files)  # held out by its hash: held out for good
     # only a folder's at-least-one pick (no file under the fraction yet) may go back to training
     assert all(f not in by_hash for f in set(before.val_set.files) - set(after.val_set.files))

@@ -14,9 +14,9 @@ from safetensors.torch import load_file
 
 from cat_tokenizer import NestedVAE
 from cat_tokenizer.cli import lightning_main, tools
-from cat_tokenizer.data.datamodule import image_transform
 from cat_tokenizer.data.images import load_rgb
 from cat_tokenizer.data.latent_cache import LatentCache, LatentEntry
+from cat_tokenizer.data.transforms import image_transform
 from cat_tokenizer.errors import InputNotFound, UserInputError
 from tasks.generation import Diffusion, DiT, DiTModule, LatentDataModule, load_dit
 from tasks.generation.bench import bench_gen, padded_forward, patchify

@@ -1,6 +1,6 @@
 """cat-tokenizer: content-adaptive image tokenization (CAT) with a nested 8x/16x/32x VAE."""
 
-from cat_tokenizer.data.datamodule import CATDataModule
+from cat_tokenizer.lit.datamodule import CATDataModule
 from cat_tokenizer.lit.vae_module import NestedVAEModule
 from cat_tokenizer.losses.vae_loss import VAELoss
 from cat_tokenizer.models.nested_vae import NESTED_VAE_PRESETS, LatentPosterior, NestedVAE

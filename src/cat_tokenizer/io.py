@@ -12,11 +12,11 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from cat_tokenizer.errors import UserInputError
-from cat_tokenizer.lit.vae_module import CONFIG_KEY as _CONFIG_KEY  # written by NestedVAEModule.on_save_checkpoint
 from cat_tokenizer.models.nested_vae import NestedVAE
 
-__all__ = ["load_vae", "save_latent", "load_latent", "check_latent", "apply_umask", "Latent"]
+__all__ = ["load_vae", "save_latent", "load_latent", "check_latent", "apply_umask", "Latent", "CONFIG_KEY"]
 
+CONFIG_KEY = "nested_vae_config"  # the .ckpt entry NestedVAEModule.on_save_checkpoint writes: NestedVAE rebuilds from it alone
 
 
 def load_vae(path: str | Path, ema: bool = True) -> NestedVAE:
@@ -36,12 +36,12 @@ def load_vae(path: str | Path, ema: bool = True) -> NestedVAE:
             ckpt = torch.load(p, map_location="cpu", weights_only=True)
         except Exception as err:  # not a torch file, or one that needs pickle (refused)
             raise UserInputError(f"cannot read checkpoint {p}: {type(err).__name__}: {str(err).splitlines()[0]}") from None
-        if not isinstance(ckpt, dict) or _CONFIG_KEY not in ckpt:
-            raise UserInputError(f"{p} is not a NestedVAEModule checkpoint (no '{_CONFIG_KEY}' entry)")
+        if not isinstance(ckpt, dict) or CONFIG_KEY not in ckpt:
+            raise UserInputError(f"{p} is not a NestedVAEModule checkpoint (no '{CONFIG_KEY}' entry)")
         state = ckpt["state_dict"]
         prefix = "ema.module." if ema and any(k.startswith("ema.module.") for k in state) else "vae."
         try:
-            vae = NestedVAE(**ckpt[_CONFIG_KEY])
+            vae = NestedVAE(**ckpt[CONFIG_KEY])
             vae.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}, strict=True)
         except (TypeError, RuntimeError) as err:  # a config key or a weight shape that does not fit
             raise UserInputError(f"{p}: the weights do not fit the recorded NestedVAE config ({str(err).splitlines()[0][:200]})") from None

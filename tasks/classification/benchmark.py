@@ -12,9 +12,9 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 
-from cat_tokenizer.cli import silence_known_warnings
 from cat_tokenizer.complexity import ComplexityEvaluator
-from cat_tokenizer.data.datamodule import CATDataModule
+from cat_tokenizer.lit.cli import silence_known_warnings
+from cat_tokenizer.lit.datamodule import CATDataModule
 from cat_tokenizer.ratios import token_count
 from tasks.classification.datasets import ensure_probe_dataset
 from tasks.classification.probe import LinearProbeModule

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader, Dataset
 
-from cat_tokenizer.data.datamodule import collate_skipping, stratified_val_keys
+from cat_tokenizer.data.dataset import collate_skipping, stratified_val_keys
 from cat_tokenizer.data.latent_cache import LatentCache, LatentEntry
 from cat_tokenizer.data.sampler import BucketBatchSampler
 from cat_tokenizer.errors import InputNotFound, UserInputError

@@ -49,7 +49,7 @@ def run_gen_demo(out: str = "outputs/gen_demo", tokenizer: str = "cat-small", st
                  image_size: int = 128, batch_size: int = 8, preset: str = "mini", sample_steps: int = 50,
                  guidance: float = 2.0, accelerator: str = "auto") -> Path:
     """Encode, train, sample; returns ``report.md``. Run again with more ``steps`` to continue."""
-    from cat_tokenizer.cli.lightning_main import cli
+    from cat_tokenizer.lit.cli import cli
     from tasks.generation.module import load_dit
     from tasks.generation.sample import auto_ratios
 

@@ -107,7 +107,7 @@ def _set_real_stats(fid, stats: dict) -> None:
 
 
 def _folder_batches(folder: Path, size: int, batch_size: int):
-    from cat_tokenizer.data.datamodule import image_transform
+    from cat_tokenizer.data.transforms import image_transform
 
     files = list_images(folder)
     if not files:

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from cat_tokenizer.complexity import ComplexityEvaluator
-from cat_tokenizer.data.datamodule import image_transform
 from cat_tokenizer.data.images import UnreadableImage, list_images, load_rgb
+from cat_tokenizer.data.transforms import image_transform
 from cat_tokenizer.devices import resolve_device
 from cat_tokenizer.errors import UserInputError
 from cat_tokenizer.metrics import build_fid, ocr_confidence, psnr_ssim, to_pil

@@ -28,17 +28,18 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 from torchmetrics.functional.regression import spearman_corrcoef
 
-from cat_tokenizer.cli import silence_known_warnings
 from cat_tokenizer.cli.bench import flops, items_per_second
 from cat_tokenizer.complexity import ComplexityEvaluator
 from cat_tokenizer.complexity.cache import default_score_cache
 from cat_tokenizer.complexity.evaluator import MIN_AGREEMENT, MIN_HELD_OUT, replaces_teacher
-from cat_tokenizer.data.datamodule import _hash_fraction, _stratified_split, image_transform
+from cat_tokenizer.data.dataset import hash_fraction, stratified_split
 from cat_tokenizer.data.images import list_images, load_rgb, partition_readable
+from cat_tokenizer.data.transforms import image_transform
 from cat_tokenizer.data.variety import SOURCES_FILE
 from cat_tokenizer.devices import resolve_device
 from cat_tokenizer.errors import UserInputError
 from cat_tokenizer.io import load_vae
+from cat_tokenizer.lit.cli import silence_known_warnings
 from cat_tokenizer.models.ratio_head import RatioHead
 
 __all__ = ["RatioHeadModule", "run_distill", "run_distill_text"]
@@ -139,7 +140,7 @@ def _grouped_split(files: list[Path], root: Path, fraction: float, groups: dict[
         families.setdefault("\0" if g.startswith("\0") else g.rsplit("-", 1)[0], []).append(g)
     held = set()
     for members in families.values():
-        held.update(sorted(members, key=_hash_fraction)[: max(1, round(fraction * len(members)))])
+        held.update(sorted(members, key=hash_fraction)[: max(1, round(fraction * len(members)))])
     return {f for f in files if key[f] in held}
 
 
@@ -258,7 +259,7 @@ def run_distill(teacher_config: str | None, data: str, out: str, tokenizer: str,
     scores = torch.tensor([s for _, s in scored], dtype=torch.float32)
     if teacher is not None:
         mapper = teacher.mapper_for(scores.tolist())  # the teacher's thresholds (calibrated if it has a budget)
-    val = _grouped_split(files, root, val_fraction, group_of) if group_of else set(_stratified_split(files, root, val_fraction))
+    val = _grouped_split(files, root, val_fraction, group_of) if group_of else set(stratified_split(files, root, val_fraction))
     split = "random" if group_of is None else f"by source ({split_from})"
     log.info("held-out split: %s", split)
     tr = [i for i, f in enumerate(files) if f not in val]

@@ -61,7 +61,7 @@ class DistilledDescriber(Describer):
 
     @torch.no_grad()
     def describe(self, images: list[Image.Image]) -> list[Description]:
-        from cat_tokenizer.data.datamodule import image_transform
+        from cat_tokenizer.data.transforms import image_transform
 
         self.load()
         tf = image_transform(self.image_size, train=False, crop=self.vae.ratio_head.config.get("crop", "resize"))

@@ -17,9 +17,9 @@ from pathlib import Path
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
-from cat_tokenizer.cli.score import format_summary, result_rows, write_rows
 from cat_tokenizer.complexity.cache import ScoreCache, default_score_cache, merge_shards
 from cat_tokenizer.complexity.evaluator import ComplexityEvaluator, ScoreResult
+from cat_tokenizer.complexity.report import format_summary, result_rows, write_rows
 from cat_tokenizer.data.default_data import ensure_default_data
 from cat_tokenizer.data.images import list_images
 from cat_tokenizer.errors import InputNotFound

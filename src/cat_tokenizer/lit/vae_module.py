@@ -15,13 +15,12 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 from torchvision.utils import make_grid
 
 from cat_tokenizer.errors import UserInputError
+from cat_tokenizer.io import CONFIG_KEY
 from cat_tokenizer.losses.vae_loss import VAELoss
 from cat_tokenizer.models.nested_vae import NestedVAE
 from cat_tokenizer.ratios import token_count
 
 __all__ = ["NestedVAEModule"]
-
-CONFIG_KEY = "nested_vae_config"
 
 
 class NestedVAEModule(L.LightningModule):

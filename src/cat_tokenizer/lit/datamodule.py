@@ -1,11 +1,12 @@
-"""The shared DataModule: image folders -> batches of one compression ratio each."""
+"""The shared DataModule: image folders -> batches of one compression ratio each.
+
+It sits in ``lit`` because it composes the data layer with the complexity evaluator (scores are
+precomputed per image to assign ratios), both of which sit below it.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import random
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -13,86 +14,24 @@ from typing import Literal
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms import v2
+from torch.utils.data import DataLoader
 
 from cat_tokenizer.complexity.cache import default_score_cache
 from cat_tokenizer.complexity.evaluator import ComplexityEvaluator
 from cat_tokenizer.data.annotations import class_labels, read_captions
 from cat_tokenizer.data.assign import parse_assignment, ratios_from_csv, ratios_from_evaluator
+from cat_tokenizer.data.dataset import ImageFileDataset, collate_skipping, kind_of, stratified_split
 from cat_tokenizer.data.default_data import ensure_default_data
-from cat_tokenizer.data.images import UnreadableImage, list_images, load_rgb, partition_readable
+from cat_tokenizer.data.images import UnreadableImage, list_images, partition_readable
 from cat_tokenizer.data.latent_cache import LatentCache, assignment_mode
 from cat_tokenizer.data.sampler import BucketBatchSampler, balanced_weights
 from cat_tokenizer.data.transforms import CropPolicy, image_transform
 from cat_tokenizer.errors import InputNotFound, UserInputError
 from cat_tokenizer.ratios import DEFAULT_RATIOS, check_ratio
 
-__all__ = ["CATDataModule", "ImageFileDataset", "collate_skipping", "image_transform"]
+__all__ = ["CATDataModule"]
 
 log = logging.getLogger(__name__)
-
-
-class ImageFileDataset(Dataset):
-    """Images from a list of files; items are dicts ``{image, ratio, index[, label][, caption]}``.
-
-    Indexed by ``(index, ratio)`` pairs from ``BucketBatchSampler`` (or a plain index: ratio 0).
-    A file that fails to decode returns ``None`` with one warning; ``collate_skipping`` drops it.
-
-    Args:
-        files: image paths.
-        transform: PIL image -> (3, S, S) tensor in [-1, 1].
-        labels: one class index per file, or None.
-        captions: one list of captions per file, or None; training draws one at random, evaluation takes the first.
-        ratios: one assigned ratio per file (content-adaptive modes), or None.
-        train: draw random captions.
-    """
-
-    def __init__(self, files: Sequence[Path], transform: v2.Compose, labels: Sequence[int] | None = None,
-                 captions: Sequence[list[str]] | None = None, ratios: np.ndarray | None = None, train: bool = False):
-        self.files, self.transform, self.train = list(files), transform, train
-        self.labels, self.captions, self.ratios = labels, captions, ratios
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, key: int | tuple[int, int]) -> dict | None:
-        index, ratio = key if isinstance(key, tuple) else (key, 0)
-        try:
-            img = load_rgb(self.files[index])
-        except UnreadableImage as err:
-            warnings.warn(f"skipping unreadable image {err}", stacklevel=1)
-            return None
-        item = {"image": self.transform(img), "ratio": ratio, "index": index}
-        if self.labels is not None:
-            item["label"] = self.labels[index]
-        if self.captions is not None:
-            caps = self.captions[index] or [""]
-            item["caption"] = random.choice(caps) if self.train else caps[0]
-        return item
-
-
-def collate_skipping(items: list[dict | None]) -> dict | None:
-    """Collate the readable items of one ratio: tensors stacked (``image`` (B, 3, S, S), or ``latent``),
-    ints as a tensor (``index``, ``label``), strings as a list (``caption``), ``ratio`` one int."""
-    items = [it for it in items if it is not None]
-    if not items:
-        return None
-    ratios = {it["ratio"] for it in items}
-    if len(ratios) != 1:
-        raise RuntimeError(f"a batch mixes ratios {sorted(ratios)}; batches must hold one ratio")
-    batch = {"ratio": ratios.pop()}
-    for key in items[0]:
-        if key == "ratio" or not all(key in it for it in items):
-            continue
-        values = [it[key] for it in items]
-        if isinstance(values[0], torch.Tensor):
-            batch[key] = torch.stack(values)
-        elif isinstance(values[0], int):
-            batch[key] = torch.tensor(values)
-        else:
-            batch[key] = values
-    return batch
 
 
 class CATDataModule(L.LightningDataModule):
@@ -253,7 +192,7 @@ class CATDataModule(L.LightningDataModule):
             missing = sum(not c for c in captions)
             if missing:
                 log.warning("%d of %d images have no caption in %s (they get an empty caption)", missing, len(files), self.captions)
-        val = set(_stratified_split(files, root, self.val_fraction))
+        val = set(stratified_split(files, root, self.val_fraction))
         train_idx = [i for i, f in enumerate(files) if f not in val] or list(range(len(files)))
         val_idx = [i for i, f in enumerate(files) if f in val]
 
@@ -267,7 +206,7 @@ class CATDataModule(L.LightningDataModule):
             )
 
         self.train_set, self.val_set = subset(train_idx, True), subset(val_idx, False)
-        self.train_kinds = [_kind(files[i], root) for i in train_idx]
+        self.train_kinds = [kind_of(files[i], root) for i in train_idx]
         self.predict_set = subset(self._to_encode(files, root), False)
         log.info("data: %d train / %d val images from %s", len(train_idx), len(val_idx), root)
 
@@ -326,36 +265,3 @@ class CATDataModule(L.LightningDataModule):
         if not len(self.predict_set):  # everything already encoded (skip_encoded)
             return []
         return self._ordered(self.predict_set, self.fixed_ratio)
-
-
-def _kind(path: Path, root: Path) -> str:
-    """The top-level folder of ``path`` under ``root`` (its content kind or class); ``""`` at the top."""
-    parts = path.relative_to(root).parts
-    return parts[0] if len(parts) > 1 else ""
-
-
-def _stratified_split(files: list[Path], root: Path, fraction: float) -> list[Path]:
-    """Validation files (``stratified_val_keys`` of their paths relative to ``root``); never empty."""
-    by_key = {f.relative_to(root).as_posix(): f for f in files}
-    return sorted(by_key[k] for k in stratified_val_keys(list(by_key), fraction)) or files[:1]
-
-
-def stratified_val_keys(keys: list[str], fraction: float) -> set[str]:
-    """Held-out keys (relative paths, ``/``-separated): those whose hash falls under ``fraction``,
-    per top-level folder (a class or content kind), with at least one from every folder of 3+ keys."""
-    groups: dict[str, list[str]] = {}
-    for k in keys:
-        groups.setdefault(k.split("/")[0] if "/" in k else "", []).append(k)
-    val: set[str] = set()
-    for members in groups.values():
-        keyed = sorted(members, key=_hash_fraction)
-        chosen = [k for k in keyed if _hash_fraction(k) < fraction]
-        if not chosen and fraction > 0 and len(members) >= 3:
-            chosen = keyed[:1]
-        val.update(chosen)
-    return val
-
-
-def _hash_fraction(key: str) -> float:
-    """A stable number in [0, 1) from a relative path."""
-    return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) / 2**32

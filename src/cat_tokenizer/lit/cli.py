@@ -1,0 +1,74 @@
+"""The project's LightningCLI: CPU precision policy, a step-based progress bar, and known false-alarm warnings silenced."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.cli import LightningCLI
+
+from cat_tokenizer.callbacks import StepProgressBar
+from cat_tokenizer.devices import cpu_has_native_bf16
+from cat_tokenizer.errors import UserInputError
+
+__all__ = ["CATLightningCLI", "cli", "silence_known_warnings"]
+
+log = logging.getLogger(__name__)
+
+
+class CATLightningCLI(LightningCLI):
+    """LightningCLI with one policy: mixed precision asked for on a CPU-only run falls back to
+    ``32-true`` with a warning, unless it is ``bf16-mixed`` on a CPU with native bfloat16 (AMX /
+    AVX512-BF16), where it is about twice as fast as fp32. CPUs without it emulate bfloat16, which
+    made one base-preset training step take over 10 minutes instead of a few; configs stay GPU-first."""
+
+    def before_instantiate_classes(self) -> None:
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        trainer = cfg.trainer
+        on_cpu = trainer.accelerator == "cpu" or (trainer.accelerator == "auto" and not torch.cuda.is_available())
+        ckpt = cfg.get("ckpt_path")
+        if ckpt and str(ckpt) not in ("last", "best", "hpc", "registry") and "://" not in str(ckpt) and not Path(ckpt).is_file():
+            raise UserInputError(f"--ckpt_path: checkpoint not found: {ckpt}")
+        precision = str(trainer.precision)
+        if not on_cpu or precision not in ("bf16-mixed", "16-mixed", "bf16", "16"):
+            return
+        if precision in ("bf16-mixed", "bf16") and cpu_has_native_bf16():
+            log.info("precision %s on a CPU with native bfloat16: kept", precision)
+            return
+        log.warning("precision %s on a CPU-only run without native bfloat16: using 32-true instead", precision)
+        trainer.precision = "32-true"
+
+
+    def _instantiate_trainer(self, config: dict, callbacks: list) -> L.Trainer:
+        listed = [*(config.get("callbacks") or []), *callbacks]
+        if config.get("enable_progress_bar", True) is not False and not any(isinstance(c, ProgressBar) for c in listed):
+            callbacks = [*callbacks, StepProgressBar()]  # not "Epoch 0/-2" when training by steps
+        return super()._instantiate_trainer(config, callbacks)
+
+
+def cli(args: list[str] | None = None, run: bool = True) -> LightningCLI:
+    """Build (and by default run) the LightningCLI; model and data are chosen by ``class_path``.
+
+    The batch samplers shard themselves across ranks, so Lightning's own distributed sampler
+    is off by default (``trainer.use_distributed_sampler=false``).
+    """
+    return CATLightningCLI(
+        args=args,
+        run=run,
+        trainer_defaults={"use_distributed_sampler": False},
+        save_config_kwargs={"overwrite": True},
+    )
+
+
+def silence_known_warnings() -> None:
+    """Hide Lightning warnings that are false alarms for this project's modules."""
+    # The VAE checkpoints the state after both optimizer steps on purpose.
+    warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
+    # The EMA copy (and a frozen LPIPS) stay in eval mode by design.
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    # BucketBatchSampler's predict loader never drops items; Lightning cannot see that.
+    warnings.filterwarnings("ignore", message="You are using a custom batch sampler")

@@ -1,0 +1,135 @@
+"""Imports go one way: leaf modules <- models <- losses <- io <- data <- complexity <- lit <- tasks <- cli.
+
+Every ``import`` of the project (module level or inside a function) is read from the source
+with ``ast``; a module may import its own layer or any layer below, never above, and the module
+graph has no cycle. ``cat_tokenizer/__init__.py`` (the public API) may import anything and must
+not be imported by the project itself.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = {"cat_tokenizer": ROOT / "src" / "cat_tokenizer", "tasks": ROOT / "tasks"}
+LAYERS = [
+    ("errors",),
+    ("ratios", "devices", "metrics"),
+    ("models",),
+    ("losses",),
+    ("io",),
+    ("data",),
+    ("complexity",),
+    ("callbacks", "lit"),
+    ("tasks",),
+    ("cli",),
+]
+RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
+
+
+def _modules() -> dict[str, Path]:
+    mods = {}
+    for pkg, folder in PACKAGES.items():
+        for path in folder.rglob("*.py"):
+            parts = [p for p in path.relative_to(folder).with_suffix("").parts if p != "__init__"]
+            mods[".".join([pkg, *parts])] = path
+    return mods
+
+
+def _imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """Project modules that ``name`` imports (the longest known prefix of each imported name)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*up, base] if base else up)
+            targets = [f"{base}.{a.name}" for a in node.names] + [base]
+        else:
+            continue
+        for t in targets:
+            while t and t not in known:
+                t = t.rpartition(".")[0]
+            if t and t != name:
+                found.add(t)
+    return found
+
+
+def _layer(module: str) -> str:
+    parts = module.split(".")
+    return "tasks" if parts[0] == "tasks" else parts[1] if len(parts) > 1 else "api"
+
+
+def _graph() -> dict[str, set[str]]:
+    mods = _modules()
+    known = set(mods)
+    graph = {}
+    for name, path in mods.items():
+        deps = _imports(name, path, known)
+        # `from cat_tokenizer.data import x` names the package; count the submodule x when it is one
+        graph[name] = {d for d in deps if not (d in ("cat_tokenizer", "tasks") and _layer(name) != "api")}
+    return graph
+
+
+def test_every_layer_is_ranked():
+    assert {_layer(m) for m in _modules()} - {"api"} <= set(RANK)
+
+
+def test_no_module_imports_a_higher_layer():
+    upward = sorted(f"{m} -> {d}" for m, deps in _graph().items() if _layer(m) != "api"
+                    for d in deps if _layer(d) == "api" or RANK[_layer(d)] > RANK[_layer(m)])
+    assert not upward, "upward imports:\n" + "\n".join(upward)
+
+
+def test_module_graph_has_no_cycle():
+    graph = _graph()
+    state: dict[str, int] = {}  # 1: on the stack, 2: done
+    cycles = []
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        for dep in sorted(graph.get(node, ())):
+            if state.get(dep) == 1:
+                cycles.append(" -> ".join([*stack[stack.index(dep):], dep]))
+            elif dep not in state:
+                visit(dep, [*stack, dep])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    assert not cycles, "import cycles:\n" + "\n".join(cycles)
+
+
+def test_the_check_sees_a_planted_upward_import_and_cycle(tmp_path, monkeypatch):
+    """The checker itself: a models module importing lit, and two modules importing each other, are reported."""
+    pkg = tmp_path / "cat_tokenizer"
+    for sub in ("models", "lit"):
+        (pkg / sub).mkdir(parents=True)
+        (pkg / sub / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "lit" / "mod.py").write_text("X = 1\n")
+    (pkg / "models" / "net.py").write_text("def f():\n    from cat_tokenizer.lit.mod import X\n    return X\n")
+    monkeypatch.setitem(PACKAGES, "cat_tokenizer", pkg)
+    monkeypatch.setitem(PACKAGES, "tasks", tmp_path / "none")
+    graph = _graph()
+    assert graph["cat_tokenizer.models.net"] == {"cat_tokenizer.lit.mod"}
+    try:
+        test_no_module_imports_a_higher_layer()
+    except AssertionError as err:
+        assert "cat_tokenizer.models.net -> cat_tokenizer.lit.mod" in str(err)
+    else:
+        raise AssertionError("the planted upward import was not reported")
+    (pkg / "models" / "a.py").write_text("from cat_tokenizer.models import b\n")
+    (pkg / "models" / "b.py").write_text("def g():\n    from .a import __name__ as n\n    return n\n")
+    try:
+        test_module_graph_has_no_cycle()
+    except AssertionError as err:
+        assert "cat_tokenizer.models.a -> cat_tokenizer.models.b -> cat_tokenizer.models.a" in str(err)
+    else:
+        raise AssertionError("the planted cycle was not reported")
