@@ -73,8 +73,11 @@ def test_bench_score_reports_every_component(tmp_path, capsys):
     from tiny_hf import tiny_llama
 
     llm = tiny_llama(tmp_path / "llm")
-    assert tools.main(["bench-score", "--n", "4", "--llm", str(llm), "--batch", "2"]) == 0
+    assert tools.main(["bench-score", "--n", "4", "--llm", str(llm), "--batch", "2", "--files", "12", "--n-eval", "3"]) == 0
     out = capsys.readouterr().out
-    for setting in ("OCR + faces + statistics", "one at a time, full prompt", "batch 2, cached rubric prefix"):
+    for setting in ("OCR + faces + statistics", "one at a time, full prompt", "batch 2, cached rubric prefix",
+                    "read + probe + fitted score, no cache", "content hash of every file (default)", "stat shortcut (trust_stat, opt-in)"):
         assert setting in out
     assert "x |" in out  # speed ratios against the naive row
+    cache_rows = [line for line in out.splitlines() if line.startswith("| score cache keys |") and "| 12 |" in line]
+    assert len(cache_rows) == 3  # hash, stat shortcut, and the hashing cost against a describe

@@ -95,8 +95,12 @@ def test_save_load_roundtrip_identical(tiny_vae, tmp_path):
 def test_from_pretrained_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="save_pretrained"):
         NestedVAE.from_pretrained(tmp_path)  # a folder without the files
-    with pytest.raises(FileNotFoundError, match="not a local folder"):
-        NestedVAE.from_pretrained(tmp_path / "missing", local_files_only=True)
+    with pytest.raises(FileNotFoundError, match="tokenizer not found: .*missing .no such file or folder"):
+        NestedVAE.from_pretrained(tmp_path / "missing")  # a path: never sent to the hub
+    with pytest.raises(FileNotFoundError, match="tokenizer not found: run.ckpt"):
+        NestedVAE.from_pretrained("run.ckpt")
+    with pytest.raises(FileNotFoundError, match="not a local folder, and the hub said"):
+        NestedVAE.from_pretrained("no-such-owner/no-such-tokenizer", local_files_only=True)  # a hub id, offline
 
 
 def test_gradient_checkpointing_matches(tiny_vae):

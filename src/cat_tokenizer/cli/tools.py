@@ -85,14 +85,26 @@ def _cmd_score(a: argparse.Namespace) -> int:
 
 
 def _cmd_bench_score(a: argparse.Namespace) -> int:
-    from cat_tokenizer.cli.bench_score import bench_scorers
+    from cat_tokenizer.cli.bench_score import bench_default_and_cache, bench_scorers
+    from cat_tokenizer.data.default_data import ensure_default_data
+    from cat_tokenizer.data.images import list_images
 
-    rows = bench_scorers(a.n, a.llm, a.batch, a.device)
-    print(f"complexity evaluator throughput on {a.n} embedded images, {a.device} (speed_vs: against the naive LLM row)")
-    print("| component | setting | items/s | s/item | speed_vs |\n|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['component']} | {r['setting']} | {r['items_per_s']:.2f} | {r['s_per_item']:.3f} | {r['speed_vs']} |")
+    header = "| component | setting | items | items/s | s/item | speed_vs |\n|---|---|---|---|---|---|"
+    if a.llm != "none":
+        print(f"complexity evaluator throughput on {a.n} embedded images, {a.device} (speed_vs: against the naive LLM row)")
+        print(header)
+        _print_rows(bench_scorers(a.n, a.llm, a.batch, a.device))
+    files = list_images(a.data or ensure_default_data())
+    files = [files[i * len(files) // min(a.files, len(files))] for i in range(min(a.files, len(files)))]
+    print(f"\nthe default evaluator and the score cache on {len(files)} files of {a.data or 'the embedded data'} (speed_vs: against the row above it)")
+    print(header)
+    _print_rows(bench_default_and_cache(files, a.n_eval))
     return 0
+
+
+def _print_rows(rows: list[dict]) -> None:
+    for r in rows:
+        print(f"| {r['component']} | {r['setting']} | {r['items']} | {r['items_per_s']:.2f} | {r['s_per_item']:.4f} | {r['speed_vs']} |")
 
 
 def _cmd_classify(a: argparse.Namespace) -> int:
@@ -299,7 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     bs = sub.add_parser("bench-score", help="images/s of each describer and scorer; LLM batching and prefix-cache gains")
     bs.add_argument("--n", type=int, default=16, help="embedded images to use")
-    bs.add_argument("--llm", default="builtin:smollm2", help="causal LM for LLMScorer (hub id, folder, builtin:smollm2)")
+    bs.add_argument("--llm", default="builtin:smollm2", help="causal LM for LLMScorer (hub id, folder, builtin:smollm2; none: skip those rows)")
+    bs.add_argument("--data", help="image folder for the default-evaluator and cache rows (default: the embedded data)")
+    bs.add_argument("--files", type=int, default=1000, help="files for the cache rows (spread over the folder)")
+    bs.add_argument("--n-eval", type=int, default=200, help="files for the default evaluator's images/s")
     bs.add_argument("--batch", type=int, default=8)
     bs.add_argument("--device", default="cpu")
     bs.set_defaults(fn=_cmd_bench_score)

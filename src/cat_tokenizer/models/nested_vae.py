@@ -238,6 +238,8 @@ class NestedVAE(nn.Module):
         d = Path(path_or_repo)
         if not d.is_dir() and str(path_or_repo) in BUNDLED_TOKENIZERS:
             d = bundled_path(str(path_or_repo))
+        elif not d.is_dir() and _looks_local(str(path_or_repo)):
+            raise InputNotFound(f"tokenizer not found: {path_or_repo} (no such file or folder; shipped: {', '.join(BUNDLED_TOKENIZERS)})")
         elif not d.is_dir():
             d = _hub_snapshot(str(path_or_repo), local_files_only)
         for name in (CONFIG_NAME, WEIGHTS_NAME):
@@ -381,6 +383,11 @@ class NestedVAE(nn.Module):
     def last_layer(self) -> Tensor:
         """Weight of the decoder's output conv (for the GAN loss's adaptive weight)."""
         return self.decoder.conv_out.weight
+
+
+def _looks_local(name: str) -> bool:
+    """A path rather than a hub id (``owner/name``): a file suffix, a leading ``.``, ``/`` or ``~``, or 2+ slashes."""
+    return Path(name).suffix in (".ckpt", ".pt", ".pth", ".safetensors", ".json") or name[:1] in "./~" or name.count("/") > 1
 
 
 def _hub_snapshot(repo_id: str, local_files_only: bool) -> Path:
