@@ -5,11 +5,20 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
+
 from cat_tokenizer.errors import UserInputError
 
-__all__ = ["DEFAULT_RATIOS", "check_ratio", "ratio_level", "parse_ratio_spec", "token_count"]
+__all__ = ["DEFAULT_RATIOS", "check_ratio", "ratio_level", "parse_ratio_spec", "token_count", "ratios_from_scores"]
 
 DEFAULT_RATIOS: tuple[int, ...] = (8, 16, 32)
+
+
+def ratios_from_scores(scores, thresholds: Sequence[float], ratios: Sequence[int]) -> np.ndarray:
+    """Complexity scores -> ratios: (N,) floats -> (N,) ints. ``thresholds`` ascending, one fewer than
+    ``ratios``; scores below the first get the largest ratio (fewest tokens), above the last the smallest."""
+    bins = np.searchsorted(np.asarray(thresholds, dtype=np.float64), np.asarray(scores, dtype=np.float64), side="right")
+    return np.asarray(sorted(int(r) for r in ratios)[::-1])[bins]
 
 
 def check_ratio(ratio: int, valid: Sequence[int] = DEFAULT_RATIOS) -> int:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from cat_tokenizer.errors import UserInputError
-from cat_tokenizer.ratios import DEFAULT_RATIOS
+from cat_tokenizer.ratios import DEFAULT_RATIOS, ratios_from_scores
 
 __all__ = ["RatioMapper"]
 
@@ -33,8 +33,7 @@ class RatioMapper:
 
     def __call__(self, scores: Sequence[float] | np.ndarray) -> np.ndarray:
         """Ratios for ``scores``: (N,) floats -> (N,) ints."""
-        bins = np.searchsorted(np.asarray(self.thresholds), np.asarray(scores, dtype=np.float64), side="right")
-        return np.asarray(self.ratios[::-1])[bins]  # bin 0 (lowest scores) -> largest ratio
+        return ratios_from_scores(scores, self.thresholds, self.ratios)
 
     @staticmethod
     def tokens(ratios: np.ndarray, image_size: int) -> np.ndarray:

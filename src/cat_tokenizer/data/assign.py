@@ -27,10 +27,6 @@ class RatioAssignment:
     def __init__(self, kind: str, fixed: int | None = None, csv_path: str | None = None):
         self.kind, self.fixed, self.csv_path = kind, fixed, csv_path
 
-    @property
-    def per_item(self) -> bool:
-        return self.kind in ("complexity", "csv")
-
 
 def parse_assignment(spec: str, ratios: Sequence[int]) -> RatioAssignment:
     if spec == "complexity":

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from cat_tokenizer.errors import UserInputError
+from cat_tokenizer.ratios import ratios_from_scores
 
 __all__ = ["RatioHead", "stage_statistics"]
 
@@ -110,6 +110,5 @@ class RatioHead(nn.Module):
         return self.score(self.statistics(taps), taps[-1])
 
     def ratios_for(self, scores: Tensor) -> list[int]:
-        """Scores -> ratios with the stored thresholds (same rule as ``RatioMapper``)."""
-        bins = np.searchsorted(np.asarray(self.config["thresholds"]), scores.detach().float().cpu().numpy(), side="right")
-        return [int(r) for r in np.asarray(self.config["ratios"][::-1])[bins]]
+        """Scores -> ratios with the stored thresholds (the rule ``RatioMapper`` applies)."""
+        return [int(r) for r in ratios_from_scores(scores.detach().float().cpu().numpy(), self.config["thresholds"], self.config["ratios"])]
