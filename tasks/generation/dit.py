@@ -137,10 +137,6 @@ class DiT(nn.Module):
         self._pos_cache: dict[tuple[int, int, str], Tensor] = {}
         self.initialize_weights()
 
-    @classmethod
-    def from_preset(cls, name: str, **overrides) -> DiT:
-        return cls(preset=name, **overrides)
-
     def initialize_weights(self) -> None:
         """DiT's init: Xavier linears, normal(0.02) embeddings, zero adaLN modulations and output."""
         for m in self.modules():
