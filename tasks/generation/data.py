@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from cat_tokenizer.data.dataset import collate_skipping, stratified_val_keys
 from cat_tokenizer.data.latent_cache import LatentCache, LatentEntry
-from cat_tokenizer.data.sampler import BucketBatchSampler
+from cat_tokenizer.data.sampler import BucketBatchSampler, bucket_loader, world_and_rank
 from cat_tokenizer.errors import InputNotFound, UserInputError
 
 __all__ = ["LatentDataModule", "LatentDataset", "collate_latents"]
@@ -148,19 +148,14 @@ class LatentDataModule(L.LightningDataModule):
         raise UserInputError(f"no readable latent in {self.cache.root}")
 
     # ------------------------------------------------------------------ loaders
-    def _rank(self) -> tuple[int, int]:
-        trainer = getattr(self, "trainer", None)
-        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-
     def _loader(self, ds: LatentDataset, batch_size: int, train: bool) -> DataLoader:
         if ds is None:
             raise UserInputError("LatentDataModule: no ratio_mode chosen (the DiT module chooses it in setup)")
-        world, rank = self._rank()
+        world, rank = world_and_rank(self)
         sampler = BucketBatchSampler(len(ds), batch_size, item_ratios=ds.ratios, shuffle=train,
                                      drop_last=train and self.drop_last and len(ds) >= batch_size * world,
                                      seed=self.seed, num_replicas=world, rank=rank)
-        return DataLoader(ds, batch_sampler=sampler, num_workers=self.num_workers, collate_fn=collate_latents,
-                          pin_memory=torch.cuda.is_available(), persistent_workers=self.num_workers > 0)
+        return bucket_loader(ds, sampler, self.num_workers, collate_latents)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, self.batch_size, train=True)

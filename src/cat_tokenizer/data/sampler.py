@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 import numpy as np
-from torch.utils.data import Sampler
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cat_tokenizer.errors import UserInputError
 
-__all__ = ["BucketBatchSampler", "balanced_weights"]
+__all__ = ["BucketBatchSampler", "balanced_weights", "bucket_loader", "world_and_rank"]
 
 
 class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
@@ -134,3 +135,15 @@ def balanced_weights(groups: Sequence[str]) -> np.ndarray:
     """Per-item weights that give every group the same total weight (1 / group size each)."""
     names, inverse, counts = np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True, return_counts=True)
     return 1.0 / counts[inverse]
+
+
+def world_and_rank(datamodule) -> tuple[int, int]:
+    """``(world_size, global_rank)`` of the trainer a DataModule is attached to; ``(1, 0)`` without one."""
+    trainer = getattr(datamodule, "trainer", None)
+    return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
+
+def bucket_loader(dataset: Dataset, sampler: BucketBatchSampler, num_workers: int, collate_fn) -> DataLoader:
+    """A DataLoader over one-ratio batches (the sampler shards by rank itself), workers kept alive."""
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate_fn,
+                      pin_memory=torch.cuda.is_available(), persistent_workers=num_workers > 0)

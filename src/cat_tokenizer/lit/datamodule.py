@@ -13,7 +13,6 @@ from typing import Literal
 
 import lightning as L
 import numpy as np
-import torch
 from torch.utils.data import DataLoader
 
 from cat_tokenizer.complexity.cache import default_score_cache
@@ -24,7 +23,7 @@ from cat_tokenizer.data.dataset import ImageFileDataset, collate_skipping, kind_
 from cat_tokenizer.data.default_data import ensure_default_data
 from cat_tokenizer.data.images import UnreadableImage, list_images, partition_readable
 from cat_tokenizer.data.latent_cache import LatentCache, assignment_mode
-from cat_tokenizer.data.sampler import BucketBatchSampler, balanced_weights
+from cat_tokenizer.data.sampler import BucketBatchSampler, balanced_weights, bucket_loader, world_and_rank
 from cat_tokenizer.data.transforms import CropPolicy, image_transform
 from cat_tokenizer.errors import InputNotFound, UserInputError
 from cat_tokenizer.ratios import DEFAULT_RATIOS, check_ratio
@@ -221,18 +220,11 @@ class CATDataModule(L.LightningDataModule):
                      len(files) - len(todo), len(files), len(todo))
         return todo
 
-    def _rank(self) -> tuple[int, int]:
-        trainer = getattr(self, "trainer", None)
-        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-
     def _loader(self, dataset: ImageFileDataset, sampler: BucketBatchSampler) -> DataLoader:
-        return DataLoader(
-            dataset, batch_sampler=sampler, num_workers=self.num_workers, collate_fn=collate_skipping,
-            pin_memory=torch.cuda.is_available(), persistent_workers=self.num_workers > 0,
-        )
+        return bucket_loader(dataset, sampler, self.num_workers, collate_skipping)
 
     def train_dataloader(self) -> DataLoader:
-        world, rank = self._rank()
+        world, rank = world_and_rank(self)
         weights = balanced_weights(self.train_kinds) if self.balance == "kind" else None
         sampler = BucketBatchSampler(
             len(self.train_set), self.batch_size, self.ratios, item_ratios=self.train_set.ratios,
@@ -243,7 +235,7 @@ class CATDataModule(L.LightningDataModule):
         return self._loader(self.train_set, sampler)
 
     def _ordered(self, dataset: ImageFileDataset, fixed_ratio: int | None) -> DataLoader:
-        world, rank = self._rank()
+        world, rank = world_and_rank(self)
         sampler = BucketBatchSampler(
             len(dataset), self.val_batch_size, self.ratios, item_ratios=dataset.ratios, fixed_ratio=fixed_ratio,
             shuffle=False, drop_last=False, seed=self.seed, num_replicas=world, rank=rank,

@@ -22,6 +22,7 @@ from cat_tokenizer.complexity.evaluator import ComplexityEvaluator, ScoreResult
 from cat_tokenizer.complexity.report import format_summary, result_rows, write_rows
 from cat_tokenizer.data.default_data import ensure_default_data
 from cat_tokenizer.data.images import list_images
+from cat_tokenizer.data.sampler import world_and_rank
 from cat_tokenizer.errors import InputNotFound
 
 __all__ = ["ScoreFilesDataModule", "ComplexityScoringModule"]
@@ -64,8 +65,7 @@ class ScoreFilesDataModule(L.LightningDataModule):
         self.files = list_images(self.data_root())
 
     def predict_dataloader(self) -> DataLoader:
-        trainer = getattr(self, "trainer", None)
-        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        world, rank = world_and_rank(self)
         mine = [str(f) for f in self.files[rank::world]]
         return DataLoader(_Paths(mine), batch_size=self.batch_size, shuffle=False, collate_fn=list)
 
