@@ -152,7 +152,7 @@ def test_kind_eval_ranks_a_perfect_and_a_blind_decoder(tmp_path, tiny_vae):
 
 # ---------------------------------------------------------------- the cat-small config
 @pytest.mark.slow
-def test_vae_small_config_trains_evaluates_per_kind_and_resumes(tmp_path):
+def test_vae_small_config_trains_evaluates_per_kind_and_resumes(tmp_path, caplog):
     from cat_tokenizer.cli import lightning_main
 
     root = tmp_path / "data"
@@ -164,7 +164,7 @@ def test_vae_small_config_trains_evaluates_per_kind_and_resumes(tmp_path):
             Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(p)
     config = str(Path(__file__).parents[1] / "configs" / "vae_small.yaml")
 
-    def fit(max_steps: int, resume: bool) -> int:
+    def fit(max_steps: int, resume: bool, extra: tuple[str, ...] = ()) -> int:
         args = ["fit", "-c", config, "--data.root", str(root), "--data.init_args.image_size", "32",
                 "--data.init_args.num_workers", "0", "--data.init_args.batch_size", "2", "--data.init_args.val_fraction", "0",
                 "--model.init_args.vae.init_args.block_out_channels", "[8,16,16,32,32,32]",
@@ -177,12 +177,15 @@ def test_vae_small_config_trains_evaluates_per_kind_and_resumes(tmp_path):
                 "--trainer.callbacks.every_n_batches", "1", "--trainer.callbacks.per_kind", "2"]
         if resume:
             args += ["--ckpt_path", str(tmp_path / "run" / "checkpoints" / "last.ckpt")]
-        return lightning_main.main(args)
+        return lightning_main.main([*args, *extra])
 
     assert fit(4, resume=False) == 0  # 2 batches
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     assert ckpt.is_file() and torch.load(ckpt, weights_only=True)["global_step"] == 4
-    assert fit(8, resume=True) == 0  # 2 more batches, not 4 from scratch
+    assert fit(8, resume=True, extra=("--model.init_args.decay_steps", "20")) == 0  # 2 more batches, not 4 from scratch
+    # the edited schedule is used on resume (Lightning alone would take the checkpoint's decay_steps 10)
+    assert torch.load(ckpt, weights_only=True)["hyper_parameters"]["decay_steps"] == 20
+    assert "model.decay_steps is 10 in the checkpoint, 20 in the config: the config wins" in caplog.text
     lines = (tmp_path / "run" / "kind_eval.csv").read_text().splitlines()
     steps = [int(line.split(",")[0]) for line in lines[1:] if ",all,8," in line]
     assert steps == [1, 2, 3, 4]  # each batch evaluated once, across both runs

@@ -26,6 +26,25 @@ class CATLightningCLI(LightningCLI):
     AVX512-BF16), where it is about twice as fast as fp32. CPUs without it emulate bfloat16, which
     made one base-preset training step take over 10 minutes instead of a few; configs stay GPU-first."""
 
+    def _parse_ckpt_path(self) -> None:
+        """Resuming (``--ckpt_path``) with a config that names the model: the config and command line
+        win over the hyperparameters stored in the checkpoint, and each difference is logged.
+
+        Lightning's default applies the checkpoint's hyperparameters over the config, so an edited
+        config (say a shorter ``decay_steps``) would be silently ignored on resume. Without a model
+        in the config, Lightning's behaviour (rebuild the model from the checkpoint) stays."""
+        sub = self.config.get("subcommand")
+        before = self.config.clone() if sub else None
+        super()._parse_ckpt_path()
+        if before is None or not before[sub].get("model") or not getattr(before[sub].model, "class_path", None):
+            return
+        old = before[sub].model.init_args.as_dict() if before[sub].model.get("init_args") else {}
+        new = self.config[sub].model.init_args.as_dict() if self.config[sub].model.get("init_args") else {}
+        changed = {k: (new.get(k), v) for k, v in old.items() if k in new and new[k] != v}
+        for key, (stored, given) in sorted(changed.items()):
+            log.warning("--ckpt_path: model.%s is %r in the checkpoint, %r in the config: the config wins", key, stored, given)
+        self.config = before
+
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         trainer = cfg.trainer
