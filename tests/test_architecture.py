@@ -14,7 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {"cat_tokenizer": ROOT / "src" / "cat_tokenizer", "tasks": ROOT / "tasks"}
 LAYERS = [
-    ("errors",),
+    ("errors", "files"),
     ("ratios", "devices", "metrics"),
     ("models",),
     ("losses",),

@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from cat_tokenizer.errors import UserInputError
+from cat_tokenizer.files import apply_umask
 from cat_tokenizer.models.nested_vae import NestedVAE
 
 __all__ = ["load_vae", "save_latent", "load_latent", "check_latent", "apply_umask", "Latent", "CONFIG_KEY"]
@@ -70,13 +71,6 @@ def save_latent(path: str | Path, latent: Tensor, ratio: int, size: tuple[int, i
     apply_umask(tmp)
     os.replace(tmp, path)  # atomic: a killed encode never leaves half a latent under the real name
     return path
-
-
-def apply_umask(path: str | Path) -> None:
-    """Give a file the permissions a plain ``open()`` would (safetensors writes 0600)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
 
 
 def load_latent(path: str | Path) -> Latent:

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from cat_tokenizer.errors import InputNotFound, UserInputError
+from cat_tokenizer.files import apply_umask
 from cat_tokenizer.models.ratio_head import RatioHead
 from cat_tokenizer.ratios import DEFAULT_RATIOS, check_ratio, ratio_level
 
@@ -225,6 +226,7 @@ class NestedVAE(nn.Module):
         # save_model de-duplicates aliases (diffusers' Downsample2D registers its conv twice).
         model = self if dtype is None else copy.deepcopy(self).to(dtype)
         save_model(model, str(d / WEIGHTS_NAME), metadata={"format": "pt", "class": "NestedVAE"})
+        apply_umask(d / WEIGHTS_NAME)  # safetensors writes 0600
         return d
 
     @classmethod
