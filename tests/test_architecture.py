@@ -11,6 +11,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {"cat_tokenizer": ROOT / "src" / "cat_tokenizer", "tasks": ROOT / "tasks"}
 LAYERS = [
@@ -119,17 +121,9 @@ def test_the_check_sees_a_planted_upward_import_and_cycle(tmp_path, monkeypatch)
     monkeypatch.setitem(PACKAGES, "tasks", tmp_path / "none")
     graph = _graph()
     assert graph["cat_tokenizer.models.net"] == {"cat_tokenizer.lit.mod"}
-    try:
+    with pytest.raises(AssertionError, match="cat_tokenizer.models.net -> cat_tokenizer.lit.mod"):
         test_no_module_imports_a_higher_layer()
-    except AssertionError as err:
-        assert "cat_tokenizer.models.net -> cat_tokenizer.lit.mod" in str(err)
-    else:
-        raise AssertionError("the planted upward import was not reported")
     (pkg / "models" / "a.py").write_text("from cat_tokenizer.models import b\n")
     (pkg / "models" / "b.py").write_text("def g():\n    from .a import __name__ as n\n    return n\n")
-    try:
+    with pytest.raises(AssertionError, match="cat_tokenizer.models.a -> cat_tokenizer.models.b -> cat_tokenizer.models.a"):
         test_module_graph_has_no_cycle()
-    except AssertionError as err:
-        assert "cat_tokenizer.models.a -> cat_tokenizer.models.b -> cat_tokenizer.models.a" in str(err)
-    else:
-        raise AssertionError("the planted cycle was not reported")
