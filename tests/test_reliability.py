@@ -172,9 +172,11 @@ def test_symlink_loops_are_counted(tmp_path, caplog):
     Image.new("RGB", (8, 8)).save(tmp_path / "ok.png")
     os.symlink("loop.png", tmp_path / "loop.png")
     os.symlink(tmp_path / "gone.png", tmp_path / "dangling.jpg")
+    os.symlink(tmp_path, tmp_path / "again")  # a folder loop: not descended into, but said
     with caplog.at_level(logging.WARNING):
         assert list_images(tmp_path) == [tmp_path / "ok.png"]
     assert "skipped 2 image path(s)" in caplog.text and "loop.png" in caplog.text
+    assert "not following 1 symlinked folder(s)" in caplog.text and "again" in caplog.text
 
 
 def test_progress_bar_label_when_training_by_steps():

@@ -42,7 +42,11 @@ def list_images(root: str | Path) -> list[Path]:
     root = Path(root).expanduser()
     if not root.is_dir():
         raise InputNotFound(f"image folder not found: {root}")
-    candidates = [p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS]
+    entries = list(root.rglob("*"))
+    candidates = [p for p in entries if p.suffix.lower() in IMAGE_EXTENSIONS]
+    if linked := [p for p in entries if p.is_symlink() and p.is_dir()]:  # rglob does not descend into them
+        log.warning("not following %d symlinked folder(s) under %s (loops are possible): %s", len(linked), root,
+                    ", ".join(str(p) for p in linked[:3]) + (" ..." if len(linked) > 3 else ""))
     files = sorted(p for p in candidates if p.is_file())
     if dead := sorted(set(candidates) - set(files)):  # broken symlinks, symlink loops, folders named *.png
         sample = ", ".join(str(p) for p in dead[:3]) + (" ..." if len(dead) > 3 else "")
