@@ -153,6 +153,10 @@ def test_evaluator_class_path_typo_names_the_class(tmp_path, capsys):
     Image.new("RGB", (32, 32)).save(tmp_path / "x.png")
     assert tools.main(["score", str(tmp_path), "--evaluator", str(cfg), "-q"]) == 2
     _one_line_error(capsys, "ComplexityEvaluater")
+    # a typo in a nested class: the line names that class, not the Union/subtype preamble around it
+    cfg.write_text("describer:\n  class_path: cat_tokenizer.complexity.ProbeDescriberr\n")
+    assert tools.main(["score", str(tmp_path), "--evaluator", str(cfg), "-q"]) == 2
+    _one_line_error(capsys, "cannot import class_path 'cat_tokenizer.complexity.ProbeDescriberr'")
 
 
 # ---------------------------------------------------------------- 7. exports stay out of the working directory

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -156,6 +157,9 @@ class ComplexityEvaluator(nn.Module):
             parsed = parser.parse_object({"evaluator": config})
         except Exception as err:  # jsonargparse reports bad keys/types here
             detail = " ".join(line.strip() for line in str(err).splitlines() if line.strip())  # jsonargparse nests the cause
+            cause = re.search(r"Problem with given class_path '([^']+)': (module [^-]*?has no attribute '[^']+'|No module named '[^']+')", detail)
+            if cause:  # the innermost class that could not be imported, not the Union/subtype preamble
+                raise UserInputError(f"bad evaluator config: cannot import class_path '{cause[1]}' ({cause[2].strip()})") from err
             raise UserInputError(f"bad evaluator config: {detail[:500]}") from err
         instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes  # renamed in jsonargparse 4.49
         return instantiate(parsed).evaluator
