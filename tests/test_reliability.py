@@ -193,3 +193,16 @@ def test_progress_bar_label_when_training_by_steps():
     assert bar._get_train_description(0).strip() == "Epoch 0"
     bar._trainer = SimpleNamespace(max_epochs=3)
     assert bar._get_train_description(1).strip() == "Epoch 1/2"
+
+
+def test_lightning_parser_errors_are_one_line(tmp_path, capsys):
+    from cat_tokenizer.lit.cli import condense_parser_error
+
+    with pytest.raises(SystemExit) as exit_info:
+        lightning_main.main(["fit", "-c", VAE_CONFIG, "--data.init_args.root", str(tmp_path), "--data.init_args.crop", "squash"])
+    assert exit_info.value.code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "--data.crop: Expected a typing.Literal['resize', 'native']. Got value: squash" in err[0]
+    nested = 'Parser key "model":\n  Problem with given class_path \'x.Y\':\n    Parser key "lr":\n      Expected a float. Got value: fast'
+    assert condense_parser_error(nested) == "--model.lr: Expected a float. Got value: fast"
+    assert condense_parser_error("unrecognized arguments: --bogus\nmore") == "unrecognized arguments: --bogus"

@@ -19,6 +19,19 @@ __all__ = ["main", "TRAIN_COMMANDS"]
 TRAIN_COMMANDS = ("fit", "validate", "test", "predict")
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at emit time (not the stream of the first call: under
+    pytest's capture, or after a redirect, that stream may be closed)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def _hand_to_sdk(argv: list[str]) -> int:
     try:
         scripts = [ep for ep in distribution("lightning-sdk").entry_points if ep.group == "console_scripts" and ep.name == "lightning"]
@@ -43,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("cat_tokenizer", "tasks"):  # the project's own INFO lines (data split, scoring, latent scales) on stderr
         ours = logging.getLogger(name)
         if not ours.handlers:
-            handler = logging.StreamHandler()
+            handler = _StderrHandler()
             handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
             ours.addHandler(handler)
             ours.setLevel(logging.INFO)

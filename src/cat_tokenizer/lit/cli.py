@@ -3,21 +3,50 @@
 from __future__ import annotations
 
 import logging
+import re
+import sys
 import warnings
 from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ProgressBar
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from cat_tokenizer.callbacks import StepProgressBar
 from cat_tokenizer.devices import cpu_has_native_bf16
 from cat_tokenizer.errors import UserInputError
 
-__all__ = ["CATLightningCLI", "cli", "silence_known_warnings"]
+__all__ = ["CATLightningCLI", "OneLineErrorParser", "cli", "silence_known_warnings"]
 
 log = logging.getLogger(__name__)
+
+
+def condense_parser_error(message: str) -> str:
+    """jsonargparse's nested validation report -> one line: the dotted key path down to the deepest
+    ``Parser key`` and the reason given there (e.g. ``--data.crop: Expected a typing.Literal['resize',
+    'native']. Got value: squash``); other messages keep their first line."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    keys, reason = [], None
+    for i, line in enumerate(lines):
+        found = re.match(r'Parser key "([^"]+)":\s*(.*)', line.lstrip("- "))
+        if found:
+            keys.append(found[1])
+            reason = found[2] or (lines[i + 1].lstrip("- ") if i + 1 < len(lines) else "")
+    if not keys:
+        return lines[0] if lines else message
+    return f"--{'.'.join(keys)}: {reason}"
+
+
+class OneLineErrorParser(LightningArgumentParser):
+    """A LightningCLI parser whose usage errors are one line on stderr and exit code 2 (as the
+    project's own errors are), instead of the usage text plus a nested validation report."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        if not self.exit_on_error:
+            return super().error(message, ex)
+        sys.stderr.write(f"{self.prog.replace(' [options]', '')}: error: {condense_parser_error(message)} (see --help)\n")
+        sys.exit(2)
 
 
 class CATLightningCLI(LightningCLI):
@@ -78,6 +107,7 @@ def cli(args: list[str] | None = None, run: bool = True) -> LightningCLI:
     return CATLightningCLI(
         args=args,
         run=run,
+        parser_class=OneLineErrorParser,
         trainer_defaults={"use_distributed_sampler": False},
         save_config_kwargs={"overwrite": True},
     )
