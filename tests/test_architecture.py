@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {"cat_tokenizer": ROOT / "src" / "cat_tokenizer", "tasks": ROOT / "tasks"}
 LAYERS = [
-    ("errors", "files"),
+    ("errors", "files", "markdown"),
     ("ratios", "devices", "metrics"),
     ("models",),
     ("losses",),

@@ -15,6 +15,7 @@ import numpy as np
 from cat_tokenizer.complexity import ComplexityEvaluator
 from cat_tokenizer.lit.cli import silence_known_warnings
 from cat_tokenizer.lit.datamodule import CATDataModule
+from cat_tokenizer.markdown import md_table
 from cat_tokenizer.ratios import token_count
 from tasks.classification.datasets import ensure_probe_dataset
 from tasks.classification.probe import LinearProbeModule
@@ -78,7 +79,6 @@ def run_benchmark(tokenizer: str, datasets: Sequence[str], out_dir: str | Path, 
     lines = ["# Linear probe on frozen CAT latents", "", f"Command: `{command}`", "",
              f"Tokenizer: {tokenizer}; {image_size}px; {epochs} epochs of AdamW (lr {lr}) on the head only; "
              f"top-1 on the held-out 20% (stratified per class).", "",
-             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+             *md_table(cols, ([r[c] for c in cols] for r in rows))]
     (out_dir / "results.md").write_text("\n".join(lines) + "\n")
     return out_dir / "results.md"

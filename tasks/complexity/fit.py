@@ -38,6 +38,7 @@ from cat_tokenizer.complexity.fitted import DEFAULT_FEATURES, fit_facts
 from cat_tokenizer.complexity.probe import probe_facts
 from cat_tokenizer.data.images import UnreadableImage, list_images, load_rgb
 from cat_tokenizer.errors import InputNotFound, UserInputError
+from cat_tokenizer.markdown import md_header
 
 __all__ = ["collect_facts", "cross_validate", "evaluate_scores", "run_fit_rubric", "REAL_V1_KINDS"]
 
@@ -185,7 +186,7 @@ def _score_table(name: str, m: dict) -> list[str]:
     lines = [f"**{name}** ({m['images']} images): AUC text+charts > natural {m['auc_high_vs_natural']:.3f}, "
              f"text+charts > flat {m['auc_high_vs_flat']:.3f}, natural > flat {m['auc_natural_vs_flat']:.3f}; "
              f"mean {m['mean_tokens_256px']:.0f} tokens per 256-px image (fixed 16x: 256).", "",
-             "| kind | 8x | 16x | 32x |", "|---|---|---|---|"]
+             *md_header("kind", "8x", "16x", "32x")]
     for kind, sh in m["shares"].items():
         lines.append(f"| {kind} | " + " | ".join(f"{100 * sh[r]:.0f}%" for r in (8, 16, 32)) + " |")
     return lines + [""]
@@ -252,7 +253,7 @@ def run_fit_rubric(data: str, out: str, eval_dir: str | None = None, target: str
         lines += [f"## Held-out folder {report['eval']['data']} (model fitted on all of the data)", "",
                   *_score_table("eval", report["eval"])]
     lines += ["## Weights (standardised facts; rows: 32x, 16x, 8x class)", "",
-              "| fact | transform | " + " | ".join(("32x", "16x", "8x")) + " |", "|---|---|---|---|---|"]
+              *md_header("fact", "transform", "32x", "16x", "8x")]
     for j, name in enumerate(model.features):
         lines.append(f"| {name} | {model.transforms[j]} | " + " | ".join(f"{model.coef[k, j]:+.2f}" for k in range(3)) + " |")
     out_path.with_suffix(".md").write_text("\n".join(lines) + "\n")
@@ -276,9 +277,8 @@ def run_evaluate_kinds(data: str, evaluators: Sequence[str], high: Sequence[str]
     lines = [f"# Evaluators on {len(files)} images of {root}", "",
              f"High: {', '.join(high)}; middle: {', '.join(mid)}; low: {', '.join(low)}. Shares at the evaluator's "
              "own thresholds; AUC of the score.", "",
-             "| evaluator | img/s | AUC high > middle | AUC high > low | AUC middle > low | mean tokens (256 px) | "
-             + " | ".join(f"{k} 8/16/32x" for k in sorted(set(kinds))) + " |",
-             "|---|---|---|---|---|---|" + "---|" * len(set(kinds))]
+             *md_header("evaluator", "img/s", "AUC high > middle", "AUC high > low", "AUC middle > low", "mean tokens (256 px)",
+                        *(f"{k} 8/16/32x" for k in sorted(set(kinds))))]
     for spec in evaluators:
         ev = ComplexityEvaluator.from_config(None if spec == "default" else spec)
         t0 = time.perf_counter()

@@ -19,6 +19,7 @@ import torch
 from torchvision.utils import make_grid, save_image
 
 from cat_tokenizer.errors import InputNotFound
+from cat_tokenizer.markdown import md_header
 from cat_tokenizer.ratios import token_count
 
 __all__ = ["run_gen_demo", "CONFIG_DIR"]
@@ -107,7 +108,7 @@ def run_gen_demo(out: str = "outputs/gen_demo", tokenizer: str = "cat-small", st
         f"DiT preset {preset}: {model.dit.num_params() / 1e6:.2f}M params, class-conditional on {names}.",
         f"Latent scale (1/std) per ratio: {', '.join(f'{r}x {s:.3f}' for r, s in zip(model.dit.ratios, model.latent_scale.tolist()) if s > 0)}.",
         "",
-        "| stage | time |", "|---|---|",
+        *md_header("stage", "time"),
         f"| encode (score + nested VAE, cached after the first run) | {t_encode:.1f} s |",
         f"| train {trainer.global_step} steps x {batch_size} latents ({imgs / max(t_fit, 1e-9):.1f} latents/s incl. validation) | {t_fit:.1f} s |",
         "",

@@ -31,6 +31,7 @@ from scipy import stats
 
 from cat_tokenizer.complexity import ComplexityEvaluator
 from cat_tokenizer.errors import UserInputError
+from cat_tokenizer.markdown import md_header
 from tasks.reconstruction.table import ReconTable
 
 __all__ = ["max_acceptable_ratio", "max_acceptable_ratios", "quantile_matched_ratios", "signal_table", "run_analysis",
@@ -126,14 +127,13 @@ def run_analysis(table: ReconTable, root: Path, evaluators: Sequence[tuple[str, 
     lines = [f"# Section 3.1 on {len(table)} images of {root} ({table.image_size} px)", "",
              f"Maximum acceptable ratio: the largest ratio within {tolerance_db:g} dB PSNR of 8x (and, on the "
              f"{int(table.text_bearing.sum())} text-bearing crops, within {ocr_tolerance:g} points of 8x's OCR confidence).", "",
-             "| kind | images | " + " | ".join(f"{r}x" for r in ratios) + " | 16x or more |", "|---|---|" + "---|" * (len(ratios) + 1)]
+             *md_header("kind", "images", *(f"{r}x" for r in ratios), "16x or more")]
     for kind in [*kinds, "all"]:
         sel = np.ones(len(target), bool) if kind == "all" else kind_arr == kind
         hist = " | ".join(f"{int((target[sel] == r).sum())}" for r in ratios)
         lines.append(f"| {kind} | {int(sel.sum())} | {hist} | {_pct(float((target[sel] >= 16).mean()))} |")
     lines += ["", f"{100 * tolerant:.0f}% of images tolerate 16x or more (paper, ImageNet: 56%).", "",
-              "| signal | Pearson r | Spearman rho | agreement (rank-matched) | agreement (own thresholds) | paper |",
-              "|---|---|---|---|---|---|"]
+              *md_header("signal", "Pearson r", "Spearman rho", "agreement (rank-matched)", "agreement (own thresholds)", "paper")]
     for r in rows:
         paper = PAPER.get(r["signal"], PAPER["LLM"] if r["signal"] in ("smollm2",) else "")
         lines.append(f"| {r['signal']} | {r['pearson']:+.2f} | {r['spearman']:+.2f} | {_pct(r['agreement_ranked'])} | "

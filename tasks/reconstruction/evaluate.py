@@ -19,6 +19,7 @@ from cat_tokenizer.data.images import UnreadableImage, list_images, load_rgb
 from cat_tokenizer.data.transforms import image_transform
 from cat_tokenizer.devices import resolve_device
 from cat_tokenizer.errors import UserInputError
+from cat_tokenizer.markdown import md_table
 from cat_tokenizer.metrics import build_fid, ocr_confidence, psnr_ssim, to_pil
 from cat_tokenizer.models.nested_vae import NestedVAE
 from cat_tokenizer.ratios import token_count
@@ -100,8 +101,7 @@ def evaluate_reconstruction(root: str | Path, vae: NestedVAE, out_dir: str | Pat
     n_text = len(acc["original"]["ocr"])
     cols = list(table[0])
     lines = [f"# Reconstruction benchmark: {n} images from {root} at {image_size}px (ratios: {evaluator.name})", "",
-             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in table]
+             *md_table(cols, ([r[c] for c in cols] for r in table))]
     lines += ["", f"rFID over {n} images (few images make FID biased upward: compare rows, not papers). OCR confidence: "
               f"mean Tesseract word confidence on the {n_text} text-bearing images ({min_words}+ words read in the original); "
               "the 'original' row is the ceiling." + ("" if lpips is not None else " LPIPS: pass --lpips-weights (VGG16 file)."), ""]

@@ -29,6 +29,7 @@ from torch import nn
 
 from cat_tokenizer.complexity import ComplexityEvaluator, RatioMapper
 from cat_tokenizer.errors import UserInputError
+from cat_tokenizer.markdown import md_header
 from tasks.reconstruction.table import ReconTable
 
 __all__ = ["Allocation", "oracle_allocation", "score_allocation", "rd_curves", "headline", "write_rd", "RD_COLUMNS"]
@@ -247,8 +248,7 @@ def write_rd(out: Path, table: ReconTable, rows: list[dict], allocs: dict, root:
                      f"({_pct(h['oracle_capture'])} of the oracle's gain); at fixed {ref_ratio}x's PSNR "
                      f"({ref['psnr']:.2f} dB) it uses {_fmt(h['tokens_at_equal_psnr'], 1)} tokens ({_saving(h['token_saving'])}).")
     lines += ["", f"## At fixed {ref_ratio}x's budget ({ref['mean_tokens']:.0f} tokens per image)", "",
-              "| method | mean tokens | PSNR | SSIM | OCR conf | rFID | 8x / 16x / 32x | gain vs 16x | share of oracle gain |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              *md_header("method", "mean tokens", "PSNR", "SSIM", "OCR conf", "rFID", "8x / 16x / 32x", "gain vs 16x", "share of oracle gain")]
     at_ref = [r for r in rows if r["budget"] == ref["mean_tokens"] or r["method"].startswith("fixed ")]
     for r in at_ref:
         h = heads.get(r["method"], {})
@@ -261,7 +261,7 @@ def write_rd(out: Path, table: ReconTable, rows: list[dict], allocs: dict, root:
               "## Per content kind at that budget (PSNR dB; share at " + " / ".join(f"{q}x" for q in ratios) + ")", ""]
     kinds = sorted(set(table.kinds))
     methods = [r["method"] for r in at_ref]
-    lines += ["| kind | images | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
+    lines += md_header("kind", "images", *methods)
     kind_arr = np.array(table.kinds)
     for kind in kinds:
         sel = kind_arr == kind
@@ -275,8 +275,7 @@ def write_rd(out: Path, table: ReconTable, rows: list[dict], allocs: dict, root:
     text = table.text_bearing
     if text.any():
         lines += ["", "## OCR on text-bearing crops per kind (mean Tesseract word confidence; share of the original's)", "",
-                  "| kind | text-bearing crops | original | " + " | ".join(f"{q}x" for q in ratios) + " |",
-                  "|---|---|---|" + "---|" * len(ratios)]
+                  *md_header("kind", "text-bearing crops", "original", *(f"{q}x" for q in ratios))]
         for kind in kinds:
             sel = (kind_arr == kind) & text
             if not sel.any():
@@ -284,7 +283,7 @@ def write_rd(out: Path, table: ReconTable, rows: list[dict], allocs: dict, root:
             orig = float(table.ocr_orig[sel].mean())
             cells = [f"{table.ocr[sel, j].mean():.1f} ({100 * table.ocr[sel, j].mean() / orig:.0f}%)" for j in range(len(ratios))]
             lines.append(f"| {kind} | {int(sel.sum())} | {orig:.1f} | " + " | ".join(cells) + " |")
-    lines += ["", "## Every budget", "", "| " + " | ".join(RD_COLUMNS) + " |", "|" + "---|" * len(RD_COLUMNS)]
+    lines += ["", "## Every budget", "", *md_header(*RD_COLUMNS)]
     for r in rows:
         lines.append("| " + " | ".join(_fmt(r[c], 3) if isinstance(r[c], float) else str(r[c]) for c in RD_COLUMNS) + " |")
     lines += ["", "Files: rd.csv, rd.png (PSNR vs mean tokens), recon_cache/ (per-image measurements, reused by reruns).", ""]

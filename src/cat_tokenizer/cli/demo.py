@@ -25,6 +25,7 @@ from cat_tokenizer.data.default_data import ensure_default_data
 from cat_tokenizer.devices import resolve_device
 from cat_tokenizer.io import load_vae
 from cat_tokenizer.lit.kind_eval import KindSample, evaluate_kinds, load_kind_sample
+from cat_tokenizer.markdown import md_header
 from cat_tokenizer.models.nested_vae import NestedVAE
 from cat_tokenizer.ratios import token_count
 
@@ -80,8 +81,7 @@ def _report(rows: list[dict], vae: NestedVAE, ckpt: str, root: Path, size: int, 
     lines = [f"# cat-tokenizer demo: {ckpt} ({params:.2f}M params) on {len(rows)} images of {root}", "",
              f"{size}x{size} crops at native resolution (images smaller than {size} px resized whole), posterior mean.", "",
              "## Reconstruction per kind (PSNR dB / SSIM)", "",
-             "| kind | images | " + " | ".join(f"{r}x ({token_count(size, size, r)} tokens)" for r in ratios) + " |",
-             "|---|---|" + "---|" * len(ratios)]
+             *md_header("kind", "images", *(f"{r}x ({token_count(size, size, r)} tokens)" for r in ratios))]
     for kind in [*kinds, "all"]:
         sel = rows if kind == "all" else [r for r in rows if r["kind"] == kind]
         cells = [f"{mean(sel, f'psnr_{r}x'):.2f} / {mean(sel, f'ssim_{r}x'):.3f}" for r in ratios]
@@ -89,8 +89,7 @@ def _report(rows: list[dict], vae: NestedVAE, ckpt: str, root: Path, size: int, 
     scored = [r for r in rows if r["cat_ratio"]]
     ref = 16 if 16 in ratios else ratios[0]
     lines += ["", f"## CAT: each image at the ratio the evaluator assigns ({evaluator})", "",
-              "| kind | images | " + " | ".join(f"{r}x" for r in ratios) + f" | mean tokens | PSNR CAT | PSNR fixed {ref}x |",
-              "|---|---|" + "---|" * len(ratios) + "---|---|---|"]
+              *md_header("kind", "images", *(f"{r}x" for r in ratios), "mean tokens", "PSNR CAT", f"PSNR fixed {ref}x")]
     for kind in [*kinds, "all"]:
         sel = scored if kind == "all" else [r for r in scored if r["kind"] == kind]
         if not sel:

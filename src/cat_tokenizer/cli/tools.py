@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from cat_tokenizer.errors import UserInputError
+from cat_tokenizer.markdown import md_header
 from cat_tokenizer.ratios import DEFAULT_RATIOS
 
 __all__ = ["main", "build_parser"]
@@ -52,7 +53,7 @@ def _cmd_bench_train(a: argparse.Namespace) -> int:
     rows = bench_train(a.preset, a.size, a.batch, a.steps)
     print(f"NestedVAEModule training step, preset '{a.preset}', {a.size}x{a.size}, batch {a.batch}, CPU threads "
           f"{__import__('torch').get_num_threads()}, median of {a.steps} steps (no data loading):")
-    print("| variant | s/step | img/s | speed vs first |\n|---|---|---|---|")
+    print("\n".join(md_header("variant", "s/step", "img/s", "speed vs first")))
     for r in rows:
         print(f"| {r['variant']} | {r['s_per_step']:.3f} | {r['img_per_s']:.1f} | {r['speed_vs_first']:.2f}x |")
     return 0
@@ -65,7 +66,7 @@ def _cmd_bench_head(a: argparse.Namespace) -> int:
         rows = bench_ratio_head(preset, a.size, a.batch, a.repeat, a.device)
         print(f"\nratio head cost, NestedVAE '{preset}', {a.size}x{a.size}, batch {a.batch}, {a.device}, best of {a.repeat} "
               f"(8x encode: {rows[0]['encode_ms_per_image']:.2f} ms/image)")
-        print("| head variant | statistics | params | ms/image | share of an 8x encode |\n|---|---|---|---|---|")
+        print("\n".join(md_header("head variant", "statistics", "params", "ms/image", "share of an 8x encode")))
         for r in rows:
             print(f"| {r['variant']} | {r['inputs']} | {r['params']} | {r['head_ms_per_image']:.3f} | {100 * r['share_of_8x_encode']:.2f}% |")
     return 0
@@ -89,7 +90,7 @@ def _cmd_bench_score(a: argparse.Namespace) -> int:
     from cat_tokenizer.data.default_data import ensure_default_data
     from cat_tokenizer.data.images import list_images
 
-    header = "| component | setting | items | items/s | s/item | speed_vs |\n|---|---|---|---|---|---|"
+    header = "\n".join(md_header("component", "setting", "items", "items/s", "s/item", "speed_vs"))
     if a.llm != "none":
         print(f"complexity evaluator throughput on {a.n} embedded images, {a.device} (speed_vs: against the naive LLM row)")
         print(header)
