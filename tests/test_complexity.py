@@ -233,3 +233,12 @@ def test_slices_can_skip_ratio_mapping(kinds):
     same = [kinds / "flat.png"] * 2  # calibrating on these alone would be an error
     res = ev.score_images(same, map_ratios=False)
     assert all(r.score is not None and r.ratio is None for r in res)
+
+
+def test_from_config_sets_image_size_at_construction(tmp_path):
+    from cat_tokenizer.complexity import ComplexityEvaluator
+
+    assert ComplexityEvaluator.from_config(None, image_size=128).image_size == 128
+    assert ComplexityEvaluator.from_config("rubric", image_size=64).image_size == 64
+    assert ComplexityEvaluator.from_config({"thresholds": [3.0, 6.0]}, image_size=512).image_size == 512
+    assert ComplexityEvaluator.from_config("rubric").image_size == ComplexityEvaluator().image_size  # unchanged without it

@@ -61,8 +61,7 @@ def embedded_mix(image_size: int) -> dict[int, float]:
     from cat_tokenizer.data.images import list_images
 
     root = ensure_default_data()
-    ev = ComplexityEvaluator()  # the hand rubric: the mix the README figures were measured with
-    ev.image_size = image_size
+    ev = ComplexityEvaluator(image_size=image_size)  # the hand rubric: the mix the README figures were measured with
     ratios = [r.ratio for r in ev.score_images(list_images(root), default_score_cache(root)) if r.ratio]
     values, counts = np.unique(ratios, return_counts=True)
     return {int(v): float(c / len(ratios)) for v, c in zip(values, counts)}

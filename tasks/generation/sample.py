@@ -49,8 +49,7 @@ def auto_ratios(module: DiTModule, texts: Sequence[str], evaluator: str | None =
     from cat_tokenizer.complexity import ComplexityEvaluator
 
     unique = list(dict.fromkeys(texts))
-    ev = ComplexityEvaluator.from_config(evaluator)
-    ev.image_size = module.image_size or ev.image_size
+    ev = ComplexityEvaluator.from_config(evaluator, module.image_size or None)
     by_text = {r.key: r for r in ev.score_texts(unique)}
     out = []
     for t in texts:

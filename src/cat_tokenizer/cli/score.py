@@ -35,9 +35,7 @@ def run_score(
     """Score a folder (or prompts) and write the CSV; returns the results and the summary text."""
     if (root is None) == (not texts):
         raise UserInputError("give an image folder or --text prompts (one of the two)")
-    evaluator = ComplexityEvaluator.from_config(evaluator_config)
-    if image_size is not None:
-        evaluator.image_size = image_size
+    evaluator = ComplexityEvaluator.from_config(evaluator_config, image_size)
     if thresholds is not None:
         evaluator.mapper = RatioMapper(thresholds, evaluator.mapper.ratios)
     if budget is not None:

@@ -112,8 +112,7 @@ def _cmd_classify(a: argparse.Namespace) -> int:
     from cat_tokenizer.complexity import ComplexityEvaluator
     from tasks.classification.benchmark import run_benchmark
 
-    evaluator = ComplexityEvaluator.from_config(a.evaluator)
-    evaluator.image_size = a.image_size
+    evaluator = ComplexityEvaluator.from_config(a.evaluator, a.image_size)
     report = run_benchmark(a.ckpt, a.datasets, a.out, a.image_size, a.epochs, a.batch_size, a.lr,
                            None if a.max_per_class <= 0 else a.max_per_class, evaluator, accelerator=a.accelerator)
     print(report.read_text())
@@ -126,8 +125,7 @@ def _cmd_eval_recon(a: argparse.Namespace) -> int:
     from cat_tokenizer.io import load_vae
     from tasks.reconstruction import evaluate_reconstruction
 
-    evaluator = ComplexityEvaluator.from_config(a.evaluator)
-    evaluator.image_size = a.image_size
+    evaluator = ComplexityEvaluator.from_config(a.evaluator, a.image_size)
     report = evaluate_reconstruction(a.data, load_vae(a.ckpt), a.out, a.image_size, evaluator, a.inception,
                                      a.lpips_weights, a.min_words, a.device, a.cache)
     print(report.read_text())

@@ -109,13 +109,10 @@ class ComplexityEvaluator(nn.Module):
     @classmethod
     def default(cls, image_size: int | None = None) -> ComplexityEvaluator:
         """The offline default evaluator (``from_config(None)``), its token counts at ``image_size``."""
-        ev = cls.from_config(None)
-        if image_size is not None:
-            ev.image_size = image_size
-        return ev
+        return cls.from_config(None, image_size=image_size)
 
     @classmethod
-    def from_config(cls, config: str | Path | Mapping | None = None) -> ComplexityEvaluator:
+    def from_config(cls, config: str | Path | Mapping | None = None, image_size: int | None = None) -> ComplexityEvaluator:
         """Build from a YAML file or dict: ``{class_path: ..., init_args: {...}}`` or the init args alone.
 
         ``None`` (or ``"default"``) gives the offline default: the probe with layout facts and the scorer
@@ -124,25 +121,28 @@ class ComplexityEvaluator(nn.Module):
         ratio head of the tokenizer in folder D (from ``cat-tokenizer distill``); ``"auto:D"`` that
         head if it agreed well enough with its teacher, else the teacher (``student_or_teacher``);
         ``"distilled-text:D"`` the text-only student in D (from ``cat-tokenizer distill-text``) as the scorer.
+        ``image_size`` (the size token counts refer to) overrides the config's, at construction.
         """
         from jsonargparse import ArgumentParser
 
+        size = {} if image_size is None else {"image_size": int(image_size)}
+
         if config is None or config == "default":
-            return cls.from_config(default_config_path())
+            return cls.from_config(default_config_path(), image_size)
         if config == "rubric":
-            return cls()
+            return cls(**size)
         if isinstance(config, str) and config.startswith("distilled-text:"):
             from cat_tokenizer.complexity.text_student import TextStudentScorer
 
             student = TextStudentScorer(config[len("distilled-text:") :])
-            return cls(scorer=student, thresholds=student.thresholds, ratios=student.config["ratios"])
+            return cls(scorer=student, thresholds=student.thresholds, ratios=student.config["ratios"], **size)
         if isinstance(config, str) and config.startswith("auto:"):
-            return cls.student_or_teacher(config[len("auto:") :])
+            return cls.student_or_teacher(config[len("auto:") :], image_size=image_size)
         if isinstance(config, str) and config.startswith("distilled:"):
             from cat_tokenizer.complexity.distilled import DistilledDescriber
 
             student = DistilledDescriber(config[len("distilled:") :])
-            return cls(describer=student, thresholds=student.thresholds)
+            return cls(describer=student, thresholds=student.thresholds, **size)
         if isinstance(config, (str, Path)):
             path = Path(config).expanduser()
             if not path.is_file():
@@ -151,6 +151,8 @@ class ComplexityEvaluator(nn.Module):
         config = dict(config)
         if "class_path" not in config:
             config = {"class_path": f"{cls.__module__}.{cls.__name__}", "init_args": config}
+        if size:
+            config["init_args"] = {**(config.get("init_args") or {}), **size}
         parser = ArgumentParser(exit_on_error=False)
         parser.add_argument("--evaluator", type=ComplexityEvaluator)
         try:
@@ -166,7 +168,7 @@ class ComplexityEvaluator(nn.Module):
 
     @classmethod
     def student_or_teacher(cls, path: str | Path, min_agreement: float = MIN_AGREEMENT,
-                           min_held_out: int = MIN_HELD_OUT) -> ComplexityEvaluator:
+                           min_held_out: int = MIN_HELD_OUT, image_size: int | None = None) -> ComplexityEvaluator:
         """The distilled ratio head of tokenizer ``path`` where it agreed with its teacher on at least
         ``min_agreement`` of at least ``min_held_out`` held-out images (``cat-tokenizer distill``
         records both in the head); otherwise its teacher, rebuilt from the recorded config. The
@@ -184,11 +186,11 @@ class ComplexityEvaluator(nn.Module):
         if replaces_teacher(agreement, held_out, min_agreement, min_held_out):
             log.info("auto:%s: the distilled ratio head (%.1f%% agreement with %s on %d held-out images)",
                      path, 100 * agreement, report.get("teacher_name"), held_out)
-            return cls.from_config(f"distilled:{path}")
+            return cls.from_config(f"distilled:{path}", image_size)
         why = ("no recorded agreement" if agreement is None else
                f"{100 * agreement:.1f}% agreement on {held_out} held-out images (needs {100 * min_agreement:.0f}% on {min_held_out}+)")
         log.warning("auto:%s: using the teacher %s, not the ratio head: %s", path, report.get("teacher_name", "probe+rubric"), why)
-        return cls.from_config(report.get("teacher"))
+        return cls.from_config(report.get("teacher"), image_size)
 
     def load(self) -> ComplexityEvaluator:
         """Load the parts' weights now (otherwise on first use)."""
