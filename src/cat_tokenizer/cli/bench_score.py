@@ -13,21 +13,32 @@ from cat_tokenizer.complexity.cache import ScoreCache
 from cat_tokenizer.data.default_data import ensure_default_data
 from cat_tokenizer.data.images import list_images, load_rgb
 
-__all__ = ["bench_scorers", "bench_default_and_cache"]
+__all__ = ["bench_scorers", "bench_default_and_cache", "spread"]
+
+
+def spread(files: list[Path], n: int) -> list[Path]:
+    """``n`` files evenly spaced through a sorted list (so every top-level folder is sampled); all when fewer."""
+    n = min(n, len(files))
+    return [files[i * len(files) // n] for i in range(n)]
+
+
+def _timed_row(rows: list[dict], component: str, setting: str, n: int, fn, base: float | None, repeat: int) -> float:
+    """Time ``fn`` over ``n`` items, append its row (``speed_vs`` against ``base`` items/s), return items/s."""
+    rate = items_per_second(fn, n, repeat)
+    rows.append({"component": component, "setting": setting, "items": n, "items_per_s": rate,
+                 "s_per_item": 1.0 / rate, "speed_vs": "" if base is None else f"{rate / base:.2f}x"})
+    return rate
 
 
 def bench_scorers(n: int = 16, llm: str = "builtin:smollm2", batch_size: int = 8, device: str = "cpu") -> list[dict]:
     """Rows ``{component, setting, items, items_per_s, s_per_item, speed_vs}`` for the embedded data."""
     files = list_images(ensure_default_data())
-    files = [files[i * len(files) // n] for i in range(n)]  # spread over the kinds
+    files = spread(files, n)  # over the kinds
     images = [load_rgb(f) for f in files]
-    rows = []
+    rows: list[dict] = []
 
     def add(component: str, setting: str, fn, base: float | None = None, repeat: int = 1) -> float:
-        rate = items_per_second(fn, len(images), repeat)
-        rows.append({"component": component, "setting": setting, "items": len(images), "items_per_s": rate,
-                     "s_per_item": 1.0 / rate, "speed_vs": "" if base is None else f"{rate / base:.2f}x"})
-        return rate
+        return _timed_row(rows, component, setting, len(images), fn, base, repeat)
 
     probe = ProbeDescriber()
     descs = probe.describe(images[:1]) and probe.describe(images)  # warm-up (cascade load) then the real list
@@ -53,16 +64,13 @@ def bench_default_and_cache(files: list[Path], n_eval: int = 200) -> list[dict]:
     key cost on ``files``: hashing every file's content (the default) against the opt-in stat
     shortcut (``ScoreCache(trust_stat=True)``: size, mtime, ctime, inode), both on a warm page cache,
     plus a full rerun of ``score`` over a filled cache each way."""
-    rows = []
+    rows: list[dict] = []
 
     def add(component: str, setting: str, n: int, fn, base: float | None = None, repeat: int = 1) -> float:
-        rate = items_per_second(fn, n, repeat)
-        rows.append({"component": component, "setting": setting, "items": n, "items_per_s": rate,
-                     "s_per_item": 1.0 / rate, "speed_vs": "" if base is None else f"{rate / base:.2f}x"})
-        return rate
+        return _timed_row(rows, component, setting, n, fn, base, repeat)
 
     evaluator = ComplexityEvaluator.default().load()
-    sample = [files[i * len(files) // n_eval] for i in range(min(n_eval, len(files)))]
+    sample = spread(files, n_eval)
     evaluator.score_images(sample[:2])  # warm-up (face cascade, OCR)
     describe = add("default evaluator", "read + probe + fitted score, no cache", len(sample), lambda: evaluator.score_images(sample))
     with tempfile.TemporaryDirectory() as tmp:

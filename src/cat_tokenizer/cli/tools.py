@@ -86,7 +86,7 @@ def _cmd_score(a: argparse.Namespace) -> int:
 
 
 def _cmd_bench_score(a: argparse.Namespace) -> int:
-    from cat_tokenizer.cli.bench_score import bench_default_and_cache, bench_scorers
+    from cat_tokenizer.cli.bench_score import bench_default_and_cache, bench_scorers, spread
     from cat_tokenizer.data.default_data import ensure_default_data
     from cat_tokenizer.data.images import list_images
 
@@ -96,7 +96,7 @@ def _cmd_bench_score(a: argparse.Namespace) -> int:
         print(header)
         _print_rows(bench_scorers(a.n, a.llm, a.batch, a.device))
     files = list_images(a.data or ensure_default_data())
-    files = [files[i * len(files) // min(a.files, len(files))] for i in range(min(a.files, len(files)))]
+    files = spread(files, a.files)
     print(f"\nthe default evaluator and the score cache on {len(files)} files of {a.data or 'the embedded data'} (speed_vs: against the row above it)")
     print(header)
     _print_rows(bench_default_and_cache(files, a.n_eval))
