@@ -17,11 +17,11 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {"cat_tokenizer": ROOT / "src" / "cat_tokenizer", "tasks": ROOT / "tasks"}
 LAYERS = [
     ("errors", "files", "markdown"),
-    ("ratios", "devices", "metrics"),
+    ("ratios", "devices", "metrics", "profiling"),
     ("models",),
     ("losses",),
     ("io",),
-    ("data",),
+    ("data", "codec"),
     ("complexity",),
     ("callbacks", "lit"),
     ("tasks",),

@@ -30,11 +30,13 @@ import numpy as np
 from scipy import stats
 
 from cat_tokenizer.complexity import ComplexityEvaluator
+from cat_tokenizer.devices import resolve_device
 from cat_tokenizer.errors import UserInputError
+from cat_tokenizer.io import load_vae
 from cat_tokenizer.markdown import md_header
-from tasks.reconstruction.table import ReconTable
+from tasks.reconstruction.table import ReconTable, measure_folder
 
-__all__ = ["max_acceptable_ratio", "max_acceptable_ratios", "quantile_matched_ratios", "signal_table", "run_analysis",
+__all__ = ["max_acceptable_ratio", "max_acceptable_ratios", "quantile_matched_ratios", "signal_table", "run_analysis", "analyse_folder",
            "SMOLLM2_EVALUATOR", "PAPER"]
 
 log = logging.getLogger(__name__)
@@ -171,3 +173,23 @@ def _scatter(signals: dict[str, np.ndarray], level: np.ndarray, path: Path) -> N
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _evaluator(spec: str) -> tuple[str, ComplexityEvaluator]:
+    if spec == "default":
+        return "default evaluator", ComplexityEvaluator.default()
+    if spec == "smollm2":
+        return "smollm2", ComplexityEvaluator.from_config(SMOLLM2_EVALUATOR)
+    return (Path(spec).stem if spec.endswith((".yaml", ".yml")) else spec), ComplexityEvaluator.from_config(spec)
+
+
+def analyse_folder(root: str, ckpt: str = "cat-small", out: str = "outputs/analysis", evaluators: Sequence[str] = ("default", "smollm2"),
+                   image_size: int = 128, crop: str = "native", tolerance_db: float = 1.0, ocr_tolerance: float = 10.0,
+                   features: bool | None = True, recon_cache: str | None = None, cache: str | None = None,
+                   device: str = "auto", progress: bool = True) -> str:
+    """Measure (cached), score, correlate; returns the markdown table."""
+    out_dir, root_p = Path(out), Path(root).expanduser()
+    named = [_evaluator(e) for e in evaluators]  # bad configs fail before the long part
+    vae = load_vae(ckpt).to(resolve_device(device))
+    table = measure_folder(root_p, vae, recon_cache or out_dir / "recon_cache", image_size, crop, features=features, progress=progress)
+    return run_analysis(table, root_p, named, out_dir, tolerance_db, ocr_tolerance, Path(cache) if cache else out_dir / "scores.sqlite")

@@ -7,11 +7,11 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from cat_tokenizer.cli.bench import items_per_second
 from cat_tokenizer.complexity import ComplexityEvaluator, LLMScorer, ProbeDescriber, RubricScorer
 from cat_tokenizer.complexity.cache import ScoreCache
 from cat_tokenizer.data.default_data import ensure_default_data
 from cat_tokenizer.data.images import list_images, load_rgb
+from cat_tokenizer.profiling import items_per_second
 
 __all__ = ["bench_scorers", "bench_default_and_cache", "spread"]
 

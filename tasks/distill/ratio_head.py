@@ -28,8 +28,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 from torchmetrics.functional.regression import spearman_corrcoef
 
-from cat_tokenizer.cli.bench import flops, items_per_second
-from cat_tokenizer.complexity import ComplexityEvaluator
+from cat_tokenizer.complexity import ComplexityEvaluator, RatioMapper
 from cat_tokenizer.complexity.cache import default_score_cache
 from cat_tokenizer.complexity.evaluator import MIN_AGREEMENT, MIN_HELD_OUT, replaces_teacher
 from cat_tokenizer.data.dataset import hash_fraction, stratified_split
@@ -41,8 +40,11 @@ from cat_tokenizer.errors import UserInputError
 from cat_tokenizer.io import load_vae
 from cat_tokenizer.lit.cli import silence_known_warnings
 from cat_tokenizer.models.ratio_head import RatioHead
+from cat_tokenizer.profiling import flops, items_per_second
+from tasks.reconstruction.analysis import max_acceptable_ratios
+from tasks.reconstruction.table import measure_folder
 
-__all__ = ["RatioHeadModule", "run_distill", "run_distill_text"]
+__all__ = ["RatioHeadModule", "run_distill", "check_loss", "fit_regressor", "ratio_agreement"]
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +52,7 @@ log = logging.getLogger(__name__)
 LOSSES = {"l1": F.l1_loss, "mse": F.mse_loss}
 
 
-def _check_loss(loss: str) -> str:
+def check_loss(loss: str) -> str:
     if loss not in LOSSES:
         raise UserInputError(f"unknown distillation loss {loss!r}; choose from {sorted(LOSSES)}")
     return loss
@@ -69,7 +71,7 @@ class RatioHeadModule(L.LightningModule):
 
     def __init__(self, head: nn.Module, lr: float = 1e-3, weight_decay: float = 1e-4, loss: str = "l1"):
         super().__init__()
-        self.head, self.lr, self.weight_decay, self.loss = head, lr, weight_decay, _check_loss(loss)
+        self.head, self.lr, self.weight_decay, self.loss = head, lr, weight_decay, check_loss(loss)
 
     def training_step(self, batch, batch_idx):
         *inputs, score = batch
@@ -144,7 +146,7 @@ def _grouped_split(files: list[Path], root: Path, fraction: float, groups: dict[
     return {f for f in files if key[f] in held}
 
 
-def _agreement(pred: torch.Tensor, target: torch.Tensor, mapper) -> tuple[float, torch.Tensor, float]:
+def ratio_agreement(pred: torch.Tensor, target: torch.Tensor, mapper) -> tuple[float, torch.Tensor, float]:
     """(ratio agreement, confusion matrix rows=teacher cols=student, Spearman of scores)."""
     index = {r: i for i, r in enumerate(mapper.ratios)}
     teacher = torch.tensor([index[int(r)] for r in mapper(target.numpy())])
@@ -160,10 +162,10 @@ def _agreement_by_folder(pred: torch.Tensor, target: torch.Tensor, mapper, files
     for i, f in enumerate(files):
         rel = f.relative_to(root).parts
         groups.setdefault(rel[0] if len(rel) > 1 else ".", []).append(i)
-    return {g: [round(_agreement(pred[idx], target[idx], mapper)[0], 4), len(idx)] for g, idx in sorted(groups.items())}
+    return {g: [round(ratio_agreement(pred[idx], target[idx], mapper)[0], 4), len(idx)] for g, idx in sorted(groups.items())}
 
 
-def _fit_regressor(net: nn.Module, final: nn.Linear, inputs: list[torch.Tensor], scores: torch.Tensor, epochs: int,
+def fit_regressor(net: nn.Module, final: nn.Linear, inputs: list[torch.Tensor], scores: torch.Tensor, epochs: int,
                    batch_size: int, lr: float, dev: torch.device, loss: str = "l1") -> nn.Module:
     """Train ``net(*inputs)`` to regress the scores (its ``final`` layer starts at the scale's middle, 5);
     eval mode on ``dev``."""
@@ -181,7 +183,7 @@ def _train_cnn(name: str, images: torch.Tensor, scores: torch.Tensor, epochs: in
     import timm
 
     net = timm.create_model(name, pretrained=False, num_classes=1)
-    return _fit_regressor(net, net.get_classifier(), [images], scores, epochs, batch_size, lr, dev, loss)
+    return fit_regressor(net, net.get_classifier(), [images], scores, epochs, batch_size, lr, dev, loss)
 
 
 ORACLE_SCORES = {8: 8.5, 16: 5.5, 32: 2.5}  # max acceptable ratio -> regression target (thresholds 4, 7)
@@ -190,10 +192,6 @@ ORACLE_SCORES = {8: 8.5, 16: 5.5, 32: 2.5}  # max acceptable ratio -> regression
 def _oracle_labels(files: list[Path], root: Path, tokenizer: str, out_dir: Path, image_size: int, crop: str,
                    tolerance_db: float, ocr_tolerance: float, dev: torch.device):
     """``([(file, score)], mapper, name)`` from the tokenizer's own maximum acceptable ratios."""
-    from cat_tokenizer.complexity import RatioMapper
-    from tasks.reconstruction.analysis import max_acceptable_ratios
-    from tasks.reconstruction.table import measure_folder
-
     vae = load_vae(tokenizer).eval().to(dev)
     table = measure_folder(root, vae, out_dir / "recon_cache", image_size, crop, features=False, only=files)
     ratios = max_acceptable_ratios(table, tolerance_db, ocr_tolerance)
@@ -232,7 +230,7 @@ def run_distill(teacher_config: str | None, data: str, out: str, tokenizer: str,
     regressed as scores 8.5 / 5.5 / 2.5 for 8x / 16x / 32x (thresholds 4 and 7).
     """
     silence_known_warnings()
-    _check_loss(loss)  # before the (slow) scoring
+    check_loss(loss)  # before the (slow) scoring
     L.seed_everything(seed, workers=True)
     root, out_dir, dev = Path(data).expanduser(), Path(out), resolve_device(device)
     if target not in ("teacher", "oracle"):
@@ -272,11 +270,11 @@ def run_distill(teacher_config: str | None, data: str, out: str, tokenizer: str,
     head = RatioHead(stage_channels, hidden, conv, mapper.thresholds, mapper.ratios, image_size, stages=stages,
                      row_stride=row_stride, crop=crop).to(dev)
     inputs = _trunk(vae, head, files, image_size, dev, crop=crop)  # [(N, D) statistics, (N, C, h, w) 8x maps]
-    _fit_regressor(_HeadOnStatistics(head), head.out, [t[tr] for t in inputs], scores[tr], epochs, batch_size, lr, dev, loss)
+    fit_regressor(_HeadOnStatistics(head), head.out, [t[tr] for t in inputs], scores[tr], epochs, batch_size, lr, dev, loss)
     head.eval()
     with torch.no_grad():
         pred = head.score(*[t[va].to(dev) for t in inputs]).cpu()
-    agreement, confusion, rho = _agreement(pred, scores[va], mapper)
+    agreement, confusion, rho = ratio_agreement(pred, scores[va], mapper)
     by_folder = _agreement_by_folder(pred, scores[va], mapper, [files[i] for i in va], root)
     teacher_ref = str(Path(teacher_config).expanduser().resolve()) if teacher_config and target == "teacher" else None
     head.config["report"] = {"teacher": teacher_ref, "teacher_name": teacher_name, "agreement": round(agreement, 4),
@@ -305,7 +303,7 @@ def run_distill(teacher_config: str | None, data: str, out: str, tokenizer: str,
             cnn_pred = net(all_x[va].to(dev)).reshape(-1).cpu()
             cnn_ips = items_per_second(lambda: net(torch.stack([tf(im) for im in images]).to(dev)), len(images), warmup=True)
             cnn_gflops = flops(lambda: net(x[:1])) / 1e9
-        c_agree, c_conf, c_rho = _agreement(cnn_pred, scores[va], mapper)
+        c_agree, c_conf, c_rho = ratio_agreement(cnn_pred, scores[va], mapper)
         cnn_metrics = {"cnn": cnn, "cnn_ratio_agreement": round(c_agree, 4), "cnn_spearman": round(c_rho, 4),
                        "cnn_confusion": c_conf.tolist(), "cnn_gflops_per_image": round(cnn_gflops, 4),
                        "cnn_params": sum(p.numel() for p in net.parameters()), "cnn_images_per_s": round(cnn_ips, 2),
@@ -342,54 +340,4 @@ def run_distill(teacher_config: str | None, data: str, out: str, tokenizer: str,
                   f"{cnn_metrics['cnn_params']} params vs the head's {head_gflops:.6f} GFLOPs on free trunk features; "
                   f"{cnn_metrics['cnn_images_per_s']:.1f} img/s."]
     (out_dir / "distill.md").write_text("\n".join(lines) + "\n")
-    return metrics
-
-
-def run_distill_text(teacher_config: str | None, prompts_file: str, encoder: str, out: str, epochs: int = 200,
-                     batch_size: int = 64, lr: float = 1e-2, val_fraction: float = 0.2, max_length: int = 128,
-                     device: str = "auto", seed: int = 0, loss: str = "mse") -> dict:
-    """Distil the teacher's prompt scores into a frozen text encoder + linear head; report and save.
-    ``loss`` defaults to MSE here: on the 12 held-out example prompts it agreed 58.3% vs L1's 41.7%."""
-    import hashlib
-
-    from cat_tokenizer.complexity.base import text_description
-    from cat_tokenizer.complexity.text_student import TextEmbedder, TextStudentScorer
-    from cat_tokenizer.data.default_data import cache_dir
-
-    silence_known_warnings()
-    _check_loss(loss)
-    L.seed_everything(seed, workers=True)
-    path = Path(prompts_file).expanduser()
-    if not path.is_file():
-        raise UserInputError(f"prompts file not found: {prompts_file} (one prompt or class name per line)")
-    prompts = list(dict.fromkeys(line.strip() for line in path.read_text().splitlines() if line.strip()))
-    if len(prompts) < 4:
-        raise UserInputError(f"need at least 4 distinct prompts to distil, found {len(prompts)} in {prompts_file}")
-    teacher = ComplexityEvaluator.from_config(teacher_config)
-    results = teacher.score_texts(prompts, cache=cache_dir() / "scores" / "prompts.sqlite")
-    scores = torch.tensor([r.score for r in results], dtype=torch.float32)
-    mapper = teacher.mapper_for(scores.tolist())
-    held = [int(hashlib.sha1(p.encode()).hexdigest()[:8], 16) / 2**32 < val_fraction for p in prompts]
-    tr = [i for i, h in enumerate(held) if not h]
-    va = [i for i, h in enumerate(held) if h]
-    if not tr or len(va) < 2:
-        raise UserInputError(f"the split left {len(tr)} training and {len(va)} held-out prompts; add prompts")
-    embedder = TextEmbedder(encoder, max_length, device)
-    texts = [text_description(p).text for p in prompts]  # what the teacher's scorer read
-    emb = embedder(texts)  # (N, D)
-    head = nn.Linear(embedder.dim, 1)
-    head = _fit_regressor(head, head, [emb[tr]], scores[tr], epochs, batch_size, lr, torch.device("cpu"), loss)
-    with torch.no_grad():
-        pred = head(emb[va]).reshape(-1)
-    agreement, confusion, rho = _agreement(pred, scores[va], mapper)
-    descs = [text_description(prompts[i]) for i in va]
-    student_tps = items_per_second(lambda: head(embedder([d.text for d in descs])), len(descs), warmup=True)
-    teacher_tps = items_per_second(lambda: teacher.score_descriptions(descs), len(descs), warmup=True)
-    TextStudentScorer.save(out, head, encoder, embedder.dim, max_length, mapper.thresholds, mapper.ratios)
-    metrics = {"teacher": teacher.name, "encoder": encoder, "loss": loss, "prompts": len(prompts), "train": len(tr), "held_out": len(va),
-               "ratio_agreement": round(agreement, 4), "spearman": round(rho, 4), "confusion": confusion.tolist(),
-               "student_texts_per_s": round(student_tps, 2), "teacher_texts_per_s": round(teacher_tps, 2),
-               "held_out_predictions": {prompts[i]: round(float(p), 6) for i, p in zip(va, pred)},
-               "held_out_teacher": {prompts[i]: round(float(scores[i]), 6) for i in va}}
-    (Path(out) / "distill_text.json").write_text(json.dumps(metrics, indent=2))
     return metrics

@@ -1,0 +1,72 @@
+"""``cli.typed``: subcommands from typed functions (signature -> options and defaults, docstring -> help)."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Literal
+
+import pytest
+
+from cat_tokenizer.cli.tools import build_parser
+from cat_tokenizer.cli.typed import add_command, call_command
+
+
+@dataclass
+class _Group:
+    """Shared options.
+
+    Args:
+        ckpt: a checkpoint
+        steps: sampler steps
+    """
+
+    ckpt: str
+    steps: int | None = None
+
+
+def _cmd(files: list[str], *, mode: Literal["a", "b"] = "a", size: int = 128, tag: list[str] | None = None,
+         names: tuple[str, ...] = ("x", "y"), quiet: bool = False, group: _Group) -> dict:
+    """do a thing
+
+    Args:
+        files: input files
+        mode: the mode
+        size: image side
+        tag: a tag (repeatable)
+        names: one or more names
+        quiet: no output
+        group: shared options
+    """
+    return {"files": files, "mode": mode, "size": size, "tag": tag, "names": names, "quiet": quiet, "group": group}
+
+
+def _run(argv: list[str]):
+    p = argparse.ArgumentParser()
+    add_command(p.add_subparsers(dest="command"), _cmd, "cmd")
+    return call_command(p.parse_args(["cmd", *argv]))
+
+
+def test_signature_gives_spellings_and_defaults_stay_in_the_function():
+    out = _run(["a.png", "b.png", "--ckpt", "c", "--tag", "t1", "--tag", "t2", "--names", "p", "q", "-q", "--size", "64"])
+    assert out["files"] == ["a.png", "b.png"] and out["tag"] == ["t1", "t2"] and out["names"] == ["p", "q"]
+    assert out["quiet"] is True and out["size"] == 64 and out["group"] == _Group("c", None)
+    out = _run(["a.png", "--ckpt", "c", "--steps", "5"])
+    assert out["mode"] == "a" and out["size"] == 128 and out["names"] == ("x", "y") and out["tag"] is None  # the signature's defaults
+    assert out["group"].steps == 5
+
+
+@pytest.mark.parametrize("argv", [["a.png"], ["a.png", "--ckpt", "c", "--mode", "z"], ["a.png", "--ckpt", "c", "--size", "big"]])
+def test_bad_options_are_argparse_errors(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        _run(argv)
+    assert e.value.code == 2 and "error:" in capsys.readouterr().err
+
+
+def test_every_command_option_has_help_from_its_docstring():
+    parser = build_parser()
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    missing = [f"{name} {action.dest}" for name, sub in subs.choices.items() for action in sub._actions
+               if action.dest != "help" and not action.help]
+    assert not missing, missing
+    assert len(subs.choices) == 22
