@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from test_datamodule_assign import mixed_folder
 
+from cat_tasks.reconstruction.analysis import max_acceptable_ratio, max_acceptable_ratios, quantile_matched_ratios
+from cat_tasks.reconstruction.table import ReconTable
 from cat_tokenizer.cli import tools
-from tasks.reconstruction.analysis import max_acceptable_ratio, max_acceptable_ratios, quantile_matched_ratios
-from tasks.reconstruction.table import ReconTable
 
 
 def test_max_acceptable_ratio_uses_the_tolerance():

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = {"cat_tokenizer": ROOT / "src" / "cat_tokenizer", "tasks": ROOT / "tasks"}
+PACKAGES = {"cat_tokenizer": ROOT / "src" / "cat_tokenizer", "cat_tasks": ROOT / "tasks"}  # tasks/ installs as cat_tasks
 LAYERS = [
     ("errors", "files", "markdown"),
     ("ratios", "devices", "metrics", "profiling"),
@@ -64,7 +64,7 @@ def _imports(name: str, path: Path, known: set[str]) -> set[str]:
 
 def _layer(module: str) -> str:
     parts = module.split(".")
-    return "tasks" if parts[0] == "tasks" else parts[1] if len(parts) > 1 else "api"
+    return "tasks" if parts[0] == "cat_tasks" else parts[1] if len(parts) > 1 else "api"
 
 
 def _graph() -> dict[str, set[str]]:
@@ -74,8 +74,17 @@ def _graph() -> dict[str, set[str]]:
     for name, path in mods.items():
         deps = _imports(name, path, known)
         # `from cat_tokenizer.data import x` names the package; count the submodule x when it is one
-        graph[name] = {d for d in deps if not (d in ("cat_tokenizer", "tasks") and _layer(name) != "api")}
+        graph[name] = {d for d in deps if not (d in ("cat_tokenizer", "cat_tasks") and _layer(name) != "api")}
     return graph
+
+
+def test_every_package_folder_is_installed():
+    """pyproject lists the packages by hand (tasks/ maps to cat_tasks): a new subpackage must be added there."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join([pkg, *init.parent.relative_to(folder).parts]) for pkg, folder in PACKAGES.items() for init in folder.rglob("__init__.py")}
+    assert found == listed
 
 
 def test_every_layer_is_ranked():
@@ -118,7 +127,7 @@ def test_the_check_sees_a_planted_upward_import_and_cycle(tmp_path, monkeypatch)
     (pkg / "lit" / "mod.py").write_text("X = 1\n")
     (pkg / "models" / "net.py").write_text("def f():\n    from cat_tokenizer.lit.mod import X\n    return X\n")
     monkeypatch.setitem(PACKAGES, "cat_tokenizer", pkg)
-    monkeypatch.setitem(PACKAGES, "tasks", tmp_path / "none")
+    monkeypatch.setitem(PACKAGES, "cat_tasks", tmp_path / "none")
     graph = _graph()
     assert graph["cat_tokenizer.models.net"] == {"cat_tokenizer.lit.mod"}
     with pytest.raises(AssertionError, match="cat_tokenizer.models.net -> cat_tokenizer.lit.mod"):

@@ -109,7 +109,7 @@ def test_encode_bad_inputs(tmp_path, pretrained, capsys):
 
 
 def test_bench_head_reports_every_variant(capsys):
-    from tasks.reconstruction.bench import HEAD_VARIANTS
+    from cat_tasks.reconstruction.bench import HEAD_VARIANTS
 
     assert tools.main(["bench-head", "--preset", "tiny", "--size", "32", "--batch", "1", "--repeat", "1"]) == 0
     rows = [line.split("|") for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "%" in line]

@@ -10,12 +10,12 @@ import pytest
 import yaml
 from PIL import Image, ImageDraw, ImageFont
 
+from cat_tasks.complexity.fit import cross_validate, evaluate_scores
 from cat_tokenizer.complexity import ComplexityEvaluator, FittedScorer, RubricScorer
 from cat_tokenizer.complexity.base import Description
 from cat_tokenizer.complexity.fitted import fit_facts
 from cat_tokenizer.complexity.layout import layout_facts
 from cat_tokenizer.complexity.probe import ProbeDescriber, probe_facts
-from tasks.complexity.fit import cross_validate, evaluate_scores
 
 
 def _font(px: int) -> ImageFont.FreeTypeFont:

@@ -12,16 +12,16 @@ import torch
 from conftest import write_images
 from safetensors.torch import load_file
 
+from cat_tasks.generation import Diffusion, DiT, DiTModule, LatentDataModule, load_dit
+from cat_tasks.generation.bench import bench_gen, padded_forward, patchify
+from cat_tasks.generation.dit import sincos_pos_embed_2d
+from cat_tasks.generation.fid import fid_from_folders, precision_recall
 from cat_tokenizer import NestedVAE
 from cat_tokenizer.cli import lightning_main, tools
 from cat_tokenizer.data.images import load_rgb
 from cat_tokenizer.data.latent_cache import LatentCache, LatentEntry
 from cat_tokenizer.data.transforms import image_transform
 from cat_tokenizer.errors import InputNotFound, UserInputError
-from tasks.generation import Diffusion, DiT, DiTModule, LatentDataModule, load_dit
-from tasks.generation.bench import bench_gen, padded_forward, patchify
-from tasks.generation.dit import sincos_pos_embed_2d
-from tasks.generation.fid import fid_from_folders, precision_recall
 
 ROOT = Path(__file__).parents[1]
 RATIOS_BY_FILE = {"class0/img0.png": 8, "class1/img1.png": 16, "class0/img2.png": 32,
@@ -323,7 +323,7 @@ def test_untrained_ratio_and_huge_cpu_preset_are_refused(trained):
     module.latent_scale[0] = 0  # as if never trained on 8x
     with pytest.raises(UserInputError, match="not trained on ratio 8x"):
         module.sample_latents(1, 8, torch.tensor([0]))
-    from tasks.generation.sample import check_device_fits
+    from cat_tasks.generation.sample import check_device_fits
 
     with torch.device("meta"):
         big = DiTModule(DiT(preset="L/2", in_channels=4, num_classes=10), ema_decay=0)

@@ -6,12 +6,12 @@ import pytest
 import torch
 from test_datamodule_assign import FAST_EVAL, mixed_folder
 
+from cat_tasks.distill.ratio_head import RatioHeadModule, _HeadOnStatistics
 from cat_tokenizer import NestedVAE
 from cat_tokenizer.cli import tools
 from cat_tokenizer.complexity import ComplexityEvaluator
 from cat_tokenizer.errors import UserInputError
 from cat_tokenizer.models.ratio_head import RatioHead, stage_statistics
-from tasks.distill.ratio_head import RatioHeadModule, _HeadOnStatistics
 
 
 def with_head(vae: NestedVAE, conv: int = 0) -> NestedVAE:
@@ -123,7 +123,7 @@ def test_head_fits_a_separable_labelling(tiny_vae):
 def test_l1_fits_the_median_of_a_bimodal_teacher(loss, want):
     """Inputs the student cannot tell apart, teacher 8 for 60% and 2 for 40%: L1 lands on the mode
     the majority gets (8x), MSE between the modes (5.6: the 16x bin, which neither group has)."""
-    from tasks.distill.ratio_head import fit_regressor
+    from cat_tasks.distill.ratio_head import fit_regressor
 
     torch.manual_seed(0)
     x, y = torch.ones(50, 1), torch.tensor([8.0] * 30 + [2.0] * 20)
@@ -174,7 +174,7 @@ def test_head_saved_by_the_earlier_version_is_refused_clearly(tiny_vae, tmp_path
 
 
 def test_grouped_split_holds_out_whole_sources(tmp_path):
-    from tasks.distill.ratio_head import _grouped_split, _read_groups
+    from cat_tasks.distill.ratio_head import _grouped_split, _read_groups
 
     root = tmp_path / "d"
     groups = {f"p/{g}{i}.png": g for g in [f"photo-{k}" for k in range(10)] + [f"doc-{k}" for k in range(5)] for i in range(3)}

@@ -10,10 +10,10 @@ import pytest
 from conftest import write_kind_folder
 from PIL import Image
 
+from cat_tasks.reconstruction.rd import RD_COLUMNS, headline, oracle_allocation, rd_curves, score_allocation
+from cat_tasks.reconstruction.table import ReconTable
 from cat_tokenizer.cli import tools
 from cat_tokenizer.complexity import RatioMapper
-from tasks.reconstruction.rd import RD_COLUMNS, headline, oracle_allocation, rd_curves, score_allocation
-from tasks.reconstruction.table import ReconTable
 
 
 def _table(n: int = 40, seed: int = 0) -> ReconTable:
@@ -90,7 +90,7 @@ def test_distill_target_oracle_learns_separable_labels(tmp_path, tiny_vae, monke
     those oracle labels separates held-out images of both kinds, and the saved head scores like the oracle."""
     import json
 
-    import tasks.reconstruction.table as table_mod
+    import cat_tasks.reconstruction.table as table_mod
     from cat_tokenizer.complexity import ComplexityEvaluator
 
     rng = np.random.default_rng(0)

@@ -9,12 +9,12 @@ import pytest
 import torch
 from PIL import Image, ImageFilter
 
+from cat_tasks.classification.probe import LinearProbeModule, feature_dim, latent_features
 from cat_tokenizer import CATDataModule
 from cat_tokenizer.cli import lightning_main, tools
 from cat_tokenizer.data.default_data import _render_document
 from cat_tokenizer.errors import UserInputError
 from cat_tokenizer.metrics import ocr_confidence
-from tasks.classification.probe import LinearProbeModule, feature_dim, latent_features
 
 ROOT = Path(__file__).parents[1]
 
@@ -95,7 +95,7 @@ def test_flat_features_need_a_fixed_ratio(tmp_path, tiny_vae, capsys):
 
 @pytest.mark.slow
 def test_classify_benchmark_has_a_row_per_variant(tmp_path, tiny_vae, capsys):
-    from tasks.classification.benchmark import VARIANTS
+    from cat_tasks.classification.benchmark import VARIANTS
 
     root = two_colour_classes(tmp_path / "toy", n=10)
     tiny_vae.save_pretrained(tmp_path / "vae")
@@ -109,7 +109,7 @@ def test_classify_benchmark_has_a_row_per_variant(tmp_path, tiny_vae, capsys):
 
 
 def test_bundled_probe_datasets(monkeypatch, tmp_path):
-    from tasks.classification.datasets import ensure_probe_dataset
+    from cat_tasks.classification.datasets import ensure_probe_dataset
 
     monkeypatch.setenv("CAT_TOKENIZER_CACHE", str(tmp_path))
     lfw = ensure_probe_dataset("lfw")

@@ -1,5 +1,5 @@
 """Linear-probe classification on frozen CAT latents (``make classify``)."""
 
-from tasks.classification.probe import LinearProbeModule, latent_features
+from cat_tasks.classification.probe import LinearProbeModule, latent_features
 
 __all__ = ["LinearProbeModule", "latent_features"]

@@ -12,13 +12,13 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 
+from cat_tasks.classification.datasets import ensure_probe_dataset
+from cat_tasks.classification.probe import LinearProbeModule
 from cat_tokenizer.complexity import ComplexityEvaluator
 from cat_tokenizer.lit.cli import silence_known_warnings
 from cat_tokenizer.lit.datamodule import CATDataModule
 from cat_tokenizer.markdown import md_table
 from cat_tokenizer.ratios import token_count
-from tasks.classification.datasets import ensure_probe_dataset
-from tasks.classification.probe import LinearProbeModule
 
 __all__ = ["VARIANTS", "run_benchmark"]
 

@@ -28,6 +28,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 from torchmetrics.functional.regression import spearman_corrcoef
 
+from cat_tasks.reconstruction.analysis import max_acceptable_ratios
+from cat_tasks.reconstruction.table import measure_folder
 from cat_tokenizer.complexity import ComplexityEvaluator, RatioMapper
 from cat_tokenizer.complexity.cache import default_score_cache
 from cat_tokenizer.complexity.evaluator import MIN_AGREEMENT, MIN_HELD_OUT, replaces_teacher
@@ -41,8 +43,6 @@ from cat_tokenizer.io import load_vae
 from cat_tokenizer.lit.cli import silence_known_warnings
 from cat_tokenizer.models.ratio_head import RatioHead
 from cat_tokenizer.profiling import flops, items_per_second
-from tasks.reconstruction.analysis import max_acceptable_ratios
-from tasks.reconstruction.table import measure_folder
 
 __all__ = ["RatioHeadModule", "run_distill", "check_loss", "fit_regressor", "ratio_agreement"]
 
@@ -225,7 +225,7 @@ def run_distill(teacher_config: str | None, data: str, out: str, tokenizer: str,
     ``auto:`` trusts is then on images from unseen sources.
 
     ``target="oracle"`` trains on the tokenizer's own labels instead of a teacher: each image's maximum
-    acceptable ratio (``tasks.reconstruction.analysis``: within ``tolerance_db`` of 8x's PSNR and, for
+    acceptable ratio (``cat_tasks.reconstruction.analysis``: within ``tolerance_db`` of 8x's PSNR and, for
     text, ``ocr_tolerance`` of its OCR confidence), measured on ``crop`` crops (default native) and
     regressed as scores 8.5 / 5.5 / 2.5 for 8x / 16x / 32x (thresholds 4 and 7).
     """

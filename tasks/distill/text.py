@@ -11,6 +11,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from cat_tasks.distill.ratio_head import check_loss, fit_regressor, ratio_agreement
 from cat_tokenizer.complexity import ComplexityEvaluator
 from cat_tokenizer.complexity.base import text_description
 from cat_tokenizer.complexity.text_student import TextEmbedder, TextStudentScorer
@@ -18,7 +19,6 @@ from cat_tokenizer.data.default_data import cache_dir
 from cat_tokenizer.errors import UserInputError
 from cat_tokenizer.lit.cli import silence_known_warnings
 from cat_tokenizer.profiling import items_per_second
-from tasks.distill.ratio_head import check_loss, fit_regressor, ratio_agreement
 
 __all__ = ["run_distill_text"]
 

@@ -7,10 +7,10 @@
   module.py     DiTModule: training, EMA, validation loss, CFG sampling, ``load_dit``
 """
 
-from tasks.generation.data import LatentDataModule
-from tasks.generation.diffusion import Diffusion
-from tasks.generation.dit import DIT_PRESETS, DiT
-from tasks.generation.encode import LatentEncoder
-from tasks.generation.module import DiTModule, load_dit
+from cat_tasks.generation.data import LatentDataModule
+from cat_tasks.generation.diffusion import Diffusion
+from cat_tasks.generation.dit import DIT_PRESETS, DiT
+from cat_tasks.generation.encode import LatentEncoder
+from cat_tasks.generation.module import DiTModule, load_dit
 
 __all__ = ["DiT", "DIT_PRESETS", "Diffusion", "DiTModule", "LatentDataModule", "LatentEncoder", "load_dit"]

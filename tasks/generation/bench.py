@@ -22,11 +22,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from cat_tasks.generation.diffusion import Diffusion
+from cat_tasks.generation.dit import DiT
 from cat_tokenizer.data.sampler import BucketBatchSampler
 from cat_tokenizer.devices import resolve_device
 from cat_tokenizer.errors import UserInputError
-from tasks.generation.diffusion import Diffusion
-from tasks.generation.dit import DiT
 
 __all__ = ["bench_gen", "parse_mix", "embedded_mix", "padded_forward", "padded_loss", "patchify", "PAPER_MEAN_MIX"]
 

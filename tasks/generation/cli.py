@@ -8,14 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from cat_tasks.generation.bench import bench_gen, parse_mix
+from cat_tasks.generation.demo import run_gen_demo
+from cat_tasks.generation.fid import fid_from_folders
+from cat_tasks.generation.module import load_dit
+from cat_tasks.generation.sample import check_device_fits, generate_to_folder, plan_samples, write_sample_report
 from cat_tokenizer.devices import resolve_device
 from cat_tokenizer.errors import UserInputError
 from cat_tokenizer.markdown import md_header, md_row
-from tasks.generation.bench import bench_gen, parse_mix
-from tasks.generation.demo import run_gen_demo
-from tasks.generation.fid import fid_from_folders
-from tasks.generation.module import load_dit
-from tasks.generation.sample import check_device_fits, generate_to_folder, plan_samples, write_sample_report
 
 __all__ = ["COMMANDS", "SamplingOptions"]
 
@@ -156,7 +156,8 @@ def bench_gen_cmd(*, preset: str = "tiny", image_size: int = 256, batch: int = 1
 
 
 def gen_demo(*, out: str = "outputs/gen_demo", ckpt: str = "cat-small", steps: int = 800, image_size: int = 128,
-             batch_size: int = 8, preset: str = "mini", sample_steps: int = 50, guidance: float = 2.0) -> int:
+             batch_size: int = 8, preset: str = "mini", sample_steps: int = 50, guidance: float = 2.0,
+             config_dir: str = "configs") -> int:
     """DiT + CAT on the embedded data on a CPU: encode, train, sample grid per ratio
 
     Args:
@@ -168,8 +169,9 @@ def gen_demo(*, out: str = "outputs/gen_demo", ckpt: str = "cat-small", steps: i
         preset: DiT preset
         sample_steps: sampler steps for the grid
         guidance: classifier-free guidance scale
+        config_dir: folder with dit_encode.yaml and dit_imagenet.yaml (the repository's configs/)
     """
-    report = run_gen_demo(out, ckpt, steps, image_size, batch_size, preset, sample_steps, guidance)
+    report = run_gen_demo(out, ckpt, steps, image_size, batch_size, preset, sample_steps, guidance, config_dir=config_dir)
     print(report.read_text())
     print(f"report: {report.resolve()}")
     return 0

@@ -22,12 +22,9 @@ from cat_tokenizer.errors import InputNotFound
 from cat_tokenizer.markdown import md_header
 from cat_tokenizer.ratios import token_count
 
-__all__ = ["run_gen_demo", "CONFIG_DIR"]
+__all__ = ["run_gen_demo"]
 
 log = logging.getLogger(__name__)
-
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
-
 
 def _tokenizer_channels(tokenizer: str) -> int:
     from cat_tokenizer.io import load_vae
@@ -48,23 +45,27 @@ def _loss_curve(log_dir: Path) -> list[tuple[int, float]]:
 
 def run_gen_demo(out: str = "outputs/gen_demo", tokenizer: str = "cat-small", steps: int = 800,
                  image_size: int = 128, batch_size: int = 8, preset: str = "mini", sample_steps: int = 50,
-                 guidance: float = 2.0, accelerator: str = "auto") -> Path:
-    """Encode, train, sample; returns ``report.md``. Run again with more ``steps`` to continue."""
+                 guidance: float = 2.0, accelerator: str = "auto", config_dir: str | Path = "configs") -> Path:
+    """Encode, train, sample; returns ``report.md``. Run again with more ``steps`` to continue.
+    ``config_dir`` holds ``dit_encode.yaml`` and ``dit_imagenet.yaml`` (the repository's ``configs/``)."""
+    from cat_tasks.generation.module import load_dit
+    from cat_tasks.generation.sample import auto_ratios
     from cat_tokenizer.lit.cli import cli
-    from tasks.generation.module import load_dit
-    from tasks.generation.sample import auto_ratios
 
+    configs = Path(config_dir).expanduser()
+    if not all((configs / name).is_file() for name in ("dit_encode.yaml", "dit_imagenet.yaml")):
+        raise InputNotFound(f"no dit_encode.yaml and dit_imagenet.yaml in {configs}: run from the repository root or pass --config-dir")
     out_dir = Path(out)
     latents, run_dir = out_dir / "latents", out_dir / "run"
     channels = _tokenizer_channels(tokenizer)
     t0 = time.perf_counter()
-    cli(["predict", "-c", str(CONFIG_DIR / "dit_encode.yaml"), f"--trainer.accelerator={accelerator}",
+    cli(["predict", "-c", str(configs / "dit_encode.yaml"), f"--trainer.accelerator={accelerator}",
          f"--model.tokenizer={tokenizer}", f"--model.cache_dir={latents}", f"--data.skip_encoded={latents}",
          f"--data.image_size={image_size}", "--data.num_workers=0", "--data.val_batch_size=16"])
     t_encode = time.perf_counter() - t0
     last = run_dir / "version_0" / "checkpoints" / "last.ckpt"
     t0 = time.perf_counter()
-    fit = cli(["fit", "-c", str(CONFIG_DIR / "dit_imagenet.yaml"), f"--trainer.accelerator={accelerator}",
+    fit = cli(["fit", "-c", str(configs / "dit_imagenet.yaml"), f"--trainer.accelerator={accelerator}",
                f"--trainer.max_steps={steps}", f"--trainer.val_check_interval={max(1, steps // 4)}",
                "--trainer.log_every_n_steps=10", "--trainer.logger=lightning.pytorch.loggers.TensorBoardLogger",
                f"--trainer.logger.save_dir={out_dir}", "--trainer.logger.name=run", "--trainer.logger.version=0",

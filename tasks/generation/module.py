@@ -11,10 +11,10 @@ from timm.utils import ModelEmaV3
 from torch import Tensor
 from torchvision.utils import make_grid
 
+from cat_tasks.generation.diffusion import Diffusion
+from cat_tasks.generation.dit import DiT
 from cat_tokenizer.errors import InputNotFound, UserInputError
 from cat_tokenizer.models.nested_vae import NestedVAE
-from tasks.generation.diffusion import Diffusion
-from tasks.generation.dit import DiT
 
 __all__ = ["DiTModule", "load_dit", "RATIO_MODES"]
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 from torchvision.utils import make_grid, save_image
 
+from cat_tasks.generation.module import DiTModule
 from cat_tokenizer.errors import UserInputError
 from cat_tokenizer.ratios import token_count
-from tasks.generation.module import DiTModule
 
 __all__ = ["SampleSpec", "class_names", "auto_ratios", "plan_samples", "generate_to_folder", "check_device_fits"]
 

@@ -1,5 +1,5 @@
 """Reconstruction benchmark of a nested VAE per ratio and with CAT's adaptive ratios (``make eval-recon``)."""
 
-from tasks.reconstruction.evaluate import evaluate_reconstruction
+from cat_tasks.reconstruction.evaluate import evaluate_reconstruction
 
 __all__ = ["evaluate_reconstruction"]

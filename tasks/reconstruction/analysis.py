@@ -29,12 +29,12 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+from cat_tasks.reconstruction.table import ReconTable, measure_folder
 from cat_tokenizer.complexity import ComplexityEvaluator
 from cat_tokenizer.devices import resolve_device
 from cat_tokenizer.errors import UserInputError
 from cat_tokenizer.io import load_vae
 from cat_tokenizer.markdown import md_header
-from tasks.reconstruction.table import ReconTable, measure_folder
 
 __all__ = ["max_acceptable_ratio", "max_acceptable_ratios", "quantile_matched_ratios", "signal_table", "run_analysis", "analyse_folder",
            "SMOLLM2_EVALUATOR", "PAPER"]

@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from cat_tasks.reconstruction.table import ReconTable
 from cat_tokenizer.complexity import ComplexityEvaluator, RatioMapper
 from cat_tokenizer.errors import UserInputError
 from cat_tokenizer.markdown import md_header
-from tasks.reconstruction.table import ReconTable
 
 __all__ = ["Allocation", "oracle_allocation", "score_allocation", "rd_curves", "headline", "write_rd", "RD_COLUMNS"]
 
@@ -349,9 +349,9 @@ def run_rd(data: str | Path, ckpt: str = "cat-small", out: str | Path = "outputs
            image_size: int = 128, crop: str = "native", budgets: Sequence[float] | None = None, features: bool | None = None,
            device: str = "auto", progress: bool = True) -> Path:
     """Measure (cached), score, allocate, write rd.csv / rd.png / rd.md; returns rd.md."""
+    from cat_tasks.reconstruction.table import measure_folder
     from cat_tokenizer.devices import resolve_device
     from cat_tokenizer.io import load_vae
-    from tasks.reconstruction.table import measure_folder
 
     root, out = Path(data).expanduser(), Path(out)
     vae = load_vae(ckpt).to(resolve_device(device))

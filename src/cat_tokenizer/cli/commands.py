@@ -9,6 +9,16 @@ from typing import Literal
 
 import torch
 
+from cat_tasks.classification.benchmark import run_benchmark
+from cat_tasks.complexity.bench import bench_default_and_cache, bench_scorers, spread
+from cat_tasks.complexity.fit import RATIO_CLASS, run_evaluate_kinds, run_fit_rubric
+from cat_tasks.complexity.score import run_score
+from cat_tasks.distill import run_distill, run_distill_text
+from cat_tasks.reconstruction import evaluate_reconstruction
+from cat_tasks.reconstruction.analysis import analyse_folder
+from cat_tasks.reconstruction.bench import bench_ratio_head, bench_train, bench_vae, total_params
+from cat_tasks.reconstruction.demo import run_demo
+from cat_tasks.reconstruction.rd import run_rd
 from cat_tokenizer.codec import decode_files, encode_files
 from cat_tokenizer.complexity import ComplexityEvaluator
 from cat_tokenizer.data.default_data import ensure_default_data
@@ -17,16 +27,6 @@ from cat_tokenizer.data.variety import RECIPES, build_variety_set
 from cat_tokenizer.errors import UserInputError
 from cat_tokenizer.io import load_vae
 from cat_tokenizer.markdown import md_header, md_row
-from tasks.classification.benchmark import run_benchmark
-from tasks.complexity.bench import bench_default_and_cache, bench_scorers, spread
-from tasks.complexity.fit import RATIO_CLASS, run_evaluate_kinds, run_fit_rubric
-from tasks.complexity.score import run_score
-from tasks.distill import run_distill, run_distill_text
-from tasks.reconstruction import evaluate_reconstruction
-from tasks.reconstruction.analysis import analyse_folder
-from tasks.reconstruction.bench import bench_ratio_head, bench_train, bench_vae, total_params
-from tasks.reconstruction.demo import run_demo
-from tasks.reconstruction.rd import run_rd
 
 __all__ = ["COMMANDS"]
 

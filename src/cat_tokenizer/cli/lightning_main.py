@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     if words and words[0] not in TRAIN_COMMANDS and not words[0].startswith("-"):
         return _hand_to_sdk(words)
     silence_known_warnings()
-    for name in ("cat_tokenizer", "tasks"):  # the project's own INFO lines (data split, scoring, latent scales) on stderr
+    for name in ("cat_tokenizer", "cat_tasks"):  # the project's own INFO lines (data split, scoring, latent scales) on stderr
         ours = logging.getLogger(name)
         if not ours.handlers:
             handler = _StderrHandler()

@@ -1,6 +1,6 @@
 """The ``cat-tokenizer`` console script: tool commands (training lives in ``lightning fit``).
 
-Each command is a typed function (``cli.commands`` and ``tasks.generation.cli``); ``cli.typed``
+Each command is a typed function (``cli.commands`` and ``cat_tasks.generation.cli``); ``cli.typed``
 builds its options and help from the signature and docstring.
 """
 
@@ -10,10 +10,10 @@ import argparse
 import logging
 import sys
 
+from cat_tasks.generation.cli import COMMANDS as GENERATION_COMMANDS
 from cat_tokenizer.cli.commands import COMMANDS
 from cat_tokenizer.cli.typed import add_command, call_command
 from cat_tokenizer.errors import UserInputError
-from tasks.generation.cli import COMMANDS as GENERATION_COMMANDS
 
 __all__ = ["main", "build_parser"]
 
