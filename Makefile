@@ -107,7 +107,7 @@ gen-imagenet: need-imagenet install
 		--model.cache_dir $(LATENTS) --data.skip_encoded $(LATENTS) --model.flip $(FLIP) \
 		--data.ratio_assignment $(if $(filter adaptive,$(RATIO_MODE)),complexity,$(RATIO_MODE))
 	$(VENV)/bin/lightning fit -c configs/dit_imagenet.yaml --model.dit configs/dit/$(DIT).yaml --model.dit.init_args.in_channels $(LATENT_CH) \
-		--data.cache_dir $(LATENTS) --model.tokenizer $(CKPT) --model.ratio_mode $(RATIO_MODE) \
+		--data.cache_dir $(LATENTS) --model.tokenizer $(CKPT) --data.ratio_mode $(RATIO_MODE) \
 		--trainer.default_root_dir outputs/gen_imagenet $(GEN_ARGS)
 
 need-imagenet:

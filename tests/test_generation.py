@@ -22,6 +22,7 @@ from cat_tokenizer.data.images import load_rgb
 from cat_tokenizer.data.latent_cache import LatentCache, LatentEntry
 from cat_tokenizer.data.transforms import image_transform
 from cat_tokenizer.errors import InputNotFound, UserInputError
+from cat_tokenizer.ratios import RatioAssignment
 
 ROOT = Path(__file__).parents[1]
 RATIOS_BY_FILE = {"class0/img0.png": 8, "class1/img1.png": 16, "class0/img2.png": 32,
@@ -206,8 +207,8 @@ def test_flip_augmentation_in_the_cache(encoded, tmp_path, capsys):
     stored = load_file(str(cache / e.file))
     torch.testing.assert_close(stored["latent_flip"], vae.encode(x.flip(-1), 16).mode()[0], atol=1e-5, rtol=1e-4)
     assert not torch.allclose(stored["latent_flip"], stored["latent"])
-    dm = LatentDataModule(str(cache), batch_size=2, num_workers=0, val_fraction=0.0)
-    dm.use_ratio_mode("fixed:16")
+    dm = LatentDataModule(str(cache), "fixed:16", batch_size=2, num_workers=0, val_fraction=0.0)
+    dm.setup("fit")
     i = next(k for k, en in enumerate(dm.train_set.entries) if en.key == e.key)
     draws = {float(dm.train_set[i]["latent"].sum()) for _ in range(30)}
     assert len(draws) == 2  # training draws both orientations
@@ -217,36 +218,40 @@ def test_flip_augmentation_in_the_cache(encoded, tmp_path, capsys):
 
 
 def test_latent_datamodule_ratio_modes(encoded):
-    dm = LatentDataModule(str(encoded["cache"]), batch_size=2, num_workers=0, val_fraction=0.0)
-    dm.use_ratio_mode("adaptive")
+    dm = LatentDataModule(str(encoded["cache"]), batch_size=2, num_workers=0, val_fraction=0.0)  # adaptive by default
+    dm.setup("fit")
     batches = list(dm.train_dataloader())
     assert sum(len(b["index"]) for b in batches) == 6
     for b in batches:  # one ratio per batch, the latent grid matching it
         assert b["latent"].shape[-1] == 64 // b["ratio"] and set(b["label"].tolist()) <= {0, 1}
-    dm.use_ratio_mode("fixed:8")  # fixed:8 takes every latent at 8x (here the adaptive ones)
+    dm = LatentDataModule(str(encoded["cache"]), RatioAssignment("fixed", ratio=8), batch_size=2, num_workers=0, val_fraction=0.0)
+    dm.setup("fit")  # fixed:8 takes every latent at 8x (here the adaptive ones)
     assert sorted(e.key for e in dm.train_set.entries) == ["class0/img0.png", "class1/img3.png"]
     with pytest.raises(InputNotFound, match="latent cache not found"):
         LatentDataModule(str(encoded["base"] / "nope"))
+    with pytest.raises(UserInputError, match="not uniform"):
+        LatentDataModule(str(encoded["cache"]), "uniform")
 
 
 def test_latent_cache_select_errors(tmp_path):
+    adaptive, fixed16 = RatioAssignment.parse("adaptive"), RatioAssignment.parse("fixed:16")
     cache = LatentCache(tmp_path)
     with pytest.raises(InputNotFound, match="empty or missing"):
-        cache.select("adaptive")
+        cache.select(adaptive)
     cache.append(cache.index_file("run", 0), [LatentEntry(key="a.png", ratio=16, mode="fixed:16", file="16x/a.safetensors")])
-    with pytest.raises(InputNotFound, match="no latents for ratio_mode adaptive"):
-        cache.select("adaptive")
-    assert [e.key for e in cache.select("fixed:16")] == ["a.png"]
+    with pytest.raises(InputNotFound, match="no latents for adaptive"):
+        cache.select(adaptive)
+    assert [e.key for e in cache.select(fixed16)] == ["a.png"]
     index = cache.index_file("run", 0)
     index.write_text(index.read_text() + '{"key": "b.p')  # killed mid-line
     cache.append(index, [LatentEntry(key="c.png", ratio=16, mode="fixed:16", file="16x/c.safetensors")])
-    assert [e.key for e in cache.select("fixed:16")] == ["a.png", "c.png"]  # the torn line skipped, the new one kept
+    assert [e.key for e in cache.select(fixed16)] == ["a.png", "c.png"]  # the torn line skipped, the new one kept
     cache.append(index, [LatentEntry(key="d.png", ratio=16, mode="adaptive", file="16x/d.safetensors"),
                          LatentEntry(key="e.png", ratio=8, mode="adaptive", file="8x/e.safetensors")])
-    assert cache.done_keys("fixed:16") == {"a.png", "c.png", "d.png"}  # adaptive latents at 16x need no re-encode
-    assert cache.done_keys("adaptive") == {"d.png", "e.png"}
-    with pytest.raises(UserInputError, match="ratio_mode must be"):
-        cache.select("fixed:big")
+    assert cache.done_keys(fixed16) == {"a.png", "c.png", "d.png"}  # adaptive latents at 16x need no re-encode
+    assert cache.done_keys(RatioAssignment.parse("csv:x.csv")) == {"d.png", "e.png"}  # csv ratios are adaptive runs too
+    with pytest.raises(UserInputError, match="ratio assignment must be"):
+        RatioAssignment.parse("fixed:big")
 
 
 # ---------------------------------------------------------------------- training, sampling, CLIs
@@ -381,8 +386,8 @@ def test_text_conditioning_with_captions_and_a_tiny_encoder(encoded, tmp_path, c
     assert entry.captions == ["a red square", "a square in red"]
     embedder = TextEmbedder(str(encoder), device="cpu")
     torch.testing.assert_close(load_file(str(cache / entry.file))["text_emb"], embedder(entry.captions), atol=1e-5, rtol=1e-4)
-    dm = LatentDataModule(str(cache), batch_size=2, num_workers=0, val_fraction=0.0)
-    dm.use_ratio_mode("fixed:16")
+    dm = LatentDataModule(str(cache), "fixed:16", batch_size=2, num_workers=0, val_fraction=0.0)
+    dm.setup("fit")
     i = next(k for k, e in enumerate(dm.train_set.entries) if e.key == "class0/img0.png")
     items = [dm.train_set[i] for _ in range(30)]
     draws = {it["caption"]: it["text_emb"] for it in items}
@@ -405,7 +410,7 @@ def test_text_conditioning_with_captions_and_a_tiny_encoder(encoded, tmp_path, c
         "fit", "-c", str(ROOT / "configs" / "dit_imagenet.yaml"), "--trainer.accelerator", "cpu", "--trainer.fast_dev_run",
         "true", "--trainer.default_root_dir", str(tmp_path), "--data.cache_dir", str(cache), "--data.num_workers", "0",
         "--model.dit.init_args.preset", "tiny", "--model.dit.init_args.in_channels", "4", "--model.dit.init_args.num_classes",
-        "0", "--model.dit.init_args.text_dim", str(dim), "--model.text_encoder", str(other), "--model.ratio_mode", "fixed:16"])
+        "0", "--model.dit.init_args.text_dim", str(dim), "--model.text_encoder", str(other), "--data.ratio_mode", "fixed:16"])
     assert rc == 2 and "holds caption embeddings of" in capsys.readouterr().err
 
 

@@ -5,7 +5,7 @@ import torch
 
 from cat_tokenizer import NestedVAE
 from cat_tokenizer.models.ratio_head import RatioHead
-from cat_tokenizer.ratios import check_ratio, parse_ratio_spec
+from cat_tokenizer.ratios import RatioAssignment, check_ratio
 
 
 @pytest.mark.parametrize("size", [(64, 64), (70, 45), (33, 97)])
@@ -31,9 +31,11 @@ def test_invalid_ratio_lists_valid_ones(tiny_vae):
         tiny_vae.encode(torch.zeros(3, 32, 32), 8)
     with pytest.raises(ValueError, match="valid ratios"):
         check_ratio("16")
-    assert parse_ratio_spec("fixed:16") == 16 and parse_ratio_spec("uniform") is None
-    with pytest.raises(ValueError):
-        parse_ratio_spec("fixed:12")
+    assert RatioAssignment.parse("fixed:16") == RatioAssignment("fixed", ratio=16) == RatioAssignment.parse({"mode": "fixed", "ratio": 16})
+    assert str(RatioAssignment.parse("csv:a.csv")) == "csv:a.csv" and RatioAssignment.parse("adaptive").mode == "complexity"
+    for bad in ("fixed:12", "fixed", "random", {"mode": "fixed"}, {"mode": "uniform", "csv": "a.csv"}):
+        with pytest.raises(ValueError):
+            RatioAssignment.parse(bad)
 
 
 def test_config_validation():

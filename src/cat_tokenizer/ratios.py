@@ -1,15 +1,17 @@
-"""Compression ratios: validation and the ratio-spec strings used in configs."""
+"""Compression ratios: validation, token counts, score -> ratio, and the ratio assignment of a dataset."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
 from cat_tokenizer.errors import UserInputError
 
-__all__ = ["DEFAULT_RATIOS", "check_ratio", "ratio_level", "parse_ratio_spec", "token_count", "ratios_from_scores"]
+__all__ = ["DEFAULT_RATIOS", "check_ratio", "ratio_level", "RatioAssignment", "token_count", "ratios_from_scores"]
 
 DEFAULT_RATIOS: tuple[int, ...] = (8, 16, 32)
 
@@ -40,18 +42,65 @@ def ratio_level(ratio: int) -> int:
     return level
 
 
-def parse_ratio_spec(spec: str, valid: Sequence[int] = DEFAULT_RATIOS) -> int | None:
-    """Parse ``"uniform"`` (-> None) or ``"fixed:<r>"`` (-> r).
+@dataclass(frozen=True)
+class RatioAssignment:
+    """How each image gets its compression ratio: one type for the image DataModule (VAE training,
+    encoding, the probe) and the latent DataModule (which latents a DiT trains on).
 
-    Raises:
-        ValueError: on any other string, or a fixed ratio outside ``valid``.
+    In a YAML config either the fields (``ratio_assignment: {mode: fixed, ratio: 16}``) or the short
+    spelling (``ratio_assignment: fixed:16``), which ``parse`` turns into the same object.
+
+    Args:
+        mode: ``uniform`` (each batch draws a ratio: tokenizer training), ``fixed`` (every image at
+            ``ratio``), ``complexity`` (each image at the evaluator's ratio), ``csv`` (each image at the
+            ratio in the ``path,ratio`` table ``csv``, e.g. from ``cat-tokenizer score``).
+        ratio: the ratio of ``fixed``.
+        csv: the table of ``csv``.
     """
-    if spec == "uniform":
-        return None
-    if spec.startswith("fixed:"):
-        tail = spec[len("fixed:") :]
-        return check_ratio(int(tail) if tail.isdigit() else tail, valid)
-    raise UserInputError(f"ratio_assignment must be 'uniform' or 'fixed:<r>' with r in {sorted(valid)}, got {spec!r}")
+
+    mode: Literal["uniform", "fixed", "complexity", "csv"] = "uniform"
+    ratio: int | None = None
+    csv: str | None = None
+
+    def __post_init__(self):
+        if self.mode not in ("uniform", "fixed", "complexity", "csv"):
+            raise UserInputError(f"ratio assignment mode must be uniform, fixed, complexity or csv; got {self.mode!r}")
+        if (self.mode == "fixed") != (self.ratio is not None) or (self.mode == "csv") != bool(self.csv):
+            raise UserInputError(f"ratio assignment {self.mode}: 'ratio' goes with fixed and 'csv' with csv only; got {self!r}")
+
+    @classmethod
+    def parse(cls, spec: str | RatioAssignment | dict, valid: Sequence[int] = DEFAULT_RATIOS) -> RatioAssignment:
+        """The object for a short spelling (``uniform``, ``fixed:<r>``, ``complexity`` or its alias
+        ``adaptive``, ``csv:<path>``), a dict of fields or an object; ``fixed`` is checked against ``valid``."""
+        if isinstance(spec, dict):
+            spec = cls(**spec)
+        if isinstance(spec, str):
+            head, _, tail = spec.partition(":")
+            if head == "fixed" and tail.isdigit():
+                spec = cls("fixed", ratio=int(tail))
+            elif head == "csv" and tail:
+                spec = cls("csv", csv=tail)
+            elif spec in ("uniform", "complexity", "adaptive"):
+                spec = cls("complexity" if spec == "adaptive" else spec)
+            else:
+                raise UserInputError(f"ratio assignment must be uniform, fixed:<r> (r in {sorted(valid)}), complexity "
+                                     f"(alias adaptive) or csv:<path>; got {spec!r}")
+        if spec.mode == "fixed":
+            check_ratio(spec.ratio, valid)
+        return spec
+
+    @property
+    def per_image(self) -> bool:
+        """Each image has its own ratio (complexity, csv)."""
+        return self.mode in ("complexity", "csv")
+
+    @property
+    def cache_mode(self) -> str:
+        """The latent cache's name for latents made under this assignment: ``fixed:<r>`` or ``adaptive``."""
+        return f"fixed:{self.ratio}" if self.mode == "fixed" else "adaptive"
+
+    def __str__(self) -> str:
+        return {"fixed": f"fixed:{self.ratio}", "csv": f"csv:{self.csv}"}.get(self.mode, self.mode)
 
 
 def token_count(height: int, width: int, ratio: int) -> int:

@@ -16,6 +16,7 @@ from cat_tokenizer.data.dataset import collate_skipping, stratified_val_keys
 from cat_tokenizer.data.latent_cache import LatentCache, LatentEntry
 from cat_tokenizer.data.sampler import BucketBatchSampler, bucket_loader, world_and_rank
 from cat_tokenizer.errors import InputNotFound, UserInputError
+from cat_tokenizer.ratios import RatioAssignment
 
 __all__ = ["LatentDataModule", "LatentDataset", "collate_latents"]
 
@@ -67,11 +68,11 @@ collate_latents = collate_skipping  # {latent (B, C, h, w), ratio, index (B,)[, 
 class LatentDataModule(L.LightningDataModule):
     """A latent cache (from ``lightning predict -c configs/dit_encode.yaml``) as train / val batches.
 
-    Which latents are used is the model's ``ratio_mode``: the DiT module calls ``use_ratio_mode``
-    in its setup (``adaptive``: each image at its assigned ratio; ``fixed:<r>``: every image at r).
-
     Args:
         cache_dir: the latent cache folder.
+        ratio_mode: which latents to train on, a ``RatioAssignment`` or its short spelling: ``adaptive``
+            (alias of ``complexity``: each image at its CAT ratio) or ``fixed:<r>`` (every image at r:
+            the baselines).
         batch_size: latents per training batch (per device).
         val_batch_size: latents per validation batch (default ``batch_size``).
         num_workers: DataLoader worker processes.
@@ -80,7 +81,8 @@ class LatentDataModule(L.LightningDataModule):
         drop_last: drop partial training batches.
     """
 
-    def __init__(self, cache_dir: str, batch_size: int = 32, val_batch_size: int | None = None, num_workers: int = 4,
+    def __init__(self, cache_dir: str, ratio_mode: RatioAssignment | str = "adaptive", batch_size: int = 32,
+                 val_batch_size: int | None = None, num_workers: int = 4,
                  val_fraction: float = 0.01, seed: int = 0, drop_last: bool = True):
         super().__init__()
         self.cache = LatentCache(cache_dir)
@@ -91,7 +93,9 @@ class LatentDataModule(L.LightningDataModule):
             raise UserInputError(f"val_fraction must be in [0, 1), got {val_fraction}")
         self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
         self.num_workers, self.val_fraction, self.seed, self.drop_last = num_workers, val_fraction, seed, drop_last
-        self.ratio_mode: str | None = None
+        self.ratio_mode = RatioAssignment.parse(ratio_mode)
+        if self.ratio_mode.mode == "uniform":
+            raise UserInputError("--data.ratio_mode: latents are trained at their assigned ratio (adaptive) or one ratio (fixed:<r>), not uniform")
         self.train_set: LatentDataset | None = None
         self.val_set: LatentDataset | None = None
 
@@ -108,19 +112,18 @@ class LatentDataModule(L.LightningDataModule):
     def image_size(self) -> int:
         return int(self.meta.get("image_size", 0))
 
-    def use_ratio_mode(self, ratio_mode: str) -> None:
-        """Build the train / val splits from the latents of ``ratio_mode``."""
-        if self.ratio_mode == ratio_mode and self.train_set is not None:
+    def setup(self, stage: str | None = None) -> None:
+        """Build the train / val splits from the latents of ``ratio_mode`` (once)."""
+        if self.train_set is not None:
             return
-        entries = self.cache.select(ratio_mode)
+        entries = self.cache.select(self.ratio_mode)
         val = stratified_val_keys([e.key for e in entries], self.val_fraction)  # as the image DataModule splits files
         train = [e for e in entries if e.key not in val] or entries
         held = [e for e in entries if e.key in val]
-        self.ratio_mode = ratio_mode
         self.train_set = LatentDataset(self.cache.root, train, train=True)
         self.val_set = LatentDataset(self.cache.root, held)
         counts = {int(r): int(c) for r, c in zip(*np.unique(self.train_set.ratios, return_counts=True))}
-        log.info("latents (%s): %d train / %d val from %s; train per ratio %s", ratio_mode, len(train), len(held),
+        log.info("latents (%s): %d train / %d val from %s; train per ratio %s", self.ratio_mode.cache_mode, len(train), len(held),
                  self.cache.root, {f"{r}x": c for r, c in counts.items()})
 
     def latent_ratios(self) -> list[int]:
@@ -150,7 +153,7 @@ class LatentDataModule(L.LightningDataModule):
     # ------------------------------------------------------------------ loaders
     def _loader(self, ds: LatentDataset, batch_size: int, train: bool) -> DataLoader:
         if ds is None:
-            raise UserInputError("LatentDataModule: no ratio_mode chosen (the DiT module chooses it in setup)")
+            raise UserInputError("LatentDataModule: call setup() before asking for a loader")
         world, rank = world_and_rank(self)
         sampler = BucketBatchSampler(len(ds), batch_size, item_ratios=ds.ratios, shuffle=train,
                                      drop_last=train and self.drop_last and len(ds) >= batch_size * world,

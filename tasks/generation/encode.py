@@ -20,7 +20,7 @@ import lightning as L
 import torch
 from safetensors.torch import save_file
 
-from cat_tokenizer.data.latent_cache import LatentCache, LatentEntry, assignment_mode, fingerprint_state
+from cat_tokenizer.data.latent_cache import LatentCache, LatentEntry, fingerprint_state
 from cat_tokenizer.errors import UserInputError
 from cat_tokenizer.io import apply_umask
 
@@ -62,7 +62,7 @@ class LatentEncoder(L.LightningModule):
         dm = self.trainer.datamodule
         if dm is None or not hasattr(dm, "predict_set"):
             raise UserInputError("LatentEncoder needs a CATDataModule (data: class_path: cat_tokenizer.CATDataModule)")
-        if dm.assignment.kind == "uniform":
+        if dm.assignment.mode == "uniform":
             raise UserInputError("encoding latents for the DiT needs per-image ratios (data.ratio_assignment complexity "
                                  "or csv:<path>) or one ratio (fixed:<r>), not uniform")
         if dm.skip_encoded is None:
@@ -70,7 +70,7 @@ class LatentEncoder(L.LightningModule):
         elif Path(dm.skip_encoded).expanduser().resolve() != self.cache.root.resolve():
             raise UserInputError(f"data.skip_encoded ({dm.skip_encoded}) must be model.cache_dir ({self.cache.root}) "
                                  "or null")
-        self.mode = assignment_mode(dm.ratio_assignment)
+        self.mode = dm.assignment.cache_mode
         self.cache.claim(fingerprint_state(self.vae.state_dict()), dm.image_size, list(dm.classes), str(self.tokenizer_path), self.flip,
                          self.text_encoder)
         if self.text_encoder and dm.predict_set.captions is None:

@@ -16,11 +16,10 @@ from cat_tasks.generation.dit import DiT
 from cat_tokenizer.errors import InputNotFound, UserInputError
 from cat_tokenizer.models.nested_vae import NestedVAE
 
-__all__ = ["DiTModule", "load_dit", "RATIO_MODES"]
+__all__ = ["DiTModule", "load_dit"]
 
 log = logging.getLogger(__name__)
 
-RATIO_MODES = ("adaptive", "fixed:8", "fixed:16", "fixed:32")
 CKPT_KEY = "cat_dit"  # what on_save_checkpoint adds: enough to rebuild the module from the .ckpt alone
 
 
@@ -35,7 +34,6 @@ class DiTModule(L.LightningModule):
         dit: the network (injected; presets via ``preset``).
         tokenizer: the frozen nested VAE that made the latents (folder / .ckpt / hub id); only
             needed to decode samples (grids during training, ``cat-tokenizer sample``).
-        ratio_mode: ``adaptive`` (each image at its CAT ratio) or ``fixed:<r>`` (the baselines).
         diffusion: noise schedule, prediction type and sampler (diffusers schedulers).
         label_dropout: probability of replacing the class (or caption) with "none" in training,
             for classifier-free guidance.
@@ -58,7 +56,6 @@ class DiTModule(L.LightningModule):
         self,
         dit: DiT,
         tokenizer: str | None = None,
-        ratio_mode: str = "adaptive",
         diffusion: Diffusion | None = None,
         label_dropout: float = 0.1,
         text_encoder: str | None = None,
@@ -72,10 +69,6 @@ class DiTModule(L.LightningModule):
         grid_images: int = 8,
     ):
         super().__init__()
-        if ratio_mode not in RATIO_MODES and not ratio_mode.startswith("fixed:"):
-            raise UserInputError(f"ratio_mode must be one of {RATIO_MODES}, got {ratio_mode!r}")
-        if ratio_mode.startswith("fixed:") and (not ratio_mode[6:].isdigit() or int(ratio_mode[6:]) not in dit.ratios):
-            raise UserInputError(f"ratio_mode {ratio_mode}: the DiT knows ratios {list(dit.ratios)}")
         if not 0.0 <= label_dropout < 1.0:
             raise UserInputError(f"label_dropout must be in [0, 1), got {label_dropout}")
         if guidance < 1.0:
@@ -128,9 +121,11 @@ class DiTModule(L.LightningModule):
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if dm is None or not hasattr(dm, "use_ratio_mode"):
+        if dm is None or not hasattr(dm, "latent_ratios"):
             return
-        dm.use_ratio_mode(self.hparams.ratio_mode)
+        unknown = sorted(set(dm.latent_ratios()) - set(self.dit.ratios))
+        if unknown:
+            raise UserInputError(f"the latents hold ratios {unknown} the DiT does not know (model.dit.ratios {list(self.dit.ratios)})")
         item = dm.example()
         if item["latent"].shape[0] != self.dit.in_channels:
             raise UserInputError(f"latents have {item['latent'].shape[0]} channels; model.dit.in_channels is {self.dit.in_channels}")

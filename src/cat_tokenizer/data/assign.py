@@ -10,36 +10,11 @@ from pathlib import Path
 import numpy as np
 
 from cat_tokenizer.errors import InputNotFound, UserInputError
-from cat_tokenizer.ratios import check_ratio, parse_ratio_spec
+from cat_tokenizer.ratios import check_ratio
 
-__all__ = ["RatioAssignment", "parse_assignment", "read_ratio_csv", "ratios_from_csv", "ratios_from_evaluator"]
+__all__ = ["read_ratio_csv", "ratios_from_csv", "ratios_from_evaluator"]
 
 log = logging.getLogger(__name__)
-
-
-class RatioAssignment:
-    """A parsed ``ratio_assignment`` string.
-
-    ``uniform`` (each batch draws a ratio), ``fixed:<r>``, ``complexity`` (the evaluator's ratio
-    per image, bucketed) or ``csv:<path>`` (columns ``path,ratio``, e.g. from ``cat-tokenizer score``).
-    """
-
-    def __init__(self, kind: str, fixed: int | None = None, csv_path: str | None = None):
-        self.kind, self.fixed, self.csv_path = kind, fixed, csv_path
-
-
-def parse_assignment(spec: str, ratios: Sequence[int]) -> RatioAssignment:
-    if spec == "complexity":
-        return RatioAssignment("complexity")
-    if spec.startswith("csv:"):
-        return RatioAssignment("csv", csv_path=spec[len("csv:") :])
-    try:
-        fixed = parse_ratio_spec(spec, ratios)
-    except UserInputError:
-        raise UserInputError(
-            f"ratio_assignment must be uniform, fixed:<r> (r in {sorted(ratios)}), complexity or csv:<path>; got {spec!r}"
-        ) from None
-    return RatioAssignment("uniform" if fixed is None else "fixed", fixed=fixed)
 
 
 def read_ratio_csv(path: str | Path, root: Path, ratios: Sequence[int]) -> dict[str, int]:

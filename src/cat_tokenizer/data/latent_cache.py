@@ -10,7 +10,8 @@ Layout::
     <dir>/index/<run>.rank<k>.jsonl          one line per latent, appended after its file is in place
 
 An index line is ``{"key", "ratio", "mode", "file", "label"?, "captions"?}``; ``mode`` is the ratio
-assignment of the encoding run: ``adaptive`` (per-image ratios: complexity, csv) or ``fixed:<r>``.
+assignment of the encoding run (``RatioAssignment.cache_mode``): ``adaptive`` (per-image ratios:
+complexity, csv) or ``fixed:<r>``.
 A latent whose line is written is done; a run killed midway loses at most the batch in flight,
 and the next run encodes only what has no line yet (``done_keys``). Every rank writes its own
 index file, so distributed encoding needs no merge step.
@@ -27,13 +28,9 @@ from pathlib import Path
 import torch
 
 from cat_tokenizer.errors import InputNotFound, UserInputError
+from cat_tokenizer.ratios import RatioAssignment
 
-__all__ = ["LatentCache", "LatentEntry", "assignment_mode", "fingerprint_state"]
-
-
-def assignment_mode(ratio_assignment: str) -> str:
-    """The cache's name for a DataModule ratio assignment: ``fixed:<r>`` or ``adaptive``."""
-    return ratio_assignment if ratio_assignment.startswith("fixed:") else "adaptive"
+__all__ = ["LatentCache", "LatentEntry", "fingerprint_state"]
 
 
 @dataclass(frozen=True)
@@ -123,35 +120,33 @@ class LatentCache:
                 found[(e.key, e.mode, e.ratio)] = e
         return list(found.values())
 
-    def done_keys(self, mode: str) -> set[str]:
-        """Image keys already encoded for ``mode``: under ``adaptive``, those of adaptive runs; under
+    def done_keys(self, assignment: RatioAssignment) -> set[str]:
+        """Image keys already encoded under ``assignment``: per-image ratios, those of adaptive runs;
         ``fixed:<r>``, every latent at r (an adaptive run's latents at r are the same tensors)."""
-        if mode.startswith("fixed:"):
-            return {e.key for e in self.entries() if str(e.ratio) == mode[len("fixed:") :]}
-        return {e.key for e in self.entries() if e.mode == mode}
+        if assignment.mode == "fixed":
+            return {e.key for e in self.entries() if e.ratio == assignment.ratio}
+        return {e.key for e in self.entries() if e.mode == "adaptive"}
 
-    def select(self, ratio_mode: str) -> list[LatentEntry]:
-        """The training set for a DiT ``ratio_mode``: ``adaptive`` takes each image at its assigned
-        ratio; ``fixed:<r>`` takes every latent at ``r`` (from a fixed run, or adaptive ones at r).
+    def select(self, assignment: RatioAssignment) -> list[LatentEntry]:
+        """The latents to train on under ``assignment``: per-image ratios (complexity, csv) take each
+        image at its assigned ratio; ``fixed:<r>`` every latent at ``r`` (from a fixed run, or adaptive
+        ones at r).
 
         Raises:
-            InputNotFound: the cache holds nothing for this mode.
+            InputNotFound: the cache holds nothing for this assignment (or nothing at all).
         """
         entries = self.entries()
         if not entries:
             raise InputNotFound(f"latent cache {self.root} is empty or missing: encode the data first "
                                 f"(lightning predict -c configs/dit_encode.yaml --model.cache_dir {self.root})")
-        if ratio_mode == "adaptive":
-            chosen = [e for e in entries if e.mode == "adaptive"]
-        elif ratio_mode.startswith("fixed:") and ratio_mode[6:].isdigit():
-            r = int(ratio_mode[6:])
-            chosen = list({e.key: e for e in entries if e.ratio == r}.values())
+        if assignment.mode == "fixed":
+            chosen = list({e.key: e for e in entries if e.ratio == assignment.ratio}.values())
         else:
-            raise UserInputError(f"ratio_mode must be 'adaptive' or 'fixed:<r>', got {ratio_mode!r}")
+            chosen = [e for e in entries if e.mode == "adaptive"]
         if not chosen:
             modes = sorted({e.mode for e in entries})
-            raise InputNotFound(f"latent cache {self.root} has no latents for ratio_mode {ratio_mode} (it holds {modes}): "
-                                f"encode with --data.ratio_assignment {'complexity' if ratio_mode == 'adaptive' else ratio_mode}")
+            raise InputNotFound(f"latent cache {self.root} has no latents for {assignment.cache_mode} (it holds {modes}): "
+                                f"encode with --data.ratio_assignment {assignment if assignment.mode == 'fixed' else 'complexity'}")
         return sorted(chosen, key=lambda e: e.key)
 
 

@@ -18,15 +18,15 @@ from torch.utils.data import DataLoader
 from cat_tokenizer.complexity.cache import default_score_cache
 from cat_tokenizer.complexity.evaluator import ComplexityEvaluator
 from cat_tokenizer.data.annotations import class_labels, read_captions
-from cat_tokenizer.data.assign import parse_assignment, ratios_from_csv, ratios_from_evaluator
+from cat_tokenizer.data.assign import ratios_from_csv, ratios_from_evaluator
 from cat_tokenizer.data.dataset import ImageFileDataset, collate_skipping, kind_of, stratified_split
 from cat_tokenizer.data.default_data import ensure_default_data
 from cat_tokenizer.data.images import UnreadableImage, list_images, partition_readable
-from cat_tokenizer.data.latent_cache import LatentCache, assignment_mode
+from cat_tokenizer.data.latent_cache import LatentCache
 from cat_tokenizer.data.sampler import BucketBatchSampler, balanced_weights, bucket_loader, world_and_rank
 from cat_tokenizer.data.transforms import CropPolicy, image_transform
 from cat_tokenizer.errors import InputNotFound, UserInputError
-from cat_tokenizer.ratios import DEFAULT_RATIOS, check_ratio
+from cat_tokenizer.ratios import DEFAULT_RATIOS, RatioAssignment, check_ratio
 
 __all__ = ["CATDataModule"]
 
@@ -58,9 +58,10 @@ class CATDataModule(L.LightningDataModule):
             validation; only a folder's at-least-one pick (while none of its files hashes under the
             fraction) goes back to training once one does.
         ratios: compression ratios in play.
-        ratio_assignment: ``uniform`` (each batch draws a ratio), ``fixed:<r>``, ``complexity`` (each
-            image at the ratio the evaluator assigns, scored once in ``prepare_data`` and cached) or
-            ``csv:<path>`` (columns ``path,ratio``, e.g. written by ``cat-tokenizer score``).
+        ratio_assignment: a ``RatioAssignment`` or its short spelling: ``uniform`` (each batch draws a
+            ratio), ``fixed:<r>``, ``complexity`` (each image at the ratio the evaluator assigns, scored
+            once in ``prepare_data`` and cached) or ``csv:<path>`` (columns ``path,ratio``, e.g. written
+            by ``cat-tokenizer score``).
         evaluator: the complexity evaluator for ``complexity`` (default: probe describer + rule rubric),
             or a string for ``ComplexityEvaluator.from_config``: a YAML path, ``distilled:D``, or
             ``auto:D`` (tokenizer D's distilled ratio head where it agreed >= 90% with its teacher).
@@ -88,7 +89,7 @@ class CATDataModule(L.LightningDataModule):
         num_workers: int = 4,
         val_fraction: float = 0.1,
         ratios: Sequence[int] = DEFAULT_RATIOS,
-        ratio_assignment: str = "uniform",
+        ratio_assignment: RatioAssignment | str = "uniform",
         evaluator: ComplexityEvaluator | str | None = None,
         score_cache: str | None = None,
         labels: bool = False,
@@ -101,8 +102,8 @@ class CATDataModule(L.LightningDataModule):
     ):
         super().__init__()
         self.ratios = tuple(check_ratio(r, DEFAULT_RATIOS) for r in ratios)
-        self.assignment = parse_assignment(ratio_assignment, self.ratios)
-        self.fixed_ratio = self.assignment.fixed
+        self.assignment = RatioAssignment.parse(ratio_assignment, self.ratios)
+        self.fixed_ratio = self.assignment.ratio
         if root is not None and not Path(root).expanduser().is_dir():
             raise InputNotFound(f"--data.root: image folder not found: {root}")
         if crop not in ("resize", "native"):
@@ -120,7 +121,7 @@ class CATDataModule(L.LightningDataModule):
         self.verify_images, self.seed, self.drop_last = verify_images, seed, drop_last
         self._evaluator, self.score_cache = evaluator, score_cache
         self.labels, self.captions = labels, captions
-        self.ratio_assignment, self.skip_encoded = ratio_assignment, skip_encoded
+        self.skip_encoded = skip_encoded
         self.classes: list[str] = []
         self.train_set: ImageFileDataset | None = None
         self.val_set: ImageFileDataset | None = None
@@ -158,14 +159,14 @@ class CATDataModule(L.LightningDataModule):
         """Build the default data; for ``complexity``, score every image once into the cache
         (local rank 0 of each node; the other ranks read the cache in ``setup``)."""
         root = self.data_root()
-        if self.assignment.kind == "complexity":
+        if self.assignment.mode == "complexity":
             files = self._readable_files(root, report=False)
             ratios_from_evaluator(self.evaluator, files, self.score_cache_path(), progress=True)
 
     def _item_ratios(self, files: list[Path], root: Path) -> tuple[list[Path], np.ndarray | None]:
-        if self.assignment.kind == "csv":
-            return files, ratios_from_csv(self.assignment.csv_path, files, root, self.ratios)
-        if self.assignment.kind != "complexity":
+        if self.assignment.mode == "csv":
+            return files, ratios_from_csv(self.assignment.csv, files, root, self.ratios)
+        if self.assignment.mode != "complexity":
             return files, None
         ratios, errors = ratios_from_evaluator(self.evaluator, files, self.score_cache_path())
         for e in errors:
@@ -213,7 +214,7 @@ class CATDataModule(L.LightningDataModule):
         """Indices of the files ``predict`` should cover (all, or those not yet in ``skip_encoded``)."""
         if not self.skip_encoded:
             return list(range(len(files)))
-        done = LatentCache(self.skip_encoded).done_keys(assignment_mode(self.ratio_assignment))
+        done = LatentCache(self.skip_encoded).done_keys(self.assignment)
         todo = [i for i, f in enumerate(files) if f.relative_to(root).as_posix() not in done]
         if done:
             log.info("latent cache %s: %d of %d images already encoded, %d to go", self.skip_encoded,
