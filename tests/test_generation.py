@@ -22,6 +22,7 @@ from cat_tokenizer.data.images import load_rgb
 from cat_tokenizer.data.latent_cache import LatentCache, LatentEntry
 from cat_tokenizer.data.transforms import image_transform
 from cat_tokenizer.errors import InputNotFound, UserInputError
+from cat_tokenizer.io import load_latent
 from cat_tokenizer.ratios import RatioAssignment
 
 ROOT = Path(__file__).parents[1]
@@ -207,6 +208,8 @@ def test_flip_augmentation_in_the_cache(encoded, tmp_path, capsys):
     stored = load_file(str(cache / e.file))
     torch.testing.assert_close(stored["latent_flip"], vae.encode(x.flip(-1), 16).mode()[0], atol=1e-5, rtol=1e-4)
     assert not torch.allclose(stored["latent_flip"], stored["latent"])
+    lat = load_latent(cache / e.file)  # the cache's files are ordinary latent files: `cat-tokenizer decode` reads them
+    assert (lat.ratio, lat.height, lat.width, lat.source) == (16, 64, 64, e.key)
     dm = LatentDataModule(str(cache), "fixed:16", batch_size=2, num_workers=0, val_fraction=0.0)
     dm.setup("fit")
     i = next(k for k, en in enumerate(dm.train_set.entries) if en.key == e.key)

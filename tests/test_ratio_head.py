@@ -220,6 +220,9 @@ def test_distill_cli_and_distilled_evaluator(tmp_path, tiny_vae, capsys):
     # The student plugs in wherever an evaluator does.
     ev = ComplexityEvaluator.from_config(f"distilled:{out}")
     assert ev.name == "distilled+self" and ev.mapper.thresholds == tuple(metrics["thresholds"])
+    typed = {"class_path": "cat_tokenizer.complexity.ComplexityEvaluator",  # the same evaluator as a typed config
+             "init_args": {"describer": {"class_path": "cat_tokenizer.complexity.distilled.DistilledDescriber", "init_args": {"path": str(out)}}}}
+    assert ComplexityEvaluator.from_config(typed).evaluator_hash == ev.evaluator_hash
     res = ev.score_images(sorted(root.rglob("*.png")), cache=tmp_path / "s.sqlite")
     assert all(r.ratio in (8, 16, 32) and r.description.startswith("distilled score") for r in res)
     assert tools.main(["score", str(root), "--evaluator", f"distilled:{out}", "-q", "--cache", str(tmp_path / "s.sqlite")]) == 0

@@ -61,13 +61,16 @@ class Latent:
     source: str = ""
 
 
-def save_latent(path: str | Path, latent: Tensor, ratio: int, size: tuple[int, int], source: str = "") -> Path:
-    """Write one image's latent (C, h, w) with its ratio and original size in the metadata."""
+def save_latent(path: str | Path, latent: Tensor, ratio: int, size: tuple[int, int], source: str = "",
+                extra: dict[str, Tensor] | None = None) -> Path:
+    """Write one image's latent (C, h, w) with its ratio and original size in the metadata. ``extra``
+    tensors ride along in the same file (the DiT's latent cache: ``latent_flip``, ``text_emb``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"ratio": str(ratio), "height": str(size[0]), "width": str(size[1]), "source": source, "format": "cat-latent-v1"}
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({"latent": latent.detach().contiguous().cpu()}, str(tmp), metadata=meta)
+    tensors = {"latent": latent, **(extra or {})}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=meta)
     apply_umask(tmp)
     os.replace(tmp, path)  # atomic: a killed encode never leaves half a latent under the real name
     return path

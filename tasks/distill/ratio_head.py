@@ -277,8 +277,8 @@ def run_distill(teacher_config: str | None, data: str, out: str, tokenizer: str,
     agreement, confusion, rho = ratio_agreement(pred, scores[va], mapper)
     by_folder = _agreement_by_folder(pred, scores[va], mapper, [files[i] for i in va], root)
     teacher_ref = str(Path(teacher_config).expanduser().resolve()) if teacher_config and target == "teacher" else None
-    head.config["report"] = {"teacher": teacher_ref, "teacher_name": teacher_name, "agreement": round(agreement, 4),
-                             "held_out": len(va), "spearman": round(rho, 4), "split": split}
+    head.set_report({"teacher": teacher_ref, "teacher_name": teacher_name, "agreement": round(agreement, 4),
+                     "held_out": len(va), "spearman": round(rho, 4), "split": split})
     vae.attach_ratio_head(head)
 
     # Speed, one process, the same held-out images from decoded PIL images; the teacher without its cache.

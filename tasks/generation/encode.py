@@ -11,18 +11,16 @@ the DataModule's ``skip_encoded`` (set to the same folder by the config) leaves 
 from __future__ import annotations
 
 import logging
-import os
 import time
 import uuid
 from pathlib import Path
 
 import lightning as L
 import torch
-from safetensors.torch import save_file
 
 from cat_tokenizer.data.latent_cache import LatentCache, LatentEntry, fingerprint_state
 from cat_tokenizer.errors import UserInputError
-from cat_tokenizer.io import apply_umask
+from cat_tokenizer.io import save_latent
 
 __all__ = ["LatentEncoder"]
 
@@ -87,6 +85,7 @@ class LatentEncoder(L.LightningModule):
         dtype = getattr(torch, self.dtype_name)
         z = self.vae.encode(batch["image"], ratio).mode().to(dtype).cpu()  # (B, C, S/r, S/r)
         z_flip = self.vae.encode(batch["image"].flip(-1), ratio).mode().to(dtype).cpu() if self.flip else None
+        size = tuple(batch["image"].shape[-2:])  # the encoded crop's (H, W)
         root, files, indices = dm.data_root(), dm.predict_set.files, batch["index"].tolist()
         all_caps = dm.predict_set.captions
         captions = [list(all_caps[i]) for i in indices] if all_caps is not None else None  # every caption of each image
@@ -95,15 +94,10 @@ class LatentEncoder(L.LightningModule):
         for k, i in enumerate(indices):
             key = files[i].relative_to(root).as_posix()
             rel = self.cache.latent_file(key, ratio)
-            path = self.cache.root / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tensors = {"latent": z[k].contiguous(), **({"latent_flip": z_flip[k].contiguous()} if self.flip else {})}
+            extra = {"latent_flip": z_flip[k]} if self.flip else {}
             if text_embs is not None:
-                tensors["text_emb"] = text_embs[k]  # (N_k, D)
-            save_file(tensors, str(tmp), metadata={"ratio": str(ratio), "key": key})
-            apply_umask(tmp)
-            os.replace(tmp, path)  # atomic: a kill never leaves half a latent under the real name
+                extra["text_emb"] = text_embs[k]  # (N_k, D)
+            save_latent(self.cache.root / rel, z[k], ratio, size, source=key, extra=extra)  # atomic, a decodable latent file
             label = int(batch["label"][k]) if "label" in batch else None
             entries.append(LatentEntry(key=key, ratio=ratio, mode=self.mode, file=rel, label=label,
                                        captions=None if captions is None else captions[k]))

@@ -40,7 +40,8 @@ def _numbers(text: str | None, flag: str, kind: type = int) -> list | None:
     try:
         return [kind(t) for t in text.split(",")]
     except ValueError:
-        raise UserInputError(f"{flag} takes comma-separated {kind.__name__}s, e.g. 8,4,2,1; got {text!r}") from None
+        noun = {int: "integers", float: "numbers"}[kind]
+        raise UserInputError(f"{flag} takes comma-separated {noun}, e.g. 8,4,2,1; got {text!r}") from None
 
 
 def _print_table(rows: list[dict], cols: list[str], formats: dict[str, str] | None = None) -> None:

@@ -68,6 +68,18 @@ class ScoreResult:
     overridden: bool = False
 
 
+DEFAULT_THRESHOLDS = (4.0, 7.0)
+
+# The short evaluator spellings of the command line and configs, each as the init args it stands for.
+SHORTHANDS = {
+    "rubric": lambda: {},
+    "distilled": lambda folder: {"describer": {"class_path": "cat_tokenizer.complexity.distilled.DistilledDescriber",
+                                               "init_args": {"path": folder}}},
+    "distilled-text": lambda folder: {"scorer": {"class_path": "cat_tokenizer.complexity.text_student.TextStudentScorer",
+                                                 "init_args": {"path": folder}}},
+}
+
+
 class ComplexityEvaluator(nn.Module):
     """Describer + scorer + ratio mapping.
 
@@ -75,8 +87,9 @@ class ComplexityEvaluator(nn.Module):
         describer: image -> description; default ``ProbeDescriber()`` (offline: OCR, faces, statistics).
         scorer: description -> score 1..9; default ``RubricScorer()``, or none when the describer scores
             itself (``VLMDescriber(score=True)``: the one-VLM pipeline).
-        thresholds: score cut points, ascending (default: score >= 7 -> 8x, >= 4 -> 16x, else 32x).
-        ratios: the tokenizer's ratios.
+        thresholds: score cut points, ascending (default: the describer's or scorer's own, as a distilled
+            head or text student carries its teacher's; else score >= 7 -> 8x, >= 4 -> 16x, else 32x).
+        ratios: the tokenizer's ratios (default: the scorer's own, else 8, 16, 32).
         target_mean_tokens: if set, thresholds are calibrated on each scored set so the mean token
             count at ``image_size`` comes closest to this budget (``thresholds`` is then ignored).
         image_size: the side the token budget refers to.
@@ -87,8 +100,8 @@ class ComplexityEvaluator(nn.Module):
         self,
         describer: Describer | None = None,
         scorer: Scorer | None = None,
-        thresholds: Sequence[float] = (4.0, 7.0),
-        ratios: Sequence[int] = DEFAULT_RATIOS,
+        thresholds: Sequence[float] | None = None,
+        ratios: Sequence[int] | None = None,
         target_mean_tokens: float | None = None,
         image_size: int = 256,
         batch_size: int = 8,
@@ -100,6 +113,11 @@ class ComplexityEvaluator(nn.Module):
         self.describer = describer if describer is not None else ProbeDescriber()
         self_scoring = bool(getattr(self.describer, "scores_itself", False))
         self.scorer = scorer if (scorer is not None or self_scoring) else RubricScorer()
+        own = [c for c in (self.describer, self.scorer) if getattr(c, "thresholds", None) is not None]
+        if thresholds is None:
+            thresholds = own[0].thresholds if own else DEFAULT_THRESHOLDS
+        if ratios is None:
+            ratios = next((c.ratios for c in own if getattr(c, "ratios", None)), DEFAULT_RATIOS)
         self.mapper = RatioMapper(thresholds, ratios)
         self.target_mean_tokens, self.image_size, self.batch_size = target_mean_tokens, image_size, batch_size
         if batch_size < 1:
@@ -115,34 +133,26 @@ class ComplexityEvaluator(nn.Module):
     def from_config(cls, config: str | Path | Mapping | None = None, image_size: int | None = None) -> ComplexityEvaluator:
         """Build from a YAML file or dict: ``{class_path: ..., init_args: {...}}`` or the init args alone.
 
-        ``None`` (or ``"default"``) gives the offline default: the probe with layout facts and the scorer
-        fitted on real-v1 (``default_config_path()``, written by ``cat-tokenizer fit-rubric``); ``"rubric"``
-        the hand-set rule rubric (the default before it); ``"distilled:D"`` the
-        ratio head of the tokenizer in folder D (from ``cat-tokenizer distill``); ``"auto:D"`` that
-        head if it agreed well enough with its teacher, else the teacher (``student_or_teacher``);
-        ``"distilled-text:D"`` the text-only student in D (from ``cat-tokenizer distill-text``) as the scorer.
-        ``image_size`` (the size token counts refer to) overrides the config's, at construction.
+        Short spellings (``SHORTHANDS``), each the same as a config: ``None`` or ``"default"`` the offline
+        default (the probe with layout facts and the scorer fitted on real-v1, ``default_config_path()``,
+        written by ``cat-tokenizer fit-rubric``); ``"rubric"`` the hand-set rule rubric; ``"distilled:D"``
+        the ratio head of the tokenizer in folder D (``describer: DistilledDescriber(path=D)``, from
+        ``cat-tokenizer distill``); ``"distilled-text:D"`` the text-only student in D
+        (``scorer: TextStudentScorer(path=D)``, from ``cat-tokenizer distill-text``). ``"auto:D"`` is a
+        choice rather than a config: that head if it agreed well enough with its teacher, else the
+        teacher (``student_or_teacher``). ``image_size`` (the size token counts refer to) overrides the
+        config's, at construction.
         """
         from jsonargparse import ArgumentParser
 
         size = {} if image_size is None else {"image_size": int(image_size)}
-
         if config is None or config == "default":
-            return cls.from_config(default_config_path(), image_size)
-        if config == "rubric":
-            return cls(**size)
-        if isinstance(config, str) and config.startswith("distilled-text:"):
-            from cat_tokenizer.complexity.text_student import TextStudentScorer
-
-            student = TextStudentScorer(config[len("distilled-text:") :])
-            return cls(scorer=student, thresholds=student.thresholds, ratios=student.config["ratios"], **size)
-        if isinstance(config, str) and config.startswith("auto:"):
+            config = default_config_path()
+        elif isinstance(config, str) and config.startswith("auto:"):
             return cls.student_or_teacher(config[len("auto:") :], image_size=image_size)
-        if isinstance(config, str) and config.startswith("distilled:"):
-            from cat_tokenizer.complexity.distilled import DistilledDescriber
-
-            student = DistilledDescriber(config[len("distilled:") :])
-            return cls(describer=student, thresholds=student.thresholds, **size)
+        elif isinstance(config, str) and (config in SHORTHANDS or config.partition(":")[0] in SHORTHANDS):
+            name, _, arg = config.partition(":")
+            config = SHORTHANDS[name](arg) if arg else SHORTHANDS[name]()
         if isinstance(config, (str, Path)):
             path = Path(config).expanduser()
             if not path.is_file():

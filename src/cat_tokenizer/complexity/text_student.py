@@ -94,6 +94,10 @@ class TextStudentScorer(Scorer):
     def thresholds(self) -> tuple[float, ...]:
         return tuple(self.config["thresholds"])
 
+    @property
+    def ratios(self) -> tuple[int, ...]:
+        return tuple(self.config["ratios"])
+
     def load(self) -> TextStudentScorer:
         if self.embedder is None:
             self.embedder = TextEmbedder(self.config["encoder"], self.config["max_length"], self.device_name)

@@ -94,6 +94,11 @@ class RatioHead(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.constant_(self.out.bias, 5.0)  # start at the middle of the 1..9 scale
 
+    def set_report(self, report: dict) -> None:
+        """Record how the trained head did on held-out images (teacher, agreement, split); saved with
+        the head, read by ``ComplexityEvaluator.student_or_teacher``."""
+        self.config["report"] = dict(report)
+
     def score(self, stats: Tensor, last: Tensor | None = None) -> Tensor:
         """(B, 4 * sum C) statistics [+ the (B, C, h, w) 8x map for the conv branch] -> (B,)."""
         if self.conv is not None:
