@@ -90,7 +90,7 @@ def test_distill_target_oracle_learns_separable_labels(tmp_path, tiny_vae, monke
     those oracle labels separates held-out images of both kinds, and the saved head scores like the oracle."""
     import json
 
-    import cat_tasks.reconstruction.table as table_mod
+    import cat_tasks.distill.ratio_head as distill_mod
     from cat_tokenizer.complexity import ComplexityEvaluator
 
     rng = np.random.default_rng(0)
@@ -113,7 +113,7 @@ def test_distill_target_oracle_learns_separable_labels(tmp_path, tiny_vae, monke
         return ReconTable(paths, [p.split("/")[0] for p in paths], (8, 16, 32), image_size, psnr, psnr / 40, psnr,
                           np.full((n, 3), np.nan), np.full(n, np.nan), np.ones(n))
 
-    monkeypatch.setattr(table_mod, "measure_folder", fake_measure)
+    monkeypatch.setattr(distill_mod, "measure_folder", fake_measure)  # where distill looks it up
     out = tmp_path / "student"
     args = ["distill", "--target", "oracle", "--data", str(root), "--ckpt", str(tmp_path / "tok"), "--out", str(out),
             "--image-size", "32", "--epochs", "60", "--groups", "folder", "--cnn", "none", "--device", "cpu"]

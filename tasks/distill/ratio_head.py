@@ -238,25 +238,8 @@ def run_distill(teacher_config: str | None, data: str, out: str, tokenizer: str,
     crop = crop or ("native" if target == "oracle" else "resize")
     group_of, split_from = _read_groups(root, groups)  # before the (slow) scoring: a bad file fails now
     teacher = ComplexityEvaluator.from_config(teacher_config) if target == "teacher" else None
-    files = list_images(root)
-    if max_images and len(files) > max_images:  # a seeded sample, the same for every run with this seed
-        files = sorted(random.Random(seed).sample(files, max_images))
-    files, bad = partition_readable(files)
-    for err in bad:
-        log.warning("skipping unreadable image %s", err)
-    if target == "oracle":
-        scored, mapper, teacher_name = _oracle_labels(files, root, tokenizer, out_dir, image_size, crop, tolerance_db,
-                                                      ocr_tolerance, dev)
-    else:
-        results = teacher.score_images(files, cache=default_score_cache(root), progress=True)
-        scored = [(Path(r.key), r.score) for r in results if r.score is not None]
-        teacher_name = teacher.name
-    if len(scored) < 4:
-        raise UserInputError(f"need at least 4 scored images to distil, found {len(scored)} under {root}")
-    files = [f for f, _ in scored]
-    scores = torch.tensor([s for _, s in scored], dtype=torch.float32)
-    if teacher is not None:
-        mapper = teacher.mapper_for(scores.tolist())  # the teacher's thresholds (calibrated if it has a budget)
+    files, scores, mapper, teacher_name = _labels(root, teacher, tokenizer, out_dir, image_size, crop, tolerance_db, ocr_tolerance,
+                                                  dev, max_images, seed)
     val = _grouped_split(files, root, val_fraction, group_of) if group_of else set(stratified_split(files, root, val_fraction))
     split = "random" if group_of is None else f"by source ({split_from})"
     log.info("held-out split: %s", split)
@@ -275,69 +258,104 @@ def run_distill(teacher_config: str | None, data: str, out: str, tokenizer: str,
     with torch.no_grad():
         pred = head.score(*[t[va].to(dev) for t in inputs]).cpu()
     agreement, confusion, rho = ratio_agreement(pred, scores[va], mapper)
-    by_folder = _agreement_by_folder(pred, scores[va], mapper, [files[i] for i in va], root)
     teacher_ref = str(Path(teacher_config).expanduser().resolve()) if teacher_config and target == "teacher" else None
     head.set_report({"teacher": teacher_ref, "teacher_name": teacher_name, "agreement": round(agreement, 4),
                      "held_out": len(va), "spearman": round(rho, 4), "split": split})
     vae.attach_ratio_head(head)
-
-    # Speed, one process, the same held-out images from decoded PIL images; the teacher without its cache.
     images = [load_rgb(files[i]) for i in va[:speed_images]]
     tf = image_transform(image_size, train=False, crop=crop)
-    x = torch.stack([tf(im) for im in images]).to(dev)
-    with torch.no_grad():
-        student_ips = items_per_second(lambda: vae.predict_scores(torch.stack([tf(im) for im in images]).to(dev)), len(images), warmup=True)
-        teacher_ips = (items_per_second(lambda: teacher.score_descriptions(teacher.describer.describe(images)), len(images),
-                                        warmup=True) if teacher is not None else float("nan"))  # the oracle needs every reconstruction
-        enc_s = 1.0 / items_per_second(lambda: vae.encode(x, min(vae.ratios)), len(images), warmup=True)
-        taps = vae.trunk(x)
-        head_s = 1.0 / items_per_second(lambda: head(taps), len(images), warmup=True)
-        head_gflops = flops(lambda: head([t[:1] for t in taps])) / 1e9
+    speed = _speeds(vae, head, teacher, images, tf, dev)
     out_dir.mkdir(parents=True, exist_ok=True)
     vae.save_pretrained(out_dir)  # the head is usable before the (slow) CNN comparison starts
     cnn_metrics = {}
     if cnn:
-        all_x = torch.stack([tf(load_rgb(f)) for f in files])  # (N, 3, S, S)
-        net = _train_cnn(cnn, all_x[tr], scores[tr], cnn_epochs, batch_size, lr, dev, loss)
-        with torch.no_grad():
-            cnn_pred = net(all_x[va].to(dev)).reshape(-1).cpu()
-            cnn_ips = items_per_second(lambda: net(torch.stack([tf(im) for im in images]).to(dev)), len(images), warmup=True)
-            cnn_gflops = flops(lambda: net(x[:1])) / 1e9
-        c_agree, c_conf, c_rho = ratio_agreement(cnn_pred, scores[va], mapper)
-        cnn_metrics = {"cnn": cnn, "cnn_ratio_agreement": round(c_agree, 4), "cnn_spearman": round(c_rho, 4),
-                       "cnn_confusion": c_conf.tolist(), "cnn_gflops_per_image": round(cnn_gflops, 4),
-                       "cnn_params": sum(p.numel() for p in net.parameters()), "cnn_images_per_s": round(cnn_ips, 2),
-                       "cnn_epochs": cnn_epochs}
-    metrics = {"teacher": teacher_name, "target": target, "crop": crop, "images": len(files), "train": len(tr), "held_out": len(va), "split": split,
-               "ratio_agreement": round(agreement, 4), "spearman": round(rho, 4),
+        cnn_metrics = _cnn_student(cnn, files, scores, tr, va, tf, images, mapper, cnn_epochs, batch_size, lr, dev, loss)
+    metrics = {"teacher": teacher_name, "target": target, "crop": crop, "images": len(files), "train": len(tr), "held_out": len(va),
+               "split": split, "ratio_agreement": round(agreement, 4), "spearman": round(rho, 4),
                "confusion_rows_teacher_cols_student": confusion.tolist(), "ratios": list(mapper.ratios),
-               "thresholds": list(mapper.thresholds), "student_images_per_s": round(student_ips, 2),
-               "teacher_images_per_s": round(teacher_ips, 2) if teacher is not None else None,
-               "speedup": round(student_ips / teacher_ips, 1) if teacher is not None else None,
-               "head_share_of_8x_encode": round(head_s / enc_s, 5), "head_params": sum(p.numel() for p in head.parameters()),
-               "head_gflops_per_image": round(head_gflops, 6), "image_size": image_size, "epochs": epochs, "loss": loss,
+               "thresholds": list(mapper.thresholds), **speed, "head_params": sum(p.numel() for p in head.parameters()),
+               "image_size": image_size, "epochs": epochs, "loss": loss,
                "stages": head.config["stages"], "row_stride": head.config["row_stride"],
-               "agreement_by_folder": by_folder, "speed_images": len(images),
-               "replaces_teacher_by_default": replaces_teacher(agreement, len(va)), **cnn_metrics}
+               "agreement_by_folder": _agreement_by_folder(pred, scores[va], mapper, [files[i] for i in va], root),
+               "speed_images": len(images), "replaces_teacher_by_default": replaces_teacher(agreement, len(va)), **cnn_metrics}
     (out_dir / "distill.json").write_text(json.dumps(metrics, indent=2))
-    lines = [f"# Distilled ratio head ({teacher_name} -> tokenizer trunk)", "",
-             f"{len(files)} images ({len(tr)} train / {len(va)} held out, split {split}) at {image_size}px; "
-             f"head {metrics['head_params']} params.",
-             "", f"- ratio agreement on held-out images: {100 * agreement:.1f}%",
-             f"- Spearman correlation of scores: {rho:+.3f}",
-             (f"- speed: student {student_ips:.1f} img/s vs teacher {teacher_ips:.2f} img/s ({metrics['speedup']}x), {dev}"
-              if teacher is not None else f"- speed: student {student_ips:.1f} img/s ({dev}); the oracle reconstructs every ratio"),
-             f"- the head alone costs {100 * head_s / enc_s:.3f}% of an 8x encode", "",
-             "Confusion (rows: teacher ratio, columns: student ratio; " + ", ".join(f"{r}x" for r in mapper.ratios) + "):", ""]
-    lines += ["    " + " ".join(f"{v:5d}" for v in row) for row in confusion.tolist()]
-    lines += ["", "Agreement per top-level folder: " + ", ".join(f"{g} {100 * a:.0f}% of {n}" for g, (a, n) in by_folder.items())]
-    lines += ["", f"`--evaluator auto:{out}` uses " + (
-        "this head (it meets" if metrics["replaces_teacher_by_default"] else "the teacher, not this head (it misses") +
-        f" the {100 * MIN_AGREEMENT:.0f}% agreement on {MIN_HELD_OUT}+ held-out images that makes it the default)."]
-    if cnn_metrics:
-        lines += ["", f"Standalone CNN student ({cnn}, random init, same labels): agreement {100 * cnn_metrics['cnn_ratio_agreement']:.1f}%, "
-                  f"Spearman {cnn_metrics['cnn_spearman']:+.3f}, {cnn_metrics['cnn_gflops_per_image']:.3f} GFLOPs/image and "
-                  f"{cnn_metrics['cnn_params']} params vs the head's {head_gflops:.6f} GFLOPs on free trunk features; "
-                  f"{cnn_metrics['cnn_images_per_s']:.1f} img/s."]
-    (out_dir / "distill.md").write_text("\n".join(lines) + "\n")
+    (out_dir / "distill.md").write_text(_report(metrics, out, str(dev)))
     return metrics
+
+
+def _labels(root: Path, teacher: ComplexityEvaluator | None, tokenizer: str, out_dir: Path, image_size: int, crop: str,
+            tolerance_db: float, ocr_tolerance: float, dev: torch.device, max_images: int | None, seed: int):
+    """``(files, scores (N,), mapper, teacher name)``: the teacher's scores, or the oracle's when ``teacher`` is None."""
+    files = list_images(root)
+    if max_images and len(files) > max_images:  # a seeded sample, the same for every run with this seed
+        files = sorted(random.Random(seed).sample(files, max_images))
+    files, bad = partition_readable(files)
+    for err in bad:
+        log.warning("skipping unreadable image %s", err)
+    if teacher is None:
+        scored, mapper, name = _oracle_labels(files, root, tokenizer, out_dir, image_size, crop, tolerance_db, ocr_tolerance, dev)
+    else:
+        results = teacher.score_images(files, cache=default_score_cache(root), progress=True)
+        scored, mapper, name = [(Path(r.key), r.score) for r in results if r.score is not None], None, teacher.name
+    if len(scored) < 4:
+        raise UserInputError(f"need at least 4 scored images to distil, found {len(scored)} under {root}")
+    scores = torch.tensor([s for _, s in scored], dtype=torch.float32)
+    if teacher is not None:
+        mapper = teacher.mapper_for(scores.tolist())  # the teacher's thresholds (calibrated if it has a budget)
+    return [f for f, _ in scored], scores, mapper, name
+
+
+@torch.no_grad()
+def _speeds(vae, head: RatioHead, teacher: ComplexityEvaluator | None, images: list, tf, dev: torch.device) -> dict:
+    """Student vs teacher images/s in one process on the same decoded images (the teacher without its
+    cache; the oracle has no speed: it reconstructs every ratio), and the head's share of an 8x encode."""
+    x = torch.stack([tf(im) for im in images]).to(dev)
+    student_ips = items_per_second(lambda: vae.predict_scores(torch.stack([tf(im) for im in images]).to(dev)), len(images), warmup=True)
+    teacher_ips = (items_per_second(lambda: teacher.score_descriptions(teacher.describer.describe(images)), len(images), warmup=True)
+                   if teacher is not None else None)
+    enc_s = 1.0 / items_per_second(lambda: vae.encode(x, min(vae.ratios)), len(images), warmup=True)
+    taps = vae.trunk(x)
+    head_s = 1.0 / items_per_second(lambda: head(taps), len(images), warmup=True)
+    return {"student_images_per_s": round(student_ips, 2), "teacher_images_per_s": None if teacher_ips is None else round(teacher_ips, 2),
+            "speedup": None if teacher_ips is None else round(student_ips / teacher_ips, 1),
+            "head_share_of_8x_encode": round(head_s / enc_s, 5), "head_gflops_per_image": round(flops(lambda: head([t[:1] for t in taps])) / 1e9, 6)}
+
+
+def _cnn_student(cnn: str, files: list[Path], scores: torch.Tensor, tr: list[int], va: list[int], tf, images: list, mapper,
+                 epochs: int, batch_size: int, lr: float, dev: torch.device, loss: str) -> dict:
+    """A standalone timm CNN (random init) trained on the same images and labels, measured like the head."""
+    all_x = torch.stack([tf(load_rgb(f)) for f in files])  # (N, 3, S, S)
+    net = _train_cnn(cnn, all_x[tr], scores[tr], epochs, batch_size, lr, dev, loss)
+    with torch.no_grad():
+        pred = net(all_x[va].to(dev)).reshape(-1).cpu()
+        ips = items_per_second(lambda: net(torch.stack([tf(im) for im in images]).to(dev)), len(images), warmup=True)
+        gflops = flops(lambda: net(all_x[:1].to(dev))) / 1e9
+    agree, conf, rho = ratio_agreement(pred, scores[va], mapper)
+    return {"cnn": cnn, "cnn_ratio_agreement": round(agree, 4), "cnn_spearman": round(rho, 4), "cnn_confusion": conf.tolist(),
+            "cnn_gflops_per_image": round(gflops, 4), "cnn_params": sum(p.numel() for p in net.parameters()),
+            "cnn_images_per_s": round(ips, 2), "cnn_epochs": epochs}
+
+
+def _report(m: dict, out: str, dev: str) -> str:
+    """``distill.md`` from the metrics."""
+    speed = (f"- speed: student {m['student_images_per_s']:.1f} img/s vs teacher {m['teacher_images_per_s']:.2f} img/s ({m['speedup']}x), {dev}"
+             if m["teacher_images_per_s"] is not None else
+             f"- speed: student {m['student_images_per_s']:.1f} img/s ({dev}); the oracle reconstructs every ratio")
+    lines = [f"# Distilled ratio head ({m['teacher']} -> tokenizer trunk)", "",
+             f"{m['images']} images ({m['train']} train / {m['held_out']} held out, split {m['split']}) at {m['image_size']}px; "
+             f"head {m['head_params']} params.",
+             "", f"- ratio agreement on held-out images: {100 * m['ratio_agreement']:.1f}%",
+             f"- Spearman correlation of scores: {m['spearman']:+.3f}", speed,
+             f"- the head alone costs {100 * m['head_share_of_8x_encode']:.3f}% of an 8x encode", "",
+             "Confusion (rows: teacher ratio, columns: student ratio; " + ", ".join(f"{r}x" for r in m["ratios"]) + "):", ""]
+    lines += ["    " + " ".join(f"{v:5d}" for v in row) for row in m["confusion_rows_teacher_cols_student"]]
+    lines += ["", "Agreement per top-level folder: " + ", ".join(f"{g} {100 * a:.0f}% of {n}" for g, (a, n) in m["agreement_by_folder"].items())]
+    lines += ["", f"`--evaluator auto:{out}` uses " + (
+        "this head (it meets" if m["replaces_teacher_by_default"] else "the teacher, not this head (it misses") +
+        f" the {100 * MIN_AGREEMENT:.0f}% agreement on {MIN_HELD_OUT}+ held-out images that makes it the default)."]
+    if "cnn" in m:
+        lines += ["", f"Standalone CNN student ({m['cnn']}, random init, same labels): agreement {100 * m['cnn_ratio_agreement']:.1f}%, "
+                  f"Spearman {m['cnn_spearman']:+.3f}, {m['cnn_gflops_per_image']:.3f} GFLOPs/image and "
+                  f"{m['cnn_params']} params vs the head's {m['head_gflops_per_image']:.6f} GFLOPs on free trunk features; "
+                  f"{m['cnn_images_per_s']:.1f} img/s."]
+    return "\n".join(lines) + "\n"
