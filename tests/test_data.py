@@ -155,8 +155,9 @@ def test_datamodule_skips_corrupt_files_and_counts(image_folder, caplog):
 def test_datamodule_missing_root_is_one_line(tmp_path):
     with pytest.raises(FileNotFoundError, match=f"image folder not found: {tmp_path / 'x'}$"):
         CATDataModule(root=str(tmp_path / "x"))
-    with pytest.raises(ValueError, match="ratio_assignment"):
-        CATDataModule(root=None, ratio_assignment="adaptive")
+    with pytest.raises(ValueError, match="ratio assignment must be"):
+        CATDataModule(root=None, ratio_assignment="random")
+    assert CATDataModule(root=None, ratio_assignment="adaptive").assignment.mode == "complexity"  # the DiT's spelling works too
 
 
 def test_collate_rejects_mixed_ratios():

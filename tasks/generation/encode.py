@@ -71,7 +71,7 @@ class LatentEncoder(L.LightningModule):
         self.mode = dm.assignment.cache_mode
         self.cache.claim(fingerprint_state(self.vae.state_dict()), dm.image_size, list(dm.classes), str(self.tokenizer_path), self.flip,
                          self.text_encoder)
-        if self.text_encoder and dm.predict_set.captions is None:
+        if self.text_encoder and dm.captions is None:
             raise UserInputError("model.text_encoder embeds captions: give them with --data.captions FILE")
         run = f"{self.mode.replace(':', '')}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
         self._index = self.cache.index_file(run, self.global_rank)
@@ -80,19 +80,15 @@ class LatentEncoder(L.LightningModule):
     def predict_step(self, batch: dict | None, batch_idx: int) -> None:
         if batch is None:  # every file of the batch was unreadable (each already warned)
             return None
-        dm = self.trainer.datamodule
         ratio = int(batch["ratio"])
         dtype = getattr(torch, self.dtype_name)
         z = self.vae.encode(batch["image"], ratio).mode().to(dtype).cpu()  # (B, C, S/r, S/r)
         z_flip = self.vae.encode(batch["image"].flip(-1), ratio).mode().to(dtype).cpu() if self.flip else None
         size = tuple(batch["image"].shape[-2:])  # the encoded crop's (H, W)
-        root, files, indices = dm.data_root(), dm.predict_set.files, batch["index"].tolist()
-        all_caps = dm.predict_set.captions
-        captions = [list(all_caps[i]) for i in indices] if all_caps is not None else None  # every caption of each image
+        captions = batch.get("captions")  # every caption of each image, when the data has captions
         text_embs = self._embed(captions) if self.text_encoder else None  # one encoder pass for the whole batch
         entries = []
-        for k, i in enumerate(indices):
-            key = files[i].relative_to(root).as_posix()
+        for k, key in enumerate(batch["key"]):  # the image's path under the data root
             rel = self.cache.latent_file(key, ratio)
             extra = {"latent_flip": z_flip[k]} if self.flip else {}
             if text_embs is not None:

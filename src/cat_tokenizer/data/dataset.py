@@ -19,7 +19,7 @@ __all__ = ["ImageFileDataset", "collate_skipping", "kind_of", "stratified_split"
 
 
 class ImageFileDataset(Dataset):
-    """Images from a list of files; items are dicts ``{image, ratio, index[, label][, caption]}``.
+    """Images from a list of files; items are dicts ``{image, ratio, index[, key][, label][, caption[, captions]]}``.
 
     Indexed by ``(index, ratio)`` pairs from ``BucketBatchSampler`` (or a plain index: ratio 0).
     A file that fails to decode returns ``None`` with one warning; ``collate_skipping`` drops it.
@@ -31,11 +31,14 @@ class ImageFileDataset(Dataset):
         captions: one list of captions per file, or None; training draws one at random, evaluation takes the first.
         ratios: one assigned ratio per file (content-adaptive modes), or None.
         train: draw random captions.
+        root: the folder the files are under; items then carry ``key``, the file's path relative to it
+            (what the latent cache and score tables are keyed by), and evaluation items all their ``captions``.
     """
 
     def __init__(self, files: Sequence[Path], transform: v2.Compose, labels: Sequence[int] | None = None,
-                 captions: Sequence[list[str]] | None = None, ratios: np.ndarray | None = None, train: bool = False):
-        self.files, self.transform, self.train = list(files), transform, train
+                 captions: Sequence[list[str]] | None = None, ratios: np.ndarray | None = None, train: bool = False,
+                 root: Path | None = None):
+        self.files, self.transform, self.train, self.root = list(files), transform, train, root
         self.labels, self.captions, self.ratios = labels, captions, ratios
 
     def __len__(self) -> int:
@@ -49,11 +52,15 @@ class ImageFileDataset(Dataset):
             warnings.warn(f"skipping unreadable image {err}", stacklevel=1)
             return None
         item = {"image": self.transform(img), "ratio": ratio, "index": index}
+        if self.root is not None:
+            item["key"] = self.files[index].relative_to(self.root).as_posix()
         if self.labels is not None:
             item["label"] = self.labels[index]
         if self.captions is not None:
             caps = self.captions[index] or [""]
             item["caption"] = random.choice(caps) if self.train else caps[0]
+            if not self.train and self.root is not None:
+                item["captions"] = list(self.captions[index])
         return item
 
 

@@ -202,7 +202,7 @@ class CATDataModule(L.LightningDataModule):
                 image_transform(self.image_size, train, self.hflip and train, self.crop, self.max_downscale),
                 labels=None if labels is None else [labels[i] for i in idx],
                 captions=None if captions is None else [captions[i] for i in idx],
-                ratios=None if item_ratios is None else item_ratios[idx], train=train,
+                ratios=None if item_ratios is None else item_ratios[idx], train=train, root=root,
             )
 
         self.train_set, self.val_set = subset(train_idx, True), subset(val_idx, False)
