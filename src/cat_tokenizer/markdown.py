@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-__all__ = ["md_header", "md_row", "md_table"]
+__all__ = ["md_header", "md_row", "md_table", "md_records"]
 
 
 def md_header(*columns: str) -> list[str]:
@@ -22,3 +22,9 @@ def md_table(columns: Iterable[str], rows: Iterable[Iterable[object]]) -> list[s
     columns = list(columns)
     return [*md_header(*columns), *(md_row(*r) for r in rows)]
 
+
+
+def md_records(records: Iterable[dict], columns: list[str], float_format: str = "{:.2f}", formats: dict[str, str] | None = None) -> list[str]:
+    """A table of dict records: ``columns`` picked from each, floats as ``formats[column]`` or ``float_format``."""
+    return md_table(columns, ([(formats or {}).get(c, float_format).format(r[c]) if isinstance(r[c], float) else r[c] for c in columns]
+                              for r in records))

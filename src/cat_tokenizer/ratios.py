@@ -90,11 +90,6 @@ class RatioAssignment:
         return spec
 
     @property
-    def per_image(self) -> bool:
-        """Each image has its own ratio (complexity, csv)."""
-        return self.mode in ("complexity", "csv")
-
-    @property
     def cache_mode(self) -> str:
         """The latent cache's name for latents made under this assignment: ``fixed:<r>`` or ``adaptive``."""
         return f"fixed:{self.ratio}" if self.mode == "fixed" else "adaptive"

@@ -280,7 +280,7 @@ def run_evaluate_kinds(data: str, evaluators: Sequence[str], high: Sequence[str]
              *md_header("evaluator", "img/s", "AUC high > middle", "AUC high > low", "AUC middle > low", "mean tokens (256 px)",
                         *(f"{k} 8/16/32x" for k in sorted(set(kinds))))]
     for spec in evaluators:
-        ev = ComplexityEvaluator.from_config(None if spec == "default" else spec)
+        ev = ComplexityEvaluator.from_config(spec)
         t0 = time.perf_counter()
         res = ev.score_images(files, cache=cache or default_score_cache(root), progress=progress)
         fresh = sum(not r.cached for r in res)

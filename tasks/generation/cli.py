@@ -15,7 +15,7 @@ from cat_tasks.generation.module import load_dit
 from cat_tasks.generation.sample import check_device_fits, generate_to_folder, plan_samples, write_sample_report
 from cat_tokenizer.devices import resolve_device
 from cat_tokenizer.errors import UserInputError
-from cat_tokenizer.markdown import md_header, md_row
+from cat_tokenizer.markdown import md_records
 
 __all__ = ["COMMANDS", "SamplingOptions"]
 
@@ -149,9 +149,7 @@ def bench_gen_cmd(*, preset: str = "tiny", image_size: int = 256, batch: int = 1
         print(f"\nDiT-{preset} training throughput, {image_size}px, batch {batch}, {images} images, {device}, "
               f"best of {repeats} interleaved rounds, precision {precision}; CAT mix '{spec}': "
               + ", ".join(f"{r}x {100 * s:.0f}%" for r, s in sorted(shares.items())))
-        print("\n".join(md_header(*cols)))
-        for row in rows:
-            print(md_row(*(f"{row[c]:.3f}" if isinstance(row[c], float) else row[c] for c in cols)))
+        print("\n".join(md_records(rows, cols, float_format="{:.3f}")))
     return 0
 
 

@@ -26,7 +26,7 @@ from cat_tokenizer.data.images import list_images
 from cat_tokenizer.data.variety import RECIPES, build_variety_set
 from cat_tokenizer.errors import UserInputError
 from cat_tokenizer.io import load_vae
-from cat_tokenizer.markdown import md_header, md_row
+from cat_tokenizer.markdown import md_header, md_records, md_row
 
 __all__ = ["COMMANDS"]
 
@@ -45,10 +45,7 @@ def _numbers(text: str | None, flag: str, kind: type = int) -> list | None:
 
 
 def _print_table(rows: list[dict], cols: list[str], formats: dict[str, str] | None = None) -> None:
-    """A markdown table of ``rows``; floats as ``formats[col]`` (default two decimals)."""
-    print("\n".join(md_header(*cols)))
-    for row in rows:
-        print(md_row(*((formats or {}).get(c, "{:.2f}").format(row[c]) if isinstance(row[c], float) else row[c] for c in cols)))
+    print("\n".join(md_records(rows, cols, formats=formats)))
 
 
 def encode(images: list[str], *, ratio: Literal["8", "16", "32", "auto"], ckpt: str, out: str, sample: bool = False,

@@ -70,9 +70,9 @@ class ScoreResult:
 
 DEFAULT_THRESHOLDS = (4.0, 7.0)
 
-# The short evaluator spellings of the command line and configs, each as the init args it stands for.
+# The short evaluator spellings "<name>:<folder>" of the command line and configs, each as the init args it
+# stands for ("rubric", the hand rubric, is the empty init args).
 SHORTHANDS = {
-    "rubric": lambda: {},
     "distilled": lambda folder: {"describer": {"class_path": "cat_tokenizer.complexity.distilled.DistilledDescriber",
                                                "init_args": {"path": folder}}},
     "distilled-text": lambda folder: {"scorer": {"class_path": "cat_tokenizer.complexity.text_student.TextStudentScorer",
@@ -150,9 +150,11 @@ class ComplexityEvaluator(nn.Module):
             config = default_config_path()
         elif isinstance(config, str) and config.startswith("auto:"):
             return cls.student_or_teacher(config[len("auto:") :], image_size=image_size)
-        elif isinstance(config, str) and (config in SHORTHANDS or config.partition(":")[0] in SHORTHANDS):
-            name, _, arg = config.partition(":")
-            config = SHORTHANDS[name](arg) if arg else SHORTHANDS[name]()
+        elif config == "rubric":
+            config = {}
+        elif isinstance(config, str) and config.partition(":")[0] in SHORTHANDS and config.partition(":")[2]:
+            name, _, folder = config.partition(":")
+            config = SHORTHANDS[name](folder)
         if isinstance(config, (str, Path)):
             path = Path(config).expanduser()
             if not path.is_file():

@@ -28,11 +28,12 @@ class ImageFileDataset(Dataset):
         files: image paths.
         transform: PIL image -> (3, S, S) tensor in [-1, 1].
         labels: one class index per file, or None.
-        captions: one list of captions per file, or None; training draws one at random, evaluation takes the first.
+        captions: one list of captions per file, or None; training draws one at random, evaluation takes the first
+            (and gets them all as ``captions``).
         ratios: one assigned ratio per file (content-adaptive modes), or None.
         train: draw random captions.
         root: the folder the files are under; items then carry ``key``, the file's path relative to it
-            (what the latent cache and score tables are keyed by), and evaluation items all their ``captions``.
+            (what the latent cache and score tables are keyed by).
     """
 
     def __init__(self, files: Sequence[Path], transform: v2.Compose, labels: Sequence[int] | None = None,
@@ -59,7 +60,7 @@ class ImageFileDataset(Dataset):
         if self.captions is not None:
             caps = self.captions[index] or [""]
             item["caption"] = random.choice(caps) if self.train else caps[0]
-            if not self.train and self.root is not None:
+            if not self.train:  # evaluation and encoding see every caption (the latent cache embeds them all)
                 item["captions"] = list(self.captions[index])
         return item
 

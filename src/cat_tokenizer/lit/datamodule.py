@@ -103,7 +103,6 @@ class CATDataModule(L.LightningDataModule):
         super().__init__()
         self.ratios = tuple(check_ratio(r, DEFAULT_RATIOS) for r in ratios)
         self.assignment = RatioAssignment.parse(ratio_assignment, self.ratios)
-        self.fixed_ratio = self.assignment.ratio
         if root is not None and not Path(root).expanduser().is_dir():
             raise InputNotFound(f"--data.root: image folder not found: {root}")
         if crop not in ("resize", "native"):
@@ -127,6 +126,11 @@ class CATDataModule(L.LightningDataModule):
         self.val_set: ImageFileDataset | None = None
         self.predict_set: ImageFileDataset | None = None
         self.skipped: list[UnreadableImage] = []
+
+    @property
+    def fixed_ratio(self) -> int | None:
+        """The one ratio of a ``fixed:<r>`` assignment (None otherwise)."""
+        return self.assignment.ratio
 
     @property
     def evaluator(self) -> ComplexityEvaluator:
