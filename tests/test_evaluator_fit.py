@@ -10,7 +10,7 @@ import pytest
 import yaml
 from PIL import Image, ImageDraw, ImageFont
 
-from cat_tasks.complexity.fit import cross_validate, evaluate_scores
+from cat_tasks.complexity.fit import cross_validate, evaluate_scores, per_source
 from cat_tokenizer.complexity import ComplexityEvaluator, FittedScorer, RubricScorer
 from cat_tokenizer.complexity.base import Description
 from cat_tokenizer.complexity.fitted import fit_facts
@@ -75,6 +75,23 @@ def test_a_flat_disc_has_neither():
     assert f["bg_share"] > 0.5
 
 
+def test_faint_grid_lines_of_a_facet_panel_are_faint_lines_not_lines():
+    img = Image.new("RGB", (400, 300), "white")
+    draw = ImageDraw.Draw(img)
+    draw.rectangle([20, 20, 139, 279], fill=(235, 235, 235))  # one facet panel, 30% of the width
+    for y in (60, 120, 180, 240):
+        draw.line([20, y, 139, y], fill=(245, 245, 245))  # a light grid line: +0.04 over the panel
+    f = layout_facts(img)
+    assert f["h_faint_lines"] >= 4 and f["h_lines"] == 0
+
+
+def test_texture_facts_tell_flat_fills_photos_and_axis_aligned_edges_apart():
+    chart, disc, photo = layout_facts(_chart()), layout_facts(_disc()), layout_facts(_photo())
+    assert disc["flat_share"] > 0.9 and disc["soft_gradients"] < 0.01 and chart["flat_share"] > 0.7
+    assert photo["soft_gradients"] > 0.5 and photo["flat_share"] < 0.3
+    assert chart["axis_edges"] > 0.5 > disc["axis_edges"]  # axes and ticks vs a circle's every-way edge
+
+
 def _toy(n: int, seed: int) -> tuple[list[dict], np.ndarray, list[str]]:
     """Charts and text lines (8x), noise photos (16x), discs (32x), as probe facts."""
     makers = [("charts", 2, _chart), ("text", 2, lambda s: _text_line(9 + s % 4)), ("natural", 1, _photo), ("flat", 0, _disc)]
@@ -102,6 +119,28 @@ def test_fitted_scorer_beats_the_hand_rubric_on_held_out_toys():
     assert m_fit["shares"]["flat"][32] >= 0.8 and m_fit["shares"]["text"][8] >= 0.8
     cv = cross_validate(facts, y, kinds)  # holding out a whole kind at a time still scores every image
     assert not np.isnan(cv[np.isin(kinds, ["text", "charts", "natural"])]).any()
+
+
+def test_per_source_shares_and_the_share_at_the_label():
+    rows = per_source(np.array([8.0, 7.5, 5.0, 2.0, np.nan]), np.array([2, 2, 1, 1, 1]), ["a", "a", "b", "b", "b"],
+                      ["text", "text", "natural", "natural", "natural"])
+    assert [(r["source"], r["kind"], r["images"]) for r in rows] == [("a", "text", 2), ("b", "natural", 2)]
+    assert rows[0]["8x"] == 1.0 and rows[0]["at_label"] == 1.0
+    assert rows[1]["16x"] == rows[1]["32x"] == rows[1]["at_label"] == 0.5  # the unscored image is not counted
+
+
+def test_reencode_copies_the_tree_as_jpeg_and_skips_unreadable_files(tmp_path, capsys):
+    from cat_tokenizer.cli import tools
+
+    (tmp_path / "src" / "flat" / "icons").mkdir(parents=True)
+    _disc().save(tmp_path / "src" / "flat" / "icons" / "a.png")
+    (tmp_path / "src" / "flat" / "icons" / "broken.png").write_bytes(b"not an image")
+    assert tools.main(["reencode", str(tmp_path / "src"), str(tmp_path / "copy"), "--scale", "0.5", "-q"]) == 0
+    out = Image.open(tmp_path / "copy" / "flat" / "icons" / "a.jpg")
+    assert out.format == "JPEG" and out.size == (100, 100)
+    assert "wrote 1 JPEG images" in capsys.readouterr().out and not (tmp_path / "copy" / "flat" / "icons" / "broken.jpg").exists()
+    assert tools.main(["reencode", str(tmp_path / "src"), str(tmp_path / "src" / "copy")]) == 2
+    assert "outside the source folder" in capsys.readouterr().err
 
 
 def test_fitted_config_round_trips_and_keys_the_cache(tmp_path):

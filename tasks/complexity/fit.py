@@ -38,9 +38,9 @@ from cat_tokenizer.complexity.fitted import DEFAULT_FEATURES, fit_facts
 from cat_tokenizer.complexity.probe import probe_facts
 from cat_tokenizer.data.images import UnreadableImage, list_images, load_rgb
 from cat_tokenizer.errors import InputNotFound, UserInputError
-from cat_tokenizer.markdown import md_header
+from cat_tokenizer.markdown import md_header, md_records
 
-__all__ = ["collect_facts", "cross_validate", "evaluate_scores", "run_fit_rubric", "REAL_V1_KINDS"]
+__all__ = ["collect_facts", "cross_validate", "evaluate_scores", "per_source", "run_fit_rubric", "REAL_V1_KINDS"]
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +182,22 @@ def evaluate_scores(scores: np.ndarray, kinds: list[str], thresholds: Sequence[f
             "mean_tokens_256px": float(tokens.mean()) if len(tokens) else float("nan")}
 
 
+def per_source(scores: np.ndarray, labels: np.ndarray, groups: Sequence[str], kinds: Sequence[str],
+               thresholds: Sequence[float] = (4.0, 7.0)) -> list[dict]:
+    """Per source: its kind, images, shares at 8x / 16x / 32x and the share at the ratio its label asks for."""
+    ratios = RatioMapper(thresholds)(np.nan_to_num(scores, nan=-1.0))
+    want = np.array([{2: 8, 1: 16, 0: 32}[int(c)] for c in labels])
+    g, ok = np.asarray(groups), ~np.isnan(scores)
+    rows = []
+    for src in sorted(set(groups)):
+        m = (g == src) & ok
+        if m.any():
+            rows.append({"source": src, "kind": kinds[int(np.flatnonzero(g == src)[0])], "images": int(m.sum()),
+                         **{f"{r}x": float((ratios[m] == r).mean()) for r in (8, 16, 32)},
+                         "at_label": float((ratios[m] == want[m]).mean())})
+    return rows
+
+
 def _score_table(name: str, m: dict) -> list[str]:
     lines = [f"**{name}** ({m['images']} images): AUC text+charts > natural {m['auc_high_vs_natural']:.3f}, "
              f"text+charts > flat {m['auc_high_vs_flat']:.3f}, natural > flat {m['auc_natural_vs_flat']:.3f}; "
@@ -194,7 +210,7 @@ def _score_table(name: str, m: dict) -> list[str]:
 
 def run_fit_rubric(data: str, out: str, eval_dir: str | None = None, target: str = "kinds",
                    kind_map: dict[str, int] | None = None, ratio_column: str = "ratio", ocr: bool = False,
-                   faces: bool = True, c: float = 1.0, face_points: float = 2.5, max_files: int | None = None,
+                   faces: bool = True, c: float = 1.0, face_points: float = 1.5, max_files: int | None = None,
                    seed: int = 0, progress: bool = True) -> dict:
     """Fit on ``data``, cross-validate by source, evaluate on ``eval_dir``; write ``out`` (YAML) and
     ``out`` with .md / .json beside it. Returns the report dict."""
@@ -220,7 +236,8 @@ def run_fit_rubric(data: str, out: str, eval_dir: str | None = None, target: str
     cv_scores = cross_validate(facts, y, groups, **fit_kw)
     report = {"data": str(root), "images": len(files), "target": target, "kind_map": kind_map if target == "kinds" else None,
               "sources": sorted(set(groups)), "probe": _probe_settings(probe), "c": c, "face_points": face_points,
-              "cv": evaluate_scores(cv_scores, kinds), "fitted": time.strftime("%Y-%m-%d")}
+              "cv": evaluate_scores(cv_scores, kinds), "cv_sources": per_source(cv_scores, y, groups, kinds),
+              "fitted": time.strftime("%Y-%m-%d")}
     model = fit_facts(facts, y, c=c, face_points=face_points)
     if eval_dir:
         ev_root = Path(eval_dir).expanduser()
@@ -247,8 +264,11 @@ def run_fit_rubric(data: str, out: str, eval_dir: str | None = None, target: str
     lines = [f"# Fitted complexity scorer: {out_path.name}", "",
              f"Fitted on {len(files)} images of {root} (target {target}; probe: {_probe_settings(probe)}), "
              f"{len(set(groups))} sources; class-balanced multinomial logistic regression (C={c}) over "
-             f"{len(DEFAULT_FEATURES)} probe facts; faces add {face_points} points. {report['seconds']} s.", "",
-             "## Leave-one-source-out cross-validation (pooled out-of-fold scores)", "", *_score_table("CV", report["cv"])]
+             f"{len(DEFAULT_FEATURES)} probe facts; faces add {face_points} points. {report['seconds']} s "
+             f"(probe facts already in {out_path.with_suffix('.facts.csv').name} are not recomputed).", "",
+             "## Leave-one-source-out cross-validation (pooled out-of-fold scores)", "", *_score_table("CV", report["cv"]),
+             "Each source scored by the model fitted without it (at label: the share at the ratio its label asks for):", "",
+             *md_records(report["cv_sources"], ["source", "kind", "images", "8x", "16x", "32x", "at_label"], "{:.0%}"), ""]
     if "eval" in report:
         lines += [f"## Held-out folder {report['eval']['data']} (model fitted on all of the data)", "",
                   *_score_table("eval", report["eval"])]

@@ -12,6 +12,7 @@ import torch
 from cat_tasks.classification.benchmark import run_benchmark
 from cat_tasks.complexity.bench import bench_default_and_cache, bench_scorers, spread
 from cat_tasks.complexity.fit import RATIO_CLASS, run_evaluate_kinds, run_fit_rubric
+from cat_tasks.complexity.reencode import reencode_folder
 from cat_tasks.complexity.score import run_score
 from cat_tasks.distill import run_distill, run_distill_text
 from cat_tasks.reconstruction import evaluate_reconstruction
@@ -375,7 +376,7 @@ def rd(dir: str, *, ckpt: str = "cat-small", out: str = "outputs/rd", evaluator:
 
 def fit_rubric(data: str, *, out: str, eval: str | None = None, target: str = "kinds", kind_map: str | None = None,
                ratio_column: str = "ratio", ocr: bool = False, no_faces: bool = False, c: float = 1.0,
-               face_points: float = 2.5, max_files: int | None = None, quiet: bool = False) -> int:
+               face_points: float = 1.5, max_files: int | None = None, quiet: bool = False) -> int:
     """fit the evaluator's scorer to labelled folders; source-held-out CV figures
 
     Args:
@@ -388,7 +389,7 @@ def fit_rubric(data: str, *, out: str, eval: str | None = None, target: str = "k
         ocr: add Tesseract facts (slow: about 5 img/s here)
         no_faces: no face detection
         c: inverse L2 strength of the logistic regression
-        face_points: score points a detected face adds
+        face_points: score points a detected face adds (1.5 lifts a typical photo, 5.5, to the 8x threshold 7)
         max_files: fit on a seeded sample of this many files
         quiet: no progress bar
     """
@@ -423,6 +424,21 @@ def evaluate_kinds(data: str, *, evaluator: list[str] | None = None, high: str =
     kinds = lambda t: [x for x in t.split(",") if x]  # noqa: E731
     print(run_evaluate_kinds(data, evaluator or ["default"], kinds(high), kinds(mid), kinds(low), cache, not quiet))
     return 0
+
+
+def reencode(src: str, dst: str, *, quality: int = 75, scale: float = 1.0, quiet: bool = False) -> int:
+    """copy a folder's images as JPEG (same KIND/SOURCE tree): does an evaluator read the file format?
+
+    Args:
+        src: folder of images (e.g. real-v1 dev/)
+        dst: the copy (outside src); then: cat-tokenizer evaluate-kinds DST
+        quality: JPEG quality, 1..95
+        scale: resize factor (Lanczos), e.g. 0.5
+        quiet: no progress bar
+    """
+    written, skipped = reencode_folder(src, dst, quality, scale, progress=not quiet)
+    print(f"wrote {written} JPEG images (quality {quality}, scale {scale}) to {dst}; {skipped} unreadable skipped")
+    return 0 if written else 1
 
 
 def export(*, ckpt: str, out: str, fp16: bool = False) -> int:
@@ -462,4 +478,4 @@ def demo(*, data: str | None = None, ckpt: str = "cat-small", out: str = "output
 COMMANDS = {"encode": encode, "decode": decode, "bench": bench, "bench-train": bench_train_cmd, "bench-head": bench_head,
             "score": score, "bench-score": bench_score, "classify": classify, "eval-recon": eval_recon, "distill": distill,
             "variety": variety, "distill-text": distill_text, "analyse": analyse, "rd": rd, "fit-rubric": fit_rubric,
-            "evaluate-kinds": evaluate_kinds, "export": export, "demo": demo}
+            "evaluate-kinds": evaluate_kinds, "reencode": reencode, "export": export, "demo": demo}

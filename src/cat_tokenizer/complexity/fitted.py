@@ -4,7 +4,9 @@ Three classes (0: simple -> 32x, 1: middle -> 16x, 2: detailed -> 8x). The score
 class score under the model, ``sum_k p_k * class_scores[k]`` with class scores (2.5, 5.5, 8.5), so the
 usual thresholds (4, 7) send an image where its most probable class is, and ``--budget`` can move them.
 A face adds ``face_points`` (the paper's perceptual question: faces need detail, which folder labels
-cannot teach). Prompts (text only) are scored by the rule rubric's keywords.
+cannot teach); the fit's default, 1.5, is what lifts a typical photo (5.5, the middle class) to the
+8x threshold 7, and no more, so a face decides the ratio without ranking the photo above every page.
+Prompts (text only) are scored by the rule rubric's keywords.
 
 ``fit_facts`` fits one from a table of facts and labels; ``cat-tokenizer fit-rubric`` writes it as a
 normal evaluator config (class_path / init_args), with its provenance and cross-validation figures.
@@ -26,7 +28,8 @@ __all__ = ["FittedScorer", "fit_facts", "transform_facts", "DEFAULT_FEATURES"]
 DEFAULT_FEATURES = {
     "edge_density": "id", "entropy": "id", "colours": "log1p", "jpeg_bpp": "id",
     "bg_share": "id", "sat_share": "id", "h_lines": "log1p", "v_lines": "log1p", "glyphs": "log1p",
-    "glyph_rows": "id", "ink_share": "id",
+    "glyph_rows": "id", "ink_share": "id", "h_faint_lines": "log1p", "v_faint_lines": "log1p", "flat_share": "id",
+    "soft_gradients": "id", "axis_edges": "id",
 }
 
 
@@ -114,7 +117,7 @@ class FittedScorer(Scorer):
 
 
 def fit_facts(facts: Sequence[dict], labels: Sequence[int], features: dict[str, str] | None = None, c: float = 1.0,
-              face_points: float = 2.5, provenance: dict | None = None) -> FittedScorer:
+              face_points: float = 1.5, provenance: dict | None = None) -> FittedScorer:
     """Fit a ``FittedScorer`` (class-balanced multinomial logistic regression, L2 strength ``1/c``)."""
     from sklearn.linear_model import LogisticRegression
 

@@ -14,8 +14,18 @@ at ``side`` pixels:
   area) per 10,000 pixels; ``glyph_rows``: the share of them that sit on a shared baseline with two
   others close beside them (text lines; scattered dots and texture do not line up).
 * ``ink_share``: share of pixels that differ from the background by more than 0.2.
+* ``h_faint_lines`` / ``v_faint_lines``: as ``h_lines`` / ``v_lines`` with half the contrast (0.02) over 25% of
+  the side: light grids on grey panels, the axes of facet panels that each span a fraction of the image.
+* ``flat_share``: share of pixels whose 3x3 neighbourhood spans under 0.02 in grey: flat fills (pages,
+  charts, icons, UI); photos have noise and shading almost everywhere.
+* ``soft_gradients``: share of pixels on a gentle slope (Sobel gradient 0.004-0.04 per pixel): shading and
+  texture of photos; rendered graphics are flat or step sharply.
+* ``axis_edges``: share of the strong edges' gradient magnitude (over 0.05 per pixel) pointing within 10
+  degrees of horizontal or vertical: text strokes, axes, bars, tables and UI boxes; photos' edges run
+  every way, icons' curves too.
 
-Ink = pixels whose grey level differs from the background level by more than 0.2.
+Ink = pixels whose grey level differs from the background level by more than 0.2. The view keeps small
+images at their own size (never upscaled), so flat fills stay flat.
 """
 
 from __future__ import annotations
@@ -26,9 +36,10 @@ from scipy import ndimage
 
 __all__ = ["layout_facts", "LAYOUT_FACTS", "LAYOUT_VERSION"]
 
-LAYOUT_VERSION = 2  # part of the probe's fingerprint: changing a fact's definition rescores
+LAYOUT_VERSION = 3  # part of the probe's fingerprint: changing a fact's definition rescores (3: five facts added)
 
-LAYOUT_FACTS = ("bg_share", "sat_share", "h_lines", "v_lines", "glyphs", "glyph_rows", "ink_share")
+LAYOUT_FACTS = ("bg_share", "sat_share", "h_lines", "v_lines", "glyphs", "glyph_rows", "ink_share",
+                "h_faint_lines", "v_faint_lines", "flat_share", "soft_gradients", "axis_edges")
 
 
 def _longest_run(mask: np.ndarray) -> np.ndarray:
@@ -92,4 +103,21 @@ def layout_facts(img: Image.Image, side: int = 384) -> dict[str, float]:
                 aligned += int(near.sum() - 1 >= 2)
             glyph_rows = aligned / k
     return {"bg_share": bg_share, "sat_share": sat_share, "h_lines": h_lines, "v_lines": v_lines,
-            "glyphs": float(glyphs), "glyph_rows": float(glyph_rows), "ink_share": float(ink.mean())}
+            "glyphs": float(glyphs), "glyph_rows": float(glyph_rows), "ink_share": float(ink.mean()),
+            "h_faint_lines": float((_longest_run(_thin(grey, 0, 0.02)) >= 0.25 * w).sum()),
+            "v_faint_lines": float((_longest_run(_thin(grey, 1, 0.02).T) >= 0.25 * h).sum()),
+            **_texture_facts(grey)}
+
+
+def _texture_facts(grey: np.ndarray) -> dict[str, float]:
+    """``flat_share``, ``soft_gradients`` and ``axis_edges`` of a (H, W) grey image in [0, 1]."""
+    span = ndimage.maximum_filter(grey, 3) - ndimage.minimum_filter(grey, 3)
+    gy, gx = ndimage.sobel(grey, 0) / 8, ndimage.sobel(grey, 1) / 8  # grey levels per pixel
+    mag = np.hypot(gx, gy)
+    strong = mag > 0.05
+    angle = np.abs(np.arctan2(gy, gx)) % (np.pi / 2)
+    off_axis = np.minimum(angle, np.pi / 2 - angle)  # 0 = horizontal or vertical
+    total = float(mag[strong].sum())
+    axis = float(mag[strong & (off_axis < np.deg2rad(10))].sum()) / total if total > 0 else 0.0
+    return {"flat_share": float((span < 0.02).mean()), "soft_gradients": float(((mag > 0.004) & (mag < 0.04)).mean()),
+            "axis_edges": axis}

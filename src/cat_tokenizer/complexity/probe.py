@@ -170,6 +170,9 @@ def _facts_text(f: dict[str, float]) -> str:
                      f"({f['glyphs']:.1f} glyph-sized marks per 10k pixels, {100 * f['glyph_rows']:.0f}% in rows); "
                      f"{f['h_lines']:.0f} horizontal and {f['v_lines']:.0f} vertical thin lines (axes, grids, rules); "
                      f"{100 * f['sat_share']:.0f}% saturated colour.")
+    if "flat_share" in f:
+        parts.append(f"Texture: {100 * f['flat_share']:.0f}% flat fill, {100 * f['soft_gradients']:.0f}% soft shading "
+                     f"(photo-like); {100 * f['axis_edges']:.0f}% of strong edges horizontal or vertical.")
     if "text_words" in f:
         if f["text_words"] > 0:
             parts.append(f"Text: yes, {f['text_words']:.0f} legible words covering {100 * f['text_area']:.0f}% of the image "
