@@ -10,7 +10,7 @@ import pytest
 import yaml
 from PIL import Image, ImageDraw, ImageFont
 
-from cat_tasks.complexity.fit import cross_validate, evaluate_scores, per_source
+from cat_tasks.complexity.fit import cross_validate, evaluate_scores, label_agreement, per_source
 from cat_tokenizer.complexity import ComplexityEvaluator, FittedScorer, RubricScorer
 from cat_tokenizer.complexity.base import Description
 from cat_tokenizer.complexity.fitted import fit_facts
@@ -127,6 +127,11 @@ def test_per_source_shares_and_the_share_at_the_label():
     assert [(r["source"], r["kind"], r["images"]) for r in rows] == [("a", "text", 2), ("b", "natural", 2)]
     assert rows[0]["8x"] == 1.0 and rows[0]["at_label"] == 1.0
     assert rows[1]["16x"] == rows[1]["32x"] == rows[1]["at_label"] == 0.5  # the unscored image is not counted
+
+
+def test_label_agreement_against_the_majority_label():
+    m = label_agreement(np.array([8.0, 8.0, 5.0, 2.0, 5.0]), np.array([2, 2, 1, 0, 2]))
+    assert m["agreement"] == 0.8 and m["majority"] == 0.6 and m["spearman"] > 0.8
 
 
 def test_reencode_copies_the_tree_as_jpeg_and_skips_unreadable_files(tmp_path, capsys):

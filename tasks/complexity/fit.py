@@ -40,7 +40,7 @@ from cat_tokenizer.data.images import UnreadableImage, list_images, load_rgb
 from cat_tokenizer.errors import InputNotFound, UserInputError
 from cat_tokenizer.markdown import md_header, md_records
 
-__all__ = ["collect_facts", "cross_validate", "evaluate_scores", "per_source", "run_fit_rubric", "REAL_V1_KINDS"]
+__all__ = ["collect_facts", "cross_validate", "evaluate_scores", "label_agreement", "per_source", "run_fit_rubric", "REAL_V1_KINDS"]
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +182,20 @@ def evaluate_scores(scores: np.ndarray, kinds: list[str], thresholds: Sequence[f
             "mean_tokens_256px": float(tokens.mean()) if len(tokens) else float("nan")}
 
 
+def label_agreement(scores: np.ndarray, labels: np.ndarray, thresholds: Sequence[float] = (4.0, 7.0)) -> dict:
+    """How well scores match class labels (2: 8x, 1: 16x, 0: 32x): the share mapped to the label's ratio, the
+    share the most common label alone would get, and Spearman's rho between score and label."""
+    from scipy.stats import spearmanr
+
+    ok = ~np.isnan(scores)
+    s, y = scores[ok], labels[ok]
+    ratios = RatioMapper(thresholds)(s)
+    want = np.array([{2: 8, 1: 16, 0: 32}[int(c)] for c in y])
+    rho = spearmanr(s, y).statistic if len(set(y.tolist())) > 1 else float("nan")
+    return {"agreement": float((ratios == want).mean()), "majority": float(np.bincount(y).max() / len(y)),
+            "spearman": float(rho)}
+
+
 def per_source(scores: np.ndarray, labels: np.ndarray, groups: Sequence[str], kinds: Sequence[str],
                thresholds: Sequence[float] = (4.0, 7.0)) -> list[dict]:
     """Per source: its kind, images, shares at 8x / 16x / 32x and the share at the ratio its label asks for."""
@@ -236,7 +250,8 @@ def run_fit_rubric(data: str, out: str, eval_dir: str | None = None, target: str
     cv_scores = cross_validate(facts, y, groups, **fit_kw)
     report = {"data": str(root), "images": len(files), "target": target, "kind_map": kind_map if target == "kinds" else None,
               "sources": sorted(set(groups)), "probe": _probe_settings(probe), "c": c, "face_points": face_points,
-              "cv": evaluate_scores(cv_scores, kinds), "cv_sources": per_source(cv_scores, y, groups, kinds),
+              "cv": evaluate_scores(cv_scores, kinds), "cv_labels": label_agreement(cv_scores, y),
+              "cv_sources": per_source(cv_scores, y, groups, kinds),
               "fitted": time.strftime("%Y-%m-%d")}
     model = fit_facts(facts, y, c=c, face_points=face_points)
     if eval_dir:
@@ -266,7 +281,10 @@ def run_fit_rubric(data: str, out: str, eval_dir: str | None = None, target: str
              f"{len(set(groups))} sources; class-balanced multinomial logistic regression (C={c}) over "
              f"{len(DEFAULT_FEATURES)} probe facts; faces add {face_points} points. {report['seconds']} s "
              f"(probe facts already in {out_path.with_suffix('.facts.csv').name} are not recomputed).", "",
-             "## Leave-one-source-out cross-validation (pooled out-of-fold scores)", "", *_score_table("CV", report["cv"]),
+             "## Leave-one-source-out cross-validation (pooled out-of-fold scores)", "",
+             f"Against the labels: {report['cv_labels']['agreement']:.0%} at the label's ratio (the most common label "
+             f"alone: {report['cv_labels']['majority']:.0%}); Spearman rho of score and label "
+             f"{report['cv_labels']['spearman']:+.2f}.", "", *_score_table("CV", report["cv"]),
              "Each source scored by the model fitted without it (at label: the share at the ratio its label asks for):", "",
              *md_records(report["cv_sources"], ["source", "kind", "images", "8x", "16x", "32x", "at_label"], "{:.0%}"), ""]
     if "eval" in report:
