@@ -69,4 +69,4 @@ def test_every_command_option_has_help_from_its_docstring():
     missing = [f"{name} {action.dest}" for name, sub in subs.choices.items() for action in sub._actions
                if action.dest != "help" and not action.help]
     assert not missing, missing
-    assert len(subs.choices) == 23
+    assert len(subs.choices) == 24

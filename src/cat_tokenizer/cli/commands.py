@@ -19,6 +19,7 @@ from cat_tasks.reconstruction import evaluate_reconstruction
 from cat_tasks.reconstruction.analysis import analyse_folder
 from cat_tasks.reconstruction.bench import bench_ratio_head, bench_train, bench_vae, total_params
 from cat_tasks.reconstruction.demo import run_demo
+from cat_tasks.reconstruction.pack import pack_folder
 from cat_tasks.reconstruction.rd import run_rd
 from cat_tokenizer.codec import decode_files, encode_files
 from cat_tokenizer.complexity import ComplexityEvaluator
@@ -441,6 +442,24 @@ def reencode(src: str, dst: str, *, quality: int = 75, scale: float = 1.0, quiet
     return 0 if written else 1
 
 
+def pack(src: str, dst: str, *, max_mib: float = 40.0, side: int = 256, quality: int = 90, seed: int = 0) -> int:
+    """pack a KIND/SOURCE training folder into a size budget (native-resolution patches) to carry to a GPU machine
+
+    Args:
+        src: training folder (e.g. real-v1 train/)
+        dst: a new folder for the patches
+        max_mib: total size budget in MiB, shared equally by the kinds
+        side: patch side at native resolution (smaller images stay whole)
+        quality: JPEG quality for patches of more than 256 colours (others are lossless palette PNG)
+        seed: which images and where the patches are cut
+    """
+    stats = pack_folder(src, dst, max_mib, side, quality, seed)
+    _print_table([{"kind": k, **v} for k, v in stats.items()], ["kind", "images", "mib"], {"mib": "{:.1f}"})
+    print(f"wrote {sum(v['images'] for v in stats.values())} patches "
+          f"({sum(v['mib'] for v in stats.values()):.1f} MiB) to {dst}")
+    return 0 if any(v["images"] for v in stats.values()) else 1
+
+
 def export(*, ckpt: str, out: str, fp16: bool = False) -> int:
     """a tokenizer (.ckpt: its EMA weights) as a from_pretrained folder, optionally fp16
 
@@ -478,4 +497,4 @@ def demo(*, data: str | None = None, ckpt: str = "cat-small", out: str = "output
 COMMANDS = {"encode": encode, "decode": decode, "bench": bench, "bench-train": bench_train_cmd, "bench-head": bench_head,
             "score": score, "bench-score": bench_score, "classify": classify, "eval-recon": eval_recon, "distill": distill,
             "variety": variety, "distill-text": distill_text, "analyse": analyse, "rd": rd, "fit-rubric": fit_rubric,
-            "evaluate-kinds": evaluate_kinds, "reencode": reencode, "export": export, "demo": demo}
+            "evaluate-kinds": evaluate_kinds, "reencode": reencode, "pack": pack, "export": export, "demo": demo}
