@@ -81,6 +81,7 @@ GPU_SITE ?= /tmp/site
 GPU_DATA ?= /tmp/gpu_data
 GPU_RUN ?= outputs/gpu
 GPU_OUT ?= $(if $(OUT),$(OUT),outputs/gpu_out)
+GPU_ARGS ?=
 GPU_WHEELS := diffusers==0.42.1 jsonargparse==4.53.0 docstring-parser==0.18.0 typeshed-client==2.15.0
 gpu-kit: need-real-data install
 	rm -rf $(GPU_KIT) && mkdir -p $(GPU_KIT)
@@ -104,7 +105,7 @@ gpu-train-small:
 		--trainer.default_root_dir $(GPU_RUN) --trainer.logger.class_path lightning.pytorch.loggers.CSVLogger \
 		--trainer.logger.init_args.save_dir $(GPU_RUN) --trainer.logger.init_args.name run --trainer.logger.init_args.version 0 \
 		--trainer.callbacks+=cat_tokenizer.lit.kind_eval.KindEvaluator --trainer.callbacks.root $(GPU_DATA)/dev \
-		--trainer.callbacks.every_n_batches $(GPU_EVAL_EVERY) > $(GPU_OUT)/train.log 2>&1; rc=$$?; tail -n 30 $(GPU_OUT)/train.log; exit $$rc
+		--trainer.callbacks.every_n_batches $(GPU_EVAL_EVERY) $(GPU_ARGS) > $(GPU_OUT)/train.log 2>&1; rc=$$?; tail -n 30 $(GPU_OUT)/train.log; exit $$rc
 	PYTHONPATH=$(GPU_SITE) $(GPU_PY) -m cat_tokenizer.cli.tools export --ckpt $(GPU_RUN)/run/version_0/pretrained \
 		--out $(GPU_OUT)/cat-small-gpu --fp16
 	cp $(GPU_RUN)/run/version_0/kind_eval.csv $(GPU_RUN)/run/version_0/metrics.csv $(GPU_OUT)/
