@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 REAL_V1_KINDS = {"text": 2, "charts": 2, "natural": 1, "flat": 0}
 RATIO_CLASS = {8: 2, 16: 1, 32: 0}
+CLASS_RATIO = {c: r for r, c in RATIO_CLASS.items()}
 
 
 def _probe_settings(probe: ProbeDescriber) -> dict:
@@ -190,7 +191,7 @@ def label_agreement(scores: np.ndarray, labels: np.ndarray, thresholds: Sequence
     ok = ~np.isnan(scores)
     s, y = scores[ok], labels[ok]
     ratios = RatioMapper(thresholds)(s)
-    want = np.array([{2: 8, 1: 16, 0: 32}[int(c)] for c in y])
+    want = np.array([CLASS_RATIO[int(c)] for c in y])
     rho = spearmanr(s, y).statistic if len(set(y.tolist())) > 1 else float("nan")
     return {"agreement": float((ratios == want).mean()), "majority": float(np.bincount(y).max() / len(y)),
             "spearman": float(rho)}
@@ -200,7 +201,7 @@ def per_source(scores: np.ndarray, labels: np.ndarray, groups: Sequence[str], ki
                thresholds: Sequence[float] = (4.0, 7.0)) -> list[dict]:
     """Per source: its kind, images, shares at 8x / 16x / 32x and the share at the ratio its label asks for."""
     ratios = RatioMapper(thresholds)(np.nan_to_num(scores, nan=-1.0))
-    want = np.array([{2: 8, 1: 16, 0: 32}[int(c)] for c in labels])
+    want = np.array([CLASS_RATIO[int(c)] for c in labels])
     g, ok = np.asarray(groups), ~np.isnan(scores)
     rows = []
     for src in sorted(set(groups)):

@@ -60,6 +60,13 @@ def _thin(grey: np.ndarray, axis: int, contrast: float = 0.04) -> np.ndarray:
     return ((a > contrast) & (b > contrast)) | ((a < -contrast) & (b < -contrast))
 
 
+def _lines(grey: np.ndarray, axis: int, contrast: float, span: float) -> float:
+    """Rows (axis 0) or columns (axis 1) holding a thin line of ``contrast`` over ``span`` of the side."""
+    thin = _thin(grey, axis, contrast)
+    runs = _longest_run(thin if axis == 0 else thin.T)
+    return float((runs >= span * grey.shape[1 - axis]).sum())
+
+
 def layout_facts(img: Image.Image, side: int = 384) -> dict[str, float]:
     """The facts above for one image (see the module docstring)."""
     img = img.convert("RGB")
@@ -76,8 +83,7 @@ def layout_facts(img: Image.Image, side: int = 384) -> dict[str, float]:
     sat = (mx - mn) / np.maximum(mx, 1e-6)
     sat_share = float(((sat > 0.5) & (mx > 0.3)).mean())
     ink = np.abs(grey - bg) > 0.2
-    h_lines = float((_longest_run(_thin(grey, 0)) >= 0.4 * w).sum())
-    v_lines = float((_longest_run(_thin(grey, 1).T) >= 0.4 * h).sum())
+    h_lines, v_lines = _lines(grey, 0, 0.04, 0.4), _lines(grey, 1, 0.04, 0.4)
     labels, n = ndimage.label(ink)
     glyphs, glyph_rows = 0.0, 0.0
     if n:
@@ -104,8 +110,7 @@ def layout_facts(img: Image.Image, side: int = 384) -> dict[str, float]:
             glyph_rows = aligned / k
     return {"bg_share": bg_share, "sat_share": sat_share, "h_lines": h_lines, "v_lines": v_lines,
             "glyphs": float(glyphs), "glyph_rows": float(glyph_rows), "ink_share": float(ink.mean()),
-            "h_faint_lines": float((_longest_run(_thin(grey, 0, 0.02)) >= 0.25 * w).sum()),
-            "v_faint_lines": float((_longest_run(_thin(grey, 1, 0.02).T) >= 0.25 * h).sum()),
+            "h_faint_lines": _lines(grey, 0, 0.02, 0.25), "v_faint_lines": _lines(grey, 1, 0.02, 0.25),
             **_texture_facts(grey)}
 
 
