@@ -59,9 +59,13 @@ train-small: need-real-data install
 		--trainer.callbacks+=cat_tokenizer.lit.kind_eval.KindEvaluator --trainer.callbacks.root $(REAL_DATA)/dev \
 		$(if $(wildcard $(TRAIN_OUT)/run/version_0/checkpoints/last.ckpt),--ckpt_path $(TRAIN_OUT)/run/version_0/checkpoints/last.ckpt) $(TRAIN_ARGS)
 
-# Ship the trained run as cat-small (fp16 EMA weights + its per-kind training curve) inside the package.
+# Ship the trained run as cat-small (fp16 EMA weights + its per-kind training curve) inside the package:
+# from pretrained/ (EMA, written after each validation and when training ends) or last.ckpt (every 500
+# batches), whichever is newer, so a run stopped by max_time ships its last batch.
+SHIP_FROM = $(firstword $(shell ls -t $(TRAIN_OUT)/run/version_0/pretrained/model.safetensors $(TRAIN_OUT)/run/version_0/checkpoints/last.ckpt 2>/dev/null))
 ship-small: install
-	$(VENV)/bin/cat-tokenizer export --ckpt $(TRAIN_OUT)/run/version_0/checkpoints/last.ckpt --out src/cat_tokenizer/pretrained/cat-small --fp16
+	@test -n "$(SHIP_FROM)" || { echo "make ship-small: no trained run in $(TRAIN_OUT)/run/version_0"; exit 2; }
+	$(VENV)/bin/cat-tokenizer export --ckpt $(if $(filter %.ckpt,$(SHIP_FROM)),$(SHIP_FROM),$(dir $(SHIP_FROM))) --out src/cat_tokenizer/pretrained/cat-small --fp16
 	cp $(TRAIN_OUT)/run/version_0/kind_eval.csv src/cat_tokenizer/pretrained/cat-small/training_curve.csv
 
 # Training cat-small on a lent GPU machine (no network, no ../shared, 64 MiB of working tree; docs/training.md):
