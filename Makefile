@@ -52,21 +52,25 @@ demo: install
 # OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep instead of spinning; on 2 cores with a data worker,
 # 50 batches took 20-25 s instead of 28 s (TensorBoard wall times of the cat-small run).
 # make train-small [REAL_DATA=DIR] [TRAIN_OUT=D] [TRAIN_ARGS="--trainer.max_time 00:02:00:00"]
+# A run writes OUT/run/version_0/ (checkpoints/, pretrained/, kind_eval.csv): resume, ship-small and the GPU
+# export read that layout. run_in(OUT, logger class) fixes it; kind_curve(DEV) adds the per-kind dev curve.
+run_in = --trainer.default_root_dir $(1) --trainer.logger.class_path lightning.pytorch.loggers.$(2) \
+	--trainer.logger.init_args.save_dir $(1) --trainer.logger.init_args.name run --trainer.logger.init_args.version 0
+kind_curve = --trainer.callbacks+=cat_tokenizer.lit.kind_eval.KindEvaluator --trainer.callbacks.root $(1)
+TRAIN_RUN = $(TRAIN_OUT)/run/version_0
 train-small: need-real-data install
 	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/lightning fit -c configs/vae_small.yaml --data.root $(REAL_DATA)/train \
-		--trainer.default_root_dir $(TRAIN_OUT) --trainer.logger.class_path lightning.pytorch.loggers.TensorBoardLogger \
-		--trainer.logger.init_args.save_dir $(TRAIN_OUT) --trainer.logger.init_args.name run --trainer.logger.init_args.version 0 \
-		--trainer.callbacks+=cat_tokenizer.lit.kind_eval.KindEvaluator --trainer.callbacks.root $(REAL_DATA)/dev \
-		$(if $(wildcard $(TRAIN_OUT)/run/version_0/checkpoints/last.ckpt),--ckpt_path $(TRAIN_OUT)/run/version_0/checkpoints/last.ckpt) $(TRAIN_ARGS)
+		$(call run_in,$(TRAIN_OUT),TensorBoardLogger) $(call kind_curve,$(REAL_DATA)/dev) \
+		$(if $(wildcard $(TRAIN_RUN)/checkpoints/last.ckpt),--ckpt_path $(TRAIN_RUN)/checkpoints/last.ckpt) $(TRAIN_ARGS)
 
 # Ship the trained run as cat-small (fp16 EMA weights + its per-kind training curve) inside the package:
 # from pretrained/ (EMA, written after each validation and when training ends) or last.ckpt (every 500
 # batches), whichever is newer, so a run stopped by max_time ships its last batch.
-SHIP_FROM = $(firstword $(shell ls -t $(TRAIN_OUT)/run/version_0/pretrained/model.safetensors $(TRAIN_OUT)/run/version_0/checkpoints/last.ckpt 2>/dev/null))
+SHIP_FROM = $(firstword $(shell ls -t $(TRAIN_RUN)/pretrained/model.safetensors $(TRAIN_RUN)/checkpoints/last.ckpt 2>/dev/null))
 ship-small: install
-	@test -n "$(SHIP_FROM)" || { echo "make ship-small: no trained run in $(TRAIN_OUT)/run/version_0"; exit 2; }
+	@test -n "$(SHIP_FROM)" || { echo "make ship-small: no trained run in $(TRAIN_RUN)"; exit 2; }
 	$(VENV)/bin/cat-tokenizer export --ckpt $(if $(filter %.ckpt,$(SHIP_FROM)),$(SHIP_FROM),$(dir $(SHIP_FROM))) --out src/cat_tokenizer/pretrained/cat-small --fp16
-	cp $(TRAIN_OUT)/run/version_0/kind_eval.csv src/cat_tokenizer/pretrained/cat-small/training_curve.csv
+	cp $(TRAIN_RUN)/kind_eval.csv src/cat_tokenizer/pretrained/cat-small/training_curve.csv
 
 # Training cat-small on a lent GPU machine (no network, no ../shared, 64 MiB of working tree; docs/training.md):
 #   here:        make gpu-kit          -> .gpu/ (git-ignored): real-v1 packed into 34 MiB + the wheels the machine lacks
@@ -106,9 +110,7 @@ gpu-train-small:
 		--data.root $(GPU_DATA)/train --data.batch_size $(GPU_BATCH) --data.num_workers $(GPU_WORKERS) \
 		--model.init_args.lr $(GPU_LR) --model.init_args.warmup_steps $(GPU_WARMUP) --model.init_args.decay_steps $(GPU_BATCHES) --trainer.max_steps $$((2 * $(GPU_BATCHES))) \
 		--trainer.max_time $(GPU_TIME) --trainer.accelerator $(GPU_ACCEL) --trainer.devices 1 --trainer.enable_progress_bar false \
-		--trainer.default_root_dir $(GPU_RUN) --trainer.logger.class_path lightning.pytorch.loggers.CSVLogger \
-		--trainer.logger.init_args.save_dir $(GPU_RUN) --trainer.logger.init_args.name run --trainer.logger.init_args.version 0 \
-		--trainer.callbacks+=cat_tokenizer.lit.kind_eval.KindEvaluator --trainer.callbacks.root $(GPU_DATA)/dev \
+		$(call run_in,$(GPU_RUN),CSVLogger) $(call kind_curve,$(GPU_DATA)/dev) \
 		--trainer.callbacks.every_n_batches $(GPU_EVAL_EVERY) $(GPU_ARGS) > $(GPU_OUT)/train.log 2>&1; rc=$$?; tail -n 30 $(GPU_OUT)/train.log; exit $$rc
 	PYTHONPATH=$(GPU_SITE) $(GPU_PY) -m cat_tokenizer.cli.tools export --ckpt $(GPU_RUN)/run/version_0/pretrained \
 		--out $(GPU_OUT)/cat-small-gpu --fp16

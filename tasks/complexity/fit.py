@@ -36,6 +36,7 @@ from cat_tokenizer.complexity import ComplexityEvaluator, ProbeDescriber, RatioM
 from cat_tokenizer.complexity.cache import content_hash
 from cat_tokenizer.complexity.fitted import DEFAULT_FEATURES, fit_facts
 from cat_tokenizer.complexity.probe import probe_facts
+from cat_tokenizer.data.dataset import kind_of
 from cat_tokenizer.data.images import UnreadableImage, list_images, load_rgb
 from cat_tokenizer.errors import InputNotFound, UserInputError
 from cat_tokenizer.markdown import md_header, md_records
@@ -118,11 +119,6 @@ def _append(cache: Path, key: str, rows: list[tuple[str, dict]]) -> None:
 def source_of(path: Path, root: Path) -> str:
     parts = path.relative_to(root).parts
     return "/".join(parts[:2]) if len(parts) > 2 else parts[0] if len(parts) > 1 else ""
-
-
-def kind_of(path: Path, root: Path) -> str:
-    parts = path.relative_to(root).parts
-    return parts[0] if len(parts) > 1 else ""
 
 
 def _labels(files: list[Path], root: Path, target: str, kind_map: dict[str, int], ratio_column: str) -> list[int | None]:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from cat_tokenizer.data.dataset import kind_of
 from cat_tokenizer.data.images import UnreadableImage, list_images, load_rgb
 from cat_tokenizer.errors import UserInputError
 
@@ -54,14 +55,13 @@ def pack_folder(src: str | Path, dst: str | Path, max_mib: float = 40.0, side: i
         raise UserInputError(f"pack: {dst} is not empty; give a new folder")
     by_kind: dict[str, list[Path]] = defaultdict(list)
     for f in list_images(src):
-        parts = f.relative_to(src).parts
-        by_kind[parts[0] if len(parts) > 1 else ""].append(f)
+        by_kind[kind_of(f, src)].append(f)
     rng = random.Random(seed)
     for files in by_kind.values():
         rng.shuffle(files)
     budget, spent = max_mib * 2**20, 0
     stats = {k: {"images": 0, "mib": 0.0} for k in sorted(by_kind)}
-    queues = {k: list(v) for k, v in sorted(by_kind.items())}
+    queues = dict(sorted(by_kind.items()))  # popped from; by_kind is not used again
     while queues and spent < budget:
         share = (budget - spent) / len(queues)  # what each remaining kind may still spend this round
         for kind in list(queues):
