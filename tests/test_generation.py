@@ -197,6 +197,10 @@ def test_latent_cache_resumes_after_a_kill(encoded, tmp_path, caplog, capsys):
     NestedVAE.from_preset("tiny").save_pretrained(tmp_path / "other_vae")
     rc = _encode(encoded["images"], tmp_path / "other_vae", cache_dir, "fixed:16")
     assert rc == 2 and "use another cache folder" in capsys.readouterr().err
+    # ... also when every image is already encoded (nothing to predict: Lightning skips the predict hooks)
+    rc = _encode(encoded["images"], tmp_path / "other_vae", cache_dir, f"csv:{encoded['csv']}")
+    assert rc == 2 and "use another cache folder" in capsys.readouterr().err
+    assert _encode(encoded["images"], encoded["vae"], cache_dir, f"csv:{encoded['csv']}") == 0  # same weights: done
 
 
 def test_flip_augmentation_in_the_cache(encoded, tmp_path, capsys):
@@ -480,3 +484,21 @@ def test_two_process_encode_and_ddp_fit(encoded, tmp_path):
     resumed = max((tmp_path / "run").rglob("last.ckpt"), key=lambda p: p.stat().st_mtime)
     assert int(torch.load(resumed, weights_only=True)["global_step"]) == 6
     torch.testing.assert_close(load_dit(resumed).latent_scale, 2 * first.latent_scale)  # measured once, kept on resume
+
+
+@pytest.mark.slow
+def test_gen_demo_rerun_reports_its_run_and_refuses_another_tokenizer(encoded, tmp_path):
+    """``cat-tokenizer gen-demo`` run twice into one folder reports the finished run's held-out loss
+    (the second run trains nothing); with other tokenizer weights it stops at the latent cache."""
+    from cat_tasks.generation.demo import run_gen_demo
+
+    args = dict(out=str(tmp_path / "demo"), steps=4, image_size=64, batch_size=4, preset="tiny", sample_steps=2,
+                accelerator="cpu", config_dir=ROOT / "configs")
+    first = run_gen_demo(tokenizer=str(encoded["vae"]), **args).read_text()
+    again = run_gen_demo(tokenizer=str(encoded["vae"]), **args).read_text()
+    held_out = [line for line in first.splitlines() if "held-out loss" in line][0]
+    assert "nan" not in held_out and held_out in again.splitlines()
+    torch.manual_seed(7)
+    NestedVAE.from_preset("tiny").save_pretrained(tmp_path / "retrained_vae")
+    with pytest.raises(UserInputError, match="use another cache folder"):
+        run_gen_demo(tokenizer=str(tmp_path / "retrained_vae"), **args)

@@ -78,6 +78,21 @@ def test_balanced_sampler_evens_out_kinds_across_ranks(item_ratios):
     assert all(abs(c / total - 0.25) < 0.03 for c in counts.values()), counts  # unbalanced: flat 44%
 
 
+def test_kind_shares_set_each_kinds_share_of_an_epoch():
+    kinds = ["flat"] * 440 + ["natural"] * 150 + ["text"] * 200 + ["charts"] * 210
+    s = BucketBatchSampler(len(kinds), 4, weights=balanced_weights(kinds, {"natural": 3, "text": 2}), seed=1)
+    counts = Counter()
+    for epoch in range(5):
+        s.set_epoch(epoch)
+        counts.update(kinds[i] for b in s for i, _ in b)
+    total = sum(counts.values())
+    for kind, share in {"natural": 3 / 7, "text": 2 / 7, "flat": 1 / 7, "charts": 1 / 7}.items():
+        assert abs(counts[kind] / total - share) < 0.03, counts
+    assert balanced_weights(["a", "b"], {"a": 0})[0] == 0
+    with pytest.raises(UserInputError, match=">= 0"):
+        balanced_weights(["a", "b"], {"a": -1})
+
+
 def test_datamodule_balance_kind_and_bad_values(tmp_path):
     root = tmp_path / "data"
     for kind, n in (("flat", 9), ("text", 3)):
@@ -97,6 +112,10 @@ def test_datamodule_balance_kind_and_bad_values(tmp_path):
     assert abs(seen["text"] / sum(seen.values()) - 0.5) < 0.07
     with pytest.raises(UserInputError, match="balance"):
         CATDataModule(root=str(root), balance="source")
+    with pytest.raises(UserInputError, match="kind_shares needs"):
+        CATDataModule(root=str(root), kind_shares={"text": 2})
+    with pytest.raises(UserInputError, match=r"\['txt'\], not among the kinds \['flat', 'text'\]"):
+        CATDataModule(root=str(root), balance="kind", kind_shares={"txt": 2}, num_workers=0).setup("fit")
     with pytest.raises(UserInputError, match="crop"):
         CATDataModule(root=str(root), crop="squash")
 

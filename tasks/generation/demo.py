@@ -35,12 +35,13 @@ def _tokenizer_channels(tokenizer: str) -> int:
         raise InputNotFound(f"no tokenizer at {tokenizer}: pass --ckpt (default: the shipped cat-small)") from None
 
 
-def _loss_curve(log_dir: Path) -> list[tuple[int, float]]:
+def _scalars(log_dir: Path, tag: str) -> list[tuple[int, float]]:
+    """``(step, value)`` of one scalar over the whole run (every resume), from its TensorBoard events."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     ea = EventAccumulator(str(log_dir))
     ea.Reload()
-    return [(e.step, e.value) for e in ea.Scalars("train/loss")] if "train/loss" in ea.Tags()["scalars"] else []
+    return [(e.step, e.value) for e in ea.Scalars(tag)] if tag in ea.Tags()["scalars"] else []
 
 
 def run_gen_demo(out: str = "outputs/gen_demo", tokenizer: str = "cat-small", steps: int = 800,
@@ -94,12 +95,13 @@ def run_gen_demo(out: str = "outputs/gen_demo", tokenizer: str = "cat-small", st
     row_names.append("auto (ratio from the class name)")
     grid = make_grid(torch.cat(rows).float().add(1).div(2), nrow=len(names), padding=2)
     save_image(grid, out_dir / "samples.png")
-    curve = _loss_curve(run_dir / "version_0")
+    curve = _scalars(run_dir / "version_0", "train/loss")
     k = max(1, min(5, len(curve) // 2))
     first = sum(v for _, v in curve[:k]) / max(1, len(curve[:k]))
     final = sum(v for _, v in curve[-k:]) / max(1, len(curve[-k:]))
     counts = {int(r): int((dm.train_set.ratios == r).sum()) for r in sorted(set(dm.train_set.ratios.tolist()))}
-    val_loss = trainer.callback_metrics.get("val/loss")
+    # the last validation in the run's log: a rerun of a finished run validates nothing itself
+    val_loss = (_scalars(run_dir / "version_0", "val/loss") or [(0, float("nan"))])[-1][1]
     imgs = trainer.global_step * batch_size
     lines = [
         "# DiT + CAT demo (embedded data, CPU)", "",
@@ -114,7 +116,7 @@ def run_gen_demo(out: str = "outputs/gen_demo", tokenizer: str = "cat-small", st
         f"| train {trainer.global_step} steps x {batch_size} latents ({imgs / max(t_fit, 1e-9):.1f} latents/s incl. validation) | {t_fit:.1f} s |",
         "",
         f"Training loss (epsilon MSE, mean of {k} logged points): first {first:.4f}, last {final:.4f}; "
-        f"held-out loss at fixed timesteps (EMA): {float(val_loss) if val_loss is not None else float('nan'):.4f}.",
+        f"held-out loss at fixed timesteps (EMA): {val_loss:.4f}.",
         "",
         f"`samples.png`: one column per class ({', '.join(names)}); rows: {'; '.join(row_names)}.",
         f"Auto ratios from the class names: {', '.join(f'{n} -> {r}x' for n, r in zip(names, auto))}.",

@@ -56,7 +56,10 @@ class LatentEncoder(L.LightningModule):
         self._index = None
         self._written = 0
 
-    def on_predict_start(self) -> None:
+    def setup(self, stage: str) -> None:
+        """Check the data and claim the cache here, not in ``on_predict_start``: when every image is
+        already encoded the predict loop has no batches and Lightning skips its hooks, which let a cache of
+        another tokenizer's latents pass as done."""
         dm = self.trainer.datamodule
         if dm is None or not hasattr(dm, "predict_set"):
             raise UserInputError("LatentEncoder needs a CATDataModule (data: class_path: cat_tokenizer.CATDataModule)")
@@ -73,6 +76,8 @@ class LatentEncoder(L.LightningModule):
                          self.text_encoder)
         if self.text_encoder and dm.captions is None:
             raise UserInputError("model.text_encoder embeds captions: give them with --data.captions FILE")
+
+    def on_predict_start(self) -> None:
         run = f"{self.mode.replace(':', '')}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
         self._index = self.cache.index_file(run, self.global_rank)
 

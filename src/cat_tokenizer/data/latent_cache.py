@@ -73,9 +73,10 @@ class LatentCache:
         old = self.meta()
         if old and any(old.get(k) != v for k, v in mine.items()):
             raise UserInputError(
-                f"latent cache {self.root} holds latents of tokenizer {old.get('tokenizer')} at {old.get('image_size')}px "
-                f"(flips: {old.get('flip', False)}, text encoder: {old.get('text_encoder')}); this run encodes with "
-                f"{tokenizer} at {image_size}px (flips: {flip}, text encoder: {text_encoder}): "
+                f"latent cache {self.root} holds latents of tokenizer {old.get('tokenizer')} (weights "
+                f"{old.get('tokenizer_fingerprint')}) at {old.get('image_size')}px (flips: {old.get('flip', False)}, "
+                f"text encoder: {old.get('text_encoder')}); this run encodes with {tokenizer} (weights "
+                f"{tokenizer_fingerprint}) at {image_size}px (flips: {flip}, text encoder: {text_encoder}): "
                 "use another cache folder")
         if old and old.get("classes") and classes and old["classes"] != classes:
             raise UserInputError(f"latent cache {self.root} was written with other class folders: use another cache folder")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -131,10 +131,18 @@ class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
         return sum(self._num_steps(int(c)) for c in np.unique(self.item_ratios, return_counts=True)[1])
 
 
-def balanced_weights(groups: Sequence[str]) -> np.ndarray:
-    """Per-item weights that give every group the same total weight (1 / group size each)."""
+def balanced_weights(groups: Sequence[str], shares: Mapping[str, float] | None = None) -> np.ndarray:
+    """Per-item weights that give every group the same total weight (1 / group size each), or, with
+    ``shares``, a total weight proportional to the group's share (groups not named get share 1)."""
     names, inverse, counts = np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True, return_counts=True)
-    return 1.0 / counts[inverse]
+    shares = dict(shares or {})
+    unknown = sorted(set(shares) - set(names))
+    if unknown:
+        raise UserInputError(f"kind shares name {unknown}, not among the kinds {names.tolist()}")
+    if any(not v >= 0 for v in shares.values()) or not any(shares.get(n, 1.0) > 0 for n in names):
+        raise UserInputError(f"kind shares must be >= 0 with at least one kind above 0, got {shares}")
+    group_share = np.array([float(shares.get(n, 1.0)) for n in names])
+    return group_share[inverse] / counts[inverse]
 
 
 def world_and_rank(datamodule) -> tuple[int, int]:

@@ -50,6 +50,9 @@ class CATDataModule(L.LightningDataModule):
         balance: ``kind`` draws training images so that every top-level folder (content kind or
             class) gets the same share per epoch (with replacement; epoch length unchanged);
             ``none`` samples every file equally often.
+        kind_shares: with ``balance: kind``, each kind's relative share of an epoch instead of equal
+            shares, e.g. ``{natural: 2, text: 2}`` (kinds not named get 1): more of the kinds a model is
+            worst at. Names must be top-level folders of ``root``.
         batch_size: images per training batch.
         val_batch_size: images per validation batch (default: ``batch_size``).
         num_workers: DataLoader worker processes.
@@ -84,6 +87,7 @@ class CATDataModule(L.LightningDataModule):
         crop: CropPolicy = "resize",
         max_downscale: float = 2.0,
         balance: Literal["none", "kind"] = "none",
+        kind_shares: dict[str, float] | None = None,
         batch_size: int = 8,
         val_batch_size: int | None = None,
         num_workers: int = 4,
@@ -114,7 +118,10 @@ class CATDataModule(L.LightningDataModule):
         if not 0.0 <= val_fraction < 1.0:
             raise UserInputError(f"val_fraction must be in [0, 1), got {val_fraction}")
         self.root, self.image_size, self.batch_size = root, image_size, batch_size
+        if kind_shares and balance != "kind":
+            raise UserInputError("--data.kind_shares needs --data.balance kind")
         self.crop, self.max_downscale, self.balance = crop, max_downscale, balance
+        self.kind_shares = dict(kind_shares or {})
         self.val_batch_size = val_batch_size or batch_size
         self.num_workers, self.val_fraction, self.hflip = num_workers, val_fraction, hflip
         self.verify_images, self.seed, self.drop_last = verify_images, seed, drop_last
@@ -211,6 +218,8 @@ class CATDataModule(L.LightningDataModule):
 
         self.train_set, self.val_set = subset(train_idx, True), subset(val_idx, False)
         self.train_kinds = [kind_of(files[i], root) for i in train_idx]
+        if self.balance == "kind":
+            balanced_weights(self.train_kinds, self.kind_shares)  # a misspelt kind fails here, not in fit
         self.predict_set = subset(self._to_encode(files, root), False)
         log.info("data: %d train / %d val images from %s", len(train_idx), len(val_idx), root)
 
@@ -230,7 +239,7 @@ class CATDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         world, rank = world_and_rank(self)
-        weights = balanced_weights(self.train_kinds) if self.balance == "kind" else None
+        weights = balanced_weights(self.train_kinds, self.kind_shares) if self.balance == "kind" else None
         sampler = BucketBatchSampler(
             len(self.train_set), self.batch_size, self.ratios, item_ratios=self.train_set.ratios,
             fixed_ratio=self.fixed_ratio, shuffle=True, weights=weights,
