@@ -498,6 +498,8 @@ def test_gen_demo_rerun_reports_its_run_and_refuses_another_tokenizer(encoded, t
     again = run_gen_demo(tokenizer=str(encoded["vae"]), **args).read_text()
     held_out = [line for line in first.splitlines() if "held-out loss" in line][0]
     assert "nan" not in held_out and held_out in again.splitlines()
+    assert "| train 4 steps x 4 latents" in first and "| train 0 steps x 4 latents" in again  # this call's steps
+    assert "4 steps in the run" in again
     torch.manual_seed(7)
     NestedVAE.from_preset("tiny").save_pretrained(tmp_path / "retrained_vae")
     with pytest.raises(UserInputError, match="use another cache folder"):

@@ -65,6 +65,8 @@ def run_gen_demo(out: str = "outputs/gen_demo", tokenizer: str = "cat-small", st
          f"--data.image_size={image_size}", "--data.num_workers=0", "--data.val_batch_size=16"])
     t_encode = time.perf_counter() - t0
     last = run_dir / "version_0" / "checkpoints" / "last.ckpt"
+    # steps already trained by an earlier call (this call's throughput counts only its own steps)
+    done_before = torch.load(last, map_location="cpu", weights_only=False)["global_step"] if last.is_file() else 0
     t0 = time.perf_counter()
     fit = cli(["fit", "-c", str(configs / "dit_imagenet.yaml"), f"--trainer.accelerator={accelerator}",
                f"--trainer.max_steps={steps}", f"--trainer.val_check_interval={max(1, steps // 4)}",
@@ -102,7 +104,8 @@ def run_gen_demo(out: str = "outputs/gen_demo", tokenizer: str = "cat-small", st
     counts = {int(r): int((dm.train_set.ratios == r).sum()) for r in sorted(set(dm.train_set.ratios.tolist()))}
     # the last validation in the run's log: a rerun of a finished run validates nothing itself
     val_loss = (_scalars(run_dir / "version_0", "val/loss") or [(0, float("nan"))])[-1][1]
-    imgs = trainer.global_step * batch_size
+    new_steps = trainer.global_step - done_before
+    imgs = new_steps * batch_size
     lines = [
         "# DiT + CAT demo (embedded data, CPU)", "",
         f"Tokenizer: {tokenizer} ({channels} latent channels), images {image_size}px; "
@@ -113,7 +116,8 @@ def run_gen_demo(out: str = "outputs/gen_demo", tokenizer: str = "cat-small", st
         "",
         *md_header("stage", "time"),
         f"| encode (score + nested VAE, cached after the first run) | {t_encode:.1f} s |",
-        f"| train {trainer.global_step} steps x {batch_size} latents ({imgs / max(t_fit, 1e-9):.1f} latents/s incl. validation) | {t_fit:.1f} s |",
+        f"| train {new_steps} steps x {batch_size} latents ({imgs / max(t_fit, 1e-9):.1f} latents/s incl. validation; "
+        f"{trainer.global_step} steps in the run) | {t_fit:.1f} s |",
         "",
         f"Training loss (epsilon MSE, mean of {k} logged points): first {first:.4f}, last {final:.4f}; "
         f"held-out loss at fixed timesteps (EMA): {val_loss:.4f}.",
