@@ -35,13 +35,14 @@ def _tokenizer_channels(tokenizer: str) -> int:
         raise InputNotFound(f"no tokenizer at {tokenizer}: pass --ckpt (default: the shipped cat-small)") from None
 
 
-def _scalars(log_dir: Path, tag: str) -> list[tuple[int, float]]:
-    """``(step, value)`` of one scalar over the whole run (every resume), from its TensorBoard events."""
+def _scalars(log_dir: Path, *tags: str) -> dict[str, list[tuple[int, float]]]:
+    """Per tag, ``(step, value)`` over the whole run (every resume), from one read of its TensorBoard events."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     ea = EventAccumulator(str(log_dir))
     ea.Reload()
-    return [(e.step, e.value) for e in ea.Scalars(tag)] if tag in ea.Tags()["scalars"] else []
+    logged = ea.Tags()["scalars"]
+    return {t: [(e.step, e.value) for e in ea.Scalars(t)] if t in logged else [] for t in tags}
 
 
 def run_gen_demo(out: str = "outputs/gen_demo", tokenizer: str = "cat-small", steps: int = 800,
@@ -97,13 +98,14 @@ def run_gen_demo(out: str = "outputs/gen_demo", tokenizer: str = "cat-small", st
     row_names.append("auto (ratio from the class name)")
     grid = make_grid(torch.cat(rows).float().add(1).div(2), nrow=len(names), padding=2)
     save_image(grid, out_dir / "samples.png")
-    curve = _scalars(run_dir / "version_0", "train/loss")
+    logged = _scalars(run_dir / "version_0", "train/loss", "val/loss")
+    curve = logged["train/loss"]
     k = max(1, min(5, len(curve) // 2))
     first = sum(v for _, v in curve[:k]) / max(1, len(curve[:k]))
     final = sum(v for _, v in curve[-k:]) / max(1, len(curve[-k:]))
     counts = {int(r): int((dm.train_set.ratios == r).sum()) for r in sorted(set(dm.train_set.ratios.tolist()))}
     # the last validation in the run's log: a rerun of a finished run validates nothing itself
-    val_loss = (_scalars(run_dir / "version_0", "val/loss") or [(0, float("nan"))])[-1][1]
+    val_loss = (logged["val/loss"] or [(0, float("nan"))])[-1][1]
     new_steps = trainer.global_step - done_before
     imgs = new_steps * batch_size
     lines = [

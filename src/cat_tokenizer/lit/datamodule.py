@@ -117,9 +117,9 @@ class CATDataModule(L.LightningDataModule):
             raise UserInputError(f"--data.max_downscale must be >= 1, got {max_downscale}")
         if not 0.0 <= val_fraction < 1.0:
             raise UserInputError(f"val_fraction must be in [0, 1), got {val_fraction}")
-        self.root, self.image_size, self.batch_size = root, image_size, batch_size
         if kind_shares and balance != "kind":
             raise UserInputError("--data.kind_shares needs --data.balance kind")
+        self.root, self.image_size, self.batch_size = root, image_size, batch_size
         self.crop, self.max_downscale, self.balance = crop, max_downscale, balance
         self.kind_shares = dict(kind_shares or {})
         self.val_batch_size = val_batch_size or batch_size
@@ -218,8 +218,8 @@ class CATDataModule(L.LightningDataModule):
 
         self.train_set, self.val_set = subset(train_idx, True), subset(val_idx, False)
         self.train_kinds = [kind_of(files[i], root) for i in train_idx]
-        if self.balance == "kind":
-            balanced_weights(self.train_kinds, self.kind_shares)  # a misspelt kind fails here, not in fit
+        # per-image sampling weights, computed here so a misspelt kind fails in setup, not in the first epoch
+        self.train_weights = balanced_weights(self.train_kinds, self.kind_shares) if self.balance == "kind" else None
         self.predict_set = subset(self._to_encode(files, root), False)
         log.info("data: %d train / %d val images from %s", len(train_idx), len(val_idx), root)
 
@@ -239,10 +239,9 @@ class CATDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         world, rank = world_and_rank(self)
-        weights = balanced_weights(self.train_kinds, self.kind_shares) if self.balance == "kind" else None
         sampler = BucketBatchSampler(
             len(self.train_set), self.batch_size, self.ratios, item_ratios=self.train_set.ratios,
-            fixed_ratio=self.fixed_ratio, shuffle=True, weights=weights,
+            fixed_ratio=self.fixed_ratio, shuffle=True, weights=self.train_weights,
             drop_last=self.drop_last and len(self.train_set) >= self.batch_size * world,
             seed=self.seed, num_replicas=world, rank=rank,
         )
