@@ -200,3 +200,36 @@ def test_default_data_has_every_kind_and_is_deterministic(tmp_path, monkeypatch)
     assert again != root
     digest = lambda r: {p.relative_to(r): hashlib.sha1(p.read_bytes()).hexdigest() for p in list_images(r)}  # noqa: E731
     assert digest(root) == digest(again)
+
+
+# ---------------------------------------------------------------- flat colour fields (v2 training data)
+def test_flat_share_replaces_that_share_of_training_images_only(image_folder):
+    from cat_tokenizer.data.flat import FlatFields
+
+    dm = CATDataModule(root=str(image_folder), image_size=32, batch_size=4, num_workers=0, val_fraction=0.3,
+                       flat_share=0.5, drop_last=False)
+    dm.setup("fit")
+
+    def flat_count(batches) -> tuple[int, int]:
+        flat = total = 0
+        for b in batches:
+            if b is None:
+                continue
+            img = b["image"]  # (B, 3, S, S)
+            # a flat image holds at most two colours: one of them covers the corner pixel
+            ncol = [len(torch.unique(im.flatten(1).T, dim=0)) for im in img]
+            flat += sum(n <= 2 for n in ncol)
+            total += len(img)
+        return flat, total
+
+    assert flat_count(dm.train_dataloader())[0] > 0  # the test images are noise, never <= 2 colours
+    assert flat_count(dm.val_dataloader())[0] == 0  # evaluation never sees them
+    noise = lambda i: {"image": torch.rand(3, 16, 16), "ratio": 8, "index": i}  # noqa: E731
+    flat, total = flat_count(FlatFields(collate_skipping, 0.25)([noise(8 * b + i) for i in range(8)]) for b in range(100))
+    assert 0.2 < flat / total < 0.3  # the share asked for, over 800 images
+    # the same batch gets the same flats (a resumed run sees what it would have seen)
+    items = [{"image": torch.zeros(3, 8, 8), "ratio": 8, "index": i} for i in range(8)]
+    a, b = FlatFields(collate_skipping, 0.5)(items), FlatFields(collate_skipping, 0.5)(items)
+    assert torch.equal(a["image"], b["image"]) and not torch.equal(a["image"], torch.zeros(8, 3, 8, 8))
+    with pytest.raises(ValueError, match=r"flat_share must be in \[0, 1\], got 1.5"):
+        CATDataModule(root=str(image_folder), flat_share=1.5)

@@ -147,3 +147,49 @@ def test_padding_and_crop_back_on_sizes_not_multiple_of_32(tiny_vae, size):
         ref = tiny_vae.encode(pad32, post.ratio).mode()
         assert torch.allclose(post.mode(), ref, atol=1e-4)
         assert torch.allclose(tiny_vae.decode(ref, post.ratio)[..., : size[0], : size[1]], out, atol=1e-4)
+
+
+# ---------------------------------------------------------------- the colour path (v2)
+def test_colour_path_starts_as_the_plain_tail_learns_and_is_saved(tiny_vae, tmp_path):
+    """A new colour path is the plain tail (zero-initialised); it trains, round-trips through
+    save_pretrained, and a v1 config (no colour_path key) still loads as the plain tail."""
+    torch.manual_seed(0)
+    v2 = NestedVAE.from_preset("tiny", colour_path="latent")
+    plain = {k: v for k, v in v2.state_dict().items() if not k.startswith("decoder.colour")}
+    tiny_vae.load_state_dict(plain)
+    x = torch.rand(2, 3, 40, 72) * 2 - 1
+    assert torch.equal(v2.eval().reconstruct(x, 16), tiny_vae.eval().reconstruct(x, 16))
+    # one optimiser step moves the colour conv (gradient flows through the zero init)
+    opt = torch.optim.SGD(v2.parameters(), lr=0.1)
+    v2.train()
+    out, _ = v2(x, 8)
+    (out - x).pow(2).mean().backward()
+    opt.step()
+    assert v2.decoder.colour.weight.abs().sum() > 0
+    v2.save_pretrained(tmp_path / "v2")
+    again = NestedVAE.from_pretrained(tmp_path / "v2")
+    assert again.config["colour_path"] == "latent"
+    assert torch.equal(again.reconstruct(x, 32), v2.eval().reconstruct(x, 32))
+    tiny_vae.save_pretrained(tmp_path / "v1")
+    assert "colour_path" not in (tmp_path / "v1" / "config.json").read_text()
+    assert NestedVAE.from_pretrained(tmp_path / "v1").decoder.colour is None
+
+
+def test_colour_path_carries_a_uniform_colour_the_tail_cannot():
+    """The reason for the path: with the tail's output conv zeroed, only the colour path can answer,
+    and a 1x1 conv fitted on one latent reproduces its field's colour at every pixel."""
+    torch.manual_seed(0)
+    m = NestedVAE.from_preset("tiny", colour_path="latent").eval()
+    z = torch.randn(1, 4, 3, 5)
+    with torch.no_grad():
+        m.decoder.conv_out.weight.zero_()
+        m.decoder.conv_out.bias.zero_()
+        m.decoder.colour.bias.copy_(torch.tensor([0.5, -0.25, 0.75]))
+        out = m.decode(z, 8)  # (1, 3, 24, 40)
+    assert out.shape == (1, 3, 24, 40)
+    assert torch.allclose(out, torch.tensor([0.5, -0.25, 0.75])[None, :, None, None].expand_as(out))
+
+
+def test_colour_path_value_is_checked():
+    with pytest.raises(ValueError, match="colour_path must be one of none, latent, got 'rgb'"):
+        NestedVAE.from_preset("tiny", colour_path="rgb")

@@ -176,7 +176,7 @@ def test_vae_small_config_trains_evaluates_per_kind_and_resumes(tmp_path, caplog
 
     root = tmp_path / "data"
     rng = np.random.default_rng(0)
-    for kind, (w, h) in (("flat", (40, 40)), ("text", (200, 90))):
+    for kind, (w, h) in (("flat", (40, 40)), ("natural", (60, 50)), ("text", (200, 90))):  # kind_shares names natural
         for i in range(6):
             p = root / kind / "src" / f"{i}.png"
             p.parent.mkdir(parents=True, exist_ok=True)
@@ -208,5 +208,6 @@ def test_vae_small_config_trains_evaluates_per_kind_and_resumes(tmp_path, caplog
     lines = (tmp_path / "run" / "kind_eval.csv").read_text().splitlines()
     steps = [int(line.split(",")[0]) for line in lines[1:] if ",all,8," in line]
     assert steps == [1, 2, 3, 4]  # each batch evaluated once, across both runs
-    assert {line.split(",")[1] for line in lines[1:]} == {"all", "flat", "text"}
-    assert NestedVAE.from_pretrained(tmp_path / "run" / "pretrained").config["latent_channels"] == 16
+    assert {line.split(",")[1] for line in lines[1:]} == {"all", "flat", "natural", "text"}
+    config = NestedVAE.from_pretrained(tmp_path / "run" / "pretrained").config
+    assert config["latent_channels"] == 16 and config["colour_path"] == "latent"

@@ -21,6 +21,7 @@ from cat_tokenizer.data.annotations import class_labels, read_captions
 from cat_tokenizer.data.assign import ratios_from_csv, ratios_from_evaluator
 from cat_tokenizer.data.dataset import ImageFileDataset, collate_skipping, kind_of, stratified_split
 from cat_tokenizer.data.default_data import ensure_default_data
+from cat_tokenizer.data.flat import FlatFields
 from cat_tokenizer.data.images import UnreadableImage, list_images, partition_readable
 from cat_tokenizer.data.latent_cache import LatentCache
 from cat_tokenizer.data.sampler import BucketBatchSampler, balanced_weights, bucket_loader, world_and_rank
@@ -53,6 +54,9 @@ class CATDataModule(L.LightningDataModule):
         kind_shares: with ``balance: kind``, each kind's relative share of an epoch instead of equal
             shares, e.g. ``{natural: 2, text: 2}`` (kinds not named get 1): more of the kinds a model is
             worst at. Names must be top-level folders of ``root``.
+        flat_share: the expected share of each training batch replaced by synthetic flat colour
+            fields (``cat_tokenizer.data.flat``): real data holds too few exactly uniform areas for a
+            tokenizer to learn to return one colour exactly. Evaluation never sees them.
         batch_size: images per training batch.
         val_batch_size: images per validation batch (default: ``batch_size``).
         num_workers: DataLoader worker processes.
@@ -88,6 +92,7 @@ class CATDataModule(L.LightningDataModule):
         max_downscale: float = 2.0,
         balance: Literal["none", "kind"] = "none",
         kind_shares: dict[str, float] | None = None,
+        flat_share: float = 0.0,
         batch_size: int = 8,
         val_batch_size: int | None = None,
         num_workers: int = 4,
@@ -117,11 +122,14 @@ class CATDataModule(L.LightningDataModule):
             raise UserInputError(f"--data.max_downscale must be >= 1, got {max_downscale}")
         if not 0.0 <= val_fraction < 1.0:
             raise UserInputError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        if not 0.0 <= flat_share <= 1.0:
+            raise UserInputError(f"--data.flat_share must be in [0, 1], got {flat_share}")
         if kind_shares and balance != "kind":
             raise UserInputError("--data.kind_shares needs --data.balance kind")
         self.root, self.image_size, self.batch_size = root, image_size, batch_size
         self.crop, self.max_downscale, self.balance = crop, max_downscale, balance
         self.kind_shares = dict(kind_shares or {})
+        self.flat_share = flat_share
         self.val_batch_size = val_batch_size or batch_size
         self.num_workers, self.val_fraction, self.hflip = num_workers, val_fraction, hflip
         self.verify_images, self.seed, self.drop_last = verify_images, seed, drop_last
@@ -234,8 +242,9 @@ class CATDataModule(L.LightningDataModule):
                      len(files) - len(todo), len(files), len(todo))
         return todo
 
-    def _loader(self, dataset: ImageFileDataset, sampler: BucketBatchSampler) -> DataLoader:
-        return bucket_loader(dataset, sampler, self.num_workers, collate_skipping)
+    def _loader(self, dataset: ImageFileDataset, sampler: BucketBatchSampler, flat_share: float = 0.0) -> DataLoader:
+        collate = FlatFields(collate_skipping, flat_share, self.seed) if flat_share > 0 else collate_skipping
+        return bucket_loader(dataset, sampler, self.num_workers, collate)
 
     def train_dataloader(self) -> DataLoader:
         world, rank = world_and_rank(self)
@@ -245,7 +254,7 @@ class CATDataModule(L.LightningDataModule):
             drop_last=self.drop_last and len(self.train_set) >= self.batch_size * world,
             seed=self.seed, num_replicas=world, rank=rank,
         )
-        return self._loader(self.train_set, sampler)
+        return self._loader(self.train_set, sampler, self.flat_share)
 
     def _ordered(self, dataset: ImageFileDataset, fixed_ratio: int | None) -> DataLoader:
         world, rank = world_and_rank(self)

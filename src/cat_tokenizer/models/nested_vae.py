@@ -40,6 +40,7 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 # Trained tokenizers that ship inside the package (src/cat_tokenizer/pretrained/<name>/, with a model card).
 BUNDLED_TOKENIZERS = ("cat-small",)
+COLOUR_PATHS = ("none", "latent")
 
 
 def bundled_path(name: str) -> Path:
@@ -119,9 +120,16 @@ class _Encoder(nn.Module):
 
 
 class _Decoder(nn.Module):
-    """Shared latent-in + mid block, then one entry per ratio into the up path."""
+    """Shared latent-in + mid block, then one entry per ratio into the up path.
 
-    def __init__(self, out_channels: int, ch: Sequence[int], layers: int, groups: int, latent: int, ratios: Sequence[int]):
+    ``colour_path="latent"`` adds a 1x1 conv from the latent straight to RGB, upsampled bilinearly
+    and added to the output: a per-token colour that bypasses every GroupNorm (which maps a uniform
+    field to the same normalised pattern whatever its colour). Zero-initialised, so a new model
+    starts as the plain tail.
+    """
+
+    def __init__(self, out_channels: int, ch: Sequence[int], layers: int, groups: int, latent: int, ratios: Sequence[int],
+                 colour_path: str = "none"):
         super().__init__()
         mid, top = ch[-1], len(ch) - 1
         self.conv_in = nn.Conv2d(latent, mid, 3, padding=1)
@@ -135,6 +143,11 @@ class _Decoder(nn.Module):
         self.upsamplers = nn.ModuleList(Upsample2D(ch[i], use_conv=True) for i in range(1, len(ch)))
         self.norm_out = nn.GroupNorm(groups, ch[0], eps=1e-6)
         self.conv_out = nn.Conv2d(ch[0], out_channels, 3, padding=1)
+        self.colour: nn.Conv2d | None = None
+        if colour_path == "latent":
+            self.colour = nn.Conv2d(latent, out_channels, 1)
+            nn.init.zeros_(self.colour.weight)
+            nn.init.zeros_(self.colour.bias)
         self.gradient_checkpointing = False
 
     _run = _Encoder._run
@@ -147,7 +160,10 @@ class _Decoder(nn.Module):
             h = self._run(self.stages[i], h)  # (B, ch[i], H/2^i, W/2^i)
             if i > 0:
                 h = self.upsamplers[i - 1](h)  # (B, ch[i], H/2^(i-1), W/2^(i-1))
-        return self.conv_out(F.silu(self.norm_out(h)))  # (B, 3, H, W)
+        x = self.conv_out(F.silu(self.norm_out(h)))  # (B, 3, H, W)
+        if self.colour is not None:  # the per-token colour, around every normalisation
+            x = x + F.interpolate(self.colour(z), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return x
 
 
 class NestedVAE(nn.Module):
@@ -162,6 +178,11 @@ class NestedVAE(nn.Module):
         norm_num_groups: GroupNorm groups; must divide every width.
         latent_channels: channels C of the continuous latent (B, C, H/r, W/r).
         ratios: the compression ratios this model supports (powers of two up to 2^(stages-1)).
+        ratio_head: the config of an attached ratio head (written by ``save_pretrained``).
+        colour_path: ``none`` (the LDM tail) or ``latent``: a zero-initialised 1x1 conv from the latent
+            to RGB added to the output, so flat colours need not pass through the decoder's
+            GroupNorms (docs/training.md, "v2: why flat colours shift"). Saved configs name it only
+            when it is not ``none``, so v1 folders load unchanged.
     """
 
     def __init__(
@@ -174,8 +195,11 @@ class NestedVAE(nn.Module):
         latent_channels: int = 16,
         ratios: Sequence[int] = DEFAULT_RATIOS,
         ratio_head: dict | None = None,
+        colour_path: str = "none",
     ):
         super().__init__()
+        if colour_path not in COLOUR_PATHS:
+            raise UserInputError(f"colour_path must be one of {', '.join(COLOUR_PATHS)}, got {colour_path!r}")
         ch, ratios = tuple(int(c) for c in block_out_channels), tuple(sorted(int(r) for r in ratios))
         if bad := [c for c in ch if c % norm_num_groups]:
             raise UserInputError(f"norm_num_groups={norm_num_groups} must divide every width; it does not divide {bad}")
@@ -187,10 +211,12 @@ class NestedVAE(nn.Module):
             layers_per_block=layers_per_block, norm_num_groups=norm_num_groups,
             latent_channels=latent_channels, ratios=list(ratios),
         )
+        if colour_path != "none":  # only when set: a v1 config (no key) stays what it was
+            self.config["colour_path"] = colour_path
         self.ratios = ratios
         self.latent_channels = latent_channels
         self.encoder = _Encoder(in_channels, ch, layers_per_block, norm_num_groups, latent_channels, ratios)
-        self.decoder = _Decoder(out_channels, ch, layers_per_block, norm_num_groups, latent_channels, ratios)
+        self.decoder = _Decoder(out_channels, ch, layers_per_block, norm_num_groups, latent_channels, ratios, colour_path)
         self.ratio_head: RatioHead | None = None
         if ratio_head is not None:
             if "stage_channels" not in ratio_head:
