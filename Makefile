@@ -12,7 +12,7 @@ CKPT ?= cat-small
 TRAIN_OUT ?= outputs/train_small
 TRAIN_ARGS ?=
 
-.PHONY: install system-deps test test-fast lint demo train-small ship-small gpu-kit gpu-train-small need-real-data bench bench-gen bench-gen-gpu classify distill eval-recon need-data gen-demo gen-imagenet need-imagenet clean
+.PHONY: install system-deps test test-fast lint demo palette train-small ship-small gpu-kit gpu-train-small need-real-data bench bench-gen bench-gen-gpu classify distill eval-recon need-data gen-demo gen-imagenet need-imagenet clean
 
 install: $(STAMP)
 
@@ -171,6 +171,11 @@ bench-gen: install
 # The GPU check (the paper's setting): DiT-B/2, bf16, 256 px, peak memory per variant. Under 10 minutes on one H100/H200.
 bench-gen-gpu: install
 	$(VENV)/bin/cat-tokenizer bench-gen --preset B/2 --device cuda --precision bf16 --batch 64 --images 2048 --mix embedded --mix paper
+
+# The palette check (issue 24): 24 flat colours, whole and as a square on white, at every ratio; exits 1 below
+# 36 dB or 3 levels of colour shift. Writes outputs/palette/palette.{csv,md}.
+palette: install
+	$(VENV)/bin/cat-tokenizer palette --ckpt $(CKPT) --out outputs/palette
 
 bench: install
 	$(VENV)/bin/cat-tokenizer bench-train

@@ -27,6 +27,7 @@ from cat_tokenizer.data.default_data import ensure_default_data
 from cat_tokenizer.data.images import list_images
 from cat_tokenizer.data.variety import RECIPES, build_variety_set
 from cat_tokenizer.errors import UserInputError
+from cat_tokenizer.files import write_csv
 from cat_tokenizer.io import load_vae
 from cat_tokenizer.markdown import md_header, md_records, md_row
 
@@ -494,7 +495,34 @@ def demo(*, data: str | None = None, ckpt: str = "cat-small", out: str = "output
     return 0
 
 
+def palette(*, ckpt: str = "cat-small", out: str | None = None, device: str = "auto") -> int:
+    """the palette check: 24 flat colours, whole and as a square on white, at every ratio
+
+    Exits 0 when every image reaches 36 dB with its mean colour within 3 levels, 1 otherwise.
+
+    Args:
+        ckpt: tokenizer: cat-small (shipped), a save_pretrained folder, .ckpt or hub id
+        out: folder for palette.csv (one row per colour, layout and ratio) and palette.md (default: print only)
+        device: auto, cpu, cuda ...
+    """
+    from cat_tokenizer.devices import resolve_device
+    from cat_tokenizer.metrics.palette import PaletteTarget, measure_palette, palette_markdown
+
+    dev = resolve_device(device)
+    rows = measure_palette(load_vae(ckpt).to(dev).eval(), device=dev)
+    report = palette_markdown(rows)
+    print(report, end="")
+    if out is not None:
+        folder = Path(out)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_csv(folder / "palette.csv", rows)
+        (folder / "palette.md").write_text(f"# Palette check of {ckpt}\n\n`cat-tokenizer palette --ckpt {ckpt}`\n\n{report}")
+        print(f"wrote {folder / 'palette.csv'} and {folder / 'palette.md'}")
+    return 0 if PaletteTarget().passes(rows) else 1
+
+
 COMMANDS = {"encode": encode, "decode": decode, "bench": bench, "bench-train": bench_train_cmd, "bench-head": bench_head,
             "score": score, "bench-score": bench_score, "classify": classify, "eval-recon": eval_recon, "distill": distill,
             "variety": variety, "distill-text": distill_text, "analyse": analyse, "rd": rd, "fit-rubric": fit_rubric,
-            "evaluate-kinds": evaluate_kinds, "reencode": reencode, "pack": pack, "export": export, "demo": demo}
+            "evaluate-kinds": evaluate_kinds, "reencode": reencode, "pack": pack, "export": export, "demo": demo,
+            "palette": palette}

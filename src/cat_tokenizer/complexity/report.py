@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import csv
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from cat_tokenizer.complexity.evaluator import ComplexityEvaluator, ScoreResult, summarize
-from cat_tokenizer.io import apply_umask
+from cat_tokenizer.files import write_csv
 
 __all__ = ["COLUMNS", "write_rows", "result_rows", "format_summary"]
 
@@ -18,16 +15,7 @@ COLUMNS = ("path", "score", "ratio", "description", "evaluator")
 
 def write_rows(rows: Sequence[dict], out: str | Path, columns: Sequence[str] = COLUMNS) -> Path:
     """Write a CSV atomically (temp file + rename: a killed run never leaves half a file)."""
-    out = Path(out).expanduser()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    with os.fdopen(fd, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    apply_umask(tmp)  # mkstemp makes 0600 files
-    os.replace(tmp, out)
-    return out
+    return write_csv(out, rows, columns)
 
 
 def result_rows(results: Sequence[ScoreResult], root: Path | None, evaluator_name: str) -> list[dict]:
