@@ -12,7 +12,7 @@ CKPT ?= cat-small
 TRAIN_OUT ?= outputs/train_small
 TRAIN_ARGS ?=
 
-.PHONY: install system-deps test test-fast lint demo palette train-small ship-small gpu-kit gpu-train-small need-real-data bench bench-gen bench-gen-gpu classify distill eval-recon need-data gen-demo gen-imagenet need-imagenet clean
+.PHONY: install system-deps test test-fast lint demo palette hostile mutants train-small ship-small gpu-kit gpu-train-small need-real-data bench bench-gen bench-gen-gpu classify distill eval-recon need-data gen-demo gen-imagenet need-imagenet clean
 
 install: $(STAMP)
 
@@ -69,7 +69,7 @@ train-small: need-real-data install
 SHIP_FROM = $(firstword $(shell ls -t $(TRAIN_RUN)/pretrained/model.safetensors $(TRAIN_RUN)/checkpoints/last.ckpt 2>/dev/null))
 ship-small: install
 	@test -n "$(SHIP_FROM)" || { echo "make ship-small: no trained run in $(TRAIN_RUN)"; exit 2; }
-	$(VENV)/bin/cat-tokenizer export --ckpt $(if $(filter %.ckpt,$(SHIP_FROM)),$(SHIP_FROM),$(dir $(SHIP_FROM))) --out src/cat_tokenizer/pretrained/cat-small --fp16
+	$(VENV)/bin/cat-tokenizer export --ckpt $(if $(filter %.ckpt,$(SHIP_FROM)),$(SHIP_FROM),$(dir $(SHIP_FROM))) --out src/cat_tokenizer/pretrained/cat-small --fp16 --overwrite
 	cp $(TRAIN_RUN)/kind_eval.csv src/cat_tokenizer/pretrained/cat-small/training_curve.csv
 
 # Training cat-small on a lent GPU machine (no network, no ../shared, 64 MiB of working tree; docs/training.md):
@@ -176,6 +176,14 @@ bench-gen-gpu: install
 # 36 dB or 3 levels of colour shift. Writes outputs/palette/palette.{csv,md}.
 palette: install
 	$(VENV)/bin/cat-tokenizer palette --ckpt $(CKPT) --out outputs/palette
+
+# The hostile-input table of issue 30 rerun as real commands in scratch folders -> docs/hostile.md (~3 min).
+hostile: install
+	$(PY) tests/hostile.py --out docs/hostile.md
+
+# Planted one-line breaks in a temporary copy, and whether their tests catch them -> docs/mutations.md (~15 min).
+mutants: install
+	$(PY) tests/mutations.py --out docs/mutations.md
 
 bench: install
 	$(VENV)/bin/cat-tokenizer bench-train

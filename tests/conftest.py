@@ -65,3 +65,13 @@ def write_kind_folder(root: Path, kinds=("flat", "natural"), n: int = 4, size: t
             p.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(arr).save(p)
     return root
+
+
+def one_line_error(capsys, *needles: str) -> str:
+    """A command's stderr, less its log lines, is one line (no traceback) holding every needle."""
+    err = "\n".join(line for line in capsys.readouterr().err.splitlines()
+                    if line.strip() and not line.startswith(("INFO ", "WARNING ", "DEBUG ")))
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    for n in needles:
+        assert n in err, err
+    return err

@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {"cat_tokenizer": ROOT / "src" / "cat_tokenizer", "cat_tasks": ROOT / "tasks"}  # tasks/ installs as cat_tasks
 LAYERS = [
-    ("errors", "files", "markdown"),
+    ("errors", "files", "markdown", "outputs", "fingerprint", "options"),
     ("ratios", "devices", "metrics", "profiling"),
     ("models",),
     ("losses",),
@@ -136,3 +136,43 @@ def test_the_check_sees_a_planted_upward_import_and_cycle(tmp_path, monkeypatch)
     (pkg / "models" / "b.py").write_text("def g():\n    from .a import __name__ as n\n    return n\n")
     with pytest.raises(AssertionError, match="cat_tokenizer.models.a -> cat_tokenizer.models.b -> cat_tokenizer.models.a"):
         test_module_graph_has_no_cycle()
+
+
+# ---------------------------------------------------------------- pluggable tasks (issue 27)
+def test_the_core_imports_no_task():
+    """``cat_tokenizer`` (the CLI included) never imports ``cat_tasks``: tasks plug in through the
+    ``cat_tokenizer.commands`` entry points, so a new task needs no edit of the core."""
+    into_tasks = sorted(f"{m} -> {d}" for m, deps in _graph().items() if m.startswith("cat_tokenizer")
+                        for d in deps if d.startswith("cat_tasks"))
+    assert not into_tasks, "the core imports tasks:\n" + "\n".join(into_tasks)
+
+
+def test_the_core_check_sees_a_planted_task_import(tmp_path, monkeypatch):
+    pkg, tasks = tmp_path / "cat_tokenizer", tmp_path / "tasks"
+    (pkg / "cli").mkdir(parents=True)
+    (tasks / "newtask").mkdir(parents=True)
+    for init in (pkg / "__init__.py", pkg / "cli" / "__init__.py", tasks / "__init__.py", tasks / "newtask" / "__init__.py"):
+        init.write_text("")
+    (tasks / "newtask" / "commands.py").write_text("def run() -> int:\n    return 0\n")
+    (pkg / "cli" / "tools.py").write_text("def main():\n    from cat_tasks.newtask.commands import run\n    return run()\n")
+    monkeypatch.setitem(PACKAGES, "cat_tokenizer", pkg)
+    monkeypatch.setitem(PACKAGES, "cat_tasks", tasks)
+    with pytest.raises(AssertionError, match="cat_tokenizer.cli.tools -> cat_tasks.newtask.commands"):
+        test_the_core_imports_no_task()
+
+
+def test_every_command_module_is_registered_and_every_entry_loads():
+    """Each public function of a commands module is an entry point of the group, and each entry
+    point names a function of a commands module (pyproject.toml is the registry)."""
+    import tomllib
+
+    entries = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]["cat_tokenizer.commands"]
+    targets = {v for v in entries.values()}
+    mods = {m: p for m, p in _modules().items() if m.endswith(".commands")}
+    assert {t.split(":")[0] for t in targets} == set(mods)
+    for module, path in mods.items():
+        tree = ast.parse(path.read_text())
+        public = next(ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
+                      and getattr(n.targets[0], "id", "") == "__all__")
+        functions = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+        assert {f"{module}:{f}" for f in public if f in functions} == {t for t in targets if t.startswith(module + ":")}

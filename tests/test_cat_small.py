@@ -60,7 +60,7 @@ V1_FINGERPRINT = "63e87c250ec6da4e"  # the fourth cat-small release: flat colour
 
 
 def _shipped_is_v1() -> bool:
-    from cat_tokenizer.data.latent_cache import fingerprint_state
+    from cat_tokenizer.fingerprint import fingerprint_state
 
     return fingerprint_state(NestedVAE.from_pretrained("cat-small").state_dict()) == V1_FINGERPRINT
 

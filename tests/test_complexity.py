@@ -185,7 +185,11 @@ def test_score_cli_writes_csv_and_reuses_cache(kinds, tmp_path, capsys):
     assert [r["path"] for r in rows] == ["broken.jpg", "doc.png", "flat.png", "noise.png"]
     assert rows[0]["ratio"] == "" and {r["ratio"] for r in rows[1:]} <= {"8", "16", "32"}
     assert rows[1]["evaluator"] == "probe+rubric" and "Edges" in rows[1]["description"]
-    assert tools.main(["score", str(kinds), "--out", str(out), "--cache", str(cache), "--evaluator", str(cfg), "-q"]) == 0
+    first = out.read_text()
+    assert tools.main(["score", str(kinds), "--out", str(out), "--cache", str(cache), "--evaluator", str(cfg), "-q"]) == 2
+    assert "exists; pass --overwrite" in capsys.readouterr().err and out.read_text() == first  # outputs are kept
+    assert tools.main(["score", str(kinds), "--out", str(out), "--cache", str(cache), "--evaluator", str(cfg), "-q",
+                       "--overwrite"]) == 0
     assert "scored 3 (3 from cache)" in capsys.readouterr().out
     assert tools.main(["score", "--text", "a spreadsheet full of numbers", "--text", "a white wall"]) == 0
     assert "spreadsheet" in capsys.readouterr().out

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import one_line_error as _one_line_error
 from PIL import Image
 
 from cat_tokenizer.cli import lightning_main, tools
@@ -25,14 +26,6 @@ VAE_CONFIG = str(Path(__file__).parents[1] / "configs" / "vae.yaml")
 @pytest.fixture
 def tok(tmp_path, tiny_vae) -> Path:
     return tiny_vae.save_pretrained(tmp_path / "tok")
-
-
-def _one_line_error(capsys, *needles: str) -> str:
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err and len(err.splitlines()) == 1, err
-    for n in needles:
-        assert n in err, err
-    return err
 
 
 # ---------------------------------------------------------------- 1. encode / decode collisions
@@ -102,8 +95,31 @@ def test_latent_without_integer_ratio_is_one_line(tmp_path, tok, capsys):
 
 
 # ---------------------------------------------------------------- 4. corrupt score cache
-@pytest.mark.parametrize("garbage", [b"this is not a database" * 100, b"SQLite format 3\x00" + b"\xff" * 4000])
+def test_a_cache_path_that_is_not_a_cache_is_refused_and_left_alone(tmp_path, capsys):
+    """Policy 4 (cat_tokenizer.outputs): a cache never renames what is not its own file."""
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.new("RGB", (64, 64), (10, 200, 10)).save(data / "g.png")
+    garbage = b"this is not a database" * 100
+    (tmp_path / "notes.sqlite").write_bytes(garbage)
+    other = sqlite3.connect(tmp_path / "other.db")
+    other.execute("CREATE TABLE accounts (id INTEGER)")
+    other.commit()
+    other.close()
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "keep.txt").write_text("mine")
+    for cache, needle in ((data / "g.png", "not a SQLite file"), (tmp_path / "notes.sqlite", "not a SQLite file"),
+                          (tmp_path / "other.db", "another SQLite database"), (tmp_path / "folder", "is a folder")):
+        before = sorted(p.name for p in tmp_path.rglob("*"))
+        assert tools.main(["score", str(data), "--cache", str(cache), "-q"]) == 2
+        _one_line_error(capsys, needle)
+        assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing renamed or created
+    assert (tmp_path / "notes.sqlite").read_bytes() == garbage and (tmp_path / "folder" / "keep.txt").is_file()
+
+
+@pytest.mark.parametrize("garbage", [b"SQLite format 3\x00" + b"\xff" * 4000, b"SQLite format 3\x00" + b"\x00" * 200])
 def test_corrupt_score_cache_is_moved_aside_and_rebuilt(tmp_path, caplog, capsys, garbage):
+    """A damaged cache of ours (SQLite's header, unreadable body) is derived data: moved aside, rebuilt."""
     data = tmp_path / "data"
     data.mkdir()
     Image.new("RGB", (64, 64), (10, 200, 10)).save(data / "g.png")

@@ -13,9 +13,11 @@ from torchvision.utils import save_image
 from cat_tokenizer.data.images import UnreadableImage, load_rgb
 from cat_tokenizer.devices import resolve_device
 from cat_tokenizer.errors import UserInputError
+from cat_tokenizer.fingerprint import fingerprint_state
 from cat_tokenizer.io import check_latent, load_latent, load_vae, save_latent
+from cat_tokenizer.outputs import check_out_dir, refuse_inputs, resolved, split_existing
 
-__all__ = ["encode_files", "decode_files"]
+__all__ = ["encode_files", "decode_files", "output_names"]
 
 log = logging.getLogger(__name__)
 
@@ -27,12 +29,12 @@ def output_names(inputs: list[str], suffix: str) -> list[Path]:
     Raises:
         UserInputError: two inputs would write the same output (e.g. ``a.png`` and ``a.jpg``); nothing is written.
     """
-    resolved = [Path(p).resolve() for p in inputs]
-    root = Path(os.path.commonpath([p.parent for p in resolved])) if resolved else Path(".")
-    names = [p.relative_to(root).with_suffix(suffix) for p in resolved]
+    paths = [resolved(p) for p in inputs]
+    root = Path(os.path.commonpath([p.parent for p in paths])) if paths else Path(".")
+    names = [p.relative_to(root).with_suffix(suffix) for p in paths]
     seen: dict[Path, str] = {}
     for src, name in zip(inputs, names):
-        if name in seen and Path(seen[name]).resolve() != Path(src).resolve():
+        if name in seen and resolved(seen[name]) != resolved(src):
             raise UserInputError(f"{seen[name]} and {src} would both be written as {name}; rename one or encode them "
                                  "in separate runs (nothing was written)")
         seen.setdefault(name, src)
@@ -40,19 +42,30 @@ def output_names(inputs: list[str], suffix: str) -> list[Path]:
 
 
 @torch.no_grad()
-def encode_files(images: list[str], ratio: int | str, ckpt: str, out: str, sample: bool = False, device: str = "auto") -> list[Path]:
+def encode_files(images: list[str], ratio: int | str, ckpt: str, out: str, sample: bool = False, device: str = "auto",
+                 overwrite: bool = False) -> list[Path]:
     """Encode each image at ``ratio`` (or ``"auto"``: the tokenizer's ratio head picks it); writes
     ``<out>/<path relative to the inputs' common folder>.safetensors``. Unreadable files are skipped;
-    inputs whose outputs would collide are refused before anything is written.
+    inputs whose outputs would collide are refused before anything is written. Latents that exist
+    already are kept (a rerun resumes) unless ``overwrite``; an output that is one of the inputs is
+    refused (``cat_tokenizer.outputs``).
 
     Returns:
         The latent files written.
     """
     names = output_names(images, ".safetensors")
+    targets = [check_out_dir(out) / name for name in names]
+    for t in targets:
+        refuse_inputs(t, images, "encode: output", "one of the input images")
+    todo, kept = split_existing(targets, overwrite)
+    if kept:
+        log.info("kept %d existing latent(s) in %s (pass --overwrite to rewrite them)", kept, out)
     dev = resolve_device(device)
     vae = load_vae(ckpt).to(dev)
+    fingerprint = fingerprint_state(vae.state_dict())
     written, skipped = [], []
-    for path, name in zip(images, names):
+    for i in todo:
+        path = images[i]
         try:
             img = load_rgb(path)
         except UnreadableImage as err:
@@ -63,8 +76,8 @@ def encode_files(images: list[str], ratio: int | str, ckpt: str, out: str, sampl
         post = vae.encode(x, ratio)
         post = post[0] if isinstance(post, list) else post  # "auto": one posterior per image
         z = post.sample() if sample else post.mode()  # (1, C, h, w)
-        target = Path(out) / name
-        written.append(save_latent(target, z[0], post.ratio, post.input_size, source=str(path)))
+        target = targets[i]
+        written.append(save_latent(target, z[0], post.ratio, post.input_size, source=str(resolved(path)), tokenizer=fingerprint))
         log.info("%s -> %s  %dx latent %s (%d tokens)", path, target, post.ratio, tuple(z.shape[1:]), z.shape[-1] * z.shape[-2])
     if skipped:
         log.warning("skipped %d unreadable file(s): %s", len(skipped), ", ".join(skipped))
@@ -72,9 +85,11 @@ def encode_files(images: list[str], ratio: int | str, ckpt: str, out: str, sampl
 
 
 @torch.no_grad()
-def decode_files(latents: list[str], ckpt: str, out: str, device: str = "auto") -> list[Path]:
+def decode_files(latents: list[str], ckpt: str, out: str, device: str = "auto", overwrite: bool = False) -> list[Path]:
     """Decode latent files to PNGs at their original size (``<out>/<path relative to the inputs'
-    common folder>.png``); every latent is checked against its metadata before anything is written.
+    common folder>.png``); every latent is checked against its metadata and the tokenizer's
+    fingerprint before anything is written. A PNG that would replace a latent's source image (or
+    any input) is refused, even with ``overwrite``; other existing PNGs are kept unless ``overwrite``.
 
     Returns:
         The PNGs written.
@@ -82,15 +97,34 @@ def decode_files(latents: list[str], ckpt: str, out: str, device: str = "auto") 
     names = output_names(latents, ".png")
     dev = resolve_device(device)
     vae = load_vae(ckpt).to(dev)
+    fingerprint = fingerprint_state(vae.state_dict())
     loaded = [load_latent(p) for p in latents]
     for path, lat in zip(latents, loaded):
-        check_latent(lat, vae, path)
+        check_latent(lat, vae, path, fingerprint)
+    targets = [check_out_dir(out) / name for name in names]
+    sources = [lat.source for lat in loaded if lat.source]
+    for t in targets:
+        refuse_inputs(t, [*latents, *sources], "decode: output", "an input latent or the source image of one")
+    todo, kept = split_existing(targets, overwrite)
+    if kept:
+        log.info("kept %d existing image(s) in %s (pass --overwrite to rewrite them)", kept, out)
     written = []
-    for path, name, lat in zip(latents, names, loaded):
+    for i in todo:
+        path, lat, target = latents[i], loaded[i], targets[i]
         x = vae.decode(lat.latent[None].to(dev), lat.ratio, size=(lat.height, lat.width))  # (1, 3, H, W)
-        target = Path(out) / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        save_image(x.clamp(-1, 1).add(1).div(2), target)
+        _save_png(x.clamp(-1, 1).add(1).div(2), target)
         written.append(target)
         log.info("%s -> %s (%dx%d, ratio %d)", path, target, lat.height, lat.width, lat.ratio)
     return written
+
+
+def _save_png(x: torch.Tensor, target: Path) -> None:
+    """Write (1, 3, H, W) in [0, 1] as a PNG atomically (temp file + rename)."""
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        save_image(x, tmp, format="png")
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["UserInputError", "InputNotFound", "find_user_error"]
+__all__ = ["UserInputError", "InputNotFound", "Interrupted", "find_user_error"]
 
 
 class UserInputError(ValueError):
@@ -11,6 +11,10 @@ class UserInputError(ValueError):
 
 class InputNotFound(UserInputError, FileNotFoundError):
     """A path, model or weights file the user pointed at does not exist."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a long job, with a message saying what was kept (the CLIs print it; exit 130)."""
 
 
 def find_user_error(err: BaseException | None) -> UserInputError | None:

@@ -13,11 +13,19 @@ from torch import Tensor
 
 from cat_tokenizer.errors import UserInputError
 from cat_tokenizer.files import apply_umask
-from cat_tokenizer.models.nested_vae import NestedVAE
+from cat_tokenizer.models.nested_vae import NestedVAE, check_weights
 
-__all__ = ["load_vae", "save_latent", "load_latent", "check_latent", "apply_umask", "Latent", "CONFIG_KEY"]
+__all__ = ["load_vae", "save_latent", "load_latent", "check_latent", "apply_umask", "first_line", "Latent", "CONFIG_KEY",
+           "LATENT_LIMIT"]
 
 CONFIG_KEY = "nested_vae_config"  # the .ckpt entry NestedVAEModule.on_save_checkpoint writes: NestedVAE rebuilds from it alone
+# Largest |value| a latent may hold: trained latents stay within about +-50 (KL-regularised); a 1e30 decodes to black.
+LATENT_LIMIT = 1e4
+
+
+def first_line(err: BaseException) -> str:
+    """An exception's first non-empty message line (its type name when the message is empty)."""
+    return next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
 
 
 def load_vae(path: str | Path, ema: bool = True) -> NestedVAE:
@@ -33,19 +41,28 @@ def load_vae(path: str | Path, ema: bool = True) -> NestedVAE:
     """
     p = Path(path)
     if p.is_file():
+        if p.stat().st_size == 0:
+            raise UserInputError(f"cannot read checkpoint {p}: the file is empty")
         try:
             ckpt = torch.load(p, map_location="cpu", weights_only=True)
         except Exception as err:  # not a torch file, or one that needs pickle (refused)
-            raise UserInputError(f"cannot read checkpoint {p}: {type(err).__name__}: {str(err).splitlines()[0]}") from None
+            raise UserInputError(f"cannot read checkpoint {p}: {type(err).__name__}: {first_line(err)}") from None
         if not isinstance(ckpt, dict) or CONFIG_KEY not in ckpt:
             raise UserInputError(f"{p} is not a NestedVAEModule checkpoint (no '{CONFIG_KEY}' entry)")
-        state = ckpt["state_dict"]
+        state = ckpt.get("state_dict")
+        if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+            raise UserInputError(f"{p}: the checkpoint has no usable 'state_dict' (a dict of tensors)")
         prefix = "ema.module." if ema and any(k.startswith("ema.module.") for k in state) else "vae."
+        config = ckpt[CONFIG_KEY]
+        if not isinstance(config, dict):
+            raise UserInputError(f"{p}: '{CONFIG_KEY}' is not a dict of NestedVAE arguments")
         try:
-            vae = NestedVAE(**ckpt[CONFIG_KEY])
-            vae.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}, strict=True)
+            vae = NestedVAE(**config)
+            weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+            check_weights(weights, p)
+            vae.load_state_dict(weights, strict=True)
         except (TypeError, RuntimeError) as err:  # a config key or a weight shape that does not fit
-            raise UserInputError(f"{p}: the weights do not fit the recorded NestedVAE config ({str(err).splitlines()[0][:200]})") from None
+            raise UserInputError(f"{p}: the weights do not fit the recorded NestedVAE config ({first_line(err)[:200]})") from None
         return vae.eval()
     return NestedVAE.from_pretrained(p)
 
@@ -59,20 +76,28 @@ class Latent:
     height: int
     width: int
     source: str = ""
+    tokenizer: str = ""  # fingerprint of the tokenizer's weights ("" in files written before it was recorded)
 
 
 def save_latent(path: str | Path, latent: Tensor, ratio: int, size: tuple[int, int], source: str = "",
-                extra: dict[str, Tensor] | None = None) -> Path:
-    """Write one image's latent (C, h, w) with its ratio and original size in the metadata. ``extra``
-    tensors ride along in the same file (the DiT's latent cache: ``latent_flip``, ``text_emb``)."""
+                extra: dict[str, Tensor] | None = None, tokenizer: str = "") -> Path:
+    """Write one image's latent (C, h, w) with its ratio, original size, source image and the
+    tokenizer's fingerprint (``fingerprint_state``) in the metadata. ``extra`` tensors ride along in
+    the same file (the DiT's latent cache: ``latent_flip``, ``text_emb``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"ratio": str(ratio), "height": str(size[0]), "width": str(size[1]), "source": source, "format": "cat-latent-v1"}
+    if tokenizer:
+        meta["tokenizer"] = tokenizer
     tensors = {"latent": latent, **(extra or {})}
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=meta)
-    apply_umask(tmp)
-    os.replace(tmp, path)  # atomic: a killed encode never leaves half a latent under the real name
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=meta)
+        apply_umask(tmp)
+        os.replace(tmp, path)  # atomic: a killed encode never leaves half a latent under the real name
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -93,19 +118,32 @@ def load_latent(path: str | Path) -> Latent:
                 raise UserInputError(f"{path}: latent metadata needs integer ratio, height and width, got {meta}") from None
             if "latent" not in f.keys():
                 raise UserInputError(f"{path}: no 'latent' tensor in the file")
-            return Latent(latent=f.get_tensor("latent"), ratio=ratio, height=height, width=width, source=meta.get("source", ""))
+            return Latent(latent=f.get_tensor("latent"), ratio=ratio, height=height, width=width, source=meta.get("source", ""),
+                          tokenizer=meta.get("tokenizer", ""))
     except (OSError, SafetensorError) as err:  # missing, or not safetensors at all
         raise UserInputError(f"cannot read latent file {path}: {err}") from None
 
 
-def check_latent(lat: Latent, vae: NestedVAE, path: str | Path = "") -> None:
+def check_latent(lat: Latent, vae: NestedVAE, path: str | Path = "", fingerprint: str | None = None) -> None:
     """Refuse a latent that the tokenizer cannot decode as its metadata says: a ratio the tokenizer
-    lacks, other channels, or a grid that is not ``ceil(height / ratio) x ceil(width / ratio)``.
+    lacks, other channels, a grid that is not ``ceil(height / ratio) x ceil(width / ratio)``, values
+    that are not finite floats within ``LATENT_LIMIT``, or (given the decoding tokenizer's
+    ``fingerprint``) a latent recorded as made by another tokenizer.
 
     Raises:
         UserInputError: one line naming the file and the mismatch.
     """
     name = path or lat.source or "latent"
+    z = lat.latent
+    if not z.is_floating_point():
+        raise UserInputError(f"{name}: latent values are {str(z.dtype).replace('torch.', '')}; a latent holds floats")
+    if not bool(torch.isfinite(z).all()):
+        raise UserInputError(f"{name}: the latent holds NaN or infinite values ({int((~torch.isfinite(z)).sum())} of {z.numel()})")
+    if z.numel() and float(z.abs().max()) > LATENT_LIMIT:
+        raise UserInputError(f"{name}: latent values up to {float(z.abs().max()):.3g}, beyond any trained latent (|z| <= {LATENT_LIMIT:g})")
+    if fingerprint and lat.tokenizer and lat.tokenizer != fingerprint:
+        raise UserInputError(f"{name}: made by tokenizer {lat.tokenizer}, not by this one ({fingerprint}); "
+                             "decode it with the tokenizer that encoded it")
     if lat.latent.ndim != 3:
         raise UserInputError(f"{name}: a latent is (C, h, w), got shape {tuple(lat.latent.shape)}")
     if lat.ratio not in vae.ratios:

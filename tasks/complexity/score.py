@@ -12,6 +12,7 @@ from cat_tokenizer.complexity.report import format_summary, result_rows, write_r
 from cat_tokenizer.data.assign import read_ratio_csv
 from cat_tokenizer.data.images import list_images
 from cat_tokenizer.errors import UserInputError
+from cat_tokenizer.outputs import check_out_file
 from cat_tokenizer.ratios import parse_budget
 
 __all__ = ["run_score"]
@@ -31,10 +32,21 @@ def run_score(
     overrides: str | None = None,
     ratio: int | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> tuple[list[ScoreResult], str]:
-    """Score a folder (or prompts) and write the CSV; returns the results and the summary text."""
+    """Score a folder (or prompts) and write the CSV; returns the results and the summary text.
+
+    ``out`` is checked before anything is scored: an existing file is refused unless ``overwrite``,
+    and an input image or the score cache itself is refused always (``cat_tokenizer.outputs``)."""
     if (root is None) == (not texts):
         raise UserInputError("give an image folder or --text prompts (one of the two)")
+    files: list[Path] = []
+    if root is not None:
+        base = Path(root).expanduser()
+        files = list_images(base)
+        store = Path(cache).expanduser() if cache else default_score_cache(base)
+    if out:
+        check_out_file(out, overwrite, inputs=[*files, *([store] if root is not None else []), *([cache] if cache else [])])
     evaluator = ComplexityEvaluator.from_config(evaluator_config, image_size)
     if thresholds is not None:
         evaluator.mapper = RatioMapper(thresholds, evaluator.mapper.ratios)
@@ -45,9 +57,6 @@ def run_score(
         results = evaluator.score_texts(list(texts), cache=cache, ratio=ratio)
         rows = result_rows(results, None, name)
     else:
-        base = Path(root).expanduser()
-        files = list_images(base)
-        store = Path(cache) if cache else default_score_cache(base)
         log.info("score cache: %s", store)
         manual = read_ratio_csv(overrides, base, evaluator.mapper.ratios) if overrides else None
         results = evaluator.score_images(files, cache=store, overrides=manual, ratio=ratio, progress=progress)

@@ -18,8 +18,9 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from cat_tokenizer.data.latent_cache import LatentCache, LatentEntry, fingerprint_state
+from cat_tokenizer.data.latent_cache import LatentCache, LatentEntry
 from cat_tokenizer.errors import UserInputError
+from cat_tokenizer.fingerprint import fingerprint_state
 from cat_tokenizer.io import save_latent
 
 __all__ = ["LatentEncoder"]

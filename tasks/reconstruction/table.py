@@ -29,8 +29,8 @@ from tqdm import tqdm
 
 from cat_tokenizer.complexity.probe import jpeg_bits_per_pixel
 from cat_tokenizer.data.images import UnreadableImage, list_images, load_rgb
-from cat_tokenizer.data.latent_cache import fingerprint_state
 from cat_tokenizer.data.transforms import CropPolicy, image_transform
+from cat_tokenizer.fingerprint import fingerprint_state
 from cat_tokenizer.metrics.image import to_pil
 from cat_tokenizer.metrics.ocr import ocr_confidence
 from cat_tokenizer.models.nested_vae import NestedVAE

@@ -12,7 +12,9 @@ POSIX spellings with these rules:
   ``tuple[X, ...]`` takes one or more values (``--datasets mnist lfw``);
 - a parameter annotated with a dataclass contributes that dataclass's fields as options (shared
   option groups, such as the sampling options of ``sample`` and ``fid``);
-- defaults are never copied into the parser: an option left out is left out of the call.
+- defaults are never copied into the parser: an option left out is left out of the call;
+- an ``int`` option is a count or a size: at least 1, or at least 0 for the names in ``ZERO_OK``
+  (``--per-kind 0`` means all); ``seed`` takes any integer.
 """
 
 from __future__ import annotations
@@ -30,6 +32,22 @@ from docstring_parser import parse as parse_docstring
 __all__ = ["add_command", "call_command"]
 
 SHORT = {"quiet": "-q"}
+ZERO_OK = {"conv", "per_kind", "show", "min_words"}  # int options where 0 means none / all
+SIGNED = {"seed"}
+
+
+def _int_option(name: str) -> Callable[[str], int]:
+    """argparse type for an int option: a count or size (>= 1, or >= 0 in ``ZERO_OK``); ``seed`` any int."""
+    low = None if name in SIGNED else 0 if name in ZERO_OK else 1
+
+    def parse(text: str) -> int:
+        value = int(text)  # argparse turns a ValueError into "invalid int value"
+        if low is not None and value < low:
+            raise argparse.ArgumentTypeError(f"must be {'positive' if low else 'zero or more'}, got {value}")
+        return value
+
+    parse.__name__ = "int"
+    return parse
 
 
 def _unwrap_optional(tp: Any) -> Any:
@@ -53,15 +71,15 @@ def _add_option(p: argparse.ArgumentParser, name: str, tp: Any, default: Any, po
         values = typing.get_args(tp)
         kw.update(choices=values, type=type(values[0]))
     elif origin is list and not positional:  # a repeatable option, one value each
-        kw.update(type=typing.get_args(tp)[0], action="append")
+        kw.update(type=_item_type(name, typing.get_args(tp)[0]), action="append")
     elif origin in (list, tuple):  # one or more values after the option (or as the positionals)
-        kw.update(type=typing.get_args(tp)[0], nargs="+")
+        kw.update(type=_item_type(name, typing.get_args(tp)[0]), nargs="+")
     elif tp is bool:
         if default is not False:
             raise TypeError(f"{name}: a flag must default to False")
         kw["action"] = "store_true"
     else:
-        kw["type"] = tp if tp in (int, float, Path) else str
+        kw["type"] = _item_type(name, tp) if tp in (int, float, Path) else str
     if default is not inspect.Parameter.empty and default not in (None, False, argparse.SUPPRESS):
         kw["help"] += f" (default: {' '.join(map(str, default)) if isinstance(default, (list, tuple)) else default})"
     if positional:
@@ -71,6 +89,10 @@ def _add_option(p: argparse.ArgumentParser, name: str, tp: Any, default: Any, po
     else:
         flags = [f"--{name.replace('_', '-')}"] + ([SHORT[name]] if name in SHORT else [])
         p.add_argument(*flags, dest=name, required=default is inspect.Parameter.empty, **kw)
+
+
+def _item_type(name: str, tp: Any) -> Any:
+    return _int_option(name) if tp is int else tp
 
 
 def add_command(sub: argparse._SubParsersAction, fn: Callable[..., int], name: str | None = None) -> argparse.ArgumentParser:

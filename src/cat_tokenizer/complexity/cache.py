@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import random
 import sqlite3
@@ -17,6 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from cat_tokenizer.data.default_data import cache_dir
+from cat_tokenizer.errors import UserInputError
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,34 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+SQLITE_MAGIC = b"SQLite format 3\x00"
+OUR_TABLES = {"scores", "file_stats"}
+
+
+def _refuse_foreign(path: Path) -> None:
+    """Refuse a cache path that holds something else than a score cache (policy 4 of ``outputs``)."""
+    if path.is_dir():
+        raise UserInputError(f"score cache {path} is a folder; give a file path (e.g. {path / 'scores.sqlite'})")
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with open(path, "rb") as f:
+        head = f.read(len(SQLITE_MAGIC))
+    if head != SQLITE_MAGIC:
+        raise UserInputError(f"score cache {path} exists and is not a SQLite file (an image or other data?); "
+                             "it is left as it is: give another --cache path")
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            tables = {t for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        finally:
+            db.close()
+    except sqlite3.DatabaseError:
+        return  # our magic but unreadable: a damaged cache, moved aside by ScoreCache
+    if tables and not tables <= OUR_TABLES:
+        raise UserInputError(f"score cache {path} is another SQLite database (tables {sorted(tables)[:5]}); "
+                             "it is left as it is: give another --cache path")
+
+
 class ScoreCache:
     """``(content_hash, evaluator_hash) -> (score, description)``.
 
@@ -51,8 +81,11 @@ class ScoreCache:
     ``trust_stat`` a re-run skips reading files whose ``(size, mtime, ctime, inode)`` are unchanged
     (ctime cannot be set back by ``os.utime``, so a rewrite with a restored mtime is still seen).
 
-    A cache file that SQLite cannot read (not a database, malformed) is moved aside to
+    The cache owns only its own file (``cat_tokenizer.outputs``, policy 4): a path that is a folder,
+    a file that is not SQLite (an image, say) or a SQLite database with other tables is refused with
+    one line. A cache of ours that SQLite cannot read (malformed) is moved aside to
     ``<name>.corrupt-<time>`` with one warning, and an empty one is started: scores are derived data.
+    Scores that are not finite numbers are neither stored nor trusted (SQLite stores NaN as NULL).
 
     Args:
         path: the SQLite file (created with its folder).
@@ -61,7 +94,8 @@ class ScoreCache:
     """
 
     def __init__(self, path: str | Path, timeout: float = 60.0, trust_stat: bool = False):
-        self.path = Path(path)
+        self.path = Path(path).expanduser()
+        _refuse_foreign(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.trust_stat = trust_stat
         try:
@@ -156,12 +190,12 @@ class ScoreCache:
                 f"SELECT content, score, description FROM scores WHERE evaluator=? AND content IN ({','.join('?' * len(part))})",
                 [evaluator, *part],
             )
-            out.update({c: (s, d) for c, s, d in rows})
+            out.update({c: (s, d) for c, s, d in rows if s is not None and math.isfinite(s)})  # NULL: rescore
         return out
 
     def put_many(self, items: Iterable[tuple[str, float, str]], evaluator: str) -> None:
         """Store ``(content_hash, score, description)`` rows in one transaction."""
-        rows = [(c, evaluator, float(s), d) for c, s, d in items]
+        rows = [(c, evaluator, float(s), d) for c, s, d in items if s is not None and math.isfinite(float(s))]
         with self._db:  # one transaction: all rows or none
             self._db.executemany("INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?)", rows)
 

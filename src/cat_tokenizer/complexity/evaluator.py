@@ -29,7 +29,7 @@ from cat_tokenizer.complexity.base import Describer, Description, Scorer, text_d
 from cat_tokenizer.complexity.cache import ScoreCache, config_hash, content_hash
 from cat_tokenizer.complexity.ratio_map import RatioMapper
 from cat_tokenizer.data.images import UnreadableImage, load_rgb
-from cat_tokenizer.errors import InputNotFound, UserInputError
+from cat_tokenizer.errors import InputNotFound, Interrupted, UserInputError
 from cat_tokenizer.ratios import DEFAULT_RATIOS, check_ratio
 
 
@@ -159,7 +159,15 @@ class ComplexityEvaluator(nn.Module):
             path = Path(config).expanduser()
             if not path.is_file():
                 raise InputNotFound(f"evaluator config not found: {config}")
-            config = yaml.safe_load(path.read_text()) or {}
+            try:
+                config = yaml.safe_load(path.read_text()) or {}
+            except (yaml.YAMLError, UnicodeDecodeError) as err:
+                where = getattr(err, "problem_mark", None)
+                at = f" (line {where.line + 1}, column {where.column + 1})" if where else ""
+                raise UserInputError(f"evaluator config {path}: not valid YAML{at}") from None
+            if not isinstance(config, dict):
+                raise UserInputError(f"evaluator config {path}: expected a mapping (class_path / init_args), "
+                                     f"got {type(config).__name__}")
         config = dict(config)
         if "class_path" not in config:
             config = {"class_path": f"{cls.__module__}.{cls.__name__}", "init_args": config}
@@ -279,6 +287,7 @@ class ComplexityEvaluator(nn.Module):
             map_ratios: map scores to ratios (off when scoring a slice of a dataset whose
                 budget calibration needs all the scores, as a distributed run does).
         """
+        _check_sequence(paths, "score_images", "image paths")
         results = [ScoreResult(key=str(p)) for p in paths]
         with _opened(cache) as store:
             hashes = store.content_hashes(paths) if store is not None else [self._hash_or_none(p) for p in paths]
@@ -300,6 +309,7 @@ class ComplexityEvaluator(nn.Module):
     def score_texts(self, texts: Sequence[str], cache: str | Path | ScoreCache | None = None,
                     ratio: int | None = None) -> list[ScoreResult]:
         """Score prompts or class names (no image: the scorer reads the text itself)."""
+        _check_sequence(texts, "score_texts", "prompts")
         if self.scorer is None:
             raise UserInputError("text scoring needs a scorer (the describer-only pipeline needs an image)")
         results = [ScoreResult(key=t) for t in texts]
@@ -346,6 +356,7 @@ class ComplexityEvaluator(nn.Module):
         if store is not None:
             log.info("%d %s: %d cached, %d to score", len(results), what, len(results) - len(todo), len(todo))
         bar = tqdm(total=len(todo), desc=f"scoring {what}", unit=what[:-1], disable=not progress)
+        done = 0
         try:
             for i in range(0, len(todo), self.batch_size):
                 chunk = todo[i : i + self.batch_size]
@@ -356,9 +367,19 @@ class ComplexityEvaluator(nn.Module):
                     r.score, r.description = s, d.text
                 if store is not None and ok:
                     store.put_many([(h, r.score, r.description) for r, h, _ in ok], ev)
+                done += len(chunk)
                 bar.update(len(chunk))
+        except KeyboardInterrupt:
+            kept = f"kept in {store.path}; rerun to resume" if store is not None else "not kept (no cache)"
+            raise Interrupted(f"interrupted: {done} of {len(todo)} {what} scored, {kept}") from None
         finally:
             bar.close()
+
+
+def _check_sequence(items, method: str, what: str) -> None:
+    """A string where a list belongs would be scored character by character: refuse it."""
+    if isinstance(items, (str, bytes, Path)):
+        raise UserInputError(f"{method} takes a list of {what}, got one {type(items).__name__}: wrap it in a list")
 
 
 @contextmanager

@@ -6,6 +6,7 @@ mean token count hits a budget. Higher scores get smaller ratios (more tokens).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -28,6 +29,8 @@ class RatioMapper:
     def __init__(self, thresholds: Sequence[float] = (4.0, 7.0), ratios: Sequence[int] = DEFAULT_RATIOS):
         self.ratios = tuple(sorted(int(r) for r in ratios))
         self.thresholds = tuple(float(t) for t in thresholds)
+        if not all(math.isfinite(t) for t in self.thresholds):
+            raise UserInputError(f"thresholds must be finite numbers, got {list(thresholds)}")
         if len(self.thresholds) != len(self.ratios) - 1 or list(self.thresholds) != sorted(self.thresholds):
             raise UserInputError(f"need {len(self.ratios) - 1} ascending thresholds for ratios {self.ratios}, got {thresholds}")
 

@@ -22,7 +22,8 @@ def read_ratio_csv(path: str | Path, root: Path, ratios: Sequence[int]) -> dict[
     and ``ratio``; rows with an empty ratio (unreadable images in a score CSV) are skipped.
 
     Raises:
-        InputNotFound / UserInputError: no such file, missing columns, or a ratio outside ``ratios``.
+        InputNotFound / UserInputError: no such file, missing columns, a ratio outside ``ratios``, or a
+            path outside ``root`` (it could never match an image of this folder).
     """
     p = Path(path).expanduser()
     if not p.is_file():
@@ -40,7 +41,10 @@ def read_ratio_csv(path: str | Path, root: Path, ratios: Sequence[int]) -> dict[
             except ValueError:
                 raise UserInputError(f"{path}:{i}: bad ratio {row['ratio']!r} (valid: {sorted(ratios)})") from None
             q = Path(row["path"])
-            table[str(q if q.is_absolute() else root / q)] = r
+            full = q if q.is_absolute() else root / q
+            if not full.resolve().is_relative_to(root.resolve()):
+                raise UserInputError(f"{path}:{i}: {row['path']} is outside {root}; paths are relative to the scored folder")
+            table[str(full)] = r
     return table
 
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from cat_tokenizer.errors import InputNotFound, UserInputError
 
@@ -81,7 +81,8 @@ def check_image(path: str | Path) -> None:
 def load_rgb(path: str | Path) -> Image.Image:
     """Decode an image fully and return it as 8-bit RGB.
 
-    Grayscale, 16-bit and palette images are converted; transparent ones are composited on white.
+    Grayscale, 16-bit and palette images are converted; transparent ones are composited on white;
+    an EXIF orientation (phone photos) is applied, so the image is the way up it is shown.
 
     Raises:
         UnreadableImage: missing, truncated, corrupt, or over the decompression-bomb limit.
@@ -90,7 +91,7 @@ def load_rgb(path: str | Path) -> Image.Image:
     with _open(path) as im:
         try:
             im.load()
-            return _to_rgb(im)
+            return _to_rgb(ImageOps.exif_transpose(im))
         except Exception as err:  # truncated files raise OSError; broken codecs raise others
             raise UnreadableImage(path, f"cannot decode ({type(err).__name__}: {err})") from None
 

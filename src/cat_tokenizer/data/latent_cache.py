@@ -19,15 +19,13 @@ index file, so distributed encoding needs no merge step.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from cat_tokenizer.errors import InputNotFound, UserInputError
+from cat_tokenizer.fingerprint import fingerprint_state  # re-exported: the cache's key for a tokenizer
 from cat_tokenizer.ratios import RatioAssignment
 
 __all__ = ["LatentCache", "LatentEntry", "fingerprint_state"]
@@ -149,14 +147,3 @@ class LatentCache:
             raise InputNotFound(f"latent cache {self.root} has no latents for {assignment.cache_mode} (it holds {modes}): "
                                 f"encode with --data.ratio_assignment {assignment if assignment.mode == 'fixed' else 'complexity'}")
         return sorted(chosen, key=lambda e: e.key)
-
-
-def fingerprint_state(state: dict) -> str:
-    """A short hash of a state dict's names, shapes and bytes (identifies a tokenizer's weights)."""
-    h = hashlib.sha1()
-    for k in sorted(state):
-        v = state[k].detach().cpu().contiguous()
-        h.update(k.encode())
-        h.update(str(tuple(v.shape)).encode())
-        h.update(v.view(-1).view(torch.uint8).numpy().tobytes() if v.numel() else b"")
-    return h.hexdigest()[:16]

@@ -10,14 +10,38 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from cat_tokenizer.callbacks import StepProgressBar
+from cat_tokenizer.callbacks import ExportPretrained, StepProgressBar
 from cat_tokenizer.devices import cpu_has_native_bf16
 from cat_tokenizer.errors import UserInputError
 
-__all__ = ["CATLightningCLI", "OneLineErrorParser", "cli", "silence_known_warnings"]
+__all__ = ["CATLightningCLI", "KeepCheckpoints", "OneLineErrorParser", "cli", "silence_known_warnings"]
+
+
+class KeepCheckpoints(Callback):
+    """Refuse to start a run whose checkpoint folder holds another run's checkpoints (policy 3 of
+    ``cat_tokenizer.outputs``): ``ModelCheckpoint(save_last=True)`` would replace that run's
+    ``last.ckpt``, the one ``--ckpt_path last`` resumes from. Resuming (any ``ckpt_path``) is fine."""
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.ckpt_path is not None or trainer.fast_dev_run:
+            return
+        for cb in trainer.checkpoint_callbacks:
+            folder = Path(cb.dirpath) if cb.dirpath else None
+            if folder is not None and folder.is_dir() and (found := sorted(folder.glob("*.ckpt"))):
+                raise UserInputError(
+                    f"{folder} holds checkpoints of an earlier run ({found[-1].name}); resume it with --ckpt_path "
+                    f"{found[-1]}, or start a new run in another --trainer.default_root_dir (nothing was overwritten)")
+
+
+def _check_ckpt_file(path: Path) -> None:
+    """A ``--ckpt_path`` that exists but is no checkpoint (empty, truncated, another file): one line."""
+    import zipfile
+
+    if path.stat().st_size == 0 or not zipfile.is_zipfile(path):
+        raise UserInputError(f"--ckpt_path {path} is not a readable checkpoint (empty, truncated or another kind of file)")
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +87,9 @@ class CATLightningCLI(LightningCLI):
         config (say a shorter ``decay_steps``) would be silently ignored on resume. Without a model
         in the config, Lightning's behaviour (rebuild the model from the checkpoint) stays."""
         sub = self.config.get("subcommand")
+        ckpt = (self.config[sub] if sub else self.config).get("ckpt_path")
+        if ckpt and str(ckpt) not in ("last", "best", "hpc", "registry") and "://" not in str(ckpt) and Path(ckpt).is_file():
+            _check_ckpt_file(Path(ckpt))  # before Lightning reads its hyperparameters (an EOFError deep in torch.load)
         before = self.config.clone() if sub else None
         super()._parse_ckpt_path()
         if before is None or not before[sub].get("model") or not getattr(before[sub].model, "class_path", None):
@@ -79,8 +106,9 @@ class CATLightningCLI(LightningCLI):
         trainer = cfg.trainer
         on_cpu = trainer.accelerator == "cpu" or (trainer.accelerator == "auto" and not torch.cuda.is_available())
         ckpt = cfg.get("ckpt_path")
-        if ckpt and str(ckpt) not in ("last", "best", "hpc", "registry") and "://" not in str(ckpt) and not Path(ckpt).is_file():
-            raise UserInputError(f"--ckpt_path: checkpoint not found: {ckpt}")
+        if ckpt and str(ckpt) not in ("last", "best", "hpc", "registry") and "://" not in str(ckpt):
+            if not Path(ckpt).is_file():
+                raise UserInputError(f"--ckpt_path: checkpoint not found: {ckpt}")
         precision = str(trainer.precision)
         if not on_cpu or precision not in ("bf16-mixed", "16-mixed", "bf16", "16"):
             return
@@ -92,6 +120,15 @@ class CATLightningCLI(LightningCLI):
 
 
     def _instantiate_trainer(self, config: dict, callbacks: list) -> L.Trainer:
+        if config.get("fast_dev_run"):  # a smoke run writes no checkpoint and no export (outputs policy 3)
+            lasting = (ModelCheckpoint, ExportPretrained)
+            dropped = [type(c).__name__ for c in [*(config.get("callbacks") or []), *callbacks] if isinstance(c, lasting)]
+            config["callbacks"] = [c for c in config.get("callbacks") or [] if not isinstance(c, lasting)]
+            callbacks = [c for c in callbacks if not isinstance(c, lasting)]
+            config["enable_checkpointing"] = False
+            if dropped:
+                log.info("fast_dev_run: %s dropped; a smoke run writes no checkpoint or export", ", ".join(dropped))
+        callbacks = [*callbacks, KeepCheckpoints()]
         listed = [*(config.get("callbacks") or []), *callbacks]
         if config.get("enable_progress_bar", True) is not False and not any(isinstance(c, ProgressBar) for c in listed):
             callbacks = [*callbacks, StepProgressBar()]  # not "Epoch 0/-2" when training by steps

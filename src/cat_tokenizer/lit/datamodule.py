@@ -122,6 +122,11 @@ class CATDataModule(L.LightningDataModule):
             raise UserInputError(f"--data.max_downscale must be >= 1, got {max_downscale}")
         if not 0.0 <= val_fraction < 1.0:
             raise UserInputError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        sizes = dict(image_size=image_size, batch_size=batch_size, val_batch_size=val_batch_size or batch_size)
+        if bad := {k: v for k, v in sizes.items() if not isinstance(v, int) or v < 1}:
+            raise UserInputError(f"--data.{next(iter(bad))} must be a positive integer, got {next(iter(bad.values()))}")
+        if num_workers < 0:
+            raise UserInputError(f"--data.num_workers must be >= 0, got {num_workers}")
         if not 0.0 <= flat_share <= 1.0:
             raise UserInputError(f"--data.flat_share must be in [0, 1], got {flat_share}")
         if kind_shares and balance != "kind":

@@ -134,6 +134,16 @@ class KindEvaluator(L.Callback):
         if step != self._last:
             self._run(trainer, pl_module, step)
 
+    def _append(self, step: int, summary: dict) -> None:
+        new = not self._csv.exists()
+        self._csv.parent.mkdir(parents=True, exist_ok=True)
+        with open(self._csv, "a", newline="") as fh:
+            w = csv.writer(fh)
+            if new:
+                w.writerow(["step", "kind", "ratio", "psnr", "ssim", "n"])
+            for (k, r), v in summary.items():
+                w.writerow([step, k, r, f"{v['psnr']:.3f}", f"{v['ssim']:.4f}", v["n"]])
+
     @rank_zero_only
     def _run(self, trainer: L.Trainer, pl_module, step: int) -> None:
         self._last = step
@@ -145,13 +155,7 @@ class KindEvaluator(L.Callback):
         metrics = {f"kind/{k}/{r}x/{m}": v[m] for (k, r), v in summary.items() for m in ("psnr", "ssim")}
         if trainer.logger is not None:
             trainer.logger.log_metrics(metrics, step=trainer.global_step)
-        new = not self._csv.exists()
-        self._csv.parent.mkdir(parents=True, exist_ok=True)
-        with open(self._csv, "a", newline="") as fh:
-            w = csv.writer(fh)
-            if new:
-                w.writerow(["step", "kind", "ratio", "psnr", "ssim", "n"])
-            for (k, r), v in summary.items():
-                w.writerow([step, k, r, f"{v['psnr']:.3f}", f"{v['ssim']:.4f}", v["n"]])
+        if not trainer.fast_dev_run:  # a smoke run must not append to a real run's curve
+            self._append(step, summary)
         line = "  ".join(f"{k} {v['psnr']:.2f}" for (k, r), v in summary.items() if r == min(vae.ratios))
         log.info("kind eval at batch %d (%dx PSNR dB): %s", step, min(vae.ratios), line)

@@ -25,7 +25,7 @@ from diffusers.models.downsampling import Downsample2D
 from diffusers.models.unets.unet_2d_blocks import DownEncoderBlock2D, UNetMidBlock2D, UpDecoderBlock2D
 from diffusers.models.upsampling import Upsample2D
 from safetensors import SafetensorError
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_model
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
@@ -34,7 +34,7 @@ from cat_tokenizer.files import apply_umask
 from cat_tokenizer.models.ratio_head import RatioHead
 from cat_tokenizer.ratios import DEFAULT_RATIOS, check_ratio, ratio_level
 
-__all__ = ["NestedVAE", "LatentPosterior", "NESTED_VAE_PRESETS", "BUNDLED_TOKENIZERS", "bundled_path"]
+__all__ = ["NestedVAE", "LatentPosterior", "NESTED_VAE_PRESETS", "BUNDLED_TOKENIZERS", "bundled_path", "check_weights"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -59,6 +59,33 @@ NESTED_VAE_PRESETS: dict[str, dict] = {
     # LDM-f8 width (128/256/512/512) extended by two 512-wide stages for 16x and 32x; paper scale.
     "base": dict(block_out_channels=(128, 256, 512, 512, 512, 512), layers_per_block=2, norm_num_groups=32, latent_channels=16),
 }
+
+
+def check_weights(state: dict[str, Tensor], source: str | Path) -> None:
+    """Refuse weights that would encode garbage without a word: integer or bool tensors where the
+    model holds floats (an int8 export), or NaN / infinite values.
+
+    Raises:
+        UserInputError: one line naming ``source`` and the first bad tensor.
+    """
+    for name, t in state.items():
+        if not t.is_floating_point():
+            raise UserInputError(f"{source}: weight {name} is {str(t.dtype).replace('torch.', '')}; a tokenizer's weights are floats")
+        if not bool(torch.isfinite(t).all()):
+            raise UserInputError(f"{source}: weight {name} holds NaN or infinite values; the tokenizer is broken (retrain or re-export it)")
+
+
+def _check_sizes(in_channels: int, out_channels: int, ch: tuple[int, ...], layers: int, groups: int, latent: int,
+                 ratios: tuple[int, ...]) -> None:
+    """One-line errors for sizes no model can have (before torch fails deep inside a layer)."""
+    named = dict(in_channels=in_channels, out_channels=out_channels, layers_per_block=layers, norm_num_groups=groups,
+                 latent_channels=latent)
+    if bad := {k: v for k, v in named.items() if not isinstance(v, int) or v < 1}:
+        raise UserInputError(f"NestedVAE sizes must be positive integers, got {bad}")
+    if not ch or any(c < 1 for c in ch):
+        raise UserInputError(f"block_out_channels must be one or more positive widths, got {list(ch)}")
+    if not ratios or any(r < 1 for r in ratios):
+        raise UserInputError(f"ratios must be one or more positive powers of two, got {list(ratios)}")
 
 
 class LatentPosterior(DiagonalGaussianDistribution):
@@ -201,6 +228,7 @@ class NestedVAE(nn.Module):
         if colour_path not in COLOUR_PATHS:
             raise UserInputError(f"colour_path must be one of {', '.join(COLOUR_PATHS)}, got {colour_path!r}")
         ch, ratios = tuple(int(c) for c in block_out_channels), tuple(sorted(int(r) for r in ratios))
+        _check_sizes(in_channels, out_channels, ch, layers_per_block, norm_num_groups, latent_channels, ratios)
         if bad := [c for c in ch if c % norm_num_groups]:
             raise UserInputError(f"norm_num_groups={norm_num_groups} must divide every width; it does not divide {bad}")
         max_ratio = 2 ** (len(ch) - 1)
@@ -284,6 +312,7 @@ class NestedVAE(nn.Module):
         except TypeError as err:  # an unknown or missing key
             raise UserInputError(f"{d / CONFIG_NAME}: {str(err).replace('__init__() ', '')}") from None
         try:
+            check_weights(load_file(str(d / WEIGHTS_NAME)), d / WEIGHTS_NAME)  # the file's own dtypes: loading casts
             missing, unexpected = load_model(model, str(d / WEIGHTS_NAME), strict=False)
         except SafetensorError as err:
             raise UserInputError(f"{d / WEIGHTS_NAME}: not a readable safetensors file ({err})") from None
@@ -388,11 +417,24 @@ class NestedVAE(nn.Module):
         return out
 
     def decode(self, z: Tensor, ratio: int, size: tuple[int, int] | None = None) -> Tensor:
-        """Decode latents of one ratio: (B, C, h, w) -> (B, 3, h*r, w*r), cropped to ``size`` if given."""
+        """Decode latents of one ratio: (B, C, h, w) -> (B, 3, h*r, w*r), cropped to ``size`` if given.
+
+        ``size`` must fit inside the decoded grid (``1 <= size <= (h*r, w*r)``): a larger one (a latent
+        of a larger ratio decoded at a smaller one, say) is refused, not silently returned smaller.
+        Float latents of another precision are cast to the weights' dtype.
+        """
         ratio = check_ratio(ratio, self.ratios)
         if z.ndim != 4 or z.shape[1] != self.latent_channels:
             raise UserInputError(f"expected latents of shape (B, {self.latent_channels}, h, w), got {tuple(z.shape)}")
-        x = self.decoder(z, ratio)
+        if not z.is_floating_point():
+            raise UserInputError(f"latents must be floats, got {str(z.dtype).replace('torch.', '')}")
+        if size is not None:
+            h, w = (int(v) for v in size)
+            full = (z.shape[-2] * ratio, z.shape[-1] * ratio)
+            if not (1 <= h <= full[0] and 1 <= w <= full[1]):
+                raise UserInputError(f"size {h}x{w} does not fit a {z.shape[-2]}x{z.shape[-1]} latent at {ratio}x "
+                                     f"(it decodes to {full[0]}x{full[1]}; is the ratio right?)")
+        x = self.decoder(z.to(self.decoder.conv_in.weight.dtype), ratio)
         return x if size is None else x[..., : size[0], : size[1]]
 
     @torch.no_grad()

