@@ -142,6 +142,14 @@ def test_demo_reconstructs_each_kind_and_runs_cat(tmp_path, capsys, tiny_vae):
     assert len(rows) == 6 and {r["kind"] for r in rows} == {"flat", "text"}
     for r in rows:  # every ratio measured, and CAT's PSNR is the one at its assigned ratio
         assert r["cat_ratio"] in ("8", "16", "32") and r["psnr_cat"] == r[f"psnr_{r['cat_ratio']}x"]
+    # CAT's ratio is the evaluator's, scored independently here: flat fields coarser than striped text
+    from cat_tokenizer.complexity import ComplexityEvaluator
+
+    ev = ComplexityEvaluator.default(64)
+    want = {Path(res.key).relative_to(data).as_posix(): res.ratio for res in ev.score_images([data / r["image"] for r in rows])}
+    assert {r["image"]: int(r["cat_ratio"]) for r in rows} == want
+    mean = lambda kind: sum(int(r["cat_ratio"]) for r in rows if r["kind"] == kind) / 3  # noqa: E731
+    assert mean("flat") > mean("text")
     report = (out / "report.md").read_text()
     assert "| flat | 3 |" in report and "| text | 3 |" in report and "| all | 6 |" in report
     assert "8x (64 tokens)" in report  # 64 px / 8 = 8 x 8

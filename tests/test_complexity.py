@@ -245,4 +245,4 @@ def test_from_config_sets_image_size_at_construction(tmp_path):
     assert ComplexityEvaluator.from_config(None, image_size=128).image_size == 128
     assert ComplexityEvaluator.from_config("rubric", image_size=64).image_size == 64
     assert ComplexityEvaluator.from_config({"thresholds": [3.0, 6.0]}, image_size=512).image_size == 512
-    assert ComplexityEvaluator.from_config("rubric").image_size == ComplexityEvaluator().image_size  # unchanged without it
+    assert ComplexityEvaluator.from_config("rubric").image_size == 256  # the documented default, unchanged without it

@@ -296,6 +296,21 @@ def test_checkpoint_holds_ema_scales_and_sample_grids(trained):
         ["samples_16x", "samples_32x", "samples_8x"]
 
 
+def test_latent_scales_bring_the_cached_latents_to_unit_std(trained, encoded):
+    """The DiT trains on latent * scale; on the latents it was measured on, that has std 1 (within 5%)."""
+    from cat_tokenizer.io import load_latent
+
+    module = load_dit(trained["ckpt"])
+    by_ratio: dict[int, list[torch.Tensor]] = {}
+    for f in encoded["cache"].rglob("*.safetensors"):
+        lat = load_latent(f)
+        by_ratio.setdefault(lat.ratio, []).append(lat.latent.flatten())
+    assert sorted(by_ratio) == [8, 16, 32]
+    for r, zs in by_ratio.items():
+        scaled = torch.cat(zs) * float(module.latent_scale[module.dit.ratio_index(r)])
+        assert scaled.std().item() == pytest.approx(1.0, rel=0.05), r
+
+
 def test_sampling_returns_the_right_size_for_each_ratio(trained):
     module = load_dit(trained["ckpt"])
     for r in (8, 16, 32):
@@ -365,6 +380,24 @@ def test_fid_of_a_folder_against_itself_is_zero(tmp_path):
     write_images(ref, n=8, size=64, seed=4)
     res = fid_from_folders(ref, ref, image_size=64, batch_size=8)
     assert abs(res["fid"]) < 1e-2 and res["precision"] == 1.0 and res["recall"] == 1.0
+
+
+@pytest.mark.slow
+def test_fid_tells_a_set_from_its_blurred_copies_and_grows_with_blur(tmp_path):
+    """FID reads the images: against blurred copies of itself a set scores above 0, more with more blur."""
+    from PIL import Image, ImageFilter
+
+    ref = tmp_path / "ref"
+    write_images(ref, n=8, size=64, seed=4)
+    fids = []
+    for radius in (1, 3):
+        blurred = tmp_path / f"blur{radius}"
+        for p in sorted(ref.rglob("*.png")):
+            q = blurred / p.relative_to(ref)
+            q.parent.mkdir(parents=True, exist_ok=True)
+            Image.open(p).filter(ImageFilter.GaussianBlur(radius)).save(q)
+        fids.append(fid_from_folders(blurred, ref, image_size=64, batch_size=8)["fid"])
+    assert 1.0 < fids[0] < fids[1], fids
 
 
 def test_precision_recall_on_known_sets():

@@ -52,10 +52,17 @@ def test_batched_cached_and_single_scoring_agree(smollm):
 def test_generate_mode_and_text_scoring(smollm):
     gen = LLMScorer(mode="generate", max_new_tokens=4, device="cpu").load()
     assert gen.mode == "generate"
-    # The answer the real generate() produced goes through the defensive parser.
-    decode = gen.tokenizer.batch_decode
-    gen.tokenizer.batch_decode = lambda ids, **kw: [" 3, I think"] * len(decode(ids, **kw))
-    assert gen.score([text_description(DESCRIPTIONS[0])]) == [3.0]
+    # The answer the real generate() produced, and only the answer, goes through the parser: an
+    # independent greedy run of each prompt alone, decoded after its prompt, gives the same scores.
+    descs = [text_description(d) for d in DESCRIPTIONS[:2]]
+    by_hand = []
+    for d in descs:
+        enc = gen.tokenizer(gen.prompt(d.text), return_tensors="pt", add_special_tokens=False)
+        with torch.no_grad():
+            out = gen.lm.generate(**enc, max_new_tokens=4, do_sample=False, pad_token_id=gen.tokenizer.pad_token_id)
+        answer = gen.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        by_hand.append(parse_score(answer, gen.fallback_score))
+    assert gen.score(descs) == by_hand
     ev = ComplexityEvaluator(scorer=smollm)
     texts = ["a chart of quarterly sales", "a plain white wall"]
     res = ev.score_texts(texts)
@@ -90,3 +97,23 @@ def test_local_folder_model_and_loading_errors(tmp_path):
     with pytest.raises(UserInputError, match="placeholder"):
         (tmp_path / "rubric.txt").write_text("rate it")
         load_rubric(str(tmp_path / "rubric.txt"))
+
+
+def test_the_score_is_the_digit_odds_after_the_whole_description(tmp_path):
+    """An independent reference: each prompt run alone, unpadded and uncached, through the model,
+    and the digit odds read at its very last token. A batch of descriptions of different lengths
+    (padding, the prefix cache) must give the same odds; on this model the odds read at the
+    description's first token differ, so the test tells the positions apart."""
+    from tiny_hf import tiny_llama
+
+    scorer = LLMScorer(model=str(tiny_llama(tmp_path / "tiny")), device="cpu").load()
+    texts = [text_description("a white wall").text, text_description("a dense page of small text, tables and a chart").text]
+    got = scorer.digit_probs(texts)  # (2, 9)
+    for i, t in enumerate(texts):
+        suffix = scorer._suffix_template.replace("{description}", t.strip())
+        ids = torch.cat([scorer._prefix_ids, scorer.tokenizer(suffix, return_tensors="pt", add_special_tokens=False)["input_ids"]], 1)
+        with torch.no_grad():
+            logits = scorer.lm(input_ids=ids).logits[0].float()  # (S, V)
+        odds = lambda at: torch.stack([at[d].logsumexp(-1) for d in scorer.digit_ids]).softmax(-1)  # noqa: E731
+        assert got[i] == pytest.approx(odds(logits[-1]), abs=1e-4)
+        assert not torch.allclose(odds(logits[scorer._prefix_ids.shape[1]]), odds(logits[-1]), atol=1e-3)

@@ -6,6 +6,7 @@ import math
 from collections import Counter
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -211,3 +212,41 @@ def test_vae_small_config_trains_evaluates_per_kind_and_resumes(tmp_path, caplog
     assert {line.split(",")[1] for line in lines[1:]} == {"all", "flat", "natural", "text"}
     config = NestedVAE.from_pretrained(tmp_path / "run" / "pretrained").config
     assert config["latent_channels"] == 16 and config["colour_path"] == "latent"
+
+
+class _RecordLR(L.Callback):
+    """The generator optimizer's learning rate as the step used it (read after each batch)."""
+
+    def __init__(self):
+        self.lrs: list[tuple[int, float]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.lrs.append((int(pl_module.gen_step) - 1, trainer.optimizers[0].param_groups[0]["lr"]))
+
+
+def test_the_optimizer_follows_the_schedule_through_warm_up_decay_and_a_resume(image_folder, tmp_path):
+    """What the optimizer really used (param_groups), not only the formula: warm-up, cosine, floor,
+    and after a kill and resume it continues at the step where it stopped."""
+    def module():
+        return NestedVAEModule(NestedVAE.from_preset("tiny"), VAELoss(perceptual_weight=0), lr=1e-3, warmup_steps=3,
+                               lr_schedule="cosine", decay_steps=9, min_lr_ratio=0.1, ema_decay=0)
+
+    def fit(max_batches: int, ckpt: str | None = None) -> _RecordLR:
+        rec = _RecordLR()
+        dm = CATDataModule(root=str(image_folder), image_size=32, batch_size=2, num_workers=0, val_fraction=0.0)
+        trainer = L.Trainer(max_steps=2 * max_batches, accelerator="cpu", logger=False, enable_progress_bar=False,
+                            limit_val_batches=0, use_distributed_sampler=False, default_root_dir=tmp_path, callbacks=[rec],
+                            enable_checkpointing=False)
+        trainer.fit(module(), datamodule=dm, ckpt_path=ckpt)
+        trainer.save_checkpoint(tmp_path / "stop.ckpt")
+        return rec
+
+    want = lambda s: 1e-3 * (((s + 1) / 3) if s < 3 else 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, (s - 3) / 6))))  # noqa: E731
+    first = fit(5)  # killed after 5 batches
+    assert [s for s, _ in first.lrs] == [0, 1, 2, 3, 4]
+    assert [lr for _, lr in first.lrs] == pytest.approx([want(s) for s in range(5)], rel=1e-6)
+    assert first.lrs[0][1] == pytest.approx(1e-3 / 3) and first.lrs[2][1] == pytest.approx(1e-3)  # warm-up to the peak
+    resumed = fit(12, str(tmp_path / "stop.ckpt"))
+    assert [s for s, _ in resumed.lrs] == list(range(5, 12))  # continues where it stopped, not from step 0
+    assert [lr for _, lr in resumed.lrs] == pytest.approx([want(s) for s in range(5, 12)], rel=1e-6)
+    assert resumed.lrs[-1][1] == pytest.approx(1e-4)  # the floor: min_lr_ratio * lr

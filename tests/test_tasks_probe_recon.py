@@ -139,5 +139,6 @@ def test_eval_recon_table(tmp_path, tiny_vae, capsys):
                        "--out", str(tmp_path / "er"), "--device", "cpu"]) == 0
     rows = list(csv.DictReader((tmp_path / "er" / "recon.csv").open()))
     assert [r["tokenizer"] for r in rows] == ["original", "8x", "16x", "32x", "CAT adaptive"]
-    assert all(float(r["rfid"]) >= 0 for r in rows[1:]) and [float(r["mean_tokens"]) for r in rows[1:4]] == [64.0, 16.0, 4.0]
+    # an untrained tokenizer's reconstructions are far from the originals: rFID well above 0 (a set against itself)
+    assert all(float(r["rfid"]) > 1.0 for r in rows[1:]) and [float(r["mean_tokens"]) for r in rows[1:4]] == [64.0, 16.0, 4.0]
     assert "rFID over 5 images" in capsys.readouterr().out
