@@ -13,6 +13,7 @@ from torchvision.utils import save_image
 from cat_tokenizer.data.images import UnreadableImage, load_rgb
 from cat_tokenizer.devices import resolve_device
 from cat_tokenizer.errors import UserInputError
+from cat_tokenizer.files import atomic_write
 from cat_tokenizer.fingerprint import fingerprint_state
 from cat_tokenizer.io import check_latent, load_latent, load_vae, save_latent
 from cat_tokenizer.outputs import check_out_dir, refuse_inputs, resolved, split_existing
@@ -112,7 +113,6 @@ def decode_files(latents: list[str], ckpt: str, out: str, device: str = "auto", 
     for i in todo:
         path, lat, target = latents[i], loaded[i], targets[i]
         x = vae.decode(lat.latent[None].to(dev), lat.ratio, size=(lat.height, lat.width))  # (1, 3, H, W)
-        target.parent.mkdir(parents=True, exist_ok=True)
         _save_png(x.clamp(-1, 1).add(1).div(2), target)
         written.append(target)
         log.info("%s -> %s (%dx%d, ratio %d)", path, target, lat.height, lat.width, lat.ratio)
@@ -120,11 +120,6 @@ def decode_files(latents: list[str], ckpt: str, out: str, device: str = "auto", 
 
 
 def _save_png(x: torch.Tensor, target: Path) -> None:
-    """Write (1, 3, H, W) in [0, 1] as a PNG atomically (temp file + rename)."""
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
+    """Write (1, 3, H, W) in [0, 1] as a PNG atomically (``atomic_write``)."""
+    with atomic_write(target) as tmp:
         save_image(x, tmp, format="png")
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +11,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from cat_tokenizer.errors import UserInputError
-from cat_tokenizer.files import apply_umask
+from cat_tokenizer.files import apply_umask, atomic_write
 from cat_tokenizer.models.nested_vae import NestedVAE, check_weights
 
 __all__ = ["load_vae", "save_latent", "load_latent", "check_latent", "apply_umask", "first_line", "Latent", "CONFIG_KEY",
@@ -85,19 +84,12 @@ def save_latent(path: str | Path, latent: Tensor, ratio: int, size: tuple[int, i
     tokenizer's fingerprint (``fingerprint_state``) in the metadata. ``extra`` tensors ride along in
     the same file (the DiT's latent cache: ``latent_flip``, ``text_emb``)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"ratio": str(ratio), "height": str(size[0]), "width": str(size[1]), "source": source, "format": "cat-latent-v1"}
     if tokenizer:
         meta["tokenizer"] = tokenizer
     tensors = {"latent": latent, **(extra or {})}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_write(path) as tmp:  # a killed encode never leaves half a latent under the real name
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=meta)
-        apply_umask(tmp)
-        os.replace(tmp, path)  # atomic: a killed encode never leaves half a latent under the real name
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -41,12 +41,13 @@ def run_score(
     if (root is None) == (not texts):
         raise UserInputError("give an image folder or --text prompts (one of the two)")
     files: list[Path] = []
+    store = Path(cache).expanduser() if cache else None
     if root is not None:
         base = Path(root).expanduser()
         files = list_images(base)
-        store = Path(cache).expanduser() if cache else default_score_cache(base)
+        store = store or default_score_cache(base)
     if out:
-        check_out_file(out, overwrite, inputs=[*files, *([store] if root is not None else []), *([cache] if cache else [])])
+        check_out_file(out, overwrite, inputs=[*files, *([store] if store else [])])
     evaluator = ComplexityEvaluator.from_config(evaluator_config, image_size)
     if thresholds is not None:
         evaluator.mapper = RatioMapper(thresholds, evaluator.mapper.ratios)

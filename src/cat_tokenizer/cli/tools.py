@@ -20,16 +20,17 @@ __all__ = ["main", "build_parser"]
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    """The parser of every registered command, or with ``only`` the full parser of that one command
-    (the others listed by name, their modules not imported)."""
+    """The parser of every registered command, or, when ``only`` names one, the full parser of that
+    command (the others listed by name, their modules not imported)."""
     p = argparse.ArgumentParser(prog="cat-tokenizer", description="CAT tokenizer tools (train with `lightning fit -c configs/vae.yaml`).")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
-    if only is None:
+    names = command_names()
+    if only not in names:
         for name, fn in load_commands().items():
             add_command(sub, fn, name)
         return p
-    for name in command_names():
+    for name in names:
         if name == only:
             add_command(sub, load_command(name), name)
         else:
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     word = _command_word(argv)
     try:
-        parser = build_parser(word if word in command_names() else None)
+        parser = build_parser(word)
     except UserInputError as err:
         print(f"cat-tokenizer: error: {err}", file=sys.stderr)
         return 2

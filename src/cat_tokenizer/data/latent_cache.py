@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cat_tokenizer.errors import InputNotFound, UserInputError
+from cat_tokenizer.files import atomic_write
 from cat_tokenizer.fingerprint import fingerprint_state  # re-exported: the cache's key for a tokenizer
 from cat_tokenizer.ratios import RatioAssignment
 
@@ -78,10 +79,8 @@ class LatentCache:
                 "use another cache folder")
         if old and old.get("classes") and classes and old["classes"] != classes:
             raise UserInputError(f"latent cache {self.root} was written with other class folders: use another cache folder")
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.meta_path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps({**old, **mine, "tokenizer": tokenizer, "classes": classes or old.get("classes", [])}, indent=1))
-        os.replace(tmp, self.meta_path)
+        with atomic_write(self.meta_path) as tmp:
+            tmp.write_text(json.dumps({**old, **mine, "tokenizer": tokenizer, "classes": classes or old.get("classes", [])}, indent=1))
 
     # ------------------------------------------------------------------ writing
     def latent_file(self, key: str, ratio: int) -> str:

@@ -36,6 +36,13 @@ class KeepCheckpoints(Callback):
                     f"{found[-1]}, or start a new run in another --trainer.default_root_dir (nothing was overwritten)")
 
 
+def _local_ckpt(ckpt) -> Path | None:
+    """``--ckpt_path`` as a local file path, or None for Lightning's names (last, best, ...) and URLs."""
+    if not ckpt or str(ckpt) in ("last", "best", "hpc", "registry") or "://" in str(ckpt):
+        return None
+    return Path(ckpt)
+
+
 def _check_ckpt_file(path: Path) -> None:
     """A ``--ckpt_path`` that exists but is no checkpoint (empty, truncated, another file): one line."""
     import zipfile
@@ -87,9 +94,9 @@ class CATLightningCLI(LightningCLI):
         config (say a shorter ``decay_steps``) would be silently ignored on resume. Without a model
         in the config, Lightning's behaviour (rebuild the model from the checkpoint) stays."""
         sub = self.config.get("subcommand")
-        ckpt = (self.config[sub] if sub else self.config).get("ckpt_path")
-        if ckpt and str(ckpt) not in ("last", "best", "hpc", "registry") and "://" not in str(ckpt) and Path(ckpt).is_file():
-            _check_ckpt_file(Path(ckpt))  # before Lightning reads its hyperparameters (an EOFError deep in torch.load)
+        ckpt = _local_ckpt((self.config[sub] if sub else self.config).get("ckpt_path"))
+        if ckpt is not None and ckpt.is_file():
+            _check_ckpt_file(ckpt)  # before Lightning reads its hyperparameters (an EOFError deep in torch.load)
         before = self.config.clone() if sub else None
         super()._parse_ckpt_path()
         if before is None or not before[sub].get("model") or not getattr(before[sub].model, "class_path", None):
@@ -105,10 +112,9 @@ class CATLightningCLI(LightningCLI):
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         trainer = cfg.trainer
         on_cpu = trainer.accelerator == "cpu" or (trainer.accelerator == "auto" and not torch.cuda.is_available())
-        ckpt = cfg.get("ckpt_path")
-        if ckpt and str(ckpt) not in ("last", "best", "hpc", "registry") and "://" not in str(ckpt):
-            if not Path(ckpt).is_file():
-                raise UserInputError(f"--ckpt_path: checkpoint not found: {ckpt}")
+        ckpt = _local_ckpt(cfg.get("ckpt_path"))
+        if ckpt is not None and not ckpt.is_file():
+            raise UserInputError(f"--ckpt_path: checkpoint not found: {ckpt}")
         precision = str(trainer.precision)
         if not on_cpu or precision not in ("bf16-mixed", "16-mixed", "bf16", "16"):
             return
