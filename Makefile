@@ -65,12 +65,14 @@ train-small: need-real-data install
 
 # Ship the trained run as cat-small (fp16 EMA weights + its per-kind training curve) inside the package:
 # from pretrained/ (EMA, written after each validation and when training ends) or last.ckpt (every 500
-# batches), whichever is newer, so a run stopped by max_time ships its last batch.
-SHIP_FROM = $(firstword $(shell ls -t $(TRAIN_RUN)/pretrained/model.safetensors $(TRAIN_RUN)/checkpoints/last.ckpt 2>/dev/null))
-ship-small: install
+# batches), whichever is newer, so a run stopped by max_time ships its last batch; then the per-ratio latent
+# scale and shift, measured on real-v1 train/ (at_ratio(r).config.scaling_factor, the DiT's scale).
+SHIP_FROM = $(firstword $(shell ls -t $(TRAIN_RUN)/pretrained/*.safetensors $(TRAIN_RUN)/checkpoints/last.ckpt 2>/dev/null))
+ship-small: need-real-data install
 	@test -n "$(SHIP_FROM)" || { echo "make ship-small: no trained run in $(TRAIN_RUN)"; exit 2; }
 	$(VENV)/bin/cat-tokenizer export --ckpt $(if $(filter %.ckpt,$(SHIP_FROM)),$(SHIP_FROM),$(dir $(SHIP_FROM))) --out src/cat_tokenizer/pretrained/cat-small --fp16 --overwrite
 	cp $(TRAIN_RUN)/kind_eval.csv src/cat_tokenizer/pretrained/cat-small/training_curve.csv
+	$(VENV)/bin/cat-tokenizer latent-stats $(REAL_DATA)/train --ckpt src/cat_tokenizer/pretrained/cat-small --write
 
 # Training cat-small on a lent GPU machine (no network, no ../shared, 64 MiB of working tree; docs/training.md):
 #   here:        make gpu-kit          -> .gpu/ (git-ignored): real-v1 packed into 34 MiB + the wheels the machine lacks

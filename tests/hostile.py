@@ -26,6 +26,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from cat_tokenizer.models.hub import WEIGHTS_NAME, weights_file
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 TINY = ["--model.init_args.vae.init_args.block_out_channels", "[8,16,16,32,32,32]",
@@ -92,10 +94,10 @@ def _weights(d: Path, how: str) -> list[Path]:
     from safetensors.torch import load_file, save_file
 
     tok = _tok(d)
-    state = load_file(tok / "model.safetensors")
+    state = load_file(weights_file(tok))
     k = "decoder.conv_out.weight"
     state[k] = state[k].fill_(float("nan")) if how == "nan" else (state[k] * 100).to(torch.int8)
-    save_file(state, tok / "model.safetensors")
+    save_file(state, weights_file(tok))
     return [_img(d / "a.png", (32, 32))]
 
 
@@ -170,7 +172,7 @@ CASES = [
     Case("data loss", "... with --overwrite", lambda d: [CT, "decode", str(d / "lat" / "orig.safetensors"),
          "--ckpt", str(d / "tok"), "--out", str(d / "o"), "--overwrite"], _encoded, needle="never overwritten"),
     Case("data loss", "export --out EXISTING_TOKENIZER", lambda d: [CT, "export", "--ckpt", str(d / "tok"), "--out", str(d / "t2")],
-         lambda d: [*(_tok(d).rename(d / "t2") and []), _tok(d) / "model.safetensors", d / "t2" / "model.safetensors"],
+         lambda d: [*(_tok(d).rename(d / "t2") and []), _tok(d) / WEIGHTS_NAME, d / "t2" / WEIGHTS_NAME],
          needle="already holds a tokenizer"),
     Case("data loss", "score DIR --out precious.png", lambda d: [CT, "score", str(d / "data"), "--out", str(d / "data" / "a.png"),
          "--cache", str(d / "c.sqlite"), "-q"], lambda d: [_img(d / "data" / "a.png")], needle="never overwritten"),

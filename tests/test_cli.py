@@ -12,6 +12,7 @@ from cat_tokenizer import NestedVAE
 from cat_tokenizer.cli import lightning_main, tools
 from cat_tokenizer.io import load_latent
 from cat_tokenizer.lit import cli as lit_cli
+from cat_tokenizer.models.hub import WEIGHTS_NAME
 
 CONFIG = str(Path(__file__).parents[1] / "configs" / "vae.yaml")
 TINY = [
@@ -36,7 +37,7 @@ def test_lightning_fit_default_data_writes_checkpoint_and_export(tmp_path):
             "--trainer.default_root_dir", str(tmp_path), *TINY]
     assert lightning_main.main(args) == 0
     run = next((tmp_path / "lightning_logs").iterdir())
-    assert (run / "pretrained" / "model.safetensors").is_file()
+    assert (run / "pretrained" / WEIGHTS_NAME).is_file()
     assert list((run / "images").glob("recon_8x_*.png"))
     vae = NestedVAE.from_pretrained(run / "pretrained")
     assert vae.config["block_out_channels"] == [8, 16, 16, 32, 32, 32]

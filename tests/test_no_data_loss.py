@@ -22,6 +22,7 @@ from cat_tokenizer.complexity import ComplexityEvaluator
 from cat_tokenizer.complexity.cache import ScoreCache
 from cat_tokenizer.errors import UserInputError
 from cat_tokenizer.io import load_latent, load_vae, save_latent
+from cat_tokenizer.models.hub import WEIGHTS_NAME, weights_file
 
 VAE_CONFIG = str(Path(__file__).parents[1] / "configs" / "vae.yaml")
 
@@ -100,10 +101,10 @@ def test_decode_never_replaces_the_source_image(tmp_path, tok, capsys):
 
 def test_export_keeps_an_existing_tokenizer(tmp_path, tok, capsys, tiny_vae):
     other = NestedVAE.from_preset("tiny").save_pretrained(tmp_path / "other")
-    before = _md5(other / "model.safetensors")
+    before = _md5(weights_file(other))
     assert tools.main(["export", "--ckpt", str(tok), "--out", str(other)]) == 2
     _err(capsys, "already holds a tokenizer", "--overwrite")
-    assert _md5(other / "model.safetensors") == before
+    assert _md5(weights_file(other)) == before
     assert tools.main(["export", "--ckpt", str(tok), "--out", str(tok), "--fp16", "--overwrite"]) == 2
     _err(capsys, "is the tokenizer being exported")
     assert tools.main(["export", "--ckpt", str(tok), "--out", str(other), "--overwrite"]) == 0
@@ -209,14 +210,14 @@ def test_broken_weights_are_refused_in_folders_and_checkpoints(tmp_path, tiny_va
     from safetensors.torch import load_file, save_file
 
     folder = tiny_vae.save_pretrained(tmp_path / "tok")
-    state = load_file(folder / "model.safetensors")
+    state = load_file(weights_file(folder))
     name = "decoder.conv_out.weight"
     state[name] = state[name].fill_(float("nan")) if how == "nan" else (state[name] * 100).to(torch.int8)
-    save_file(state, folder / "model.safetensors")  # int8 stays int8 in the file; loading into the model would cast it
+    save_file(state, weights_file(folder))  # int8 stays int8 in the file; loading into the model would cast it
     with pytest.raises(UserInputError, match=needle):
         NestedVAE.from_pretrained(folder)
     ckpt = tmp_path / "broken.ckpt"
-    torch.save({"nested_vae_config": tiny_vae.config, "state_dict": {f"vae.{k}": v for k, v in state.items()}}, ckpt)
+    torch.save({"nested_vae_config": tiny_vae.init_config(), "state_dict": {f"vae.{k}": v for k, v in state.items()}}, ckpt)
     with pytest.raises(UserInputError, match=needle):
         load_vae(ckpt)
     _photo(tmp_path / "a.png", (32, 32))
@@ -244,14 +245,14 @@ def test_a_null_score_in_the_cache_is_rescored(tmp_path):
 def test_bad_checkpoints_and_configs_are_one_line(tmp_path, tiny_vae, capsys):
     img = _photo(tmp_path / "a.png", (32, 32))
     (tmp_path / "zero.ckpt").write_bytes(b"")
-    torch.save({"nested_vae_config": tiny_vae.config, "state_dict": None}, tmp_path / "nostate.ckpt")
+    torch.save({"nested_vae_config": tiny_vae.init_config(), "state_dict": None}, tmp_path / "nostate.ckpt")
     folder = tiny_vae.save_pretrained(tmp_path / "tok")
     cases = [(tmp_path / "zero.ckpt", "the file is empty"), (tmp_path / "nostate.ckpt", "no usable 'state_dict'")]
     for key, value in (("norm_num_groups", 0), ("norm_num_groups", -8), ("latent_channels", -1), ("ratios", [])):
         bad = tmp_path / f"{key}{value}"
         bad.mkdir()
-        (bad / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes())
-        (bad / "config.json").write_text(json.dumps({**tiny_vae.config, key: value}))
+        (bad / WEIGHTS_NAME).write_bytes(weights_file(folder).read_bytes())
+        (bad / "config.json").write_text(json.dumps({**tiny_vae.init_config(), key: value}))
         cases.append((bad, "must be"))
     for ckpt, needle in cases:
         assert tools.main(["encode", str(img), "--ratio", "8", "--ckpt", str(ckpt), "--out", str(tmp_path / "l")]) == 2

@@ -19,6 +19,7 @@ from cat_tokenizer.complexity import ComplexityEvaluator
 from cat_tokenizer.complexity.cache import ScoreCache
 from cat_tokenizer.data.images import list_images
 from cat_tokenizer.io import save_latent
+from cat_tokenizer.models.hub import weights_file
 
 VAE_CONFIG = str(Path(__file__).parents[1] / "configs" / "vae.yaml")
 
@@ -137,7 +138,7 @@ def test_corrupt_score_cache_is_moved_aside_and_rebuilt(tmp_path, caplog, capsys
 def _break(folder: Path, how: str) -> None:
     cfg = json.loads((folder / "config.json").read_text())
     if how == "header":
-        (folder / "model.safetensors").write_bytes(b"\xff" * 64)
+        weights_file(folder).write_bytes(b"\xff" * 64)
     elif how == "json":
         (folder / "config.json").write_text("{not json")
     elif how == "key":
@@ -146,7 +147,7 @@ def _break(folder: Path, how: str) -> None:
         (folder / "config.json").write_text(json.dumps({**cfg, "latent_channels": 8}))
 
 
-@pytest.mark.parametrize("how,needle", [("header", "model.safetensors"), ("json", "not valid JSON"),
+@pytest.mark.parametrize("how,needle", [("header", "safetensors"), ("json", "not valid JSON"),
                                         ("key", "latent_chanels"), ("shapes", "does not match")])
 def test_bad_tokenizer_folder_is_one_line(tmp_path, tok, capsys, how, needle):
     _break(tok, how)

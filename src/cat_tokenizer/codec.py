@@ -14,7 +14,6 @@ from cat_tokenizer.data.images import UnreadableImage, load_rgb
 from cat_tokenizer.devices import resolve_device
 from cat_tokenizer.errors import UserInputError
 from cat_tokenizer.files import atomic_write
-from cat_tokenizer.fingerprint import fingerprint_state
 from cat_tokenizer.io import check_latent, load_latent, load_vae, save_latent
 from cat_tokenizer.outputs import check_out_dir, refuse_inputs, resolved, split_existing
 
@@ -63,7 +62,7 @@ def encode_files(images: list[str], ratio: int | str, ckpt: str, out: str, sampl
         log.info("kept %d existing latent(s) in %s (pass --overwrite to rewrite them)", kept, out)
     dev = resolve_device(device)
     vae = load_vae(ckpt).to(dev)
-    fingerprint = fingerprint_state(vae.state_dict())
+    fingerprint = vae.fingerprint()
     written, skipped = [], []
     for i in todo:
         path = images[i]
@@ -98,7 +97,7 @@ def decode_files(latents: list[str], ckpt: str, out: str, device: str = "auto", 
     names = output_names(latents, ".png")
     dev = resolve_device(device)
     vae = load_vae(ckpt).to(dev)
-    fingerprint = fingerprint_state(vae.state_dict())
+    fingerprint = vae.fingerprint()
     loaded = [load_latent(p) for p in latents]
     for path, lat in zip(latents, loaded):
         check_latent(lat, vae, path, fingerprint)

@@ -56,7 +56,7 @@ def load_vae(path: str | Path, ema: bool = True) -> NestedVAE:
         if not isinstance(config, dict):
             raise UserInputError(f"{p}: '{CONFIG_KEY}' is not a dict of NestedVAE arguments")
         try:
-            vae = NestedVAE(**config)
+            vae = NestedVAE.from_init_config(config, f"{p} ({CONFIG_KEY})")
             weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
             check_weights(weights, p)
             vae.load_state_dict(weights, strict=True)
@@ -81,7 +81,7 @@ class Latent:
 def save_latent(path: str | Path, latent: Tensor, ratio: int, size: tuple[int, int], source: str = "",
                 extra: dict[str, Tensor] | None = None, tokenizer: str = "") -> Path:
     """Write one image's latent (C, h, w) with its ratio, original size, source image and the
-    tokenizer's fingerprint (``fingerprint_state``) in the metadata. ``extra`` tensors ride along in
+    tokenizer's fingerprint (``NestedVAE.fingerprint()``) in the metadata. ``extra`` tensors ride along in
     the same file (the DiT's latent cache: ``latent_flip``, ``text_emb``)."""
     path = Path(path)
     meta = {"ratio": str(ratio), "height": str(size[0]), "width": str(size[1]), "source": source, "format": "cat-latent-v1"}

@@ -20,7 +20,6 @@ import torch
 
 from cat_tokenizer.data.latent_cache import LatentCache, LatentEntry
 from cat_tokenizer.errors import UserInputError
-from cat_tokenizer.fingerprint import fingerprint_state
 from cat_tokenizer.io import save_latent
 
 __all__ = ["LatentEncoder"]
@@ -73,7 +72,7 @@ class LatentEncoder(L.LightningModule):
             raise UserInputError(f"data.skip_encoded ({dm.skip_encoded}) must be model.cache_dir ({self.cache.root}) "
                                  "or null")
         self.mode = dm.assignment.cache_mode
-        self.cache.claim(fingerprint_state(self.vae.state_dict()), dm.image_size, list(dm.classes), str(self.tokenizer_path), self.flip,
+        self.cache.claim(self.vae.fingerprint(), dm.image_size, list(dm.classes), str(self.tokenizer_path), self.flip,
                          self.text_encoder)
         if self.text_encoder and dm.captions is None:
             raise UserInputError("model.text_encoder embeds captions: give them with --data.captions FILE")

@@ -14,6 +14,7 @@ from torchvision.utils import make_grid
 from cat_tasks.generation.diffusion import Diffusion
 from cat_tasks.generation.dit import DiT
 from cat_tokenizer.errors import InputNotFound, UserInputError
+from cat_tokenizer.models.diffusers_view import stored_factors
 from cat_tokenizer.models.nested_vae import NestedVAE
 
 __all__ = ["DiTModule", "load_dit"]
@@ -153,12 +154,29 @@ class DiTModule(L.LightningModule):
         dm = self.trainer.datamodule
         if self.latent_scale.any():  # resumed: keep the factors the model has trained with
             return
+        stored = self._stored_scales(dm)
         for r in dm.latent_ratios():
+            if r in stored:
+                self.latent_scale[self.dit.ratio_index(r)] = stored[r]
+                log.info("latent scale %dx: %.4f (the tokenizer's latent_stats)", r, stored[r])
+                continue
             std, n = dm.latent_std(r, self.hparams.scale_samples)
             self.latent_scale[self.dit.ratio_index(r)] = 1.0 / max(std, 1e-6)
             log.info("latent scale %dx: 1/std = %.4f (from %d latents)", r, 1.0 / max(std, 1e-6), n)
         if self.trainer.world_size > 1:  # every rank reads the same seeded sample; make it exact
             self.latent_scale.copy_(self.trainer.strategy.broadcast(self.latent_scale, 0))
+
+    def _stored_scales(self, dm) -> dict[int, float]:
+        """Per-ratio scaling factors stored with the tokenizer (``cat-tokenizer latent-stats``), when
+        ``model.tokenizer`` is the one that made the cached latents; else {} (they are measured)."""
+        if not self.hparams.tokenizer:
+            return {}
+        vae = self.vae
+        if dm.meta.get("tokenizer_fingerprint") != vae.fingerprint():
+            log.warning("model.tokenizer %s did not make the latents in %s: measuring their scale instead of using its "
+                        "latent_stats", self.hparams.tokenizer, dm.cache.root)
+            return {}
+        return {r: f[0] for r in dm.latent_ratios() if (f := stored_factors(vae.config, r)) is not None}
 
     # ------------------------------------------------------------------ training
     def _condition(self, batch: dict, drop: float) -> tuple[Tensor | None, Tensor | None]:

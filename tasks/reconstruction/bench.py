@@ -54,7 +54,7 @@ def bench_vae(preset: str = "base", size: int = 256, batch: int = 1, iters: int 
 def total_params(preset: str) -> tuple[float, float]:
     """(nested model params, params of the same widths built for 16x only) in millions."""
     nested = NestedVAE.from_preset(preset)
-    cfg = dict(nested.config)
+    cfg = nested.init_config()
     fixed = NestedVAE(**{**cfg, "block_out_channels": cfg["block_out_channels"][:5], "ratios": [16]})
     count = lambda m: sum(p.numel() for p in m.parameters()) / 1e6  # noqa: E731
     return count(nested), count(fixed)

@@ -30,7 +30,6 @@ from tqdm import tqdm
 from cat_tokenizer.complexity.probe import jpeg_bits_per_pixel
 from cat_tokenizer.data.images import UnreadableImage, list_images, load_rgb
 from cat_tokenizer.data.transforms import CropPolicy, image_transform
-from cat_tokenizer.fingerprint import fingerprint_state
 from cat_tokenizer.metrics.image import to_pil
 from cat_tokenizer.metrics.ocr import ocr_confidence
 from cat_tokenizer.models.nested_vae import NestedVAE
@@ -81,7 +80,7 @@ def ocr_upscaled(img: Image.Image, factor: int = 3) -> tuple[float, int]:
 
 
 def _settings_key(vae: NestedVAE, image_size: int, crop: str, ocr_words: int, features: bool) -> str:
-    fp = fingerprint_state(vae.state_dict())
+    fp = vae.fingerprint()
     tag = json.dumps({"size": image_size, "crop": crop, "ocr_words": ocr_words, "features": features, "v": 1}, sort_keys=True)
     return f"{fp}-{hashlib.sha1(tag.encode()).hexdigest()[:8]}"
 

@@ -15,11 +15,13 @@ import torch
 from cat_tokenizer.codec import decode_files, encode_files, output_names
 from cat_tokenizer.data.variety import RECIPES, build_variety_set
 from cat_tokenizer.errors import UserInputError
-from cat_tokenizer.files import write_csv
+from cat_tokenizer.files import atomic_write, write_csv
 from cat_tokenizer.io import load_vae
+from cat_tokenizer.models.hub import BUNDLED_TOKENIZERS, CONFIG_NAME, WEIGHTS_NAME, weights_file
+from cat_tokenizer.options import print_table
 from cat_tokenizer.outputs import check_out_dir, resolved
 
-__all__ = ["encode", "decode", "variety", "export", "palette"]
+__all__ = ["encode", "decode", "variety", "export", "palette", "latent_stats"]
 
 
 def encode(images: list[str], *, ratio: Literal["8", "16", "32", "auto"], ckpt: str, out: str, sample: bool = False,
@@ -80,7 +82,7 @@ def export(*, ckpt: str, out: str, fp16: bool = False, overwrite: bool = False) 
 
     Args:
         ckpt: lightning .ckpt, save_pretrained folder or hub id
-        out: output folder (config.json + model.safetensors)
+        out: output folder (config.json + diffusion_pytorch_model.safetensors + a model card)
         fp16: store the weights in float16 (loading casts them back)
         overwrite: replace a tokenizer already in the output folder
     """
@@ -88,11 +90,11 @@ def export(*, ckpt: str, out: str, fp16: bool = False, overwrite: bool = False) 
     source = Path(ckpt).expanduser()
     if source.exists() and resolved(source if source.is_dir() else source.parent) == resolved(target):
         raise UserInputError(f"--out {out} is the tokenizer being exported (--ckpt {ckpt}); it is never overwritten")
-    if not overwrite and any((target / n).exists() for n in ("config.json", "model.safetensors")):
+    if not overwrite and (weights_file(target) is not None or (target / CONFIG_NAME).exists()):
         raise UserInputError(f"--out {out} already holds a tokenizer; pass --overwrite to replace it")
     folder = load_vae(ckpt).save_pretrained(target, dtype=torch.float16 if fp16 else None)
-    size = (folder / "model.safetensors").stat().st_size / 2**20
-    print(f"wrote {folder}/config.json and model.safetensors ({size:.1f} MiB, {'fp16' if fp16 else 'fp32'}); "
+    size = weights_file(folder).stat().st_size / 2**20
+    print(f"wrote {folder}/{CONFIG_NAME} and {WEIGHTS_NAME} ({size:.1f} MiB, {'fp16' if fp16 else 'fp32'}); "
           f"load it with NestedVAE.from_pretrained('{folder}')")
     return 0
 
@@ -122,3 +124,37 @@ def palette(*, ckpt: str = "cat-small", out: str | None = None, device: str = "a
         (folder / "palette.md").write_text(f"# Palette check of {ckpt}\n\n`cat-tokenizer palette --ckpt {ckpt}`\n\n{report}")
         print(f"wrote {folder / 'palette.csv'} and {folder / 'palette.md'}")
     return 0 if PaletteTarget().passes(rows) else 1
+
+
+def latent_stats(folder: str, *, ckpt: str = "cat-small", image_size: int = 128, limit: int = 2000, write: bool = False,
+                 device: str = "auto") -> int:
+    """measure each ratio's latent scale and shift on a folder (and store them with the tokenizer)
+
+    Args:
+        folder: images to measure on (recursive), e.g. the training set
+        ckpt: tokenizer: cat-small (shipped), a save_pretrained folder, .ckpt or hub id
+        image_size: images are resized and centre-cropped to this side
+        limit: a seeded sample of at most this many images (0: all)
+        write: store the statistics in the tokenizer folder's config.json (a folder path, not a name or .ckpt)
+        device: auto, cpu, cuda ...
+    """
+    from cat_tokenizer.data.latent_stats import measure_latent_stats
+    from cat_tokenizer.devices import resolve_device
+
+    target = Path(ckpt).expanduser()
+    if write and not (target / CONFIG_NAME).is_file():
+        where = ("pass the folder path to write into the shipped copy" if ckpt in BUNDLED_TOKENIZERS
+                 else "export a .ckpt first (cat-tokenizer export)" if target.suffix == ".ckpt" else "it has no config.json")
+        raise UserInputError(f"--write stores the statistics in a tokenizer folder; {ckpt} is not one: {where}")
+    dev = resolve_device(device)
+    vae = load_vae(ckpt).to(dev).eval()
+    stats = measure_latent_stats(vae, folder, image_size, limit or None, device=dev)
+    rows = [{"ratio": f"{r}x", **s} for r, s in stats["ratios"].items()]
+    print_table(rows, ["ratio", "scaling_factor", "shift_factor", "std", "latents"],
+                {"scaling_factor": "{:.4f}", "shift_factor": "{:+.4f}", "std": "{:.4f}"})
+    print(f"measured on {stats['measured_on']}")
+    if write:
+        with atomic_write(target / CONFIG_NAME) as tmp:
+            tmp.write_text(vae.set_latent_stats(stats).to_json_string())
+        print(f"wrote latent_stats into {target / CONFIG_NAME}")
+    return 0

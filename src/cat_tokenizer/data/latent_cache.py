@@ -26,10 +26,9 @@ from pathlib import Path
 
 from cat_tokenizer.errors import InputNotFound, UserInputError
 from cat_tokenizer.files import atomic_write
-from cat_tokenizer.fingerprint import fingerprint_state  # re-exported: the cache's key for a tokenizer
 from cat_tokenizer.ratios import RatioAssignment
 
-__all__ = ["LatentCache", "LatentEntry", "fingerprint_state"]
+__all__ = ["LatentCache", "LatentEntry"]
 
 
 @dataclass(frozen=True)

@@ -97,7 +97,7 @@ class NestedVAEModule(L.LightningModule):
         return self.eval_vae.save_pretrained(directory)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint[CONFIG_KEY] = self.vae.config  # lets NestedVAE be rebuilt from the .ckpt alone
+        checkpoint[CONFIG_KEY] = self.vae.init_config()  # lets NestedVAE be rebuilt from the .ckpt alone
 
     def _lr_factor(self, step: int) -> float:
         """LR multiplier at generator step ``step``: linear warm-up, then constant or cosine to the floor."""

@@ -14,40 +14,32 @@ right by edge replication up to the next multiple; the posterior records the ori
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.models.downsampling import Downsample2D
 from diffusers.models.unets.unet_2d_blocks import DownEncoderBlock2D, UNetMidBlock2D, UpDecoderBlock2D
 from diffusers.models.upsampling import Upsample2D
-from safetensors import SafetensorError
-from safetensors.torch import load_file, load_model, save_model
+from safetensors.torch import load_file
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+import cat_tokenizer.models.hub as hub
 from cat_tokenizer.errors import InputNotFound, UserInputError
 from cat_tokenizer.files import apply_umask
+from cat_tokenizer.fingerprint import fingerprint_state
+from cat_tokenizer.models.hub import BUNDLED_TOKENIZERS, bundled_path, check_weights
 from cat_tokenizer.models.ratio_head import RatioHead
 from cat_tokenizer.ratios import DEFAULT_RATIOS, check_ratio, ratio_level
 
 __all__ = ["NestedVAE", "LatentPosterior", "NESTED_VAE_PRESETS", "BUNDLED_TOKENIZERS", "bundled_path", "check_weights"]
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-# Trained tokenizers that ship inside the package (src/cat_tokenizer/pretrained/<name>/, with a model card).
-BUNDLED_TOKENIZERS = ("cat-small",)
 COLOUR_PATHS = ("none", "latent")
-
-
-def bundled_path(name: str) -> Path:
-    """The folder of a tokenizer shipped with the package (``NestedVAE.from_pretrained(name)`` reads it)."""
-    from importlib.resources import files
-
-    return Path(str(files("cat_tokenizer") / "pretrained" / name))
 
 NESTED_VAE_PRESETS: dict[str, dict] = {
     # ~0.4M params: unit tests, 32-64 px images.
@@ -59,20 +51,6 @@ NESTED_VAE_PRESETS: dict[str, dict] = {
     # LDM-f8 width (128/256/512/512) extended by two 512-wide stages for 16x and 32x; paper scale.
     "base": dict(block_out_channels=(128, 256, 512, 512, 512, 512), layers_per_block=2, norm_num_groups=32, latent_channels=16),
 }
-
-
-def check_weights(state: dict[str, Tensor], source: str | Path) -> None:
-    """Refuse weights that would encode garbage without a word: integer or bool tensors where the
-    model holds floats (an int8 export), or NaN / infinite values.
-
-    Raises:
-        UserInputError: one line naming ``source`` and the first bad tensor.
-    """
-    for name, t in state.items():
-        if not t.is_floating_point():
-            raise UserInputError(f"{source}: weight {name} is {str(t.dtype).replace('torch.', '')}; a tokenizer's weights are floats")
-        if not bool(torch.isfinite(t).all()):
-            raise UserInputError(f"{source}: weight {name} holds NaN or infinite values; the tokenizer is broken (retrain or re-export it)")
 
 
 def _check_sizes(in_channels: int, out_channels: int, ch: tuple[int, ...], layers: int, groups: int, latent: int,
@@ -111,7 +89,8 @@ class _Encoder(nn.Module):
             DownEncoderBlock2D(ch[max(i - 1, 0)], ch[i], num_layers=layers, resnet_groups=groups, add_downsample=False)
             for i in range(len(ch))
         )
-        self.downsamplers = nn.ModuleList(Downsample2D(ch[i], use_conv=True, padding=0) for i in range(len(ch) - 1))
+        # name="op": diffusers' default registers the conv twice (conv, Conv2d_0), which safetensors refuses to save
+        self.downsamplers = nn.ModuleList(Downsample2D(ch[i], use_conv=True, padding=0, name="op") for i in range(len(ch) - 1))
         # Channel-matching projections: stage features at ratio r -> shared width.
         self.exits = nn.ModuleDict({str(r): nn.Conv2d(ch[ratio_level(r)], mid, 1) for r in ratios})
         self.mid = UNetMidBlock2D(mid, temb_channels=None, resnet_groups=groups, attention_head_dim=mid)
@@ -193,8 +172,13 @@ class _Decoder(nn.Module):
         return x
 
 
-class NestedVAE(nn.Module):
+class NestedVAE(ModelMixin, ConfigMixin):
     """One KL-VAE that encodes at any of several compression ratios (default 8x, 16x, 32x per side).
+
+    Saving and loading are diffusers' (``ModelMixin`` / ``ConfigMixin``): ``from_pretrained`` takes a
+    folder, a shipped name (``"cat-small"``) or a Hub id, with ``revision``, ``subfolder``,
+    ``torch_dtype``, ``variant`` and the local Hub cache; ``at_ratio(r)`` is a diffusers
+    ``AutoencoderKL``-shaped view at one ratio.
 
     Args:
         in_channels: image channels.
@@ -208,10 +192,15 @@ class NestedVAE(nn.Module):
         ratio_head: the config of an attached ratio head (written by ``save_pretrained``).
         colour_path: ``none`` (the LDM tail) or ``latent``: a zero-initialised 1x1 conv from the latent
             to RGB added to the output, so flat colours need not pass through the decoder's
-            GroupNorms (docs/training.md, "v2: why flat colours shift"). Saved configs name it only
-            when it is not ``none``, so v1 folders load unchanged.
+            GroupNorms (docs/training.md, "v2: why flat colours shift").
+        latent_stats: per-ratio latent statistics written by ``cat-tokenizer latent-stats``:
+            ``{"measured_on": str, "ratios": {"16": {"scaling_factor": s, "shift_factor": m}, ...}}``;
+            ``at_ratio(r).config`` and the DiT read them.
     """
 
+    config_name = hub.CONFIG_NAME
+
+    @register_to_config
     def __init__(
         self,
         in_channels: int = 3,
@@ -223,6 +212,7 @@ class NestedVAE(nn.Module):
         ratios: Sequence[int] = DEFAULT_RATIOS,
         ratio_head: dict | None = None,
         colour_path: str = "none",
+        latent_stats: dict | None = None,
     ):
         super().__init__()
         if colour_path not in COLOUR_PATHS:
@@ -234,17 +224,12 @@ class NestedVAE(nn.Module):
         max_ratio = 2 ** (len(ch) - 1)
         if bad := [r for r in ratios if r > max_ratio or 2 ** ratio_level(r) != r]:
             raise UserInputError(f"ratios {bad} need more stages: {len(ch)} stages reach at most {max_ratio}x")
-        self.config = dict(
-            in_channels=in_channels, out_channels=out_channels, block_out_channels=list(ch),
-            layers_per_block=layers_per_block, norm_num_groups=norm_num_groups,
-            latent_channels=latent_channels, ratios=list(ratios),
-        )
-        if colour_path != "none":  # only when set: a v1 config (no key) stays what it was
-            self.config["colour_path"] = colour_path
+        self.register_to_config(block_out_channels=list(ch), ratios=list(ratios))  # JSON's lists, sorted
         self.ratios = ratios
         self.latent_channels = latent_channels
         self.encoder = _Encoder(in_channels, ch, layers_per_block, norm_num_groups, latent_channels, ratios)
         self.decoder = _Decoder(out_channels, ch, layers_per_block, norm_num_groups, latent_channels, ratios, colour_path)
+        self.register_load_state_dict_pre_hook(hub.upgrade_v1_state)  # checkpoints from before the Downsample2D rename
         self.ratio_head: RatioHead | None = None
         if ratio_head is not None:
             if "stage_channels" not in ratio_head:
@@ -254,14 +239,40 @@ class NestedVAE(nn.Module):
                 ratio_head = {**ratio_head, "row_stride": [1] * len(ratio_head["stage_channels"])}
             self.attach_ratio_head(RatioHead(**ratio_head))
 
+    def __getattr__(self, name: str):
+        # ``ratio_head`` is a submodule and a config key; ModelMixin would answer the config's dict first
+        modules = self.__dict__.get("_modules", {})
+        return modules[name] if name in modules else super().__getattr__(name)
+
     def attach_ratio_head(self, head: RatioHead) -> NestedVAE:
         """Carry a trained ratio head (saved with the tokenizer): ``encode(x, ratio="auto")`` then works."""
         trunk_ch = list(self.config["block_out_channels"][: self.trunk_level() + 1])
         if head.config["stage_channels"] != trunk_ch:
             raise UserInputError(f"ratio head expects trunk stage channels {head.config['stage_channels']}, the trunk gives {trunk_ch}")
         self.ratio_head = head
-        self.config["ratio_head"] = dict(head.config)
+        self.register_to_config(ratio_head=dict(head.config))
         return self
+
+    def set_latent_stats(self, stats: dict) -> NestedVAE:
+        """Store per-ratio latent statistics (``cat-tokenizer latent-stats`` measures them)."""
+        self.register_to_config(latent_stats=stats)
+        return self
+
+    def init_config(self) -> dict:
+        """The constructor's arguments as a plain dict (``NestedVAE(**vae.init_config())`` rebuilds it)."""
+        return {k: copy.deepcopy(v) for k, v in self.config.items() if not k.startswith("_")}
+
+    def fingerprint(self) -> str:
+        """A short hash of the weights (latent files and caches record it). Computed with the key names
+        the weights had before the Downsample2D rename, so a tokenizer keeps its fingerprint."""
+        return fingerprint_state(hub.with_v1_aliases(self.state_dict()))
+
+    def at_ratio(self, ratio: int):
+        """A diffusers ``AutoencoderKL``-shaped view of this tokenizer at one ratio (shared weights):
+        ``encode(x).latent_dist``, ``decode(z).sample``, ``config.scaling_factor`` (from ``latent_stats``)."""
+        from cat_tokenizer.models.diffusers_view import RatioVAE
+
+        return RatioVAE.from_nested(self, ratio)
 
     # ------------------------------------------------------------------ construction / IO
     @classmethod
@@ -271,62 +282,85 @@ class NestedVAE(nn.Module):
             raise UserInputError(f"unknown NestedVAE preset {name!r}; choose from {sorted(NESTED_VAE_PRESETS)}")
         return cls(**{**NESTED_VAE_PRESETS[name], **overrides})
 
-    def save_pretrained(self, directory: str | Path, dtype: torch.dtype | None = None) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` (no pickle) to ``directory``; ``dtype``
-        (e.g. ``torch.float16``) stores the weights in that precision (loading casts them back)."""
+    @classmethod
+    def from_init_config(cls, config: dict, source: str | Path = "config") -> NestedVAE:
+        """Build from a dict of constructor arguments, with a one-line error for a key it does not take."""
+        return cls(**hub.check_config(config, cls, source))
+
+    def save_pretrained(self, directory: str | Path, dtype: torch.dtype | None = None, variant: str | None = None,
+                        push_to_hub: bool = False, repo_id: str | None = None, **kwargs) -> Path:
+        """diffusers' ``save_pretrained`` (``config.json`` + ``diffusion_pytorch_model[.variant].safetensors``,
+        no pickle) plus a README.md model card from a template unless the folder has one.
+
+        Args:
+            directory: the folder (created).
+            dtype: store the weights in this precision (e.g. ``torch.float16``; loading casts them back).
+            variant: weights file variant (``"fp16"`` -> ``diffusion_pytorch_model.fp16.safetensors``).
+            push_to_hub: upload the folder, card included, to ``repo_id`` (default: the folder's name).
+            kwargs: passed to diffusers' ``save_pretrained`` (``is_main_process``, ``max_shard_size``).
+        """
         d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        (d / CONFIG_NAME).write_text(json.dumps(self.config, indent=2))
-        # save_model de-duplicates aliases (diffusers' Downsample2D registers its conv twice).
-        model = self if dtype is None else copy.deepcopy(self).to(dtype)
-        save_model(model, str(d / WEIGHTS_NAME), metadata={"format": "pt", "class": "NestedVAE"})
-        apply_umask(d / WEIGHTS_NAME)  # safetensors writes 0600
+        model = self if dtype is None else nn.Module.to(copy.deepcopy(self), dtype)  # diffusers' .to warns on any dtype
+        ModelMixin.save_pretrained(model, d, variant=variant, **kwargs)
+        for f in d.glob("diffusion_pytorch_model*.safetensors"):
+            apply_umask(f)  # safetensors writes 0600
+        if variant is None and (d / hub.LEGACY_WEIGHTS_NAME).is_file():  # the folder's earlier copy, under the old name
+            (d / hub.LEGACY_WEIGHTS_NAME).unlink()
+        hub.write_model_card(d, self)
+        if push_to_hub:
+            from huggingface_hub import create_repo, upload_folder
+
+            repo = create_repo(repo_id or d.name, exist_ok=True, token=kwargs.get("token")).repo_id
+            upload_folder(repo_id=repo, folder_path=str(d), token=kwargs.get("token"))
         return d
 
     @classmethod
-    def from_pretrained(cls, path_or_repo: str | Path, local_files_only: bool = False) -> NestedVAE:
-        """Load from a folder written by ``save_pretrained``, a tokenizer shipped with the package
-        (``"cat-small"``, offline), or a Hugging Face hub repo id.
+    def from_pretrained(cls, path_or_repo: str | Path, **kwargs) -> NestedVAE:
+        """Load a tokenizer: a folder written by ``save_pretrained`` (today's or an earlier version's), a
+        tokenizer shipped with the package (``"cat-small"``, offline), or a Hugging Face Hub id.
+
+        Args:
+            path_or_repo: folder, shipped name or Hub id (``owner/name``).
+            kwargs: diffusers' ``from_pretrained`` options: ``subfolder``, ``revision``, ``torch_dtype``,
+                ``variant``, ``cache_dir``, ``local_files_only``, ``token``. ``HF_HUB_OFFLINE=1`` reads the
+                local Hub cache only.
 
         Raises:
-            InputNotFound: when it is neither a local folder, a shipped name nor a reachable hub repo.
+            InputNotFound: neither a folder, a shipped name nor a Hub repo (or revision) that resolves.
+            UserInputError: a folder whose files cannot be this tokenizer, one line naming the file.
         """
-        d = Path(path_or_repo)
-        if not d.is_dir() and str(path_or_repo) in BUNDLED_TOKENIZERS:
-            d = bundled_path(str(path_or_repo))
-        elif not d.is_dir() and _looks_local(str(path_or_repo)):
+        name, subfolder, variant = str(path_or_repo), kwargs.get("subfolder") or "", kwargs.get("variant")
+        root = Path(name).expanduser()
+        if not root.is_dir() and name in BUNDLED_TOKENIZERS:
+            root = bundled_path(name)
+        elif not root.is_dir() and hub.looks_local(name):
             raise InputNotFound(f"tokenizer not found: {path_or_repo} (no such file or folder; shipped: {', '.join(BUNDLED_TOKENIZERS)})")
-        elif not d.is_dir():
-            d = _hub_snapshot(str(path_or_repo), local_files_only)
-        for name in (CONFIG_NAME, WEIGHTS_NAME):
-            if not (d / name).is_file():
-                raise InputNotFound(f"{d} is not a NestedVAE folder: {name} is missing (write one with save_pretrained)")
-        try:
-            config = json.loads((d / CONFIG_NAME).read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise UserInputError(f"{d / CONFIG_NAME}: not valid JSON ({err})") from None
-        if not isinstance(config, dict):
-            raise UserInputError(f"{d / CONFIG_NAME}: expected a JSON object of NestedVAE arguments")
-        try:
+        elif not root.is_dir():
+            root = _hub_snapshot(name, kwargs)
+        folder = root / subfolder
+        if err := hub.missing_files(folder, variant):
+            raise err
+        config, weights = hub.read_config(folder, cls), hub.weights_file(folder, variant)
+        with torch.device("meta"):  # the names and shapes this config gives, without allocating them
+            expected = {k: tuple(t.shape) for k, t in cls(**config).state_dict().items()}
+        hub.check_weights_file(weights, expected, folder / hub.CONFIG_NAME)
+        if weights.name == hub.LEGACY_WEIGHTS_NAME:
             model = cls(**config)
-        except TypeError as err:  # an unknown or missing key
-            raise UserInputError(f"{d / CONFIG_NAME}: {str(err).replace('__init__() ', '')}") from None
-        try:
-            check_weights(load_file(str(d / WEIGHTS_NAME)), d / WEIGHTS_NAME)  # the file's own dtypes: loading casts
-            missing, unexpected = load_model(model, str(d / WEIGHTS_NAME), strict=False)
-        except SafetensorError as err:
-            raise UserInputError(f"{d / WEIGHTS_NAME}: not a readable safetensors file ({err})") from None
-        except RuntimeError as err:  # shapes that do not fit the config
-            first = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), str(err).splitlines()[0])
-            raise UserInputError(f"{d / WEIGHTS_NAME} does not match {d / CONFIG_NAME}: {first}") from None
-        if missing or unexpected:
-            raise UserInputError(f"{d / WEIGHTS_NAME} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+            model.load_state_dict(load_file(str(weights)))  # the pre-hook renames the alias keys
+            model = model if kwargs.get("torch_dtype") is None else nn.Module.to(model, kwargs["torch_dtype"])
+        else:  # a local folder now: the Hub options were spent resolving it
+            options = {k: v for k, v in kwargs.items() if k not in ("revision", "cache_dir", "force_download", "token")}
+            model = super().from_pretrained(str(root), **options)
+        check_weights(model.state_dict(), weights)  # NaN / inf, on the loaded tensors (the file is read once)
         return model.eval()
 
     def enable_gradient_checkpointing(self, enabled: bool = True) -> NestedVAE:
         """Recompute stage activations in backward to save memory (for large images on GPU)."""
         self.encoder.gradient_checkpointing = self.decoder.gradient_checkpointing = enabled
         return self
+
+    def disable_gradient_checkpointing(self) -> NestedVAE:
+        return self.enable_gradient_checkpointing(False)
 
     # ------------------------------------------------------------------ the tokenizer API
     def _check_images(self, x: Tensor) -> None:
@@ -455,19 +489,20 @@ class NestedVAE(nn.Module):
         return self.decoder.conv_out.weight
 
 
-def _looks_local(name: str) -> bool:
-    """A path rather than a hub id (``owner/name``): a file suffix, a leading ``.``, ``/`` or ``~``, or 2+ slashes."""
-    return Path(name).suffix in (".ckpt", ".pt", ".pth", ".safetensors", ".json") or name[:1] in "./~" or name.count("/") > 1
-
-
-def _hub_snapshot(repo_id: str, local_files_only: bool) -> Path:
-    """Resolve a hub repo id to a local snapshot, or explain the local-path alternative."""
+def _hub_snapshot(repo_id: str, options: dict) -> Path:
+    """A Hub repo's files, downloaded or from the local Hub cache (huggingface_hub's ``snapshot_download``:
+    ``revision``, ``cache_dir``, ``local_files_only`` and ``HF_HUB_OFFLINE``), or the local-path alternative."""
     from huggingface_hub import snapshot_download
 
+    sub = f"{options['subfolder']}/" if options.get("subfolder") else ""
+    variant = options.get("variant")
+    weights = hub.WEIGHTS_NAME if variant is None else hub.WEIGHTS_NAME.replace(".safetensors", f".{variant}.safetensors")
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME], local_files_only=local_files_only))
-    except Exception as err:  # hub errors vary by version: offline, not found, invalid id
+        return Path(snapshot_download(repo_id, revision=options.get("revision"), cache_dir=options.get("cache_dir"),
+                                      local_files_only=bool(options.get("local_files_only")), token=options.get("token"),
+                                      allow_patterns=[sub + hub.CONFIG_NAME, sub + weights, sub + hub.LEGACY_WEIGHTS_NAME]))
+    except Exception as err:  # hub errors vary by version: offline, not found, invalid id, unknown revision
         raise InputNotFound(
             f"cannot load NestedVAE from {repo_id!r}: not a local folder, and the hub said "
-            f"{type(err).__name__}. Pass a folder written by save_pretrained (config.json + model.safetensors)."
+            f"{type(err).__name__}. Pass a folder written by save_pretrained (config.json + {hub.WEIGHTS_NAME})."
         ) from None
