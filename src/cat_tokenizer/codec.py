@@ -43,8 +43,9 @@ def output_names(inputs: list[str], suffix: str) -> list[Path]:
 
 @torch.no_grad()
 def encode_files(images: list[str], ratio: int | str, ckpt: str, out: str, sample: bool = False, device: str = "auto",
-                 overwrite: bool = False) -> list[Path]:
-    """Encode each image at ``ratio`` (or ``"auto"``: the tokenizer's ratio head picks it); writes
+                 overwrite: bool = False, target_psnr: float | None = None) -> list[Path]:
+    """Encode each image at ``ratio`` (or ``"auto"``: the tokenizer's ratio head picks it; with a
+    distortion head and ``target_psnr``, the cheapest ratio predicted to reach that PSNR); writes
     ``<out>/<path relative to the inputs' common folder>.safetensors``. Unreadable files are skipped;
     inputs whose outputs would collide are refused before anything is written. Latents that exist
     already are kept (a rerun resumes) unless ``overwrite``; an output that is one of the inputs is
@@ -62,6 +63,9 @@ def encode_files(images: list[str], ratio: int | str, ckpt: str, out: str, sampl
         log.info("kept %d existing latent(s) in %s (pass --overwrite to rewrite them)", kept, out)
     dev = resolve_device(device)
     vae = load_vae(ckpt).to(dev)
+    if target_psnr is not None and (ratio != "auto" or vae.ratio_head is None or not vae.ratio_head.predicts_psnr):
+        raise UserInputError("--target-psnr needs --ratio auto and a tokenizer with a distortion head "
+                             "(`cat-tokenizer distortion-head` makes one)")
     fingerprint = vae.fingerprint()
     written, skipped = [], []
     for i in todo:
@@ -73,7 +77,7 @@ def encode_files(images: list[str], ratio: int | str, ckpt: str, out: str, sampl
             skipped.append(path)
             continue
         x = TF.to_dtype(TF.to_image(img), torch.float32, scale=True).mul(2).sub(1)[None].to(dev)  # (1, 3, H, W)
-        post = vae.encode(x, ratio)
+        post = vae.encode(x, ratio, target_psnr)
         post = post[0] if isinstance(post, list) else post  # "auto": one posterior per image
         z = post.sample() if sample else post.mode()  # (1, C, h, w)
         target = targets[i]

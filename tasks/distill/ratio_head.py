@@ -29,6 +29,7 @@ from torchmetrics.functional.classification import multiclass_confusion_matrix
 from torchmetrics.functional.regression import spearman_corrcoef
 
 from cat_tasks.reconstruction.analysis import max_acceptable_ratios
+from cat_tasks.reconstruction.heads import trunk_inputs
 from cat_tasks.reconstruction.table import measure_folder
 from cat_tokenizer.complexity import ComplexityEvaluator, RatioMapper
 from cat_tokenizer.complexity.cache import default_score_cache
@@ -74,8 +75,8 @@ class RatioHeadModule(L.LightningModule):
         self.head, self.lr, self.weight_decay, self.loss = head, lr, weight_decay, check_loss(loss)
 
     def training_step(self, batch, batch_idx):
-        *inputs, score = batch
-        loss = LOSSES[self.loss](self.head(*inputs).reshape(-1), score)
+        *inputs, score = batch  # (B,) scores, or (B, R) PSNRs for a distortion head
+        loss = LOSSES[self.loss](self.head(*inputs).reshape(score.shape), score)
         self.log(f"train/{self.loss}", loss, prog_bar=True)
         return loss
 
@@ -94,21 +95,6 @@ class _HeadOnStatistics(nn.Module):
 
     def forward(self, stats: torch.Tensor, last: torch.Tensor | None = None) -> torch.Tensor:
         return self.head.score(stats, last)
-
-
-@torch.no_grad()
-def _trunk(vae, head: RatioHead, files: list[Path], image_size: int, device: torch.device,
-           batch: int = 16, crop: str = "resize") -> list[torch.Tensor]:
-    """[(N, D) the head's trunk statistics] + [(N, C, S/8, S/8) 8x maps] when it has a conv branch."""
-    tf = image_transform(image_size, train=False, crop=crop)
-    stats, last = [], []
-    keep_last = head.conv is not None
-    for i in range(0, len(files), batch):
-        taps = vae.trunk(torch.stack([tf(load_rgb(f)) for f in files[i : i + batch]]).to(device))
-        stats.append(head.statistics(taps).cpu())
-        if keep_last:
-            last.append(taps[-1].cpu())
-    return [torch.cat(stats)] + ([torch.cat(last)] if keep_last else [])
 
 
 def _read_groups(root: Path, groups: str | None) -> tuple[dict[str, str] | None, str]:
@@ -166,11 +152,13 @@ def _agreement_by_folder(pred: torch.Tensor, target: torch.Tensor, mapper, files
 
 
 def fit_regressor(net: nn.Module, final: nn.Linear, inputs: list[torch.Tensor], scores: torch.Tensor, epochs: int,
-                   batch_size: int, lr: float, dev: torch.device, loss: str = "l1") -> nn.Module:
-    """Train ``net(*inputs)`` to regress the scores (its ``final`` layer starts at the scale's middle, 5);
-    eval mode on ``dev``."""
+                   batch_size: int, lr: float, dev: torch.device, loss: str = "l1",
+                   init_bias: float | torch.Tensor = 5.0) -> nn.Module:
+    """Train ``net(*inputs)`` to regress the scores (its ``final`` layer starts at ``init_bias``: the
+    scale's middle, 5, or each target's training mean); eval mode on ``dev``."""
     nn.init.zeros_(final.weight)
-    nn.init.constant_(final.bias, 5.0)
+    with torch.no_grad():
+        final.bias.copy_(torch.as_tensor(init_bias, dtype=final.bias.dtype).expand_as(final.bias))
     module = RatioHeadModule(net, lr, loss=loss)
     L.Trainer(max_epochs=epochs, accelerator=dev.type, devices=1, logger=False, enable_checkpointing=False,
               enable_progress_bar=False, enable_model_summary=False).fit(
@@ -252,7 +240,7 @@ def run_distill(teacher_config: str | None, data: str, out: str, tokenizer: str,
     stage_channels = vae.config["block_out_channels"][: vae.trunk_level() + 1]
     head = RatioHead(stage_channels, hidden, conv, mapper.thresholds, mapper.ratios, image_size, stages=stages,
                      row_stride=row_stride, crop=crop).to(dev)
-    inputs = _trunk(vae, head, files, image_size, dev, crop=crop)  # [(N, D) statistics, (N, C, h, w) 8x maps]
+    inputs = trunk_inputs(vae, head, files, image_size, dev, crop=crop)  # [(N, D) statistics, (N, C, h, w) 8x maps]
     fit_regressor(_HeadOnStatistics(head), head.out, [t[tr] for t in inputs], scores[tr], epochs, batch_size, lr, dev, loss)
     head.eval()
     with torch.no_grad():

@@ -61,9 +61,14 @@ def max_acceptable_ratio(psnr: dict[int, float], tolerance_db: float, ocr: dict[
     return max(ok)
 
 
-def max_acceptable_ratios(table: ReconTable, tolerance_db: float = 1.0, ocr_tolerance: float = 10.0) -> np.ndarray:
-    """``max_acceptable_ratio`` for every image of the table: (N,) ratios."""
-    ok = table.psnr >= table.psnr[:, :1] - tolerance_db  # (N, R)
+def max_acceptable_ratios(table: ReconTable, tolerance_db: float = 1.0, ocr_tolerance: float = 10.0,
+                          mse_tolerance: float | None = None) -> np.ndarray:
+    """``max_acceptable_ratio`` for every image of the table: (N,) ratios. With ``mse_tolerance`` the
+    paper's absolute form: MSE (pixels in [0, 1]) at most that much above 8x's, instead of a PSNR drop."""
+    if mse_tolerance is not None:
+        ok = table.mse <= table.mse[:, :1] + mse_tolerance  # (N, R)
+    else:
+        ok = table.psnr >= table.psnr[:, :1] - tolerance_db  # (N, R)
     text = table.text_bearing
     ok[text] &= table.ocr[text] >= table.ocr[text, :1] - ocr_tolerance
     ratios = np.asarray(table.ratios)
@@ -101,11 +106,15 @@ def _pct(v: float) -> str:
 
 
 def run_analysis(table: ReconTable, root: Path, evaluators: Sequence[tuple[str, ComplexityEvaluator]], out_dir: Path,
-                 tolerance_db: float = 1.0, ocr_tolerance: float = 10.0, cache: Path | None = None) -> str:
-    """The table as markdown; writes analysis.md, per_image.csv, scatter.png."""
+                 tolerance_db: float = 1.0, ocr_tolerance: float = 10.0, cache: Path | None = None,
+                 mse_tolerance: float = 0.001, predicted: np.ndarray | None = None) -> str:
+    """The table as markdown; writes analysis.md, per_image.csv, scatter.png. ``predicted``: a distortion
+    head's (N, R) PSNRs, a candidate signal (its predicted 8x - 32x drop; its own ratios: the maximum
+    acceptable ratio of the predictions)."""
     if len(table) < 3:
         raise UserInputError(f"need at least 3 readable images to correlate, found {len(table)} under {root}")
     target = max_acceptable_ratios(table, tolerance_db, ocr_tolerance)
+    absolute = max_acceptable_ratios(table, tolerance_db, ocr_tolerance, mse_tolerance)
     j16 = list(table.ratios).index(16) if 16 in table.ratios else len(table.ratios) // 2
     signals: dict[str, np.ndarray] = {"MSE (16x)": table.mse[:, j16], "JPEG size": table.jpeg_bpp}
     if table.feats is not None:
@@ -121,7 +130,12 @@ def run_analysis(table: ReconTable, root: Path, evaluators: Sequence[tuple[str, 
             continue
         signals[name] = np.where(np.isnan(s), np.nanmedian(s), s)
         own[name] = np.array([r.ratio or 0 for r in res])
+    if predicted is not None:
+        signals["distortion head"] = predicted[:, 0] - predicted[:, -1]  # the predicted cost of the coarsest ratio
+        ok = predicted >= predicted[:, :1] - tolerance_db
+        own["distortion head"] = np.array([np.asarray(table.ratios)[np.flatnonzero(row)].max() for row in ok])
     rows = signal_table(signals, target, own)
+    rows_abs = signal_table(signals, absolute, {k: v for k, v in own.items() if k == "distortion head"})
     ratios = table.ratios
     kinds = sorted(set(table.kinds))
     kind_arr = np.array(table.kinds)
@@ -140,6 +154,14 @@ def run_analysis(table: ReconTable, root: Path, evaluators: Sequence[tuple[str, 
         paper = PAPER.get(r["signal"], PAPER["LLM"] if r["signal"] in ("smollm2",) else "")
         lines.append(f"| {r['signal']} | {r['pearson']:+.2f} | {r['spearman']:+.2f} | {_pct(r['agreement_ranked'])} | "
                      f"{_pct(r['agreement_own'])} | {paper} |")
+    tolerant_abs = float((absolute >= 16).mean())
+    lines += ["", f"The paper's absolute form: the largest ratio whose MSE (pixels in [0, 1]) is at most {mse_tolerance:g} above "
+              f"8x's (same OCR rule): {100 * tolerant_abs:.0f}% of images tolerate 16x or more; "
+              + ", ".join(f"{k} {int((absolute[kind_arr == k] >= 16).sum())}/{int((kind_arr == k).sum())}" for k in kinds) + ".", "",
+              *md_header("signal", "Pearson r", "Spearman rho", "agreement (rank-matched)", "agreement (own ratios)")]
+    for r in rows_abs:
+        lines.append(f"| {r['signal']} | {r['pearson']:+.2f} | {r['spearman']:+.2f} | {_pct(r['agreement_ranked'])} | "
+                     f"{_pct(r['agreement_own'])} |")
     lines += ["", "Positive r: the signal rises with the detail an image needs. Inception distance is the offline "
               "stand-in for the paper's LPIPS (no LPIPS weights offline). Rank-matched agreement gives every signal the "
               "true ratio histogram; own thresholds are the evaluator's ratios as it would assign them.", "",
@@ -186,10 +208,15 @@ def _evaluator(spec: str) -> tuple[str, ComplexityEvaluator]:
 def analyse_folder(root: str, ckpt: str = "cat-small", out: str = "outputs/analysis", evaluators: Sequence[str] = ("default", "smollm2"),
                    image_size: int = 128, crop: str = "native", tolerance_db: float = 1.0, ocr_tolerance: float = 10.0,
                    features: bool | None = True, recon_cache: str | None = None, cache: str | None = None,
-                   device: str = "auto", progress: bool = True) -> str:
+                   device: str = "auto", progress: bool = True, mse_tolerance: float = 0.001,
+                   distortion_head: str | None = None) -> str:
     """Measure (cached), score, correlate; returns the markdown table."""
+    from cat_tasks.reconstruction.rd import head_predictions
+
     out_dir, root_p = Path(out), Path(root).expanduser()
     named = [_evaluator(e) for e in evaluators]  # bad configs fail before the long part
     vae = load_vae(ckpt).to(resolve_device(device))
     table = measure_folder(root_p, vae, recon_cache or out_dir / "recon_cache", image_size, crop, features=features, progress=progress)
-    return run_analysis(table, root_p, named, out_dir, tolerance_db, ocr_tolerance, Path(cache) if cache else out_dir / "scores.sqlite")
+    predicted = head_predictions(distortion_head, vae, table, root_p) if distortion_head else None
+    return run_analysis(table, root_p, named, out_dir, tolerance_db, ocr_tolerance, Path(cache) if cache else out_dir / "scores.sqlite",
+                        mse_tolerance, predicted)

@@ -15,6 +15,7 @@ from cat_tasks.reconstruction.analysis import analyse_folder
 from cat_tasks.reconstruction.bench import bench_ratio_head, bench_train, bench_vae, total_params
 from cat_tasks.reconstruction.demo import run_demo
 from cat_tasks.reconstruction.pack import pack_folder
+from cat_tasks.reconstruction.rate_control import DEFAULT_PSNR_TARGETS, DEFAULT_SSIM_TARGETS
 from cat_tasks.reconstruction.rd import run_rd
 from cat_tokenizer.complexity import ComplexityEvaluator
 from cat_tokenizer.io import load_vae
@@ -108,8 +109,9 @@ def eval_recon(data: str, *, ckpt: str, out: str = "outputs/eval_recon", image_s
 
 def analyse(dir: str, *, ckpt: str = "cat-small", evaluator: list[str] | None = None, out: str = "outputs/analysis",
             image_size: int = 128, crop: Literal["native", "resize"] = "native", tolerance_db: float = 1.0,
-            ocr_tolerance: float = 10.0, features: Literal["auto", "on", "off"] = "on", recon_cache: str | None = None,
-            cache: str | None = None, device: str = "auto", quiet: bool = False) -> int:
+            ocr_tolerance: float = 10.0, mse_tolerance: float = 0.001, features: Literal["auto", "on", "off"] = "on",
+            recon_cache: str | None = None, cache: str | None = None, distortion_head: str | None = None,
+            device: str = "auto", quiet: bool = False) -> int:
     """Section 3.1: each complexity signal vs each image's max acceptable ratio
 
     Args:
@@ -122,22 +124,26 @@ def analyse(dir: str, *, ckpt: str = "cat-small", evaluator: list[str] | None = 
         crop: crop policy (as in training)
         tolerance_db: PSNR drop vs 8x still acceptable (dB)
         ocr_tolerance: OCR confidence drop vs 8x still acceptable (points)
+        mse_tolerance: the paper's absolute form, reported beside: MSE increase vs 8x still acceptable (pixels in [0, 1])
         features: Inception features (the LPIPS stand-in)
         recon_cache: reconstruction cache folder (default OUT/recon_cache; rd's works too)
         cache: score cache file
+        distortion_head: a tokenizer folder with a distortion head, as a candidate signal
         device: auto, cpu, cuda ...
         quiet: no progress bars
     """
     print(analyse_folder(dir, ckpt, out, evaluator or ["default", "smollm2"], image_size, crop, tolerance_db, ocr_tolerance,
-                         FEATURES[features], recon_cache, cache, device, not quiet))
+                         FEATURES[features], recon_cache, cache, device, not quiet, mse_tolerance, distortion_head))
     print(f"wrote {out}/analysis.md, per_image.csv, scatter.png")
     return 0
 
 
 def rd(dir: str, *, ckpt: str = "cat-small", out: str = "outputs/rd", evaluator: list[str] | None = None, image_size: int = 128,
        crop: Literal["native", "resize"] = "native", budgets: str | None = None,
-       features: Literal["auto", "on", "off"] = "auto", device: str = "auto", quiet: bool = False) -> int:
-    """rate-distortion of CAT vs fixed ratios, JPEG size, random and the oracle on a folder
+       features: Literal["auto", "on", "off"] = "auto", target_psnr: tuple[float, ...] = DEFAULT_PSNR_TARGETS,
+       target_ssim: tuple[float, ...] = DEFAULT_SSIM_TARGETS, rfid_boots: int = 100, distortion_head: str | None = None,
+       device: str = "auto", quiet: bool = False) -> int:
+    """rate-distortion of CAT vs fixed ratios, JPEG size, random and the oracle: equal tokens and rate control
 
     Args:
         dir: image folder (top-level subfolders = content kinds in the per-kind table)
@@ -148,11 +154,15 @@ def rd(dir: str, *, ckpt: str = "cat-small", out: str = "outputs/rd", evaluator:
         crop: crop policy (as in training)
         budgets: mean-token budgets, e.g. 16,40,64,128,256 (default: 13 points from 32x to 8x)
         features: Inception features for rFID (auto: when the folder has 200+ images)
+        target_psnr: rate-control targets in dB (each image: the fewest tokens that meet it)
+        target_ssim: rate-control SSIM targets
+        rfid_boots: bootstrap resamples for rFID's intervals (0: none)
+        distortion_head: a tokenizer folder with a distortion head (cat-tokenizer distortion-head): allocates in both views
         device: auto, cpu, cuda ...
         quiet: no progress bars
     """
     report = run_rd(dir, ckpt, out, evaluator or [None], image_size, crop, parse_numbers(budgets, "--budgets", float),
-                    FEATURES[features], device, not quiet)
+                    FEATURES[features], device, not quiet, target_psnr, target_ssim, rfid_boots, distortion_head)
     text = report.read_text()
     print(text[: text.index("## Every budget")] if "## Every budget" in text else text)
     print(f"wrote {report}, {report.with_suffix('.csv')}, {report.with_suffix('.png')}")

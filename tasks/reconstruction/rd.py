@@ -17,22 +17,31 @@ Compared at matched mean tokens, sweeping the budget from the 32x mean to the 8x
 
 from __future__ import annotations
 
-import csv
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import nn
 
+from cat_tasks.reconstruction.rate_control import (
+    DEFAULT_PSNR_TARGETS,
+    DEFAULT_SSIM_TARGETS,
+    Target,
+    plot_rate,
+    rate_curves,
+    rate_headline,
+    rate_headline_line,
+    rate_markdown,
+)
 from cat_tasks.reconstruction.table import ReconTable
 from cat_tokenizer.complexity import ComplexityEvaluator, RatioMapper
 from cat_tokenizer.errors import UserInputError
+from cat_tokenizer.files import write_csv
 from cat_tokenizer.markdown import md_header
+from cat_tokenizer.metrics.fid import bootstrap_fid, frechet_distance
 
-__all__ = ["Allocation", "oracle_allocation", "score_allocation", "rd_curves", "headline", "write_rd", "RD_COLUMNS"]
+__all__ = ["Allocation", "oracle_allocation", "score_allocation", "rd_curves", "headline", "write_rd", "run_rd", "RD_COLUMNS"]
 
 log = logging.getLogger(__name__)
 
@@ -116,22 +125,10 @@ def score_allocation(scores: np.ndarray, budget: float, image_size: int, ratios:
     return np.searchsorted(np.asarray(ratios), mapped)
 
 
-class _Features(nn.Module):
-    """Pass-through 'extractor' so torchmetrics' FID can take precomputed Inception features."""
-
-    num_features = 2048
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x
-
-
-def _rfid(table: ReconTable, idx: np.ndarray) -> float:
-    from torchmetrics.image.fid import FrechetInceptionDistance
-
-    fid = FrechetInceptionDistance(feature=_Features(), normalize=False)
-    fid.update(torch.from_numpy(table.feats_orig.astype(np.float32)), real=True)
-    fid.update(torch.from_numpy(table.feats[np.arange(len(idx)), idx].astype(np.float32)), real=False)
-    return float(fid.compute())
+def _rfid(table: ReconTable, idx: np.ndarray, sel: np.ndarray | None = None) -> float:
+    """rFID of the allocation ``idx`` (on the images ``sel``): originals' vs chosen reconstructions' features."""
+    sel = np.arange(len(idx)) if sel is None else np.flatnonzero(sel)
+    return frechet_distance(table.feats_orig[sel], table.feats[sel, idx[sel]])
 
 
 def _metrics(table: ReconTable, idx: np.ndarray, rfid: bool) -> dict:
@@ -141,6 +138,8 @@ def _metrics(table: ReconTable, idx: np.ndarray, rfid: bool) -> dict:
            "ssim": float(table.ssim[rows, idx].mean()),
            "ocr_conf": float(np.mean(table.ocr[rows, idx][text])) if text.any() else float("nan"),
            "rfid": _rfid(table, idx) if rfid and table.feats is not None else float("nan")}
+    for kind in sorted(set(table.kinds)) if rfid and table.feats is not None else ():
+        out[f"rfid_{kind}"] = _rfid(table, idx, np.asarray(table.kinds) == kind)
     for j, r in enumerate(table.ratios):
         out[f"share_{r}x"] = float((idx == j).mean())
     return out
@@ -153,22 +152,22 @@ def default_budgets(table: ReconTable, points: int = 13) -> list[float]:
 
 
 def rd_curves(table: ReconTable, scores: dict[str, tuple[np.ndarray, Sequence[float] | None]],
-              budgets: Sequence[float] | None = None, seeds: int = 5) -> tuple[list[dict], dict[tuple[str, float], np.ndarray]]:
+              budgets: Sequence[float] | None = None, seeds: int = 5,
+              predicted: dict[str, np.ndarray] | None = None) -> tuple[list[dict], dict[tuple[str, float], np.ndarray]]:
     """Rows of ``RD_COLUMNS`` for fixed ratios, each scored method (``{name: (scores, anchor thresholds
-    or None)}``), JPEG size, random and oracle at each budget.
+    or None)}``), each predicted-PSNR method (``{name: (N, R) predicted PSNR}``: the oracle's knapsack
+    on its predictions), JPEG size, random and oracle at each budget.
 
     Returns ``(rows, allocations)`` with allocations keyed by (method, budget) (random: seed 0).
     """
     budgets = list(budgets or default_budgets(table))
     ratios, n = table.ratios, len(table)
     costs = table.tokens(np.arange(len(ratios)))
-    ref = float(costs[list(ratios).index(16)]) if 16 in ratios else float(np.median(costs))
-    fid_at = set(float(c) for c in costs) | {ref}
     rows, allocs = [], {}
 
     def add(method: str, budget: float, idx: np.ndarray, metrics: dict | None = None) -> None:
         allocs[(method, budget)] = idx
-        m = metrics or _metrics(table, idx, rfid=budget in fid_at)
+        m = metrics or _metrics(table, idx, rfid=True)
         rows.append({"method": method, "budget": budget, **m})
 
     for j, r in enumerate(ratios):
@@ -185,9 +184,11 @@ def rd_curves(table: ReconTable, scores: dict[str, tuple[np.ndarray, Sequence[fl
         runs = [score_allocation(np.random.default_rng(seed).random(n), b, table.image_size, ratios) for seed in range(seeds)]
         per_seed = [_metrics(table, idx, rfid=False) for idx in runs]
         mean = {k: float(np.mean([m[k] for m in per_seed])) for k in per_seed[0]}
-        if b in fid_at and table.feats is not None:
-            mean["rfid"] = _rfid(table, runs[0])
+        if table.feats is not None:
+            mean.update({k: v for k, v in _metrics(table, runs[0], rfid=True).items() if k.startswith("rfid")})
         add("random", b, runs[0], mean)
+        for name, pred in (predicted or {}).items():
+            add(name, b, oracle_allocation(pred, costs, b))
         add("oracle", b, oracle_allocation(table.psnr, costs, b))
     return rows, allocs
 
@@ -225,70 +226,124 @@ def _fmt(v, digits: int = 2) -> str:
     return "" if v is None or (isinstance(v, float) and np.isnan(v)) else (f"{v:.{digits}f}" if isinstance(v, float) else str(v))
 
 
-def write_rd(out: Path, table: ReconTable, rows: list[dict], allocs: dict, root: Path, ckpt: str) -> Path:
-    """Write rd.csv, rd.png and rd.md; returns rd.md."""
+def write_rd(out: Path, table: ReconTable, rows: list[dict], allocs: dict, root: Path, ckpt: str,
+             rate_rows: list[dict] | None = None, rfid_boots: int = 100) -> Path:
+    """Write rd.csv, rd.png, rate_control.csv / .png and rd.md; returns rd.md."""
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "rd.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=RD_COLUMNS, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (round(v, 4) if isinstance(v, float) and not np.isnan(v) else ("" if isinstance(v, float) else v))
-                        for k, v in r.items()})
+    write_csv(out / "rd.csv", [_rounded(r) for r in rows], RD_COLUMNS)
     _plot(rows, out / "rd.png", table)
     ratios = table.ratios
     ref_ratio = 16 if 16 in ratios else ratios[len(ratios) // 2]
     heads = headline(rows, ratios, ref_ratio)
     ref = next(r for r in rows if r["method"] == f"fixed {ref_ratio}x")
-    cats = [m for m in heads if m.startswith("CAT")]
-    n_text = int(table.text_bearing.sum())
+    at_ref = [r for r in rows if r["budget"] == ref["mean_tokens"] or r["method"].startswith("fixed ")]
+    kinds = sorted(set(table.kinds))
     lines = [f"# Rate-distortion on {len(table)} images of {root} ({table.image_size} px, tokenizer {ckpt})", ""]
-    for m in cats:
+    for m in (m for m in heads if m.startswith("CAT") or m == "distortion head"):
         h = heads[m]
-        lines.append(f"**{m}**: at fixed {ref_ratio}x's {ref['mean_tokens']:.0f} tokens, {h['psnr_gain_db']:+.2f} dB PSNR "
+        lines.append(f"**Equal tokens, {m}**: at fixed {ref_ratio}x's {ref['mean_tokens']:.0f} tokens, {h['psnr_gain_db']:+.2f} dB PSNR "
                      f"({_pct(h['oracle_capture'])} of the oracle's gain); at fixed {ref_ratio}x's PSNR "
                      f"({ref['psnr']:.2f} dB) it uses {_fmt(h['tokens_at_equal_psnr'], 1)} tokens ({_saving(h['token_saving'])}).")
-    lines += ["", f"## At fixed {ref_ratio}x's budget ({ref['mean_tokens']:.0f} tokens per image)", "",
-              *md_header("method", "mean tokens", "PSNR", "SSIM", "OCR conf", "rFID", "8x / 16x / 32x", "gain vs 16x", "share of oracle gain")]
-    at_ref = [r for r in rows if r["budget"] == ref["mean_tokens"] or r["method"].startswith("fixed ")]
+    rate_heads = rate_headline(rate_rows, ratios) if rate_rows else []
+    if rate_heads:
+        lines += ["", rate_headline_line(rate_heads)]
+    lines += ["", *_budget_lines(table, at_ref, heads, ref, ref_ratio)]
+    lines += _kind_lines(table, at_ref, allocs, kinds)
+    if table.feats is not None:
+        lines += _rfid_lines(table, at_ref, allocs, kinds, ref, rfid_boots)
+    lines += _ocr_lines(table, kinds)
+    if rate_rows:
+        write_csv(out / "rate_control.csv", [_rounded(r) for r in rate_rows])
+        plot_rate(rate_rows, out / "rate_control.png", table.image_size)
+        lines += rate_markdown(rate_rows, rate_heads, kinds, ratios)
+    lines += ["## Every budget", "", *md_header(*RD_COLUMNS)]
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(r[c], 3) if isinstance(r[c], float) else str(r[c]) for c in RD_COLUMNS) + " |")
+    lines += ["", "Files: rd.csv, rd.png (PSNR vs mean tokens), rate_control.csv / .png (share meeting each target vs mean "
+              "tokens), recon_cache/ (per-image measurements, reused by reruns).", ""]
+    (out / "rd.md").write_text("\n".join(lines))
+    return out / "rd.md"
+
+
+def _rounded(row: dict) -> dict:
+    return {k: (round(v, 4) if isinstance(v, float) and not np.isnan(v) else ("" if isinstance(v, float) else v)) for k, v in row.items()}
+
+
+def _budget_lines(table: ReconTable, at_ref: list[dict], heads: dict, ref: dict, ref_ratio: int) -> list[str]:
+    lines = [f"## At fixed {ref_ratio}x's budget ({ref['mean_tokens']:.0f} tokens per image)", "",
+             *md_header("method", "mean tokens", "PSNR", "SSIM", "OCR conf", "rFID", "8x / 16x / 32x", "gain vs 16x", "share of oracle gain")]
     for r in at_ref:
         h = heads.get(r["method"], {})
-        shares = " / ".join(f"{100 * r[f'share_{q}x']:.0f}%" for q in ratios)
+        shares = " / ".join(f"{100 * r[f'share_{q}x']:.0f}%" for q in table.ratios)
         lines.append(f"| {r['method']} | {r['mean_tokens']:.1f} | {r['psnr']:.2f} | {r['ssim']:.3f} | {_fmt(r['ocr_conf'], 1)} | "
                      f"{_fmt(r['rfid'])} | {shares} | {_fmt(h.get('psnr_gain_db'))} | {_pct(h.get('oracle_capture'))} |")
-    lines += ["", f"OCR conf: mean Tesseract word confidence of the reconstructions of the {n_text} text-bearing images "
-              f"(original crops: {_fmt(float(np.nanmean(table.ocr_orig)) if n_text else float('nan'), 1)}). "
-              "rFID (offline Inception) at the fixed ratios' budgets only.", "",
-              "## Per content kind at that budget (PSNR dB; share at " + " / ".join(f"{q}x" for q in ratios) + ")", ""]
-    kinds = sorted(set(table.kinds))
-    methods = [r["method"] for r in at_ref]
-    lines += md_header("kind", "images", *methods)
-    kind_arr = np.array(table.kinds)
+    n_text = int(table.text_bearing.sum())
+    orig = _fmt(float(np.nanmean(table.ocr_orig)) if n_text else float("nan"), 1)
+    return lines + ["", f"OCR conf: mean Tesseract word confidence of the reconstructions of the {n_text} text-bearing images "
+                    f"(original crops: {orig}). rFID: offline Inception features, every budget in rd.csv.", ""]
+
+
+def _kind_lines(table: ReconTable, at_ref: list[dict], allocs: dict, kinds: list[str]) -> list[str]:
+    ratios, kind_arr = table.ratios, np.array(table.kinds)
+    lines = ["## Per content kind at that budget (PSNR dB; share at " + " / ".join(f"{q}x" for q in ratios) + ")", "",
+             *md_header("kind", "images", *[r["method"] for r in at_ref])]
     for kind in kinds:
         sel = kind_arr == kind
         cells = []
         for r in at_ref:
             idx = allocs[(r["method"], r["budget"])]
             psnr = table.psnr[np.arange(len(table)), idx][sel].mean()
-            shares = "/".join(f"{100 * (idx[sel] == j).mean():.0f}" for j in range(len(ratios)))
-            cells.append(f"{psnr:.2f} ({shares})")
+            cells.append(f"{psnr:.2f} (" + "/".join(f"{100 * (idx[sel] == j).mean():.0f}" for j in range(len(ratios))) + ")")
         lines.append(f"| {kind} | {int(sel.sum())} | " + " | ".join(cells) + " |")
-    text = table.text_bearing
-    if text.any():
-        lines += ["", "## OCR on text-bearing crops per kind (mean Tesseract word confidence; share of the original's)", "",
-                  *md_header("kind", "text-bearing crops", "original", *(f"{q}x" for q in ratios))]
-        for kind in kinds:
-            sel = (kind_arr == kind) & text
-            if not sel.any():
-                continue
-            orig = float(table.ocr_orig[sel].mean())
-            cells = [f"{table.ocr[sel, j].mean():.1f} ({100 * table.ocr[sel, j].mean() / orig:.0f}%)" for j in range(len(ratios))]
-            lines.append(f"| {kind} | {int(sel.sum())} | {orig:.1f} | " + " | ".join(cells) + " |")
-    lines += ["", "## Every budget", "", *md_header(*RD_COLUMNS)]
-    for r in rows:
-        lines.append("| " + " | ".join(_fmt(r[c], 3) if isinstance(r[c], float) else str(r[c]) for c in RD_COLUMNS) + " |")
-    lines += ["", "Files: rd.csv, rd.png (PSNR vs mean tokens), recon_cache/ (per-image measurements, reused by reruns).", ""]
-    (out / "rd.md").write_text("\n".join(lines))
-    return out / "rd.md"
+    return lines + [""]
+
+
+def _rfid_lines(table: ReconTable, at_ref: list[dict], allocs: dict, kinds: list[str], ref: dict, boots: int) -> list[str]:
+    """rFID per kind at the reference budget, with a bootstrap interval over images (and of the
+    difference from the reference, on the same resamples)."""
+    kind_arr = np.array(table.kinds)
+    ref_idx = allocs[(ref["method"], ref["budget"])]
+    lines = [f"## rFID at that budget, overall and per kind (95% bootstrap interval over images, {boots} resamples)", "",
+             "rFID on a few hundred images is noisy and biased upwards by small samples (compare within a column, not "
+             f"across kinds); 'vs {ref['method']}' is the difference on the same resamples: an interval that holds 0 is no "
+             "difference.", "", *md_header("method", "all", f"vs {ref['method']}", *kinds)]
+    for r in at_ref:
+        idx = allocs[(r["method"], r["budget"])]
+        cells = []
+        for sel in [np.ones(len(table), bool)] + [kind_arr == k for k in kinds]:
+            i = np.flatnonzero(sel)
+            point = frechet_distance(table.feats_orig[i], table.feats[i, idx[i]])
+            if boots and len(i) > 2:
+                lo, hi = bootstrap_fid(table.feats_orig[i], table.feats[i, idx[i]], boots)
+                cells.append(f"{point:.1f} [{lo:.1f}, {hi:.1f}]")
+            else:
+                cells.append(f"{point:.1f}")
+            if len(cells) == 1:  # the paired difference, on all images
+                if r["method"] == ref["method"] or not boots:
+                    cells.append("")
+                else:
+                    all_i = np.arange(len(table))
+                    lo, hi = bootstrap_fid(table.feats_orig, table.feats[all_i, idx], boots, paired_with=table.feats[all_i, ref_idx])
+                    diff = point - frechet_distance(table.feats_orig, table.feats[all_i, ref_idx])
+                    cells.append(f"{diff:+.1f} [{lo:+.1f}, {hi:+.1f}]")
+        lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _ocr_lines(table: ReconTable, kinds: list[str]) -> list[str]:
+    text, kind_arr = table.text_bearing, np.array(table.kinds)
+    if not text.any():
+        return []
+    lines = ["## OCR on text-bearing crops per kind (mean Tesseract word confidence; share of the original's)", "",
+             *md_header("kind", "text-bearing crops", "original", *(f"{q}x" for q in table.ratios))]
+    for kind in kinds:
+        sel = (kind_arr == kind) & text
+        if not sel.any():
+            continue
+        orig = float(table.ocr_orig[sel].mean())
+        cells = [f"{table.ocr[sel, j].mean():.1f} ({100 * table.ocr[sel, j].mean() / orig:.0f}%)" for j in range(len(table.ratios))]
+        lines.append(f"| {kind} | {int(sel.sum())} | {orig:.1f} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def _saving(v: float) -> str:
@@ -332,11 +387,11 @@ def _plot(rows: list[dict], path: Path, table: ReconTable) -> None:
 
 
 def evaluator_scores(evaluators: Sequence[tuple[str, ComplexityEvaluator]], table: ReconTable, root: Path,
-                     cache: Path) -> dict[str, tuple[np.ndarray, tuple[float, ...]]]:
+                     cache: Path, progress: bool = True) -> dict[str, tuple[np.ndarray, tuple[float, ...]]]:
     """Each evaluator's (score per image of the table, its thresholds); images it cannot score get its median."""
     out = {}
     for name, ev in evaluators:
-        res = ev.score_images([root / p for p in table.paths], cache=cache, progress=True, map_ratios=False)
+        res = ev.score_images([root / p for p in table.paths], cache=cache, progress=progress, map_ratios=False)
         s = np.array([np.nan if r.score is None else r.score for r in res], np.float64)
         if np.isnan(s).all():
             log.warning("%s scored no image; left out", name)
@@ -345,10 +400,30 @@ def evaluator_scores(evaluators: Sequence[tuple[str, ComplexityEvaluator]], tabl
     return out
 
 
+def head_predictions(path: str, vae, table: ReconTable, root: Path) -> np.ndarray:
+    """(N, R) PSNRs that the distortion head saved at ``path`` predicts for the table's images; refused
+    in one line unless its tokenizer is the one being measured (the head predicts that tokenizer's errors)."""
+    from cat_tasks.reconstruction.heads import predict_psnr
+    from cat_tokenizer.io import load_vae
+
+    headed = load_vae(path).to(next(vae.parameters()).device)
+    if headed.fingerprint(with_head=False) != vae.fingerprint(with_head=False):
+        raise UserInputError(f"--distortion-head {path} was trained on another tokenizer's errors; train one for this "
+                             "tokenizer with `cat-tokenizer distortion-head --ckpt ...`")
+    if headed.ratio_head is None or not headed.ratio_head.predicts_psnr:
+        raise UserInputError(f"--distortion-head {path} has no distortion head (`cat-tokenizer distortion-head` makes one)")
+    if headed.ratio_head.config["image_size"] != table.image_size:
+        log.warning("the distortion head was trained at %s px; rd measures at %d px: its PSNRs are of another view",
+                    headed.ratio_head.config["image_size"], table.image_size)
+    return predict_psnr(headed, [root / p for p in table.paths], next(vae.parameters()).device)
+
+
 def run_rd(data: str | Path, ckpt: str = "cat-small", out: str | Path = "outputs/rd", evaluators: Sequence[str | None] = (None,),
            image_size: int = 128, crop: str = "native", budgets: Sequence[float] | None = None, features: bool | None = None,
-           device: str = "auto", progress: bool = True) -> Path:
-    """Measure (cached), score, allocate, write rd.csv / rd.png / rd.md; returns rd.md."""
+           device: str = "auto", progress: bool = True, target_psnr: Sequence[float] = DEFAULT_PSNR_TARGETS,
+           target_ssim: Sequence[float] = DEFAULT_SSIM_TARGETS, rfid_boots: int = 100,
+           distortion_head: str | None = None) -> Path:
+    """Measure (cached), score, allocate, write rd.csv / rd.png / rate_control.* / rd.md; returns rd.md."""
     from cat_tasks.reconstruction.table import measure_folder
     from cat_tokenizer.devices import resolve_device
     from cat_tokenizer.io import load_vae
@@ -362,6 +437,24 @@ def run_rd(data: str | Path, ckpt: str = "cat-small", out: str | Path = "outputs
     for spec in evaluators:
         ev = ComplexityEvaluator.from_config(spec)
         named.append(("default" if spec is None else Path(str(spec)).stem if str(spec).endswith(".yaml") else str(spec), ev))
-    scores = evaluator_scores(named, table, root, out / "scores.sqlite")
-    rows, allocs = rd_curves(table, scores, budgets)
-    return write_rd(out, table, rows, allocs, root, str(ckpt))
+    predicted = {"distortion head": head_predictions(distortion_head, vae, table, root)} if distortion_head else {}
+    scores = evaluator_scores(named, table, root, out / "scores.sqlite", progress)
+    rows, allocs = rd_curves(table, scores, budgets, predicted=predicted)
+    targets = [Target("psnr", float(t)) for t in target_psnr] + [Target("ssim", float(t)) for t in target_ssim]
+    rate_rows = [row for t in targets for row in rate_curves(table, t, allocs, predicted if t.metric == "psnr" else None)]
+    report = write_rd(out, table, rows, allocs, root, str(ckpt), rate_rows, rfid_boots)
+    if predicted:
+        _append_head_error(report, predicted["distortion head"], table)
+    return report
+
+
+def _append_head_error(report: Path, pred: np.ndarray, table: ReconTable) -> None:
+    """The distortion head's PSNR error on these images, per ratio and kind, at the end of rd.md."""
+    from cat_tasks.reconstruction.heads import mae_table
+
+    lines = ["## The distortion head's PSNR error on these images (MAE dB; bias = predicted - measured)", "",
+             *md_header("kind", "images", *(f"MAE {r}x" for r in table.ratios), *(f"bias {r}x" for r in table.ratios))]
+    for row in mae_table(pred, table.psnr, table.kinds, table.ratios):
+        lines.append(f"| {row['kind']} | {row['images']} | " + " | ".join(f"{row[f'mae_{r}x']:.2f}" for r in table.ratios) + " | "
+                     + " | ".join(f"{row[f'bias_{r}x']:+.2f}" for r in table.ratios) + " |")
+    report.write_text(report.read_text() + "\n".join(lines) + "\n")

@@ -79,22 +79,23 @@ def ocr_upscaled(img: Image.Image, factor: int = 3) -> tuple[float, int]:
     return ocr_confidence(img.resize((img.width * factor, img.height * factor), Image.Resampling.BICUBIC))
 
 
-def _settings_key(vae: NestedVAE, image_size: int, crop: str, ocr_words: int, features: bool) -> str:
-    fp = vae.fingerprint()
-    tag = json.dumps({"size": image_size, "crop": crop, "ocr_words": ocr_words, "features": features, "v": 1}, sort_keys=True)
+def _settings_key(vae: NestedVAE, image_size: int, crop: str, ocr_words: int, features: bool, ocr: bool = True) -> str:
+    fp = vae.fingerprint(with_head=False)  # a ratio or distortion head does not change a reconstruction
+    settings = {"size": image_size, "crop": crop, "ocr_words": ocr_words, "features": features, "v": 1}
+    tag = json.dumps(settings if ocr else {**settings, "ocr": False}, sort_keys=True)  # caches made before the flag keep their key
     return f"{fp}-{hashlib.sha1(tag.encode()).hexdigest()[:8]}"
 
 
 @torch.no_grad()
-def _measure(vae: NestedVAE, x: torch.Tensor, inception, min_words: int) -> dict[str, np.ndarray]:
-    """Measurements of one batch x (B, 3, S, S) in [-1, 1]."""
+def _measure(vae: NestedVAE, x: torch.Tensor, inception, min_words: int, ocr: bool = True) -> dict[str, np.ndarray]:
+    """Measurements of one batch x (B, 3, S, S) in [-1, 1] (no Tesseract at all when ``ocr`` is off)."""
     b, ratios = len(x), vae.ratios
     out = {k: np.zeros((b, len(ratios)), np.float32) for k in ("psnr", "ssim", "mse")}
     out["ocr"] = np.full((b, len(ratios)), np.nan, np.float32)
     out["ocr_orig"] = np.full(b, np.nan, np.float32)
     crops = [to_pil(x[i]) for i in range(b)]
     out["jpeg_bpp"] = np.array([jpeg_bits_per_pixel(c) for c in crops], np.float32)
-    originals = [ocr_upscaled(c) for c in crops]
+    originals = [ocr_upscaled(c) for c in crops] if ocr else []
     for i, (conf, words) in enumerate(originals):
         if words >= min_words:
             out["ocr_orig"][i] = conf
@@ -116,14 +117,15 @@ def _measure(vae: NestedVAE, x: torch.Tensor, inception, min_words: int) -> dict
 
 def measure_folder(root: str | Path, vae: NestedVAE, cache: str | Path, image_size: int = 128, crop: CropPolicy = "native",
                    min_words: int = 3, features: bool | None = None, chunk: int = 32, progress: bool = True,
-                   only: list[Path] | None = None) -> ReconTable:
+                   only: list[Path] | None = None, ocr: bool = True) -> ReconTable:
     """Measure every image under ``root`` (or the files ``only``; cached in ``cache``); ``features=None``
-    computes Inception features when there are at least 200 images (enough for rFID to mean something)."""
+    computes Inception features when there are at least 200 images (enough for rFID to mean something);
+    ``ocr=False`` skips Tesseract (PSNR / SSIM only, for training a distortion head on many images)."""
     root, vae = Path(root).expanduser(), vae.eval()
     files = sorted(Path(f) for f in only) if only is not None else list_images(root)
     if features is None:
         features = len(files) >= 200
-    folder = Path(cache) / _settings_key(vae, image_size, crop, min_words, features)
+    folder = Path(cache) / _settings_key(vae, image_size, crop, min_words, features, ocr)
     folder.mkdir(parents=True, exist_ok=True)
     done: dict[str, dict] = {}
     for f in sorted(folder.glob("chunk_*.npz")):
@@ -152,7 +154,7 @@ def measure_folder(root: str | Path, vae: NestedVAE, cache: str | Path, image_si
             except UnreadableImage as err:
                 log.warning("skipping %s", err)
         if xs:
-            m = _measure(vae, torch.stack(xs).to(next(vae.parameters()).device), inception, min_words)
+            m = _measure(vae, torch.stack(xs).to(next(vae.parameters()).device), inception, min_words, ocr)
             target = folder / f"chunk_{n_chunks:05d}.npz"
             tmp = folder / f".{target.name}.tmp.npz"
             np.savez(tmp, paths=np.array([rel[i] for i in idx]), **m)

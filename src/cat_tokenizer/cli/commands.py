@@ -25,7 +25,7 @@ __all__ = ["encode", "decode", "variety", "export", "palette", "latent_stats"]
 
 
 def encode(images: list[str], *, ratio: Literal["8", "16", "32", "auto"], ckpt: str, out: str, sample: bool = False,
-           device: str = "auto", overwrite: bool = False) -> int:
+           device: str = "auto", overwrite: bool = False, target_psnr: float | None = None) -> int:
     """images -> latent .safetensors files (ratio and size in the metadata)
 
     Args:
@@ -36,9 +36,10 @@ def encode(images: list[str], *, ratio: Literal["8", "16", "32", "auto"], ckpt: 
         sample: sample the posterior instead of taking its mean
         device: auto, cpu, cuda, cuda:1 ...
         overwrite: rewrite latents that exist already (default: keep them, so a rerun resumes)
+        target_psnr: with --ratio auto and a distortion head: each image's cheapest ratio predicted to reach this PSNR
     """
     written = encode_files(images, ratio if ratio == "auto" else int(ratio), ckpt, out, sample=sample, device=device,
-                           overwrite=overwrite)
+                           overwrite=overwrite, target_psnr=target_psnr)
     kept = len(images) - len(written)
     print(f"wrote {len(written)} latent file(s) to {out}" + (f"; {kept} kept or skipped (see the log)" if kept else ""))
     return 0 if written or any((Path(out) / n).exists() for n in output_names(images, ".safetensors")) else 1

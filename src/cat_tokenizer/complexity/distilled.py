@@ -45,6 +45,9 @@ class DistilledDescriber(Describer):
             vae = load_vae(self.path)
             if vae.ratio_head is None:
                 raise UserInputError(f"{self.path} has no ratio head: make one with `cat-tokenizer distill --out {self.path}`")
+            if vae.ratio_head.predicts_psnr:
+                raise UserInputError(f"{self.path}'s head is a distortion head (PSNR per ratio, not a complexity score): "
+                                     "use it with `encode --ratio auto [--target-psnr T]` or `rd --distortion-head`")
             self.vae = vae.eval().to(resolve_device(self.device_name))
             self.image_size = self.image_size or vae.ratio_head.config.get("image_size") or 256
         return self

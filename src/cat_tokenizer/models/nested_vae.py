@@ -262,10 +262,12 @@ class NestedVAE(ModelMixin, ConfigMixin):
         """The constructor's arguments as a plain dict (``NestedVAE(**vae.init_config())`` rebuilds it)."""
         return {k: copy.deepcopy(v) for k, v in self.config.items() if not k.startswith("_")}
 
-    def fingerprint(self) -> str:
+    def fingerprint(self, with_head: bool = True) -> str:
         """A short hash of the weights (latent files and caches record it). Computed with the key names
-        the weights had before the Downsample2D rename, so a tokenizer keeps its fingerprint."""
-        return fingerprint_state(hub.with_v1_aliases(self.state_dict()))
+        the weights had before the Downsample2D rename, so a tokenizer keeps its fingerprint.
+        ``with_head=False`` leaves an attached ratio head out: what reconstructions depend on."""
+        state = {k: v for k, v in self.state_dict().items() if with_head or not k.startswith("ratio_head.")}
+        return fingerprint_state(hub.with_v1_aliases(state))
 
     def at_ratio(self, ratio: int):
         """A diffusers ``AutoencoderKL``-shaped view of this tokenizer at one ratio (shared weights):
@@ -372,7 +374,7 @@ class NestedVAE(ModelMixin, ConfigMixin):
         pad_h, pad_w = (-x.shape[-2]) % multiple, (-x.shape[-1]) % multiple
         return F.pad(x, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else x
 
-    def encode(self, x: Tensor, ratio: int | str) -> LatentPosterior | list[LatentPosterior]:
+    def encode(self, x: Tensor, ratio: int | str, target_psnr: float | None = None) -> LatentPosterior | list[LatentPosterior]:
         """Encode images at one ratio, running only the encoder stages that ratio needs.
 
         Args:
@@ -381,13 +383,17 @@ class NestedVAE(ModelMixin, ConfigMixin):
                 ratio from the shared trunk features, and encoding continues from that trunk to the
                 chosen exit (the input is then padded to a multiple of the largest ratio). Images at
                 another size than the head was distilled at are scored on a resized copy instead.
+            target_psnr: with ``"auto"`` and a distortion head (``cat-tokenizer distortion-head``):
+                each image's cheapest ratio predicted to reach this PSNR (default: the head's own).
 
         Returns:
             A posterior whose ``sample()``/``mode()`` is (B, C, ceil(H/r), ceil(W/r)); with
             ``"auto"``, one posterior per image (each with its own ``ratio``).
         """
         if ratio == "auto":
-            return self.encode_auto(x)
+            return self.encode_auto(x, target_psnr)
+        if target_psnr is not None:
+            raise UserInputError('a PSNR target picks the ratio: encode with ratio="auto"')
         ratio = check_ratio(ratio, self.ratios)
         self._check_images(x)
         size = (x.shape[-2], x.shape[-1])
@@ -405,14 +411,17 @@ class NestedVAE(ModelMixin, ConfigMixin):
         return taps
 
     def _head_view(self, x: Tensor) -> Tensor | None:
-        """``x`` as the head was trained to see it (short side resized to its ``image_size``, centre
-        crop), or None when ``x`` already is: trunk statistics depend on scale, so a head trained at
-        128 px must not read a 512 px trunk."""
+        """``x`` as the head was trained to see it (its crop policy: short side resized to its
+        ``image_size`` and a centre crop, or for ``native`` a centre crop of native pixels), or None when
+        ``x`` already is: trunk statistics depend on scale, so a head trained at 128 px must not read a
+        512 px trunk."""
         side = self.ratio_head.config.get("image_size")
         if side is None or x.shape[-2:] == (side, side):
             return None
         from torchvision.transforms.v2 import functional as TF
 
+        if self.ratio_head.config.get("crop") == "native" and min(x.shape[-2:]) > side:  # native pixels, as it trained
+            return TF.center_crop(x, [side, side])
         return TF.center_crop(TF.resize(x, side, antialias=True), [side, side])  # (B, 3, side, side)
 
     def _head_scores(self, x: Tensor, taps: list[Tensor] | None = None) -> Tensor:
@@ -431,7 +440,7 @@ class NestedVAE(ModelMixin, ConfigMixin):
         self._check_images(x)
         return self._head_scores(x)
 
-    def encode_auto(self, x: Tensor) -> list[LatentPosterior]:
+    def encode_auto(self, x: Tensor, target_psnr: float | None = None) -> list[LatentPosterior]:
         """``encode(x, "auto")``: one trunk pass, the head's ratio per image, then each group of
         images continues from its trunk features to its exit."""
         if self.ratio_head is None:
@@ -440,7 +449,7 @@ class NestedVAE(ModelMixin, ConfigMixin):
         size, lvl = (x.shape[-2], x.shape[-1]), self.trunk_level()
         taps = self.trunk(x, max(self.ratios))
         h = taps[-1]  # (B, ch[lvl], H/8, W/8)
-        ratios = self.ratio_head.ratios_for(self._head_scores(x, taps))  # other sizes: a resized copy's trunk
+        ratios = self.ratio_head.ratios_for(self._head_scores(x, taps), target_psnr)  # other sizes: a resized copy's trunk
         out: list[LatentPosterior | None] = [None] * len(ratios)
         for r in sorted(set(ratios)):
             idx = [i for i, q in enumerate(ratios) if q == r]

@@ -23,6 +23,7 @@ from cat_tokenizer.ratios import ratios_from_scores
 __all__ = ["RatioHead", "stage_statistics"]
 
 STATS_PER_CHANNEL = 4
+PREDICTS = ("score", "psnr")
 
 
 def stage_statistics(taps: Sequence[Tensor], row_stride: Sequence[int] | None = None) -> Tensor:
@@ -66,13 +67,20 @@ class RatioHead(nn.Module):
         image_size: the image side it was trained at (images are scored after resizing to it).
         report: how it was distilled (teacher config and name, held-out agreement and count);
             ``ComplexityEvaluator.from_config("auto:D")`` reads it to choose student or teacher.
+        predicts: ``score`` (a complexity score, mapped to a ratio by ``thresholds``) or ``psnr``:
+            a distortion head, one predicted PSNR per ratio (B, R); an image's ratio is then the
+            cheapest whose predicted PSNR meets ``target_psnr`` (8x, the most tokens, when none does).
+        target_psnr: the default target of a distortion head (``encode --target-psnr`` overrides it).
     """
 
     def __init__(self, stage_channels: Sequence[int], hidden: int = 256, conv: int = 0,
                  thresholds: Sequence[float] = (4.0, 7.0), ratios: Sequence[int] = (8, 16, 32),
                  image_size: int | None = None, report: dict | None = None, stages: Sequence[int] | None = None,
-                 row_stride: Sequence[int] | None = None, crop: str = "resize"):
+                 row_stride: Sequence[int] | None = None, crop: str = "resize", predicts: str = "score",
+                 target_psnr: float = 24.0):
         super().__init__()
+        if predicts not in PREDICTS:
+            raise UserInputError(f"ratio head predicts must be one of {', '.join(PREDICTS)}, got {predicts!r}")
         n = len(stage_channels)
         stages = list(range(n)) if stages is None else sorted({int(s) for s in stages})
         row_stride = [2 ** (n - 1 - s) for s in range(n)] if row_stride is None else [int(k) for k in row_stride]
@@ -83,28 +91,34 @@ class RatioHead(nn.Module):
         self.config = {"stage_channels": [int(c) for c in stage_channels], "hidden": hidden, "conv": conv,
                        "thresholds": [float(t) for t in thresholds], "ratios": [int(r) for r in ratios],
                        "image_size": image_size, "report": report, "stages": stages, "row_stride": row_stride,
-                       "crop": crop}
+                       "crop": crop, "predicts": predicts, "target_psnr": float(target_psnr)}
         dim = STATS_PER_CHANNEL * sum(stage_channels[s] for s in stages) + 2 * conv
         self.conv = nn.Sequential(
             nn.Conv2d(stage_channels[-1], conv, 3, padding=1), nn.SiLU(),
             nn.Conv2d(conv, conv, 3, stride=2, padding=1), nn.SiLU(),
         ) if conv else None
         self.mlp = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.SiLU())
-        self.out = nn.Linear(hidden, 1)
+        self.out = nn.Linear(hidden, len(ratios) if predicts == "psnr" else 1)
         nn.init.zeros_(self.out.weight)
-        nn.init.constant_(self.out.bias, 5.0)  # start at the middle of the 1..9 scale
+        nn.init.constant_(self.out.bias, 25.0 if predicts == "psnr" else 5.0)  # a middling PSNR; the middle of the 1..9 scale
 
     def set_report(self, report: dict) -> None:
         """Record how the trained head did on held-out images (teacher, agreement, split); saved with
         the head, read by ``ComplexityEvaluator.student_or_teacher``."""
         self.config["report"] = dict(report)
 
+    @property
+    def predicts_psnr(self) -> bool:
+        return self.config.get("predicts", "score") == "psnr"
+
     def score(self, stats: Tensor, last: Tensor | None = None) -> Tensor:
-        """(B, 4 * sum C) statistics [+ the (B, C, h, w) 8x map for the conv branch] -> (B,)."""
+        """(B, 4 * sum C) statistics [+ the (B, C, h, w) 8x map for the conv branch] -> (B,) scores,
+        or (B, R) predicted PSNRs for a distortion head."""
         if self.conv is not None:
             c = self.conv(last)  # (B, conv, h/2, w/2)
             stats = torch.cat([stats, c.mean((-2, -1)), c.amax((-2, -1))], 1)
-        return self.out(self.mlp(stats)).squeeze(-1)  # (B,)
+        out = self.out(self.mlp(stats))  # (B, 1) or (B, R)
+        return out if self.predicts_psnr else out.squeeze(-1)
 
     def statistics(self, taps: Sequence[Tensor]) -> Tensor:
         """All trunk stage outputs -> (B, 4 * sum C) statistics of the stages this head reads."""
@@ -114,6 +128,16 @@ class RatioHead(nn.Module):
     def forward(self, taps: Sequence[Tensor]) -> Tensor:
         return self.score(self.statistics(taps), taps[-1])
 
-    def ratios_for(self, scores: Tensor) -> list[int]:
-        """Scores -> ratios with the stored thresholds (the rule ``RatioMapper`` applies)."""
-        return [int(r) for r in ratios_from_scores(scores.detach().float().cpu().numpy(), self.config["thresholds"], self.config["ratios"])]
+    def ratios_for(self, scores: Tensor, target_psnr: float | None = None) -> list[int]:
+        """Scores -> ratios with the stored thresholds (the rule ``RatioMapper`` applies); for a
+        distortion head, (B, R) PSNRs -> the cheapest ratio predicted to meet ``target_psnr``
+        (default the stored one), 8x when none is."""
+        if not self.predicts_psnr:
+            if target_psnr is not None:
+                raise UserInputError("--target-psnr needs a distortion head (cat-tokenizer distortion-head); "
+                                     "this tokenizer's ratio head predicts a complexity score")
+            return [int(r) for r in ratios_from_scores(scores.detach().float().cpu().numpy(), self.config["thresholds"], self.config["ratios"])]
+        target = self.config["target_psnr"] if target_psnr is None else float(target_psnr)
+        ratios = self.config["ratios"]  # ascending: the first has the most tokens
+        meets = (scores.detach().float().cpu() >= target).tolist()
+        return [max((r for r, ok in zip(ratios, row) if ok), default=ratios[0]) for row in meets]

@@ -1,0 +1,116 @@
+"""``cat-tokenizer distortion-head``: predict each image's PSNR at every ratio from the tokenizer's trunk.
+
+CAT's evaluator predicts what people find complex; an allocator needs what *this tokenizer* loses.
+The distortion head is the ratio head's trunk reader (per-channel statistics of every trunk stage,
+``RatioHead``) with one output per ratio, regressed (L1) on measured PSNRs:
+
+1. Reconstruct a seeded sample of ``data`` at every ratio (``measure_folder`` without OCR or
+   Inception: PSNR and SSIM only; cached and resumable like ``rd``'s).
+2. Read each image's trunk statistics once with the frozen tokenizer.
+3. Train on the training split; whole sources are held out (``KIND/SOURCE/...`` folders, as real-v1
+   is laid out), so the error is on sources the head never saw.
+4. Report the held-out MAE per ratio and kind (and on ``--dev`` when given), save the tokenizer with
+   the head to ``--out``: ``encode --ratio auto [--target-psnr T]`` picks the cheapest ratio predicted
+   to reach the target, and ``rd --distortion-head OUT`` allocates with it in both views.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from cat_tasks.distill.ratio_head import _grouped_split, _HeadOnStatistics, _read_groups, fit_regressor
+from cat_tasks.reconstruction.heads import mae_table, predict_psnr, trunk_inputs
+from cat_tasks.reconstruction.table import measure_folder
+from cat_tokenizer.data.dataset import stratified_split
+from cat_tokenizer.data.images import list_images, partition_readable
+from cat_tokenizer.devices import resolve_device
+from cat_tokenizer.errors import UserInputError
+from cat_tokenizer.io import load_vae
+from cat_tokenizer.lit.cli import silence_known_warnings
+from cat_tokenizer.markdown import md_header
+from cat_tokenizer.models.ratio_head import RatioHead
+
+__all__ = ["run_distortion_head"]
+
+log = logging.getLogger(__name__)
+
+
+def _sample(root: Path, max_images: int | None, seed: int) -> list[Path]:
+    files = list_images(root)
+    if max_images and len(files) > max_images:
+        files = sorted(random.Random(seed).sample(files, max_images))
+    files, bad = partition_readable(files)
+    for err in bad:
+        log.warning("skipping unreadable image %s", err)
+    return files
+
+
+def run_distortion_head(data: str | Path, out: str | Path, tokenizer: str = "cat-small", image_size: int = 128,
+                        crop: str = "native", max_images: int | None = 3000, epochs: int = 150, batch_size: int = 64,
+                        lr: float = 3e-3, hidden: int = 256, val_fraction: float = 0.2, groups: str = "folder",
+                        target_psnr: float = 24.0, loss: str = "l1", dev_data: str | Path | None = None,
+                        device: str = "auto", seed: int = 0) -> dict:
+    """Train, report and save; returns the metrics (also ``out/distortion.json`` and ``distortion.md``)."""
+    silence_known_warnings()
+    L.seed_everything(seed, workers=True)
+    root, out_dir, dev = Path(data).expanduser(), Path(out), resolve_device(device)
+    group_of, split_from = _read_groups(root, groups)  # a bad groups file fails before the (slow) measuring
+    vae = load_vae(tokenizer).eval().to(dev)
+    table = measure_folder(root, vae, out_dir / "recon_cache", image_size, crop, features=False, ocr=False,
+                           only=_sample(root, max_images, seed))
+    files, psnr = [root / p for p in table.paths], torch.tensor(table.psnr, dtype=torch.float32)  # (N, R)
+    val = _grouped_split(files, root, val_fraction, group_of) if group_of else set(stratified_split(files, root, val_fraction))
+    tr = [i for i, f in enumerate(files) if f not in val]
+    va = [i for i, f in enumerate(files) if f in val]
+    if len(tr) < 4 or not va:
+        raise UserInputError(f"the split left {len(tr)} training and {len(va)} held-out images; add images or change val_fraction")
+    stage_channels = vae.config["block_out_channels"][: vae.trunk_level() + 1]
+    head = RatioHead(stage_channels, hidden, ratios=vae.ratios, image_size=image_size, crop=crop, predicts="psnr",
+                     target_psnr=target_psnr).to(dev)
+    inputs = trunk_inputs(vae, head, files, image_size, dev, crop=crop)  # [(N, D) trunk statistics]
+    fit_regressor(_HeadOnStatistics(head), head.out, [t[tr] for t in inputs], psnr[tr], epochs, batch_size, lr, dev, loss,
+                  init_bias=psnr[tr].mean(0))
+    head.eval()
+    with torch.no_grad():
+        pred = head.score(*[t[va].to(dev) for t in inputs]).cpu().numpy()
+    held = mae_table(pred, table.psnr[va], [table.kinds[i] for i in va], vae.ratios)
+    split = "random" if group_of is None else f"by source ({split_from})"
+    metrics = {"tokenizer": str(tokenizer), "images": len(files), "train": len(tr), "held_out": len(va), "split": split,
+               "image_size": image_size, "crop": crop, "epochs": epochs, "loss": loss, "target_psnr": target_psnr,
+               "head_params": sum(p.numel() for p in head.parameters()), "held_out_mae": held}
+    head.set_report({k: metrics[k] for k in ("images", "held_out", "split")} | {"mae_all": {k: round(v, 3) for k, v in held[0].items()
+                                                                                            if k.startswith("mae_")}})
+    vae.attach_ratio_head(head)
+    if dev_data is not None:
+        dev_root = Path(dev_data).expanduser()
+        dev_table = measure_folder(dev_root, vae, out_dir / "dev_cache", image_size, crop, features=False, ocr=False)
+        dev_pred = predict_psnr(vae, [dev_root / p for p in dev_table.paths], dev)
+        metrics["dev"] = str(dev_root)
+        metrics["dev_mae"] = mae_table(dev_pred, dev_table.psnr, dev_table.kinds, vae.ratios)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    vae.save_pretrained(out_dir)
+    (out_dir / "distortion.json").write_text(json.dumps(metrics, indent=2))
+    (out_dir / "distortion.md").write_text(_report(metrics, vae.ratios))
+    return metrics
+
+
+def _report(m: dict, ratios) -> str:
+    lines = [f"# Distortion head on {m['tokenizer']}'s trunk", "",
+             f"{m['images']} images ({m['train']} train / {m['held_out']} held out, split {m['split']}) at {m['image_size']} px "
+             f"({m['crop']} crops); head {m['head_params']} params, {m['epochs']} epochs, {m['loss']} loss.", ""]
+    for title, key in (("Held-out sources", "held_out_mae"), (f"{m.get('dev', '')}", "dev_mae")):
+        if key not in m:
+            continue
+        lines += [f"## {title}: PSNR error (MAE dB; bias = mean predicted - measured)", "",
+                  *md_header("kind", "images", *(f"MAE {r}x" for r in ratios), *(f"bias {r}x" for r in ratios))]
+        for row in m[key]:
+            lines.append(f"| {row['kind']} | {row['images']} | " + " | ".join(f"{row[f'mae_{r}x']:.2f}" for r in ratios) + " | "
+                         + " | ".join(f"{row[f'bias_{r}x']:+.2f}" for r in ratios) + " |")
+        lines.append("")
+    return "\n".join(lines)

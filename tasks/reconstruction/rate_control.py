@@ -1,0 +1,274 @@
+"""Rate control: the fewest tokens that meet a quality target, per image (ElasticTok, ALIT, KARL; the
+paper's Section 3.1 "maximum acceptable ratio").
+
+For a target (PSNR >= 22 dB, say) an allocation is judged by two numbers: the share of images whose
+chosen reconstruction meets the target, and its mean tokens. Each method traces a curve of them:
+
+* ``fixed r``: one point per ratio;
+* a scored method (CAT's evaluator, JPEG size, random): the equal-token view's allocations (its
+  thresholds shifted together), each read as a (tokens, share) point;
+* a predicted-quality method (the distortion head): the oracle's rule on its *predictions*: each
+  image's cheapest ratio predicted to meet the target plus a margin, bought in order of what that
+  costs until a token budget is spent (the rest get the fewest tokens); budgets and margins are swept,
+  and the shares counted on the measured qualities. With exact predictions it is the oracle;
+* ``oracle``: the measured frontier. With one point of value per image that meets the target, the
+  most images meet it within a token budget when images are bought in order of what meeting costs
+  them (their cheapest meeting ratio's tokens), the rest left at the cheapest ratio: greedy by cost is
+  exact for unit values.
+
+Headline per target: the tokens a method needs to meet the target on the share of images fixed 16x
+meets (and fixed 8x meets), against that fixed ratio's tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from cat_tasks.reconstruction.table import ReconTable
+
+__all__ = ["Target", "DEFAULT_PSNR_TARGETS", "DEFAULT_SSIM_TARGETS", "oracle_frontier", "cheapest_meeting",
+           "rate_curves", "tokens_at_share", "rate_headline"]
+
+DEFAULT_PSNR_TARGETS = (22.0, 24.0, 26.0, 28.0)
+DEFAULT_SSIM_TARGETS = (0.7, 0.8, 0.9)
+MARGINS_DB = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0)  # predicted-PSNR margins swept (x 0.01 for SSIM)
+POINTS_PER_CURVE = 48  # a frontier's purchases thinned to about this many (tokens, share) points
+
+
+@dataclass(frozen=True)
+class Target:
+    """``metric`` (``psnr`` or ``ssim``) >= ``value``."""
+
+    metric: str
+    value: float
+
+    @property
+    def name(self) -> str:
+        return f"PSNR {self.value:g} dB" if self.metric == "psnr" else f"SSIM {self.value:g}"
+
+    def met(self, table: ReconTable) -> np.ndarray:
+        """(N, R) whether each image's reconstruction at each ratio meets the target."""
+        return getattr(table, self.metric) >= self.value
+
+
+def oracle_frontier(met: np.ndarray, costs: Sequence[int]) -> list[tuple[float, float, np.ndarray]]:
+    """``[(mean tokens, share meeting, idx)]``: the most images meeting the target at each spend.
+
+    Args:
+        met: (N, R) bool, ratios ascending (index 0 the most tokens).
+        costs: (R,) tokens per image at each ratio.
+    """
+    met, costs = np.asarray(met, bool), np.asarray(costs, np.int64)
+    n, r = met.shape
+    cheapest = int(np.argmin(costs))
+    # each image's cheapest meeting ratio (or none)
+    cost_if_met = np.where(met, costs[None, :], np.iinfo(np.int64).max)
+    best = np.argmin(cost_if_met, axis=1)
+    reachable = met[np.arange(n), best]
+    extra = np.where(reachable, costs[best] - costs[cheapest], np.inf)
+    order = np.argsort(extra, kind="stable")
+    idx = np.full(n, cheapest)
+    points = [(float(costs[idx].mean()), float(met[np.arange(n), idx].mean()), idx.copy())]
+    for i in order:
+        if not np.isfinite(extra[i]):
+            break
+        if idx[i] != best[i]:
+            idx[i] = best[i]
+            points.append((float(costs[idx].mean()), float(met[np.arange(n), idx].mean()), idx.copy()))
+    return points
+
+
+def cheapest_meeting(pred: np.ndarray, threshold: float, costs: Sequence[int]) -> np.ndarray:
+    """(N,) index of the cheapest ratio whose predicted value is >= ``threshold`` (the cheapest of all when none is)."""
+    pred, costs = np.asarray(pred, np.float64), np.asarray(costs)
+    ok = pred >= threshold
+    cost_if_ok = np.where(ok, costs[None, :], np.inf)
+    pick = np.argmin(cost_if_ok, axis=1)
+    return np.where(ok.any(axis=1), pick, int(np.argmin(costs)))
+
+
+def rate_curves(table: ReconTable, target: Target, allocations: dict[tuple[str, float], np.ndarray],
+                predicted: dict[str, np.ndarray] | None = None) -> list[dict]:
+    """Rows ``{target, method, margin_or_budget, mean_tokens, share, share_<kind>..., tokens_<kind>...}``.
+
+    Args:
+        table: the measured reconstructions.
+        target: the quality target.
+        allocations: the equal-token view's ``{(method, budget): idx}`` (fixed, scored methods, random);
+            its oracle is replaced by this view's own frontier.
+        predicted: ``{method: (N, R) predicted values of target.metric}`` for margin-swept allocators.
+    """
+    met = target.met(table)
+    costs = table.tokens(np.arange(len(table.ratios)))
+    rows = []
+
+    def add(method: str, knob: float, idx: np.ndarray) -> None:
+        ok = met[np.arange(len(idx)), idx]
+        row = {"target": target.name, "method": method, "knob": knob, "mean_tokens": float(costs[idx].mean()), "share": float(ok.mean())}
+        kinds = np.asarray(table.kinds)
+        for k in sorted(set(table.kinds)):
+            sel = kinds == k
+            row[f"share_{k}"], row[f"tokens_{k}"] = float(ok[sel].mean()), float(costs[idx[sel]].mean())
+        rows.append(row)
+
+    for (method, budget), idx in allocations.items():
+        if method != "oracle":
+            add(method, budget, idx)
+    for name, pred in (predicted or {}).items():
+        for m in MARGINS_DB:
+            claimed = np.asarray(pred) >= target.value + m * (1 if target.metric == "psnr" else 0.01)
+            for _, _, idx in _thin(oracle_frontier(claimed, costs)):
+                add(name, float(m), idx)
+    for _, _, idx in _thin(oracle_frontier(met, costs)):
+        add("oracle", float("nan"), idx)
+    return rows
+
+
+def _thin(points: list, keep: int = POINTS_PER_CURVE) -> list:
+    """About ``keep`` of a frontier's points, evenly spaced, first and last kept."""
+    if len(points) <= keep:
+        return points
+    return [points[int(round(i))] for i in np.linspace(0, len(points) - 1, keep)]
+
+
+def tokens_at_share(points: Sequence[tuple[float, float]], share: float) -> float:
+    """The fewest mean tokens at which a curve of (tokens, share) points reaches ``share``: the cheapest
+    point that does, or a linear interpolation towards it from the cheaper point before it; NaN if none."""
+    pts = sorted(points)
+    best = float("nan")
+    for j, (t, s) in enumerate(pts):
+        if s >= share - 1e-12:
+            cand = t
+            lower = [(tt, ss) for tt, ss in pts[:j] if ss < share]
+            if lower:
+                tt, ss = max(lower, key=lambda p: (p[1], -p[0]))  # the best-share cheaper point
+                if s > ss and t > tt:
+                    cand = tt + (share - ss) / (s - ss) * (t - tt)
+            best = cand if np.isnan(best) else min(best, cand)
+    return best
+
+
+def rate_headline(rows: list[dict], ratios: Sequence[int], refs: Sequence[int] = (16, 8)) -> list[dict]:
+    """Per target, reference fixed ratio and method: the tokens to meet the target on the reference's
+    share, the saving against the reference's tokens, and the share of the oracle's saving captured."""
+    out = []
+    for target in dict.fromkeys(r["target"] for r in rows):
+        mine = [r for r in rows if r["target"] == target]
+        methods = list(dict.fromkeys(r["method"] for r in mine if not r["method"].startswith("fixed ")))
+        for ref in refs:
+            if ref not in ratios:
+                continue
+            fixed = next(r for r in mine if r["method"] == f"fixed {ref}x")
+            found = {}
+            for m in methods:
+                t = tokens_at_share([(r["mean_tokens"], r["share"]) for r in mine if r["method"] == m], fixed["share"])
+                found[m] = t
+            oracle_saving = 1 - found.get("oracle", float("nan")) / fixed["mean_tokens"]
+            for m, t in found.items():
+                saving = 1 - t / fixed["mean_tokens"]
+                out.append({"target": target, "ref": f"fixed {ref}x", "ref_share": fixed["share"], "ref_tokens": fixed["mean_tokens"],
+                            "method": m, "tokens": t, "saving": saving,
+                            "oracle_capture": saving / oracle_saving if oracle_saving > 0 else float("nan")})
+    return out
+
+
+def _operating_point(rows: list[dict], method: str, share: float) -> dict | None:
+    """The method's cheapest row that meets ``share`` (None when its curve never does)."""
+    ok = [r for r in rows if r["method"] == method and r["share"] >= share - 1e-12]
+    return min(ok, key=lambda r: r["mean_tokens"]) if ok else None
+
+
+def rate_markdown(rows: list[dict], heads: list[dict], kinds: Sequence[str], ratios: Sequence[int]) -> list[str]:
+    """rd.md's rate-control sections: the headline table, then each kind at fixed 16x's share."""
+    methods = list(dict.fromkeys(h["method"] for h in heads))
+    lines = ["## Rate control: the fewest tokens that meet a target", "",
+             "Each method gives every image the cheapest ratio its scores (or predictions) say meets the target; "
+             "shifting its thresholds (margin) traces share meeting vs mean tokens (rate_control.png). A cell is the "
+             "mean tokens at which the method meets the target on the reference's share of images, and the saving "
+             "against the reference's tokens (the share of the oracle's saving it captures).", "",
+             "| target | reference | meets | tokens | " + " | ".join(methods) + " |",
+             "|---|---|---|---|" + "---|" * len(methods)]
+    for (target, ref), group in _grouped(heads):
+        first = group[0]
+        cells = []
+        for m in methods:
+            h = next((g for g in group if g["method"] == m), None)
+            cells.append("" if h is None or np.isnan(h["tokens"]) else
+                         f"{h['tokens']:.1f} ({_signed_pct(h['saving'])}{'' if m == 'oracle' else ', ' + _pct(h['oracle_capture'])})")
+        lines.append(f"| {target} | {ref} | {100 * first['ref_share']:.0f}% | {first['ref_tokens']:.0f} | " + " | ".join(cells) + " |")
+    lines += ["", "Per content kind, at the margin where each method meets the PSNR target on fixed 16x's share of all "
+              "images (share of the kind meeting it @ mean tokens of the kind):", ""]
+    fixed16 = "fixed 16x" if 16 in ratios else None
+    psnr_targets = [t for t in dict.fromkeys(r["target"] for r in rows) if t.startswith("PSNR")]
+    lines += ["| target | kind | " + " | ".join(["fixed 16x", *methods]) + " |", "|---|---|" + "---|" * (len(methods) + 1)]
+    for target in psnr_targets:
+        mine = [r for r in rows if r["target"] == target]
+        ref = next((r for r in mine if r["method"] == fixed16), None)
+        if ref is None:
+            continue
+        points = [ref] + [_operating_point(mine, m, ref["share"]) for m in methods]
+        for k in kinds:
+            cells = ["" if p is None else f"{100 * p[f'share_{k}']:.0f}% @ {p[f'tokens_{k}']:.0f}" for p in points]
+            lines.append(f"| {target} | {k} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def rate_headline_line(heads: list[dict]) -> str:
+    """rd.md's one line for this view: each CAT curve and the oracle against fixed 16x at two targets."""
+    parts = []
+    for target in ("PSNR 22 dB", "PSNR 26 dB"):
+        group = [h for h in heads if h["target"] == target and h["ref"] == "fixed 16x"]
+        if not group:
+            continue
+        said = [f"{h['method']} {h['tokens']:.0f} ({_signed_pct(h['saving'])})" for h in group
+                if (h["method"].startswith("CAT") or h["method"] in ("oracle", "distortion head")) and not np.isnan(h["tokens"])]
+        parts.append(f"to meet {target} on fixed 16x's {100 * group[0]['ref_share']:.0f}% of images "
+                     f"(at {group[0]['ref_tokens']:.0f} tokens): " + ", ".join(said))
+    return "**Rate control**: " + "; ".join(parts) + "." if parts else ""
+
+
+def plot_rate(rows: list[dict], path, image_size: int) -> None:
+    """Share meeting each PSNR target vs mean tokens, one panel per target."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    targets = [t for t in dict.fromkeys(r["target"] for r in rows) if t.startswith("PSNR")]
+    fig, axes = plt.subplots(1, max(1, len(targets)), figsize=(3.4 * max(1, len(targets)), 3.4), squeeze=False)
+    for ax, target in zip(axes[0], targets):
+        mine = [r for r in rows if r["target"] == target]
+        for m in dict.fromkeys(r["method"] for r in mine):
+            pts = sorted((r["mean_tokens"], r["share"]) for r in mine if r["method"] == m)
+            x, y = [p[0] for p in pts], [100 * p[1] for p in pts]
+            if m.startswith("fixed "):
+                ax.scatter(x, y, s=40, marker="s", color="black", zorder=5)
+                ax.annotate(m.removeprefix("fixed "), (x[0], y[0]), textcoords="offset points", xytext=(5, -9), fontsize=8)
+            else:
+                style = {"oracle": dict(ls="--", color="grey"), "random": dict(ls=":", color="tab:red")}.get(m, {})
+                ax.plot(x, y, label=m, lw=1.2, **style)
+        ax.set_xscale("log", base=2)
+        ax.set_title(target, fontsize=9)
+        ax.set_xlabel(f"mean tokens ({image_size} px)", fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("images meeting the target (%)", fontsize=8)
+    axes[0][0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _grouped(heads: list[dict]):
+    keys = list(dict.fromkeys((h["target"], h["ref"]) for h in heads))
+    return [(k, [h for h in heads if (h["target"], h["ref"]) == k]) for k in keys]
+
+
+def _pct(v: float) -> str:
+    return "" if v is None or np.isnan(v) else f"{100 * v:.0f}% of the oracle's"
+
+
+def _signed_pct(v: float) -> str:
+    return "" if v is None or np.isnan(v) else (f"{100 * v:.0f}% fewer" if v >= 0 else f"{-100 * v:.0f}% more")

@@ -1,0 +1,127 @@
+"""The distortion head: PSNR per ratio from the tokenizer's trunk, an allocator for `encode --target-psnr`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import one_line_error
+from PIL import Image
+
+from cat_tasks.reconstruction.table import ReconTable
+from cat_tokenizer.cli import tools
+from cat_tokenizer.io import load_latent
+
+
+def _noise_folder(root, rng) -> dict[str, float]:
+    """Two kinds x five sources x six images; each image's noise amplitude (the planted feature)."""
+    amp = {}
+    for kind in ("calm", "busy"):
+        for src in "abcde":
+            for i in range(6):
+                a = float(rng.uniform(0, 0.4) if kind == "calm" else rng.uniform(0.5, 1.0))
+                base = np.full((40, 40, 3), rng.integers(60, 200, 3), np.float64)
+                arr = np.clip(base + a * rng.normal(0, 90, (40, 40, 3)), 0, 255).astype(np.uint8)
+                p = root / kind / src / f"{i}.png"
+                p.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(arr).save(p)
+                amp[p.relative_to(root).as_posix()] = a
+    return amp
+
+
+def test_the_head_learns_psnr_from_a_planted_feature_and_encode_meets_a_target(tmp_path, tiny_vae, monkeypatch, capsys):
+    import cat_tasks.distill.distortion as mod
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "data"
+    amp = _noise_folder(root, rng)
+    tiny_vae.save_pretrained(tmp_path / "tok")
+
+    def fake_measure(root_, vae, cache, image_size, crop, features=None, only=None, ocr=True, **kw):
+        paths = sorted(f.relative_to(root_).as_posix() for f in only)
+        a = np.array([amp[p] for p in paths])
+        psnr = 36.0 - a[:, None] * np.array([[2.0, 8.0, 14.0]])  # noise costs more the coarser the ratio
+        n = len(paths)
+        return ReconTable(paths, [p.split("/")[0] for p in paths], (8, 16, 32), image_size, psnr, psnr / 40, psnr,
+                          np.full((n, 3), np.nan), np.full(n, np.nan), np.ones(n))
+
+    monkeypatch.setattr(mod, "measure_folder", fake_measure)
+    out = tmp_path / "head"
+    args = ["distortion-head", str(root), "--out", str(out), "--ckpt", str(tmp_path / "tok"), "--image-size", "32",
+            "--epochs", "200", "--target-psnr", "30", "--device", "cpu"]
+    assert tools.main(args) == 0
+    report = json.loads((out / "distortion.json").read_text())
+    assert report["split"].startswith("by source") and report["held_out"] == 12  # one source per kind
+    held = report["held_out_mae"][0]
+    spread = np.std([36.0 - a * 14.0 for a in amp.values()])  # what predicting the mean would cost at 32x, about
+    assert held["mae_32x"] < 0.4 * spread, (held, spread)
+    # encode --target-psnr: a calm image meets 30 dB at 32x (36 - 14 * 0.4 > 30), a very busy one only at 8x
+    calm = min((p for p in amp if p.startswith("calm/")), key=amp.get)
+    busy = max(amp, key=amp.get)
+    for name, want in ((calm, 32), (busy, 8)):
+        lat = tmp_path / "lat" / name.replace("/", "_")
+        assert tools.main(["encode", str(root / name), "--ratio", "auto", "--target-psnr", "30", "--ckpt", str(out),
+                           "--out", str(lat), "--device", "cpu"]) == 0
+        assert load_latent(next(lat.rglob("*.safetensors"))).ratio == want, name
+    capsys.readouterr()
+    # a fixed ratio, or a tokenizer without a distortion head: one line each
+    assert tools.main(["encode", str(root / calm), "--ratio", "16", "--target-psnr", "30", "--ckpt", str(out),
+                       "--out", str(tmp_path / "x")]) == 2
+    one_line_error(capsys, "--target-psnr needs --ratio auto")
+    assert tools.main(["encode", str(root / calm), "--ratio", "auto", "--target-psnr", "30", "--ckpt", str(tmp_path / "tok"),
+                       "--out", str(tmp_path / "x")]) == 2
+    one_line_error(capsys, "distortion head")
+    with pytest.raises(Exception, match="distortion head"):
+        from cat_tokenizer.complexity import ComplexityEvaluator
+
+        ComplexityEvaluator.from_config(f"distilled:{out}").score_images([root / calm])
+
+
+def test_rd_and_analyse_use_a_distortion_head_and_refuse_one_of_another_tokenizer(tmp_path, tiny_vae, capsys):
+    import csv
+
+    import torch
+
+    from cat_tasks.reconstruction.heads import trunk_inputs
+    from cat_tokenizer import NestedVAE
+    from cat_tokenizer.models.ratio_head import RatioHead
+
+    rng = np.random.default_rng(1)
+    root = tmp_path / "data"
+    _noise_folder(root, rng)
+    tok = tiny_vae.save_pretrained(tmp_path / "tok")
+    headed = NestedVAE.from_pretrained(tok)
+    head = RatioHead(headed.config["block_out_channels"][:4], 16, ratios=headed.ratios, image_size=32, crop="native", predicts="psnr")
+    headed.attach_ratio_head(head).save_pretrained(tmp_path / "headed")
+    x = trunk_inputs(headed, head, [next(root.rglob("*.png"))], 32, torch.device("cpu"), crop="native")
+    assert head.score(*x).shape == (1, 3)  # one PSNR per ratio
+    out = tmp_path / "rd"
+    args = ["rd", str(root), "--ckpt", str(tok), "--out", str(out), "--image-size", "32", "--features", "off", "-q",
+            "--budgets", "1,4,10,16", "--distortion-head", str(tmp_path / "headed"), "--target-ssim", "0.5"]
+    assert tools.main(args) == 0
+    assert "distortion head" in {r["method"] for r in csv.DictReader(open(out / "rd.csv"))}
+    rate = list(csv.DictReader(open(out / "rate_control.csv")))
+    assert {r["method"] for r in rate if r["target"].startswith("PSNR")} >= {"distortion head", "oracle", "fixed 16x"}
+    knobs = {float(r["knob"]) for r in rate if r["method"] == "distortion head"}
+    assert {-1.0, 0.0, 1.0} <= knobs  # PSNR targets: its margins; SSIM: its equal-token allocations (it predicts PSNR)
+    report = (out / "rd.md").read_text()
+    assert "## Rate control" in report and "distortion head's PSNR error" in report
+    # a head trained on another tokenizer's errors: one line
+    torch.manual_seed(5)
+    NestedVAE.from_preset("tiny").attach_ratio_head(RatioHead([8, 16, 16, 32], 16, predicts="psnr")).save_pretrained(tmp_path / "other")
+    capsys.readouterr()
+    assert tools.main([*args[:-4], "--distortion-head", str(tmp_path / "other")]) == 2
+    one_line_error(capsys, "another tokenizer's errors")
+
+
+def test_the_absolute_form_of_the_maximum_acceptable_ratio():
+    from cat_tasks.reconstruction.analysis import max_acceptable_ratios
+
+    mse = np.array([[0.001, 0.0015, 0.0030], [0.010, 0.0105, 0.0108]])  # a clean image and a noisy one
+    psnr = -10 * np.log10(mse)
+    n = len(mse)
+    t = ReconTable(["a/0.png", "a/1.png"], ["a", "a"], (8, 16, 32), 128, psnr, psnr / 40, mse, np.full((n, 3), np.nan),
+                   np.full(n, np.nan), np.ones(n))
+    assert max_acceptable_ratios(t, tolerance_db=1.0).tolist() == [8, 32]  # relative: +50% MSE is 1.8 dB
+    assert max_acceptable_ratios(t, mse_tolerance=0.001).tolist() == [16, 32]  # absolute: +0.0005 and +0.0008 pass

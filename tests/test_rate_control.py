@@ -1,0 +1,93 @@
+"""Rate control (the fewest tokens that meet a target) and rFID with a bootstrap interval, on
+synthetic distortion tables whose answers are known."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from test_rd import _table
+
+from cat_tasks.reconstruction.rate_control import Target, cheapest_meeting, oracle_frontier, rate_curves, rate_headline, tokens_at_share
+from cat_tasks.reconstruction.rd import rd_curves
+from cat_tokenizer.metrics.fid import bootstrap_fid, frechet_distance
+
+
+def test_the_oracle_frontier_is_the_most_images_meeting_at_each_spend():
+    t = _table(8, seed=5)
+    met = Target("psnr", 24.0).met(t)
+    costs = t.tokens(np.arange(3))
+    frontier = oracle_frontier(met, costs)
+    for tokens, share, idx in frontier:
+        assert costs[idx].mean() == pytest.approx(tokens)
+        # brute force: no allocation within this spend meets the target on more images
+        best = max(met[np.arange(8), list(c)].mean() for c in itertools.product(range(3), repeat=8) if costs[list(c)].mean() <= tokens + 1e-9)
+        assert share == pytest.approx(best)
+    assert [s for _, s, _ in frontier] == sorted(s for _, s, _ in frontier)  # each purchase adds an image
+
+
+def test_a_fixed_ratio_is_never_cheaper_than_the_oracle_at_equal_share():
+    t = _table(60, seed=2)
+    _, allocs = rd_curves(t, {})
+    for target in (Target("psnr", 20.0), Target("psnr", 26.0), Target("ssim", 0.6)):
+        rows = rate_curves(t, target, allocs)
+        oracle = [(r["mean_tokens"], r["share"]) for r in rows if r["method"] == "oracle"]
+        for fixed in (r for r in rows if r["method"].startswith("fixed ")):
+            assert tokens_at_share(oracle, fixed["share"]) <= fixed["mean_tokens"] + 1e-9
+        heads = rate_headline(rows, t.ratios)
+        assert all(h["saving"] >= -1e-9 for h in heads if h["method"] == "oracle")
+
+
+def test_a_perfect_predictor_matches_the_oracle_and_a_wrong_one_does_not():
+    t = _table(80, seed=1)
+    _, allocs = rd_curves(t, {})
+    target = Target("psnr", 24.0)
+    noisy = t.psnr + np.random.default_rng(0).normal(0, 4, t.psnr.shape)
+    rows = rate_curves(t, target, allocs, predicted={"perfect": t.psnr, "noisy": noisy, "inverted": t.psnr[:, ::-1]})
+    heads = {(h["ref"], h["method"]): h for h in rate_headline(rows, t.ratios)}
+    for ref in ("fixed 16x", "fixed 8x"):
+        assert heads[(ref, "perfect")]["tokens"] == pytest.approx(heads[(ref, "oracle")]["tokens"], rel=0.05)
+        assert heads[(ref, "perfect")]["oracle_capture"] >= 0.95
+        noisy = heads[(ref, "noisy")]["oracle_capture"]
+        assert np.isnan(noisy) or noisy < heads[(ref, "perfect")]["oracle_capture"]  # NaN: never reaches that share
+        assert not heads[(ref, "inverted")]["oracle_capture"] > 0.5
+
+
+def test_cheapest_meeting_picks_the_fewest_tokens_and_gives_up_on_what_cannot_meet():
+    costs = np.array([256, 64, 16])
+    pred = np.array([[30, 27, 20], [30, 20, 19], [21, 20, 19]])
+    assert cheapest_meeting(pred, 25, costs).tolist() == [1, 0, 2]  # 16x; 8x; none meets: 32x, as the oracle does
+
+
+def test_tokens_at_share_interpolates_and_says_when_a_curve_never_gets_there():
+    pts = [(16, 0.2), (64, 0.6), (256, 0.9)]
+    assert tokens_at_share(pts, 0.6) == 64
+    assert tokens_at_share(pts, 0.4) == pytest.approx(40)
+    assert np.isnan(tokens_at_share(pts, 0.95))
+
+
+def test_frechet_distance_equals_torchmetrics_and_the_interval_holds_the_full_sample_value():
+    from torch import nn
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    class Passthrough(nn.Module):
+        num_features = 64
+
+        def forward(self, x):
+            return x
+
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(120, 64))
+    fake = real * 0.8 + rng.normal(size=(120, 64)) * 0.6 + 0.2
+    fid = FrechetInceptionDistance(feature=Passthrough(), normalize=False)
+    fid.update(torch.from_numpy(real).float(), real=True)
+    fid.update(torch.from_numpy(fake).float(), real=False)
+    point = frechet_distance(real, fake)
+    assert point == pytest.approx(float(fid.compute()), rel=1e-3)
+    lo, hi = bootstrap_fid(real, fake, boots=200)
+    assert lo <= point <= hi and hi - lo > 0
+    better = real * 0.95 + rng.normal(size=(120, 64)) * 0.2
+    lo_d, hi_d = bootstrap_fid(real, better, boots=200, paired_with=fake)
+    assert hi_d < 0  # clearly closer to the originals, on the same resamples
