@@ -91,3 +91,19 @@ def test_frechet_distance_equals_torchmetrics_and_the_interval_holds_the_full_sa
     better = real * 0.95 + rng.normal(size=(120, 64)) * 0.2
     lo_d, hi_d = bootstrap_fid(real, better, boots=200, paired_with=fake)
     assert hi_d < 0  # clearly closer to the originals, on the same resamples
+
+
+def test_bootstrap_fids_from_gram_matrices_equal_the_distance_of_each_resample():
+    """The Gram-matrix shortcut must give, resample for resample, the FID of the resampled rows."""
+    from cat_tokenizer.metrics.fid import bootstrap_fids
+
+    rng = np.random.default_rng(1)
+    real = rng.normal(size=(40, 300))  # fewer images than features, as with Inception's 2048
+    fakes = [real + rng.normal(size=real.shape) * s for s in (0.3, 0.9)]
+    vals = bootstrap_fids(real, fakes, boots=5, seed=7)
+    draws = np.random.default_rng(7)
+    for b in range(5):
+        i = draws.integers(0, len(real), len(real))
+        for k, f in enumerate(fakes):
+            assert vals[k, b] == pytest.approx(frechet_distance(real[i], f[i]), rel=1e-6, abs=1e-6)
+    assert (vals[1] > vals[0]).all()  # the noisier copy is further on every resample

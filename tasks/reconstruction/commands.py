@@ -142,7 +142,7 @@ def rd(dir: str, *, ckpt: str = "cat-small", out: str = "outputs/rd", evaluator:
        crop: Literal["native", "resize"] = "native", budgets: str | None = None,
        features: Literal["auto", "on", "off"] = "auto", target_psnr: tuple[float, ...] = DEFAULT_PSNR_TARGETS,
        target_ssim: tuple[float, ...] = DEFAULT_SSIM_TARGETS, rfid_boots: int = 100, distortion_head: str | None = None,
-       device: str = "auto", quiet: bool = False) -> int:
+       report: str | None = None, device: str = "auto", quiet: bool = False) -> int:
     """rate-distortion of CAT vs fixed ratios, JPEG size, random and the oracle: equal tokens and rate control
 
     Args:
@@ -158,11 +158,12 @@ def rd(dir: str, *, ckpt: str = "cat-small", out: str = "outputs/rd", evaluator:
         target_ssim: rate-control SSIM targets
         rfid_boots: bootstrap resamples for rFID's intervals (0: none)
         distortion_head: a tokenizer folder with a distortion head (cat-tokenizer distortion-head): allocates in both views
+        report: also copy the report files (no caches) into this folder, e.g. docs/reports/rd-dev-128
         device: auto, cpu, cuda ...
         quiet: no progress bars
     """
     report = run_rd(dir, ckpt, out, evaluator or [None], image_size, crop, parse_numbers(budgets, "--budgets", float),
-                    FEATURES[features], device, not quiet, target_psnr, target_ssim, rfid_boots, distortion_head)
+                    FEATURES[features], device, not quiet, target_psnr, target_ssim, rfid_boots, distortion_head, report)
     text = report.read_text()
     print(text[: text.index("## Every budget")] if "## Every budget" in text else text)
     print(f"wrote {report}, {report.with_suffix('.csv')}, {report.with_suffix('.png')}")

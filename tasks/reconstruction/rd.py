@@ -39,12 +39,13 @@ from cat_tokenizer.complexity import ComplexityEvaluator, RatioMapper
 from cat_tokenizer.errors import UserInputError
 from cat_tokenizer.files import write_csv
 from cat_tokenizer.markdown import md_header
-from cat_tokenizer.metrics.fid import bootstrap_fid, frechet_distance
+from cat_tokenizer.metrics.fid import bias_corrected_interval, bootstrap_fids, frechet_distance
 
 __all__ = ["Allocation", "oracle_allocation", "score_allocation", "rd_curves", "headline", "write_rd", "run_rd", "RD_COLUMNS"]
 
 log = logging.getLogger(__name__)
 
+REPORT_FILES = ("rd.md", "rd.csv", "rd.png", "rate_control.csv", "rate_control.png")
 RD_COLUMNS = ["method", "budget", "mean_tokens", "psnr", "ssim", "ocr_conf", "rfid", "share_8x", "share_16x", "share_32x"]
 
 
@@ -299,34 +300,32 @@ def _kind_lines(table: ReconTable, at_ref: list[dict], allocs: dict, kinds: list
 
 
 def _rfid_lines(table: ReconTable, at_ref: list[dict], allocs: dict, kinds: list[str], ref: dict, boots: int) -> list[str]:
-    """rFID per kind at the reference budget, with a bootstrap interval over images (and of the
-    difference from the reference, on the same resamples)."""
+    """rFID per kind at the reference budget, with a bias-corrected bootstrap interval over images (every
+    method on the same resamples) and each method's difference from the reference on those resamples."""
     kind_arr = np.array(table.kinds)
-    ref_idx = allocs[(ref["method"], ref["budget"])]
+    methods = [r["method"] for r in at_ref]
+    idx = {r["method"]: allocs[(r["method"], r["budget"])] for r in at_ref}
+    cells: dict[str, list[str]] = {m: [] for m in methods}
+    for col, sel in enumerate([np.ones(len(table), bool)] + [kind_arr == k for k in kinds]):
+        i = np.flatnonzero(sel)
+        fakes = [table.feats[i, idx[m][i]] for m in methods]
+        full = [frechet_distance(table.feats_orig[i], f) for f in fakes]
+        vals = bootstrap_fids(table.feats_orig[i], fakes, boots) if boots and len(i) > 2 else None
+        r0 = methods.index(ref["method"])
+        for k, m in enumerate(methods):
+            lo, hi = bias_corrected_interval(vals[k], full[k]) if vals is not None else (np.nan, np.nan)
+            cells[m].append(f"{full[k]:.1f}" + (f" [{lo:.1f}, {hi:.1f}]" if vals is not None else ""))
+            if col == 0:  # the paired difference from the reference, on all images
+                if k == r0 or vals is None:
+                    cells[m].append("")
+                else:
+                    dlo, dhi = bias_corrected_interval(vals[k] - vals[r0], full[k] - full[r0])
+                    cells[m].append(f"{full[k] - full[r0]:+.1f} [{dlo:+.1f}, {dhi:+.1f}]")
     lines = [f"## rFID at that budget, overall and per kind (95% bootstrap interval over images, {boots} resamples)", "",
              "rFID on a few hundred images is noisy and biased upwards by small samples (compare within a column, not "
              f"across kinds); 'vs {ref['method']}' is the difference on the same resamples: an interval that holds 0 is no "
              "difference.", "", *md_header("method", "all", f"vs {ref['method']}", *kinds)]
-    for r in at_ref:
-        idx = allocs[(r["method"], r["budget"])]
-        cells = []
-        for sel in [np.ones(len(table), bool)] + [kind_arr == k for k in kinds]:
-            i = np.flatnonzero(sel)
-            point = frechet_distance(table.feats_orig[i], table.feats[i, idx[i]])
-            if boots and len(i) > 2:
-                lo, hi = bootstrap_fid(table.feats_orig[i], table.feats[i, idx[i]], boots)
-                cells.append(f"{point:.1f} [{lo:.1f}, {hi:.1f}]")
-            else:
-                cells.append(f"{point:.1f}")
-            if len(cells) == 1:  # the paired difference, on all images
-                if r["method"] == ref["method"] or not boots:
-                    cells.append("")
-                else:
-                    all_i = np.arange(len(table))
-                    lo, hi = bootstrap_fid(table.feats_orig, table.feats[all_i, idx], boots, paired_with=table.feats[all_i, ref_idx])
-                    diff = point - frechet_distance(table.feats_orig, table.feats[all_i, ref_idx])
-                    cells.append(f"{diff:+.1f} [{lo:+.1f}, {hi:+.1f}]")
-        lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
+    lines += [f"| {m} | " + " | ".join(cells[m]) + " |" for m in methods]
     return lines + [""]
 
 
@@ -422,8 +421,9 @@ def run_rd(data: str | Path, ckpt: str = "cat-small", out: str | Path = "outputs
            image_size: int = 128, crop: str = "native", budgets: Sequence[float] | None = None, features: bool | None = None,
            device: str = "auto", progress: bool = True, target_psnr: Sequence[float] = DEFAULT_PSNR_TARGETS,
            target_ssim: Sequence[float] = DEFAULT_SSIM_TARGETS, rfid_boots: int = 100,
-           distortion_head: str | None = None) -> Path:
-    """Measure (cached), score, allocate, write rd.csv / rd.png / rate_control.* / rd.md; returns rd.md."""
+           distortion_head: str | None = None, report: str | Path | None = None) -> Path:
+    """Measure (cached), score, allocate, write rd.csv / rd.png / rate_control.* / rd.md; returns rd.md.
+    ``report``: a folder (under docs/, say) that gets a copy of those files, without the caches."""
     from cat_tasks.reconstruction.table import measure_folder
     from cat_tokenizer.devices import resolve_device
     from cat_tokenizer.io import load_vae
@@ -442,10 +442,19 @@ def run_rd(data: str | Path, ckpt: str = "cat-small", out: str | Path = "outputs
     rows, allocs = rd_curves(table, scores, budgets, predicted=predicted)
     targets = [Target("psnr", float(t)) for t in target_psnr] + [Target("ssim", float(t)) for t in target_ssim]
     rate_rows = [row for t in targets for row in rate_curves(table, t, allocs, predicted if t.metric == "psnr" else None)]
-    report = write_rd(out, table, rows, allocs, root, str(ckpt), rate_rows, rfid_boots)
+    md = write_rd(out, table, rows, allocs, root, str(ckpt), rate_rows, rfid_boots)
     if predicted:
-        _append_head_error(report, predicted["distortion head"], table)
-    return report
+        _append_head_error(md, predicted["distortion head"], table)
+    if report is not None:
+        import shutil
+
+        from cat_tokenizer.outputs import check_out_dir
+
+        dest = check_out_dir(report)
+        for name in REPORT_FILES:
+            if (out / name).is_file():
+                shutil.copyfile(out / name, dest / name)
+    return md
 
 
 def _append_head_error(report: Path, pred: np.ndarray, table: ReconTable) -> None:
