@@ -18,7 +18,7 @@ PACKAGES = {"cat_tokenizer": ROOT / "src" / "cat_tokenizer", "cat_tasks": ROOT /
 LAYERS = [
     ("errors", "files", "markdown", "outputs", "fingerprint", "options"),
     ("ratios", "devices", "metrics", "profiling"),
-    ("models",),
+    ("models", "regions"),
     ("losses",),
     ("io",),
     ("data", "codec"),

@@ -14,7 +14,7 @@ from cat_tokenizer.data.images import UnreadableImage, load_rgb
 from cat_tokenizer.devices import resolve_device
 from cat_tokenizer.errors import UserInputError
 from cat_tokenizer.files import atomic_write
-from cat_tokenizer.io import check_latent, load_latent, load_vae, save_latent
+from cat_tokenizer.io import RegionFile, check_latent, load_any_latent, load_vae, save_latent, save_region_latent
 from cat_tokenizer.outputs import check_out_dir, refuse_inputs, resolved, split_existing
 
 __all__ = ["encode_files", "decode_files", "output_names"]
@@ -43,9 +43,12 @@ def output_names(inputs: list[str], suffix: str) -> list[Path]:
 
 @torch.no_grad()
 def encode_files(images: list[str], ratio: int | str, ckpt: str, out: str, sample: bool = False, device: str = "auto",
-                 overwrite: bool = False, target_psnr: float | None = None) -> list[Path]:
+                 overwrite: bool = False, target_psnr: float | None = None, region_budget: float | None = None,
+                 region_map: str = "oracle") -> list[Path]:
     """Encode each image at ``ratio`` (or ``"auto"``: the tokenizer's ratio head picks it; with a
-    distortion head and ``target_psnr``, the cheapest ratio predicted to reach that PSNR); writes
+    distortion head and ``target_psnr``, the cheapest ratio predicted to reach that PSNR; or
+    ``"regions"``: one ratio per 32-px block, the map from ``region_map`` under ``region_budget`` tokens
+    per image or the fewest tokens that reach ``target_psnr``: ``cat_tokenizer.regions``); writes
     ``<out>/<path relative to the inputs' common folder>.safetensors``. Unreadable files are skipped;
     inputs whose outputs would collide are refused before anything is written. Latents that exist
     already are kept (a rerun resumes) unless ``overwrite``; an output that is one of the inputs is
@@ -63,8 +66,13 @@ def encode_files(images: list[str], ratio: int | str, ckpt: str, out: str, sampl
         log.info("kept %d existing latent(s) in %s (pass --overwrite to rewrite them)", kept, out)
     dev = resolve_device(device)
     vae = load_vae(ckpt).to(dev)
-    if target_psnr is not None and (ratio != "auto" or vae.ratio_head is None or not vae.ratio_head.predicts_psnr):
-        raise UserInputError("--target-psnr needs --ratio auto and a tokenizer with a distortion head "
+    if ratio == "regions":
+        if (region_budget is None) == (target_psnr is None):
+            raise UserInputError("--ratio regions needs --region-budget TOKENS or --target-psnr DB (one of the two)")
+    elif region_budget is not None:
+        raise UserInputError("--region-budget is for --ratio regions")
+    elif target_psnr is not None and (ratio != "auto" or vae.ratio_head is None or not vae.ratio_head.predicts_psnr):
+        raise UserInputError("--target-psnr needs --ratio regions, or --ratio auto and a tokenizer with a distortion head "
                              "(`cat-tokenizer distortion-head` makes one)")
     fingerprint = vae.fingerprint()
     written, skipped = [], []
@@ -77,15 +85,33 @@ def encode_files(images: list[str], ratio: int | str, ckpt: str, out: str, sampl
             skipped.append(path)
             continue
         x = TF.to_dtype(TF.to_image(img), torch.float32, scale=True).mul(2).sub(1)[None].to(dev)  # (1, 3, H, W)
+        target = targets[i]
+        if ratio == "regions":
+            written.append(_encode_regions(vae, x, target, str(resolved(path)), fingerprint, sample, region_map,
+                                           region_budget, target_psnr))
+            continue
         post = vae.encode(x, ratio, target_psnr)
         post = post[0] if isinstance(post, list) else post  # "auto": one posterior per image
         z = post.sample() if sample else post.mode()  # (1, C, h, w)
-        target = targets[i]
         written.append(save_latent(target, z[0], post.ratio, post.input_size, source=str(resolved(path)), tokenizer=fingerprint))
         log.info("%s -> %s  %dx latent %s (%d tokens)", path, target, post.ratio, tuple(z.shape[1:]), z.shape[-1] * z.shape[-2])
     if skipped:
         log.warning("skipped %d unreadable file(s): %s", len(skipped), ", ".join(skipped))
     return written
+
+
+def _encode_regions(vae, x: torch.Tensor, target: Path, source: str, fingerprint: str, sample: bool, policy: str,
+                    budget: float | None, target_psnr: float | None) -> Path:
+    """One image as a region latent file; logs its map and tokens."""
+    from cat_tokenizer.regions.maps import region_maps
+
+    ratio_map = region_maps(vae, x, policy, budget, target_psnr)  # (1, bh, bw)
+    lat = vae.encode_regions(x, ratio_map, sample)
+    save_region_latent(target, lat.pack()[0], lat.size, lat.block, source=source, tokenizer=fingerprint)
+    shares = ", ".join(f"{r}x {int((ratio_map == r).sum())}" for r in lat.ratios())
+    log.info("%s -> %s  region latent, %d blocks (%s), %d tokens", source, target, ratio_map[0].numel(), shares,
+             int(lat.tokens()[0]))
+    return target
 
 
 @torch.no_grad()
@@ -102,9 +128,13 @@ def decode_files(latents: list[str], ckpt: str, out: str, device: str = "auto", 
     dev = resolve_device(device)
     vae = load_vae(ckpt).to(dev)
     fingerprint = vae.fingerprint()
-    loaded = [load_latent(p) for p in latents]
-    for path, lat in zip(latents, loaded):
-        check_latent(lat, vae, path, fingerprint)
+    loaded = [load_any_latent(p) for p in latents]
+    regions = {}
+    for i, (path, lat) in enumerate(zip(latents, loaded)):
+        if isinstance(lat, RegionFile):
+            regions[i] = lat.to_latent(vae, path, fingerprint)
+        else:
+            check_latent(lat, vae, path, fingerprint)
     targets = [check_out_dir(out) / name for name in names]
     sources = [lat.source for lat in loaded if lat.source]
     for t in targets:
@@ -115,10 +145,15 @@ def decode_files(latents: list[str], ckpt: str, out: str, device: str = "auto", 
     written = []
     for i in todo:
         path, lat, target = latents[i], loaded[i], targets[i]
-        x = vae.decode(lat.latent[None].to(dev), lat.ratio, size=(lat.height, lat.width))  # (1, 3, H, W)
+        if i in regions:
+            x = vae.decode_regions(regions[i].to(dev))  # (1, 3, H, W)
+            what = f"regions, {int(regions[i].tokens()[0])} tokens"
+        else:
+            x = vae.decode(lat.latent[None].to(dev), lat.ratio, size=(lat.height, lat.width))  # (1, 3, H, W)
+            what = f"ratio {lat.ratio}"
         _save_png(x.clamp(-1, 1).add(1).div(2), target)
         written.append(target)
-        log.info("%s -> %s (%dx%d, ratio %d)", path, target, lat.height, lat.width, lat.ratio)
+        log.info("%s -> %s (%dx%d, %s)", path, target, lat.height, lat.width, what)
     return written
 
 

@@ -15,11 +15,12 @@ from cat_tokenizer.files import apply_umask, atomic_write
 from cat_tokenizer.models.nested_vae import NestedVAE, check_weights
 
 __all__ = ["load_vae", "save_latent", "load_latent", "check_latent", "apply_umask", "first_line", "Latent", "CONFIG_KEY",
-           "LATENT_LIMIT"]
+           "LATENT_LIMIT", "RegionFile", "save_region_latent", "load_any_latent", "REGION_FORMAT"]
 
 CONFIG_KEY = "nested_vae_config"  # the .ckpt entry NestedVAEModule.on_save_checkpoint writes: NestedVAE rebuilds from it alone
 # Largest |value| a latent may hold: trained latents stay within about +-50 (KL-regularised); a 1e30 decodes to black.
 LATENT_LIMIT = 1e4
+REGION_FORMAT = "cat-region-latent-v1"
 
 
 def first_line(err: BaseException) -> str:
@@ -93,6 +94,68 @@ def save_latent(path: str | Path, latent: Tensor, ratio: int, size: tuple[int, i
     return path
 
 
+@dataclass(frozen=True)
+class RegionFile:
+    """One image's region latent as stored: ``tensors`` holds ``ratio_map`` (bh, bw) and ``latent_<r>``
+    (N_r, C, block/r, block/r) per ratio used (``RegionLatent.pack``)."""
+
+    tensors: dict[str, Tensor]
+    height: int
+    width: int
+    block: int
+    source: str = ""
+    tokenizer: str = ""
+
+    def to_latent(self, vae: NestedVAE, path: str | Path = "", fingerprint: str | None = None):
+        """The ``RegionLatent`` (a batch of one), after the checks ``check_latent`` makes of a latent file
+        and those of the map against the tokenizer (ratios, block, shapes), each a one-line error."""
+        from cat_tokenizer.regions.latent import RegionLatent
+
+        name = path or self.source or "region latent"
+        for key, z in self.tensors.items():
+            if key != "ratio_map":
+                _check_values(f"{name} ({key})", z)
+        _check_maker(name, self.tokenizer, fingerprint)
+        if self.block != max(vae.ratios):
+            raise UserInputError(f"{name}: {self.block}-px blocks; this tokenizer's regions are {max(vae.ratios)} px")
+        try:
+            return RegionLatent.unpack(self.tensors, (self.height, self.width), self.block, sorted(vae.ratios), vae.latent_channels)
+        except UserInputError as err:
+            raise UserInputError(f"{name}: {err}") from None
+
+
+def save_region_latent(path: str | Path, item: dict[str, Tensor], size: tuple[int, int], block: int, source: str = "",
+                       tokenizer: str = "") -> Path:
+    """Write one image's packed region latent (``RegionLatent.pack()[i]``) with its size, block, source and
+    tokenizer fingerprint in the metadata."""
+    path = Path(path)
+    meta = {"height": str(size[0]), "width": str(size[1]), "block": str(block), "source": source, "format": REGION_FORMAT}
+    if tokenizer:
+        meta["tokenizer"] = tokenizer
+    with atomic_write(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in item.items()}, str(tmp), metadata=meta)
+    return path
+
+
+def load_any_latent(path: str | Path) -> Latent | RegionFile:
+    """A latent file (``save_latent``) or a region latent file (``save_region_latent``), by its format."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != REGION_FORMAT:
+                return load_latent(path)
+            try:
+                height, width, block = (int(meta[k]) for k in ("height", "width", "block"))
+            except (KeyError, ValueError):
+                raise UserInputError(f"{path}: region latent metadata needs integer height, width and block, got {meta}") from None
+            if "ratio_map" not in f.keys():
+                raise UserInputError(f"{path}: no 'ratio_map' tensor in the region latent file")
+            return RegionFile({k: f.get_tensor(k) for k in f.keys()}, height, width, block, meta.get("source", ""),
+                              meta.get("tokenizer", ""))
+    except (OSError, SafetensorError) as err:
+        raise UserInputError(f"cannot read latent file {path}: {err}") from None
+
+
 def load_latent(path: str | Path) -> Latent:
     """Read a file written by ``save_latent``.
 
@@ -116,6 +179,22 @@ def load_latent(path: str | Path) -> Latent:
         raise UserInputError(f"cannot read latent file {path}: {err}") from None
 
 
+def _check_values(name: str | Path, z: Tensor) -> None:
+    """Finite floats within ``LATENT_LIMIT``, or a one-line error."""
+    if not z.is_floating_point():
+        raise UserInputError(f"{name}: latent values are {str(z.dtype).replace('torch.', '')}; a latent holds floats")
+    if not bool(torch.isfinite(z).all()):
+        raise UserInputError(f"{name}: the latent holds NaN or infinite values ({int((~torch.isfinite(z)).sum())} of {z.numel()})")
+    if z.numel() and float(z.abs().max()) > LATENT_LIMIT:
+        raise UserInputError(f"{name}: latent values up to {float(z.abs().max()):.3g}, beyond any trained latent (|z| <= {LATENT_LIMIT:g})")
+
+
+def _check_maker(name: str | Path, made_by: str, fingerprint: str | None) -> None:
+    if fingerprint and made_by and made_by != fingerprint:
+        raise UserInputError(f"{name}: made by tokenizer {made_by}, not by this one ({fingerprint}); "
+                             "decode it with the tokenizer that encoded it")
+
+
 def check_latent(lat: Latent, vae: NestedVAE, path: str | Path = "", fingerprint: str | None = None) -> None:
     """Refuse a latent that the tokenizer cannot decode as its metadata says: a ratio the tokenizer
     lacks, other channels, a grid that is not ``ceil(height / ratio) x ceil(width / ratio)``, values
@@ -126,16 +205,8 @@ def check_latent(lat: Latent, vae: NestedVAE, path: str | Path = "", fingerprint
         UserInputError: one line naming the file and the mismatch.
     """
     name = path or lat.source or "latent"
-    z = lat.latent
-    if not z.is_floating_point():
-        raise UserInputError(f"{name}: latent values are {str(z.dtype).replace('torch.', '')}; a latent holds floats")
-    if not bool(torch.isfinite(z).all()):
-        raise UserInputError(f"{name}: the latent holds NaN or infinite values ({int((~torch.isfinite(z)).sum())} of {z.numel()})")
-    if z.numel() and float(z.abs().max()) > LATENT_LIMIT:
-        raise UserInputError(f"{name}: latent values up to {float(z.abs().max()):.3g}, beyond any trained latent (|z| <= {LATENT_LIMIT:g})")
-    if fingerprint and lat.tokenizer and lat.tokenizer != fingerprint:
-        raise UserInputError(f"{name}: made by tokenizer {lat.tokenizer}, not by this one ({fingerprint}); "
-                             "decode it with the tokenizer that encoded it")
+    _check_values(name, lat.latent)
+    _check_maker(name, lat.tokenizer, fingerprint)
     if lat.latent.ndim != 3:
         raise UserInputError(f"{name}: a latent is (C, h, w), got shape {tuple(lat.latent.shape)}")
     if lat.ratio not in vae.ratios:

@@ -24,22 +24,28 @@ from cat_tokenizer.outputs import check_out_dir, resolved
 __all__ = ["encode", "decode", "variety", "export", "palette", "latent_stats"]
 
 
-def encode(images: list[str], *, ratio: Literal["8", "16", "32", "auto"], ckpt: str, out: str, sample: bool = False,
-           device: str = "auto", overwrite: bool = False, target_psnr: float | None = None) -> int:
+def encode(images: list[str], *, ratio: Literal["8", "16", "32", "auto", "regions"], ckpt: str, out: str,
+           sample: bool = False, device: str = "auto", overwrite: bool = False, target_psnr: float | None = None,
+           region_budget: float | None = None, region_map: Literal["oracle", "variance", "edges"] = "oracle") -> int:
     """images -> latent .safetensors files (ratio and size in the metadata)
 
     Args:
         images: image files
-        ratio: compression per side, or auto (the tokenizer's ratio head picks it: `cat-tokenizer distill`)
+        ratio: compression per side, auto (the tokenizer's ratio head picks it: `cat-tokenizer distill`), or regions
+            (one ratio per 32-px block: --region-budget or --target-psnr)
         ckpt: save_pretrained folder, lightning .ckpt, or hub repo id
         out: output folder
         sample: sample the posterior instead of taking its mean
         device: auto, cpu, cuda, cuda:1 ...
         overwrite: rewrite latents that exist already (default: keep them, so a rerun resumes)
-        target_psnr: with --ratio auto and a distortion head: each image's cheapest ratio predicted to reach this PSNR
+        target_psnr: with --ratio auto and a distortion head: each image's cheapest ratio predicted to reach this PSNR;
+            with --ratio regions: the fewest tokens whose map is predicted to reach it
+        region_budget: with --ratio regions: tokens per image
+        region_map: with --ratio regions: oracle (measured in three decodes), variance or edges (cheap, from the pixels)
     """
-    written = encode_files(images, ratio if ratio == "auto" else int(ratio), ckpt, out, sample=sample, device=device,
-                           overwrite=overwrite, target_psnr=target_psnr)
+    written = encode_files(images, ratio if ratio in ("auto", "regions") else int(ratio), ckpt, out, sample=sample,
+                           device=device, overwrite=overwrite, target_psnr=target_psnr, region_budget=region_budget,
+                           region_map=region_map)
     kept = len(images) - len(written)
     print(f"wrote {len(written)} latent file(s) to {out}" + (f"; {kept} kept or skipped (see the log)" if kept else ""))
     return 0 if written or any((Path(out) / n).exists() for n in output_names(images, ".safetensors")) else 1

@@ -6,7 +6,9 @@ once with the evaluation crop policy, and reconstructed from the posterior mean.
 
 ``KindEvaluator`` runs it during training (every ``every_n_batches`` batches) and logs
 ``kind/<kind>/<r>x/psnr`` and ``.../ssim``, which gives the per-kind training curve, and appends the
-same figures to ``<log_dir>/kind_eval.csv``.
+same figures to ``<log_dir>/kind_eval.csv``; with ``palette=True`` also the palette check's summary
+(``cat_tokenizer.metrics.palette``: min / mean PSNR and largest colour shift per layout and ratio) to
+``<log_dir>/palette.csv``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 
 from cat_tokenizer.data.images import UnreadableImage, list_images, load_rgb
 from cat_tokenizer.data.transforms import CropPolicy, image_transform
+from cat_tokenizer.metrics.palette import measure_palette, summarise_palette
 from cat_tokenizer.models.nested_vae import NestedVAE
 
 __all__ = ["KindSample", "load_kind_sample", "evaluate_kinds", "summarise", "KindEvaluator"]
@@ -104,11 +107,13 @@ class KindEvaluator(L.Callback):
         per_kind: images per kind.
         image_size: crop side; default the DataModule's.
         crop: crop policy; default the DataModule's.
+        palette: also run the palette check (24 flat colours, three layouts) and append its summary to
+            ``palette.csv`` beside ``kind_eval.csv``.
     """
 
     def __init__(self, root: str, every_n_batches: int = 1000, per_kind: int = 24, image_size: int | None = None,
-                 crop: CropPolicy | None = None):
-        self.root, self.every, self.per_kind = root, every_n_batches, per_kind
+                 crop: CropPolicy | None = None, palette: bool = False):
+        self.root, self.every, self.per_kind, self.palette = root, every_n_batches, per_kind, palette
         self.image_size, self.crop = image_size, crop
         self._sample: KindSample | None = None
         self._csv: Path | None = None
@@ -134,15 +139,15 @@ class KindEvaluator(L.Callback):
         if step != self._last:
             self._run(trainer, pl_module, step)
 
-    def _append(self, step: int, summary: dict) -> None:
-        new = not self._csv.exists()
-        self._csv.parent.mkdir(parents=True, exist_ok=True)
-        with open(self._csv, "a", newline="") as fh:
+    @staticmethod
+    def _append(path: Path, header: list[str], rows: list[list]) -> None:
+        new = not path.exists()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", newline="") as fh:
             w = csv.writer(fh)
             if new:
-                w.writerow(["step", "kind", "ratio", "psnr", "ssim", "n"])
-            for (k, r), v in summary.items():
-                w.writerow([step, k, r, f"{v['psnr']:.3f}", f"{v['ssim']:.4f}", v["n"]])
+                w.writerow(header)
+            w.writerows(rows)
 
     @rank_zero_only
     def _run(self, trainer: L.Trainer, pl_module, step: int) -> None:
@@ -151,11 +156,21 @@ class KindEvaluator(L.Callback):
         was_training = vae.training
         vae.eval()
         summary = summarise(evaluate_kinds(vae, self._load(trainer)))
+        palette = summarise_palette(measure_palette(vae, device=pl_module.device)) if self.palette else []
         vae.train(was_training)
         metrics = {f"kind/{k}/{r}x/{m}": v[m] for (k, r), v in summary.items() for m in ("psnr", "ssim")}
+        metrics.update({f"palette/{p['layout']}/{p['ratio']}x/min_psnr": p["min_psnr"] for p in palette})
         if trainer.logger is not None:
             trainer.logger.log_metrics(metrics, step=trainer.global_step)
         if not trainer.fast_dev_run:  # a smoke run must not append to a real run's curve
-            self._append(step, summary)
+            self._append(self._csv, ["step", "kind", "ratio", "psnr", "ssim", "n"],
+                         [[step, k, r, f"{v['psnr']:.3f}", f"{v['ssim']:.4f}", v["n"]] for (k, r), v in summary.items()])
+            if palette:
+                self._append(self._csv.with_name("palette.csv"), ["step", "layout", "ratio", "min_psnr", "mean_psnr", "worst", "max_levels"],
+                             [[step, p["layout"], p["ratio"], f"{p['min_psnr']:.2f}", f"{p['mean_psnr']:.2f}", p["worst"],
+                               f"{p['max_levels']:.1f}"] for p in palette])
         line = "  ".join(f"{k} {v['psnr']:.2f}" for (k, r), v in summary.items() if r == min(vae.ratios))
         log.info("kind eval at batch %d (%dx PSNR dB): %s", step, min(vae.ratios), line)
+        if palette:
+            log.info("palette at batch %d (min dB per layout and ratio): %s", step,
+                     "  ".join(f"{p['layout']} {p['ratio']}x {p['min_psnr']:.1f}" for p in palette))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Literal
@@ -15,12 +16,35 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 from torchvision.utils import make_grid
 
 from cat_tokenizer.errors import UserInputError
-from cat_tokenizer.io import CONFIG_KEY
+from cat_tokenizer.io import CONFIG_KEY, load_vae
 from cat_tokenizer.losses.vae_loss import VAELoss
 from cat_tokenizer.models.nested_vae import NestedVAE
 from cat_tokenizer.ratios import token_count
 
-__all__ = ["NestedVAEModule"]
+__all__ = ["NestedVAEModule", "warm_start"]
+
+log = logging.getLogger(__name__)
+
+
+def warm_start(vae: NestedVAE, source: str | Path) -> list[str]:
+    """Copy a trained tokenizer's weights into ``vae`` (EMA weights of a ``.ckpt``); returns the names
+    of ``vae``'s weights the source lacks (new modules, left as initialised).
+
+    Raises:
+        UserInputError: a source weight that ``vae`` lacks or holds in another shape (one line).
+    """
+    trained = load_vae(source)
+    src = trained.state_dict()
+    dst = vae.state_dict()
+    misfit = [k for k, v in src.items() if k not in dst or dst[k].shape != v.shape]
+    if misfit:
+        raise UserInputError(f"init_from {source}: {len(misfit)} of its weights do not fit this model "
+                             f"(first: {misfit[0]}); warm starts may only add modules")
+    vae.load_state_dict(src, strict=False)
+    new = [k for k in dst if k not in src]
+    log.info("warm start from %s (fingerprint %s): %d weights copied, %d new (%s)", source, trained.fingerprint(),
+             len(src), len(new), ", ".join(new) or "none")
+    return new
 
 
 class NestedVAEModule(L.LightningModule):
@@ -50,6 +74,10 @@ class NestedVAEModule(L.LightningModule):
         ema_warmup: use timm's EMA warm-up (decay ramps up over the first steps).
         sample_posterior: train on posterior samples (True) or means.
         gradient_checkpointing: recompute activations in backward to save memory.
+        init_from: a tokenizer (folder, shipped name, Hub id or ``.ckpt``) whose weights start this run:
+            a warm start. Every one of its weights must fit this ``vae``; modules this ``vae`` adds (a
+            colour path, say) keep their initialisation and are listed in the log. A resumed run
+            (``--ckpt_path``) then overwrites them all with the checkpoint's.
     """
 
     def __init__(
@@ -69,6 +97,7 @@ class NestedVAEModule(L.LightningModule):
         ema_warmup: bool = True,
         sample_posterior: bool = True,
         gradient_checkpointing: bool = False,
+        init_from: str | None = None,
     ):
         super().__init__()
         if lr_schedule not in ("constant", "cosine"):
@@ -78,6 +107,8 @@ class NestedVAEModule(L.LightningModule):
         self.save_hyperparameters(ignore=["vae", "loss"])
         self.automatic_optimization = False
         self.vae, self.loss = vae.enable_gradient_checkpointing(gradient_checkpointing), loss
+        if init_from:
+            warm_start(self.vae, init_from)
         self.ema = ModelEmaV3(vae, decay=ema_decay, use_warmup=ema_warmup) if ema_decay > 0 else None
         if self.ema is not None:
             self.ema.requires_grad_(False)

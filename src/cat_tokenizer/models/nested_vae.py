@@ -158,18 +158,36 @@ class _Decoder(nn.Module):
 
     _run = _Encoder._run
 
-    def forward(self, z: Tensor, ratio: int) -> Tensor:
+    def features(self, z: Tensor, ratio: int, stop: int) -> Tensor:
+        """The path of ``ratio`` up to the input of up-stage ``stop`` (<= the ratio's level): (B, C, h, w)
+        -> (B, ch[stop+1], H/2^stop, W/2^stop). Every ratio's path meets the others there."""
         level = ratio_level(ratio)
         h = self._run(self.mid, self.conv_in(z))  # (B, mid, h, w)
         h = self.entries[str(ratio)](h)  # (B, ch[level+1], h, w): a 32x latent enters at the top
-        for i in range(level, -1, -1):
+        for i in range(level, stop, -1):
+            h = self._run(self.stages[i], h)  # (B, ch[i], H/2^i, W/2^i)
+            h = self.upsamplers[i - 1](h)  # (B, ch[i], H/2^(i-1), W/2^(i-1))
+        return h
+
+    def pixels(self, h: Tensor, start: int) -> Tensor:
+        """Up-stages ``start..0`` and the output tail: (B, ch[start+1], H/2^start, W/2^start) -> (B, 3, H, W)."""
+        for i in range(start, -1, -1):
             h = self._run(self.stages[i], h)  # (B, ch[i], H/2^i, W/2^i)
             if i > 0:
                 h = self.upsamplers[i - 1](h)  # (B, ch[i], H/2^(i-1), W/2^(i-1))
-        x = self.conv_out(F.silu(self.norm_out(h)))  # (B, 3, H, W)
-        if self.colour is not None:  # the per-token colour, around every normalisation
-            x = x + F.interpolate(self.colour(z), size=x.shape[-2:], mode="bilinear", align_corners=False)
-        return x
+        return self.conv_out(F.silu(self.norm_out(h)))  # (B, 3, H, W)
+
+    def colour_of(self, z: Tensor, size: tuple[int, int]) -> Tensor | None:
+        """The colour path's (B, 3, *size) image of a latent, or None without one."""
+        if self.colour is None:
+            return None
+        return F.interpolate(self.colour(z), size=size, mode="bilinear", align_corners=False)
+
+    def forward(self, z: Tensor, ratio: int) -> Tensor:
+        level = ratio_level(ratio)
+        x = self.pixels(self.features(z, ratio, level), level)  # (B, 3, H, W)
+        colour = self.colour_of(z, x.shape[-2:])  # the per-token colour, around every normalisation
+        return x if colour is None else x + colour
 
 
 class NestedVAE(ModelMixin, ConfigMixin):
@@ -479,6 +497,20 @@ class NestedVAE(ModelMixin, ConfigMixin):
                                      f"(it decodes to {full[0]}x{full[1]}; is the ratio right?)")
         x = self.decoder(z.to(self.decoder.conv_in.weight.dtype), ratio)
         return x if size is None else x[..., : size[0], : size[1]]
+
+    def encode_regions(self, x: Tensor, ratio_map: Tensor, sample: bool = False):
+        """Encode with one ratio per block of ``max(ratios)`` px: ``ratio_map`` is (B, bh, bw) or (bh, bw).
+        Returns a ``cat_tokenizer.regions.RegionLatent`` (``.tokens()`` per image); see that module."""
+        from cat_tokenizer.regions.latent import encode_regions
+
+        return encode_regions(self, x, ratio_map, sample)
+
+    def decode_regions(self, latent, refine: int = 2) -> Tensor:
+        """A ``RegionLatent`` -> (B, 3, H, W) images at its recorded size: the mixed decode with ``refine``
+        context passes (``cat_tokenizer.regions.latent``)."""
+        from cat_tokenizer.regions.latent import decode_regions
+
+        return decode_regions(self, latent, refine)
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor, ratio: int) -> Tensor:

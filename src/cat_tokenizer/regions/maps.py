@@ -1,0 +1,169 @@
+"""Region maps: which ratio each block gets, under a token budget or a quality target.
+
+Every policy scores each block at each ratio with a distortion (summed squared error, measured or
+predicted) and allocates with a Lagrangian: each block takes ``argmin_r D[b, r] + lam * tokens[r]``,
+``lam`` found by bisection so the tokens just fit the budget; the budget left over is then spent on
+the upgrades with the most distortion removed per token (so a budget is met to within one block's
+cost). With a budget shared across images, one ``lam`` serves all blocks of all images: blocks
+compete across images, as images do in CAT's image-level allocation.
+
+Distortion sources:
+- ``block_distortion``: measured, from whole-image decodes at each ratio (the oracle map);
+- ``block_signal`` + ``signal_distortion``: a cheap signal per block (pixel variance or edge density)
+  times a per-ratio factor (how much more a coarser ratio loses, measured on a set's decodes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from cat_tokenizer.errors import UserInputError
+
+__all__ = ["block_distortion", "block_signal", "signal_distortion", "allocate", "allocate_target", "region_maps",
+           "SIGNALS", "POLICIES", "SIGNAL_FACTORS"]
+
+SIGNALS = ("variance", "edges")
+POLICIES = ("oracle", *SIGNALS)
+# Summed squared error per unit of signal at 8x / 16x / 32x: the median over 1,600 blocks of 100 real-v1
+# train crops (128 px, native) of cat-small v1 (/tmp script in the 2026-12-03 note). Only their ratios
+# matter under a budget; a PSNR target uses their scale too.
+SIGNAL_FACTORS: dict[str, tuple[float, ...]] = {"variance": (177.1, 369.0, 657.3), "edges": (173.2, 327.9, 535.6)}
+
+
+def _blocks(x: Tensor, block: int, mode: str = "replicate") -> Tensor:
+    """(B, 3, H, W) -> (B, bh, bw, 3, block, block), padded to whole blocks (``mode``: F.pad's)."""
+    pad_h, pad_w = (-x.shape[-2]) % block, (-x.shape[-1]) % block
+    if pad_h or pad_w:
+        x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+    b, c, h, w = x.shape
+    return x.reshape(b, c, h // block, block, w // block, block).permute(0, 2, 4, 1, 3, 5)
+
+
+def block_distortion(x: Tensor, recons: Sequence[Tensor], block: int) -> Tensor:
+    """Summed squared error per block of each reconstruction (pixels in [-1, 1] scaled to [0, 1]):
+    (B, 3, H, W) and R reconstructions -> (B, bh, bw, R). Padding adds nothing."""
+    return torch.stack([(_blocks((y - x) / 2, block, "constant") ** 2).sum((-3, -2, -1)) for y in recons], -1)
+
+
+def block_signal(x: Tensor, block: int, kind: str = "variance") -> Tensor:
+    """A cheap per-block complexity signal: (B, 3, H, W) in [-1, 1] -> (B, bh, bw).
+
+    ``variance``: the pixels' variance (per channel, summed); ``edges``: the mean absolute difference
+    between neighbouring pixels (horizontal and vertical)."""
+    if kind not in SIGNALS:
+        raise UserInputError(f"region signal must be one of {', '.join(SIGNALS)}, got {kind!r}")
+    x01 = (x + 1) / 2
+    if kind == "variance":
+        return _blocks(x01, block).flatten(-2).var(-1, unbiased=False).sum(-1)
+    dx = F.pad((x01[..., :, 1:] - x01[..., :, :-1]).abs(), (0, 1, 0, 0))
+    dy = F.pad((x01[..., 1:, :] - x01[..., :-1, :]).abs(), (0, 0, 0, 1))
+    return _blocks(dx + dy, block).mean((-3, -2, -1))
+
+
+def signal_distortion(signal: Tensor, factors: Sequence[float]) -> Tensor:
+    """Predicted summed squared error (B, bh, bw, R) = signal * factor per ratio (``factors`` ascending
+    by ratio: how much error a unit of signal costs at each ratio)."""
+    return signal[..., None] * torch.as_tensor(factors, dtype=signal.dtype, device=signal.device)
+
+
+def _lam_max(d: np.ndarray, cost: np.ndarray) -> float:
+    """A multiplier at which every block takes the cheapest ratio: more than any distortion difference
+    per token between two ratios."""
+    gaps = np.diff(np.unique(cost))
+    return (float(np.ptp(d)) + 1.0) / (float(gaps.min()) if len(gaps) else 1.0) * 2
+
+
+def _choose(d: np.ndarray, cost: np.ndarray, lam: float) -> np.ndarray:
+    return np.argmin(d + lam * cost[None], axis=1)
+
+
+def _greedy_fill(d: np.ndarray, cost: np.ndarray, choice: np.ndarray, budget: float) -> np.ndarray:
+    """Spend what the budget leaves on the upgrades that remove most distortion per token."""
+    choice = choice.copy()
+    left = budget - cost[choice].sum()
+    while True:
+        gain = d[np.arange(len(d)), choice][:, None] - d  # (n, R) distortion removed by moving to each ratio
+        extra = cost[None] - cost[choice][:, None]  # (n, R) tokens it costs
+        ok = (extra > 0) & (extra <= left) & (gain > 0)
+        if not ok.any():
+            return choice
+        rate = np.where(ok, gain / np.where(extra > 0, extra, 1), -np.inf)
+        i, r = np.unravel_index(np.argmax(rate), rate.shape)
+        left -= extra[i, r]
+        choice[i] = r
+
+
+def allocate(d: np.ndarray, cost: Sequence[float], budget: float, iters: int = 60) -> np.ndarray:
+    """Blocks' ratio indices (n,) minimising total distortion with total tokens <= ``budget``.
+
+    Args:
+        d: (n, R) distortion of each block at each ratio (ascending ratios).
+        cost: (R,) tokens of one block at each ratio.
+        budget: total tokens for the n blocks (at least n times the cheapest cost).
+    """
+    d, cost = np.asarray(d, np.float64), np.asarray(cost, np.float64)
+    if budget < cost.min() * len(d) - 1e-9:
+        raise UserInputError(f"a budget of {budget:g} tokens is below the {cost.min() * len(d):g} that "
+                             f"{len(d)} block(s) need at the largest ratio")
+    lo, hi = 0.0, _lam_max(d, cost)
+    for _ in range(iters):  # smallest lam whose choice fits: more lam -> fewer tokens
+        mid = (lo + hi) / 2
+        if cost[_choose(d, cost, mid)].sum() <= budget:
+            hi = mid
+        else:
+            lo = mid
+    return _greedy_fill(d, cost, _choose(d, cost, hi), budget)
+
+
+def allocate_target(d: np.ndarray, cost: Sequence[float], max_distortion: float, iters: int = 60) -> np.ndarray:
+    """Blocks' ratio indices (n,) with the fewest tokens whose total distortion is <= ``max_distortion``
+    (the most lam that still meets it); all blocks at the finest ratio when nothing meets it."""
+    d, cost = np.asarray(d, np.float64), np.asarray(cost, np.float64)
+    best = _choose(d, cost, 0.0)
+    if d[np.arange(len(d)), best].sum() > max_distortion:
+        return best
+    lo, hi = 0.0, _lam_max(d, cost)
+    for _ in range(iters):  # largest lam whose choice still meets the target
+        mid = (lo + hi) / 2
+        c = _choose(d, cost, mid)
+        if d[np.arange(len(d)), c].sum() <= max_distortion:
+            lo = mid
+        else:
+            hi = mid
+    return _choose(d, cost, lo)
+
+
+@torch.no_grad()
+def region_maps(vae, x: Tensor, policy: str = "oracle", budget: float | None = None,
+                target_psnr: float | None = None) -> Tensor:
+    """Each image's ratio map, (B, 3, H, W) -> (B, bh, bw) ratios, under a token budget per image or the
+    fewest tokens predicted to reach ``target_psnr`` (exactly one of the two).
+
+    ``oracle`` measures each block's error in whole-image decodes at every ratio (three decodes);
+    ``variance`` / ``edges`` predict it from the block's pixels (``SIGNAL_FACTORS``).
+    """
+    from cat_tokenizer.regions.latent import block_tokens
+
+    if policy not in POLICIES:
+        raise UserInputError(f"region map policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+    if (budget is None) == (target_psnr is None):
+        raise UserInputError("a region map needs a token budget or a PSNR target (one of the two)")
+    ratios, block = sorted(vae.ratios), max(vae.ratios)
+    cost = [block_tokens(r, block) for r in ratios]
+    if policy == "oracle":
+        d = block_distortion(x, [vae.reconstruct(x, r) for r in ratios], block)  # (B, bh, bw, R)
+    else:
+        d = signal_distortion(block_signal(x, block, policy), SIGNAL_FACTORS[policy][: len(ratios)])
+    b, bh, bw, _ = d.shape
+    flat = d.reshape(b, bh * bw, -1).double().cpu().numpy()
+    if target_psnr is not None:
+        most = 3 * x.shape[-2] * x.shape[-1] * 10 ** (-target_psnr / 10)  # summed squared error at that PSNR
+        idx = [allocate_target(flat[i], cost, most) for i in range(b)]
+    else:
+        idx = [allocate(flat[i], cost, budget) for i in range(b)]
+    return torch.as_tensor(np.asarray(ratios)[np.stack(idx)]).reshape(b, bh, bw)
