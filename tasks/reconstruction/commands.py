@@ -142,7 +142,8 @@ def rd(dir: str, *, ckpt: str = "cat-small", out: str = "outputs/rd", evaluator:
        crop: Literal["native", "resize"] = "native", budgets: str | None = None,
        features: Literal["auto", "on", "off"] = "auto", target_psnr: tuple[float, ...] = DEFAULT_PSNR_TARGETS,
        target_ssim: tuple[float, ...] = DEFAULT_SSIM_TARGETS, rfid_boots: int = 100, distortion_head: str | None = None,
-       report: str | None = None, device: str = "auto", quiet: bool = False) -> int:
+       report: str | None = None, regions: bool = False, region_budgets: str | None = None, device: str = "auto",
+       quiet: bool = False) -> int:
     """rate-distortion of CAT vs fixed ratios, JPEG size, random and the oracle: equal tokens and rate control
 
     Args:
@@ -159,11 +160,14 @@ def rd(dir: str, *, ckpt: str = "cat-small", out: str = "outputs/rd", evaluator:
         rfid_boots: bootstrap resamples for rFID's intervals (0: none)
         distortion_head: a tokenizer folder with a distortion head (cat-tokenizer distortion-head): allocates in both views
         report: also copy the report files (no caches) into this folder, e.g. docs/reports/rd-dev-128
+        regions: also region-adaptive CAT (one ratio per 32-px block), decoded for real: oracle, per-image oracle, variance, edges
+        region_budgets: comma-separated mean tokens per image for --regions (default: fixed 16x's, half and twice it)
         device: auto, cpu, cuda ...
         quiet: no progress bars
     """
     report = run_rd(dir, ckpt, out, evaluator or [None], image_size, crop, parse_numbers(budgets, "--budgets", float),
-                    FEATURES[features], device, not quiet, target_psnr, target_ssim, rfid_boots, distortion_head, report)
+                    FEATURES[features], device, not quiet, target_psnr, target_ssim, rfid_boots, distortion_head, report,
+                    regions, parse_numbers(region_budgets, "--region-budgets", float))
     text = report.read_text()
     print(text[: text.index("## Every budget")] if "## Every budget" in text else text)
     print(f"wrote {report}, {report.with_suffix('.csv')}, {report.with_suffix('.png')}")

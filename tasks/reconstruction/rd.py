@@ -45,7 +45,9 @@ __all__ = ["Allocation", "oracle_allocation", "score_allocation", "rd_curves", "
 
 log = logging.getLogger(__name__)
 
-REPORT_FILES = ("rd.md", "rd.csv", "rd.png", "rate_control.csv", "rate_control.png")
+REPORT_FILES = ("rd.md", "rd.csv", "rd.png", "rate_control.csv", "rate_control.png", "regions.csv", "regions.png",
+                "regions_examples.png")
+DEFAULT_REGION_BUDGETS = (32.0, 64.0, 128.0)  # mean tokens per image (at 128 px: 16x's 64, and half and twice it)
 RD_COLUMNS = ["method", "budget", "mean_tokens", "psnr", "ssim", "ocr_conf", "rfid", "share_8x", "share_16x", "share_32x"]
 
 
@@ -421,9 +423,12 @@ def run_rd(data: str | Path, ckpt: str = "cat-small", out: str | Path = "outputs
            image_size: int = 128, crop: str = "native", budgets: Sequence[float] | None = None, features: bool | None = None,
            device: str = "auto", progress: bool = True, target_psnr: Sequence[float] = DEFAULT_PSNR_TARGETS,
            target_ssim: Sequence[float] = DEFAULT_SSIM_TARGETS, rfid_boots: int = 100,
-           distortion_head: str | None = None, report: str | Path | None = None) -> Path:
+           distortion_head: str | None = None, report: str | Path | None = None, regions: bool = False,
+           region_budgets: Sequence[float] | None = None) -> Path:
     """Measure (cached), score, allocate, write rd.csv / rd.png / rate_control.* / rd.md; returns rd.md.
-    ``report``: a folder (under docs/, say) that gets a copy of those files, without the caches."""
+    ``report``: a folder (under docs/, say) that gets a copy of those files, without the caches.
+    ``regions``: also region-adaptive maps, decoded for real (``cat_tasks.reconstruction.regions``), at
+    ``region_budgets`` mean tokens per image (default: fixed 16x's and half and twice it)."""
     from cat_tasks.reconstruction.table import measure_folder
     from cat_tokenizer.devices import resolve_device
     from cat_tokenizer.io import load_vae
@@ -445,6 +450,8 @@ def run_rd(data: str | Path, ckpt: str = "cat-small", out: str | Path = "outputs
     md = write_rd(out, table, rows, allocs, root, str(ckpt), rate_rows, rfid_boots)
     if predicted:
         _append_head_error(md, predicted["distortion head"], table)
+    if regions:
+        _add_regions(md, vae, table, root, out, crop, rows, region_budgets, progress)
     if report is not None:
         import shutil
 
@@ -455,6 +462,28 @@ def run_rd(data: str | Path, ckpt: str = "cat-small", out: str | Path = "outputs
             if (out / name).is_file():
                 shutil.copyfile(out / name, dest / name)
     return md
+
+
+def _add_regions(md: Path, vae, table: ReconTable, root: Path, out: Path, crop: str, image_rows: list[dict],
+                 budgets: Sequence[float] | None, progress: bool) -> None:
+    """Region-adaptive rows (real decodes), regions.csv / .png / _examples.png, and their section of rd.md
+    (the headline line under the title)."""
+    from cat_tasks.reconstruction.regions import examples_figure, plot_regions, region_markdown, region_rows
+
+    scale = (table.image_size / 128) ** 2  # the default budgets are per 128-px image
+    budgets = list(budgets) if budgets else [b * scale for b in DEFAULT_REGION_BUDGETS]
+    rows, per_image = region_rows(vae, table, root, out, crop, budgets, progress=progress)
+    write_csv(out / "regions.csv", [_rounded(r) for r in rows])
+    plot_regions(rows, image_rows, out / "regions.png", table.image_size)
+    ref = next(r for r in rows if r["method"] == "fixed 16x")
+    if ("regions: oracle", ref["budget"]) in per_image:
+        examples_figure(vae, table, root, crop, per_image, ref["budget"], out / "regions_examples.png")
+    section = region_markdown(rows, per_image, table, image_rows)
+    lines = md.read_text().split("\n")
+    lines[2:2] = [section[0], ""]
+    text = "\n".join(lines)
+    cut = text.index("## Every budget") if "## Every budget" in text else len(text)
+    md.write_text(text[:cut] + "\n".join(section[2:]) + "\n" + text[cut:])
 
 
 def _append_head_error(report: Path, pred: np.ndarray, table: ReconTable) -> None:

@@ -1,0 +1,244 @@
+"""``rd --regions``: region-adaptive CAT beside the image-level allocations, measured by real mixed decodes.
+
+For each image of ``rd``'s table, every 32-px block's error at every ratio is measured in whole-image
+decodes; region maps are then allocated under a mean token budget per image (``cat_tokenizer.regions.maps``):
+
+* ``regions: oracle``: the measured block errors, the budget shared across images, allocated for the
+  highest mean PSNR (``allocate_mean_psnr``: blocks compete across images, weighted by their image's error);
+* ``regions: oracle, per image``: the same, each image held to the budget;
+* ``regions: variance`` / ``regions: edges``: a cheap signal per block times a per-ratio factor, shared budget.
+
+Each map is then *decoded for real* (``vae.decode_regions``: a seam or a context effect shows up here, not
+in the pasted-block estimate, which is reported beside it). Per (method, budget): PSNR and SSIM per image,
+tokens, the seam statistic (mean absolute gradient across block borders over that inside blocks, pooled
+over images) and, when ``rd`` keeps Inception features, rFID. Cached per (method, budget) under
+``<out>/region_cache/``: a killed run keeps every finished item.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+from cat_tasks.reconstruction.table import ReconTable
+from cat_tokenizer.data.images import load_rgb
+from cat_tokenizer.data.transforms import image_transform
+from cat_tokenizer.files import atomic_write
+from cat_tokenizer.markdown import md_header
+from cat_tokenizer.metrics.fid import frechet_distance
+from cat_tokenizer.regions import block_tokens
+from cat_tokenizer.regions.maps import SIGNAL_FACTORS, allocate, allocate_mean_psnr, block_distortion, block_signal
+
+__all__ = ["REGION_METHODS", "region_rows", "seam_sums", "region_markdown", "plot_regions", "examples_figure"]
+
+log = logging.getLogger(__name__)
+
+REGION_METHODS = ("regions: oracle", "regions: oracle, per image", "regions: variance", "regions: edges")
+
+
+def _images(root: Path, table: ReconTable, crop: str) -> torch.Tensor:
+    """The table's crops again, (N, 3, S, S) in [-1, 1] (the same transform as ``measure_folder``)."""
+    tf = image_transform(table.image_size, train=False, crop=crop)
+    return torch.stack([tf(load_rgb(root / p)) for p in table.paths])
+
+
+def seam_sums(y: torch.Tensor, block: int) -> np.ndarray:
+    """(N, 4): per image, the summed absolute neighbour differences across block borders and inside blocks,
+    and their counts (pixels in [0, 1]); pooled ratios of sums make the seam statistic."""
+    dx, dy = (y[..., :, 1:] - y[..., :, :-1]).abs() / 2, (y[..., 1:, :] - y[..., :-1, :]).abs() / 2
+    bx = torch.zeros(dx.shape[-1], dtype=torch.bool)
+    bx[block - 1 :: block] = True  # the difference between column block-1 and block crosses a border
+    by = torch.zeros(dy.shape[-2], dtype=torch.bool)
+    by[block - 1 :: block] = True
+    border = dx[..., bx].flatten(1).sum(1) + dy[..., by, :].flatten(1).sum(1)
+    inside = dx[..., ~bx].flatten(1).sum(1) + dy[..., ~by, :].flatten(1).sum(1)
+    n_border = dx[0, ..., bx].numel() + dy[0, ..., by, :].numel()
+    n_inside = dx[0, ..., ~bx].numel() + dy[0, ..., ~by, :].numel()
+    return torch.stack([border, inside, torch.full_like(border, n_border), torch.full_like(border, n_inside)], 1).numpy()
+
+
+def _maps(method: str, d: np.ndarray, signals: dict[str, np.ndarray], cost: np.ndarray, budget: float) -> np.ndarray:
+    """(N, nb) ratio indices for one method at a mean budget per image."""
+    n, nb, _ = d.shape
+    if method == "regions: oracle, per image":
+        return np.stack([allocate(d[i], cost, budget) for i in range(n)])
+    if method == "regions: oracle":
+        est = d
+    else:
+        kind = method.split(": ")[1]
+        est = signals[kind][..., None] * np.asarray(SIGNAL_FACTORS[kind])[None, None, : d.shape[-1]]
+    return allocate_mean_psnr(est, cost, budget)
+
+
+@torch.no_grad()
+def _decode(vae, x: torch.Tensor, maps: np.ndarray, ratios: Sequence[int], inception, batch: int = 16) -> dict:
+    """Real mixed decodes of every image under its map: PSNR, SSIM, seam sums, Inception features."""
+    dev = next(vae.parameters()).device
+    side = int(round(maps.shape[1] ** 0.5))
+    out: dict[str, list] = {"psnr": [], "ssim": [], "seams": [], "feats": []}
+    for s in range(0, len(x), batch):
+        xb = x[s : s + batch].to(dev)
+        rmap = torch.as_tensor(np.asarray(ratios)[maps[s : s + batch]]).reshape(-1, side, side)
+        y = vae.decode_regions(vae.encode_regions(xb, rmap)).clamp(-1, 1).float()
+        a, b = (y + 1) / 2, (xb.float() + 1) / 2
+        out["psnr"].append(peak_signal_noise_ratio(a, b, data_range=1.0, reduction="none", dim=(1, 2, 3)).cpu().numpy())
+        out["ssim"].append(structural_similarity_index_measure(a, b, data_range=1.0, reduction="none").cpu().numpy())
+        out["seams"].append(seam_sums(y.cpu(), max(ratios)))
+        if inception is not None:
+            out["feats"].append(inception(a).cpu().numpy().astype(np.float16))
+    return {k: np.concatenate(v) for k, v in out.items() if v}
+
+
+def _cache_dir(out: Path, vae, table: ReconTable, crop: str) -> Path:
+    tag = json.dumps({"size": table.image_size, "crop": crop, "n": len(table), "paths": hashlib.sha1(
+        "\n".join(table.paths).encode()).hexdigest()[:10], "v": 1}, sort_keys=True)
+    folder = out / "region_cache" / f"{vae.fingerprint(with_head=False)}-{hashlib.sha1(tag.encode()).hexdigest()[:8]}"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _cached(path: Path, compute) -> dict:
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    res = compute()
+    with atomic_write(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **res)
+    return res
+
+
+def region_rows(vae, table: ReconTable, root: Path, out: Path, crop: str, budgets: Sequence[float],
+                methods: Sequence[str] = REGION_METHODS, progress: bool = True) -> tuple[list[dict], dict]:
+    """One row per (method, budget) plus ``fixed 16x`` decoded the same way (its seam statistic), and the
+    per-image results keyed by (method, budget) for the per-kind table and the figure."""
+    ratios, block = list(table.ratios), max(table.ratios)
+    cost = np.array([block_tokens(r, block) for r in ratios], float)
+    folder = _cache_dir(out, vae, table, crop)
+    x = _images(root, table, crop)
+    dev = next(vae.parameters()).device
+
+    def blocks() -> dict:
+        with torch.no_grad():
+            recons = [torch.cat([vae.reconstruct(x[s : s + 16].to(dev), r).cpu() for s in range(0, len(x), 16)]) for r in ratios]
+        d = block_distortion(x, recons, block).numpy()
+        return {"d": d.reshape(len(x), -1, len(ratios)), **{k: block_signal(x, block, k).reshape(len(x), -1).numpy()
+                                                           for k in SIGNAL_FACTORS}}
+
+    base = _cached(folder / "blocks.npz", blocks)
+    inception = None
+    if table.feats is not None:
+        from cat_tokenizer.metrics.fid import InceptionFeatures
+
+        inception = InceptionFeatures().eval().to(dev)
+    rows, per_image = [], {}
+    ref = ratios.index(16) if 16 in ratios else len(ratios) // 2
+    items = [("fixed 16x", float(cost[ref] * base["d"].shape[1]))] + [(m, float(b)) for b in budgets for m in methods]
+    for k, (method, budget) in enumerate(items):
+        name = f"{method}-{budget:g}".replace(": ", "_").replace(", ", "_").replace(" ", "_")
+        if method.startswith("fixed"):
+            maps = np.full(base["d"].shape[:2], ref)
+        else:
+            maps = _maps(method, base["d"], {s: base[s] for s in SIGNAL_FACTORS}, cost, budget)
+        if progress:
+            log.info("regions: %s at %g tokens (%d of %d)", method, budget, k + 1, len(items))
+        res = _cached(folder / f"{name}.npz", lambda: {"maps": maps, **_decode(vae, x, maps, ratios, inception)})
+        paste = base["d"][np.arange(len(x))[:, None], np.arange(maps.shape[1])[None], res["maps"]].sum(1)
+        res["paste_psnr"] = 10 * np.log10(3 * table.image_size**2 / np.maximum(paste, 1e-12))
+        res["tokens"] = cost[res["maps"]].sum(1)
+        per_image[(method, budget)] = res
+        rows.append(_row(method, budget, res, table))
+    return rows, per_image
+
+
+def _row(method: str, budget: float, res: dict, table: ReconTable) -> dict:
+    s = res["seams"].sum(0)
+    row = {"method": method, "budget": budget, "mean_tokens": float(res["tokens"].mean()), "psnr": float(res["psnr"].mean()),
+           "paste_psnr": float(res["paste_psnr"].mean()), "ssim": float(res["ssim"].mean()),
+           "seam_ratio": float((s[0] / s[2]) / (s[1] / s[3])), "rfid": float("nan")}
+    if "feats" in res and table.feats_orig is not None:
+        row["rfid"] = frechet_distance(table.feats_orig, res["feats"])
+    return row
+
+
+def region_markdown(rows: list[dict], per_image: dict, table: ReconTable, image_rows: list[dict]) -> list[str]:
+    """The region section of rd.md: headline, the table at fixed 16x's budget (per kind), every budget."""
+    ref = next(r for r in rows if r["method"] == "fixed 16x")
+    img_oracle = next((r for r in image_rows if r["method"] == "oracle" and r["budget"] == ref["mean_tokens"]), None)
+    kinds = sorted(set(table.kinds))
+    kind_arr = np.array(table.kinds)
+    at_ref = [r for r in rows if r["budget"] == ref["budget"]]
+    head = [f"{r['method'].split(': ')[1]} {r['psnr'] - ref['psnr']:+.2f} dB" for r in at_ref if r is not ref]
+    lines = [f"**Region-adaptive, equal tokens** (real mixed decodes): at fixed 16x's {ref['mean_tokens']:.0f} tokens, "
+             + ", ".join(head) + " over fixed 16x" + (f" (image-level oracle {img_oracle['psnr'] - ref['psnr']:+.2f} dB)."
+                                                     if img_oracle else "."), "",
+             "## Region-adaptive CAT at fixed 16x's budget (`rd --regions`)", "",
+             "Real decodes of each region map (`vae.decode_regions`), beside the estimate from pasting blocks of whole-image "
+             "decodes; seams: mean |gradient| across 32-px block borders over that inside blocks (fixed 16x decoded whole "
+             "for comparison); rFID on the same Inception features as above.", "",
+             *md_header("method", "mean tokens", "PSNR", "pasted estimate", "SSIM", "rFID", "seams", *kinds)]
+    for r in at_ref:
+        res = per_image[(r["method"], r["budget"])]
+        cells = [f"{res['psnr'][kind_arr == k].mean():.2f}" for k in kinds]
+        lines.append(f"| {r['method']} | {r['mean_tokens']:.1f} | {r['psnr']:.2f} | {r['paste_psnr']:.2f} | {r['ssim']:.3f} | "
+                     f"{r['rfid']:.1f} | {r['seam_ratio']:.3f} | " + " | ".join(cells) + " |")
+    lines += ["", "Every budget:", "", *md_header("method", "budget", "mean tokens", "PSNR", "pasted", "SSIM", "rFID", "seams")]
+    for r in rows:
+        lines.append(f"| {r['method']} | {r['budget']:g} | {r['mean_tokens']:.1f} | {r['psnr']:.2f} | {r['paste_psnr']:.2f} | "
+                     f"{r['ssim']:.3f} | {r['rfid']:.1f} | {r['seam_ratio']:.3f} |")
+    return lines + [""]
+
+
+def plot_regions(rows: list[dict], image_rows: list[dict], path: Path, image_size: int) -> None:
+    """PSNR against mean tokens: the image-level curves (thin) and the region curves (real decodes)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name in dict.fromkeys(r["method"] for r in image_rows):
+        pts = sorted((r["mean_tokens"], r["psnr"]) for r in image_rows if r["method"] == name)
+        if name.startswith("fixed") or name == "oracle":
+            ax.plot(*zip(*pts), "o-" if name == "oracle" else "ks", ms=4, lw=1, alpha=0.6, label=f"image-level {name}")
+    for name in dict.fromkeys(r["method"] for r in rows if not r["method"].startswith("fixed")):
+        pts = sorted((r["mean_tokens"], r["psnr"]) for r in rows if r["method"] == name)
+        ax.plot(*zip(*pts), "^-", ms=5, lw=2, label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel(f"mean tokens per {image_size}-px image")
+    ax.set_ylabel("PSNR dB")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+@torch.no_grad()
+def examples_figure(vae, table: ReconTable, root: Path, crop: str, per_image: dict, budget: float, path: Path,
+                    per_kind: int = 1) -> None:
+    """A few images (``per_kind`` of each kind): the original with the oracle map drawn on it (8x red,
+    16x yellow, 32x blue), the region decode, and fixed 16x at the same tokens."""
+    from torchvision.utils import save_image
+
+    kind_arr = np.array(table.kinds)
+    res = per_image[("regions: oracle", budget)]
+    picks = [int(i) for k in sorted(set(table.kinds)) for i in np.flatnonzero(kind_arr == k)[:per_kind]]
+    x = _images(root, table, crop)[picks]
+    side = int(round(res["maps"].shape[1] ** 0.5))
+    rmap = torch.as_tensor(np.asarray(table.ratios)[res["maps"][picks]]).reshape(-1, side, side)
+    dev = next(vae.parameters()).device
+    region = vae.decode_regions(vae.encode_regions(x.to(dev), rmap)).clamp(-1, 1).cpu()
+    fixed = vae.reconstruct(x.to(dev), 16).cpu()
+    colours = {8: (1.0, -1.0, -1.0), 16: (1.0, 1.0, -1.0), 32: (-1.0, -1.0, 1.0)}
+    tint = torch.stack([torch.tensor(colours.get(int(r), (0, 0, 0))) for r in rmap.flatten()]).reshape(*rmap.shape, 3)
+    tint = tint.permute(0, 3, 1, 2).repeat_interleave(max(table.ratios), -1).repeat_interleave(max(table.ratios), -2)
+    overlay = 0.65 * x + 0.35 * tint[..., : x.shape[-2], : x.shape[-1]]
+    grid = torch.stack([overlay, region, fixed], 1).flatten(0, 1)
+    save_image((grid + 1) / 2, path, nrow=3, padding=2, pad_value=1.0)
