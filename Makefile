@@ -190,6 +190,7 @@ mutants: install
 bench: install
 	$(VENV)/bin/cat-tokenizer bench-train
 	$(VENV)/bin/cat-tokenizer bench --preset cat-small --size 128 --batch 8
+	$(VENV)/bin/cat-tokenizer bench-regions
 	$(VENV)/bin/cat-tokenizer bench
 	$(VENV)/bin/cat-tokenizer bench-score
 	$(VENV)/bin/cat-tokenizer bench-head

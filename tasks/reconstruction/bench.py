@@ -16,7 +16,7 @@ from cat_tokenizer.models.ratio_head import RatioHead
 from cat_tokenizer.profiling import flops, items_per_second, path_params
 from cat_tokenizer.ratios import token_count
 
-__all__ = ["bench_vae", "bench_ratio_head", "HEAD_VARIANTS"]
+__all__ = ["bench_vae", "bench_ratio_head", "bench_regions", "HEAD_VARIANTS"]
 
 
 def bench_vae(preset: str = "base", size: int = 256, batch: int = 1, iters: int = 3, device: str = "cpu") -> list[dict]:
@@ -137,4 +137,27 @@ def bench_train(preset: str = "cat-small", size: int = 128, batch: int = 8, step
     base = rows[0]["img_per_s"]
     for r in rows:
         r["speed_vs_first"] = r["img_per_s"] / base
+    return rows
+
+
+@torch.no_grad()
+def bench_regions(ckpt: str = "cat-small", size: int = 128, batch: int = 8, repeat: int = 3, device: str = "cpu") -> list[dict]:
+    """Decode cost of a region latent (a map with a third of the blocks at each ratio, refine 0 / 1 / 2)
+    against whole-image decodes at each ratio, best of ``repeat``, all in this process."""
+    from cat_tokenizer.io import load_vae
+
+    vae = load_vae(ckpt).to(device).eval()
+    x = torch.rand(batch, 3, size, size, device=device) * 2 - 1
+    block = max(vae.ratios)
+    side = -(-size // block)
+    cycle = torch.tensor(sorted(vae.ratios))
+    rmap = cycle[(torch.arange(side)[:, None] + torch.arange(side)[None]) % len(cycle)]  # diagonal stripes of every ratio
+    lat = vae.encode_regions(x, rmap)
+    calls = {f"decode {r}x": (lambda r=r, z=vae.encode(x, r).mode(): vae.decode(z, r)) for r in sorted(vae.ratios)}
+    calls.update({f"decode_regions, refine {k}": (lambda k=k: vae.decode_regions(lat, k)) for k in (0, 1, 2)})
+    rows = [{"call": name, "tokens": int(lat.tokens()[0]) if "regions" in name else token_count(size, size, int(name.split()[1][:-1])),
+             "ms_per_image": 1e3 / items_per_second(f, batch, repeat, warmup=True)} for name, f in calls.items()]
+    ref = next(r for r in rows if r["call"] == "decode 16x")["ms_per_image"]
+    for r in rows:
+        r["cost_vs_16x"] = r["ms_per_image"] / ref
     return rows

@@ -12,7 +12,7 @@ import torch
 
 from cat_tasks.reconstruction import evaluate_reconstruction
 from cat_tasks.reconstruction.analysis import analyse_folder
-from cat_tasks.reconstruction.bench import bench_ratio_head, bench_train, bench_vae, total_params
+from cat_tasks.reconstruction.bench import bench_ratio_head, bench_regions, bench_train, bench_vae, total_params
 from cat_tasks.reconstruction.demo import run_demo
 from cat_tasks.reconstruction.pack import pack_folder
 from cat_tasks.reconstruction.rate_control import DEFAULT_PSNR_TARGETS, DEFAULT_SSIM_TARGETS
@@ -22,7 +22,7 @@ from cat_tokenizer.io import load_vae
 from cat_tokenizer.markdown import md_header, md_row
 from cat_tokenizer.options import FEATURES, parse_numbers, print_table
 
-__all__ = ["bench", "bench_train_cmd", "bench_head", "eval_recon", "analyse", "rd", "pack", "demo"]
+__all__ = ["bench", "bench_train_cmd", "bench_head", "bench_regions_cmd", "eval_recon", "analyse", "rd", "pack", "demo"]
 
 
 def bench(*, preset: str = "base", size: int = 256, batch: int = 1, iters: int = 3, device: str = "cpu") -> int:
@@ -80,6 +80,25 @@ def bench_head(*, preset: tuple[str, ...] = ("small", "base"), size: int = 128, 
         print("\n".join(md_header("head variant", "statistics", "params", "ms/image", "share of an 8x encode")))
         for r in rows:
             print(md_row(r["variant"], r["inputs"], r["params"], f"{r['head_ms_per_image']:.3f}", f"{100 * r['share_of_8x_encode']:.2f}%"))
+    return 0
+
+
+def bench_regions_cmd(*, ckpt: str = "cat-small", size: int = 128, batch: int = 8, repeat: int = 3, device: str = "cpu") -> int:
+    """decode cost of a region latent (refine 0/1/2) against whole-image decodes at each ratio
+
+    Args:
+        ckpt: tokenizer: cat-small (shipped), a save_pretrained folder, .ckpt or hub id
+        size: image side in pixels
+        batch: images per call
+        repeat: timed calls per row (the best counts)
+        device: cpu, cuda ...
+    """
+    rows = bench_regions(ckpt, size, batch, repeat, device)
+    print(f"decode cost, {ckpt}, {size}x{size}, batch {batch}, {device}, CPU threads {torch.get_num_threads()}, best of {repeat} "
+          "(region map: a third of the blocks at each ratio):")
+    print("\n".join(md_header("call", "tokens", "ms/image", "cost vs a 16x decode")))
+    for r in rows:
+        print(md_row(r["call"], r["tokens"], f"{r['ms_per_image']:.1f}", f"{r['cost_vs_16x']:.2f}x"))
     return 0
 
 
