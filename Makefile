@@ -74,49 +74,14 @@ ship-small: need-real-data install
 	cp $(TRAIN_RUN)/kind_eval.csv src/cat_tokenizer/pretrained/cat-small/training_curve.csv
 	$(VENV)/bin/cat-tokenizer latent-stats $(REAL_DATA)/train --ckpt src/cat_tokenizer/pretrained/cat-small --write
 
-# Training cat-small on a lent GPU machine (no network, no ../shared, 64 MiB of working tree; docs/training.md):
-#   here:        make gpu-kit          -> .gpu/ (git-ignored): real-v1 packed into 34 MiB + the wheels the machine lacks
+# Training cat-small on a lent GPU machine (docs/training.md): scripts/gpu_train_small.sh, its knobs in the environment
+#   here:        make gpu-kit          -> .gpu/ (git-ignored): real-v1 packed into 36 MiB + the wheels the machine lacks
 #   the machine: make gpu-train-small  (run with carry [".gpu"]) -> $$OUT/cat-small-gpu/ (fp16 EMA weights), curve, log
-GPU_KIT ?= .gpu
-GPU_BATCHES ?= 16000
-GPU_TIME ?= 00:00:08:00
-GPU_BATCH ?= 64
-GPU_LR ?= 2.0e-3
-GPU_WARMUP ?= 500
-GPU_WORKERS ?= 12
-GPU_EVAL_EVERY ?= 2000
-GPU_ACCEL ?= gpu
-GPU_PY ?= python3
-GPU_SITE ?= /tmp/site
-GPU_DATA ?= /tmp/gpu_data
-GPU_RUN ?= outputs/gpu
-GPU_OUT ?= $(if $(OUT),$(OUT),outputs/gpu_out)
-GPU_ARGS ?=
-GPU_WHEELS := diffusers==0.42.1 jsonargparse==4.53.0 docstring-parser==0.18.0 typeshed-client==2.15.0
 gpu-kit: need-real-data install
-	rm -rf $(GPU_KIT) && mkdir -p $(GPU_KIT)
-	$(VENV)/bin/cat-tokenizer pack $(REAL_DATA)/train $(GPU_KIT)/data/train --max-mib 32 --side 192
-	$(VENV)/bin/cat-tokenizer pack $(REAL_DATA)/dev $(GPU_KIT)/data/dev --max-mib 4 --side 192
-	tar -cf $(GPU_KIT)/data.tar -C $(GPU_KIT) data && rm -rf $(GPU_KIT)/data   # one file: no per-file block slack
-	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-		--platform manylinux2014_x86_64 -d $(GPU_KIT)/whl $(GPU_WHEELS)
-	du -sh $(GPU_KIT)
+	REAL_DATA=$(REAL_DATA) scripts/gpu_train_small.sh kit
 
 gpu-train-small:
-	@test -f $(GPU_KIT)/data.tar || { echo "make gpu-train-small: no $(GPU_KIT)/data.tar; run make gpu-kit first and carry $(GPU_KIT)"; exit 2; }
-	rm -rf $(GPU_DATA) && mkdir -p $(GPU_DATA) && tar -xf $(GPU_KIT)/data.tar -C $(GPU_DATA) --strip-components 1
-	$(GPU_PY) -m pip install -q --no-index --no-deps --no-compile --upgrade --target $(GPU_SITE) $(GPU_KIT)/whl/*.whl
-	$(GPU_PY) -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --upgrade --target $(GPU_SITE) .
-	rm -rf $(GPU_RUN) && mkdir -p $(GPU_OUT)
-	PYTHONPATH=$(GPU_SITE) PYTHONUNBUFFERED=1 $(GPU_PY) -m cat_tokenizer.cli.lightning_main fit -c configs/vae_small.yaml \
-		--data.root $(GPU_DATA)/train --data.batch_size $(GPU_BATCH) --data.num_workers $(GPU_WORKERS) \
-		--model.init_args.lr $(GPU_LR) --model.init_args.warmup_steps $(GPU_WARMUP) --model.init_args.decay_steps $(GPU_BATCHES) --trainer.max_steps $$((2 * $(GPU_BATCHES))) \
-		--trainer.max_time $(GPU_TIME) --trainer.accelerator $(GPU_ACCEL) --trainer.devices 1 --trainer.enable_progress_bar false \
-		$(call run_in,$(GPU_RUN),CSVLogger) $(call kind_curve,$(GPU_DATA)/dev) \
-		--trainer.callbacks.every_n_batches $(GPU_EVAL_EVERY) $(GPU_ARGS) > $(GPU_OUT)/train.log 2>&1; rc=$$?; tail -n 30 $(GPU_OUT)/train.log; exit $$rc
-	PYTHONPATH=$(GPU_SITE) $(GPU_PY) -m cat_tokenizer.cli.tools export --ckpt $(GPU_RUN)/run/version_0/pretrained \
-		--out $(GPU_OUT)/cat-small-gpu --fp16
-	cp $(GPU_RUN)/run/version_0/kind_eval.csv $(GPU_RUN)/run/version_0/metrics.csv $(GPU_OUT)/
+	scripts/gpu_train_small.sh train
 
 need-real-data:
 	@test -d "$(REAL_DATA)/train" || { echo "make train-small: no $(REAL_DATA)/train; set REAL_DATA=<folder with train/KIND/... and dev/KIND/...>"; exit 2; }
