@@ -169,3 +169,40 @@ def test_test_and_predict_write_latents(image_folder, tmp_path):
     x = data.predict_set[data.predict_set.files.index(image_folder / "class0" / "img0.png")]["image"][None]
     expected = model.eval_vae.encode(x, 16).mode()[0]
     assert torch.allclose(load_latent(tmp_path / "latents" / "class0" / "img0.safetensors").latent, expected, atol=1e-5)
+
+
+def test_warm_start_copies_a_trained_tokenizer_and_keeps_the_modules_it_adds(tmp_path):
+    from cat_tokenizer.errors import UserInputError
+
+    torch.manual_seed(0)
+    old = NestedVAE.from_preset("tiny").eval()
+    old.save_pretrained(tmp_path / "old")
+    grown = NestedVAE(**{**old.init_config(), "colour_path": "latent"})
+    module = _module_with(grown, init_from=str(tmp_path / "old"))
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    for vae in (module.vae.eval(), module.ema.module.eval()):  # the EMA starts from the warm weights too
+        assert torch.equal(vae.reconstruct(x, 16), old.reconstruct(x, 16))  # the added colour path starts at zero
+    assert not module.vae.decoder.colour.weight.any()
+    narrower = NestedVAE(**{**old.init_config(), "latent_channels": 2})
+    with pytest.raises(UserInputError, match="do not fit this model") as err:
+        _module_with(narrower, init_from=str(tmp_path / "old"))
+    assert "\n" not in str(err.value)
+
+
+def _module_with(vae, **kw):
+    loss = VAELoss(perceptual_weight=0.0, disc_channels=8, disc_layers=2)
+    return NestedVAEModule(vae, loss, lr=1e-3, warmup_steps=2, ema_decay=0.9, ema_warmup=False, **kw)
+
+
+def test_the_kind_curve_can_carry_the_palette_check(tmp_path):
+    from conftest import write_kind_folder
+
+    from cat_tokenizer.lit.kind_eval import KindEvaluator
+
+    root = write_kind_folder(tmp_path / "data", n=3, size=(32, 32))
+    cb = KindEvaluator(str(root), every_n_batches=1, per_kind=1, palette=True)
+    _trainer(tmp_path, max_steps=4, callbacks=[cb]).fit(_module(disc_start=10**6), _data(root))
+    rows = (tmp_path / "run" / "palette.csv").read_text().splitlines()
+    assert rows[0] == "step,layout,ratio,min_psnr,mean_psnr,worst,max_levels"
+    assert sorted({r.split(",")[0] for r in rows[1:]}) == ["1", "2"] and len(rows) == 1 + 2 * 9  # 3 layouts x 3 ratios
+    assert all(0 < float(r.split(",")[3]) <= float(r.split(",")[4]) for r in rows[1:])  # min <= mean
