@@ -447,7 +447,7 @@ def run_rd(data: str | Path, ckpt: str = "cat-small", out: str | Path = "outputs
     rows, allocs = rd_curves(table, scores, budgets, predicted=predicted)
     targets = [Target("psnr", float(t)) for t in target_psnr] + [Target("ssim", float(t)) for t in target_ssim]
     rate_rows = [row for t in targets for row in rate_curves(table, t, allocs, predicted if t.metric == "psnr" else None)]
-    md = write_rd(out, table, rows, allocs, root, str(ckpt), rate_rows, rfid_boots)
+    md = write_rd(out, table, rows, allocs, root, f"{ckpt}, fingerprint {vae.fingerprint(with_head=False)}", rate_rows, rfid_boots)
     if predicted:
         _append_head_error(md, predicted["distortion head"], table)
     if regions:
