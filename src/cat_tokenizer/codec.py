@@ -72,8 +72,8 @@ def encode_files(images: list[str], ratio: int | str, ckpt: str, out: str, sampl
     elif region_budget is not None:
         raise UserInputError("--region-budget is for --ratio regions")
     elif target_psnr is not None and (ratio != "auto" or vae.ratio_head is None or not vae.ratio_head.predicts_psnr):
-        raise UserInputError("--target-psnr needs --ratio regions, or --ratio auto and a tokenizer with a distortion head "
-                             "(`cat-tokenizer distortion-head` makes one)")
+        raise UserInputError("--target-psnr needs --ratio auto and a tokenizer with a distortion head "
+                             "(`cat-tokenizer distortion-head` makes one), or --ratio regions")
     fingerprint = vae.fingerprint()
     written, skipped = [], []
     for i in todo:

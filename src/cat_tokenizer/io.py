@@ -137,6 +137,14 @@ def save_region_latent(path: str | Path, item: dict[str, Tensor], size: tuple[in
     return path
 
 
+def _int_meta(path: str | Path, meta: dict, keys: tuple[str, ...], what: str) -> tuple[int, ...]:
+    """The integer metadata ``keys`` of a latent file, or a one-line error naming them."""
+    try:
+        return tuple(int(meta[k]) for k in keys)
+    except (KeyError, ValueError):
+        raise UserInputError(f"{path}: {what} metadata needs integer {', '.join(keys[:-1])} and {keys[-1]}, got {meta}") from None
+
+
 def load_any_latent(path: str | Path) -> Latent | RegionFile:
     """A latent file (``save_latent``) or a region latent file (``save_region_latent``), by its format."""
     try:
@@ -144,10 +152,7 @@ def load_any_latent(path: str | Path) -> Latent | RegionFile:
             meta = f.metadata() or {}
             if meta.get("format") != REGION_FORMAT:
                 return load_latent(path)
-            try:
-                height, width, block = (int(meta[k]) for k in ("height", "width", "block"))
-            except (KeyError, ValueError):
-                raise UserInputError(f"{path}: region latent metadata needs integer height, width and block, got {meta}") from None
+            height, width, block = _int_meta(path, meta, ("height", "width", "block"), "region latent")
             if "ratio_map" not in f.keys():
                 raise UserInputError(f"{path}: no 'ratio_map' tensor in the region latent file")
             return RegionFile({k: f.get_tensor(k) for k in f.keys()}, height, width, block, meta.get("source", ""),
@@ -167,10 +172,7 @@ def load_latent(path: str | Path) -> Latent:
             meta = f.metadata() or {}
             if meta.get("format") != "cat-latent-v1":
                 raise UserInputError(f"{path} is not a cat-tokenizer latent file (metadata: {meta})")
-            try:
-                ratio, height, width = (int(meta[k]) for k in ("ratio", "height", "width"))
-            except (KeyError, ValueError):
-                raise UserInputError(f"{path}: latent metadata needs integer ratio, height and width, got {meta}") from None
+            ratio, height, width = _int_meta(path, meta, ("ratio", "height", "width"), "latent")
             if "latent" not in f.keys():
                 raise UserInputError(f"{path}: no 'latent' tensor in the file")
             return Latent(latent=f.get_tensor("latent"), ratio=ratio, height=height, width=width, source=meta.get("source", ""),
