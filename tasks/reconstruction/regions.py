@@ -34,7 +34,14 @@ from cat_tokenizer.files import atomic_write
 from cat_tokenizer.markdown import md_header
 from cat_tokenizer.metrics.fid import frechet_distance
 from cat_tokenizer.regions import block_tokens
-from cat_tokenizer.regions.maps import SIGNAL_FACTORS, allocate, allocate_mean_psnr, block_distortion, block_signal
+from cat_tokenizer.regions.maps import (
+    SIGNAL_FACTORS,
+    allocate,
+    allocate_mean_psnr,
+    block_distortion,
+    block_signal,
+    signal_distortion,
+)
 
 __all__ = ["REGION_METHODS", "region_rows", "seam_sums", "region_markdown", "plot_regions", "examples_figure"]
 
@@ -73,7 +80,7 @@ def _maps(method: str, d: np.ndarray, signals: dict[str, np.ndarray], cost: np.n
         est = d
     else:
         kind = method.split(": ")[1]
-        est = signals[kind][..., None] * np.asarray(SIGNAL_FACTORS[kind])[None, None, : d.shape[-1]]
+        est = signal_distortion(torch.from_numpy(signals[kind]), SIGNAL_FACTORS[kind][: d.shape[-1]]).numpy()
     return allocate_mean_psnr(est, cost, budget)
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from torch import Tensor
 
 from cat_tokenizer.errors import UserInputError
@@ -161,8 +162,8 @@ def _exit_means(vae, xp: Tensor, ratios: list[int], sample: bool = False) -> dic
     for r in ratios:
         h = enc.stages_to(h, done + 1, ratio_level(r))  # continue up the trunk to r's stage
         done = ratio_level(r)
-        mean, logvar = enc.exit(h, r).chunk(2, dim=1)  # (B, C, H/r, W/r) each
-        out[r] = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar.clamp(-30, 20)) if sample else mean
+        post = DiagonalGaussianDistribution(enc.exit(h, r))  # over (B, C, H/r, W/r), as encode's posterior
+        out[r] = post.sample() if sample else post.mode()
     return out
 
 
