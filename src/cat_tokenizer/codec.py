@@ -74,7 +74,7 @@ def encode_files(images: list[str], ratio: int | str, ckpt: str, out: str, sampl
     elif target_psnr is not None and (ratio != "auto" or vae.ratio_head is None or not vae.ratio_head.predicts_psnr):
         raise UserInputError("--target-psnr needs --ratio auto and a tokenizer with a distortion head "
                              "(`cat-tokenizer distortion-head` makes one), or --ratio regions")
-    fingerprint = vae.fingerprint()
+    fingerprint = vae.fingerprint(with_head=False)  # heads and a region fill change no latent
     written, skipped = [], []
     for i in todo:
         path = images[i]
@@ -127,7 +127,7 @@ def decode_files(latents: list[str], ckpt: str, out: str, device: str = "auto", 
     names = output_names(latents, ".png")
     dev = resolve_device(device)
     vae = load_vae(ckpt).to(dev)
-    fingerprint = vae.fingerprint()
+    fingerprint = vae.fingerprint(with_head=False)  # heads and a region fill change no latent
     loaded = [load_any_latent(p) for p in latents]
     regions = {}
     for i, (path, lat) in enumerate(zip(latents, loaded)):

@@ -6,6 +6,7 @@ docstring), registered under the ``cat_tokenizer.commands`` entry-point group in
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -17,12 +18,16 @@ from cat_tasks.reconstruction.demo import run_demo
 from cat_tasks.reconstruction.pack import pack_folder
 from cat_tasks.reconstruction.rate_control import DEFAULT_PSNR_TARGETS, DEFAULT_SSIM_TARGETS
 from cat_tasks.reconstruction.rd import run_rd
+from cat_tasks.reconstruction.regions import region_decodes, region_decodes_markdown
 from cat_tokenizer.complexity import ComplexityEvaluator
+from cat_tokenizer.devices import resolve_device
+from cat_tokenizer.files import atomic_write
 from cat_tokenizer.io import load_vae
+from cat_tokenizer.lit.kind_eval import load_kind_sample
 from cat_tokenizer.markdown import md_header, md_row
 from cat_tokenizer.options import FEATURES, parse_numbers, print_table
 
-__all__ = ["bench", "bench_train_cmd", "bench_head", "bench_regions_cmd", "eval_recon", "analyse", "rd", "pack", "demo"]
+__all__ = ["bench", "bench_train_cmd", "bench_head", "bench_regions_cmd", "region_decodes_cmd", "eval_recon", "analyse", "rd", "pack", "demo"]
 
 
 def bench(*, preset: str = "base", size: int = 256, batch: int = 1, iters: int = 3, device: str = "cpu") -> int:
@@ -190,6 +195,34 @@ def rd(dir: str, *, ckpt: str = "cat-small", out: str = "outputs/rd", evaluator:
     text = report.read_text()
     print(text[: text.index("## Every budget")] if "## Every budget" in text else text)
     print(f"wrote {report}, {report.with_suffix('.csv')}, {report.with_suffix('.png')}")
+    return 0
+
+
+def region_decodes_cmd(dir: str, *, ckpt: str = "cat-small", per_kind: int = 12, budget: float = 64.0, image_size: int = 128,
+                       crop: Literal["native", "resize"] = "native", out: str | None = None, device: str = "auto") -> int:
+    """how a region latent's missing cells are best filled: first pass, context passes, the region fill, the bound
+
+    Args:
+        dir: image folder (top-level subfolders = content kinds)
+        ckpt: the tokenizer (with a region fill to compare it): cat-small, a folder, .ckpt or hub id
+        per_kind: images per kind, evenly spaced in path order (0: all)
+        budget: tokens per image of each image's oracle map
+        image_size: image side in pixels
+        crop: crop policy (as in training)
+        out: also write the table to this markdown file
+        device: auto, cpu, cuda ...
+    """
+    vae = load_vae(ckpt).to(resolve_device(device)).eval()
+    sample = load_kind_sample(dir, per_kind, image_size, crop)
+    rows = region_decodes(vae, sample.images, sample.kinds, budget)
+    title = (f"{len(sample.kinds)} images of {dir} at {image_size} px, {crop} crops, each image's oracle map at {budget:g} tokens; "
+             f"{ckpt}, fingerprint {vae.fingerprint()}")
+    text = "\n".join(region_decodes_markdown(rows, sample.kinds, title))
+    print(text)
+    if out:
+        with atomic_write(Path(out)) as tmp:
+            Path(tmp).write_text(text)
+        print(f"wrote {out}")
     return 0
 
 

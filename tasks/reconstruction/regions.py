@@ -34,16 +34,19 @@ from cat_tokenizer.files import atomic_write
 from cat_tokenizer.markdown import md_header
 from cat_tokenizer.metrics.fid import frechet_distance
 from cat_tokenizer.regions import block_tokens
+from cat_tokenizer.regions.latent import exit_latents, mixed_decode
 from cat_tokenizer.regions.maps import (
     SIGNAL_FACTORS,
     allocate,
     allocate_mean_psnr,
     block_distortion,
     block_signal,
+    region_maps,
     signal_distortion,
 )
 
-__all__ = ["REGION_METHODS", "region_rows", "seam_sums", "region_markdown", "plot_regions", "examples_figure"]
+__all__ = ["REGION_METHODS", "region_rows", "seam_sums", "region_markdown", "plot_regions", "examples_figure", "region_decodes",
+           "region_decodes_markdown"]
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +109,7 @@ def _decode(vae, x: torch.Tensor, maps: np.ndarray, ratios: Sequence[int], incep
 def _cache_dir(out: Path, vae, table: ReconTable, crop: str) -> Path:
     tag = json.dumps({"size": table.image_size, "crop": crop, "n": len(table), "paths": hashlib.sha1(
         "\n".join(table.paths).encode()).hexdigest()[:10], "v": 1}, sort_keys=True)
-    folder = out / "region_cache" / f"{vae.fingerprint(with_head=False)}-{hashlib.sha1(tag.encode()).hexdigest()[:8]}"
+    folder = out / "region_cache" / f"{vae.fingerprint()}-{hashlib.sha1(tag.encode()).hexdigest()[:8]}"
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
@@ -249,3 +252,66 @@ def examples_figure(vae, table: ReconTable, root: Path, crop: str, per_image: di
     overlay = 0.65 * x + 0.35 * tint[..., : x.shape[-2], : x.shape[-1]]
     grid = torch.stack([overlay, region, fixed], 1).flatten(0, 1)
     save_image((grid + 1) / 2, path, nrow=3, padding=2, pad_value=1.0)
+
+
+def _variants(vae) -> dict[str, dict]:
+    """The ways to fill a region latent's missing cells that ``region_decodes`` compares: decode_regions options."""
+    out = {"first pass (tokens repeated / averaged)": {"refine": 0, "use_fill": False},
+           "1 context pass": {"refine": 1, "use_fill": False},
+           "2 context passes": {"refine": 2, "use_fill": False}}
+    if getattr(vae, "region_fill", None) is not None:
+        out.update({"region fill": {"refine": 0, "use_fill": True}, "region fill + 1 context pass": {"refine": 1, "use_fill": True}})
+    return out
+
+
+@torch.no_grad()
+def region_decodes(vae, x: torch.Tensor, kinds: Sequence[str], budget: float, batch: int = 16) -> list[dict]:
+    """Each image under its oracle map at ``budget`` tokens, decoded every way ``_variants`` names, beside
+    fixed 16x, each path on its true full latents (not transmittable: the bound) and the pasted estimate.
+
+    Returns:
+        One row per variant: ``{"variant", "psnr", "seams", "tokens", <kind>: psnr, ...}``.
+    """
+    dev, block, ratios = next(vae.parameters()).device, max(vae.ratios), sorted(vae.ratios)
+    names = ["fixed 16x", *_variants(vae), "true full latents (bound)", "pasted blocks (estimate)"]
+    got: dict[str, list] = {n: [] for n in names}
+    seams: dict[str, list] = {n: [] for n in names}
+    tokens = []
+    for s in range(0, len(x), batch):
+        xb = x[s : s + batch].to(dev)
+        rmap = region_maps(vae, xb, "oracle", budget=budget)  # (B, bh, bw)
+        lat = vae.encode_regions(xb, rmap)
+        tokens.append(lat.tokens().cpu())
+        full = exit_latents(vae, vae._pad(xb, block), lat.ratios())
+        recons = {r: vae.reconstruct(xb, r) for r in ratios}
+        paste = torch.zeros_like(xb)
+        for r in ratios:
+            own = lat.mask(r, block)[..., : xb.shape[-2], : xb.shape[-1]]
+            paste += recons[r] * own
+        outs = {"fixed 16x": recons[16], "true full latents (bound)": mixed_decode(vae, lat, full)[..., : xb.shape[-2], : xb.shape[-1]],
+                "pasted blocks (estimate)": paste}
+        outs.update({n: vae.decode_regions(lat, **kw) for n, kw in _variants(vae).items()})
+        for n in names:
+            y = outs[n].clamp(-1, 1).float()
+            got[n].append(peak_signal_noise_ratio((y + 1) / 2, (xb.float() + 1) / 2, data_range=1.0, reduction="none",
+                                                  dim=(1, 2, 3)).cpu())
+            seams[n].append(seam_sums(y.cpu(), block))
+    kind_arr = np.array(kinds)
+    rows = []
+    for n in names:
+        p = torch.cat(got[n]).numpy()
+        sm = np.concatenate(seams[n]).sum(0)
+        rows.append({"variant": n, "psnr": float(p.mean()), "seams": float((sm[0] / sm[2]) / (sm[1] / sm[3])),
+                     "tokens": float(torch.cat(tokens).float().mean()) if n != "fixed 16x" else float(budget),
+                     **{k: float(p[kind_arr == k].mean()) for k in sorted(set(kinds))}})
+    return rows
+
+
+def region_decodes_markdown(rows: list[dict], kinds: Sequence[str], title: str) -> list[str]:
+    """The comparison as markdown: one row per variant, PSNR overall and per kind, seams."""
+    ks = sorted(set(kinds))
+    lines = [f"# Region decodes: {title}", "", *md_header("missing cells filled from", "mean tokens", "PSNR dB", "seams", *ks)]
+    for r in rows:
+        lines.append(f"| {r['variant']} | {r['tokens']:.1f} | {r['psnr']:.2f} | {r['seams']:.3f} | "
+                     + " | ".join(f"{r[k]:.2f}" for k in ks) + " |")
+    return lines + ["", "Seams: mean |gradient| across 32-px block borders over that inside blocks (pooled over images).", ""]

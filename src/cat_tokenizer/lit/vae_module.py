@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
-from typing import Literal
 
 import lightning as L
 import torch
@@ -17,6 +15,7 @@ from torchvision.utils import make_grid
 
 from cat_tokenizer.errors import UserInputError
 from cat_tokenizer.io import CONFIG_KEY, load_vae
+from cat_tokenizer.lit.schedule import Schedule, check_schedule, lr_factor
 from cat_tokenizer.losses.vae_loss import VAELoss
 from cat_tokenizer.models.nested_vae import NestedVAE
 from cat_tokenizer.ratios import token_count
@@ -89,7 +88,7 @@ class NestedVAEModule(L.LightningModule):
         betas: tuple[float, float] = (0.5, 0.9),
         weight_decay: float = 0.0,
         warmup_steps: int = 1000,
-        lr_schedule: Literal["constant", "cosine"] = "constant",
+        lr_schedule: Schedule = "constant",
         decay_steps: int | None = None,
         min_lr_ratio: float = 0.1,
         grad_clip: float = 1.0,
@@ -100,10 +99,7 @@ class NestedVAEModule(L.LightningModule):
         init_from: str | None = None,
     ):
         super().__init__()
-        if lr_schedule not in ("constant", "cosine"):
-            raise UserInputError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
-        if lr_schedule == "cosine" and not (decay_steps and decay_steps > warmup_steps):
-            raise UserInputError(f"lr_schedule 'cosine' needs decay_steps > warmup_steps ({warmup_steps}), got {decay_steps}")
+        check_schedule(lr_schedule, warmup_steps, decay_steps)
         self.save_hyperparameters(ignore=["vae", "loss"])
         self.automatic_optimization = False
         self.vae, self.loss = vae.enable_gradient_checkpointing(gradient_checkpointing), loss
@@ -133,12 +129,7 @@ class NestedVAEModule(L.LightningModule):
     def _lr_factor(self, step: int) -> float:
         """LR multiplier at generator step ``step``: linear warm-up, then constant or cosine to the floor."""
         hp = self.hparams
-        if hp.warmup_steps > 0 and step < hp.warmup_steps:
-            return (step + 1) / hp.warmup_steps
-        if hp.lr_schedule == "constant":
-            return 1.0
-        t = min(1.0, (step - hp.warmup_steps) / (hp.decay_steps - hp.warmup_steps))
-        return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+        return lr_factor(step, hp.warmup_steps, hp.lr_schedule, hp.decay_steps, hp.min_lr_ratio)
 
     # ------------------------------------------------------------------ training
     def configure_optimizers(self):

@@ -208,6 +208,8 @@ class NestedVAE(ModelMixin, ConfigMixin):
         latent_channels: channels C of the continuous latent (B, C, H/r, W/r).
         ratios: the compression ratios this model supports (powers of two up to 2^(stages-1)).
         ratio_head: the config of an attached ratio head (written by ``save_pretrained``).
+        region_fill: the config of an attached region fill network (``cat_tokenizer.regions.fill``):
+            ``decode_regions`` then fills each ratio's missing cells in one pass.
         colour_path: ``none`` (the LDM tail) or ``latent``: a zero-initialised 1x1 conv from the latent
             to RGB added to the output, so flat colours need not pass through the decoder's
             GroupNorms (docs/training.md, "v2: why flat colours shift").
@@ -231,6 +233,7 @@ class NestedVAE(ModelMixin, ConfigMixin):
         ratio_head: dict | None = None,
         colour_path: str = "none",
         latent_stats: dict | None = None,
+        region_fill: dict | None = None,
     ):
         super().__init__()
         if colour_path not in COLOUR_PATHS:
@@ -256,6 +259,11 @@ class NestedVAE(ModelMixin, ConfigMixin):
             if "row_stride" not in ratio_head:  # saved before row sampling existed: it read every row
                 ratio_head = {**ratio_head, "row_stride": [1] * len(ratio_head["stage_channels"])}
             self.attach_ratio_head(RatioHead(**ratio_head))
+        self.region_fill = None
+        if region_fill is not None:
+            from cat_tokenizer.regions.fill import RegionFill
+
+            self.attach_region_fill(RegionFill(**region_fill))
 
     def __getattr__(self, name: str):
         # ``ratio_head`` is a submodule and a config key; ModelMixin would answer the config's dict first
@@ -271,6 +279,15 @@ class NestedVAE(ModelMixin, ConfigMixin):
         self.register_to_config(ratio_head=dict(head.config))
         return self
 
+    def attach_region_fill(self, fill) -> NestedVAE:
+        """Carry a trained ``RegionFill`` (saved with the tokenizer): ``decode_regions`` then needs no context passes."""
+        if fill.config["latent_channels"] != self.latent_channels or fill.config["ratios"] != list(self.ratios):
+            raise UserInputError(f"region fill for {fill.config['latent_channels']} channels at {fill.config['ratios']} "
+                                 f"does not fit this tokenizer ({self.latent_channels} channels at {list(self.ratios)})")
+        self.region_fill = fill
+        self.register_to_config(region_fill=dict(fill.config))
+        return self
+
     def set_latent_stats(self, stats: dict) -> NestedVAE:
         """Store per-ratio latent statistics (``cat-tokenizer latent-stats`` measures them)."""
         self.register_to_config(latent_stats=stats)
@@ -283,8 +300,10 @@ class NestedVAE(ModelMixin, ConfigMixin):
     def fingerprint(self, with_head: bool = True) -> str:
         """A short hash of the weights (latent files and caches record it). Computed with the key names
         the weights had before the Downsample2D rename, so a tokenizer keeps its fingerprint.
-        ``with_head=False`` leaves an attached ratio head out: what reconstructions depend on."""
-        state = {k: v for k, v in self.state_dict().items() if with_head or not k.startswith("ratio_head.")}
+        ``with_head=False`` leaves an attached ratio head and region fill out: what whole-image
+        reconstructions depend on."""
+        extras = ("ratio_head.", "region_fill.")
+        state = {k: v for k, v in self.state_dict().items() if with_head or not k.startswith(extras)}
         return fingerprint_state(hub.with_v1_aliases(state))
 
     def at_ratio(self, ratio: int):
@@ -505,12 +524,13 @@ class NestedVAE(ModelMixin, ConfigMixin):
 
         return encode_regions(self, x, ratio_map, sample)
 
-    def decode_regions(self, latent, refine: int = 2) -> Tensor:
-        """A ``RegionLatent`` -> (B, 3, H, W) images at its recorded size: the mixed decode with ``refine``
-        context passes (``cat_tokenizer.regions.latent``)."""
+    def decode_regions(self, latent, refine: int | None = None, use_fill: bool = True) -> Tensor:
+        """A ``RegionLatent`` -> (B, 3, H, W) images at its recorded size: the mixed decode, its missing
+        cells from the attached region fill, then ``refine`` context passes (default 0 with a region
+        fill, 2 without; ``use_fill=False`` ignores the fill; ``cat_tokenizer.regions.latent``)."""
         from cat_tokenizer.regions.latent import decode_regions
 
-        return decode_regions(self, latent, refine)
+        return decode_regions(self, latent, refine, use_fill)
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor, ratio: int) -> Tensor:

@@ -31,7 +31,7 @@ from torch import Tensor
 from cat_tokenizer.errors import UserInputError
 from cat_tokenizer.ratios import ratio_level
 
-__all__ = ["RegionLatent", "encode_regions", "decode_regions", "block_tokens"]
+__all__ = ["RegionLatent", "encode_regions", "decode_regions", "block_tokens", "exit_latents", "mixed_decode"]
 
 
 def block_tokens(ratio: int, block: int) -> int:
@@ -111,6 +111,15 @@ class RegionLatent:
         return out
 
     @classmethod
+    def from_full(cls, ratio_map: Tensor, full: dict[int, Tensor], size: tuple[int, int], block: int) -> RegionLatent:
+        """The region latent that keeps, of full grids at every ratio (ratio -> (B, C, H/r, W/r)), each
+        block's own ratio's cells."""
+        lat = cls(ratio_map, {}, size, block)
+        for r in lat.ratios():
+            lat.grids[r] = full[r] * lat.mask(r, block // r).to(full[r].dtype)
+        return lat
+
+    @classmethod
     def unpack(cls, item: dict[str, Tensor], size: tuple[int, int], block: int, ratios: list[int],
                channels: int) -> RegionLatent:
         """The inverse of ``pack`` for one image (a batch of one); shapes are checked with one-line errors."""
@@ -156,7 +165,7 @@ def check_ratio_map(ratio_map: Tensor, batch: int, blocks: tuple[int, int], rati
     return m
 
 
-def _exit_means(vae, xp: Tensor, ratios: list[int], sample: bool = False) -> dict[int, Tensor]:
+def exit_latents(vae, xp: Tensor, ratios: list[int], sample: bool = False) -> dict[int, Tensor]:
     """Latents of padded images at each of ``ratios`` (ascending) from one pass up the shared trunk."""
     enc, h, done, out = vae.encoder, xp, -1, {}
     for r in ratios:
@@ -182,14 +191,12 @@ def encode_regions(vae, x: Tensor, ratio_map: Tensor, sample: bool = False) -> R
     xp = vae._pad(x, block)
     blocks = (xp.shape[-2] // block, xp.shape[-1] // block)
     rmap = check_ratio_map(ratio_map, x.shape[0], blocks, list(vae.ratios)).to(x.device)
-    lat = RegionLatent(rmap, {}, size, block)
-    for r, z in _exit_means(vae, xp, lat.ratios(), sample).items():
-        lat.grids[r] = z * lat.mask(r, block // r).to(z.dtype)  # only this ratio's blocks are kept
-    return lat
+    return RegionLatent.from_full(rmap, exit_latents(vae, xp, sorted(set(rmap.unique().tolist())), sample), size, block)
 
 
-def _mixed(vae, lat: RegionLatent, grids: dict[int, Tensor]) -> Tensor:
-    """One mixed decode of full grids (one per ratio present) -> (B, 3, H', W') at the padded size."""
+def mixed_decode(vae, lat: RegionLatent, grids: dict[int, Tensor]) -> Tensor:
+    """One mixed decode of full grids (ratio -> (B, C, H'/r, W'/r), one per ratio present) -> (B, 3, H', W')
+    at the padded size: each path to the shared 8x stages, merged by the map."""
     dec = vae.decoder
     stop = ratio_level(min(vae.ratios))  # the up-stage every path reaches with the same shape
     merged, colour = None, None
@@ -206,14 +213,24 @@ def _mixed(vae, lat: RegionLatent, grids: dict[int, Tensor]) -> Tensor:
     return x if colour is None else x + colour
 
 
-def decode_regions(vae, lat: RegionLatent, refine: int = 2) -> Tensor:
-    """(B, 3, H, W) images from a region latent (cropped to its size): the mixed decode, then ``refine``
-    passes that re-encode the previous image to fill the cells each ratio's grid lacks (module doc).
-    A map of one ratio needs no refinement (it decodes exactly as ``decode``)."""
+def decode_regions(vae, lat: RegionLatent, refine: int | None = None, use_fill: bool = True) -> Tensor:
+    """(B, 3, H, W) images from a region latent (cropped to its size): the mixed decode, its missing cells
+    from the tokenizer's region fill when it has one (``cat_tokenizer.regions.fill``), then ``refine``
+    passes that re-encode the previous image to fill them again (module doc); ``refine`` defaults to 0
+    with a region fill and 2 without. A map of one ratio needs neither (it decodes exactly as ``decode``).
+    ``use_fill=False`` decodes as a tokenizer without a region fill would (for comparisons)."""
     dtype = vae.decoder.conv_in.weight.dtype
-    ratios = lat.ratios()
-    x = _mixed(vae, lat, {r: lat.filled(r).to(dtype) for r in ratios})
-    for _ in range(refine if len(ratios) > 1 else 0):
-        context = _exit_means(vae, x.clamp(-1, 1), ratios)
-        x = _mixed(vae, lat, {r: lat.filled(r, context[r]).to(dtype) for r in ratios})
+    ratios, fill = lat.ratios(), getattr(vae, "region_fill", None) if use_fill else None
+    if refine is None:
+        refine = 0 if fill is not None else 2
+    if len(ratios) == 1:
+        grids, refine = {r: lat.filled(r).to(dtype) for r in ratios}, 0
+    elif fill is not None:
+        grids = {r: g.to(dtype) for r, g in fill(lat).items()}
+    else:
+        grids = {r: lat.filled(r).to(dtype) for r in ratios}
+    x = mixed_decode(vae, lat, grids)
+    for _ in range(refine):
+        context = exit_latents(vae, x.clamp(-1, 1), ratios)
+        x = mixed_decode(vae, lat, {r: lat.filled(r, context[r]).to(dtype) for r in ratios})
     return x[..., : lat.size[0], : lat.size[1]]

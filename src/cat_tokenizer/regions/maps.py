@@ -24,7 +24,7 @@ from torch import Tensor
 
 from cat_tokenizer.errors import UserInputError
 
-__all__ = ["block_distortion", "block_signal", "signal_distortion", "allocate", "allocate_mean_psnr", "allocate_target", "region_maps",
+__all__ = ["random_maps", "block_distortion", "block_signal", "signal_distortion", "allocate", "allocate_mean_psnr", "allocate_target", "region_maps",
            "SIGNALS", "POLICIES", "SIGNAL_FACTORS"]
 
 SIGNALS = ("variance", "edges")
@@ -33,6 +33,15 @@ POLICIES = ("oracle", *SIGNALS)
 # train crops (128 px, native) of cat-small v1 (/tmp script in the 2026-12-03 note). Only their ratios
 # matter under a budget; a PSNR target uses their scale too.
 SIGNAL_FACTORS: dict[str, tuple[float, ...]] = {"variance": (177.1, 369.0, 657.3), "edges": (173.2, 327.9, 535.6)}
+
+
+def random_maps(batch: int, blocks: tuple[int, int], ratios: Sequence[int], generator: torch.Generator | None = None) -> Tensor:
+    """(B, bh, bw) random ratio maps for training: per image, shares of the ratios drawn from a flat Dirichlet,
+    then each block's ratio drawn from them (so maps range from mostly one ratio to even mixtures)."""
+    shares = -torch.rand(batch, len(ratios), generator=generator).clamp_min(1e-12).log()  # Exponential(1) = Gamma(1)
+    shares = shares / shares.sum(1, keepdim=True)
+    idx = torch.multinomial(shares, blocks[0] * blocks[1], replacement=True, generator=generator)  # (B, bh*bw)
+    return torch.tensor(list(ratios))[idx].view(batch, *blocks)
 
 
 def _blocks(x: Tensor, block: int, mode: str = "replicate") -> Tensor:

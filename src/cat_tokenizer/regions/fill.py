@@ -1,0 +1,95 @@
+"""A learned context fill for region latents: the cells each ratio's grid lacks, predicted from the tokens sent.
+
+A region latent sends, per 32-px block, one ratio's cells; the mixed decode runs every ratio present on
+a full grid, so each grid needs the cells of the blocks coded at the other ratios. Without a fill
+network they are the other ratios' tokens repeated or averaged (a seam-prone first pass), and
+``decode_regions`` re-encodes its own output twice to do better (9x a 16x decode). ``RegionFill``
+predicts them in one forward pass of a small network instead; it is trained against each ratio's true
+latents (and, through the frozen decoder, the pixels) by ``cat_tokenizer.lit.region_fill``.
+
+The network works on the finest ratio's grid: every ratio's sent tokens are spread onto it (nearest),
+masked to their blocks, with one mask channel per ratio; a conv-in, ResNet blocks and an attention
+block (diffusers' ``UNetMidBlock2D``, as the decoder's own mid block) read the whole image; one head per
+ratio folds the finest grid onto that ratio's (pixel-unshuffle, 1x1 conv) and adds a correction to the
+repeated/averaged first guess. The heads start at zero, so an untrained fill is the first pass. Sent
+cells are never changed, and a map of one ratio needs no fill: it decodes exactly as ``decode``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.unets.unet_2d_blocks import UNetMidBlock2D
+from torch import Tensor, nn
+
+from cat_tokenizer.errors import UserInputError
+
+if TYPE_CHECKING:
+    from cat_tokenizer.regions.latent import RegionLatent
+
+__all__ = ["RegionFill"]
+
+
+class RegionFill(nn.Module):
+    """Region latent -> a full latent grid per ratio present.
+
+    Args:
+        latent_channels: the tokenizer's latent channels C.
+        ratios: the tokenizer's ratios, ascending (the first sets the working grid).
+        width: channels of the network.
+        layers: ResNet layers of the mid block (each with an attention block after it).
+        groups: GroupNorm groups (divide ``width``).
+    """
+
+    def __init__(self, latent_channels: int, ratios: Sequence[int] = (8, 16, 32), width: int = 128, layers: int = 1,
+                 groups: int = 32):
+        super().__init__()
+        ratios = sorted(int(r) for r in ratios)
+        if width % groups:
+            raise UserInputError(f"region fill: groups={groups} must divide width={width}")
+        self.config = {"latent_channels": int(latent_channels), "ratios": ratios, "width": int(width),
+                       "layers": int(layers), "groups": int(groups)}
+        c, fine = latent_channels, ratios[0]
+        self.conv_in = nn.Conv2d(len(ratios) * (c + 1), width, 3, padding=1)
+        self.mid = UNetMidBlock2D(width, temb_channels=None, num_layers=layers, resnet_groups=groups,
+                                  attention_head_dim=width)
+        self.norm = nn.GroupNorm(groups, width, eps=1e-6)
+        self.heads = nn.ModuleDict({str(r): nn.Conv2d(width * (r // fine) ** 2, c, 1) for r in ratios})
+        for head in self.heads.values():
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
+
+    def _inputs(self, lat: RegionLatent) -> Tensor:
+        """(B, R * (C + 1), H/f, W/f) on the finest grid f: each ratio's sent tokens (spread, masked) and its mask."""
+        fine = self.config["ratios"][0]
+        parts = []
+        for r in self.config["ratios"]:
+            mask = lat.mask(r, lat.block // fine)  # (B, 1, H/f, W/f)
+            g = lat.grids.get(r)
+            if g is None:
+                g = mask.new_zeros(mask.shape[0], self.config["latent_channels"], *mask.shape[-2:])
+            elif r > fine:
+                g = F.interpolate(g, scale_factor=r // fine, mode="nearest")
+            parts += [g * mask.to(g.dtype), mask.to(g.dtype)]
+        return torch.cat(parts, 1)
+
+    def forward(self, lat: RegionLatent) -> dict[int, Tensor]:
+        """Full grids of the ratios the map uses: ratio -> (B, C, H/r, W/r); sent cells unchanged."""
+        if lat.block != self.config["ratios"][-1] or set(lat.ratios()) - set(self.config["ratios"]):
+            raise UserInputError(f"region fill for ratios {self.config['ratios']} cannot fill a latent of ratios "
+                                 f"{lat.ratios()} in {lat.block}-px blocks")
+        fine = self.config["ratios"][0]
+        dtype = self.conv_in.weight.dtype
+        h = self.mid(self.conv_in(self._inputs(lat).to(dtype)))  # (B, width, H/f, W/f)
+        h = F.silu(self.norm(h))
+        out = {}
+        for r in lat.ratios():
+            k = r // fine
+            delta = self.heads[str(r)](F.pixel_unshuffle(h, k) if k > 1 else h)  # (B, C, H/r, W/r)
+            first = lat.filled(r).to(dtype)  # sent cells, the rest repeated / averaged
+            own = lat.mask(r, lat.block // r).to(dtype)
+            out[r] = first + delta * (1 - own)
+        return out

@@ -1,0 +1,104 @@
+"""The region fill: a learned, one-pass fill of the latent cells a region latent does not send."""
+
+from __future__ import annotations
+
+import copy
+
+import lightning as L
+import pytest
+import torch
+
+from cat_tokenizer import CATDataModule, NestedVAE
+from cat_tokenizer.errors import UserInputError
+from cat_tokenizer.lit.region_fill import RegionFillModule
+from cat_tokenizer.regions.fill import RegionFill
+from cat_tokenizer.regions.maps import random_maps
+
+RMAP = torch.tensor([[8, 16, 32], [32, 32, 16]])
+
+
+@pytest.fixture
+def images():
+    torch.manual_seed(1)
+    return torch.rand(2, 3, 64, 96) * 2 - 1
+
+
+def _with_fill(vae: NestedVAE, trained: bool = True) -> NestedVAE:
+    out = copy.deepcopy(vae)
+    fill = RegionFill(vae.latent_channels, vae.ratios, width=32, groups=8)
+    if trained:  # heads start at zero (a fill that changes nothing): give them weights
+        torch.manual_seed(3)
+        for head in fill.heads.values():
+            torch.nn.init.normal_(head.weight, std=0.05)
+    return out.attach_region_fill(fill)
+
+
+@torch.no_grad()
+def test_a_fill_changes_only_the_cells_not_sent_and_starts_as_the_first_pass(tiny_vae, images):
+    lat = tiny_vae.encode_regions(images, RMAP)
+    filled = _with_fill(tiny_vae).region_fill(lat)
+    for r, g in filled.items():
+        own = lat.mask(r, 32 // r).bool().expand_as(g)
+        assert torch.equal(g[own], lat.grids[r][own])  # sent cells untouched
+        assert not torch.allclose(g[~own], lat.filled(r)[~own])  # the rest predicted
+    untrained = _with_fill(tiny_vae, trained=False)
+    assert torch.equal(untrained.decode_regions(lat), tiny_vae.decode_regions(lat, refine=0))
+
+
+@pytest.mark.parametrize("ratio", [8, 32])
+@torch.no_grad()
+def test_with_a_fill_a_map_of_one_ratio_still_decodes_exactly_as_that_ratio(tiny_vae, images, ratio):
+    vae = _with_fill(tiny_vae)
+    got = vae.decode_regions(vae.encode_regions(images, torch.full((2, 3), ratio)))
+    assert torch.equal(got, tiny_vae.decode(tiny_vae.encode(images, ratio).mode(), ratio))
+
+
+@torch.no_grad()
+def test_a_fill_saves_with_the_tokenizer_and_leaves_its_latent_fingerprint(tiny_vae, images, tmp_path):
+    vae = _with_fill(tiny_vae)
+    vae.save_pretrained(tmp_path / "tok")
+    back = NestedVAE.from_pretrained(tmp_path / "tok")
+    lat = vae.encode_regions(images, RMAP)
+    assert torch.allclose(back.decode_regions(lat), vae.eval().decode_regions(lat), atol=1e-4)
+    assert not torch.allclose(back.decode_regions(lat), back.decode_regions(lat, use_fill=False), atol=1e-3)
+    assert back.fingerprint(with_head=False) == tiny_vae.fingerprint()  # latent files stay valid
+    assert back.fingerprint() != tiny_vae.fingerprint()  # region decodes (and their caches) change
+
+
+def test_a_fill_for_another_tokenizer_is_refused_in_one_line(tiny_vae):
+    with pytest.raises(UserInputError, match="does not fit this tokenizer"):
+        tiny_vae.attach_region_fill(RegionFill(tiny_vae.latent_channels + 1, tiny_vae.ratios, width=32, groups=8))
+
+
+def test_random_maps_are_seeded_and_range_from_one_ratio_to_mixtures():
+    a = random_maps(64, (4, 4), [8, 16, 32], torch.Generator().manual_seed(0))
+    b = random_maps(64, (4, 4), [8, 16, 32], torch.Generator().manual_seed(0))
+    assert torch.equal(a, b) and a.shape == (64, 4, 4)
+    kinds = torch.stack([(a == r).flatten(1).sum(1) for r in (8, 16, 32)], 1)  # (64, 3) blocks per ratio
+    assert set(a.unique().tolist()) == {8, 16, 32}
+    assert int(kinds.max()) >= 12 and int((kinds > 0).all(1).sum()) >= 32  # some near-uniform maps, many mixed
+
+
+def test_training_the_fill_lowers_its_error_and_exports_a_tokenizer_that_uses_it(tiny_vae, image_folder, tmp_path):
+    tiny_vae.save_pretrained(tmp_path / "tok")
+    torch.manual_seed(0)
+    module = RegionFillModule(str(tmp_path / "tok"), width=32, groups=8, latent_weight=1.0, pixel_weight=0.1, lr=3e-3,
+                              warmup_steps=0, lr_schedule="constant", ema_decay=0.0)
+    dm = CATDataModule(root=str(image_folder), image_size=64, batch_size=4, num_workers=0, val_fraction=0.3)
+    dm.setup("fit")
+    x = next(iter(dm.train_dataloader()))["image"]
+    gen = lambda: torch.Generator().manual_seed(7)  # noqa: E731 - the same maps before and after
+
+    def error() -> float:
+        with torch.no_grad():
+            return float(module.losses(module.fill, *module._latent(x, gen()))[0]["latent"])
+
+    before = error()
+    trainer = L.Trainer(accelerator="cpu", max_steps=40, default_root_dir=str(tmp_path / "run"), logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=1, enable_checkpointing=False)
+    trainer.fit(module, datamodule=dm)
+    assert error() < 0.8 * before
+    assert {"val/psnr_fill", "val/psnr_first_pass", "val/psnr_true_latents"} <= set(trainer.callback_metrics)
+    out = NestedVAE.from_pretrained(module.export_pretrained(tmp_path / "exported"))
+    assert out.region_fill is not None and out.fingerprint(with_head=False) == tiny_vae.fingerprint()
+    assert "vae.encoder.conv_in.weight" not in module.state_dict()  # checkpoints hold the fill, not the frozen tokenizer
