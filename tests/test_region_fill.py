@@ -23,12 +23,12 @@ def images():
     return torch.rand(2, 3, 64, 96) * 2 - 1
 
 
-def _with_fill(vae: NestedVAE, trained: bool = True) -> NestedVAE:
+def _with_fill(vae: NestedVAE, trained: bool = True, adapter: bool = False) -> NestedVAE:
     out = copy.deepcopy(vae)
-    fill = RegionFill(vae.latent_channels, vae.ratios, width=32, groups=8)
-    if trained:  # heads start at zero (a fill that changes nothing): give them weights
+    fill = RegionFill(vae.latent_channels, vae.ratios, width=32, groups=8, merge_channels=vae.decoder.merge_channels() if adapter else 0)
+    if trained:  # heads and the adapter's last conv start at zero (a fill that changes nothing): give them weights
         torch.manual_seed(3)
-        for head in fill.heads.values():
+        for head in [*fill.heads.values(), *([fill.adapter[-1]] if adapter else [])]:
             torch.nn.init.normal_(head.weight, std=0.05)
     return out.attach_region_fill(fill)
 
@@ -46,9 +46,10 @@ def test_a_fill_changes_only_the_cells_not_sent_and_starts_as_the_first_pass(tin
 
 
 @pytest.mark.parametrize("ratio", [8, 32])
+@pytest.mark.parametrize("adapter", [False, True])
 @torch.no_grad()
-def test_with_a_fill_a_map_of_one_ratio_still_decodes_exactly_as_that_ratio(tiny_vae, images, ratio):
-    vae = _with_fill(tiny_vae)
+def test_with_a_fill_a_map_of_one_ratio_still_decodes_exactly_as_that_ratio(tiny_vae, images, ratio, adapter):
+    vae = _with_fill(tiny_vae, adapter=adapter)
     got = vae.decode_regions(vae.encode_regions(images, torch.full((2, 3), ratio)))
     assert torch.equal(got, tiny_vae.decode(tiny_vae.encode(images, ratio).mode(), ratio))
 
@@ -63,6 +64,16 @@ def test_a_fill_saves_with_the_tokenizer_and_leaves_its_latent_fingerprint(tiny_
     assert not torch.allclose(back.decode_regions(lat), back.decode_regions(lat, use_fill=False), atol=1e-3)
     assert back.fingerprint(with_head=False) == tiny_vae.fingerprint()  # latent files stay valid
     assert back.fingerprint() != tiny_vae.fingerprint()  # region decodes (and their caches) change
+
+
+@torch.no_grad()
+def test_the_merge_adapter_changes_mixed_decodes_only_through_the_merge(tiny_vae, images):
+    plain, adapted = _with_fill(tiny_vae), _with_fill(tiny_vae, adapter=True)
+    adapted.region_fill.load_state_dict(plain.region_fill.state_dict(), strict=False)  # the same fill, plus an adapter
+    lat = tiny_vae.encode_regions(images, RMAP)
+    assert not torch.allclose(adapted.decode_regions(lat), plain.decode_regions(lat), atol=1e-4)
+    torch.nn.init.zeros_(adapted.region_fill.adapter[-1].weight)
+    assert torch.allclose(adapted.decode_regions(lat), plain.decode_regions(lat), atol=1e-6)
 
 
 def test_a_fill_for_another_tokenizer_is_refused_in_one_line(tiny_vae):
@@ -102,3 +113,7 @@ def test_training_the_fill_lowers_its_error_and_exports_a_tokenizer_that_uses_it
     out = NestedVAE.from_pretrained(module.export_pretrained(tmp_path / "exported"))
     assert out.region_fill is not None and out.fingerprint(with_head=False) == tiny_vae.fingerprint()
     assert "vae.encoder.conv_in.weight" not in module.state_dict()  # checkpoints hold the fill, not the frozen tokenizer
+    second = RegionFillModule(str(tmp_path / "tok"), width=32, groups=8, merge_adapter=True, ema_decay=0.0,
+                              init_fill=str(tmp_path / "exported"))  # a second stage adds the adapter
+    assert torch.equal(second.fill.heads["16"].weight, module.fill.heads["16"].weight)
+    assert second.fill.adapter is not None

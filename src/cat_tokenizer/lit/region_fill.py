@@ -44,6 +44,7 @@ class RegionFillModule(L.LightningModule):
         width: the fill network's channels.
         layers: ResNet + attention layers of its mid block.
         groups: its GroupNorm groups.
+        merge_adapter: also train a merge adapter (``RegionFill``'s ``merge_channels``; pixel loss only).
         latent_weight: weight of the latent loss (filled cells against the true latents).
         pixel_weight: weight of the pixel loss (the mixed decode against the image, [-1, 1] units).
         lr: AdamW learning rate.
@@ -58,7 +59,7 @@ class RegionFillModule(L.LightningModule):
             fill weights start this run: a second stage with other loss weights, say.
     """
 
-    def __init__(self, tokenizer: str = "cat-small", width: int = 128, layers: int = 1, groups: int = 32,
+    def __init__(self, tokenizer: str = "cat-small", width: int = 128, layers: int = 1, groups: int = 32, merge_adapter: bool = False,
                  latent_weight: float = 0.01, pixel_weight: float = 1.0, lr: float = 1e-3, weight_decay: float = 0.0,
                  warmup_steps: int = 200, lr_schedule: Schedule = "cosine", decay_steps: int | None = 4000,
                  min_lr_ratio: float = 0.05, ema_decay: float = 0.999, val_seed: int = 0, init_fill: str | None = None):
@@ -66,7 +67,8 @@ class RegionFillModule(L.LightningModule):
         check_schedule(lr_schedule, warmup_steps, decay_steps)
         self.save_hyperparameters()
         self.vae = load_vae(tokenizer).float().eval().requires_grad_(False)
-        self.fill = RegionFill(self.vae.latent_channels, self.vae.ratios, width, layers, groups)
+        merge = self.vae.decoder.merge_channels() if merge_adapter else 0
+        self.fill = RegionFill(self.vae.latent_channels, self.vae.ratios, width, layers, groups, merge)
         if init_fill:
             self._init_fill(init_fill)
         self.ema = ModelEmaV3(self.fill, decay=ema_decay, use_warmup=True) if ema_decay > 0 else None
@@ -81,9 +83,12 @@ class RegionFillModule(L.LightningModule):
         if other.fingerprint(with_head=False) != self.vae.fingerprint(with_head=False):
             log.warning("init_fill %s: its fill was trained for tokenizer %s, this run's is %s", source,
                         other.fingerprint(with_head=False), self.vae.fingerprint(with_head=False))
-        if other.region_fill.config != self.fill.config:
+        mine, theirs = ({k: v for k, v in c.items() if k != "merge_channels"} for c in (self.fill.config, other.region_fill.config))
+        if mine != theirs:
             raise UserInputError(f"init_fill {source}: its fill {other.region_fill.config} is not this run's {self.fill.config}")
-        self.fill.load_state_dict(other.region_fill.state_dict())
+        missing, unexpected = self.fill.load_state_dict(other.region_fill.state_dict(), strict=False)
+        if unexpected or any(not k.startswith("adapter.") for k in missing):
+            raise UserInputError(f"init_fill {source}: its fill's weights do not fit this run's ({(unexpected or missing)[0]})")
         log.info("region fill starts from %s", source)
 
     @property
@@ -139,7 +144,7 @@ class RegionFillModule(L.LightningModule):
         hp = self.hparams
         if not decode:
             return {"latent": latent, "total": hp.latent_weight * latent}, None
-        y = mixed_decode(self.vae, lat, grids)
+        y = mixed_decode(self.vae, lat, grids, fill)
         pixel = F.mse_loss(y.float(), xp.float())
         return {"latent": latent, "pixel": pixel, "total": hp.latent_weight * latent + hp.pixel_weight * pixel}, y
 

@@ -169,6 +169,10 @@ class _Decoder(nn.Module):
             h = self.upsamplers[i - 1](h)  # (B, ch[i], H/2^(i-1), W/2^(i-1))
         return h
 
+    def merge_channels(self) -> int:
+        """Channels of the features where every ratio's path meets (the input of the smallest ratio's up-stage)."""
+        return self.stages[ratio_level(min(int(r) for r in self.entries))].resnets[0].in_channels
+
     def pixels(self, h: Tensor, start: int) -> Tensor:
         """Up-stages ``start..0`` and the output tail: (B, ch[start+1], H/2^start, W/2^start) -> (B, 3, H, W)."""
         for i in range(start, -1, -1):
@@ -281,7 +285,9 @@ class NestedVAE(ModelMixin, ConfigMixin):
 
     def attach_region_fill(self, fill) -> NestedVAE:
         """Carry a trained ``RegionFill`` (saved with the tokenizer): ``decode_regions`` then needs no context passes."""
-        if fill.config["latent_channels"] != self.latent_channels or fill.config["ratios"] != list(self.ratios):
+        merge = fill.config.get("merge_channels", 0)
+        if (fill.config["latent_channels"] != self.latent_channels or fill.config["ratios"] != list(self.ratios)
+                or merge not in (0, self.decoder.merge_channels())):
             raise UserInputError(f"region fill for {fill.config['latent_channels']} channels at {fill.config['ratios']} "
                                  f"does not fit this tokenizer ({self.latent_channels} channels at {list(self.ratios)})")
         self.region_fill = fill

@@ -42,16 +42,19 @@ class RegionFill(nn.Module):
         width: channels of the network.
         layers: ResNet layers of the mid block (each with an attention block after it).
         groups: GroupNorm groups (divide ``width``).
+        merge_channels: the decoder's feature channels where the paths merge (0: no merge adapter). The
+            adapter, a zero-initialised two-layer conv on the merged features and the map, corrects what
+            the merge itself costs: the shared stages' GroupNorms see a patchwork of paths.
     """
 
     def __init__(self, latent_channels: int, ratios: Sequence[int] = (8, 16, 32), width: int = 128, layers: int = 1,
-                 groups: int = 32):
+                 groups: int = 32, merge_channels: int = 0):
         super().__init__()
         ratios = sorted(int(r) for r in ratios)
         if width % groups:
             raise UserInputError(f"region fill: groups={groups} must divide width={width}")
         self.config = {"latent_channels": int(latent_channels), "ratios": ratios, "width": int(width),
-                       "layers": int(layers), "groups": int(groups)}
+                       "layers": int(layers), "groups": int(groups), "merge_channels": int(merge_channels)}
         c, fine = latent_channels, ratios[0]
         self.conv_in = nn.Conv2d(len(ratios) * (c + 1), width, 3, padding=1)
         self.mid = UNetMidBlock2D(width, temb_channels=None, num_layers=layers, resnet_groups=groups,
@@ -61,6 +64,12 @@ class RegionFill(nn.Module):
         for head in self.heads.values():
             nn.init.zeros_(head.weight)
             nn.init.zeros_(head.bias)
+        self.adapter = None
+        if merge_channels:
+            self.adapter = nn.Sequential(nn.Conv2d(merge_channels + len(ratios), width, 3, padding=1), nn.SiLU(),
+                                         nn.Conv2d(width, merge_channels, 3, padding=1))
+            nn.init.zeros_(self.adapter[-1].weight)
+            nn.init.zeros_(self.adapter[-1].bias)
 
     def _inputs(self, lat: RegionLatent) -> Tensor:
         """(B, R * (C + 1), H/f, W/f) on the finest grid f: each ratio's sent tokens (spread, masked) and its mask."""
@@ -93,3 +102,11 @@ class RegionFill(nn.Module):
             own = lat.mask(r, lat.block // r).to(dtype)
             out[r] = first + delta * (1 - own)
         return out
+
+    def adapt(self, merged: Tensor, lat: RegionLatent) -> Tensor:
+        """The merged features (B, ch, h, w) corrected by the merge adapter (unchanged without one)."""
+        if self.adapter is None:
+            return merged
+        side = merged.shape[-1] // lat.ratio_map.shape[-1]  # feature cells per block
+        masks = [lat.mask(r, side).to(merged.dtype) for r in self.config["ratios"]]
+        return merged + self.adapter(torch.cat([merged, *masks], 1).to(self.adapter[0].weight.dtype)).to(merged.dtype)

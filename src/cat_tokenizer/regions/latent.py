@@ -194,9 +194,10 @@ def encode_regions(vae, x: Tensor, ratio_map: Tensor, sample: bool = False) -> R
     return RegionLatent.from_full(rmap, exit_latents(vae, xp, sorted(set(rmap.unique().tolist())), sample), size, block)
 
 
-def mixed_decode(vae, lat: RegionLatent, grids: dict[int, Tensor]) -> Tensor:
+def mixed_decode(vae, lat: RegionLatent, grids: dict[int, Tensor], fill=None) -> Tensor:
     """One mixed decode of full grids (ratio -> (B, C, H'/r, W'/r), one per ratio present) -> (B, 3, H', W')
-    at the padded size: each path to the shared 8x stages, merged by the map."""
+    at the padded size: each path to the shared 8x stages, merged by the map (then corrected by ``fill``'s
+    merge adapter when it has one and the map mixes ratios)."""
     dec = vae.decoder
     stop = ratio_level(min(vae.ratios))  # the up-stage every path reaches with the same shape
     merged, colour = None, None
@@ -209,6 +210,8 @@ def mixed_decode(vae, lat: RegionLatent, grids: dict[int, Tensor]) -> Tensor:
         if c is not None:
             part = c * lat.mask(r, lat.block).to(c.dtype)
             colour = part if colour is None else colour + part
+    if fill is not None and len(grids) > 1:
+        merged = fill.adapt(merged, lat)
     x = dec.pixels(merged, stop)  # (B, 3, hp, wp)
     return x if colour is None else x + colour
 
@@ -229,8 +232,8 @@ def decode_regions(vae, lat: RegionLatent, refine: int | None = None, use_fill: 
         grids = {r: g.to(dtype) for r, g in fill(lat).items()}
     else:
         grids = {r: lat.filled(r).to(dtype) for r in ratios}
-    x = mixed_decode(vae, lat, grids)
+    x = mixed_decode(vae, lat, grids, fill)
     for _ in range(refine):
         context = exit_latents(vae, x.clamp(-1, 1), ratios)
-        x = mixed_decode(vae, lat, {r: lat.filled(r, context[r]).to(dtype) for r in ratios})
+        x = mixed_decode(vae, lat, {r: lat.filled(r, context[r]).to(dtype) for r in ratios}, fill)
     return x[..., : lat.size[0], : lat.size[1]]
