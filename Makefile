@@ -12,7 +12,7 @@ CKPT ?= cat-small
 TRAIN_OUT ?= outputs/train_small
 TRAIN_ARGS ?=
 
-.PHONY: install system-deps test test-fast lint demo palette hostile mutants train-small ship-small gpu-kit gpu-train-small need-real-data bench bench-gen bench-gen-gpu classify distill eval-recon need-data gen-demo gen-imagenet need-imagenet clean
+.PHONY: install system-deps test test-fast lint demo palette hostile mutants train-small ship-small train-region-fill ship-region-fill gpu-kit gpu-train-small need-real-data bench bench-gen bench-gen-gpu classify distill eval-recon need-data gen-demo gen-imagenet need-imagenet clean
 
 install: $(STAMP)
 
@@ -73,6 +73,16 @@ ship-small: need-real-data install
 	$(VENV)/bin/cat-tokenizer export --ckpt $(if $(filter %.ckpt,$(SHIP_FROM)),$(SHIP_FROM),$(dir $(SHIP_FROM))) --out src/cat_tokenizer/pretrained/cat-small --fp16 --overwrite
 	cp $(TRAIN_RUN)/kind_eval.csv src/cat_tokenizer/pretrained/cat-small/training_curve.csv
 	$(VENV)/bin/cat-tokenizer latent-stats $(REAL_DATA)/train --ckpt src/cat_tokenizer/pretrained/cat-small --write
+
+# A region fill for cat-small (issue 26, docs/regions.md): the tokenizer frozen, one forward pass fills a region
+# latent's missing cells. Resumes from last.ckpt; ship-region-fill puts tokenizer + fill into the package (fp16).
+FILL_OUT ?= outputs/region_fill
+FILL_RUN = $(FILL_OUT)/run/version_0
+train-region-fill: need-real-data install
+	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/lightning fit -c configs/region_fill.yaml --data.root $(REAL_DATA)/train \
+		$(call run_in,$(FILL_OUT),CSVLogger) $(if $(wildcard $(FILL_RUN)/checkpoints/last.ckpt),--ckpt_path $(FILL_RUN)/checkpoints/last.ckpt) $(FILL_ARGS)
+ship-region-fill: install
+	$(VENV)/bin/cat-tokenizer export --ckpt $(FILL_RUN)/pretrained --out src/cat_tokenizer/pretrained/cat-small --fp16 --overwrite
 
 # Training cat-small on a lent GPU machine (docs/training.md): scripts/gpu_train_small.sh, its knobs in the environment
 #   here:        make gpu-kit          -> .gpu/ (git-ignored): real-v1 packed into 36 MiB + the wheels the machine lacks

@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Literal
 
 from cat_tasks.distill import run_distill, run_distill_text
+from cat_tasks.distill.block_head import BlockHeadConfig, run_block_head
 from cat_tasks.distill.distortion import run_distortion_head
 from cat_tokenizer.options import parse_numbers
 
-__all__ = ["distill", "distill_text", "distortion_head"]
+__all__ = ["distill", "distill_text", "distortion_head", "block_head"]
 
 
 def distill(*, data: str, out: str, ckpt: str = "cat-small", target: Literal["teacher", "oracle"] = "teacher",
@@ -108,4 +109,18 @@ def distortion_head(data: str, *, out: str, ckpt: str = "cat-small", dev: str | 
                             val_fraction=val_fraction, groups=groups, dev_data=dev, device=device, seed=seed)
     print((Path(out) / "distortion.md").read_text())
     print(f"wrote {out} (NestedVAE.from_pretrained('{out}').encode(x, 'auto', target_psnr=...)), distortion.json, distortion.md")
+    return 0 if m["held_out"] else 1
+
+
+def block_head(data: str, *, options: BlockHeadConfig) -> int:
+    """train a head on the tokenizer's trunk that predicts each 32-px block's error at every ratio (region maps)
+
+    Args:
+        data: training images (KIND/SOURCE/... folders: whole sources are held out)
+        options: the command's options (``BlockHeadConfig``)
+    """
+    m = run_block_head(data, options)
+    print((Path(options.out) / "block_head.md").read_text())
+    print(f"wrote {options.out} (region_maps(NestedVAE.from_pretrained('{options.out}'), x, 'head', budget=64)), "
+          "block_head.json, block_head.md")
     return 0 if m["held_out"] else 1

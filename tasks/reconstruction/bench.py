@@ -142,8 +142,9 @@ def bench_train(preset: str = "cat-small", size: int = 128, batch: int = 8, step
 
 @torch.no_grad()
 def bench_regions(ckpt: str = "cat-small", size: int = 128, batch: int = 8, repeat: int = 3, device: str = "cpu") -> list[dict]:
-    """Decode cost of a region latent (a map with a third of the blocks at each ratio, refine 0 / 1 / 2)
-    against whole-image decodes at each ratio, best of ``repeat``, all in this process."""
+    """Decode cost of a region latent (a map with a third of the blocks at each ratio, refine 0 / 1 / 2, and
+    the tokenizer's region fill when it has one) against whole-image decodes at each ratio, best of ``repeat``,
+    all in this process."""
     from cat_tokenizer.io import load_vae
 
     vae = load_vae(ckpt).to(device).eval()
@@ -154,7 +155,9 @@ def bench_regions(ckpt: str = "cat-small", size: int = 128, batch: int = 8, repe
     rmap = cycle[(torch.arange(side)[:, None] + torch.arange(side)[None]) % len(cycle)]  # diagonal stripes of every ratio
     lat = vae.encode_regions(x, rmap)
     calls = {f"decode {r}x": (lambda r=r, z=vae.encode(x, r).mode(): vae.decode(z, r)) for r in sorted(vae.ratios)}
-    calls.update({f"decode_regions, refine {k}": (lambda k=k: vae.decode_regions(lat, k)) for k in (0, 1, 2)})
+    calls.update({f"decode_regions, refine {k}": (lambda k=k: vae.decode_regions(lat, k, use_fill=False)) for k in (0, 1, 2)})
+    if vae.region_fill is not None:
+        calls["decode_regions, region fill"] = lambda: vae.decode_regions(lat, 0)
     rows = [{"call": name, "tokens": int(lat.tokens()[0]) if "regions" in name else token_count(size, size, int(name.split()[1][:-1])),
              "ms_per_image": 1e3 / items_per_second(f, batch, repeat, warmup=True)} for name, f in calls.items()]
     ref = next(r for r in rows if r["call"] == "decode 16x")["ms_per_image"]

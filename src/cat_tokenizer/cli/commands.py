@@ -26,7 +26,7 @@ __all__ = ["encode", "decode", "variety", "export", "palette", "latent_stats"]
 
 def encode(images: list[str], *, ratio: Literal["8", "16", "32", "auto", "regions"], ckpt: str, out: str,
            sample: bool = False, device: str = "auto", overwrite: bool = False, target_psnr: float | None = None,
-           region_budget: float | None = None, region_map: Literal["oracle", "variance", "edges"] = "oracle") -> int:
+           region_budget: float | None = None, region_map: Literal["oracle", "head", "variance", "edges"] = "oracle") -> int:
     """images -> latent .safetensors files (ratio and size in the metadata)
 
     Args:
@@ -41,7 +41,7 @@ def encode(images: list[str], *, ratio: Literal["8", "16", "32", "auto", "region
         target_psnr: with --ratio auto and a distortion head: each image's cheapest ratio predicted to reach this PSNR;
             with --ratio regions: the fewest tokens whose map is predicted to reach it
         region_budget: with --ratio regions: tokens per image
-        region_map: with --ratio regions: oracle (measured in three decodes), variance or edges (cheap, from the pixels)
+        region_map: with --ratio regions: oracle (measured in three decodes), head (the tokenizer's block head), variance or edges (cheap, from the pixels)
     """
     written = encode_files(images, ratio if ratio in ("auto", "regions") else int(ratio), ckpt, out, sample=sample,
                            device=device, overwrite=overwrite, target_psnr=target_psnr, region_budget=region_budget,

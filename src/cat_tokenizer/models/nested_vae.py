@@ -214,6 +214,8 @@ class NestedVAE(ModelMixin, ConfigMixin):
         ratio_head: the config of an attached ratio head (written by ``save_pretrained``).
         region_fill: the config of an attached region fill network (``cat_tokenizer.regions.fill``):
             ``decode_regions`` then fills each ratio's missing cells in one pass.
+        block_head: the config of an attached block-level distortion head (``cat_tokenizer.regions.block_head``):
+            the ``head`` region-map policy.
         colour_path: ``none`` (the LDM tail) or ``latent``: a zero-initialised 1x1 conv from the latent
             to RGB added to the output, so flat colours need not pass through the decoder's
             GroupNorms (docs/training.md, "v2: why flat colours shift").
@@ -238,6 +240,7 @@ class NestedVAE(ModelMixin, ConfigMixin):
         colour_path: str = "none",
         latent_stats: dict | None = None,
         region_fill: dict | None = None,
+        block_head: dict | None = None,
     ):
         super().__init__()
         if colour_path not in COLOUR_PATHS:
@@ -268,6 +271,11 @@ class NestedVAE(ModelMixin, ConfigMixin):
             from cat_tokenizer.regions.fill import RegionFill
 
             self.attach_region_fill(RegionFill(**region_fill))
+        self.block_head = None
+        if block_head is not None:
+            from cat_tokenizer.regions.block_head import BlockHead
+
+            self.attach_block_head(BlockHead(**block_head))
 
     def __getattr__(self, name: str):
         # ``ratio_head`` is a submodule and a config key; ModelMixin would answer the config's dict first
@@ -294,6 +302,16 @@ class NestedVAE(ModelMixin, ConfigMixin):
         self.register_to_config(region_fill=dict(fill.config))
         return self
 
+    def attach_block_head(self, head) -> NestedVAE:
+        """Carry a trained ``BlockHead`` (saved with the tokenizer): the ``head`` region-map policy then works."""
+        trunk_ch = list(self.config["block_out_channels"][: self.trunk_level() + 1])
+        if head.config["stage_channels"] != trunk_ch or head.config["ratios"] != list(self.ratios):
+            raise UserInputError(f"block head for trunk {head.config['stage_channels']} at {head.config['ratios']} does not "
+                                 f"fit this tokenizer (trunk {trunk_ch} at {list(self.ratios)})")
+        self.block_head = head
+        self.register_to_config(block_head=dict(head.config))
+        return self
+
     def set_latent_stats(self, stats: dict) -> NestedVAE:
         """Store per-ratio latent statistics (``cat-tokenizer latent-stats`` measures them)."""
         self.register_to_config(latent_stats=stats)
@@ -306,9 +324,9 @@ class NestedVAE(ModelMixin, ConfigMixin):
     def fingerprint(self, with_head: bool = True) -> str:
         """A short hash of the weights (latent files and caches record it). Computed with the key names
         the weights had before the Downsample2D rename, so a tokenizer keeps its fingerprint.
-        ``with_head=False`` leaves an attached ratio head and region fill out: what whole-image
-        reconstructions depend on."""
-        extras = ("ratio_head.", "region_fill.")
+        ``with_head=False`` leaves an attached ratio head, block head and region fill out: what latents
+        and whole-image reconstructions depend on."""
+        extras = ("ratio_head.", "region_fill.", "block_head.")
         state = {k: v for k, v in self.state_dict().items() if with_head or not k.startswith(extras)}
         return fingerprint_state(hub.with_v1_aliases(state))
 

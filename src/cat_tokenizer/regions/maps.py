@@ -24,11 +24,11 @@ from torch import Tensor
 
 from cat_tokenizer.errors import UserInputError
 
-__all__ = ["random_maps", "block_distortion", "block_signal", "signal_distortion", "allocate", "allocate_mean_psnr", "allocate_target", "region_maps",
-           "SIGNALS", "POLICIES", "SIGNAL_FACTORS"]
+__all__ = ["random_maps", "predicted_distortion", "block_distortion", "block_signal", "signal_distortion", "allocate",
+           "allocate_mean_psnr", "allocate_target", "region_maps", "SIGNALS", "POLICIES", "SIGNAL_FACTORS"]
 
 SIGNALS = ("variance", "edges")
-POLICIES = ("oracle", *SIGNALS)
+POLICIES = ("oracle", "head", *SIGNALS)
 # Summed squared error per unit of signal at 8x / 16x / 32x: the median over 1,600 blocks of 100 real-v1
 # train crops (128 px, native) of cat-small v1 (/tmp script in the 2026-12-03 note). Only their ratios
 # matter under a budget; a PSNR target uses their scale too.
@@ -165,12 +165,22 @@ def allocate_target(d: np.ndarray, cost: Sequence[float], max_distortion: float,
 
 
 @torch.no_grad()
+def predicted_distortion(vae, x: Tensor) -> Tensor:
+    """(B, bh, bw, R) block distortions the tokenizer's block head predicts for images (B, 3, H, W)."""
+    if getattr(vae, "block_head", None) is None:
+        raise UserInputError("this tokenizer has no block head: make one with `cat-tokenizer block-head`")
+    head = vae.block_head
+    return 10 ** head(vae.trunk(x, head.config["block"])).float()
+
+
+@torch.no_grad()
 def region_maps(vae, x: Tensor, policy: str = "oracle", budget: float | None = None,
                 target_psnr: float | None = None) -> Tensor:
     """Each image's ratio map, (B, 3, H, W) -> (B, bh, bw) ratios, under a token budget per image or the
     fewest tokens predicted to reach ``target_psnr`` (exactly one of the two).
 
     ``oracle`` measures each block's error in whole-image decodes at every ratio (three decodes);
+    ``head`` predicts it with the tokenizer's block head from the encoder's trunk (``cat-tokenizer block-head``);
     ``variance`` / ``edges`` predict it from the block's pixels (``SIGNAL_FACTORS``).
     """
     from cat_tokenizer.regions.latent import block_tokens
@@ -183,6 +193,8 @@ def region_maps(vae, x: Tensor, policy: str = "oracle", budget: float | None = N
     cost = [block_tokens(r, block) for r in ratios]
     if policy == "oracle":
         d = block_distortion(x, [vae.reconstruct(x, r) for r in ratios], block)  # (B, bh, bw, R)
+    elif policy == "head":
+        d = predicted_distortion(vae, x)
     else:
         d = signal_distortion(block_signal(x, block, policy), SIGNAL_FACTORS[policy][: len(ratios)])
     b, bh, bw, _ = d.shape

@@ -1,0 +1,70 @@
+"""The block head: each 32-px block's error at every ratio from the trunk, the `head` region-map policy."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+from conftest import one_line_error
+from PIL import Image
+
+from cat_tokenizer.cli import tools
+from cat_tokenizer.io import load_any_latent
+
+
+def _patchwork(root, rng) -> None:
+    """Two kinds x four sources x five 64x64 images; each 32-px block flat or noisy at random (the planted feature)."""
+    for kind in ("icons", "photos"):
+        for src in "abcd":
+            for i in range(5):
+                arr = np.full((64, 64, 3), rng.integers(40, 220, 3), np.float64)
+                for by in range(2):
+                    for bx in range(2):
+                        if rng.random() < (0.3 if kind == "icons" else 0.7):
+                            arr[32 * by : 32 * by + 32, 32 * bx : 32 * bx + 32] += rng.normal(0, 60, (32, 32, 3))
+                p = root / kind / src / f"{i}.png"
+                p.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(p)
+
+
+def _planted(x, recons, block):
+    """Block error = the block's pixel variance times 1 / 4 / 16 at 8x / 16x / 32x (noise costs more when coarser)."""
+    b = x.unfold(2, block, block).unfold(3, block, block)  # (B, 3, bh, bw, block, block)
+    var = b.float().var(dim=(-2, -1)).mean(1)  # (B, bh, bw)
+    return torch.stack([var * f * 100 for f in (1.0, 4.0, 16.0)], -1)
+
+
+def test_the_block_head_learns_block_errors_and_encode_spends_tokens_where_it_predicts_them(tmp_path, tiny_vae, monkeypatch, capsys):
+    import cat_tasks.distill.block_head as mod
+
+    root = tmp_path / "data"
+    _patchwork(root, np.random.default_rng(0))
+    tiny_vae.save_pretrained(tmp_path / "tok")
+    monkeypatch.setattr(mod, "block_distortion", _planted)
+    out = tmp_path / "head"
+    args = ["block-head", str(root), "--out", str(out), "--ckpt", str(tmp_path / "tok"), "--image-size", "64", "--crop", "resize",
+            "--epochs", "150", "--batch-size", "16", "--dev", str(root), "--budget", "20", "--device", "cpu"]
+    assert tools.main(args) == 0
+    report = json.loads((out / "block_head.json").read_text())
+    assert report["split"].startswith("by source") and report["held_out"] == 10  # one source of four per kind
+    err = report["held_out_error"][0]["mae_16x"]
+    assert err < 2.0, report["held_out_error"]  # dB; flat and noisy blocks differ by 10+ dB
+    maps = {r["policy"]: r["all"] for r in report["dev_maps"]}
+    assert maps["head"] > maps["fixed 16x"] and maps["head"] >= maps["oracle"] - 0.5, maps
+    assert "## " in (out / "block_head.md").read_text()
+    # encode with the head's map: noisy blocks get the smallest ratio
+    img = next(p for p in sorted((root / "photos").rglob("*.png")))
+    lat_dir = tmp_path / "lat"
+    assert tools.main(["encode", str(img), "--ratio", "regions", "--region-map", "head", "--region-budget", "20",
+                       "--ckpt", str(out), "--out", str(lat_dir), "--device", "cpu"]) == 0
+    lat = load_any_latent(next(lat_dir.rglob("*.safetensors")))
+    arr = np.asarray(Image.open(img), np.float64)
+    noisy = np.array([[arr[32 * y : 32 * y + 32, 32 * x : 32 * x + 32].std() > 20 for x in range(2)] for y in range(2)])
+    rmap = lat.tensors["ratio_map"].numpy()
+    if noisy.any() and not noisy.all():
+        assert rmap[noisy].min() <= rmap[~noisy].min(), (rmap, noisy)
+    capsys.readouterr()
+    assert tools.main(["encode", str(img), "--ratio", "regions", "--region-map", "head", "--region-budget", "20",
+                       "--ckpt", str(tmp_path / "tok"), "--out", str(tmp_path / "x")]) == 2
+    one_line_error(capsys, "no block head")
