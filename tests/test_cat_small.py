@@ -59,12 +59,13 @@ def test_commands_default_to_cat_small(name, tmp_path, capsys):
 # ---------------------------------------------------------------- the palette check (issue 24)
 # Shipped tokenizers known to miss the palette target: v1 (the fourth release: whole images 19-20 dB, shifts up to
 # 38 levels) and the fifth release (v1 warm-started with the colour path and flat fields: 20-25 dB, 29 levels).
-# A new release that is not listed must pass the test.
+# A new release that is not listed must pass the test. Keyed by the fingerprint whole-image decodes depend on
+# (a region fill or a head attached later does not change them).
 SHORT_OF_THE_PALETTE = {"63e87c250ec6da4e", "a7d539e217d21270"}
 
 
 def _shipped_misses_the_palette() -> bool:
-    return NestedVAE.from_pretrained("cat-small").fingerprint() in SHORT_OF_THE_PALETTE
+    return NestedVAE.from_pretrained("cat-small").fingerprint(with_head=False) in SHORT_OF_THE_PALETTE
 
 
 class _Shift(torch.nn.Module):

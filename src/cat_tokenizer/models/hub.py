@@ -158,6 +158,7 @@ def write_model_card(folder: Path, model) -> Path | None:
         widths="/".join(str(c) for c in cfg["block_out_channels"]), latent_channels=cfg["latent_channels"],
         ratios=", ".join(f"{r}x" for r in cfg["ratios"]), tokens=", ".join(f"{n} at {r}x" for r, n in tokens.items()),
         colour_path=cfg.get("colour_path", "none"), has_head=cfg.get("ratio_head") is not None,
+        has_fill=cfg.get("region_fill") is not None, has_block_head=cfg.get("block_head") is not None,
         stats=[(r, s["scaling_factor"], s["shift_factor"]) for r, s in stats.items()],
         measured_on=(cfg.get("latent_stats") or {}).get("measured_on", ""),
     )
