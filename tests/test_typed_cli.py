@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 from dataclasses import dataclass
 from typing import Literal
 
@@ -71,3 +72,33 @@ def test_every_command_option_has_help_from_its_docstring():
     assert not missing, missing
     assert {"encode", "decode", "score", "rd", "palette", "demo", "sample", "fid"} <= set(subs.choices)
     assert all(sub.description for sub in subs.choices.values())  # the docstring's first line
+
+
+def test_commands_whose_options_are_a_dataclass_pass_it_down_unrenamed():
+    """A command whose options are one dataclass (issue 27: declared once, the single argument of the function
+    that runs it): the dataclass is frozen, its fields are not also parameters of the command, and the parser
+    hands the command an instance built from exactly its fields."""
+    import dataclasses
+    import typing
+
+    from cat_tokenizer.cli.registry import command_names, load_command
+
+    with_options = {}
+    for name in command_names():
+        fn = load_command(name)
+        hints = typing.get_type_hints(fn)
+        groups = [(p, hints[p]) for p in inspect.signature(fn).parameters if dataclasses.is_dataclass(hints.get(p))]
+        for param, cls in groups:
+            assert cls.__dataclass_params__.frozen, f"{name}: {cls.__name__} is not frozen"
+            clash = {f.name for f in dataclasses.fields(cls)} & set(inspect.signature(fn).parameters)
+            assert not clash, f"{name}: {clash} declared twice"
+            with_options[name] = cls
+    assert {"rd", "block-head"} <= set(with_options)
+    parser = build_parser()
+    args = parser.parse_args(["rd", "some/dir", "--image-size", "256", "--regions", "--evaluator", "a", "--evaluator", "b"])
+    got = {}
+    args._fn = lambda **kw: got.update(kw) or 0
+    assert call_command(args) == 0
+    opts = got["options"]
+    assert isinstance(opts, with_options["rd"]) and (opts.image_size, opts.regions, opts.evaluator) == (256, True, ["a", "b"])
+    assert opts.crop == "native"  # a default from the dataclass, the one place it is written

@@ -22,7 +22,7 @@ from cat_tokenizer.markdown import md_records
 __all__ = ["SamplingOptions", "sample", "fid", "bench_gen_cmd", "gen_demo"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class SamplingOptions:
     """How to sample a trained DiT (shared by ``sample`` and ``fid``).
 

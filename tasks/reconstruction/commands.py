@@ -16,8 +16,7 @@ from cat_tasks.reconstruction.analysis import analyse_folder
 from cat_tasks.reconstruction.bench import bench_ratio_head, bench_regions, bench_train, bench_vae, total_params
 from cat_tasks.reconstruction.demo import run_demo
 from cat_tasks.reconstruction.pack import pack_folder
-from cat_tasks.reconstruction.rate_control import DEFAULT_PSNR_TARGETS, DEFAULT_SSIM_TARGETS
-from cat_tasks.reconstruction.rd import run_rd
+from cat_tasks.reconstruction.rd import RDOptions, run_rd
 from cat_tasks.reconstruction.regions import region_decodes, region_decodes_markdown
 from cat_tokenizer.complexity import ComplexityEvaluator
 from cat_tokenizer.devices import resolve_device
@@ -25,7 +24,7 @@ from cat_tokenizer.files import atomic_write
 from cat_tokenizer.io import load_vae
 from cat_tokenizer.lit.kind_eval import load_kind_sample
 from cat_tokenizer.markdown import md_header, md_row
-from cat_tokenizer.options import FEATURES, parse_numbers, print_table
+from cat_tokenizer.options import FEATURES, print_table
 
 __all__ = ["bench", "bench_train_cmd", "bench_head", "bench_regions_cmd", "region_decodes_cmd", "eval_recon", "analyse", "rd", "pack", "demo"]
 
@@ -162,36 +161,14 @@ def analyse(dir: str, *, ckpt: str = "cat-small", evaluator: list[str] | None = 
     return 0
 
 
-def rd(dir: str, *, ckpt: str = "cat-small", out: str = "outputs/rd", evaluator: list[str] | None = None, image_size: int = 128,
-       crop: Literal["native", "resize"] = "native", budgets: str | None = None,
-       features: Literal["auto", "on", "off"] = "auto", target_psnr: tuple[float, ...] = DEFAULT_PSNR_TARGETS,
-       target_ssim: tuple[float, ...] = DEFAULT_SSIM_TARGETS, rfid_boots: int = 100, distortion_head: str | None = None,
-       report: str | None = None, regions: bool = False, region_budgets: str | None = None, device: str = "auto",
-       quiet: bool = False) -> int:
+def rd(dir: str, *, options: RDOptions) -> int:
     """rate-distortion of CAT vs fixed ratios, JPEG size, random and the oracle: equal tokens and rate control
 
     Args:
         dir: image folder (top-level subfolders = content kinds in the per-kind table)
-        ckpt: the tokenizer: cat-small (shipped), a folder, .ckpt or hub id
-        out: output folder (recon_cache/ inside is reused by reruns)
-        evaluator: evaluator for a CAT curve (YAML, distilled:D, auto:D; repeatable; default: the offline default)
-        image_size: image side in pixels
-        crop: crop policy (as in training)
-        budgets: mean-token budgets, e.g. 16,40,64,128,256 (default: 13 points from 32x to 8x)
-        features: Inception features for rFID (auto: when the folder has 200+ images)
-        target_psnr: rate-control targets in dB (each image: the fewest tokens that meet it)
-        target_ssim: rate-control SSIM targets
-        rfid_boots: bootstrap resamples for rFID's intervals (0: none)
-        distortion_head: a tokenizer folder with a distortion head (cat-tokenizer distortion-head): allocates in both views
-        report: also copy the report files (no caches) into this folder, e.g. docs/reports/rd-dev-128
-        regions: also region-adaptive CAT (one ratio per 32-px block), decoded for real: oracle, per-image oracle, variance, edges
-        region_budgets: comma-separated mean tokens per image for --regions (default: fixed 16x's, half and twice it)
-        device: auto, cpu, cuda ...
-        quiet: no progress bars
+        options: the command's options (``RDOptions``)
     """
-    report = run_rd(dir, ckpt, out, evaluator or [None], image_size, crop, parse_numbers(budgets, "--budgets", float),
-                    FEATURES[features], device, not quiet, target_psnr, target_ssim, rfid_boots, distortion_head, report,
-                    regions, parse_numbers(region_budgets, "--region-budgets", float))
+    report = run_rd(dir, options)
     text = report.read_text()
     print(text[: text.index("## Every budget")] if "## Every budget" in text else text)
     print(f"wrote {report}, {report.with_suffix('.csv')}, {report.with_suffix('.png')}")

@@ -21,6 +21,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -40,6 +41,7 @@ from cat_tokenizer.errors import UserInputError
 from cat_tokenizer.files import write_csv
 from cat_tokenizer.markdown import md_header
 from cat_tokenizer.metrics.fid import bias_corrected_interval, bootstrap_fids, frechet_distance
+from cat_tokenizer.options import FEATURES, parse_numbers
 
 __all__ = ["Allocation", "oracle_allocation", "score_allocation", "rd_curves", "headline", "write_rd", "run_rd", "RD_COLUMNS"]
 
@@ -419,45 +421,84 @@ def head_predictions(path: str, vae, table: ReconTable, root: Path) -> np.ndarra
     return predict_psnr(headed, [root / p for p in table.paths], next(vae.parameters()).device)
 
 
-def run_rd(data: str | Path, ckpt: str = "cat-small", out: str | Path = "outputs/rd", evaluators: Sequence[str | None] = (None,),
-           image_size: int = 128, crop: str = "native", budgets: Sequence[float] | None = None, features: bool | None = None,
-           device: str = "auto", progress: bool = True, target_psnr: Sequence[float] = DEFAULT_PSNR_TARGETS,
-           target_ssim: Sequence[float] = DEFAULT_SSIM_TARGETS, rfid_boots: int = 100,
-           distortion_head: str | None = None, report: str | Path | None = None, regions: bool = False,
-           region_budgets: Sequence[float] | None = None) -> Path:
+@dataclass(frozen=True)
+class RDOptions:
+    """The options of ``cat-tokenizer rd`` (and of ``run_rd``).
+
+    Args:
+        ckpt: the tokenizer: cat-small (shipped), a folder, .ckpt or hub id
+        out: output folder (recon_cache/ inside is reused by reruns)
+        evaluator: evaluator for a CAT curve (YAML, distilled:D, auto:D; repeatable; default: the offline default)
+        image_size: image side in pixels
+        crop: crop policy (as in training)
+        budgets: mean-token budgets, e.g. 16,40,64,128,256 (default: 13 points from 32x to 8x)
+        features: Inception features for rFID (auto: when the folder has 200+ images)
+        target_psnr: rate-control targets in dB (each image: the fewest tokens that meet it)
+        target_ssim: rate-control SSIM targets
+        rfid_boots: bootstrap resamples for rFID's intervals (0: none)
+        distortion_head: a tokenizer folder with a distortion head (cat-tokenizer distortion-head): allocates in both views
+        report: also copy the report files (no caches) into this folder, e.g. docs/reports/rd-dev-128
+        regions: also region-adaptive CAT (one ratio per 32-px block), decoded for real: oracle, per-image oracle, the block
+            head when the tokenizer has one, variance, edges
+        region_budgets: comma-separated mean tokens per image for --regions (default: fixed 16x's, half and twice it)
+        device: auto, cpu, cuda ...
+        quiet: no progress bars
+    """
+
+    ckpt: str = "cat-small"
+    out: str = "outputs/rd"
+    evaluator: list[str] | None = None
+    image_size: int = 128
+    crop: Literal["native", "resize"] = "native"
+    budgets: str | None = None
+    features: Literal["auto", "on", "off"] = "auto"
+    target_psnr: tuple[float, ...] = DEFAULT_PSNR_TARGETS
+    target_ssim: tuple[float, ...] = DEFAULT_SSIM_TARGETS
+    rfid_boots: int = 100
+    distortion_head: str | None = None
+    report: str | None = None
+    regions: bool = False
+    region_budgets: str | None = None
+    device: str = "auto"
+    quiet: bool = False
+
+
+def run_rd(data: str | Path, o: RDOptions = RDOptions()) -> Path:
     """Measure (cached), score, allocate, write rd.csv / rd.png / rate_control.* / rd.md; returns rd.md.
-    ``report``: a folder (under docs/, say) that gets a copy of those files, without the caches.
-    ``regions``: also region-adaptive maps, decoded for real (``cat_tasks.reconstruction.regions``), at
-    ``region_budgets`` mean tokens per image (default: fixed 16x's and half and twice it)."""
+    ``o.report``: a folder (under docs/, say) that gets a copy of those files, without the caches.
+    ``o.regions``: also region-adaptive maps, decoded for real (``cat_tasks.reconstruction.regions``)."""
     from cat_tasks.reconstruction.table import measure_folder
     from cat_tokenizer.devices import resolve_device
     from cat_tokenizer.io import load_vae
 
-    root, out = Path(data).expanduser(), Path(out)
-    vae = load_vae(ckpt).to(resolve_device(device))
-    table = measure_folder(root, vae, out / "recon_cache", image_size, crop, features=features, progress=progress)
+    progress, crop = not o.quiet, o.crop
+    root, out = Path(data).expanduser(), Path(o.out)
+    budgets = parse_numbers(o.budgets, "--budgets", float)
+    region_budgets = parse_numbers(o.region_budgets, "--region-budgets", float)
+    vae = load_vae(o.ckpt).to(resolve_device(o.device))
+    table = measure_folder(root, vae, out / "recon_cache", o.image_size, crop, features=FEATURES[o.features], progress=progress)
     if len(table) < 3:
         raise UserInputError(f"need at least 3 readable images for a rate-distortion curve, found {len(table)} under {root}")
     named = []
-    for spec in evaluators:
+    for spec in o.evaluator or [None]:
         ev = ComplexityEvaluator.from_config(spec)
         named.append(("default" if spec is None else Path(str(spec)).stem if str(spec).endswith(".yaml") else str(spec), ev))
-    predicted = {"distortion head": head_predictions(distortion_head, vae, table, root)} if distortion_head else {}
+    predicted = {"distortion head": head_predictions(o.distortion_head, vae, table, root)} if o.distortion_head else {}
     scores = evaluator_scores(named, table, root, out / "scores.sqlite", progress)
     rows, allocs = rd_curves(table, scores, budgets, predicted=predicted)
-    targets = [Target("psnr", float(t)) for t in target_psnr] + [Target("ssim", float(t)) for t in target_ssim]
+    targets = [Target("psnr", float(t)) for t in o.target_psnr] + [Target("ssim", float(t)) for t in o.target_ssim]
     rate_rows = [row for t in targets for row in rate_curves(table, t, allocs, predicted if t.metric == "psnr" else None)]
-    md = write_rd(out, table, rows, allocs, root, f"{ckpt}, fingerprint {vae.fingerprint(with_head=False)}", rate_rows, rfid_boots)
+    md = write_rd(out, table, rows, allocs, root, f"{o.ckpt}, fingerprint {vae.fingerprint(with_head=False)}", rate_rows, o.rfid_boots)
     if predicted:
         _append_head_error(md, predicted["distortion head"], table)
-    if regions:
+    if o.regions:
         _add_regions(md, vae, table, root, out, crop, rows, region_budgets, progress)
-    if report is not None:
+    if o.report is not None:
         import shutil
 
         from cat_tokenizer.outputs import check_out_dir
 
-        dest = check_out_dir(report)
+        dest = check_out_dir(o.report)
         for name in REPORT_FILES:
             if (out / name).is_file():
                 shutil.copyfile(out / name, dest / name)

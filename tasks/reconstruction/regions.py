@@ -6,6 +6,7 @@ decodes; region maps are then allocated under a mean token budget per image (``c
 * ``regions: oracle``: the measured block errors, the budget shared across images, allocated for the
   highest mean PSNR (``allocate_mean_psnr``: blocks compete across images, weighted by their image's error);
 * ``regions: oracle, per image``: the same, each image held to the budget;
+* ``regions: head``: the tokenizer's block head (``cat-tokenizer block-head``) when it has one, shared budget;
 * ``regions: variance`` / ``regions: edges``: a cheap signal per block times a per-ratio factor, shared budget.
 
 Each map is then *decoded for real* (``vae.decode_regions``: a seam or a context effect shows up here, not
@@ -41,6 +42,7 @@ from cat_tokenizer.regions.maps import (
     allocate_mean_psnr,
     block_distortion,
     block_signal,
+    predicted_distortion,
     region_maps,
     signal_distortion,
 )
@@ -50,7 +52,7 @@ __all__ = ["REGION_METHODS", "region_rows", "seam_sums", "region_markdown", "plo
 
 log = logging.getLogger(__name__)
 
-REGION_METHODS = ("regions: oracle", "regions: oracle, per image", "regions: variance", "regions: edges")
+REGION_METHODS = ("regions: oracle", "regions: oracle, per image", "regions: head", "regions: variance", "regions: edges")
 
 
 def _images(root: Path, table: ReconTable, crop: str) -> torch.Tensor:
@@ -81,6 +83,8 @@ def _maps(method: str, d: np.ndarray, signals: dict[str, np.ndarray], cost: np.n
         return np.stack([allocate(d[i], cost, budget) for i in range(n)])
     if method == "regions: oracle":
         est = d
+    elif method == "regions: head":
+        est = signals["head"]
     else:
         kind = method.split(": ")[1]
         est = signal_distortion(torch.from_numpy(signals[kind]), SIGNAL_FACTORS[kind][: d.shape[-1]]).numpy()
@@ -138,8 +142,13 @@ def region_rows(vae, table: ReconTable, root: Path, out: Path, crop: str, budget
         with torch.no_grad():
             recons = [torch.cat([vae.reconstruct(x[s : s + 16].to(dev), r).cpu() for s in range(0, len(x), 16)]) for r in ratios]
         d = block_distortion(x, recons, block).numpy()
-        return {"d": d.reshape(len(x), -1, len(ratios)), **{k: block_signal(x, block, k).reshape(len(x), -1).numpy()
-                                                           for k in SIGNAL_FACTORS}}
+        out = {"d": d.reshape(len(x), -1, len(ratios)), **{k: block_signal(x, block, k).reshape(len(x), -1).numpy()
+                                                          for k in SIGNAL_FACTORS}}
+        if vae.block_head is not None:
+            with torch.no_grad():
+                pred = [predicted_distortion(vae, x[s : s + 16].to(dev)).cpu() for s in range(0, len(x), 16)]
+            out["head"] = torch.cat(pred).reshape(len(x), -1, len(ratios)).double().numpy()
+        return out
 
     base = _cached(folder / "blocks.npz", blocks)
     inception = None
@@ -147,6 +156,8 @@ def region_rows(vae, table: ReconTable, root: Path, out: Path, crop: str, budget
         from cat_tokenizer.metrics.fid import InceptionFeatures
 
         inception = InceptionFeatures().eval().to(dev)
+    if "head" not in base:
+        methods = [m for m in methods if m != "regions: head"]
     rows, per_image = [], {}
     ref = ratios.index(16) if 16 in ratios else len(ratios) // 2
     items = [("fixed 16x", float(cost[ref] * base["d"].shape[1]))] + [(m, float(b)) for b in budgets for m in methods]
@@ -155,7 +166,7 @@ def region_rows(vae, table: ReconTable, root: Path, out: Path, crop: str, budget
         if method.startswith("fixed"):
             maps = np.full(base["d"].shape[:2], ref)
         else:
-            maps = _maps(method, base["d"], {s: base[s] for s in SIGNAL_FACTORS}, cost, budget)
+            maps = _maps(method, base["d"], {s: base[s] for s in (*SIGNAL_FACTORS, "head") if s in base}, cost, budget)
         if progress:
             log.info("regions: %s at %g tokens (%d of %d)", method, budget, k + 1, len(items))
         res = _cached(folder / f"{name}.npz", lambda: {"maps": maps, **_decode(vae, x, maps, ratios, inception)})
