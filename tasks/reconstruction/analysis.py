@@ -24,7 +24,9 @@ from __future__ import annotations
 import csv
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from scipy import stats
@@ -35,6 +37,7 @@ from cat_tokenizer.devices import resolve_device
 from cat_tokenizer.errors import UserInputError
 from cat_tokenizer.io import load_vae
 from cat_tokenizer.markdown import md_header
+from cat_tokenizer.options import FEATURES
 
 __all__ = ["max_acceptable_ratio", "max_acceptable_ratios", "quantile_matched_ratios", "signal_table", "run_analysis", "analyse_folder",
            "SMOLLM2_EVALUATOR", "PAPER"]
@@ -205,18 +208,53 @@ def _evaluator(spec: str) -> tuple[str, ComplexityEvaluator]:
     return (Path(spec).stem if spec.endswith((".yaml", ".yml")) else spec), ComplexityEvaluator.from_config(spec)
 
 
-def analyse_folder(root: str, ckpt: str = "cat-small", out: str = "outputs/analysis", evaluators: Sequence[str] = ("default", "smollm2"),
-                   image_size: int = 128, crop: str = "native", tolerance_db: float = 1.0, ocr_tolerance: float = 10.0,
-                   features: bool | None = True, recon_cache: str | None = None, cache: str | None = None,
-                   device: str = "auto", progress: bool = True, mse_tolerance: float = 0.001,
-                   distortion_head: str | None = None) -> str:
+@dataclass(frozen=True)
+class AnalyseOptions:
+    """The options of ``cat-tokenizer analyse`` (and of ``analyse_folder``).
+
+    Args:
+        ckpt: the nested VAE: cat-small (shipped), a folder, .ckpt or hub id
+        evaluator: evaluator whose score is a signal: default, smollm2, a YAML, distilled:D (repeatable; default: default
+            and smollm2)
+        out: output folder
+        image_size: image side in pixels
+        crop: crop policy (as in training)
+        tolerance_db: PSNR drop vs 8x still acceptable (dB)
+        ocr_tolerance: OCR confidence drop vs 8x still acceptable (points)
+        mse_tolerance: the paper's absolute form, reported beside: MSE increase vs 8x still acceptable (pixels in [0, 1])
+        features: Inception features (the LPIPS stand-in)
+        recon_cache: reconstruction cache folder (default OUT/recon_cache; rd's works too)
+        cache: score cache file
+        distortion_head: a tokenizer folder with a distortion head, as a candidate signal
+        device: auto, cpu, cuda ...
+        quiet: no progress bars
+    """
+
+    ckpt: str = "cat-small"
+    evaluator: list[str] | None = None
+    out: str = "outputs/analysis"
+    image_size: int = 128
+    crop: Literal["native", "resize"] = "native"
+    tolerance_db: float = 1.0
+    ocr_tolerance: float = 10.0
+    mse_tolerance: float = 0.001
+    features: Literal["auto", "on", "off"] = "on"
+    recon_cache: str | None = None
+    cache: str | None = None
+    distortion_head: str | None = None
+    device: str = "auto"
+    quiet: bool = False
+
+
+def analyse_folder(root: str, o: AnalyseOptions = AnalyseOptions()) -> str:
     """Measure (cached), score, correlate; returns the markdown table."""
     from cat_tasks.reconstruction.rd import head_predictions
 
-    out_dir, root_p = Path(out), Path(root).expanduser()
-    named = [_evaluator(e) for e in evaluators]  # bad configs fail before the long part
-    vae = load_vae(ckpt).to(resolve_device(device))
-    table = measure_folder(root_p, vae, recon_cache or out_dir / "recon_cache", image_size, crop, features=features, progress=progress)
-    predicted = head_predictions(distortion_head, vae, table, root_p) if distortion_head else None
-    return run_analysis(table, root_p, named, out_dir, tolerance_db, ocr_tolerance, Path(cache) if cache else out_dir / "scores.sqlite",
-                        mse_tolerance, predicted)
+    out_dir, root_p = Path(o.out), Path(root).expanduser()
+    named = [_evaluator(e) for e in o.evaluator or ["default", "smollm2"]]  # bad configs fail before the long part
+    vae = load_vae(o.ckpt).to(resolve_device(o.device))
+    table = measure_folder(root_p, vae, o.recon_cache or out_dir / "recon_cache", o.image_size, o.crop,
+                           features=FEATURES[o.features], progress=not o.quiet)
+    predicted = head_predictions(o.distortion_head, vae, table, root_p) if o.distortion_head else None
+    return run_analysis(table, root_p, named, out_dir, o.tolerance_db, o.ocr_tolerance,
+                        Path(o.cache) if o.cache else out_dir / "scores.sqlite", o.mse_tolerance, predicted)

@@ -12,7 +12,7 @@ from typing import Literal
 import torch
 
 from cat_tasks.reconstruction import evaluate_reconstruction
-from cat_tasks.reconstruction.analysis import analyse_folder
+from cat_tasks.reconstruction.analysis import AnalyseOptions, analyse_folder
 from cat_tasks.reconstruction.bench import bench_ratio_head, bench_regions, bench_train, bench_vae, total_params
 from cat_tasks.reconstruction.demo import run_demo
 from cat_tasks.reconstruction.pack import pack_folder
@@ -24,7 +24,7 @@ from cat_tokenizer.files import atomic_write
 from cat_tokenizer.io import load_vae
 from cat_tokenizer.lit.kind_eval import load_kind_sample
 from cat_tokenizer.markdown import md_header, md_row
-from cat_tokenizer.options import FEATURES, print_table
+from cat_tokenizer.options import print_table
 
 __all__ = ["bench", "bench_train_cmd", "bench_head", "bench_regions_cmd", "region_decodes_cmd", "eval_recon", "analyse", "rd", "pack", "demo"]
 
@@ -130,34 +130,15 @@ def eval_recon(data: str, *, ckpt: str, out: str = "outputs/eval_recon", image_s
     return 0
 
 
-def analyse(dir: str, *, ckpt: str = "cat-small", evaluator: list[str] | None = None, out: str = "outputs/analysis",
-            image_size: int = 128, crop: Literal["native", "resize"] = "native", tolerance_db: float = 1.0,
-            ocr_tolerance: float = 10.0, mse_tolerance: float = 0.001, features: Literal["auto", "on", "off"] = "on",
-            recon_cache: str | None = None, cache: str | None = None, distortion_head: str | None = None,
-            device: str = "auto", quiet: bool = False) -> int:
+def analyse(dir: str, *, options: AnalyseOptions) -> int:
     """Section 3.1: each complexity signal vs each image's max acceptable ratio
 
     Args:
         dir: image folder (top-level subfolders = content kinds)
-        ckpt: the nested VAE: cat-small (shipped), a folder, .ckpt or hub id
-        evaluator: evaluator whose score is a signal: default, smollm2, a YAML, distilled:D (repeatable; default: default
-            and smollm2)
-        out: output folder
-        image_size: image side in pixels
-        crop: crop policy (as in training)
-        tolerance_db: PSNR drop vs 8x still acceptable (dB)
-        ocr_tolerance: OCR confidence drop vs 8x still acceptable (points)
-        mse_tolerance: the paper's absolute form, reported beside: MSE increase vs 8x still acceptable (pixels in [0, 1])
-        features: Inception features (the LPIPS stand-in)
-        recon_cache: reconstruction cache folder (default OUT/recon_cache; rd's works too)
-        cache: score cache file
-        distortion_head: a tokenizer folder with a distortion head, as a candidate signal
-        device: auto, cpu, cuda ...
-        quiet: no progress bars
+        options: the command's options (``AnalyseOptions``)
     """
-    print(analyse_folder(dir, ckpt, out, evaluator or ["default", "smollm2"], image_size, crop, tolerance_db, ocr_tolerance,
-                         FEATURES[features], recon_cache, cache, device, not quiet, mse_tolerance, distortion_head))
-    print(f"wrote {out}/analysis.md, per_image.csv, scatter.png")
+    print(analyse_folder(dir, options))
+    print(f"wrote {options.out}/analysis.md, per_image.csv, scatter.png")
     return 0
 
 
