@@ -11,49 +11,19 @@ from typing import Literal
 from cat_tasks.distill import run_distill, run_distill_text
 from cat_tasks.distill.block_head import BlockHeadConfig, run_block_head
 from cat_tasks.distill.distortion import run_distortion_head
-from cat_tokenizer.options import parse_numbers
+from cat_tasks.distill.ratio_head import DistillOptions
 
 __all__ = ["distill", "distill_text", "distortion_head", "block_head"]
 
 
-def distill(*, data: str, out: str, ckpt: str = "cat-small", target: Literal["teacher", "oracle"] = "teacher",
-            crop: Literal["resize", "native"] | None = None, tolerance_db: float = 1.0, ocr_tolerance: float = 10.0,
-            teacher: str | None = None, image_size: int = 128, epochs: int = 150, batch_size: int = 32, lr: float = 3e-3,
-            hidden: int = 256, conv: int = 0, stages: str | None = None, row_stride: str | None = None,
-            loss: Literal["l1", "mse"] = "l1", groups: str = "auto", max_images: int | None = None, val_fraction: float = 0.2,
-            device: str = "auto", cnn: str = "resnet10t", cnn_epochs: int = 20) -> int:
+def distill(*, options: DistillOptions) -> int:
     """train the tokenizer's ratio head on a teacher evaluator; report agreement and speed
 
     Args:
-        data: image folder
-        out: folder for the tokenizer with its ratio head, distill.json, distill.md
-        ckpt: the nested VAE whose trunk the head reads
-        target: teacher: an evaluator's scores; oracle: the tokenizer's own max acceptable ratio per image
-        crop: crop policy of the head's view (default: native for oracle, resize for teacher)
-        tolerance_db: oracle: PSNR drop vs 8x still acceptable
-        ocr_tolerance: oracle: OCR confidence drop vs 8x still acceptable
-        teacher: teacher evaluator YAML (default: the fitted default evaluator; 'rubric' for the hand rubric)
-        image_size: image side in pixels
-        epochs: epochs of the head (it trains on precomputed statistics: fast)
-        batch_size: head batch size
-        lr: head learning rate
-        hidden: width of the head's MLP
-        conv: width of the head's conv branch on the 8x map (0: statistics only)
-        stages: trunk stages the head summarises, e.g. 1,2,3 (default: all; 0 = full resolution)
-        row_stride: per trunk stage, read every k-th row for the statistics (default: 8,4,2,1 on an 8x trunk)
-        loss: regression loss on the teacher's score (l1: its median, which keeps bimodal cases in one ratio)
-        groups: hold out whole sources: auto (DIR/sources.csv if present, as variety writes), folder (DIR/KIND/SOURCE/...,
-            as real-v1), a CSV of path,group rows, or none (per-file split)
-        max_images: distil on a seeded random sample of this many images (default: all)
-        val_fraction: held-out share
-        device: auto, cpu, cuda ...
-        cnn: timm model for the standalone CNN comparison (none: skip)
-        cnn_epochs: epochs of the standalone CNN (it trains on images: slow on CPU)
+        options: the command's options (``DistillOptions``)
     """
-    run_distill(teacher, data, out, ckpt, image_size, epochs, batch_size, lr, hidden, conv, val_fraction, device,
-                cnn=None if cnn == "none" else cnn, cnn_epochs=cnn_epochs, stages=parse_numbers(stages, "--stages"),
-                row_stride=parse_numbers(row_stride, "--row-stride"), max_images=max_images, loss=loss, groups=groups,
-                target=target, crop=crop, tolerance_db=tolerance_db, ocr_tolerance=ocr_tolerance)
+    run_distill(options)
+    out = options.out
     print((Path(out) / "distill.md").read_text())
     print(f"wrote {out}/ (tokenizer with its ratio head), distill.json, distill.md; use it with --evaluator distilled:{out}")
     return 0

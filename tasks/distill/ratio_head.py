@@ -17,7 +17,9 @@ import csv
 import json
 import logging
 import random
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import numpy as np
@@ -43,9 +45,10 @@ from cat_tokenizer.errors import UserInputError
 from cat_tokenizer.io import load_vae
 from cat_tokenizer.lit.cli import silence_known_warnings
 from cat_tokenizer.models.ratio_head import RatioHead
+from cat_tokenizer.options import parse_numbers
 from cat_tokenizer.profiling import flops, items_per_second
 
-__all__ = ["RatioHeadModule", "run_distill", "check_loss", "fit_regressor", "ratio_agreement"]
+__all__ = ["DistillOptions", "RatioHeadModule", "run_distill", "check_loss", "fit_regressor", "ratio_agreement"]
 
 log = logging.getLogger(__name__)
 
@@ -191,26 +194,75 @@ def _oracle_labels(files: list[Path], root: Path, tokenizer: str, out_dir: Path,
     return scored, RatioMapper((4.0, 7.0), (8, 16, 32)), f"oracle (max acceptable ratio, {tolerance_db:g} dB, OCR {ocr_tolerance:g})"
 
 
-def run_distill(teacher_config: str | None, data: str, out: str, tokenizer: str, image_size: int = 128,
-                epochs: int = 150, batch_size: int = 32, lr: float = 3e-3, hidden: int = 256, conv: int = 0,
-                val_fraction: float = 0.2, device: str = "auto", seed: int = 0, cnn: str | None = "resnet10t",
-                cnn_epochs: int = 20, speed_images: int = 64, stages: list[int] | None = None,
-                row_stride: list[int] | None = None, max_images: int | None = None, loss: str = "l1",
-                groups: str | None = "auto", target: str = "teacher", crop: str | None = None,
-                tolerance_db: float = 1.0, ocr_tolerance: float = 10.0) -> dict:
+@dataclass(frozen=True)
+class DistillOptions:
+    """The options of ``cat-tokenizer distill`` (and of ``run_distill``).
+
+    Args:
+        data: image folder
+        out: folder for the tokenizer with its ratio head, distill.json, distill.md
+        ckpt: the nested VAE whose trunk the head reads
+        target: teacher: an evaluator's scores; oracle: the tokenizer's own max acceptable ratio per image
+        crop: crop policy of the head's view (default: native for oracle, resize for teacher)
+        tolerance_db: oracle: PSNR drop vs 8x still acceptable
+        ocr_tolerance: oracle: OCR confidence drop vs 8x still acceptable
+        teacher: teacher evaluator YAML (default: the fitted default evaluator; 'rubric' for the hand rubric)
+        image_size: image side in pixels
+        epochs: epochs of the head (it trains on precomputed statistics: fast)
+        batch_size: head batch size
+        lr: head learning rate
+        hidden: width of the head's MLP
+        conv: width of the head's conv branch on the 8x map (0: statistics only)
+        stages: trunk stages the head summarises, e.g. 1,2,3 (default: all; 0 = full resolution)
+        row_stride: per trunk stage, read every k-th row for the statistics (default: 8,4,2,1 on an 8x trunk)
+        loss: regression loss on the teacher's score (l1: its median, which keeps bimodal cases in one ratio)
+        groups: hold out whole sources: auto (DIR/sources.csv if present, as variety writes), folder (DIR/KIND/SOURCE/...,
+            as real-v1), a CSV of path,group rows, or none (per-file split)
+        max_images: distil on a seeded random sample of this many images (default: all)
+        val_fraction: held-out share
+        device: auto, cpu, cuda ...
+        cnn: timm model for the standalone CNN comparison (none: skip)
+        cnn_epochs: epochs of the standalone CNN (it trains on images: slow on CPU)
+        speed_images: held-out images the speeds are measured on
+        seed: sample and split seed
+    """
+
+    data: str
+    out: str
+    ckpt: str = "cat-small"
+    target: Literal["teacher", "oracle"] = "teacher"
+    crop: Literal["resize", "native"] | None = None
+    tolerance_db: float = 1.0
+    ocr_tolerance: float = 10.0
+    teacher: str | None = None
+    image_size: int = 128
+    epochs: int = 150
+    batch_size: int = 32
+    lr: float = 3e-3
+    hidden: int = 256
+    conv: int = 0
+    stages: str | None = None
+    row_stride: str | None = None
+    loss: Literal["l1", "mse"] = "l1"
+    groups: str = "auto"
+    max_images: int | None = None
+    val_fraction: float = 0.2
+    device: str = "auto"
+    cnn: str = "resnet10t"
+    cnn_epochs: int = 20
+    speed_images: int = 64
+    seed: int = 0
+
+
+def run_distill(o: DistillOptions) -> dict:
     """Distil and report; returns the metrics dict (also written to ``out/distill.json``).
 
-    With ``cnn`` (a timm model name, randomly initialised), a standalone CNN student is trained on
-    the same images and labels (``cnn_epochs``) and reported beside the head (agreement and GFLOPs
-    per image), the comparison the design asks for. The tokenizer keeps the head either way: only
-    the head can route inside ``encode(x, "auto")``, on features the encode computes anyway. Speeds are measured on the first
-    ``speed_images`` held-out images. ``stages`` / ``row_stride``: which trunk stages the head
-    summarises and how sparsely it reads their rows (``RatioHead``; default all stages, rows 8/4/2/1).
-    ``max_images``: distil on a seeded random sample of that many images of ``data`` (all by default).
-    ``loss``: "l1" or "mse" on the teacher's score (``RatioHeadModule``). ``groups``: hold out whole
-    sources ("auto": ``data/sources.csv`` when present, as ``variety`` writes; a CSV path; "none":
-    a per-file split; "folder": ``KIND/SOURCE/...`` folders, as real-v1 is laid out); the agreement
-    ``auto:`` trusts is then on images from unseen sources.
+    With ``cnn`` (a timm model name, randomly initialised; "none" skips it), a standalone CNN student is
+    trained on the same images and labels and reported beside the head (agreement and GFLOPs per image),
+    the comparison the design asks for. The tokenizer keeps the head either way: only the head can route
+    inside ``encode(x, "auto")``, on features the encode computes anyway. ``stages`` / ``row_stride``: which
+    trunk stages the head summarises and how sparsely it reads their rows (``RatioHead``). ``groups``: hold
+    out whole sources; the agreement ``auto:`` trusts is then on images from unseen sources.
 
     ``target="oracle"`` trains on the tokenizer's own labels instead of a teacher: each image's maximum
     acceptable ratio (``cat_tasks.reconstruction.analysis``: within ``tolerance_db`` of 8x's PSNR and, for
@@ -218,57 +270,61 @@ def run_distill(teacher_config: str | None, data: str, out: str, tokenizer: str,
     regressed as scores 8.5 / 5.5 / 2.5 for 8x / 16x / 32x (thresholds 4 and 7).
     """
     silence_known_warnings()
-    check_loss(loss)  # before the (slow) scoring
-    L.seed_everything(seed, workers=True)
-    root, out_dir, dev = Path(data).expanduser(), Path(out), resolve_device(device)
-    if target not in ("teacher", "oracle"):
-        raise UserInputError(f"--target must be teacher or oracle, got {target!r}")
-    crop = crop or ("native" if target == "oracle" else "resize")
-    group_of, split_from = _read_groups(root, groups)  # before the (slow) scoring: a bad file fails now
-    teacher = ComplexityEvaluator.from_config(teacher_config) if target == "teacher" else None
-    files, scores, mapper, teacher_name = _labels(root, teacher, tokenizer, out_dir, image_size, crop, tolerance_db, ocr_tolerance,
-                                                  dev, max_images, seed)
-    val = _grouped_split(files, root, val_fraction, group_of) if group_of else set(stratified_split(files, root, val_fraction))
+    check_loss(o.loss)  # before the (slow) scoring
+    L.seed_everything(o.seed, workers=True)
+    root, out_dir, dev = Path(o.data).expanduser(), Path(o.out), resolve_device(o.device)
+    if o.target not in ("teacher", "oracle"):
+        raise UserInputError(f"--target must be teacher or oracle, got {o.target!r}")
+    crop = o.crop or ("native" if o.target == "oracle" else "resize")
+    group_of, split_from = _read_groups(root, o.groups)  # before the (slow) scoring: a bad file fails now
+    teacher = ComplexityEvaluator.from_config(o.teacher) if o.target == "teacher" else None
+    files, scores, mapper, teacher_name = _labels(root, teacher, o.ckpt, out_dir, o.image_size, crop, o.tolerance_db, o.ocr_tolerance,
+                                                  dev, o.max_images, o.seed)
+    val = _grouped_split(files, root, o.val_fraction, group_of) if group_of else set(stratified_split(files, root, o.val_fraction))
     split = "random" if group_of is None else f"by source ({split_from})"
     log.info("held-out split: %s", split)
     tr = [i for i, f in enumerate(files) if f not in val]
     va = [i for i, f in enumerate(files) if f in val]
     if not tr or not va:
         raise UserInputError(f"the split left {len(tr)} training and {len(va)} held-out images; add images or change val_fraction")
-
-    vae = load_vae(tokenizer).eval().to(dev)
-    stage_channels = vae.config["block_out_channels"][: vae.trunk_level() + 1]
-    head = RatioHead(stage_channels, hidden, conv, mapper.thresholds, mapper.ratios, image_size, stages=stages,
-                     row_stride=row_stride, crop=crop).to(dev)
-    inputs = trunk_inputs(vae, head, files, image_size, dev, crop=crop)  # [(N, D) statistics, (N, C, h, w) 8x maps]
-    fit_regressor(_HeadOnStatistics(head), head.out, [t[tr] for t in inputs], scores[tr], epochs, batch_size, lr, dev, loss)
-    head.eval()
+    vae, head, inputs = _fit_head(o, files, scores, mapper, tr, crop, dev)
     with torch.no_grad():
         pred = head.score(*[t[va].to(dev) for t in inputs]).cpu()
     agreement, confusion, rho = ratio_agreement(pred, scores[va], mapper)
-    teacher_ref = str(Path(teacher_config).expanduser().resolve()) if teacher_config and target == "teacher" else None
+    teacher_ref = str(Path(o.teacher).expanduser().resolve()) if o.teacher and o.target == "teacher" else None
     head.set_report({"teacher": teacher_ref, "teacher_name": teacher_name, "agreement": round(agreement, 4),
                      "held_out": len(va), "spearman": round(rho, 4), "split": split})
     vae.attach_ratio_head(head)
-    images = [load_rgb(files[i]) for i in va[:speed_images]]
-    tf = image_transform(image_size, train=False, crop=crop)
+    images = [load_rgb(files[i]) for i in va[: o.speed_images]]
+    tf = image_transform(o.image_size, train=False, crop=crop)
     speed = _speeds(vae, head, teacher, images, tf, dev)
     out_dir.mkdir(parents=True, exist_ok=True)
     vae.save_pretrained(out_dir)  # the head is usable before the (slow) CNN comparison starts
-    cnn_metrics = {}
-    if cnn:
-        cnn_metrics = _cnn_student(cnn, files, scores, tr, va, tf, images, mapper, cnn_epochs, batch_size, lr, dev, loss)
-    metrics = {"teacher": teacher_name, "target": target, "crop": crop, "images": len(files), "train": len(tr), "held_out": len(va),
+    cnn = None if o.cnn == "none" else o.cnn
+    cnn_metrics = _cnn_student(cnn, files, scores, tr, va, tf, images, mapper, o.cnn_epochs, o.batch_size, o.lr, dev, o.loss) if cnn else {}
+    metrics = {"teacher": teacher_name, "target": o.target, "crop": crop, "images": len(files), "train": len(tr), "held_out": len(va),
                "split": split, "ratio_agreement": round(agreement, 4), "spearman": round(rho, 4),
                "confusion_rows_teacher_cols_student": confusion.tolist(), "ratios": list(mapper.ratios),
                "thresholds": list(mapper.thresholds), **speed, "head_params": sum(p.numel() for p in head.parameters()),
-               "image_size": image_size, "epochs": epochs, "loss": loss,
+               "image_size": o.image_size, "epochs": o.epochs, "loss": o.loss,
                "stages": head.config["stages"], "row_stride": head.config["row_stride"],
                "agreement_by_folder": _agreement_by_folder(pred, scores[va], mapper, [files[i] for i in va], root),
                "speed_images": len(images), "replaces_teacher_by_default": replaces_teacher(agreement, len(va)), **cnn_metrics}
     (out_dir / "distill.json").write_text(json.dumps(metrics, indent=2))
-    (out_dir / "distill.md").write_text(_report(metrics, out, str(dev)))
+    (out_dir / "distill.md").write_text(_report(metrics, o.out, str(dev)))
     return metrics
+
+
+def _fit_head(o: DistillOptions, files: list[Path], scores: torch.Tensor, mapper, tr: list[int], crop: str, dev: torch.device):
+    """The tokenizer, its new ratio head fitted on the training images' trunk statistics, and those inputs."""
+    vae = load_vae(o.ckpt).eval().to(dev)
+    stage_channels = vae.config["block_out_channels"][: vae.trunk_level() + 1]
+    head = RatioHead(stage_channels, o.hidden, o.conv, mapper.thresholds, mapper.ratios, o.image_size,
+                     stages=parse_numbers(o.stages, "--stages"), row_stride=parse_numbers(o.row_stride, "--row-stride"),
+                     crop=crop).to(dev)
+    inputs = trunk_inputs(vae, head, files, o.image_size, dev, crop=crop)  # [(N, D) statistics, (N, C, h, w) 8x maps]
+    fit_regressor(_HeadOnStatistics(head), head.out, [t[tr] for t in inputs], scores[tr], o.epochs, o.batch_size, o.lr, dev, o.loss)
+    return vae, head.eval(), inputs
 
 
 def _labels(root: Path, teacher: ComplexityEvaluator | None, tokenizer: str, out_dir: Path, image_size: int, crop: str,
