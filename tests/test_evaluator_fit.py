@@ -4,6 +4,7 @@ round-trips through its config, and keys the score cache by its weights."""
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -210,3 +211,26 @@ def test_evaluate_kinds_reports_auc_and_shares(tmp_path, capsys):
     default = rows[1].split("|")
     assert float(default[5]) >= 0.9  # the fitted default ranks text and charts above flat discs
     assert "charts 8/16/32x" in out and "flat 8/16/32x" in out
+
+
+def test_fit_rubric_writes_an_evaluator_that_loads_and_a_bad_kind_map_is_one_line(tmp_path, capsys):
+    from conftest import one_line_error, write_kind_folder
+
+    from cat_tokenizer.cli import tools
+    from cat_tokenizer.complexity import ComplexityEvaluator
+
+    root = tmp_path / "data"
+    for seed, src in enumerate("abc"):
+        write_kind_folder(root, ("flat", "natural", "text"), n=4, size=(64, 64), source=src, seed=seed)
+    out = tmp_path / "fitted.yaml"
+    assert tools.main(["fit-rubric", str(root), "--out", str(out), "--no-faces", "--kind-map", "flat=32,natural=16,text=8",
+                       "--quiet"]) == 0
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["images"] == 36 and len(report["sources"]) == 9 and report["kind_map"] == {"flat": 0, "natural": 1, "text": 2}
+    assert "Leave-one-source-out" in out.with_suffix(".md").read_text()
+    ev = ComplexityEvaluator.from_config(str(out))
+    flat, text = (ev.score_images([next((root / k / "a").glob("*.png"))])[0].score for k in ("flat", "text"))
+    assert text > flat
+    capsys.readouterr()
+    assert tools.main(["fit-rubric", str(root), "--out", str(out), "--kind-map", "flat=31"]) == 2
+    one_line_error(capsys, "--kind-map")

@@ -10,12 +10,11 @@ from pathlib import Path
 from typing import Literal
 
 from cat_tasks.complexity.bench import bench_default_and_cache, bench_scorers, spread
-from cat_tasks.complexity.fit import RATIO_CLASS, run_evaluate_kinds, run_fit_rubric
+from cat_tasks.complexity.fit import FitRubricOptions, run_evaluate_kinds, run_fit_rubric
 from cat_tasks.complexity.reencode import reencode_folder
 from cat_tasks.complexity.score import run_score
 from cat_tokenizer.data.default_data import ensure_default_data
 from cat_tokenizer.data.images import list_images
-from cat_tokenizer.errors import UserInputError
 from cat_tokenizer.options import parse_numbers, print_table
 
 __all__ = ["score", "bench_score", "fit_rubric", "evaluate_kinds", "reencode"]
@@ -76,34 +75,16 @@ def bench_score(*, n: int = 16, llm: str = "builtin:smollm2", data: str | None =
     return 0
 
 
-def fit_rubric(data: str, *, out: str, eval: str | None = None, target: str = "kinds", kind_map: str | None = None,
-               ratio_column: str = "ratio", ocr: bool = False, no_faces: bool = False, c: float = 1.0,
-               face_points: float = 1.5, max_files: int | None = None, quiet: bool = False) -> int:
+def fit_rubric(data: str, *, options: FitRubricOptions) -> int:
     """fit the evaluator's scorer to labelled folders; source-held-out CV figures
 
     Args:
         data: folder of KIND/SOURCE/... images (e.g. real-v1 train/)
-        out: evaluator YAML to write (a .md report, .json and .facts.csv cache go beside it)
-        eval: a held-out folder to report on with the final model (e.g. real-v1 dev/)
-        target: kinds (top-level folders as weak labels) or csv:FILE (path + ratio column)
-        kind_map: kind=ratio pairs (default text=8,charts=8,natural=16,flat=32)
-        ratio_column: with csv:FILE, the column holding 8/16/32 (analyse: max_ratio)
-        ocr: add Tesseract facts (slow: about 5 img/s here)
-        no_faces: no face detection
-        c: inverse L2 strength of the logistic regression
-        face_points: score points a detected face adds (1.5 lifts a typical photo, 5.5, to the 8x threshold 7)
-        max_files: fit on a seeded sample of this many files
-        quiet: no progress bar
+        options: the command's options (``FitRubricOptions``)
     """
-    mapping = None
-    if kind_map:
-        try:
-            mapping = {k: RATIO_CLASS[int(v)] for k, v in (item.split("=") for item in kind_map.split(","))}
-        except (ValueError, KeyError):
-            raise UserInputError(f"--kind-map takes kind=ratio pairs with ratios 8, 16, 32, e.g. text=8,natural=16,flat=32; "
-                                 f"got {kind_map!r}") from None
-    report = run_fit_rubric(data, out, eval, target, mapping, ratio_column, ocr, not no_faces, c, face_points, max_files,
-                            progress=not quiet)
+    options.kind_classes()  # a bad --kind-map fails before the (slow) probe
+    report = run_fit_rubric(data, options)
+    out = options.out
     md = Path(out).with_suffix(".md")
     print(md.read_text())
     print(f"wrote {out} (use it with --evaluator {out}), {md}, {Path(out).with_suffix('.json')}")

@@ -24,6 +24,7 @@ import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +42,8 @@ from cat_tokenizer.data.images import UnreadableImage, list_images, load_rgb
 from cat_tokenizer.errors import InputNotFound, UserInputError
 from cat_tokenizer.markdown import md_header, md_records
 
-__all__ = ["collect_facts", "cross_validate", "evaluate_scores", "label_agreement", "per_source", "run_fit_rubric", "REAL_V1_KINDS"]
+__all__ = ["FitRubricOptions", "collect_facts", "cross_validate", "evaluate_scores", "label_agreement", "per_source", "run_fit_rubric",
+           "REAL_V1_KINDS"]
 
 log = logging.getLogger(__name__)
 
@@ -219,20 +221,60 @@ def _score_table(name: str, m: dict) -> list[str]:
     return lines + [""]
 
 
-def run_fit_rubric(data: str, out: str, eval_dir: str | None = None, target: str = "kinds",
-                   kind_map: dict[str, int] | None = None, ratio_column: str = "ratio", ocr: bool = False,
-                   faces: bool = True, c: float = 1.0, face_points: float = 1.5, max_files: int | None = None,
-                   seed: int = 0, progress: bool = True) -> dict:
-    """Fit on ``data``, cross-validate by source, evaluate on ``eval_dir``; write ``out`` (YAML) and
-    ``out`` with .md / .json beside it. Returns the report dict."""
-    root, out_path = Path(data).expanduser(), Path(out)
-    kind_map = kind_map or REAL_V1_KINDS
-    probe = ProbeDescriber(ocr=ocr, faces=faces, layout=True, faces_on="photo")
+@dataclass(frozen=True)
+class FitRubricOptions:
+    """The options of ``cat-tokenizer fit-rubric`` (and of ``run_fit_rubric``).
+
+    Args:
+        out: evaluator YAML to write (a .md report, .json and .facts.csv cache go beside it)
+        eval: a held-out folder to report on with the final model (e.g. real-v1 dev/)
+        target: kinds (top-level folders as weak labels) or csv:FILE (path + ratio column)
+        kind_map: kind=ratio pairs (default text=8,charts=8,natural=16,flat=32)
+        ratio_column: with csv:FILE, the column holding 8/16/32 (analyse: max_ratio)
+        ocr: add Tesseract facts (slow: about 5 img/s here)
+        no_faces: no face detection
+        c: inverse L2 strength of the logistic regression
+        face_points: score points a detected face adds (1.5 lifts a typical photo, 5.5, to the 8x threshold 7)
+        max_files: fit on a seeded sample of this many files
+        seed: sample seed
+        quiet: no progress bar
+    """
+
+    out: str
+    eval: str | None = None
+    target: str = "kinds"
+    kind_map: str | None = None
+    ratio_column: str = "ratio"
+    ocr: bool = False
+    no_faces: bool = False
+    c: float = 1.0
+    face_points: float = 1.5
+    max_files: int | None = None
+    seed: int = 0
+    quiet: bool = False
+
+    def kind_classes(self) -> dict[str, int]:
+        """``kind_map`` as kind -> class (0: 32x, 1: 16x, 2: 8x); real-v1's when not given."""
+        if not self.kind_map:
+            return REAL_V1_KINDS
+        try:
+            return {k: RATIO_CLASS[int(v)] for k, v in (item.split("=") for item in self.kind_map.split(","))}
+        except (ValueError, KeyError):
+            raise UserInputError(f"--kind-map takes kind=ratio pairs with ratios 8, 16, 32, e.g. text=8,natural=16,flat=32; "
+                                 f"got {self.kind_map!r}") from None
+
+
+def run_fit_rubric(data: str, o: FitRubricOptions) -> dict:
+    """Fit on ``data``, cross-validate by source, evaluate on ``o.eval``; write ``o.out`` (YAML) and
+    ``o.out`` with .md / .json beside it. Returns the report dict."""
+    root, out_path, progress = Path(data).expanduser(), Path(o.out), not o.quiet
+    kind_map = o.kind_classes()
+    probe = ProbeDescriber(ocr=o.ocr, faces=not o.no_faces, layout=True, faces_on="photo")
     files = list_images(root)
-    if max_files and len(files) > max_files:
-        rng = np.random.default_rng(seed)
-        files = sorted(files[i] for i in rng.choice(len(files), max_files, replace=False))
-    labels = _labels(files, root, target, kind_map, ratio_column)
+    if o.max_files and len(files) > o.max_files:
+        rng = np.random.default_rng(o.seed)
+        files = sorted(files[i] for i in rng.choice(len(files), o.max_files, replace=False))
+    labels = _labels(files, root, o.target, kind_map, o.ratio_column)
     t0 = time.perf_counter()
     facts = collect_facts(files, probe, out_path.with_suffix(".facts.csv"), progress=progress)
     keep = [i for i, (f, y) in enumerate(zip(facts, labels)) if f is not None and y is not None]
@@ -243,16 +285,16 @@ def run_fit_rubric(data: str, out: str, eval_dir: str | None = None, target: str
     y = np.array([labels[i] for i in keep])
     kinds = [kind_of(f, root) for f in files]
     groups = [source_of(f, root) for f in files]
-    fit_kw = {"c": c, "face_points": face_points}
+    fit_kw = {"c": o.c, "face_points": o.face_points}
     cv_scores = cross_validate(facts, y, groups, **fit_kw)
-    report = {"data": str(root), "images": len(files), "target": target, "kind_map": kind_map if target == "kinds" else None,
-              "sources": sorted(set(groups)), "probe": _probe_settings(probe), "c": c, "face_points": face_points,
+    report = {"data": str(root), "images": len(files), "target": o.target, "kind_map": kind_map if o.target == "kinds" else None,
+              "sources": sorted(set(groups)), "probe": _probe_settings(probe), "c": o.c, "face_points": o.face_points,
               "cv": evaluate_scores(cv_scores, kinds), "cv_labels": label_agreement(cv_scores, y),
               "cv_sources": per_source(cv_scores, y, groups, kinds),
               "fitted": time.strftime("%Y-%m-%d")}
-    model = fit_facts(facts, y, c=c, face_points=face_points)
-    if eval_dir:
-        ev_root = Path(eval_dir).expanduser()
+    model = fit_facts(facts, y, **fit_kw)
+    if o.eval:
+        ev_root = Path(o.eval).expanduser()
         ev_files = list_images(ev_root)
         ev_facts = collect_facts(ev_files, probe, out_path.with_suffix(".facts.csv"), progress=progress)
         ok = [i for i, f in enumerate(ev_facts) if f is not None]
@@ -260,6 +302,12 @@ def run_fit_rubric(data: str, out: str, eval_dir: str | None = None, target: str
         ev_scores[ok] = model.score_facts([ev_facts[i] for i in ok])
         report["eval"] = {"data": str(ev_root), **evaluate_scores(ev_scores, [kind_of(f, ev_root) for f in ev_files])}
     report["seconds"] = round(time.perf_counter() - t0, 1)
+    _write_fit(out_path, data, report, model, probe)
+    return report
+
+
+def _write_fit(out_path: Path, data: str, report: dict, model, probe: ProbeDescriber) -> None:
+    """The evaluator YAML (with provenance), the .json report and the .md report of a fit."""
     model.provenance = {k: report[k] for k in ("data", "images", "target", "fitted")} | {
         "cv_auc_high_vs_natural": round(report["cv"]["auc_high_vs_natural"], 4),
         "cv_auc_high_vs_flat": round(report["cv"]["auc_high_vs_flat"], 4)}
@@ -268,15 +316,15 @@ def run_fit_rubric(data: str, out: str, eval_dir: str | None = None, target: str
         "scorer": {"class_path": "cat_tokenizer.complexity.FittedScorer", "init_args": model.init_args()},
         "thresholds": [4.0, 7.0]}}
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    header = (f"# Fitted by `cat-tokenizer fit-rubric {data}` on {report['fitted']} ({len(files)} images, target {target}).\n"
+    header = (f"# Fitted by `cat-tokenizer fit-rubric {data}` on {report['fitted']} ({report['images']} images, target {report['target']}).\n"
               f"# Source-held-out CV: AUC text+charts > natural {report['cv']['auc_high_vs_natural']:.3f}, "
               f"> flat {report['cv']['auc_high_vs_flat']:.3f}. Full report: {out_path.with_suffix('.md').name}\n")
     out_path.write_text(header + yaml.safe_dump(config, sort_keys=False, width=120))
     out_path.with_suffix(".json").write_text(json.dumps(report, indent=2))
     lines = [f"# Fitted complexity scorer: {out_path.name}", "",
-             f"Fitted on {len(files)} images of {root} (target {target}; probe: {_probe_settings(probe)}), "
-             f"{len(set(groups))} sources; class-balanced multinomial logistic regression (C={c}) over "
-             f"{len(DEFAULT_FEATURES)} probe facts; faces add {face_points} points. {report['seconds']} s "
+             f"Fitted on {report['images']} images of {report['data']} (target {report['target']}; probe: {_probe_settings(probe)}), "
+             f"{len(report['sources'])} sources; class-balanced multinomial logistic regression (C={report['c']}) over "
+             f"{len(DEFAULT_FEATURES)} probe facts; faces add {report['face_points']} points. {report['seconds']} s "
              f"(probe facts already in {out_path.with_suffix('.facts.csv').name} are not recomputed).", "",
              "## Leave-one-source-out cross-validation (pooled out-of-fold scores)", "",
              f"Against the labels: {report['cv_labels']['agreement']:.0%} at the label's ratio (the most common label "
@@ -292,7 +340,6 @@ def run_fit_rubric(data: str, out: str, eval_dir: str | None = None, target: str
     for j, name in enumerate(model.features):
         lines.append(f"| {name} | {model.transforms[j]} | " + " | ".join(f"{model.coef[k, j]:+.2f}" for k in range(3)) + " |")
     out_path.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    return report
 
 
 def load_evaluator(path: str) -> ComplexityEvaluator:
