@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import logging
 import shlex
-from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import lightning as L
@@ -20,7 +20,7 @@ from cat_tokenizer.lit.datamodule import CATDataModule
 from cat_tokenizer.markdown import md_table
 from cat_tokenizer.ratios import token_count
 
-__all__ = ["VARIANTS", "run_benchmark"]
+__all__ = ["VARIANTS", "ClassifyOptions", "run_benchmark"]
 
 log = logging.getLogger(__name__)
 
@@ -34,32 +34,71 @@ VARIANTS: tuple[tuple[str, str, str], ...] = (
 )
 
 
-def run_benchmark(tokenizer: str, datasets: Sequence[str], out_dir: str | Path, image_size: int = 64,
-                  epochs: int = 15, batch_size: int = 64, lr: float = 3e-3, max_per_class: int | None = 100,
-                  evaluator: ComplexityEvaluator | None = None, seed: int = 0, accelerator: str = "auto",
-                  command: str | None = None) -> Path:
+@dataclass(frozen=True)
+class ClassifyOptions:
+    """The options of ``cat-tokenizer classify`` (and of ``run_benchmark``).
+
+    Args:
+        ckpt: the frozen nested VAE (folder, .ckpt or hub id)
+        datasets: bundled sets (mnist, digits, lfw) or folders with class subfolders
+        out: output folder
+        image_size: image side in pixels
+        epochs: probe epochs
+        batch_size: probe batch size
+        lr: probe learning rate
+        max_per_class: images per class (0: all)
+        evaluator: evaluator YAML for the adaptive ratios (default: the fitted default evaluator; 'rubric' for the hand rubric)
+        accelerator: Lightning accelerator
+        seed: data split and initialisation seed
+    """
+
+    ckpt: str
+    datasets: tuple[str, ...] = ("mnist", "digits", "lfw")
+    out: str = "outputs/classify"
+    image_size: int = 64
+    epochs: int = 15
+    batch_size: int = 64
+    lr: float = 3e-3
+    max_per_class: int = 100
+    evaluator: str | None = None
+    accelerator: str = "auto"
+    seed: int = 0
+
+    def command(self) -> str:
+        """The command line that runs these options (every option that is not its default)."""
+        words = ["cat-tokenizer", "classify"]
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if v != f.default:
+                words += [f"--{f.name.replace('_', '-')}", *(map(str, v) if isinstance(v, tuple) else [str(v)])]
+        return shlex.join(words)
+
+
+def run_benchmark(o: ClassifyOptions, evaluator: ComplexityEvaluator | None = None) -> Path:
     """Train and evaluate every variant on every dataset (a bundled name: mnist, digits, lfw; or a folder
-    with class subfolders); write results.md / results.csv. Returns results.md."""
+    with class subfolders); write results.md / results.csv. Returns results.md. ``evaluator``: built at the
+    edge from ``o.evaluator`` (default: the fitted default at ``o.image_size``)."""
     silence_known_warnings()
-    out_dir = Path(out_dir)
+    out_dir, image_size, seed = Path(o.out), o.image_size, o.seed
     out_dir.mkdir(parents=True, exist_ok=True)
     evaluator = evaluator or ComplexityEvaluator.default(image_size)
+    max_per_class = o.max_per_class or None
     rows = []
-    for name in datasets:
+    for name in o.datasets:
         # A name of a bundled set, or any folder with class subfolders.
         folder = Path(name).expanduser().is_dir()
         root = Path(name).expanduser() if folder else ensure_probe_dataset(name, max_per_class)
         name = root.name if folder else name
         for variant, assignment, features in VARIANTS:
             L.seed_everything(seed, workers=True)
-            dm = CATDataModule(root=str(root), image_size=image_size, batch_size=batch_size, num_workers=0,
+            dm = CATDataModule(root=str(root), image_size=image_size, batch_size=o.batch_size, num_workers=0,
                                val_fraction=0.2, labels=True, ratio_assignment=assignment, evaluator=evaluator,
                                score_cache=str(out_dir / f"scores-{name}.sqlite"), drop_last=False, seed=seed)
-            model = LinearProbeModule(tokenizer, features=features, image_size=image_size, lr=lr, cache_features=True)
-            quiet = dict(accelerator=accelerator, devices=1, logger=False, precision="32-true", enable_checkpointing=False,
+            model = LinearProbeModule(o.ckpt, features=features, image_size=image_size, lr=o.lr, cache_features=True)
+            quiet = dict(accelerator=o.accelerator, devices=1, logger=False, precision="32-true", enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
                          default_root_dir=str(out_dir))
-            L.Trainer(max_epochs=epochs, limit_val_batches=0, **quiet).fit(model, datamodule=dm)
+            L.Trainer(max_epochs=o.epochs, limit_val_batches=0, **quiet).fit(model, datamodule=dm)
             acc = L.Trainer(**quiet).validate(model, datamodule=dm, verbose=False)[0]["val/acc"]
             ratios = dm.val_set.ratios if dm.val_set.ratios is not None else np.full(len(dm.val_set), dm.fixed_ratio)
             tokens = float(np.mean([token_count(image_size, image_size, int(r)) for r in ratios]))
@@ -73,11 +112,8 @@ def run_benchmark(tokenizer: str, datasets: Sequence[str], out_dir: str | Path, 
         w.writeheader()
         w.writerows(rows)
     cols = list(rows[0])
-    command = command or shlex.join(["cat-tokenizer", "classify", "--ckpt", str(tokenizer), "--datasets", *datasets,
-                                     "--image-size", str(image_size), "--epochs", str(epochs), "--batch-size", str(batch_size),
-                                     "--lr", str(lr), "--max-per-class", str(max_per_class or 0)])
-    lines = ["# Linear probe on frozen CAT latents", "", f"Command: `{command}`", "",
-             f"Tokenizer: {tokenizer}; {image_size}px; {epochs} epochs of AdamW (lr {lr}) on the head only; "
+    lines = ["# Linear probe on frozen CAT latents", "", f"Command: `{o.command()}`", "",
+             f"Tokenizer: {o.ckpt}; {image_size}px; {o.epochs} epochs of AdamW (lr {o.lr}) on the head only; "
              f"top-1 on the held-out 20% (stratified per class).", "",
              *md_table(cols, ([r[c] for c in cols] for r in rows))]
     (out_dir / "results.md").write_text("\n".join(lines) + "\n")
