@@ -36,6 +36,9 @@ from cat_tokenizer.fingerprint import fingerprint_state
 from cat_tokenizer.models.hub import BUNDLED_TOKENIZERS, bundled_path, check_weights
 from cat_tokenizer.models.ratio_head import RatioHead
 from cat_tokenizer.ratios import DEFAULT_RATIOS, check_ratio, ratio_level
+from cat_tokenizer.regions.block_head import BlockHead
+from cat_tokenizer.regions.fill import RegionFill
+from cat_tokenizer.regions.latent import decode_regions, encode_regions
 
 __all__ = ["NestedVAE", "LatentPosterior", "NESTED_VAE_PRESETS", "BUNDLED_TOKENIZERS", "bundled_path", "check_weights"]
 
@@ -268,13 +271,9 @@ class NestedVAE(ModelMixin, ConfigMixin):
             self.attach_ratio_head(RatioHead(**ratio_head))
         self.region_fill = None
         if region_fill is not None:
-            from cat_tokenizer.regions.fill import RegionFill
-
             self.attach_region_fill(RegionFill(**region_fill))
         self.block_head = None
         if block_head is not None:
-            from cat_tokenizer.regions.block_head import BlockHead
-
             self.attach_block_head(BlockHead(**block_head))
 
     def __getattr__(self, name: str):
@@ -544,16 +543,12 @@ class NestedVAE(ModelMixin, ConfigMixin):
     def encode_regions(self, x: Tensor, ratio_map: Tensor, sample: bool = False):
         """Encode with one ratio per block of ``max(ratios)`` px: ``ratio_map`` is (B, bh, bw) or (bh, bw).
         Returns a ``cat_tokenizer.regions.RegionLatent`` (``.tokens()`` per image); see that module."""
-        from cat_tokenizer.regions.latent import encode_regions
-
         return encode_regions(self, x, ratio_map, sample)
 
     def decode_regions(self, latent, refine: int | None = None, use_fill: bool = True) -> Tensor:
         """A ``RegionLatent`` -> (B, 3, H, W) images at its recorded size: the mixed decode, its missing
         cells from the attached region fill, then ``refine`` context passes (default 0 with a region
         fill, 2 without; ``use_fill=False`` ignores the fill; ``cat_tokenizer.regions.latent``)."""
-        from cat_tokenizer.regions.latent import decode_regions
-
         return decode_regions(self, latent, refine, use_fill)
 
     @torch.no_grad()
