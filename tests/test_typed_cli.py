@@ -93,7 +93,7 @@ def test_commands_whose_options_are_a_dataclass_pass_it_down_unrenamed():
             clash = {f.name for f in dataclasses.fields(cls)} & set(inspect.signature(fn).parameters)
             assert not clash, f"{name}: {clash} declared twice"
             with_options[name] = cls
-    assert {"rd", "analyse", "distill", "fit-rubric", "classify", "block-head"} <= set(with_options)
+    assert {"rd", "analyse", "distill", "distortion-head", "fit-rubric", "classify", "block-head"} <= set(with_options)
     parser = build_parser()
     args = parser.parse_args(["rd", "some/dir", "--image-size", "256", "--regions", "--evaluator", "a", "--evaluator", "b"])
     got = {}

@@ -10,7 +10,7 @@ from typing import Literal
 
 from cat_tasks.distill import run_distill, run_distill_text
 from cat_tasks.distill.block_head import BlockHeadConfig, run_block_head
-from cat_tasks.distill.distortion import run_distortion_head
+from cat_tasks.distill.distortion import DistortionHeadOptions, run_distortion_head
 from cat_tasks.distill.ratio_head import DistillOptions
 
 __all__ = ["distill", "distill_text", "distortion_head", "block_head"]
@@ -54,29 +54,15 @@ def distill_text(*, prompts: str, out: str, encoder: str = "builtin:minilm", tea
     return 0
 
 
-def distortion_head(data: str, *, out: str, ckpt: str = "cat-small", dev: str | None = None, image_size: int = 128,
-                    crop: Literal["native", "resize"] = "native", max_images: int = 3000, epochs: int = 150,
-                    target_psnr: float = 24.0, val_fraction: float = 0.2, groups: str = "folder", device: str = "auto",
-                    seed: int = 0) -> int:
+def distortion_head(data: str, *, options: DistortionHeadOptions) -> int:
     """train a head on the tokenizer's trunk that predicts each image's PSNR at every ratio
 
     Args:
         data: training images (KIND/SOURCE/... folders: whole sources are held out)
-        out: folder for the tokenizer with its distortion head, distortion.json, distortion.md
-        ckpt: the nested VAE whose errors the head learns
-        dev: a second folder to report the error on (e.g. real-v1 dev/)
-        image_size: image side in pixels
-        crop: crop policy (native: as rd measures)
-        max_images: a seeded sample of at most this many training images (0: all)
-        epochs: epochs of the head (on precomputed trunk statistics: fast)
-        target_psnr: the head's default target for encode --ratio auto
-        val_fraction: share of sources held out
-        groups: folder (KIND/SOURCE/...), auto (sources.csv), a CSV path, or none
-        device: auto, cpu, cuda ...
-        seed: sample and split seed
+        options: the command's options (``DistortionHeadOptions``)
     """
-    m = run_distortion_head(data, out, ckpt, image_size, crop, max_images or None, epochs, target_psnr=target_psnr,
-                            val_fraction=val_fraction, groups=groups, dev_data=dev, device=device, seed=seed)
+    m = run_distortion_head(data, options)
+    out = options.out
     print((Path(out) / "distortion.md").read_text())
     print(f"wrote {out} (NestedVAE.from_pretrained('{out}').encode(x, 'auto', target_psnr=...)), distortion.json, distortion.md")
     return 0 if m["held_out"] else 1

@@ -19,7 +19,9 @@ from __future__ import annotations
 import json
 import logging
 import random
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import torch
@@ -36,7 +38,7 @@ from cat_tokenizer.lit.cli import silence_known_warnings
 from cat_tokenizer.markdown import md_header
 from cat_tokenizer.models.ratio_head import RatioHead
 
-__all__ = ["run_distortion_head"]
+__all__ = ["DistortionHeadOptions", "run_distortion_head"]
 
 log = logging.getLogger(__name__)
 
@@ -51,44 +53,82 @@ def _sample(root: Path, max_images: int | None, seed: int) -> list[Path]:
     return files
 
 
-def run_distortion_head(data: str | Path, out: str | Path, tokenizer: str = "cat-small", image_size: int = 128,
-                        crop: str = "native", max_images: int | None = 3000, epochs: int = 150, batch_size: int = 64,
-                        lr: float = 3e-3, hidden: int = 256, val_fraction: float = 0.2, groups: str = "folder",
-                        target_psnr: float = 24.0, loss: str = "l1", dev_data: str | Path | None = None,
-                        device: str = "auto", seed: int = 0) -> dict:
+@dataclass(frozen=True)
+class DistortionHeadOptions:
+    """The options of ``cat-tokenizer distortion-head`` (and of ``run_distortion_head``).
+
+    Args:
+        out: folder for the tokenizer with its distortion head, distortion.json, distortion.md
+        ckpt: the nested VAE whose errors the head learns
+        dev: a second folder to report the error on (e.g. real-v1 dev/)
+        image_size: image side in pixels
+        crop: crop policy (native: as rd measures)
+        max_images: a seeded sample of at most this many training images (0: all)
+        epochs: epochs of the head (on precomputed trunk statistics: fast)
+        batch_size: head batch size
+        lr: head learning rate
+        hidden: width of the head's MLP
+        target_psnr: the head's default target for encode --ratio auto
+        loss: regression loss on the measured PSNRs
+        val_fraction: share of sources held out
+        groups: folder (KIND/SOURCE/...), auto (sources.csv), a CSV path, or none
+        device: auto, cpu, cuda ...
+        seed: sample and split seed
+    """
+
+    out: str
+    ckpt: str = "cat-small"
+    dev: str | None = None
+    image_size: int = 128
+    crop: Literal["native", "resize"] = "native"
+    max_images: int = 3000
+    epochs: int = 150
+    batch_size: int = 64
+    lr: float = 3e-3
+    hidden: int = 256
+    target_psnr: float = 24.0
+    loss: Literal["l1", "mse"] = "l1"
+    val_fraction: float = 0.2
+    groups: str = "folder"
+    device: str = "auto"
+    seed: int = 0
+
+
+def run_distortion_head(data: str | Path, o: DistortionHeadOptions) -> dict:
     """Train, report and save; returns the metrics (also ``out/distortion.json`` and ``distortion.md``)."""
+    image_size, crop = o.image_size, o.crop
     silence_known_warnings()
-    L.seed_everything(seed, workers=True)
-    root, out_dir, dev = Path(data).expanduser(), Path(out), resolve_device(device)
-    group_of, split_from = _read_groups(root, groups)  # a bad groups file fails before the (slow) measuring
-    vae = load_vae(tokenizer).eval().to(dev)
+    L.seed_everything(o.seed, workers=True)
+    root, out_dir, dev = Path(data).expanduser(), Path(o.out), resolve_device(o.device)
+    group_of, split_from = _read_groups(root, o.groups)  # a bad groups file fails before the (slow) measuring
+    vae = load_vae(o.ckpt).eval().to(dev)
     table = measure_folder(root, vae, out_dir / "recon_cache", image_size, crop, features=False, ocr=False,
-                           only=_sample(root, max_images, seed))
+                           only=_sample(root, o.max_images or None, o.seed))
     files, psnr = [root / p for p in table.paths], torch.tensor(table.psnr, dtype=torch.float32)  # (N, R)
-    val = _grouped_split(files, root, val_fraction, group_of) if group_of else set(stratified_split(files, root, val_fraction))
+    val = _grouped_split(files, root, o.val_fraction, group_of) if group_of else set(stratified_split(files, root, o.val_fraction))
     tr = [i for i, f in enumerate(files) if f not in val]
     va = [i for i, f in enumerate(files) if f in val]
     if len(tr) < 4 or not va:
         raise UserInputError(f"the split left {len(tr)} training and {len(va)} held-out images; add images or change val_fraction")
     stage_channels = vae.config["block_out_channels"][: vae.trunk_level() + 1]
-    head = RatioHead(stage_channels, hidden, ratios=vae.ratios, image_size=image_size, crop=crop, predicts="psnr",
-                     target_psnr=target_psnr).to(dev)
+    head = RatioHead(stage_channels, o.hidden, ratios=vae.ratios, image_size=image_size, crop=crop, predicts="psnr",
+                     target_psnr=o.target_psnr).to(dev)
     inputs = trunk_inputs(vae, head, files, image_size, dev, crop=crop)  # [(N, D) trunk statistics]
-    fit_regressor(_HeadOnStatistics(head), head.out, [t[tr] for t in inputs], psnr[tr], epochs, batch_size, lr, dev, loss,
+    fit_regressor(_HeadOnStatistics(head), head.out, [t[tr] for t in inputs], psnr[tr], o.epochs, o.batch_size, o.lr, dev, o.loss,
                   init_bias=psnr[tr].mean(0))
     head.eval()
     with torch.no_grad():
         pred = head.score(*[t[va].to(dev) for t in inputs]).cpu().numpy()
     held = mae_table(pred, table.psnr[va], [table.kinds[i] for i in va], vae.ratios)
     split = "random" if group_of is None else f"by source ({split_from})"
-    metrics = {"tokenizer": str(tokenizer), "images": len(files), "train": len(tr), "held_out": len(va), "split": split,
-               "image_size": image_size, "crop": crop, "epochs": epochs, "loss": loss, "target_psnr": target_psnr,
+    metrics = {"tokenizer": str(o.ckpt), "images": len(files), "train": len(tr), "held_out": len(va), "split": split,
+               "image_size": image_size, "crop": crop, "epochs": o.epochs, "loss": o.loss, "target_psnr": o.target_psnr,
                "head_params": sum(p.numel() for p in head.parameters()), "held_out_mae": held}
     head.set_report({k: metrics[k] for k in ("images", "held_out", "split")} | {"mae_all": {k: round(v, 3) for k, v in held[0].items()
                                                                                             if k.startswith("mae_")}})
     vae.attach_ratio_head(head)
-    if dev_data is not None:
-        dev_root = Path(dev_data).expanduser()
+    if o.dev is not None:
+        dev_root = Path(o.dev).expanduser()
         dev_table = measure_folder(dev_root, vae, out_dir / "dev_cache", image_size, crop, features=False, ocr=False)
         dev_pred = predict_psnr(vae, [dev_root / p for p in dev_table.paths], dev)
         metrics["dev"] = str(dev_root)
