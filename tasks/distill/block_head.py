@@ -19,14 +19,13 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
 
 import lightning as L
 import numpy as np
 import torch
 from torch import nn
 
-from cat_tasks.distill.distortion import _sample
+from cat_tasks.distill.distortion import HeadOptions, _sample
 from cat_tasks.distill.ratio_head import _grouped_split, _read_groups, fit_regressor
 from cat_tokenizer.data.dataset import stratified_split
 from cat_tokenizer.data.images import list_images, load_rgb
@@ -48,42 +47,21 @@ FLOOR = 1e-3  # summed squared error floor before log10 (a block decoded exactly
 
 
 @dataclass(frozen=True)
-class BlockHeadConfig:
-    """The options of ``cat-tokenizer block-head``.
+class BlockHeadConfig(HeadOptions):
+    """The options of ``cat-tokenizer block-head`` (and of ``run_block_head``); blocks are many per image, so
+    fewer images, epochs and larger batches than the image-level head.
 
     Args:
-        out: folder for the tokenizer with its block head, block_head.json, block_head.md
-        ckpt: the nested VAE whose block errors the head learns
-        dev: a second folder to report the error and the maps on (e.g. real-v1 dev/)
-        image_size: image side in pixels
-        crop: crop policy (native: as rd measures)
         max_images: a seeded sample of at most this many training images (0: all)
         epochs: epochs of the head (on precomputed block statistics: fast)
         batch_size: blocks per batch
-        lr: learning rate
-        hidden: width of the head's MLP
-        val_fraction: share of sources held out
-        groups: folder (KIND/SOURCE/...), auto (sources.csv), a CSV path, or none
         budget: tokens per image of the maps compared on --dev
-        device: auto, cpu, cuda ...
-        seed: sample and split seed
     """
 
-    out: str
-    ckpt: str = "cat-small"
-    dev: str | None = None
-    image_size: int = 128
-    crop: Literal["native", "resize"] = "native"
     max_images: int = 1500
     epochs: int = 40
     batch_size: int = 256
-    lr: float = 3e-3
-    hidden: int = 256
-    val_fraction: float = 0.2
-    groups: str = "folder"
     budget: float = 64.0
-    device: str = "auto"
-    seed: int = 0
 
 
 @torch.no_grad()

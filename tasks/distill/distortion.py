@@ -38,7 +38,7 @@ from cat_tokenizer.lit.cli import silence_known_warnings
 from cat_tokenizer.markdown import md_header
 from cat_tokenizer.models.ratio_head import RatioHead
 
-__all__ = ["DistortionHeadOptions", "run_distortion_head"]
+__all__ = ["HeadOptions", "DistortionHeadOptions", "run_distortion_head"]
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +54,11 @@ def _sample(root: Path, max_images: int | None, seed: int) -> list[Path]:
 
 
 @dataclass(frozen=True)
-class DistortionHeadOptions:
-    """The options of ``cat-tokenizer distortion-head`` (and of ``run_distortion_head``).
+class HeadOptions:
+    """The options every head trained on the tokenizer's trunk takes (``distortion-head``, ``block-head``).
 
     Args:
-        out: folder for the tokenizer with its distortion head, distortion.json, distortion.md
+        out: folder for the tokenizer with its head and the head's report
         ckpt: the nested VAE whose errors the head learns
         dev: a second folder to report the error on (e.g. real-v1 dev/)
         image_size: image side in pixels
@@ -68,8 +68,6 @@ class DistortionHeadOptions:
         batch_size: head batch size
         lr: head learning rate
         hidden: width of the head's MLP
-        target_psnr: the head's default target for encode --ratio auto
-        loss: regression loss on the measured PSNRs
         val_fraction: share of sources held out
         groups: folder (KIND/SOURCE/...), auto (sources.csv), a CSV path, or none
         device: auto, cpu, cuda ...
@@ -86,12 +84,23 @@ class DistortionHeadOptions:
     batch_size: int = 64
     lr: float = 3e-3
     hidden: int = 256
-    target_psnr: float = 24.0
-    loss: Literal["l1", "mse"] = "l1"
     val_fraction: float = 0.2
     groups: str = "folder"
     device: str = "auto"
     seed: int = 0
+
+
+@dataclass(frozen=True)
+class DistortionHeadOptions(HeadOptions):
+    """The options of ``cat-tokenizer distortion-head`` (and of ``run_distortion_head``).
+
+    Args:
+        target_psnr: the head's default target for encode --ratio auto
+        loss: regression loss on the measured PSNRs
+    """
+
+    target_psnr: float = 24.0
+    loss: Literal["l1", "mse"] = "l1"
 
 
 def run_distortion_head(data: str | Path, o: DistortionHeadOptions) -> dict:

@@ -11,7 +11,8 @@ POSIX spellings with these rules:
   ``Literal[...]`` gives the choices; ``list[X]`` is repeatable (``--evaluator a --evaluator b``);
   ``tuple[X, ...]`` takes one or more values (``--datasets mnist lfw``);
 - a parameter annotated with a dataclass contributes that dataclass's fields as options (shared
-  option groups, such as the sampling options of ``sample`` and ``fid``);
+  option groups, such as the sampling options of ``sample`` and ``fid``); a dataclass that extends
+  another documents only the fields it adds or redefines;
 - defaults are never copied into the parser: an option left out is left out of the call;
 - an ``int`` option is a count or a size: at least 1, or at least 0 for the names in ``ZERO_OK``
   (``--per-kind 0`` means all); ``seed`` takes any integer.
@@ -105,7 +106,7 @@ def add_command(sub: argparse._SubParsersAction, fn: Callable[..., int], name: s
         tp = hints.get(param.name, str)
         if dataclasses.is_dataclass(tp):
             groups[param.name] = tp
-            _, field_help = _doc_params(tp)
+            field_help = {k: v for base in reversed(tp.__mro__[:-1]) for k, v in _doc_params(base)[1].items()}  # a subclass documents what it adds
             field_types = typing.get_type_hints(tp)
             for f in dataclasses.fields(tp):
                 default = f.default if f.default is not dataclasses.MISSING else inspect.Parameter.empty
