@@ -42,12 +42,12 @@ from cat_tokenizer.regions.maps import (
     allocate_mean_psnr,
     block_distortion,
     block_signal,
+    maps_from_distortion,
     predicted_distortion,
-    region_maps,
     signal_distortion,
 )
 
-__all__ = ["REGION_METHODS", "region_rows", "seam_sums", "region_markdown", "plot_regions", "examples_figure", "region_decodes",
+__all__ = ["REGION_METHODS", "region_rows", "seam_sums", "seam_ratio", "region_markdown", "plot_regions", "examples_figure", "region_decodes",
            "region_decodes_markdown"]
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,13 @@ def seam_sums(y: torch.Tensor, block: int) -> np.ndarray:
     n_border = dx[0, ..., bx].numel() + dy[0, ..., by, :].numel()
     n_inside = dx[0, ..., ~bx].numel() + dy[0, ..., ~by, :].numel()
     return torch.stack([border, inside, torch.full_like(border, n_border), torch.full_like(border, n_inside)], 1).numpy()
+
+
+def seam_ratio(sums: np.ndarray) -> float:
+    """The seam statistic from ``seam_sums`` rows pooled over images: mean |gradient| across block borders over
+    that inside blocks."""
+    s = sums.sum(0)
+    return float((s[0] / s[2]) / (s[1] / s[3]))
 
 
 def _maps(method: str, d: np.ndarray, signals: dict[str, np.ndarray], cost: np.ndarray, budget: float) -> np.ndarray:
@@ -179,10 +186,9 @@ def region_rows(vae, table: ReconTable, root: Path, out: Path, crop: str, budget
 
 
 def _row(method: str, budget: float, res: dict, table: ReconTable) -> dict:
-    s = res["seams"].sum(0)
     row = {"method": method, "budget": budget, "mean_tokens": float(res["tokens"].mean()), "psnr": float(res["psnr"].mean()),
            "paste_psnr": float(res["paste_psnr"].mean()), "ssim": float(res["ssim"].mean()),
-           "seam_ratio": float((s[0] / s[2]) / (s[1] / s[3])), "rfid": float("nan")}
+           "seam_ratio": seam_ratio(res["seams"]), "rfid": float("nan")}
     if "feats" in res and table.feats_orig is not None:
         row["rfid"] = frechet_distance(table.feats_orig, res["feats"])
     return row
@@ -284,17 +290,19 @@ def region_decodes(vae, x: torch.Tensor, kinds: Sequence[str], budget: float, ba
         One row per variant: ``{"variant", "psnr", "seams", "tokens", <kind>: psnr, ...}``.
     """
     dev, block, ratios = next(vae.parameters()).device, max(vae.ratios), sorted(vae.ratios)
+    cost = [block_tokens(r, block) for r in ratios]
     names = ["fixed 16x", *_variants(vae), "true full latents (bound)", "pasted blocks (estimate)"]
     got: dict[str, list] = {n: [] for n in names}
     seams: dict[str, list] = {n: [] for n in names}
     tokens = []
     for s in range(0, len(x), batch):
         xb = x[s : s + batch].to(dev)
-        rmap = region_maps(vae, xb, "oracle", budget=budget)  # (B, bh, bw)
+        recons = {r: vae.reconstruct(xb, r) for r in ratios}
+        d = block_distortion(xb, [recons[r] for r in ratios], block)  # (B, bh, bw, R): the oracle's block errors
+        rmap = maps_from_distortion(d, ratios, cost, xb.shape[-2] * xb.shape[-1], budget)  # (B, bh, bw)
         lat = vae.encode_regions(xb, rmap)
         tokens.append(lat.tokens().cpu())
         full = exit_latents(vae, vae._pad(xb, block), lat.ratios())
-        recons = {r: vae.reconstruct(xb, r) for r in ratios}
         paste = torch.zeros_like(xb)
         for r in ratios:
             own = lat.mask(r, block)[..., : xb.shape[-2], : xb.shape[-1]]
@@ -311,8 +319,7 @@ def region_decodes(vae, x: torch.Tensor, kinds: Sequence[str], budget: float, ba
     rows = []
     for n in names:
         p = torch.cat(got[n]).numpy()
-        sm = np.concatenate(seams[n]).sum(0)
-        rows.append({"variant": n, "psnr": float(p.mean()), "seams": float((sm[0] / sm[2]) / (sm[1] / sm[3])),
+        rows.append({"variant": n, "psnr": float(p.mean()), "seams": seam_ratio(np.concatenate(seams[n])),
                      "tokens": float(torch.cat(tokens).float().mean()) if n != "fixed 16x" else float(budget),
                      **{k: float(p[kind_arr == k].mean()) for k in sorted(set(kinds))}})
     return rows

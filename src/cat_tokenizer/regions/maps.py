@@ -25,7 +25,7 @@ from torch import Tensor
 from cat_tokenizer.errors import UserInputError
 
 __all__ = ["random_maps", "predicted_distortion", "block_distortion", "block_signal", "signal_distortion", "allocate",
-           "allocate_mean_psnr", "allocate_target", "region_maps", "SIGNALS", "POLICIES", "SIGNAL_FACTORS"]
+           "allocate_mean_psnr", "allocate_target", "region_maps", "maps_from_distortion", "SIGNALS", "POLICIES", "SIGNAL_FACTORS"]
 
 SIGNALS = ("variance", "edges")
 POLICIES = ("oracle", "head", *SIGNALS)
@@ -197,10 +197,17 @@ def region_maps(vae, x: Tensor, policy: str = "oracle", budget: float | None = N
         d = predicted_distortion(vae, x)
     else:
         d = signal_distortion(block_signal(x, block, policy), SIGNAL_FACTORS[policy][: len(ratios)])
+    return maps_from_distortion(d, ratios, cost, x.shape[-2] * x.shape[-1], budget, target_psnr)
+
+
+def maps_from_distortion(d: Tensor, ratios: Sequence[int], cost: Sequence[float], pixels: int, budget: float | None = None,
+                         target_psnr: float | None = None) -> Tensor:
+    """Block distortions (B, bh, bw, R) -> each image's ratio map (B, bh, bw) under ``budget`` tokens per image, or
+    the fewest tokens predicted to reach ``target_psnr`` on images of ``pixels`` pixels."""
     b, bh, bw, _ = d.shape
     flat = d.reshape(b, bh * bw, -1).double().cpu().numpy()
     if target_psnr is not None:
-        most = 3 * x.shape[-2] * x.shape[-1] * 10 ** (-target_psnr / 10)  # summed squared error at that PSNR
+        most = 3 * pixels * 10 ** (-target_psnr / 10)  # summed squared error at that PSNR
         idx = [allocate_target(flat[i], cost, most) for i in range(b)]
     else:
         idx = [allocate(flat[i], cost, budget) for i in range(b)]
