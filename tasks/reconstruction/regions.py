@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+from torchmetrics.functional.image import structural_similarity_index_measure
 
 from cat_tasks.reconstruction.table import ReconTable
 from cat_tokenizer.data.images import load_rgb
@@ -34,6 +34,7 @@ from cat_tokenizer.data.transforms import image_transform
 from cat_tokenizer.files import atomic_write
 from cat_tokenizer.markdown import md_header
 from cat_tokenizer.metrics.fid import frechet_distance
+from cat_tokenizer.metrics.image import psnr_per_image
 from cat_tokenizer.regions import block_tokens
 from cat_tokenizer.regions.latent import exit_latents, mixed_decode
 from cat_tokenizer.regions.maps import (
@@ -109,7 +110,7 @@ def _decode(vae, x: torch.Tensor, maps: np.ndarray, ratios: Sequence[int], incep
         rmap = torch.as_tensor(np.asarray(ratios)[maps[s : s + batch]]).reshape(-1, side, side)
         y = vae.decode_regions(vae.encode_regions(xb, rmap)).clamp(-1, 1).float()
         a, b = (y + 1) / 2, (xb.float() + 1) / 2
-        out["psnr"].append(peak_signal_noise_ratio(a, b, data_range=1.0, reduction="none", dim=(1, 2, 3)).cpu().numpy())
+        out["psnr"].append(psnr_per_image(y, xb).cpu().numpy())
         out["ssim"].append(structural_similarity_index_measure(a, b, data_range=1.0, reduction="none").cpu().numpy())
         out["seams"].append(seam_sums(y.cpu(), max(ratios)))
         if inception is not None:
@@ -312,8 +313,7 @@ def region_decodes(vae, x: torch.Tensor, kinds: Sequence[str], budget: float, ba
         outs.update({n: vae.decode_regions(lat, **kw) for n, kw in _variants(vae).items()})
         for n in names:
             y = outs[n].clamp(-1, 1).float()
-            got[n].append(peak_signal_noise_ratio((y + 1) / 2, (xb.float() + 1) / 2, data_range=1.0, reduction="none",
-                                                  dim=(1, 2, 3)).cpu())
+            got[n].append(psnr_per_image(y, xb).cpu())
             seams[n].append(seam_sums(y.cpu(), block))
     kind_arr = np.array(kinds)
     rows = []

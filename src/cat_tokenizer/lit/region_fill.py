@@ -14,6 +14,7 @@ decodes as well as today" holds by construction), and the fill is saved into a c
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 
@@ -22,11 +23,11 @@ import torch
 import torch.nn.functional as F
 from timm.utils import ModelEmaV3
 from torch import Tensor
-from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from cat_tokenizer.errors import UserInputError
 from cat_tokenizer.io import load_vae
 from cat_tokenizer.lit.schedule import Schedule, check_schedule, lr_factor
+from cat_tokenizer.metrics.image import psnr_per_image
 from cat_tokenizer.regions.fill import RegionFill
 from cat_tokenizer.regions.latent import RegionLatent, exit_latents, mixed_decode
 from cat_tokenizer.regions.maps import random_maps
@@ -135,12 +136,12 @@ class RegionFillModule(L.LightningModule):
         """``{"latent", "pixel", "total"}`` and the mixed decode (B, 3, H', W'); ``decode=False`` skips the
         decode and the pixel loss (a latent-only run never needs them)."""
         grids = fill(lat)
-        err, cells = xp.new_zeros(()), 0.0
+        err, cells = xp.new_zeros(()), xp.new_zeros(())
         for r, g in grids.items():
             missing = 1 - lat.mask(r, self.block // r).to(g.dtype)  # (B, 1, H'/r, W'/r)
             err = err + ((g - full[r].to(g.dtype)).square() * missing).sum()
-            cells += float(missing.sum()) * g.shape[1]
-        latent = err / max(cells, 1.0)
+            cells = cells + missing.sum() * g.shape[1]  # a tensor: no device sync per step
+        latent = err / cells.clamp_min(1.0)
         hp = self.hparams
         if not decode:
             return {"latent": latent, "total": hp.latent_weight * latent}, None
@@ -174,18 +175,12 @@ class RegionFillModule(L.LightningModule):
         true = mixed_decode(self.vae, lat, {r: full[r] for r in lat.ratios()})
         bs = xp.shape[0]
         for name, img in (("fill", y), ("first_pass", first), ("true_latents", true)):
-            self.log(f"val/psnr_{name}", _psnr(img, xp), batch_size=bs)
+            self.log(f"val/psnr_{name}", psnr_per_image(img.clamp(-1, 1), xp).mean(), batch_size=bs)
         self.log_dict({f"val/{k}": v for k, v in logs.items()}, batch_size=bs)
 
     def export_pretrained(self, directory: str | Path) -> Path:
         """The tokenizer with the (EMA) fill attached, as a ``NestedVAE.from_pretrained`` folder."""
-        import copy
-
         vae = copy.deepcopy(self.vae).attach_region_fill(copy.deepcopy(self.eval_fill))
         return vae.save_pretrained(directory)
 
 
-def _psnr(y: Tensor, x: Tensor) -> Tensor:
-    """Mean PSNR (dB) over images of [-1, 1] tensors, ``y`` clamped."""
-    a, b = (y.float().clamp(-1, 1) + 1) / 2, (x.float() + 1) / 2
-    return peak_signal_noise_ratio(a, b, data_range=1.0, reduction="none", dim=(1, 2, 3)).mean()

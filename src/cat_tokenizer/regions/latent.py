@@ -223,15 +223,14 @@ def decode_regions(vae, lat: RegionLatent, refine: int | None = None, use_fill: 
     with a region fill and 2 without. A map of one ratio needs neither (it decodes exactly as ``decode``).
     ``use_fill=False`` decodes as a tokenizer without a region fill would (for comparisons)."""
     dtype = vae.decoder.conv_in.weight.dtype
-    ratios, fill = lat.ratios(), getattr(vae, "region_fill", None) if use_fill else None
-    if refine is None:
+    ratios = lat.ratios()
+    mixed = len(ratios) > 1  # a map of one ratio has no missing cells
+    fill = getattr(vae, "region_fill", None) if use_fill and mixed else None
+    if not mixed:
+        refine = 0
+    elif refine is None:
         refine = 0 if fill is not None else 2
-    if len(ratios) == 1:
-        grids, refine = {r: lat.filled(r).to(dtype) for r in ratios}, 0
-    elif fill is not None:
-        grids = {r: g.to(dtype) for r, g in fill(lat).items()}
-    else:
-        grids = {r: lat.filled(r).to(dtype) for r in ratios}
+    grids = {r: g.to(dtype) for r, g in (fill(lat) if fill is not None else {r: lat.filled(r) for r in ratios}).items()}
     x = mixed_decode(vae, lat, grids, fill)
     for _ in range(refine):
         context = exit_latents(vae, x.clamp(-1, 1), ratios)
