@@ -145,7 +145,7 @@ def run_block_head(data: str | Path, cfg: BlockHeadConfig) -> dict:
     group_of, split_from = _read_groups(root, cfg.groups)
     vae = load_vae(cfg.ckpt).eval().to(dev)
     ratios = sorted(vae.ratios)
-    head = BlockHead(vae.config["block_out_channels"][: vae.trunk_level() + 1], ratios, max(ratios), cfg.hidden,
+    head = BlockHead(vae.trunk_channels(), ratios, max(ratios), cfg.hidden,
                      cfg.image_size, cfg.crop).to(dev)
     files = _sample(root, cfg.max_images or None, cfg.seed)
     s = block_samples(vae, head, root, files, cfg, out / "block_cache")

@@ -119,7 +119,7 @@ def run_distortion_head(data: str | Path, o: DistortionHeadOptions) -> dict:
     va = [i for i, f in enumerate(files) if f in val]
     if len(tr) < 4 or not va:
         raise UserInputError(f"the split left {len(tr)} training and {len(va)} held-out images; add images or change val_fraction")
-    stage_channels = vae.config["block_out_channels"][: vae.trunk_level() + 1]
+    stage_channels = vae.trunk_channels()
     head = RatioHead(stage_channels, o.hidden, ratios=vae.ratios, image_size=image_size, crop=crop, predicts="psnr",
                      target_psnr=o.target_psnr).to(dev)
     inputs = trunk_inputs(vae, head, files, image_size, dev, crop=crop)  # [(N, D) trunk statistics]

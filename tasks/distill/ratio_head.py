@@ -318,7 +318,7 @@ def run_distill(o: DistillOptions) -> dict:
 def _fit_head(o: DistillOptions, files: list[Path], scores: torch.Tensor, mapper, tr: list[int], crop: str, dev: torch.device):
     """The tokenizer, its new ratio head fitted on the training images' trunk statistics, and those inputs."""
     vae = load_vae(o.ckpt).eval().to(dev)
-    stage_channels = vae.config["block_out_channels"][: vae.trunk_level() + 1]
+    stage_channels = vae.trunk_channels()
     head = RatioHead(stage_channels, o.hidden, o.conv, mapper.thresholds, mapper.ratios, o.image_size,
                      stages=parse_numbers(o.stages, "--stages"), row_stride=parse_numbers(o.row_stride, "--row-stride"),
                      crop=crop).to(dev)

@@ -283,7 +283,7 @@ class NestedVAE(ModelMixin, ConfigMixin):
 
     def attach_ratio_head(self, head: RatioHead) -> NestedVAE:
         """Carry a trained ratio head (saved with the tokenizer): ``encode(x, ratio="auto")`` then works."""
-        trunk_ch = list(self.config["block_out_channels"][: self.trunk_level() + 1])
+        trunk_ch = self.trunk_channels()
         if head.config["stage_channels"] != trunk_ch:
             raise UserInputError(f"ratio head expects trunk stage channels {head.config['stage_channels']}, the trunk gives {trunk_ch}")
         self.ratio_head = head
@@ -303,7 +303,7 @@ class NestedVAE(ModelMixin, ConfigMixin):
 
     def attach_block_head(self, head) -> NestedVAE:
         """Carry a trained ``BlockHead`` (saved with the tokenizer): the ``head`` region-map policy then works."""
-        trunk_ch = list(self.config["block_out_channels"][: self.trunk_level() + 1])
+        trunk_ch = self.trunk_channels()
         if head.config["stage_channels"] != trunk_ch or head.config["ratios"] != list(self.ratios):
             raise UserInputError(f"block head for trunk {head.config['stage_channels']} at {head.config['ratios']} does not "
                                  f"fit this tokenizer (trunk {trunk_ch} at {list(self.ratios)})")
@@ -462,6 +462,10 @@ class NestedVAE(ModelMixin, ConfigMixin):
     def trunk_level(self) -> int:
         """The encoder stage every ratio runs through (the smallest ratio's exit stage)."""
         return ratio_level(min(self.ratios))
+
+    def trunk_channels(self) -> list[int]:
+        """Channels of each trunk stage, full resolution first (what a ratio or block head reads)."""
+        return list(self.config["block_out_channels"][: self.trunk_level() + 1])
 
     def trunk(self, x: Tensor, multiple: int | None = None) -> list[Tensor]:
         """The outputs of every trunk stage (full resolution first, the 8x stage last) for images
