@@ -8,6 +8,7 @@ import os
 import sqlite3
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -223,3 +224,17 @@ def test_lightning_parser_errors_are_one_line(tmp_path, capsys):
     nested = 'Parser key "model":\n  Problem with given class_path \'x.Y\':\n    Parser key "lr":\n      Expected a float. Got value: fast'
     assert condense_parser_error(nested) == "--model.lr: Expected a float. Got value: fast"
     assert condense_parser_error("unrecognized arguments: --bogus\nmore") == "unrecognized arguments: --bogus"
+
+
+def test_a_run_stopped_between_periodic_saves_keeps_its_last_step(tmp_path):
+    # max_time stops a run wherever it is; last.ckpt must hold that step, not the last periodic save.
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    from cat_tokenizer.callbacks import ResumableCheckpoint
+
+    ck = ResumableCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=4, enable_version_counter=False)
+    trainer = L.Trainer(max_steps=7, callbacks=[ck], logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu", limit_val_batches=0)
+    trainer.fit(BoringModel())
+    assert torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == 7
+    assert (tmp_path / "epoch=0-step=4.ckpt").is_file()  # the periodic saves are unchanged

@@ -6,13 +6,13 @@ import logging
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import BasePredictionWriter, RichProgressBar
+from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from torchvision.utils import save_image
 
 from cat_tokenizer.io import save_latent
 
-__all__ = ["ReconstructionGridLogger", "ExportPretrained", "LatentWriter", "StepProgressBar"]
+__all__ = ["ReconstructionGridLogger", "ExportPretrained", "ResumableCheckpoint", "LatentWriter", "StepProgressBar"]
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,19 @@ class ExportPretrained(L.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._export(trainer, pl_module, final=True)
+
+
+class ResumableCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose ``last.ckpt`` is written when training ends, whatever ended it.
+
+    Lightning 2.6's ``on_train_end`` writes ``last.ckpt`` only if no checkpoint was saved during the
+    run, so a run stopped by ``--trainer.max_time`` resumed from its last periodic save: the cat-small
+    v2 run lost 181 of 681 batches that way. Here the final step is saved unless it already was.
+    """
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.save_last and trainer.global_step and self._last_global_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 class LatentWriter(BasePredictionWriter):
