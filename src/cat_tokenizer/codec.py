@@ -16,6 +16,7 @@ from cat_tokenizer.errors import UserInputError
 from cat_tokenizer.files import atomic_write
 from cat_tokenizer.io import RegionFile, check_latent, load_any_latent, load_vae, save_latent, save_region_latent
 from cat_tokenizer.outputs import check_out_dir, refuse_inputs, resolved, split_existing
+from cat_tokenizer.regions.maps import region_maps
 
 __all__ = ["encode_files", "decode_files", "output_names"]
 
@@ -103,7 +104,6 @@ def encode_files(images: list[str], ratio: int | str, ckpt: str, out: str, sampl
 def _encode_regions(vae, x: torch.Tensor, target: Path, source: str, fingerprint: str, sample: bool, policy: str,
                     budget: float | None, target_psnr: float | None) -> Path:
     """One image as a region latent file; logs its map and tokens."""
-    from cat_tokenizer.regions.maps import region_maps
 
     ratio_map = region_maps(vae, x, policy, budget, target_psnr)  # (1, bh, bw)
     lat = vae.encode_regions(x, ratio_map, sample)

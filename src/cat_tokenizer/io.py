@@ -13,6 +13,7 @@ from torch import Tensor
 from cat_tokenizer.errors import UserInputError
 from cat_tokenizer.files import apply_umask, atomic_write
 from cat_tokenizer.models.nested_vae import NestedVAE, check_weights
+from cat_tokenizer.regions.latent import RegionLatent
 
 __all__ = ["load_vae", "save_latent", "load_latent", "check_latent", "apply_umask", "first_line", "Latent", "CONFIG_KEY",
            "LATENT_LIMIT", "RegionFile", "save_region_latent", "load_any_latent", "REGION_FORMAT"]
@@ -109,7 +110,6 @@ class RegionFile:
     def to_latent(self, vae: NestedVAE, path: str | Path = "", fingerprint: str | None = None):
         """The ``RegionLatent`` (a batch of one), after the checks ``check_latent`` makes of a latent file
         and those of the map against the tokenizer (ratios, block, shapes), each a one-line error."""
-        from cat_tokenizer.regions.latent import RegionLatent
 
         name = path or self.source or "region latent"
         for key, z in self.tensors.items():

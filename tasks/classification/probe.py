@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from cat_tokenizer.errors import UserInputError
+from cat_tokenizer.io import load_vae
 
 __all__ = ["LinearProbeModule", "latent_features", "FEATURE_MODES"]
 
@@ -68,7 +69,6 @@ class LinearProbeModule(L.LightningModule):
         super().__init__()
         if features not in FEATURE_MODES:
             raise UserInputError(f"features must be one of {FEATURE_MODES}, got {features!r}")
-        from cat_tokenizer.io import load_vae
 
         self.save_hyperparameters()
         self.vae = load_vae(tokenizer).eval().requires_grad_(False)

@@ -24,6 +24,10 @@ from torch import Tensor
 
 from cat_tasks.generation.diffusion import Diffusion
 from cat_tasks.generation.dit import DiT
+from cat_tokenizer.complexity import ComplexityEvaluator
+from cat_tokenizer.complexity.cache import default_score_cache
+from cat_tokenizer.data.default_data import ensure_default_data
+from cat_tokenizer.data.images import list_images
 from cat_tokenizer.data.sampler import BucketBatchSampler
 from cat_tokenizer.devices import resolve_device
 from cat_tokenizer.errors import UserInputError
@@ -55,10 +59,6 @@ def parse_mix(spec: str, image_size: int = 256) -> dict[int, float]:
 
 def embedded_mix(image_size: int) -> dict[int, float]:
     """The ratio shares the default evaluator assigns to the embedded data (scores cached)."""
-    from cat_tokenizer.complexity import ComplexityEvaluator
-    from cat_tokenizer.complexity.cache import default_score_cache
-    from cat_tokenizer.data.default_data import ensure_default_data
-    from cat_tokenizer.data.images import list_images
 
     root = ensure_default_data()
     ev = ComplexityEvaluator(image_size=image_size)  # the hand rubric: the mix the README figures were measured with

@@ -18,7 +18,11 @@ from pathlib import Path
 import torch
 from torchvision.utils import make_grid, save_image
 
+from cat_tasks.generation.module import load_dit
+from cat_tasks.generation.sample import auto_ratios
 from cat_tokenizer.errors import InputNotFound
+from cat_tokenizer.io import load_vae
+from cat_tokenizer.lit.cli import cli
 from cat_tokenizer.markdown import md_header
 from cat_tokenizer.ratios import token_count
 
@@ -27,7 +31,6 @@ __all__ = ["run_gen_demo"]
 log = logging.getLogger(__name__)
 
 def _tokenizer_channels(tokenizer: str) -> int:
-    from cat_tokenizer.io import load_vae
 
     try:
         return load_vae(tokenizer).latent_channels
@@ -50,9 +53,6 @@ def run_gen_demo(out: str = "outputs/gen_demo", tokenizer: str = "cat-small", st
                  guidance: float = 2.0, accelerator: str = "auto", config_dir: str | Path = "configs") -> Path:
     """Encode, train, sample; returns ``report.md``. Run again with more ``steps`` to continue.
     ``config_dir`` holds ``dit_encode.yaml`` and ``dit_imagenet.yaml`` (the repository's ``configs/``)."""
-    from cat_tasks.generation.module import load_dit
-    from cat_tasks.generation.sample import auto_ratios
-    from cat_tokenizer.lit.cli import cli
 
     configs = Path(config_dir).expanduser()
     if not all((configs / name).is_file() for name in ("dit_encode.yaml", "dit_imagenet.yaml")):

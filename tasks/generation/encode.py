@@ -18,9 +18,10 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from cat_tokenizer.complexity.text_student import TextEmbedder
 from cat_tokenizer.data.latent_cache import LatentCache, LatentEntry
 from cat_tokenizer.errors import UserInputError
-from cat_tokenizer.io import save_latent
+from cat_tokenizer.io import load_vae, save_latent
 
 __all__ = ["LatentEncoder"]
 
@@ -45,7 +46,6 @@ class LatentEncoder(L.LightningModule):
     def __init__(self, tokenizer: str, cache_dir: str, dtype: str = "float32", flip: bool = False,
                  text_encoder: str | None = None):
         super().__init__()
-        from cat_tokenizer.io import load_vae
 
         if dtype not in ("float32", "bfloat16", "float16"):
             raise UserInputError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
@@ -109,7 +109,6 @@ class LatentEncoder(L.LightningModule):
     def _embed(self, captions: list[list[str]]) -> list[torch.Tensor]:
         """Per image, its captions embedded (an image without captions gets the empty caption's)."""
         if self._text is None:
-            from cat_tokenizer.complexity.text_student import TextEmbedder
 
             self._text = TextEmbedder(self.text_encoder, device=str(self.device))
         per_image = [caps or [""] for caps in captions]

@@ -16,7 +16,9 @@ import torch
 from torch import Tensor, nn
 
 from cat_tokenizer.data.images import UnreadableImage, list_images, load_rgb
+from cat_tokenizer.data.transforms import image_transform
 from cat_tokenizer.errors import InputNotFound, UserInputError
+from cat_tokenizer.metrics.fid import build_fid
 
 __all__ = ["RecordingExtractor", "precision_recall", "fid_from_folders", "load_ref_stats"]
 
@@ -107,7 +109,6 @@ def _set_real_stats(fid, stats: dict) -> None:
 
 
 def _folder_batches(folder: Path, size: int, batch_size: int):
-    from cat_tokenizer.data.transforms import image_transform
 
     files = list_images(folder)
     if not files:
@@ -133,7 +134,6 @@ def fid_from_folders(generated: Path, ref: Path, image_size: int, inception: str
     Returns:
         ``{"fid", "inception_score", "inception_score_std", "precision", "recall", "n_generated", "n_reference", "notes"}``.
     """
-    from cat_tokenizer.metrics.fid import build_fid
 
     fid = build_fid(inception)
     notes = []

@@ -13,7 +13,9 @@ from torchvision.utils import make_grid
 
 from cat_tasks.generation.diffusion import Diffusion
 from cat_tasks.generation.dit import DiT
+from cat_tokenizer.complexity.text_student import TextEmbedder
 from cat_tokenizer.errors import InputNotFound, UserInputError
+from cat_tokenizer.io import load_vae
 from cat_tokenizer.models.diffusers_view import stored_factors
 from cat_tokenizer.models.nested_vae import NestedVAE
 
@@ -94,7 +96,6 @@ class DiTModule(L.LightningModule):
         if "vae" not in self._frozen:
             if not self.hparams.tokenizer:
                 raise UserInputError("decoding samples needs the tokenizer: set model.tokenizer (or --tokenizer)")
-            from cat_tokenizer.io import load_vae
 
             self._frozen["vae"] = load_vae(self.hparams.tokenizer).eval().requires_grad_(False)
         return self._frozen["vae"].to(self.device)
@@ -102,7 +103,6 @@ class DiTModule(L.LightningModule):
     def embed_text(self, captions: list[str]) -> Tensor:
         """(B, text_dim) pooled embeddings of captions with the frozen text encoder."""
         if "text" not in self._frozen:
-            from cat_tokenizer.complexity.text_student import TextEmbedder
 
             self._frozen["text"] = TextEmbedder(self.hparams.text_encoder, device=str(self.device))
             if self._frozen["text"].dim != self.dit.text_dim:

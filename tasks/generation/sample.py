@@ -14,6 +14,7 @@ import torch
 from torchvision.utils import make_grid, save_image
 
 from cat_tasks.generation.module import DiTModule
+from cat_tokenizer.complexity import ComplexityEvaluator
 from cat_tokenizer.errors import UserInputError
 from cat_tokenizer.ratios import token_count
 
@@ -46,7 +47,6 @@ def class_names(classes: Sequence[str]) -> list[str]:
 def auto_ratios(module: DiTModule, texts: Sequence[str], evaluator: str | None = None) -> list[int]:
     """The ratio the text-only complexity scorer assigns to each text, checked against the ratios
     the DiT was trained on."""
-    from cat_tokenizer.complexity import ComplexityEvaluator
 
     unique = list(dict.fromkeys(texts))
     ev = ComplexityEvaluator.from_config(evaluator, module.image_size or None)

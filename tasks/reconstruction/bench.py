@@ -11,6 +11,10 @@ import time
 import numpy as np
 import torch
 
+from cat_tokenizer.devices import cpu_has_native_bf16
+from cat_tokenizer.io import load_vae
+from cat_tokenizer.lit.vae_module import NestedVAEModule
+from cat_tokenizer.losses.vae_loss import VAELoss
 from cat_tokenizer.models.nested_vae import NestedVAE
 from cat_tokenizer.models.ratio_head import RatioHead
 from cat_tokenizer.profiling import flops, items_per_second, path_params
@@ -104,9 +108,6 @@ def bench_train(preset: str = "cat-small", size: int = 128, batch: int = 8, step
     (no data loading), in this process. bf16 rows are skipped on CPUs without native bfloat16."""
     import lightning as L
 
-    from cat_tokenizer.devices import cpu_has_native_bf16
-    from cat_tokenizer.lit.vae_module import NestedVAEModule
-    from cat_tokenizer.losses.vae_loss import VAELoss
 
     class _Timer(L.Callback):
         def __init__(self):
@@ -145,7 +146,6 @@ def bench_regions(ckpt: str = "cat-small", size: int = 128, batch: int = 8, repe
     """Decode cost of a region latent (a map with a third of the blocks at each ratio, refine 0 / 1 / 2, and
     the tokenizer's region fill when it has one) against whole-image decodes at each ratio, best of ``repeat``,
     all in this process."""
-    from cat_tokenizer.io import load_vae
 
     vae = load_vae(ckpt).to(device).eval()
     x = torch.rand(batch, 3, size, size, device=device) * 2 - 1

@@ -19,6 +19,7 @@ from cat_tokenizer.data.images import UnreadableImage, list_images, load_rgb
 from cat_tokenizer.data.transforms import image_transform
 from cat_tokenizer.devices import resolve_device
 from cat_tokenizer.errors import UserInputError
+from cat_tokenizer.losses.lpips import LPIPS
 from cat_tokenizer.markdown import md_table
 from cat_tokenizer.metrics import build_fid, ocr_confidence, psnr_ssim, to_pil
 from cat_tokenizer.models.nested_vae import NestedVAE
@@ -42,7 +43,6 @@ def evaluate_reconstruction(root: str | Path, vae: NestedVAE, out_dir: str | Pat
     vae = vae.to(dev).eval()
     lpips = None
     if lpips_weights:
-        from cat_tokenizer.losses.lpips import LPIPS
 
         lpips = LPIPS(backbone_weights=lpips_weights).to(dev).eval()
     rows = [f"{r}x" for r in vae.ratios] + ["CAT adaptive"]

@@ -33,7 +33,7 @@ from cat_tokenizer.data.images import load_rgb
 from cat_tokenizer.data.transforms import image_transform
 from cat_tokenizer.files import atomic_write
 from cat_tokenizer.markdown import md_header
-from cat_tokenizer.metrics.fid import frechet_distance
+from cat_tokenizer.metrics.fid import InceptionFeatures, frechet_distance
 from cat_tokenizer.metrics.image import psnr_per_image
 from cat_tokenizer.regions import block_tokens
 from cat_tokenizer.regions.latent import exit_latents, mixed_decode
@@ -161,7 +161,6 @@ def region_rows(vae, table: ReconTable, root: Path, out: Path, crop: str, budget
     base = _cached(folder / "blocks.npz", blocks)
     inception = None
     if table.feats is not None:
-        from cat_tokenizer.metrics.fid import InceptionFeatures
 
         inception = InceptionFeatures().eval().to(dev)
     if "head" not in base:

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from cat_tokenizer.complexity.probe import jpeg_bits_per_pixel
 from cat_tokenizer.data.images import UnreadableImage, list_images, load_rgb
 from cat_tokenizer.data.transforms import CropPolicy, image_transform
+from cat_tokenizer.metrics.fid import InceptionFeatures
 from cat_tokenizer.metrics.image import to_pil
 from cat_tokenizer.metrics.ocr import ocr_confidence
 from cat_tokenizer.models.nested_vae import NestedVAE
@@ -139,7 +140,6 @@ def measure_folder(root: str | Path, vae: NestedVAE, cache: str | Path, image_si
         log.info("reconstruction cache %s: %d of %d images measured, %d to go", folder, len(rel) - len(todo), len(rel), len(todo))
     inception = None
     if features and todo:
-        from cat_tokenizer.metrics.fid import InceptionFeatures
 
         inception = InceptionFeatures().eval().to(next(vae.parameters()).device)
     tf = image_transform(image_size, train=False, crop=crop)

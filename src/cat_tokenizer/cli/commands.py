@@ -13,10 +13,13 @@ from typing import Literal
 import torch
 
 from cat_tokenizer.codec import decode_files, encode_files, output_names
+from cat_tokenizer.data.latent_stats import measure_latent_stats
 from cat_tokenizer.data.variety import RECIPES, build_variety_set
+from cat_tokenizer.devices import resolve_device
 from cat_tokenizer.errors import UserInputError
 from cat_tokenizer.files import atomic_write, write_csv
 from cat_tokenizer.io import load_vae
+from cat_tokenizer.metrics.palette import PaletteTarget, measure_palette, palette_markdown
 from cat_tokenizer.models.hub import BUNDLED_TOKENIZERS, CONFIG_NAME, WEIGHTS_NAME, weights_file
 from cat_tokenizer.options import print_table
 from cat_tokenizer.outputs import check_out_dir, resolved
@@ -116,8 +119,6 @@ def palette(*, ckpt: str = "cat-small", out: str | None = None, device: str = "a
         out: folder for palette.csv (one row per colour, layout and ratio) and palette.md (default: print only)
         device: auto, cpu, cuda ...
     """
-    from cat_tokenizer.devices import resolve_device
-    from cat_tokenizer.metrics.palette import PaletteTarget, measure_palette, palette_markdown
 
     if out is not None:
         check_out_dir(out)  # a report folder: its two files are rewritten on each run
@@ -145,8 +146,6 @@ def latent_stats(folder: str, *, ckpt: str = "cat-small", image_size: int = 128,
         write: store the statistics in the tokenizer folder's config.json (a folder path, not a name or .ckpt)
         device: auto, cpu, cuda ...
     """
-    from cat_tokenizer.data.latent_stats import measure_latent_stats
-    from cat_tokenizer.devices import resolve_device
 
     target = Path(ckpt).expanduser()
     if write and not (target / CONFIG_NAME).is_file():

@@ -13,8 +13,10 @@ import torch
 from PIL import Image
 
 from cat_tokenizer.complexity.base import Describer, Description
+from cat_tokenizer.data.transforms import image_transform
 from cat_tokenizer.devices import resolve_device
 from cat_tokenizer.errors import UserInputError
+from cat_tokenizer.io import load_vae
 
 __all__ = ["DistilledDescriber"]
 
@@ -40,7 +42,6 @@ class DistilledDescriber(Describer):
 
     def load(self) -> DistilledDescriber:
         if self.vae is None:
-            from cat_tokenizer.io import load_vae
 
             vae = load_vae(self.path)
             if vae.ratio_head is None:
@@ -64,7 +65,6 @@ class DistilledDescriber(Describer):
 
     @torch.no_grad()
     def describe(self, images: list[Image.Image]) -> list[Description]:
-        from cat_tokenizer.data.transforms import image_transform
 
         self.load()
         tf = image_transform(self.image_size, train=False, crop=self.vae.ratio_head.config.get("crop", "resize"))

@@ -17,7 +17,9 @@ import numpy as np
 from PIL import Image
 
 from cat_tokenizer.complexity.base import Describer, Description
+from cat_tokenizer.complexity.layout import LAYOUT_VERSION, layout_facts
 from cat_tokenizer.errors import UserInputError
+from cat_tokenizer.metrics.ocr import ocr_words
 
 __all__ = ["ProbeDescriber", "probe_facts", "jpeg_bits_per_pixel"]
 
@@ -86,7 +88,6 @@ class ProbeDescriber(Describer):
               "ocr_max_side": self.ocr_max_side, "ocr_lang": self.ocr_lang, "faces": self.faces,
               "face_max_side": self.face_max_side, "stats_side": self.stats_side}
         if self.layout or self.faces_on != "all":  # probe/v1 caches stay valid for the v1 settings
-            from cat_tokenizer.complexity.layout import LAYOUT_VERSION
 
             fp.update(describer="probe/v2", layout=self.layout, faces_on=self.faces_on, layout_version=LAYOUT_VERSION)
         return fp
@@ -111,7 +112,6 @@ class ProbeDescriber(Describer):
         return [self._one(img) for img in images]
 
     def _ocr(self, img: Image.Image) -> dict[str, float]:
-        from cat_tokenizer.metrics.ocr import ocr_words
 
         small = _fit(img, self.ocr_max_side)
         words = [w for w in ocr_words(small, self.ocr_lang) if w[1] >= self.ocr_min_confidence]
@@ -151,7 +151,6 @@ def probe_facts(img: Image.Image, probe: ProbeDescriber | None = None) -> dict[s
         "height": float(img.height),
     }
     if probe.layout:
-        from cat_tokenizer.complexity.layout import layout_facts
 
         facts.update(layout_facts(img))
     facts.update(probe._ocr(img) if probe.ocr else {})

@@ -18,6 +18,8 @@ import torch
 from torch import Tensor
 from torchmetrics.functional.image import peak_signal_noise_ratio
 
+from cat_tokenizer.markdown import md_records
+
 __all__ = ["PALETTE", "LAYOUTS", "PaletteTarget", "measure_palette", "summarise_palette", "palette_markdown"]
 
 PALETTE: dict[str, tuple[int, int, int]] = {
@@ -102,7 +104,6 @@ def summarise_palette(rows: Sequence[dict]) -> list[dict]:
 
 def palette_markdown(rows: Sequence[dict], target: PaletteTarget = PaletteTarget()) -> str:
     """The summary table and the per-colour table at the largest ratio, as Markdown."""
-    from cat_tokenizer.markdown import md_records
 
     summary = summarise_palette(rows)
     top = max(r["ratio"] for r in rows)

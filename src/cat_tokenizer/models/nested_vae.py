@@ -33,6 +33,7 @@ import cat_tokenizer.models.hub as hub
 from cat_tokenizer.errors import InputNotFound, UserInputError
 from cat_tokenizer.files import apply_umask
 from cat_tokenizer.fingerprint import fingerprint_state
+from cat_tokenizer.models.diffusers_view import RatioVAE
 from cat_tokenizer.models.hub import BUNDLED_TOKENIZERS, bundled_path, check_weights
 from cat_tokenizer.models.ratio_head import RatioHead
 from cat_tokenizer.ratios import DEFAULT_RATIOS, check_ratio, ratio_level
@@ -332,7 +333,6 @@ class NestedVAE(ModelMixin, ConfigMixin):
     def at_ratio(self, ratio: int):
         """A diffusers ``AutoencoderKL``-shaped view of this tokenizer at one ratio (shared weights):
         ``encode(x).latent_dist``, ``decode(z).sample``, ``config.scaling_factor`` (from ``latent_stats``)."""
-        from cat_tokenizer.models.diffusers_view import RatioVAE
 
         return RatioVAE.from_nested(self, ratio)
 

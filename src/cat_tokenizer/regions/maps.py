@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cat_tokenizer.errors import UserInputError
+from cat_tokenizer.regions.latent import block_tokens
 
 __all__ = ["random_maps", "predicted_distortion", "block_distortion", "block_signal", "signal_distortion", "allocate",
            "allocate_mean_psnr", "allocate_target", "region_maps", "maps_from_distortion", "SIGNALS", "POLICIES", "SIGNAL_FACTORS"]
@@ -183,7 +184,6 @@ def region_maps(vae, x: Tensor, policy: str = "oracle", budget: float | None = N
     ``head`` predicts it with the tokenizer's block head from the encoder's trunk (``cat-tokenizer block-head``);
     ``variance`` / ``edges`` predict it from the block's pixels (``SIGNAL_FACTORS``).
     """
-    from cat_tokenizer.regions.latent import block_tokens
 
     if policy not in POLICIES:
         raise UserInputError(f"region map policy must be one of {', '.join(POLICIES)}, got {policy!r}")
