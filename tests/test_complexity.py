@@ -4,6 +4,7 @@ import csv
 import logging
 import random
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -246,3 +247,37 @@ def test_from_config_sets_image_size_at_construction(tmp_path):
     assert ComplexityEvaluator.from_config("rubric", image_size=64).image_size == 64
     assert ComplexityEvaluator.from_config({"thresholds": [3.0, 6.0]}, image_size=512).image_size == 512
     assert ComplexityEvaluator.from_config("rubric").image_size == 256  # the documented default, unchanged without it
+
+
+def test_evaluator_spec_is_the_one_reader_of_evaluator_names(tmp_path):
+    """Every preset round-trips through its text; a folder preset needs its folder; a bad name is one line;
+    ``from_config`` builds the same evaluator from the text and from the parsed spec."""
+    from cat_tokenizer.complexity import ComplexityEvaluator, EvaluatorSpec
+    from cat_tokenizer.complexity.spec import FOLDER_PRESETS, PRESETS
+
+    cfg = tmp_path / "mine.yaml"
+    cfg.write_text("thresholds: [3.0, 6.0]\n")
+    texts = [*PRESETS, *(f"{p}:some/dir" for p in FOLDER_PRESETS), str(cfg)]
+    for text in texts:
+        assert str(EvaluatorSpec.parse(text)) == text
+    assert EvaluatorSpec.parse(None) == EvaluatorSpec.parse("default") == EvaluatorSpec()
+    assert EvaluatorSpec.parse(str(cfg)).name == "mine" and EvaluatorSpec.parse("auto:d").path == "d"
+    for bad, needle in [("nonsense", "not a preset"), ("distilled:", "name the tokenizer folder"), ("auto", "not a preset")]:
+        with pytest.raises(UserInputError, match=needle):
+            EvaluatorSpec.parse(bad)
+    with pytest.raises(UserInputError, match="needs a path"):
+        EvaluatorSpec("distilled")
+    # "rubric" is ComplexityEvaluator()'s own parts; "default" is the fitted scorer; the spec and its text agree
+    assert ComplexityEvaluator.from_config("rubric").evaluator_hash == ComplexityEvaluator().evaluator_hash
+    assert ComplexityEvaluator.from_config(EvaluatorSpec()).evaluator_hash == ComplexityEvaluator.from_config(None).evaluator_hash
+    assert type(ComplexityEvaluator.from_config(None).scorer).__name__ == "FittedScorer"
+    assert ComplexityEvaluator.from_config(EvaluatorSpec.parse(str(cfg))).mapper.thresholds == (3.0, 6.0)
+
+
+def test_the_packaged_default_evaluator_config_exists_once():
+    from cat_tokenizer.complexity.spec import default_config_path
+
+    repo = Path(__file__).parents[1]
+    assert default_config_path().is_file()
+    copies = [p for p in (repo / "configs").rglob("*.yaml") if p.read_bytes() == default_config_path().read_bytes()]
+    assert not copies, f"byte copies of the packaged default evaluator: {copies}"

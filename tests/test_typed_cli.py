@@ -11,6 +11,7 @@ import pytest
 
 from cat_tokenizer.cli.tools import build_parser
 from cat_tokenizer.cli.typed import add_command, call_command
+from cat_tokenizer.complexity.spec import EvaluatorSpec
 
 
 @dataclass
@@ -95,10 +96,21 @@ def test_commands_whose_options_are_a_dataclass_pass_it_down_unrenamed():
             with_options[name] = cls
     assert {"rd", "analyse", "distill", "distortion-head", "fit-rubric", "classify", "block-head"} <= set(with_options)
     parser = build_parser()
-    args = parser.parse_args(["rd", "some/dir", "--image-size", "256", "--regions", "--evaluator", "a", "--evaluator", "b"])
+    args = parser.parse_args(["rd", "some/dir", "--image-size", "256", "--regions", "--evaluator", "rubric", "--evaluator", "auto:b"])
     got = {}
     args._fn = lambda **kw: got.update(kw) or 0
     assert call_command(args) == 0
     opts = got["options"]
-    assert isinstance(opts, with_options["rd"]) and (opts.image_size, opts.regions, opts.evaluator) == (256, True, ["a", "b"])
+    assert isinstance(opts, with_options["rd"]) and (opts.image_size, opts.regions) == (256, True)
+    assert opts.evaluator == [EvaluatorSpec("rubric"), EvaluatorSpec("auto", "b")]  # parsed once, at the edge
     assert opts.crop == "native"  # a default from the dataclass, the one place it is written
+
+
+def test_a_misspelt_evaluator_is_an_argparse_error_naming_the_option(capsys):
+    from cat_tokenizer.cli import tools
+
+    with pytest.raises(SystemExit) as stop:
+        tools.main(["rd", "some/dir", "--evaluator", "rubirc"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "argument --evaluator: evaluator 'rubirc': not a preset" in err

@@ -11,9 +11,10 @@ import numpy as np
 
 from cat_tokenizer.errors import UserInputError
 
-__all__ = ["DEFAULT_RATIOS", "check_ratio", "ratio_level", "RatioAssignment", "token_count", "ratios_from_scores"]
+__all__ = ["DEFAULT_RATIOS", "DEFAULT_THRESHOLDS", "check_ratio", "ratio_level", "RatioAssignment", "token_count", "ratios_from_scores"]
 
 DEFAULT_RATIOS: tuple[int, ...] = (8, 16, 32)
+DEFAULT_THRESHOLDS: tuple[float, ...] = (4.0, 7.0)  # complexity score cut points: >= 7 -> 8x, >= 4 -> 16x, else 32x
 
 
 def ratios_from_scores(scores, thresholds: Sequence[float], ratios: Sequence[int]) -> np.ndarray:

@@ -15,6 +15,7 @@ import numpy as np
 from cat_tasks.classification.datasets import ensure_probe_dataset
 from cat_tasks.classification.probe import LinearProbeModule
 from cat_tokenizer.complexity import ComplexityEvaluator
+from cat_tokenizer.complexity.spec import EvaluatorSpec
 from cat_tokenizer.lit.cli import silence_known_warnings
 from cat_tokenizer.lit.datamodule import CATDataModule
 from cat_tokenizer.markdown import md_table
@@ -47,7 +48,7 @@ class ClassifyOptions:
         batch_size: probe batch size
         lr: probe learning rate
         max_per_class: images per class (0: all)
-        evaluator: evaluator YAML for the adaptive ratios (default: the fitted default evaluator; 'rubric' for the hand rubric)
+        evaluator: evaluator for the adaptive ratios: a preset (default, rubric, distilled:D ...) or a YAML (default: default)
         accelerator: Lightning accelerator
         seed: data split and initialisation seed
     """
@@ -60,7 +61,7 @@ class ClassifyOptions:
     batch_size: int = 64
     lr: float = 3e-3
     max_per_class: int = 100
-    evaluator: str | None = None
+    evaluator: EvaluatorSpec | None = None
     accelerator: str = "auto"
     seed: int = 0
 

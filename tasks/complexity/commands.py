@@ -13,6 +13,7 @@ from cat_tasks.complexity.bench import bench_default_and_cache, bench_scorers, s
 from cat_tasks.complexity.fit import FitRubricOptions, run_evaluate_kinds, run_fit_rubric
 from cat_tasks.complexity.reencode import reencode_folder
 from cat_tasks.complexity.score import run_score
+from cat_tokenizer.complexity.spec import EvaluatorSpec
 from cat_tokenizer.data.default_data import ensure_default_data
 from cat_tokenizer.data.images import list_images
 from cat_tokenizer.options import parse_numbers, print_table
@@ -20,7 +21,7 @@ from cat_tokenizer.options import parse_numbers, print_table
 __all__ = ["score", "bench_score", "fit_rubric", "evaluate_kinds", "reencode"]
 
 
-def score(dir: str | None = None, *, text: list[str] | None = None, out: str | None = None, evaluator: str | None = None,
+def score(dir: str | None = None, *, text: list[str] | None = None, out: str | None = None, evaluator: EvaluatorSpec | None = None,
           cache: str | None = None, budget: str | None = None, image_size: int | None = None, thresholds: str | None = None,
           overrides: str | None = None, ratio: Literal[8, 16, 32] | None = None, quiet: bool = False,
           overwrite: bool = False) -> int:
@@ -30,7 +31,7 @@ def score(dir: str | None = None, *, text: list[str] | None = None, out: str | N
         dir: image folder (searched recursively)
         text: score this prompt or class name instead (repeatable)
         out: CSV to write (path, score, ratio, description, evaluator)
-        evaluator: evaluator YAML (class_path/init_args); default: probe describer + rule rubric
+        evaluator: a preset (default, rubric, smollm2, distilled:D, distilled-text:D, auto:D) or an evaluator YAML (default: default)
         cache: score cache file (default: one per folder under $CAT_TOKENIZER_CACHE/scores)
         budget: target mean tokens (e.g. 210) or relative to a fixed ratio (e.g. 16x-18%): the evaluator's thresholds
             are shifted together on these scores until the mean matches
@@ -91,7 +92,7 @@ def fit_rubric(data: str, *, options: FitRubricOptions) -> int:
     return 0 if report else 1
 
 
-def evaluate_kinds(data: str, *, evaluator: list[str] | None = None, high: str = "text,charts", mid: str = "natural",
+def evaluate_kinds(data: str, *, evaluator: list[EvaluatorSpec] | None = None, high: str = "text,charts", mid: str = "natural",
                    low: str = "flat", cache: str | None = None, quiet: bool = False) -> int:
     """AUC and per-kind ratio shares of evaluators on a KIND/... folder
 
@@ -105,7 +106,7 @@ def evaluate_kinds(data: str, *, evaluator: list[str] | None = None, high: str =
         quiet: no progress bar
     """
     kinds = lambda t: [x for x in t.split(",") if x]  # noqa: E731
-    print(run_evaluate_kinds(data, evaluator or ["default"], kinds(high), kinds(mid), kinds(low), cache, not quiet))
+    print(run_evaluate_kinds(data, evaluator or [EvaluatorSpec()], kinds(high), kinds(mid), kinds(low), cache, not quiet))
     return 0
 
 

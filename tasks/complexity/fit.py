@@ -34,13 +34,14 @@ from torchmetrics.functional.classification import binary_auroc
 from tqdm import tqdm
 
 from cat_tokenizer.complexity import ComplexityEvaluator, ProbeDescriber, RatioMapper
-from cat_tokenizer.complexity.cache import content_hash
+from cat_tokenizer.complexity.cache import content_hash, default_score_cache
 from cat_tokenizer.complexity.fitted import DEFAULT_FEATURES, fit_facts
 from cat_tokenizer.complexity.probe import probe_facts
 from cat_tokenizer.data.dataset import kind_of
 from cat_tokenizer.data.images import UnreadableImage, list_images, load_rgb
 from cat_tokenizer.errors import InputNotFound, UserInputError
 from cat_tokenizer.markdown import md_header, md_records
+from cat_tokenizer.ratios import DEFAULT_THRESHOLDS
 
 __all__ = ["FitRubricOptions", "collect_facts", "cross_validate", "evaluate_scores", "label_agreement", "per_source", "run_fit_rubric",
            "REAL_V1_KINDS"]
@@ -165,7 +166,7 @@ def _auc(pos: np.ndarray, neg: np.ndarray) -> float:
     return float(binary_auroc(s, y))
 
 
-def evaluate_scores(scores: np.ndarray, kinds: list[str], thresholds: Sequence[float] = (4.0, 7.0),
+def evaluate_scores(scores: np.ndarray, kinds: list[str], thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
                     high: Sequence[str] = ("text", "charts"), mid: Sequence[str] = ("natural",),
                     low: Sequence[str] = ("flat",)) -> dict:
     """AUCs between kind groups and each kind's shares at 8x / 16x / 32x under ``thresholds``."""
@@ -181,7 +182,7 @@ def evaluate_scores(scores: np.ndarray, kinds: list[str], thresholds: Sequence[f
             "mean_tokens_256px": float(tokens.mean()) if len(tokens) else float("nan")}
 
 
-def label_agreement(scores: np.ndarray, labels: np.ndarray, thresholds: Sequence[float] = (4.0, 7.0)) -> dict:
+def label_agreement(scores: np.ndarray, labels: np.ndarray, thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> dict:
     """How well scores match class labels (2: 8x, 1: 16x, 0: 32x): the share mapped to the label's ratio, the
     share the most common label alone would get, and Spearman's rho between score and label."""
     from scipy.stats import spearmanr
@@ -196,7 +197,7 @@ def label_agreement(scores: np.ndarray, labels: np.ndarray, thresholds: Sequence
 
 
 def per_source(scores: np.ndarray, labels: np.ndarray, groups: Sequence[str], kinds: Sequence[str],
-               thresholds: Sequence[float] = (4.0, 7.0)) -> list[dict]:
+               thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> list[dict]:
     """Per source: its kind, images, shares at 8x / 16x / 32x and the share at the ratio its label asks for."""
     ratios = RatioMapper(thresholds)(np.nan_to_num(scores, nan=-1.0))
     want = np.array([CLASS_RATIO[int(c)] for c in labels])
@@ -314,7 +315,7 @@ def _write_fit(out_path: Path, data: str, report: dict, model, probe: ProbeDescr
     config = {"class_path": "cat_tokenizer.complexity.ComplexityEvaluator", "init_args": {
         "describer": {"class_path": "cat_tokenizer.complexity.ProbeDescriber", "init_args": _probe_settings(probe)},
         "scorer": {"class_path": "cat_tokenizer.complexity.FittedScorer", "init_args": model.init_args()},
-        "thresholds": [4.0, 7.0]}}
+        "thresholds": list(DEFAULT_THRESHOLDS)}}
     out_path.parent.mkdir(parents=True, exist_ok=True)
     header = (f"# Fitted by `cat-tokenizer fit-rubric {data}` on {report['fitted']} ({report['images']} images, target {report['target']}).\n"
               f"# Source-held-out CV: AUC text+charts > natural {report['cv']['auc_high_vs_natural']:.3f}, "
@@ -342,16 +343,10 @@ def _write_fit(out_path: Path, data: str, report: dict, model, probe: ProbeDescr
     out_path.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
-def load_evaluator(path: str) -> ComplexityEvaluator:
-    """The evaluator a fit wrote (a normal evaluator config)."""
-    return ComplexityEvaluator.from_config(path)
-
-
 def run_evaluate_kinds(data: str, evaluators: Sequence[str], high: Sequence[str] = ("text", "charts"),
                        mid: Sequence[str] = ("natural",), low: Sequence[str] = ("flat",), cache: str | None = None,
                        progress: bool = True) -> str:
     """Score a KIND/... folder with each evaluator; a markdown table of AUCs and per-kind ratio shares."""
-    from cat_tokenizer.complexity.cache import default_score_cache
 
     root = Path(data).expanduser()
     files = list_images(root)

@@ -12,6 +12,7 @@ from cat_tasks.distill import run_distill, run_distill_text
 from cat_tasks.distill.block_head import BlockHeadConfig, run_block_head
 from cat_tasks.distill.distortion import DistortionHeadOptions, run_distortion_head
 from cat_tasks.distill.ratio_head import DistillOptions
+from cat_tokenizer.complexity.spec import EvaluatorSpec
 
 __all__ = ["distill", "distill_text", "distortion_head", "block_head"]
 
@@ -29,7 +30,7 @@ def distill(*, options: DistillOptions) -> int:
     return 0
 
 
-def distill_text(*, prompts: str, out: str, encoder: str = "builtin:minilm", teacher: str | None = None, epochs: int = 200,
+def distill_text(*, prompts: str, out: str, encoder: str = "builtin:minilm", teacher: EvaluatorSpec | None = None, epochs: int = 200,
                  batch_size: int = 64, lr: float = 1e-2, val_fraction: float = 0.2, device: str = "auto",
                  loss: Literal["l1", "mse"] = "mse") -> int:
     """a text-only student for prompts: frozen text encoder + head, from a teacher
@@ -38,7 +39,7 @@ def distill_text(*, prompts: str, out: str, encoder: str = "builtin:minilm", tea
         prompts: text file, one prompt or class name per line
         out: output folder
         encoder: transformers text encoder: hub id, local folder, or builtin:minilm
-        teacher: teacher evaluator YAML (its scorer scores the prompts; default: rubric)
+        teacher: teacher evaluator, a preset or a YAML (its scorer scores the prompts; default: default, which scores prompts by the rubric's keywords)
         epochs: head epochs
         batch_size: head batch size
         lr: head learning rate

@@ -36,6 +36,7 @@ from cat_tasks.reconstruction.table import measure_folder
 from cat_tokenizer.complexity import ComplexityEvaluator, RatioMapper
 from cat_tokenizer.complexity.cache import default_score_cache
 from cat_tokenizer.complexity.evaluator import MIN_AGREEMENT, MIN_HELD_OUT, replaces_teacher
+from cat_tokenizer.complexity.spec import EvaluatorSpec
 from cat_tokenizer.data.dataset import hash_fraction, stratified_split
 from cat_tokenizer.data.images import list_images, load_rgb, partition_readable
 from cat_tokenizer.data.transforms import image_transform
@@ -47,6 +48,7 @@ from cat_tokenizer.lit.cli import silence_known_warnings
 from cat_tokenizer.models.ratio_head import RatioHead
 from cat_tokenizer.options import parse_numbers
 from cat_tokenizer.profiling import flops, items_per_second
+from cat_tokenizer.ratios import DEFAULT_RATIOS, DEFAULT_THRESHOLDS
 
 __all__ = ["DistillOptions", "RatioHeadModule", "run_distill", "check_loss", "fit_regressor", "ratio_agreement"]
 
@@ -191,7 +193,7 @@ def _oracle_labels(files: list[Path], root: Path, tokenizer: str, out_dir: Path,
     hist = {r: int((ratios == r).sum()) for r in sorted(ORACLE_SCORES)}
     log.info("oracle labels (max acceptable ratio within %g dB / OCR %g): %s", tolerance_db, ocr_tolerance, hist)
     scored = [(root / p, ORACLE_SCORES[int(r)]) for p, r in zip(table.paths, ratios)]
-    return scored, RatioMapper((4.0, 7.0), (8, 16, 32)), f"oracle (max acceptable ratio, {tolerance_db:g} dB, OCR {ocr_tolerance:g})"
+    return scored, RatioMapper(DEFAULT_THRESHOLDS, DEFAULT_RATIOS), f"oracle (max acceptable ratio, {tolerance_db:g} dB, OCR {ocr_tolerance:g})"
 
 
 @dataclass(frozen=True)
@@ -206,7 +208,7 @@ class DistillOptions:
         crop: crop policy of the head's view (default: native for oracle, resize for teacher)
         tolerance_db: oracle: PSNR drop vs 8x still acceptable
         ocr_tolerance: oracle: OCR confidence drop vs 8x still acceptable
-        teacher: teacher evaluator YAML (default: the fitted default evaluator; 'rubric' for the hand rubric)
+        teacher: teacher evaluator: a preset (default, rubric, smollm2) or a YAML (default: default)
         image_size: image side in pixels
         epochs: epochs of the head (it trains on precomputed statistics: fast)
         batch_size: head batch size
@@ -234,7 +236,7 @@ class DistillOptions:
     crop: Literal["resize", "native"] | None = None
     tolerance_db: float = 1.0
     ocr_tolerance: float = 10.0
-    teacher: str | None = None
+    teacher: EvaluatorSpec | None = None
     image_size: int = 128
     epochs: int = 150
     batch_size: int = 32
@@ -291,7 +293,7 @@ def run_distill(o: DistillOptions) -> dict:
     with torch.no_grad():
         pred = head.score(*[t[va].to(dev) for t in inputs]).cpu()
     agreement, confusion, rho = ratio_agreement(pred, scores[va], mapper)
-    teacher_ref = str(Path(o.teacher).expanduser().resolve()) if o.teacher and o.target == "teacher" else None
+    teacher_ref = _spec_ref(o.teacher) if o.teacher and o.target == "teacher" else None
     head.set_report({"teacher": teacher_ref, "teacher_name": teacher_name, "agreement": round(agreement, 4),
                      "held_out": len(va), "spearman": round(rho, 4), "split": split})
     vae.attach_ratio_head(head)
@@ -325,6 +327,12 @@ def _fit_head(o: DistillOptions, files: list[Path], scores: torch.Tensor, mapper
     inputs = trunk_inputs(vae, head, files, o.image_size, dev, crop=crop)  # [(N, D) statistics, (N, C, h, w) 8x maps]
     fit_regressor(_HeadOnStatistics(head), head.out, [t[tr] for t in inputs], scores[tr], o.epochs, o.batch_size, o.lr, dev, o.loss)
     return vae, head.eval(), inputs
+
+
+def _spec_ref(spec: EvaluatorSpec) -> str:
+    """The teacher as recorded in the head: a config file by its absolute path (the head may be used from
+    another folder), a preset by name."""
+    return str(Path(spec.path).expanduser().resolve()) if spec.preset == "config" else str(spec)
 
 
 def _labels(root: Path, teacher: ComplexityEvaluator | None, tokenizer: str, out_dir: Path, image_size: int, crop: str,

@@ -15,6 +15,7 @@ from cat_tasks.generation.demo import run_gen_demo
 from cat_tasks.generation.fid import fid_from_folders
 from cat_tasks.generation.module import load_dit
 from cat_tasks.generation.sample import check_device_fits, generate_to_folder, plan_samples, write_sample_report
+from cat_tokenizer.complexity.spec import EvaluatorSpec
 from cat_tokenizer.devices import resolve_device
 from cat_tokenizer.errors import UserInputError
 from cat_tokenizer.markdown import md_records
@@ -30,7 +31,7 @@ class SamplingOptions:
         ckpt: DiT checkpoint (.ckpt from lightning fit -c configs/dit_imagenet.yaml)
         ratio: auto (from the prompt / class name) or 8, 16, 32
         prompt: prompt (text models; with --ratio auto also what is scored); repeatable
-        evaluator: complexity evaluator for --ratio auto (default: rubric; e.g. distilled-text:D)
+        evaluator: evaluator for --ratio auto: a preset or a YAML (default: default, scoring prompts by the rubric's keywords; e.g. distilled-text:D)
         guidance: classifier-free guidance scale >= 1 (default: the checkpoint's)
         steps: sampler steps (default: the checkpoint's)
         sampler: default: the checkpoint's
@@ -44,7 +45,7 @@ class SamplingOptions:
     ckpt: str
     ratio: str = "auto"
     prompt: list[str] | None = None
-    evaluator: str | None = None
+    evaluator: EvaluatorSpec | None = None
     guidance: float | None = None
     steps: int | None = None
     sampler: Literal["ddim", "dpm", "ddpm"] | None = None

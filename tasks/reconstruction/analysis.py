@@ -31,8 +31,9 @@ from typing import Literal
 import numpy as np
 from scipy import stats
 
+from cat_tasks.reconstruction.rd import head_predictions
 from cat_tasks.reconstruction.table import ReconTable, measure_folder
-from cat_tokenizer.complexity import ComplexityEvaluator
+from cat_tokenizer.complexity import ComplexityEvaluator, EvaluatorSpec
 from cat_tokenizer.devices import resolve_device
 from cat_tokenizer.errors import UserInputError
 from cat_tokenizer.io import load_vae
@@ -40,15 +41,10 @@ from cat_tokenizer.markdown import md_header
 from cat_tokenizer.options import FEATURES
 
 __all__ = ["max_acceptable_ratio", "max_acceptable_ratios", "quantile_matched_ratios", "signal_table", "run_analysis", "analyse_folder",
-           "SMOLLM2_EVALUATOR", "PAPER"]
+           "PAPER"]
 
 log = logging.getLogger(__name__)
 
-# The LLM path with the model that ships offline (configs/evaluator/probe_llm.yaml).
-SMOLLM2_EVALUATOR = {"class_path": "cat_tokenizer.complexity.ComplexityEvaluator",
-                     "init_args": {"describer": {"class_path": "cat_tokenizer.complexity.ProbeDescriber"},
-                                   "scorer": {"class_path": "cat_tokenizer.complexity.LLMScorer",
-                                              "init_args": {"model": "builtin:smollm2", "batch_size": 8}}}}
 # Section 3.1 of the paper (ImageNet, its tokenizer): what each row is compared with.
 PAPER = {"MSE (16x)": "r <= 0.36", "JPEG size": "r <= 0.36", "Inception distance (16x)": "LPIPS: r <= 0.36",
          "LLM": "r = 0.55, 62% agreement"}
@@ -200,14 +196,6 @@ def _scatter(signals: dict[str, np.ndarray], level: np.ndarray, path: Path) -> N
     plt.close(fig)
 
 
-def _evaluator(spec: str) -> tuple[str, ComplexityEvaluator]:
-    if spec == "default":
-        return "default evaluator", ComplexityEvaluator.default()
-    if spec == "smollm2":
-        return "smollm2", ComplexityEvaluator.from_config(SMOLLM2_EVALUATOR)
-    return (Path(spec).stem if spec.endswith((".yaml", ".yml")) else spec), ComplexityEvaluator.from_config(spec)
-
-
 @dataclass(frozen=True)
 class AnalyseOptions:
     """The options of ``cat-tokenizer analyse`` (and of ``analyse_folder``).
@@ -231,7 +219,7 @@ class AnalyseOptions:
     """
 
     ckpt: str = "cat-small"
-    evaluator: list[str] | None = None
+    evaluator: list[EvaluatorSpec] | None = None
     out: str = "outputs/analysis"
     image_size: int = 128
     crop: Literal["native", "resize"] = "native"
@@ -248,10 +236,10 @@ class AnalyseOptions:
 
 def analyse_folder(root: str, o: AnalyseOptions = AnalyseOptions()) -> str:
     """Measure (cached), score, correlate; returns the markdown table."""
-    from cat_tasks.reconstruction.rd import head_predictions
 
     out_dir, root_p = Path(o.out), Path(root).expanduser()
-    named = [_evaluator(e) for e in o.evaluator or ["default", "smollm2"]]  # bad configs fail before the long part
+    specs = o.evaluator or [EvaluatorSpec("default"), EvaluatorSpec("smollm2")]
+    named = [(spec.name, ComplexityEvaluator.from_config(spec)) for spec in specs]  # bad configs fail before the long part
     vae = load_vae(o.ckpt).to(resolve_device(o.device))
     table = measure_folder(root_p, vae, o.recon_cache or out_dir / "recon_cache", o.image_size, o.crop,
                            features=FEATURES[o.features], progress=not o.quiet)

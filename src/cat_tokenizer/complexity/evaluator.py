@@ -22,26 +22,21 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from jsonargparse import ArgumentParser
 from torch import nn
 from tqdm.auto import tqdm
 
 from cat_tokenizer.complexity.base import Describer, Description, Scorer, text_description
 from cat_tokenizer.complexity.cache import ScoreCache, config_hash, content_hash
+from cat_tokenizer.complexity.probe import ProbeDescriber
 from cat_tokenizer.complexity.ratio_map import RatioMapper
+from cat_tokenizer.complexity.rubric import RubricScorer
+from cat_tokenizer.complexity.spec import EvaluatorSpec, default_config_path
 from cat_tokenizer.data.images import UnreadableImage, load_rgb
 from cat_tokenizer.errors import InputNotFound, Interrupted, UserInputError
-from cat_tokenizer.ratios import DEFAULT_RATIOS, check_ratio
+from cat_tokenizer.ratios import DEFAULT_RATIOS, DEFAULT_THRESHOLDS, check_ratio
 
-
-def default_config_path() -> Path:
-    """The default evaluator's config, shipped in the package: the fitted scorer of ``cat-tokenizer
-    fit-rubric`` on real-v1 train (its report: configs/evaluator/fitted_real_v1.md in the repository)."""
-    from importlib.resources import files
-
-    return Path(str(files("cat_tokenizer.complexity") / "configs" / "real_v1_fitted.yaml"))
-
-
-__all__ = ["ComplexityEvaluator", "ScoreResult", "summarize", "default_config_path"]
+__all__ = ["ComplexityEvaluator", "ScoreResult", "summarize", "default_config_path", "EvaluatorSpec"]
 
 log = logging.getLogger(__name__)
 
@@ -66,18 +61,6 @@ class ScoreResult:
     cached: bool = False
     error: str | None = None
     overridden: bool = False
-
-
-DEFAULT_THRESHOLDS = (4.0, 7.0)
-
-# The short evaluator spellings "<name>:<folder>" of the command line and configs, each as the init args it
-# stands for ("rubric", the hand rubric, is the empty init args).
-SHORTHANDS = {
-    "distilled": lambda folder: {"describer": {"class_path": "cat_tokenizer.complexity.distilled.DistilledDescriber",
-                                               "init_args": {"path": folder}}},
-    "distilled-text": lambda folder: {"scorer": {"class_path": "cat_tokenizer.complexity.text_student.TextStudentScorer",
-                                                 "init_args": {"path": folder}}},
-}
 
 
 class ComplexityEvaluator(nn.Module):
@@ -107,8 +90,6 @@ class ComplexityEvaluator(nn.Module):
         batch_size: int = 8,
     ):
         super().__init__()
-        from cat_tokenizer.complexity.probe import ProbeDescriber
-        from cat_tokenizer.complexity.rubric import RubricScorer
 
         self.describer = describer if describer is not None else ProbeDescriber()
         self_scoring = bool(getattr(self.describer, "scores_itself", False))
@@ -130,31 +111,18 @@ class ComplexityEvaluator(nn.Module):
         return cls.from_config(None, image_size=image_size)
 
     @classmethod
-    def from_config(cls, config: str | Path | Mapping | None = None, image_size: int | None = None) -> ComplexityEvaluator:
-        """Build from a YAML file or dict: ``{class_path: ..., init_args: {...}}`` or the init args alone.
-
-        Short spellings (``SHORTHANDS``), each the same as a config: ``None`` or ``"default"`` the offline
-        default (the probe with layout facts and the scorer fitted on real-v1, ``default_config_path()``,
-        written by ``cat-tokenizer fit-rubric``); ``"rubric"`` the hand-set rule rubric; ``"distilled:D"``
-        the ratio head of the tokenizer in folder D (``describer: DistilledDescriber(path=D)``, from
-        ``cat-tokenizer distill``); ``"distilled-text:D"`` the text-only student in D
-        (``scorer: TextStudentScorer(path=D)``, from ``cat-tokenizer distill-text``). ``"auto:D"`` is a
-        choice rather than a config: that head if it agreed well enough with its teacher, else the
-        teacher (``student_or_teacher``). ``image_size`` (the size token counts refer to) overrides the
-        config's, at construction.
+    def from_config(cls, config: str | Path | EvaluatorSpec | Mapping | None = None, image_size: int | None = None) -> ComplexityEvaluator:
+        """Build from an ``EvaluatorSpec`` or its text (a preset such as ``default``, ``rubric``, ``smollm2``,
+        ``distilled:D``, ``auto:D``, or a YAML path: ``cat_tokenizer.complexity.spec``), or from a config
+        mapping: ``{class_path: ..., init_args: {...}}`` or the init args alone. ``None`` is ``default``.
+        ``image_size`` (the size token counts refer to) overrides the config's, at construction.
         """
-        from jsonargparse import ArgumentParser
-
         size = {} if image_size is None else {"image_size": int(image_size)}
-        if config is None or config == "default":
-            config = default_config_path()
-        elif isinstance(config, str) and config.startswith("auto:"):
-            return cls.student_or_teacher(config[len("auto:") :], image_size=image_size)
-        elif config == "rubric":
-            config = {}
-        elif isinstance(config, str) and config.partition(":")[0] in SHORTHANDS and config.partition(":")[2]:
-            name, _, folder = config.partition(":")
-            config = SHORTHANDS[name](folder)
+        if not isinstance(config, Mapping):
+            spec = EvaluatorSpec.parse(config)
+            if spec.preset == "auto":
+                return cls.student_or_teacher(spec.path, image_size=image_size)
+            config = spec.config()
         if isinstance(config, (str, Path)):
             path = Path(config).expanduser()
             if not path.is_file():
@@ -206,7 +174,7 @@ class ComplexityEvaluator(nn.Module):
         if replaces_teacher(agreement, held_out, min_agreement, min_held_out):
             log.info("auto:%s: the distilled ratio head (%.1f%% agreement with %s on %d held-out images)",
                      path, 100 * agreement, report.get("teacher_name"), held_out)
-            return cls.from_config(f"distilled:{path}", image_size)
+            return cls.from_config(EvaluatorSpec("distilled", str(path)), image_size)
         why = ("no recorded agreement" if agreement is None else
                f"{100 * agreement:.1f}% agreement on {held_out} held-out images (needs {100 * min_agreement:.0f}% on {min_held_out}+)")
         log.warning("auto:%s: using the teacher %s, not the ratio head: %s", path, report.get("teacher_name", "probe+rubric"), why)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from cat_tokenizer.errors import UserInputError
-from cat_tokenizer.ratios import DEFAULT_RATIOS, ratios_from_scores
+from cat_tokenizer.ratios import DEFAULT_RATIOS, DEFAULT_THRESHOLDS, ratios_from_scores
 
 __all__ = ["RatioMapper"]
 
@@ -22,11 +22,11 @@ class RatioMapper:
 
     Args:
         thresholds: ascending score cut points, one fewer than ``ratios``. With the defaults
-            ``(4.0, 7.0)`` and ratios (8, 16, 32): score >= 7 -> 8x, 4 <= score < 7 -> 16x, < 4 -> 32x.
+            ``DEFAULT_THRESHOLDS`` (4, 7) and ratios (8, 16, 32): score >= 7 -> 8x, 4 <= score < 7 -> 16x, < 4 -> 32x.
         ratios: the ratios, ascending (the smallest goes to the most complex images).
     """
 
-    def __init__(self, thresholds: Sequence[float] = (4.0, 7.0), ratios: Sequence[int] = DEFAULT_RATIOS):
+    def __init__(self, thresholds: Sequence[float] = DEFAULT_THRESHOLDS, ratios: Sequence[int] = DEFAULT_RATIOS):
         self.ratios = tuple(sorted(int(r) for r in ratios))
         self.thresholds = tuple(float(t) for t in thresholds)
         if not all(math.isfinite(t) for t in self.thresholds):

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 
 from cat_tokenizer.complexity.cache import default_score_cache
 from cat_tokenizer.complexity.evaluator import ComplexityEvaluator
+from cat_tokenizer.complexity.spec import EvaluatorSpec
 from cat_tokenizer.data.annotations import class_labels, read_captions
 from cat_tokenizer.data.assign import ratios_from_csv, ratios_from_evaluator
 from cat_tokenizer.data.dataset import ImageFileDataset, collate_skipping, kind_of, stratified_split
@@ -69,9 +70,9 @@ class CATDataModule(L.LightningDataModule):
             ratio), ``fixed:<r>``, ``complexity`` (each image at the ratio the evaluator assigns, scored
             once in ``prepare_data`` and cached) or ``csv:<path>`` (columns ``path,ratio``, e.g. written
             by ``cat-tokenizer score``).
-        evaluator: the complexity evaluator for ``complexity`` (default: probe describer + rule rubric),
-            or a string for ``ComplexityEvaluator.from_config``: a YAML path, ``distilled:D``, or
-            ``auto:D`` (tokenizer D's distilled ratio head where it agreed >= 90% with its teacher).
+        evaluator: the complexity evaluator for ``complexity``, or its name (``EvaluatorSpec``: a preset such
+            as ``default``, ``rubric``, ``distilled:D``, ``auto:D``, or a YAML path), read here and built on
+            first use. Default: ``default``.
         score_cache: the score cache file (default: one per dataset under ``$CAT_TOKENIZER_CACHE/scores``).
         labels: add ``label`` (index of the top-level subfolder, sorted names) to every batch.
         captions: a captions file (CSV ``path,caption``, JSON ``{path: caption}``, or COCO captions);
@@ -138,7 +139,8 @@ class CATDataModule(L.LightningDataModule):
         self.val_batch_size = val_batch_size or batch_size
         self.num_workers, self.val_fraction, self.hflip = num_workers, val_fraction, hflip
         self.verify_images, self.seed, self.drop_last = verify_images, seed, drop_last
-        self._evaluator, self.score_cache = evaluator, score_cache
+        self._evaluator = evaluator if isinstance(evaluator, ComplexityEvaluator) else EvaluatorSpec.parse(evaluator)
+        self.score_cache = score_cache
         self.labels, self.captions = labels, captions
         self.skip_encoded = skip_encoded
         self.classes: list[str] = []
@@ -154,7 +156,7 @@ class CATDataModule(L.LightningDataModule):
 
     @property
     def evaluator(self) -> ComplexityEvaluator:
-        if self._evaluator is None or isinstance(self._evaluator, str):
+        if isinstance(self._evaluator, EvaluatorSpec):
             self._evaluator = ComplexityEvaluator.from_config(self._evaluator)
         return self._evaluator
 

@@ -74,7 +74,7 @@ class ComplexityScoringModule(L.LightningModule):
     """Runs the evaluator over path batches; shards in, merged cache and CSV out.
 
     Args:
-        evaluator: the complexity evaluator (default: probe describer + rule rubric).
+        evaluator: the complexity evaluator (default: the ``default`` preset, the scorer fitted on real-v1).
         score_cache: the main cache file (default: the dataset's cache under ``$CAT_TOKENIZER_CACHE/scores``).
         output_csv: where rank 0 writes ``path, score, ratio, description, evaluator`` at the end (None: no CSV).
     """

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from cat_tokenizer.errors import UserInputError
-from cat_tokenizer.ratios import ratios_from_scores
+from cat_tokenizer.ratios import DEFAULT_RATIOS, DEFAULT_THRESHOLDS, ratios_from_scores
 
 __all__ = ["RatioHead", "stage_statistics"]
 
@@ -74,7 +74,7 @@ class RatioHead(nn.Module):
     """
 
     def __init__(self, stage_channels: Sequence[int], hidden: int = 256, conv: int = 0,
-                 thresholds: Sequence[float] = (4.0, 7.0), ratios: Sequence[int] = (8, 16, 32),
+                 thresholds: Sequence[float] = DEFAULT_THRESHOLDS, ratios: Sequence[int] = DEFAULT_RATIOS,
                  image_size: int | None = None, report: dict | None = None, stages: Sequence[int] | None = None,
                  row_stride: Sequence[int] | None = None, crop: str = "resize", predicts: str = "score",
                  target_psnr: float = 24.0):
