@@ -176,3 +176,25 @@ def test_every_command_module_is_registered_and_every_entry_loads():
                       and getattr(n.targets[0], "id", "") == "__all__")
         functions = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
         assert {f"{module}:{f}" for f in public if f in functions} == {t for t in targets if t.startswith(module + ":")}
+
+
+def _local_imports(path: Path) -> list[str]:
+    """Project imports inside a function body of ``path`` ("function:line")."""
+    found = []
+    for fn in ast.walk(ast.parse(path.read_text())):
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for node in ast.walk(fn):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+                if any(n.split(".")[0] in PACKAGES for n in names) or getattr(node, "level", 0):
+                    found.append(f"{fn.name}:{node.lineno}")
+    return found
+
+
+def test_project_imports_are_at_module_top(tmp_path):
+    """A module's dependencies are readable from its head (issue 27: 49 were inside functions). The graph
+    above has no cycle, so no import needs hiding; heavy third-party imports may still be local."""
+    hits = {name: got for name, path in _modules().items() if (got := _local_imports(path))}
+    assert not hits, f"function-local project imports: {hits}"
+    planted = tmp_path / "m.py"
+    planted.write_text("def f():\n    from cat_tokenizer.ratios import DEFAULT_RATIOS\n    return DEFAULT_RATIOS\n")
+    assert _local_imports(planted) == ["f:2"]
