@@ -12,7 +12,7 @@ CKPT ?= cat-small
 TRAIN_OUT ?= outputs/train_small
 TRAIN_ARGS ?=
 
-.PHONY: install system-deps test test-fast lint demo palette hostile mutants train-small ship-small train-region-fill ship-region-fill gpu-kit gpu-train-small need-real-data bench bench-gen bench-gen-gpu classify distill eval-recon need-data gen-demo gen-imagenet need-imagenet clean
+.PHONY: install system-deps test test-fast lint demo palette hostile mutants train-small ship-small train-region-fill ship-region-fill gpu-kit gpu-train-small need-real-data bench bench-gen bench-gen-gpu classify distill eval-recon need-data gen-demo gen-imagenet clean
 
 install: $(STAMP)
 
@@ -122,25 +122,11 @@ GEN_DEMO_STEPS ?= 800
 gen-demo: install
 	$(VENV)/bin/cat-tokenizer gen-demo --ckpt $(CKPT) --out $(GEN_DEMO_OUT) --steps $(GEN_DEMO_STEPS)
 
-# Class-conditional DiT on ImageNet CAT latents: make gen-imagenet IMAGENET_DIR=/data/imagenet/train CKPT=<tokenizer>
-#   RATIO_MODE=adaptive|fixed:8|fixed:16|fixed:32  DIT=S_2|B_2|L_2|XL_2  LATENTS=<cache folder>  GEN_ARGS=<more fit flags>
-RATIO_MODE ?= adaptive
-DIT ?= B_2
-LATENTS ?= outputs/gen_imagenet/latents
-GEN_ARGS ?=
-FLIP ?= true
-# the DiT's input channels = the tokenizer's latent channels (read from the tokenizer; else 16)
-LATENT_CH = $(shell $(PY) -c "from cat_tokenizer.io import load_vae; print(load_vae('$(CKPT)').latent_channels)" 2>/dev/null || echo 16)
-gen-imagenet: need-imagenet install
-	$(VENV)/bin/lightning predict -c configs/dit_encode.yaml --data.root $(IMAGENET_DIR) --model.tokenizer $(CKPT) \
-		--model.cache_dir $(LATENTS) --data.skip_encoded $(LATENTS) --model.flip $(FLIP) \
-		--data.ratio_assignment $(if $(filter adaptive,$(RATIO_MODE)),complexity,$(RATIO_MODE))
-	$(VENV)/bin/lightning fit -c configs/dit_imagenet.yaml --model.dit configs/dit/$(DIT).yaml --model.dit.init_args.in_channels $(LATENT_CH) \
-		--data.cache_dir $(LATENTS) --model.tokenizer $(CKPT) --data.ratio_mode $(RATIO_MODE) \
-		--trainer.default_root_dir outputs/gen_imagenet $(GEN_ARGS)
-
-need-imagenet:
-	@test -n "$(IMAGENET_DIR)" || { echo "make gen-imagenet: set IMAGENET_DIR=<folder of class subfolders, e.g. /data/imagenet/train> (and CKPT=<tokenizer>)"; exit 2; }
+# Class-conditional DiT on ImageNet CAT latents: encode once, then train (scripts/gen_imagenet.sh; its knobs:
+# RATIO_MODE=adaptive|fixed:16, DIT=S_2|B_2|L_2|XL_2, LATENTS, FLIP, OUT, GEN_ARGS).
+#   make gen-imagenet IMAGENET_DIR=/data/imagenet/train [CKPT=<tokenizer>] [DIT=L_2]
+gen-imagenet: install
+	CKPT=$(CKPT) VENV=$(VENV) scripts/gen_imagenet.sh
 
 bench-gen: install
 	$(VENV)/bin/cat-tokenizer bench-gen

@@ -114,3 +114,56 @@ def test_a_misspelt_evaluator_is_an_argparse_error_naming_the_option(capsys):
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "argument --evaluator: evaluator 'rubirc': not a preset" in err
+
+
+def test_dataclass_commands_take_a_config_file_that_print_config_writes(tmp_path, capsys):
+    """-c FILE: the options of --print-config read back to the same dataclass; the command line wins over the file;
+    a bad name or value in the file is one line naming it; a required option may come from either."""
+    from cat_tokenizer.cli import tools
+
+    def run(*argv):
+        got = {}
+        args = build_parser().parse_args(list(argv))
+        args._fn = lambda **kw: got.update(kw) or 0
+        assert call_command(args) == 0
+        return got["options"]
+
+    assert tools.main(["rd", "d", "--print-config", "--image-size", "256", "--evaluator", "rubric", "--target-psnr", "22", "26"]) == 0
+    cfg = tmp_path / "rd.yaml"
+    cfg.write_text(capsys.readouterr().out)
+    opts = run("rd", "d", "-c", str(cfg))
+    assert opts == run("rd", "d", "--image-size", "256", "--evaluator", "rubric", "--target-psnr", "22", "26")
+    assert opts.evaluator == [EvaluatorSpec("rubric")] and opts.target_psnr == (22.0, 26.0)
+    assert run("rd", "d", "-c", str(cfg), "--image-size", "64").image_size == 64
+    for text, needle in [("image-size: 0", "image-size: must be positive"), ("imagesize: 3", "unknown option 'imagesize'"),
+                         ("crop: squash", "crop: 'squash' is not one of native, resize"), ("regions: 1", "regions: expected true or false"),
+                         ("- a", "expected a mapping")]:
+        cfg.write_text(text + "\n")
+        assert tools.main(["rd", "d", "-c", str(cfg)]) == 2
+        assert needle in capsys.readouterr().err
+
+
+@dataclass(frozen=True)
+class _Required:
+    """Args:
+    out: where
+    n: how many
+    """
+
+    out: str
+    n: int = 2
+
+
+def test_a_required_dataclass_option_can_come_from_the_config(tmp_path, capsys):
+    def cmd(*, options: _Required) -> int:
+        print(options)
+        return 0
+
+    p = argparse.ArgumentParser()
+    add_command(p.add_subparsers(dest="command"), cmd, "cmd")
+    with pytest.raises(SystemExit):
+        call_command(p.parse_args(["cmd"]))
+    assert "the following arguments are required: --out" in capsys.readouterr().err
+    (tmp_path / "c.yaml").write_text("out: here\n")
+    assert call_command(p.parse_args(["cmd", "-c", str(tmp_path / "c.yaml")])) == 0
+    assert capsys.readouterr().out.strip() == "_Required(out='here', n=2)"

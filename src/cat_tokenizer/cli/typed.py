@@ -17,7 +17,10 @@ POSIX spellings with these rules:
 - a class with a ``parse`` classmethod (``EvaluatorSpec``) is read by it, so a command receives the typed
   value and a bad spelling is an argparse error naming the option;
 - an ``int`` option is a count or a size: at least 1, or at least 0 for the names in ``ZERO_OK``
-  (``--per-kind 0`` means all); ``seed`` takes any integer.
+  (``--per-kind 0`` means all); ``seed`` takes any integer;
+- a command with dataclass options also takes ``-c FILE`` (a YAML mapping of those options, dashes or
+  underscores, checked as the command line checks them; options on the command line win) and
+  ``--print-config`` (the options it would run with, as such a file).
 """
 
 from __future__ import annotations
@@ -30,7 +33,10 @@ import typing
 from pathlib import Path
 from typing import Any, Callable, Literal, Union
 
+import yaml
 from docstring_parser import parse as parse_docstring
+
+from cat_tokenizer.errors import UserInputError
 
 __all__ = ["add_command", "call_command"]
 
@@ -66,7 +72,8 @@ def _doc_params(obj: Any) -> tuple[str, dict[str, str]]:
     return doc.short_description or "", {p.arg_name: " ".join((p.description or "").split()) for p in doc.params}
 
 
-def _add_option(p: argparse.ArgumentParser, name: str, tp: Any, default: Any, positional: bool, help_text: str) -> None:
+def _add_option(p: argparse.ArgumentParser, name: str, tp: Any, default: Any, positional: bool, help_text: str,
+                required: bool | None = None) -> None:
     tp = _unwrap_optional(tp)
     kw: dict[str, Any] = {"help": help_text.replace("%", "%%"), "default": argparse.SUPPRESS}
     origin = typing.get_origin(tp)
@@ -91,7 +98,7 @@ def _add_option(p: argparse.ArgumentParser, name: str, tp: Any, default: Any, po
         p.add_argument(name, **kw)
     else:
         flags = [f"--{name.replace('_', '-')}"] + ([SHORT[name]] if name in SHORT else [])
-        p.add_argument(*flags, dest=name, required=default is inspect.Parameter.empty, **kw)
+        p.add_argument(*flags, dest=name, required=default is inspect.Parameter.empty if required is None else required, **kw)
 
 
 def _item_type(name: str, tp: Any) -> Any:
@@ -123,18 +130,97 @@ def add_command(sub: argparse._SubParsersAction, fn: Callable[..., int], name: s
             field_types = typing.get_type_hints(tp)
             for f in dataclasses.fields(tp):
                 default = f.default if f.default is not dataclasses.MISSING else inspect.Parameter.empty
-                _add_option(p, f.name, field_types[f.name], default, False, field_help.get(f.name, ""))
+                # required fields are checked after -c FILE is merged in (call_command)
+                _add_option(p, f.name, field_types[f.name], default, False, field_help.get(f.name, ""), required=False)
             continue
         positional = param.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
         _add_option(p, param.name, tp, param.default, positional, helps.get(param.name, ""))
-    p.set_defaults(_fn=fn, _groups=groups)
+    if groups:
+        p.add_argument("-c", "--config", dest="_config", type=Path, metavar="FILE",
+                       help="YAML file of this command's options (as --print-config writes them); options given here win")
+        p.add_argument("--print-config", dest="_print_config", action="store_true", help="print the options as a -c FILE and exit")
+    p.set_defaults(_fn=fn, _groups=groups, _parser=p)
     return p
+
+
+def _from_yaml(name: str, tp: Any, value: Any) -> Any:
+    """A config file's value for option ``name``, checked and converted as its command-line text would be."""
+    tp = _unwrap_optional(tp)
+    if value is None:
+        return None
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ValueError(f"{value!r} is not one of {', '.join(map(str, typing.get_args(tp)))}")
+        return value
+    if origin in (list, tuple):
+        items = value if isinstance(value, list) else [value]
+        return [_from_yaml(name, typing.get_args(tp)[0], v) for v in items]  # a list, as argparse gives
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"expected true or false, got {value!r}")
+        return value
+    if isinstance(value, (dict, list)):
+        raise ValueError(f"expected one value, got {type(value).__name__}")
+    convert = _item_type(name, tp) if tp in (int, float, Path) or hasattr(tp, "parse") else str
+    try:
+        return convert(str(value))
+    except argparse.ArgumentTypeError as err:
+        raise ValueError(str(err)) from None
+
+
+def _read_config(path: Path, groups: dict[str, type]) -> dict[str, Any]:
+    """The options in a ``-c`` file, by field name; an unknown name or a bad value is one line naming it."""
+    try:
+        data = yaml.safe_load(Path(path).expanduser().read_text())
+    except FileNotFoundError:
+        raise UserInputError(f"-c {path}: no such file") from None
+    except yaml.YAMLError as err:
+        raise UserInputError(f"-c {path}: not valid YAML ({' '.join(str(err).split())[:200]})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserInputError(f"-c {path}: expected a mapping of option names to values, got {type(data).__name__}")
+    fields = {f.name: typing.get_type_hints(cls)[f.name] for cls in groups.values() for f in dataclasses.fields(cls)}
+    out = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in fields:
+            raise UserInputError(f"-c {path}: unknown option {key!r} (options: {', '.join(sorted(fields))})")
+        try:
+            out[name] = _from_yaml(name, fields[name], value)
+        except ValueError as err:
+            raise UserInputError(f"-c {path}: {key}: {err}") from None
+    return out
+
+
+def _container(tp: Any, value: Any) -> Any:
+    """A list from argparse or YAML as the field's own container (``tuple[X, ...]`` fields hold tuples)."""
+    return tuple(value) if isinstance(value, list) and typing.get_origin(_unwrap_optional(tp)) is tuple else value
+
+
+def _plain(value: Any) -> Any:
+    """An option value as YAML writes it (tuples as lists, specs and paths as their text)."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value if isinstance(value, (str, int, float, bool)) or value is None else str(value)
 
 
 def call_command(args: argparse.Namespace) -> int:
     """Call the function behind the parsed subcommand with the options that were given."""
     given = {k: v for k, v in vars(args).items() if not k.startswith("_") and k not in ("command", "verbose")}
+    if getattr(args, "_config", None):
+        given = {**_read_config(args._config, args._groups), **given}
     for name, cls in args._groups.items():
-        fields = {f.name for f in dataclasses.fields(cls)}
-        given[name] = cls(**{k: given.pop(k) for k in list(given) if k in fields})
+        fields = dataclasses.fields(cls)
+        missing = [f.name for f in fields if f.name not in given and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        if missing:  # argparse's own message and exit code, once the -c file had its say
+            args._parser.error(f"the following arguments are required: {', '.join('--' + m.replace('_', '-') for m in missing)}")
+        hints = typing.get_type_hints(cls)
+        given[name] = cls(**{f.name: _container(hints[f.name], given.pop(f.name)) for f in fields if f.name in given})
+    if getattr(args, "_print_config", False):
+        for name in args._groups:
+            opts = given[name]
+            print(yaml.safe_dump({f.name: _plain(getattr(opts, f.name)) for f in dataclasses.fields(opts)}, sort_keys=False), end="")
+        return 0
     return args._fn(**given)
