@@ -133,7 +133,7 @@ bench-gen: install
 
 # The GPU check (the paper's setting): DiT-B/2, bf16, 256 px, peak memory per variant. Under 10 minutes on one H100/H200.
 bench-gen-gpu: install
-	$(VENV)/bin/cat-tokenizer bench-gen --preset B/2 --device cuda --precision bf16 --batch 64 --images 2048 --mix embedded --mix paper
+	$(VENV)/bin/cat-tokenizer bench-gen -c configs/bench_gen_gpu.yaml
 
 # The palette check (issue 24): 24 flat colours, whole and as a square on white, at every ratio; exits 1 below
 # 36 dB or 3 levels of colour shift. Writes outputs/palette/palette.{csv,md}.

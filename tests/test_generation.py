@@ -13,7 +13,7 @@ from conftest import write_images
 from safetensors.torch import load_file
 
 from cat_tasks.generation import Diffusion, DiT, DiTModule, LatentDataModule, load_dit
-from cat_tasks.generation.bench import bench_gen, padded_forward, patchify
+from cat_tasks.generation.bench import BenchGenOptions, bench_gen, padded_forward, patchify
 from cat_tasks.generation.dit import sincos_pos_embed_2d
 from cat_tasks.generation.fid import fid_from_folders, precision_recall
 from cat_tokenizer import NestedVAE
@@ -472,7 +472,7 @@ def test_fit_without_a_latent_cache_is_one_line(tmp_path, capsys):
 
 
 def test_bench_gen_variants():
-    rows = bench_gen("tiny", image_size=64, batch_size=4, n_images=12, mix={8: 0.5, 32: 0.5}, latent_channels=4)
+    rows = bench_gen(BenchGenOptions("tiny", image_size=64, batch=4, images=12, latent_channels=4), {8: 0.5, 32: 0.5})
     by = {r["variant"]: r for r in rows}
     assert set(by) == {"fixed-16x", "cat-bucketed", "cat-padded"}
     assert by["fixed-16x"]["mean_tokens"] == 4 and by["cat-bucketed"]["mean_tokens"] == (16 + 1) / 2
@@ -523,12 +523,12 @@ def test_two_process_encode_and_ddp_fit(encoded, tmp_path):
 def test_gen_demo_rerun_reports_its_run_and_refuses_another_tokenizer(encoded, tmp_path):
     """``cat-tokenizer gen-demo`` run twice into one folder reports the finished run's held-out loss
     (the second run trains nothing); with other tokenizer weights it stops at the latent cache."""
-    from cat_tasks.generation.demo import run_gen_demo
+    from cat_tasks.generation.demo import GenDemoOptions, run_gen_demo
 
     args = dict(out=str(tmp_path / "demo"), steps=4, image_size=64, batch_size=4, preset="tiny", sample_steps=2,
-                accelerator="cpu", config_dir=ROOT / "configs")
-    first = run_gen_demo(tokenizer=str(encoded["vae"]), **args).read_text()
-    again = run_gen_demo(tokenizer=str(encoded["vae"]), **args).read_text()
+                accelerator="cpu", config_dir=str(ROOT / "configs"))
+    first = run_gen_demo(GenDemoOptions(ckpt=str(encoded["vae"]), **args)).read_text()
+    again = run_gen_demo(GenDemoOptions(ckpt=str(encoded["vae"]), **args)).read_text()
     held_out = [line for line in first.splitlines() if "held-out loss" in line][0]
     assert "nan" not in held_out and held_out in again.splitlines()
     assert "| train 4 steps x 4 latents" in first and "| train 0 steps x 4 latents" in again  # this call's steps
@@ -536,4 +536,4 @@ def test_gen_demo_rerun_reports_its_run_and_refuses_another_tokenizer(encoded, t
     torch.manual_seed(7)
     NestedVAE.from_preset("tiny").save_pretrained(tmp_path / "retrained_vae")
     with pytest.raises(UserInputError, match="use another cache folder"):
-        run_gen_demo(tokenizer=str(tmp_path / "retrained_vae"), **args)
+        run_gen_demo(GenDemoOptions(ckpt=str(tmp_path / "retrained_vae"), **args))

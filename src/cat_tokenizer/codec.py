@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torchvision.transforms.v2 import functional as TF
@@ -18,7 +20,7 @@ from cat_tokenizer.io import RegionFile, check_latent, load_any_latent, load_vae
 from cat_tokenizer.outputs import check_out_dir, refuse_inputs, resolved, split_existing
 from cat_tokenizer.regions.maps import region_maps
 
-__all__ = ["encode_files", "decode_files", "output_names"]
+__all__ = ["EncodeOptions", "encode_files", "decode_files", "output_names"]
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +44,39 @@ def output_names(inputs: list[str], suffix: str) -> list[Path]:
     return names
 
 
+@dataclass(frozen=True)
+class EncodeOptions:
+    """The options of ``cat-tokenizer encode`` (and of ``encode_files``).
+
+    Args:
+        ratio: compression per side, auto (the tokenizer's ratio head picks it: `cat-tokenizer distill`), or regions
+            (one ratio per 32-px block: --region-budget or --target-psnr)
+        out: output folder
+        ckpt: save_pretrained folder, lightning .ckpt, or hub repo id
+        sample: sample the posterior instead of taking its mean
+        device: auto, cpu, cuda, cuda:1 ...
+        overwrite: rewrite latents that exist already (default: keep them, so a rerun resumes)
+        target_psnr: with --ratio auto and a distortion head: each image's cheapest ratio predicted to reach this PSNR;
+            with --ratio regions: the fewest tokens whose map is predicted to reach it
+        region_budget: with --ratio regions: tokens per image
+        region_map: with --ratio regions: oracle (measured in three decodes), head (the tokenizer's block head), variance
+            or edges (cheap, from the pixels)
+    """
+
+    ratio: Literal["8", "16", "32", "auto", "regions"]
+    out: str
+    ckpt: str = "cat-small"
+    sample: bool = False
+    device: str = "auto"
+    overwrite: bool = False
+    target_psnr: float | None = None
+    region_budget: float | None = None
+    region_map: Literal["oracle", "head", "variance", "edges"] = "oracle"
+
+
 @torch.no_grad()
-def encode_files(images: list[str], ratio: int | str, ckpt: str, out: str, sample: bool = False, device: str = "auto",
-                 overwrite: bool = False, target_psnr: float | None = None, region_budget: float | None = None,
-                 region_map: str = "oracle") -> list[Path]:
-    """Encode each image at ``ratio`` (or ``"auto"``: the tokenizer's ratio head picks it; with a
+def encode_files(images: list[str], o: EncodeOptions) -> list[Path]:
+    """Encode each image at ``o.ratio`` (or ``"auto"``: the tokenizer's ratio head picks it; with a
     distortion head and ``target_psnr``, the cheapest ratio predicted to reach that PSNR; or
     ``"regions"``: one ratio per 32-px block, the map from ``region_map`` under ``region_budget`` tokens
     per image or the fewest tokens that reach ``target_psnr``: ``cat_tokenizer.regions``); writes
@@ -59,22 +89,16 @@ def encode_files(images: list[str], ratio: int | str, ckpt: str, out: str, sampl
         The latent files written.
     """
     names = output_names(images, ".safetensors")
-    targets = [check_out_dir(out) / name for name in names]
+    targets = [check_out_dir(o.out) / name for name in names]
     for t in targets:
         refuse_inputs(t, images, "encode: output", "one of the input images")
-    todo, kept = split_existing(targets, overwrite)
+    todo, kept = split_existing(targets, o.overwrite)
     if kept:
-        log.info("kept %d existing latent(s) in %s (pass --overwrite to rewrite them)", kept, out)
-    dev = resolve_device(device)
-    vae = load_vae(ckpt).to(dev)
-    if ratio == "regions":
-        if (region_budget is None) == (target_psnr is None):
-            raise UserInputError("--ratio regions needs --region-budget TOKENS or --target-psnr DB (one of the two)")
-    elif region_budget is not None:
-        raise UserInputError("--region-budget is for --ratio regions")
-    elif target_psnr is not None and (ratio != "auto" or vae.ratio_head is None or not vae.ratio_head.predicts_psnr):
-        raise UserInputError("--target-psnr needs --ratio auto and a tokenizer with a distortion head "
-                             "(`cat-tokenizer distortion-head` makes one), or --ratio regions")
+        log.info("kept %d existing latent(s) in %s (pass --overwrite to rewrite them)", kept, o.out)
+    dev = resolve_device(o.device)
+    vae = load_vae(o.ckpt).to(dev)
+    ratio = o.ratio if o.ratio in ("auto", "regions") else int(o.ratio)
+    _check_ratio_options(vae, ratio, o.target_psnr, o.region_budget)
     fingerprint = vae.fingerprint(with_head=False)  # heads and a region fill change no latent
     written, skipped = [], []
     for i in todo:
@@ -86,19 +110,30 @@ def encode_files(images: list[str], ratio: int | str, ckpt: str, out: str, sampl
             skipped.append(path)
             continue
         x = TF.to_dtype(TF.to_image(img), torch.float32, scale=True).mul(2).sub(1)[None].to(dev)  # (1, 3, H, W)
-        target = targets[i]
+        target, source = targets[i], str(resolved(path))
         if ratio == "regions":
-            written.append(_encode_regions(vae, x, target, str(resolved(path)), fingerprint, sample, region_map,
-                                           region_budget, target_psnr))
+            written.append(_encode_regions(vae, x, target, source, fingerprint, o.sample, o.region_map, o.region_budget, o.target_psnr))
             continue
-        post = vae.encode(x, ratio, target_psnr)
+        post = vae.encode(x, ratio, o.target_psnr)
         post = post[0] if isinstance(post, list) else post  # "auto": one posterior per image
-        z = post.sample() if sample else post.mode()  # (1, C, h, w)
-        written.append(save_latent(target, z[0], post.ratio, post.input_size, source=str(resolved(path)), tokenizer=fingerprint))
+        z = post.sample() if o.sample else post.mode()  # (1, C, h, w)
+        written.append(save_latent(target, z[0], post.ratio, post.input_size, source=source, tokenizer=fingerprint))
         log.info("%s -> %s  %dx latent %s (%d tokens)", path, target, post.ratio, tuple(z.shape[1:]), z.shape[-1] * z.shape[-2])
     if skipped:
         log.warning("skipped %d unreadable file(s): %s", len(skipped), ", ".join(skipped))
     return written
+
+
+def _check_ratio_options(vae, ratio: int | str, target_psnr: float | None, region_budget: float | None) -> None:
+    """--target-psnr and --region-budget only where the ratio and the tokenizer's heads give them a meaning."""
+    if ratio == "regions":
+        if (region_budget is None) == (target_psnr is None):
+            raise UserInputError("--ratio regions needs --region-budget TOKENS or --target-psnr DB (one of the two)")
+    elif region_budget is not None:
+        raise UserInputError("--region-budget is for --ratio regions")
+    elif target_psnr is not None and (ratio != "auto" or vae.ratio_head is None or not vae.ratio_head.predicts_psnr):
+        raise UserInputError("--target-psnr needs --ratio auto and a tokenizer with a distortion head "
+                             "(`cat-tokenizer distortion-head` makes one), or --ratio regions")
 
 
 def _encode_regions(vae, x: torch.Tensor, target: Path, source: str, fingerprint: str, sample: bool, policy: str,

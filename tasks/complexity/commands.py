@@ -7,45 +7,27 @@ docstring), registered under the ``cat_tokenizer.commands`` entry-point group in
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from cat_tasks.complexity.bench import bench_default_and_cache, bench_scorers, spread
 from cat_tasks.complexity.fit import FitRubricOptions, run_evaluate_kinds, run_fit_rubric
 from cat_tasks.complexity.reencode import reencode_folder
-from cat_tasks.complexity.score import run_score
+from cat_tasks.complexity.score import ScoreOptions, run_score
 from cat_tokenizer.complexity.spec import EvaluatorSpec
 from cat_tokenizer.data.default_data import ensure_default_data
 from cat_tokenizer.data.images import list_images
-from cat_tokenizer.options import parse_numbers, print_table
+from cat_tokenizer.options import print_table
 
 __all__ = ["score", "bench_score", "fit_rubric", "evaluate_kinds", "reencode"]
 
 
-def score(dir: str | None = None, *, text: list[str] | None = None, out: str | None = None, evaluator: EvaluatorSpec | None = None,
-          cache: str | None = None, budget: str | None = None, image_size: int | None = None, thresholds: str | None = None,
-          overrides: str | None = None, ratio: Literal[8, 16, 32] | None = None, quiet: bool = False,
-          overwrite: bool = False) -> int:
+def score(dir: str | None = None, *, options: ScoreOptions) -> int:
     """complexity score, ratio and description per image (or prompt) -> CSV
 
     Args:
         dir: image folder (searched recursively)
-        text: score this prompt or class name instead (repeatable)
-        out: CSV to write (path, score, ratio, description, evaluator)
-        evaluator: a preset (default, rubric, smollm2, distilled:D, distilled-text:D, auto:D) or an evaluator YAML (default: default)
-        cache: score cache file (default: one per folder under $CAT_TOKENIZER_CACHE/scores)
-        budget: target mean tokens (e.g. 210) or relative to a fixed ratio (e.g. 16x-18%): the evaluator's thresholds
-            are shifted together on these scores until the mean matches
-        image_size: side the token counts refer to (default: the evaluator's, 256)
-        thresholds: score cut points, e.g. 4,7 (score >= 7 -> 8x, >= 4 -> 16x, else 32x)
-        overrides: CSV with path,ratio columns: ratios set by hand for some images
-        ratio: one ratio for every image (global override)
-        quiet: no progress bar
-        overwrite: replace an existing --out CSV
     """
-    results, summary = run_score(dir, text or [], out, evaluator, cache, budget, image_size,
-                                 parse_numbers(thresholds, "--thresholds", float), overrides, ratio, progress=not quiet,
-                                 overwrite=overwrite)
-    if not out:
+    results, summary = run_score(dir, options)
+    if not options.out:
         for r in results:
             print(f"{r.score if r.score is not None else 'n/a':>6.6}  {r.ratio or '-':>2}x  {r.key}")
     print(summary)

@@ -6,13 +6,12 @@ docstring), registered under the ``cat_tokenizer.commands`` entry-point group in
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from cat_tasks.distill import run_distill, run_distill_text
 from cat_tasks.distill.block_head import BlockHeadConfig, run_block_head
 from cat_tasks.distill.distortion import DistortionHeadOptions, run_distortion_head
 from cat_tasks.distill.ratio_head import DistillOptions
-from cat_tokenizer.complexity.spec import EvaluatorSpec
+from cat_tasks.distill.text import DistillTextOptions
 
 __all__ = ["distill", "distill_text", "distortion_head", "block_head"]
 
@@ -30,24 +29,10 @@ def distill(*, options: DistillOptions) -> int:
     return 0
 
 
-def distill_text(*, prompts: str, out: str, encoder: str = "builtin:minilm", teacher: EvaluatorSpec | None = None, epochs: int = 200,
-                 batch_size: int = 64, lr: float = 1e-2, val_fraction: float = 0.2, device: str = "auto",
-                 loss: Literal["l1", "mse"] = "mse") -> int:
-    """a text-only student for prompts: frozen text encoder + head, from a teacher
-
-    Args:
-        prompts: text file, one prompt or class name per line
-        out: output folder
-        encoder: transformers text encoder: hub id, local folder, or builtin:minilm
-        teacher: teacher evaluator, a preset or a YAML (its scorer scores the prompts; default: default, which scores prompts by the rubric's keywords)
-        epochs: head epochs
-        batch_size: head batch size
-        lr: head learning rate
-        val_fraction: held-out share
-        device: auto, cpu, cuda ...
-        loss: regression loss on the teacher's prompt scores
-    """
-    m = run_distill_text(teacher, prompts, encoder, out, epochs, batch_size, lr, val_fraction, device=device, loss=loss)
+def distill_text(*, options: DistillTextOptions) -> int:
+    """a text-only student for prompts: frozen text encoder + head, from a teacher"""
+    out = options.out
+    m = run_distill_text(options)
     print(f"text student ({m['encoder']}) distilled from {m['teacher']} on {m['train']} prompts; held out {m['held_out']}:")
     print(f"- ratio agreement: {100 * m['ratio_agreement']:.1f}%   Spearman: {m['spearman']:+.3f}")
     print(f"- speed: student {m['student_texts_per_s']:.1f} prompts/s vs teacher {m['teacher_texts_per_s']:.2f} prompts/s")

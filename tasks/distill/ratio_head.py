@@ -9,6 +9,11 @@
    this process on the same held-out images (the teacher without its cache).
 5. Save the tokenizer with its head to ``--out`` (``NestedVAE.from_pretrained(out).encode(x, "auto")``,
    ``--evaluator distilled:<out>``) and ``distill.json`` / ``distill.md``.
+
+``--target oracle`` trains on the tokenizer's own labels instead of a teacher: each image's maximum
+acceptable ratio (``cat_tasks.reconstruction.analysis``: within ``tolerance_db`` of 8x's PSNR and, for
+text, ``ocr_tolerance`` of its OCR confidence), measured on ``crop`` crops (default native) and
+regressed as scores 8.5 / 5.5 / 2.5 for 8x / 16x / 32x (the default thresholds, 4 and 7).
 """
 
 from __future__ import annotations
@@ -265,45 +270,33 @@ def run_distill(o: DistillOptions) -> dict:
     inside ``encode(x, "auto")``, on features the encode computes anyway. ``stages`` / ``row_stride``: which
     trunk stages the head summarises and how sparsely it reads their rows (``RatioHead``). ``groups``: hold
     out whole sources; the agreement ``auto:`` trusts is then on images from unseen sources.
-
-    ``target="oracle"`` trains on the tokenizer's own labels instead of a teacher: each image's maximum
-    acceptable ratio (``cat_tasks.reconstruction.analysis``: within ``tolerance_db`` of 8x's PSNR and, for
-    text, ``ocr_tolerance`` of its OCR confidence), measured on ``crop`` crops (default native) and
-    regressed as scores 8.5 / 5.5 / 2.5 for 8x / 16x / 32x (thresholds 4 and 7).
+    ``target="oracle"``: the tokenizer's own labels instead of a teacher's (see the module docstring).
     """
     silence_known_warnings()
     check_loss(o.loss)  # before the (slow) scoring
-    L.seed_everything(o.seed, workers=True)
-    root, out_dir, dev = Path(o.data).expanduser(), Path(o.out), resolve_device(o.device)
     if o.target not in ("teacher", "oracle"):
         raise UserInputError(f"--target must be teacher or oracle, got {o.target!r}")
+    L.seed_everything(o.seed, workers=True)
+    root, out_dir, dev = Path(o.data).expanduser(), Path(o.out), resolve_device(o.device)
     crop = o.crop or ("native" if o.target == "oracle" else "resize")
     group_of, split_from = _read_groups(root, o.groups)  # before the (slow) scoring: a bad file fails now
     teacher = ComplexityEvaluator.from_config(o.teacher) if o.target == "teacher" else None
     files, scores, mapper, teacher_name = _labels(root, teacher, o.ckpt, out_dir, o.image_size, crop, o.tolerance_db, o.ocr_tolerance,
                                                   dev, o.max_images, o.seed)
-    val = _grouped_split(files, root, o.val_fraction, group_of) if group_of else set(stratified_split(files, root, o.val_fraction))
-    split = "random" if group_of is None else f"by source ({split_from})"
-    log.info("held-out split: %s", split)
-    tr = [i for i, f in enumerate(files) if f not in val]
-    va = [i for i, f in enumerate(files) if f in val]
-    if not tr or not va:
-        raise UserInputError(f"the split left {len(tr)} training and {len(va)} held-out images; add images or change val_fraction")
+    tr, va, split = _split(files, root, o.val_fraction, group_of, split_from)
     vae, head, inputs = _fit_head(o, files, scores, mapper, tr, crop, dev)
-    with torch.no_grad():
-        pred = head.score(*[t[va].to(dev) for t in inputs]).cpu()
+    pred = _predict(head, [t[va] for t in inputs], dev)
     agreement, confusion, rho = ratio_agreement(pred, scores[va], mapper)
-    teacher_ref = _spec_ref(o.teacher) if o.teacher and o.target == "teacher" else None
-    head.set_report({"teacher": teacher_ref, "teacher_name": teacher_name, "agreement": round(agreement, 4),
-                     "held_out": len(va), "spearman": round(rho, 4), "split": split})
+    head.set_report({"teacher": _spec_ref(o.teacher) if o.teacher and o.target == "teacher" else None, "teacher_name": teacher_name,
+                     "agreement": round(agreement, 4), "held_out": len(va), "spearman": round(rho, 4), "split": split})
     vae.attach_ratio_head(head)
     images = [load_rgb(files[i]) for i in va[: o.speed_images]]
     tf = image_transform(o.image_size, train=False, crop=crop)
     speed = _speeds(vae, head, teacher, images, tf, dev)
     out_dir.mkdir(parents=True, exist_ok=True)
     vae.save_pretrained(out_dir)  # the head is usable before the (slow) CNN comparison starts
-    cnn = None if o.cnn == "none" else o.cnn
-    cnn_metrics = _cnn_student(cnn, files, scores, tr, va, tf, images, mapper, o.cnn_epochs, o.batch_size, o.lr, dev, o.loss) if cnn else {}
+    cnn_metrics = {} if o.cnn == "none" else _cnn_student(o.cnn, files, scores, tr, va, tf, images, mapper, o.cnn_epochs, o.batch_size,
+                                                         o.lr, dev, o.loss)
     metrics = {"teacher": teacher_name, "target": o.target, "crop": crop, "images": len(files), "train": len(tr), "held_out": len(va),
                "split": split, "ratio_agreement": round(agreement, 4), "spearman": round(rho, 4),
                "confusion_rows_teacher_cols_student": confusion.tolist(), "ratios": list(mapper.ratios),
@@ -315,6 +308,23 @@ def run_distill(o: DistillOptions) -> dict:
     (out_dir / "distill.json").write_text(json.dumps(metrics, indent=2))
     (out_dir / "distill.md").write_text(_report(metrics, o.out, str(dev)))
     return metrics
+
+
+@torch.no_grad()
+def _predict(head: RatioHead, inputs: list[torch.Tensor], dev: torch.device) -> torch.Tensor:
+    return head.score(*[t.to(dev) for t in inputs]).cpu()
+
+
+def _split(files: list[Path], root: Path, val_fraction: float, group_of, split_from: str) -> tuple[list[int], list[int], str]:
+    """Training and held-out indices (whole sources held out when ``group_of`` names them) and the split's name."""
+    val = _grouped_split(files, root, val_fraction, group_of) if group_of else set(stratified_split(files, root, val_fraction))
+    split = "random" if group_of is None else f"by source ({split_from})"
+    log.info("held-out split: %s", split)
+    tr = [i for i, f in enumerate(files) if f not in val]
+    va = [i for i, f in enumerate(files) if f in val]
+    if not tr or not va:
+        raise UserInputError(f"the split left {len(tr)} training and {len(va)} held-out images; add images or change val_fraction")
+    return tr, va, split
 
 
 def _fit_head(o: DistillOptions, files: list[Path], scores: torch.Tensor, mapper, tr: list[int], crop: str, dev: torch.device):

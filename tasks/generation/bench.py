@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -32,7 +34,7 @@ from cat_tokenizer.data.sampler import BucketBatchSampler
 from cat_tokenizer.devices import resolve_device
 from cat_tokenizer.errors import UserInputError
 
-__all__ = ["bench_gen", "parse_mix", "embedded_mix", "padded_forward", "padded_loss", "patchify", "PAPER_MEAN_MIX"]
+__all__ = ["BenchGenOptions", "bench_gen", "parse_mix", "embedded_mix", "padded_forward", "padded_loss", "patchify", "PAPER_MEAN_MIX"]
 
 
 # One mix with the paper's ImageNet mean (197 tokens at 512px with patch 2, vs 256 at fixed 16x);
@@ -136,95 +138,134 @@ def _plan(n_images: int, mix: Mapping[int, float], seed: int) -> np.ndarray:
     return np.random.default_rng(seed).permutation(ratios)
 
 
-def bench_gen(preset: str = "tiny", image_size: int = 256, batch_size: int = 16, n_images: int = 256,
-              mix: Mapping[int, float] | None = None, latent_channels: int = 16, device: str = "cpu",
-              precision: str = "32", warmup: int = 2, repeats: int = 3, seed: int = 0) -> list[dict]:
-    """Time the three variants over the same ``n_images`` images, ``repeats`` interleaved rounds
-    (each variant's fastest round is reported).
+@dataclass(frozen=True)
+class BenchGenOptions:
+    """The options of ``cat-tokenizer bench-gen`` (and of ``bench_gen``).
+
+    Args:
+        preset: DiT preset (tiny, mini, S/2, B/2, L/2, XL/2)
+        image_size: image side in pixels
+        batch: images per step
+        images: images per variant
+        mix: CAT ratio mix: embedded (default evaluator on the embedded data), paper (one mix with the paper's ImageNet
+            mean), or 8:0.2,16:0.5,32:0.3; repeatable (default: embedded and paper)
+        latent_channels: latent channels of the tokenizer
+        device: cpu, cuda ...
+        precision: 32 or bf16
+        repeats: interleaved timing rounds; each variant's best is reported
+        warmup: untimed batches per variant before the rounds
+        seed: random seed (weights, latents, batch order)
+    """
+
+    preset: str = "tiny"
+    image_size: int = 256
+    batch: int = 16
+    images: int = 256
+    mix: list[str] | None = None
+    latent_channels: int = 16
+    device: str = "cpu"
+    precision: Literal["32", "bf16"] = "32"
+    repeats: int = 3
+    warmup: int = 2
+    seed: int = 0
+
+
+class _Bench:
+    """One DiT, optimiser and diffusion, timed over batches of a variant's ratios."""
+
+    def __init__(self, o: BenchGenOptions, mix: Mapping[int, float]):
+        self.o, self.dev = o, resolve_device(o.device)
+        if o.precision not in ("32", "bf16"):
+            raise UserInputError(f"--precision must be 32 or bf16, got {o.precision!r}")
+        torch.manual_seed(o.seed)
+        self.dit = DiT(preset=o.preset, in_channels=o.latent_channels, num_classes=1000).to(self.dev)
+        if bad := [r for r in mix if r not in self.dit.ratios or o.image_size % (r * self.dit.patch_size)]:
+            raise UserInputError(f"ratios {bad}: need one of {list(self.dit.ratios)} with image_size divisible by ratio x patch")
+        self.opt = torch.optim.AdamW(self.dit.parameters(), lr=1e-4)
+        self.diffusion = Diffusion()
+
+    def tokens(self, r: int) -> int:
+        """Tokens of one image at ratio ``r``."""
+        return (self.o.image_size // r // self.dit.patch_size) ** 2
+
+    def _latent(self, r: int, n: int) -> Tensor:
+        return torch.randn(n, self.o.latent_channels, self.o.image_size // r, self.o.image_size // r, device=self.dev)
+
+    def _labels(self, n: int) -> Tensor:
+        return torch.randint(0, 1000, (n,), device=self.dev)
+
+    def _step(self, loss_fn) -> None:
+        with torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=self.o.precision == "bf16"):
+            loss = loss_fn()
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+
+    def _batches(self, name: str, ratios: np.ndarray) -> list[list[int]]:
+        """Padded: plain shuffled batches mixing ratios; otherwise one ratio per batch (``BucketBatchSampler``)."""
+        o = self.o
+        if name == "cat-padded":
+            order = np.random.default_rng(o.seed).permutation(len(ratios))
+            return [order[i : i + o.batch].tolist() for i in range(0, len(order), o.batch)]
+        sampler = BucketBatchSampler(len(ratios), o.batch, item_ratios=ratios, shuffle=True, seed=o.seed)
+        return [[i for i, _ in b] for b in sampler]
+
+    def run(self, name: str, ratios: np.ndarray, timed: bool) -> tuple[float, int]:
+        """Train on the variant's batches (the first ``warmup`` when not timed); (seconds, tokens incl. padding)."""
+        batches = self._batches(name, ratios)
+        batches = batches if timed else batches[: self.o.warmup]
+        padded_tokens = 0
+        self._sync()
+        t0 = time.perf_counter()
+        for b in batches:
+            rs = [int(ratios[i]) for i in b]
+            padded_tokens += len(b) * max(self.tokens(r) for r in rs)
+            if name == "cat-padded":
+                zs = {r: self._latent(r, rs.count(r)) for r in set(rs)}
+                self._step(lambda: padded_loss(self.dit, self.diffusion, zs, rs, self._labels(len(b))))
+            else:
+                z, y, r = self._latent(rs[0], len(b)), self._labels(len(b)), rs[0]
+                self._step(lambda: self.diffusion.training_loss(lambda x, t: self.dit(x, t, r, y), z).mean())
+        self._sync()
+        return time.perf_counter() - t0, padded_tokens
+
+    def _sync(self) -> None:
+        if self.dev.type == "cuda":
+            torch.cuda.synchronize()
+
+
+def bench_gen(o: BenchGenOptions, mix: Mapping[int, float] | None = None) -> list[dict]:
+    """Time the three variants over the same ``o.images`` images, ``o.repeats`` interleaved rounds
+    (each variant's fastest round is reported). ``mix``: ratio shares (default: all 16x).
 
     Returns:
         one row per variant: images/s, tokens/s (real tokens, padding excluded), padded tokens/s,
         mean tokens per image, speed vs fixed-16x, peak memory (CUDA).
     """
-    dev = resolve_device(device)
-    if precision not in ("32", "bf16"):
-        raise UserInputError(f"--precision must be 32 or bf16, got {precision!r}")
     mix = dict(mix or {16: 1.0})
-    torch.manual_seed(seed)
-    dit = DiT(preset=preset, in_channels=latent_channels, num_classes=1000).to(dev)
-    if bad := [r for r in mix if r not in dit.ratios or image_size % (r * dit.patch_size)]:
-        raise UserInputError(f"ratios {bad}: need one of {list(dit.ratios)} with image_size divisible by ratio x patch")
-    opt = torch.optim.AdamW(dit.parameters(), lr=1e-4)
-    diffusion = Diffusion()
-    p = dit.patch_size
-    adaptive = _plan(n_images, mix, seed)
+    bench = _Bench(o, mix)
+    adaptive = _plan(o.images, mix, o.seed)
     variants = {"fixed-16x": np.full(len(adaptive), 16), "cat-bucketed": adaptive, "cat-padded": adaptive}
-
-    def latent(r: int, n: int) -> Tensor:
-        return torch.randn(n, latent_channels, image_size // r, image_size // r, device=dev)
-
-    def labels(n: int) -> Tensor:
-        return torch.randint(0, 1000, (n,), device=dev)
-
-    def step(loss_fn) -> None:
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            loss = loss_fn()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    def bucketed_batches(ratios: np.ndarray) -> list[list[int]]:
-        sampler = BucketBatchSampler(len(ratios), batch_size, item_ratios=ratios, shuffle=True, seed=seed)
-        return [[i for i, _ in b] for b in sampler]
-
-    def run(name: str, ratios: np.ndarray, timed: bool) -> tuple[float, int]:
-        if name == "cat-padded":
-            order = np.random.default_rng(seed).permutation(len(ratios))
-            batches = [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
-        else:
-            batches = bucketed_batches(ratios)
-        if not timed:
-            batches = batches[:warmup]
-        padded_tokens = 0
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for b in batches:
-            rs = [int(ratios[i]) for i in b]
-            if name == "cat-padded":
-                zs = {r: latent(r, rs.count(r)) for r in set(rs)}
-                padded_tokens += len(b) * max((image_size // r // p) ** 2 for r in rs)
-                step(lambda: padded_loss(dit, diffusion, zs, rs, labels(len(b))))
-            else:
-                z, y, r = latent(rs[0], len(b)), labels(len(b)), rs[0]
-                padded_tokens += len(b) * (image_size // r // p) ** 2
-                step(lambda: diffusion.training_loss(lambda x, t: dit(x, t, r, y), z).mean())
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - t0, padded_tokens
-
     for name, ratios in variants.items():
-        run(name, ratios, timed=False)  # warm-up: kernels, allocator, autotuning
+        bench.run(name, ratios, timed=False)  # warm-up: kernels, allocator, autotuning
     # Interleaved rounds, best round per variant: a busy or throttling machine hits all variants alike.
     best: dict[str, tuple[float, int, float]] = {}
-    for _ in range(repeats):
+    cuda = bench.dev.type == "cuda"
+    for _ in range(o.repeats):
         for name, ratios in variants.items():
-            if dev.type == "cuda":
+            if cuda:
                 torch.cuda.reset_peak_memory_stats()
-            seconds, padded_tokens = run(name, ratios, timed=True)
-            peak = torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else float("nan")
+            seconds, padded_tokens = bench.run(name, ratios, timed=True)
+            peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
             if name not in best or seconds < best[name][0]:
                 best[name] = (seconds, padded_tokens, peak)
     rows = []
     for name, ratios in variants.items():
         seconds, padded_tokens, peak = best[name]
-        tokens = int(sum((image_size // int(r) // p) ** 2 for r in ratios))
-        rows.append({
-            "variant": name, "images": len(ratios), "seconds": seconds, "images_per_s": len(ratios) / seconds,
-            "tokens_per_s": tokens / seconds, "mean_tokens": tokens / len(ratios),
-            "padding_share": 1 - tokens / padded_tokens, "peak_mem_GiB": peak,
-        })
-    base = rows[0]["images_per_s"]
+        tokens = int(sum(bench.tokens(int(r)) for r in ratios))
+        rows.append({"variant": name, "images": len(ratios), "seconds": seconds, "images_per_s": len(ratios) / seconds,
+                     "tokens_per_s": tokens / seconds, "mean_tokens": tokens / len(ratios),
+                     "padding_share": 1 - tokens / padded_tokens, "peak_mem_GiB": peak})
     for row in rows:
-        row["speed_vs_fixed16"] = row["images_per_s"] / base
+        row["speed_vs_fixed16"] = row["images_per_s"] / rows[0]["images_per_s"]
     return rows

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from cat_tasks.generation.bench import bench_gen, parse_mix
-from cat_tasks.generation.demo import run_gen_demo
+from cat_tasks.generation.bench import BenchGenOptions, bench_gen, parse_mix
+from cat_tasks.generation.demo import GenDemoOptions, run_gen_demo
 from cat_tasks.generation.fid import fid_from_folders
 from cat_tasks.generation.module import load_dit
 from cat_tasks.generation.sample import check_device_fits, generate_to_folder, plan_samples, write_sample_report
@@ -128,51 +128,23 @@ def fid(*, sampling: SamplingOptions, ref: str, n: int = 10000, out: str = "outp
     return 0
 
 
-def bench_gen_cmd(*, preset: str = "tiny", image_size: int = 256, batch: int = 16, images: int = 256,
-                  mix: list[str] | None = None, latent_channels: int = 16, device: str = "cpu",
-                  precision: Literal["32", "bf16"] = "32", repeats: int = 3) -> int:
-    """DiT training images/s and tokens/s: CAT bucketed vs fixed 16x vs CAT padded
-
-    Args:
-        preset: DiT preset (tiny, mini, S/2, B/2, L/2, XL/2)
-        image_size: image side in pixels
-        batch: images per step
-        images: images per variant
-        mix: CAT ratio mix: embedded (default evaluator on the embedded data), paper (one mix with the paper's ImageNet
-            mean), or 8:0.2,16:0.5,32:0.3; repeatable (default: embedded and paper)
-        latent_channels: latent channels of the tokenizer
-        device: cpu, cuda ...
-        precision: 32 or bf16
-        repeats: interleaved timing rounds; each variant's best is reported
-    """
+def bench_gen_cmd(*, options: BenchGenOptions) -> int:
+    """DiT training images/s and tokens/s: CAT bucketed vs fixed 16x vs CAT padded"""
+    o = options
     cols = ["variant", "images_per_s", "tokens_per_s", "mean_tokens", "padding_share", "speed_vs_fixed16", "peak_mem_GiB"]
-    for spec in mix or ["embedded", "paper"]:
-        shares = parse_mix(spec, image_size)
-        rows = bench_gen(preset, image_size, batch, images, shares, latent_channels, device, precision, repeats=repeats)
-        print(f"\nDiT-{preset} training throughput, {image_size}px, batch {batch}, {images} images, {device}, "
-              f"best of {repeats} interleaved rounds, precision {precision}; CAT mix '{spec}': "
+    for spec in o.mix or ["embedded", "paper"]:
+        shares = parse_mix(spec, o.image_size)
+        rows = bench_gen(o, shares)
+        print(f"\nDiT-{o.preset} training throughput, {o.image_size}px, batch {o.batch}, {o.images} images, {o.device}, "
+              f"best of {o.repeats} interleaved rounds, precision {o.precision}; CAT mix '{spec}': "
               + ", ".join(f"{r}x {100 * s:.0f}%" for r, s in sorted(shares.items())))
         print("\n".join(md_records(rows, cols, float_format="{:.3f}")))
     return 0
 
 
-def gen_demo(*, out: str = "outputs/gen_demo", ckpt: str = "cat-small", steps: int = 800, image_size: int = 128,
-             batch_size: int = 8, preset: str = "mini", sample_steps: int = 50, guidance: float = 2.0,
-             config_dir: str = "configs") -> int:
-    """DiT + CAT on the embedded data on a CPU: encode, train, sample grid per ratio
-
-    Args:
-        out: output folder
-        ckpt: the tokenizer (default: the shipped cat-small)
-        steps: DiT training steps
-        image_size: image side in pixels
-        batch_size: images per DiT step
-        preset: DiT preset
-        sample_steps: sampler steps for the grid
-        guidance: classifier-free guidance scale
-        config_dir: folder with dit_encode.yaml and dit_imagenet.yaml (the repository's configs/)
-    """
-    report = run_gen_demo(out, ckpt, steps, image_size, batch_size, preset, sample_steps, guidance, config_dir=config_dir)
+def gen_demo(*, options: GenDemoOptions) -> int:
+    """DiT + CAT on the embedded data on a CPU: encode, train, sample grid per ratio"""
+    report = run_gen_demo(options)
     print(report.read_text())
     print(f"report: {report.resolve()}")
     return 0

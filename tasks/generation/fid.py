@@ -144,25 +144,10 @@ def fid_from_folders(generated: Path, ref: Path, image_size: int, inception: str
         rec = RecordingExtractor(fid.inception)
         fid.inception = rec
     fid = fid.to(device)
-    real_feats = None
-    if ref.is_dir():
-        for x in _folder_batches(ref, image_size, batch_size):
-            fid.update(x.to(device), real=True)
-        real_feats = rec.take() if rec is not None else None
-        n_ref = int(fid.real_features_num_samples)
-        if save_ref_stats is not None and real_feats is not None:
-            f = real_feats.double().numpy()
-            np.savez(save_ref_stats, mu=f.mean(0), sigma=np.cov(f, rowvar=False), n=len(f), features=real_feats[:max_pr].numpy())
-            log.info("wrote reference statistics of %d images to %s", len(f), save_ref_stats)
-    elif ref.is_file():
-        stats = load_ref_stats(ref)
-        _set_real_stats(fid, stats)
-        real_feats, n_ref = stats["features"], stats["n"]
-    else:
-        raise InputNotFound(f"reference not found: {ref} (an image folder or an .npz of statistics)")
+    real_feats, n_ref = _reference(fid, rec, ref, image_size, batch_size, device, save_ref_stats, max_pr)
     is_metric = None
     if inception == "torchmetrics":
-        from torchmetrics.image.inception import InceptionScore
+        from torchmetrics.image.inception import InceptionScore  # needs torch-fidelity: only on this path
 
         is_metric = InceptionScore(normalize=True).to(device)
     else:
@@ -190,3 +175,23 @@ def fid_from_folders(generated: Path, ref: Path, image_size: int, inception: str
     elif rec is not None:
         notes.append("precision/recall need reference features: the statistics file has only mu/sigma")
     return out
+
+
+def _reference(fid, rec: RecordingExtractor | None, ref: Path, image_size: int, batch_size: int, device: str,
+               save_ref_stats: Path | None, max_pr: int) -> tuple[torch.Tensor | None, int]:
+    """Fill ``fid``'s real side from a folder (optionally saving its statistics) or a statistics file;
+    returns the reference features (for precision / recall; None without them) and their count."""
+    if ref.is_dir():
+        for x in _folder_batches(ref, image_size, batch_size):
+            fid.update(x.to(device), real=True)
+        real_feats = rec.take() if rec is not None else None
+        if save_ref_stats is not None and real_feats is not None:
+            f = real_feats.double().numpy()
+            np.savez(save_ref_stats, mu=f.mean(0), sigma=np.cov(f, rowvar=False), n=len(f), features=real_feats[:max_pr].numpy())
+            log.info("wrote reference statistics of %d images to %s", len(f), save_ref_stats)
+        return real_feats, int(fid.real_features_num_samples)
+    if ref.is_file():
+        stats = load_ref_stats(ref)
+        _set_real_stats(fid, stats)
+        return stats["features"], stats["n"]
+    raise InputNotFound(f"reference not found: {ref} (an image folder or an .npz of statistics)")

@@ -234,6 +234,24 @@ class DiTModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # ------------------------------------------------------------------ sampling
+    def _conditions(self, n: int, labels: Tensor | None, texts: list[str] | None) -> tuple:
+        """(labels, null labels, text embeddings, null embeddings) for ``n`` samples; None where the model has no
+        such condition. Labels are checked here, on the host, once per sampling call."""
+        net = self.eval_dit
+        if self.hparams.text_encoder:
+            if texts is None or len(texts) != n:
+                raise UserInputError("a text-conditional model needs one prompt per sample")
+            text = self.embed_text(texts)
+            return None, None, text, torch.full_like(text, float("nan"))
+        if net.num_classes > 0:
+            if labels is None:
+                raise UserInputError("a class-conditional model needs class labels")
+            if int(labels.min()) < 0 or int(labels.max()) >= net.num_classes:
+                raise UserInputError(f"class label out of range: the model has classes 0..{net.num_classes - 1}")
+            y = labels.to(self.device).long()
+            return y, torch.full_like(y, net.num_classes), None, None
+        return None, None, None, None
+
     @torch.no_grad()
     def sample_latents(self, n: int, ratio: int, labels: Tensor | None = None, texts: list[str] | None = None,
                        guidance: float | None = None, steps: int | None = None, sampler: str | None = None,
@@ -261,19 +279,7 @@ class DiTModule(L.LightningModule):
         size = image_size or self.image_size
         if not size or size % ratio or (size // ratio) % net.patch_size:
             raise UserInputError(f"image size {size} must be a multiple of {ratio * net.patch_size} at {ratio}x")
-        y = text = y_null = text_null = None
-        if self.hparams.text_encoder:
-            if texts is None or len(texts) != n:
-                raise UserInputError("a text-conditional model needs one prompt per sample")
-            text = self.embed_text(texts)
-            text_null = torch.full_like(text, float("nan"))
-        elif net.num_classes > 0:
-            if labels is None:
-                raise UserInputError("a class-conditional model needs class labels")
-            y = labels.to(self.device).long()
-            if int(y.min()) < 0 or int(y.max()) >= net.num_classes:
-                raise UserInputError(f"class label out of range: the model has classes 0..{net.num_classes - 1}")
-            y_null = torch.full_like(y, net.num_classes)
+        y, y_null, text, text_null = self._conditions(n, labels, texts)
         cfg = guidance != 1.0 and (y is not None or text is not None)
 
         def denoise(x: Tensor, t: Tensor) -> Tensor:

@@ -114,6 +114,43 @@ def run_analysis(table: ReconTable, root: Path, evaluators: Sequence[tuple[str, 
         raise UserInputError(f"need at least 3 readable images to correlate, found {len(table)} under {root}")
     target = max_acceptable_ratios(table, tolerance_db, ocr_tolerance)
     absolute = max_acceptable_ratios(table, tolerance_db, ocr_tolerance, mse_tolerance)
+    signals, own = _signals(table, root, evaluators, cache, predicted, tolerance_db)
+    rows = signal_table(signals, target, own)
+    rows_abs = signal_table(signals, absolute, {k: v for k, v in own.items() if k == "distortion head"})
+    lines = [f"# Section 3.1 on {len(table)} images of {root} ({table.image_size} px)", "",
+             f"Maximum acceptable ratio: the largest ratio within {tolerance_db:g} dB PSNR of 8x (and, on the "
+             f"{int(table.text_bearing.sum())} text-bearing crops, within {ocr_tolerance:g} points of 8x's OCR confidence).", "",
+             *_histogram(table, target), "",
+             f"{100 * float((target >= 16).mean()):.0f}% of images tolerate 16x or more (paper, ImageNet: 56%).", "",
+             *md_header("signal", "Pearson r", "Spearman rho", "agreement (rank-matched)", "agreement (own thresholds)", "paper")]
+    for r in rows:
+        paper = PAPER.get(r["signal"], PAPER["LLM"] if r["signal"] in ("smollm2",) else "")
+        lines.append(f"| {r['signal']} | {r['pearson']:+.2f} | {r['spearman']:+.2f} | {_pct(r['agreement_ranked'])} | "
+                     f"{_pct(r['agreement_own'])} | {paper} |")
+    kind_arr, kinds = np.array(table.kinds), sorted(set(table.kinds))
+    lines += ["", f"The paper's absolute form: the largest ratio whose MSE (pixels in [0, 1]) is at most {mse_tolerance:g} above "
+              f"8x's (same OCR rule): {100 * float((absolute >= 16).mean()):.0f}% of images tolerate 16x or more; "
+              + ", ".join(f"{k} {int((absolute[kind_arr == k] >= 16).sum())}/{int((kind_arr == k).sum())}" for k in kinds) + ".", "",
+              *md_header("signal", "Pearson r", "Spearman rho", "agreement (rank-matched)", "agreement (own ratios)")]
+    for r in rows_abs:
+        lines.append(f"| {r['signal']} | {r['pearson']:+.2f} | {r['spearman']:+.2f} | {_pct(r['agreement_ranked'])} | "
+                     f"{_pct(r['agreement_own'])} |")
+    lines += ["", "Positive r: the signal rises with the detail an image needs. Inception distance is the offline "
+              "stand-in for the paper's LPIPS (no LPIPS weights offline). Rank-matched agreement gives every signal the "
+              "true ratio histogram; own thresholds are the evaluator's ratios as it would assign them.", "",
+              "Files: analysis.md, per_image.csv, scatter.png", ""]
+    text = "\n".join(lines)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "analysis.md").write_text(text)
+    _write_per_image(table, target, signals, out_dir / "per_image.csv")
+    _scatter(signals, np.log2(32 / target), out_dir / "scatter.png")
+    return text
+
+
+def _signals(table: ReconTable, root: Path, evaluators: Sequence[tuple[str, ComplexityEvaluator]], cache: Path | None,
+             predicted: np.ndarray | None, tolerance_db: float) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Every candidate signal per image (measured distortions, JPEG size, Inception distance, each evaluator's
+    score, the distortion head's predicted drop) and, where a signal has them, its own ratios."""
     j16 = list(table.ratios).index(16) if 16 in table.ratios else len(table.ratios) // 2
     signals: dict[str, np.ndarray] = {"MSE (16x)": table.mse[:, j16], "JPEG size": table.jpeg_bpp}
     if table.feats is not None:
@@ -133,49 +170,28 @@ def run_analysis(table: ReconTable, root: Path, evaluators: Sequence[tuple[str, 
         signals["distortion head"] = predicted[:, 0] - predicted[:, -1]  # the predicted cost of the coarsest ratio
         ok = predicted >= predicted[:, :1] - tolerance_db
         own["distortion head"] = np.array([np.asarray(table.ratios)[np.flatnonzero(row)].max() for row in ok])
-    rows = signal_table(signals, target, own)
-    rows_abs = signal_table(signals, absolute, {k: v for k, v in own.items() if k == "distortion head"})
-    ratios = table.ratios
-    kinds = sorted(set(table.kinds))
+    return signals, own
+
+
+def _histogram(table: ReconTable, target: np.ndarray) -> list[str]:
+    """Markdown: images per maximum acceptable ratio, per kind and overall."""
     kind_arr = np.array(table.kinds)
-    tolerant = float((target >= 16).mean())
-    lines = [f"# Section 3.1 on {len(table)} images of {root} ({table.image_size} px)", "",
-             f"Maximum acceptable ratio: the largest ratio within {tolerance_db:g} dB PSNR of 8x (and, on the "
-             f"{int(table.text_bearing.sum())} text-bearing crops, within {ocr_tolerance:g} points of 8x's OCR confidence).", "",
-             *md_header("kind", "images", *(f"{r}x" for r in ratios), "16x or more")]
-    for kind in [*kinds, "all"]:
+    lines = md_header("kind", "images", *(f"{r}x" for r in table.ratios), "16x or more")
+    for kind in [*sorted(set(table.kinds)), "all"]:
         sel = np.ones(len(target), bool) if kind == "all" else kind_arr == kind
-        hist = " | ".join(f"{int((target[sel] == r).sum())}" for r in ratios)
+        hist = " | ".join(f"{int((target[sel] == r).sum())}" for r in table.ratios)
         lines.append(f"| {kind} | {int(sel.sum())} | {hist} | {_pct(float((target[sel] >= 16).mean()))} |")
-    lines += ["", f"{100 * tolerant:.0f}% of images tolerate 16x or more (paper, ImageNet: 56%).", "",
-              *md_header("signal", "Pearson r", "Spearman rho", "agreement (rank-matched)", "agreement (own thresholds)", "paper")]
-    for r in rows:
-        paper = PAPER.get(r["signal"], PAPER["LLM"] if r["signal"] in ("smollm2",) else "")
-        lines.append(f"| {r['signal']} | {r['pearson']:+.2f} | {r['spearman']:+.2f} | {_pct(r['agreement_ranked'])} | "
-                     f"{_pct(r['agreement_own'])} | {paper} |")
-    tolerant_abs = float((absolute >= 16).mean())
-    lines += ["", f"The paper's absolute form: the largest ratio whose MSE (pixels in [0, 1]) is at most {mse_tolerance:g} above "
-              f"8x's (same OCR rule): {100 * tolerant_abs:.0f}% of images tolerate 16x or more; "
-              + ", ".join(f"{k} {int((absolute[kind_arr == k] >= 16).sum())}/{int((kind_arr == k).sum())}" for k in kinds) + ".", "",
-              *md_header("signal", "Pearson r", "Spearman rho", "agreement (rank-matched)", "agreement (own ratios)")]
-    for r in rows_abs:
-        lines.append(f"| {r['signal']} | {r['pearson']:+.2f} | {r['spearman']:+.2f} | {_pct(r['agreement_ranked'])} | "
-                     f"{_pct(r['agreement_own'])} |")
-    lines += ["", "Positive r: the signal rises with the detail an image needs. Inception distance is the offline "
-              "stand-in for the paper's LPIPS (no LPIPS weights offline). Rank-matched agreement gives every signal the "
-              "true ratio histogram; own thresholds are the evaluator's ratios as it would assign them.", "",
-              "Files: analysis.md, per_image.csv, scatter.png", ""]
-    text = "\n".join(lines)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "analysis.md").write_text(text)
-    with open(out_dir / "per_image.csv", "w", newline="") as fh:
+    return lines
+
+
+def _write_per_image(table: ReconTable, target: np.ndarray, signals: dict[str, np.ndarray], path: Path) -> None:
+    ratios = table.ratios
+    with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["path", "kind", "max_ratio", *(f"psnr_{r}x" for r in ratios), *(f"ocr_{r}x" for r in ratios), *signals])
         for i, p in enumerate(table.paths):
             w.writerow([p, table.kinds[i], int(target[i]), *(f"{v:.3f}" for v in table.psnr[i]),
                         *("" if np.isnan(v) else f"{v:.1f}" for v in table.ocr[i]), *(f"{signals[s][i]:.5g}" for s in signals)])
-    _scatter(signals, np.log2(32 / target), out_dir / "scatter.png")
-    return text
 
 
 def _scatter(signals: dict[str, np.ndarray], level: np.ndarray, path: Path) -> None:

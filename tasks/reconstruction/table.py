@@ -116,6 +116,17 @@ def _measure(vae: NestedVAE, x: torch.Tensor, inception, min_words: int, ocr: bo
     return out
 
 
+def _read_chunks(folder: Path) -> dict[str, dict]:
+    """Every cached image's measurements, by path relative to the root, from the folder's chunk files."""
+    done: dict[str, dict] = {}
+    for f in sorted(folder.glob("chunk_*.npz")):
+        with np.load(f, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        for i, p in enumerate(arrays.pop("paths")):
+            done[str(p)] = {k: v[i] for k, v in arrays.items()}
+    return done
+
+
 def measure_folder(root: str | Path, vae: NestedVAE, cache: str | Path, image_size: int = 128, crop: CropPolicy = "native",
                    min_words: int = 3, features: bool | None = None, chunk: int = 32, progress: bool = True,
                    only: list[Path] | None = None, ocr: bool = True) -> ReconTable:
@@ -128,20 +139,12 @@ def measure_folder(root: str | Path, vae: NestedVAE, cache: str | Path, image_si
         features = len(files) >= 200
     folder = Path(cache) / _settings_key(vae, image_size, crop, min_words, features, ocr)
     folder.mkdir(parents=True, exist_ok=True)
-    done: dict[str, dict] = {}
-    for f in sorted(folder.glob("chunk_*.npz")):
-        with np.load(f, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-        for i, p in enumerate(arrays.pop("paths")):
-            done[str(p)] = {k: v[i] for k, v in arrays.items()}
+    done = _read_chunks(folder)
     rel = [f.relative_to(root).as_posix() for f in files]
     todo = [i for i, p in enumerate(rel) if p not in done]
     if done:
         log.info("reconstruction cache %s: %d of %d images measured, %d to go", folder, len(rel) - len(todo), len(rel), len(todo))
-    inception = None
-    if features and todo:
-
-        inception = InceptionFeatures().eval().to(next(vae.parameters()).device)
+    inception = InceptionFeatures().eval().to(next(vae.parameters()).device) if features and todo else None
     tf = image_transform(image_size, train=False, crop=crop)
     n_chunks = len(list(folder.glob("chunk_*.npz")))
     bar = tqdm(total=len(todo), desc="reconstruct", unit="img", disable=not progress or not todo)

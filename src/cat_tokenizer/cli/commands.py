@@ -8,11 +8,10 @@ it wrote."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 import torch
 
-from cat_tokenizer.codec import decode_files, encode_files, output_names
+from cat_tokenizer.codec import EncodeOptions, decode_files, encode_files, output_names
 from cat_tokenizer.data.latent_stats import measure_latent_stats
 from cat_tokenizer.data.variety import RECIPES, build_variety_set
 from cat_tokenizer.devices import resolve_device
@@ -27,28 +26,14 @@ from cat_tokenizer.outputs import check_out_dir, resolved
 __all__ = ["encode", "decode", "variety", "export", "palette", "latent_stats"]
 
 
-def encode(images: list[str], *, ratio: Literal["8", "16", "32", "auto", "regions"], ckpt: str, out: str,
-           sample: bool = False, device: str = "auto", overwrite: bool = False, target_psnr: float | None = None,
-           region_budget: float | None = None, region_map: Literal["oracle", "head", "variance", "edges"] = "oracle") -> int:
+def encode(images: list[str], *, options: EncodeOptions) -> int:
     """images -> latent .safetensors files (ratio and size in the metadata)
 
     Args:
         images: image files
-        ratio: compression per side, auto (the tokenizer's ratio head picks it: `cat-tokenizer distill`), or regions
-            (one ratio per 32-px block: --region-budget or --target-psnr)
-        ckpt: save_pretrained folder, lightning .ckpt, or hub repo id
-        out: output folder
-        sample: sample the posterior instead of taking its mean
-        device: auto, cpu, cuda, cuda:1 ...
-        overwrite: rewrite latents that exist already (default: keep them, so a rerun resumes)
-        target_psnr: with --ratio auto and a distortion head: each image's cheapest ratio predicted to reach this PSNR;
-            with --ratio regions: the fewest tokens whose map is predicted to reach it
-        region_budget: with --ratio regions: tokens per image
-        region_map: with --ratio regions: oracle (measured in three decodes), head (the tokenizer's block head), variance or edges (cheap, from the pixels)
     """
-    written = encode_files(images, ratio if ratio in ("auto", "regions") else int(ratio), ckpt, out, sample=sample,
-                           device=device, overwrite=overwrite, target_psnr=target_psnr, region_budget=region_budget,
-                           region_map=region_map)
+    written = encode_files(images, options)
+    out = options.out
     kept = len(images) - len(written)
     print(f"wrote {len(written)} latent file(s) to {out}" + (f"; {kept} kept or skipped (see the log)" if kept else ""))
     return 0 if written or any((Path(out) / n).exists() for n in output_names(images, ".safetensors")) else 1

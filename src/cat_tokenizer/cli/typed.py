@@ -149,10 +149,11 @@ def _from_yaml(name: str, tp: Any, value: Any) -> Any:
     if value is None:
         return None
     origin = typing.get_origin(tp)
-    if origin is Literal:
-        if value not in typing.get_args(tp):
+    if origin is Literal:  # matched by text, as on the command line: precision: 32 is the choice "32"
+        match = [c for c in typing.get_args(tp) if str(c) == str(value)]
+        if not match:
             raise ValueError(f"{value!r} is not one of {', '.join(map(str, typing.get_args(tp)))}")
-        return value
+        return match[0]
     if origin in (list, tuple):
         items = value if isinstance(value, list) else [value]
         return [_from_yaml(name, typing.get_args(tp)[0], v) for v in items]  # a list, as argparse gives

@@ -1,7 +1,7 @@
 """Flat colour fields mixed into training batches.
 
 Real photos, pages and screenshots hold few exactly uniform areas, so a tokenizer trained on them
-alone never learns to return one colour exactly (docs/training.md, "v2: why flat colours shift").
+alone never learns to return one colour exactly (docs/experiments.md, "v2: why flat colours shift").
 ``FlatFields`` wraps a collate function and replaces a share of each training batch's images with
 synthetic flat content: a whole image of one colour, or a rectangle of one colour on another.
 

@@ -35,6 +35,29 @@ __all__ = ["CATDataModule"]
 log = logging.getLogger(__name__)
 
 
+def _check_settings(root: str | None, crop: str, balance: str, max_downscale: float, val_fraction: float, num_workers: int,
+                    flat_share: float, kind_shares: dict | None, sizes: dict[str, int]) -> None:
+    """One line per bad DataModule setting, naming its --data option."""
+    if root is not None and not Path(root).expanduser().is_dir():
+        raise InputNotFound(f"--data.root: image folder not found: {root}")
+    if crop not in ("resize", "native"):
+        raise UserInputError(f"--data.crop must be 'resize' or 'native', got {crop!r}")
+    if balance not in ("none", "kind"):
+        raise UserInputError(f"--data.balance must be 'none' or 'kind', got {balance!r}")
+    if max_downscale < 1:
+        raise UserInputError(f"--data.max_downscale must be >= 1, got {max_downscale}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise UserInputError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if bad := {k: v for k, v in sizes.items() if not isinstance(v, int) or v < 1}:
+        raise UserInputError(f"--data.{next(iter(bad))} must be a positive integer, got {next(iter(bad.values()))}")
+    if num_workers < 0:
+        raise UserInputError(f"--data.num_workers must be >= 0, got {num_workers}")
+    if not 0.0 <= flat_share <= 1.0:
+        raise UserInputError(f"--data.flat_share must be in [0, 1], got {flat_share}")
+    if kind_shares and balance != "kind":
+        raise UserInputError("--data.kind_shares needs --data.balance kind")
+
+
 class CATDataModule(L.LightningDataModule):
     """Image folder (recursive) or the embedded default data, in batches of one ratio each.
 
@@ -113,25 +136,8 @@ class CATDataModule(L.LightningDataModule):
         super().__init__()
         self.ratios = tuple(check_ratio(r, DEFAULT_RATIOS) for r in ratios)
         self.assignment = RatioAssignment.parse(ratio_assignment, self.ratios)
-        if root is not None and not Path(root).expanduser().is_dir():
-            raise InputNotFound(f"--data.root: image folder not found: {root}")
-        if crop not in ("resize", "native"):
-            raise UserInputError(f"--data.crop must be 'resize' or 'native', got {crop!r}")
-        if balance not in ("none", "kind"):
-            raise UserInputError(f"--data.balance must be 'none' or 'kind', got {balance!r}")
-        if max_downscale < 1:
-            raise UserInputError(f"--data.max_downscale must be >= 1, got {max_downscale}")
-        if not 0.0 <= val_fraction < 1.0:
-            raise UserInputError(f"val_fraction must be in [0, 1), got {val_fraction}")
-        sizes = dict(image_size=image_size, batch_size=batch_size, val_batch_size=val_batch_size or batch_size)
-        if bad := {k: v for k, v in sizes.items() if not isinstance(v, int) or v < 1}:
-            raise UserInputError(f"--data.{next(iter(bad))} must be a positive integer, got {next(iter(bad.values()))}")
-        if num_workers < 0:
-            raise UserInputError(f"--data.num_workers must be >= 0, got {num_workers}")
-        if not 0.0 <= flat_share <= 1.0:
-            raise UserInputError(f"--data.flat_share must be in [0, 1], got {flat_share}")
-        if kind_shares and balance != "kind":
-            raise UserInputError("--data.kind_shares needs --data.balance kind")
+        _check_settings(root, crop, balance, max_downscale, val_fraction, num_workers, flat_share, kind_shares,
+                        dict(image_size=image_size, batch_size=batch_size, val_batch_size=val_batch_size or batch_size))
         self.root, self.image_size, self.batch_size = root, image_size, batch_size
         self.crop, self.max_downscale, self.balance = crop, max_downscale, balance
         self.kind_shares = dict(kind_shares or {})

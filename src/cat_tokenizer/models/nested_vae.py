@@ -222,7 +222,7 @@ class NestedVAE(ModelMixin, ConfigMixin):
             the ``head`` region-map policy.
         colour_path: ``none`` (the LDM tail) or ``latent``: a zero-initialised 1x1 conv from the latent
             to RGB added to the output, so flat colours need not pass through the decoder's
-            GroupNorms (docs/training.md, "v2: why flat colours shift").
+            GroupNorms (docs/experiments.md, "v2: why flat colours shift").
         latent_stats: per-ratio latent statistics written by ``cat-tokenizer latent-stats``:
             ``{"measured_on": str, "ratios": {"16": {"scaling_factor": s, "shift_factor": m}, ...}}``;
             ``at_ratio(r).config`` and the DiT read them.
