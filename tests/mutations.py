@@ -60,7 +60,7 @@ MUTATIONS = [
              'answers = self.tokenizer.batch_decode(out[:, : enc["input_ids"].shape[1]], skip_special_tokens=True)',
              "tests/test_llm_scorer.py", "generate_mode"),
     Mutation("the colour path never reaches the output", "src/cat_tokenizer/models/nested_vae.py",
-             'x = x + F.interpolate(self.colour(z), size=x.shape[-2:], mode="bilinear", align_corners=False)', "pass",
+             'return F.interpolate(self.colour(z), size=size, mode="bilinear", align_corners=False)', "return None",
              "tests/test_nested_vae.py", "colour"),
     Mutation("decode writes over the source image", "src/cat_tokenizer/codec.py",
              'refuse_inputs(t, [*latents, *sources], "decode: output", "an input latent or the source image of one")', "pass",

@@ -231,3 +231,15 @@ def test_the_readme_is_a_short_index_whose_commands_exist():
     targets = set(re.findall(r"^([a-z][a-z-]*):", (ROOT / "Makefile").read_text(), re.M))
     made = set(re.findall(r"make ([a-z][a-z-]+)", text))
     assert made and not made - targets, made - targets
+
+
+def test_every_planted_mutation_still_finds_its_line():
+    """`make mutants` edits one line per mutation: a refactor that moves the line must move the mutation too
+    (one did: the colour path's line changed and its mutant went unnoticed until this check)."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from mutations import MUTATIONS
+
+    for m in MUTATIONS:
+        assert (ROOT / m.path).read_text().count(m.old) == 1, f"{m.name}: {m.old!r} is not once in {m.path}"

@@ -17,7 +17,7 @@ from cat_tokenizer import CATDataModule, NestedVAE, NestedVAEModule, VAELoss
 from cat_tokenizer.data.sampler import BucketBatchSampler, balanced_weights
 from cat_tokenizer.data.transforms import NativeScaleCrop, image_transform
 from cat_tokenizer.errors import UserInputError
-from cat_tokenizer.lit.kind_eval import evaluate_kinds, load_kind_sample, summarise
+from cat_tokenizer.lit.kind_eval import load_kind_sample, psnr_per_kind, summarise
 
 
 # ---------------------------------------------------------------- crop policy
@@ -152,7 +152,7 @@ def test_kind_eval_ranks_a_perfect_and_a_blind_decoder(tmp_path, tiny_vae):
     root = write_kind_folder(tmp_path / "dev", kinds=("flat", "natural"), n=5, size=(48, 48))
     sample = load_kind_sample(root, per_kind=3, image_size=32)
     assert sample.images.shape == (6, 3, 32, 32) and sorted(Counter(sample.kinds).values()) == [3, 3]
-    rows = evaluate_kinds(tiny_vae.eval(), sample)
+    rows = psnr_per_kind(tiny_vae.eval(), sample)
     assert len(rows) == 6 * len(tiny_vae.ratios)
     table = summarise(rows)
     assert set(table) == {(k, r) for k in ("flat", "natural", "all") for r in tiny_vae.ratios}
@@ -166,7 +166,7 @@ def test_kind_eval_ranks_a_perfect_and_a_blind_decoder(tmp_path, tiny_vae):
         def reconstruct(self, x, r):
             return x.clamp(-1, 1) * 0.999
 
-    perfect = summarise(evaluate_kinds(Identity(), sample))
+    perfect = summarise(psnr_per_kind(Identity(), sample))
     assert perfect[("all", 8)]["psnr"] > table[("all", 8)]["psnr"] + 20
 
 

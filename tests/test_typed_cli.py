@@ -167,3 +167,28 @@ def test_a_required_dataclass_option_can_come_from_the_config(tmp_path, capsys):
     (tmp_path / "c.yaml").write_text("out: here\n")
     assert call_command(p.parse_args(["cmd", "-c", str(tmp_path / "c.yaml")])) == 0
     assert capsys.readouterr().out.strip() == "_Required(out='here', n=2)"
+
+
+def test_each_options_dataclass_reaches_its_run_function_whole():
+    """Options are declared once (issue 27): every command's options dataclass is the parameter of a public run
+    function in its own module, and that function repeats none of its fields as a parameter of its own."""
+    import dataclasses
+    import sys
+    import typing
+
+    from cat_tokenizer.cli.registry import command_names, load_command
+
+    checked = set()
+    for name in command_names():
+        fn = load_command(name)
+        for cls in [t for t in typing.get_type_hints(fn).values() if dataclasses.is_dataclass(t)]:
+            module = sys.modules[cls.__module__]
+            runners = [f for f in vars(module).values() if inspect.isfunction(f) and f.__module__ == module.__name__
+                       and not f.__name__.startswith("_") and cls in typing.get_type_hints(f).values()]  # helpers take derived values
+            assert runners, f"{name}: no function of {module.__name__} takes {cls.__name__}"
+            fields = {f.name for f in dataclasses.fields(cls)}
+            for run in runners:
+                again = fields & set(inspect.signature(run).parameters)
+                assert not again, f"{name}: {run.__name__} takes {again} beside {cls.__name__}"
+            checked.add(name)
+    assert {"rd", "analyse", "encode", "score", "distill", "distill-text", "eval-recon", "gen-demo", "bench-gen", "classify"} <= checked

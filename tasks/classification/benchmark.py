@@ -75,14 +75,13 @@ class ClassifyOptions:
         return shlex.join(words)
 
 
-def run_benchmark(o: ClassifyOptions, evaluator: ComplexityEvaluator | None = None) -> Path:
+def run_benchmark(o: ClassifyOptions) -> Path:
     """Train and evaluate every variant on every dataset (a bundled name: mnist, digits, lfw; or a folder
-    with class subfolders); write results.md / results.csv. Returns results.md. ``evaluator``: built at the
-    edge from ``o.evaluator`` (default: the fitted default at ``o.image_size``)."""
+    with class subfolders); write results.md / results.csv. Returns results.md."""
     silence_known_warnings()
     out_dir, image_size, seed = Path(o.out), o.image_size, o.seed
     out_dir.mkdir(parents=True, exist_ok=True)
-    evaluator = evaluator or ComplexityEvaluator.default(image_size)
+    evaluator = ComplexityEvaluator.from_config(o.evaluator, image_size)  # o.evaluator was read once, by the CLI
     max_per_class = o.max_per_class or None
     rows = []
     for name in o.datasets:

@@ -6,7 +6,6 @@ docstring), registered under the ``cat_tokenizer.commands`` entry-point group in
 from __future__ import annotations
 
 from cat_tasks.classification.benchmark import ClassifyOptions, run_benchmark
-from cat_tokenizer.complexity import ComplexityEvaluator
 
 __all__ = ["classify"]
 
@@ -17,7 +16,7 @@ def classify(*, options: ClassifyOptions) -> int:
     Args:
         options: the command's options (``ClassifyOptions``)
     """
-    report = run_benchmark(options, ComplexityEvaluator.from_config(options.evaluator, options.image_size))
+    report = run_benchmark(options)
     print(report.read_text())
     print(f"wrote {report} and {report.with_suffix('.csv')}")
     return 0

@@ -234,17 +234,18 @@ class _Bench:
             torch.cuda.synchronize()
 
 
-def bench_gen(o: BenchGenOptions, mix: Mapping[int, float] | None = None) -> list[dict]:
+def bench_gen(o: BenchGenOptions, shares: Mapping[int, float] | None = None) -> list[dict]:
     """Time the three variants over the same ``o.images`` images, ``o.repeats`` interleaved rounds
-    (each variant's fastest round is reported). ``mix``: ratio shares (default: all 16x).
+    (each variant's fastest round is reported). ``shares``: one parsed ``o.mix`` entry, ratio -> share
+    (default: all 16x).
 
     Returns:
         one row per variant: images/s, tokens/s (real tokens, padding excluded), padded tokens/s,
         mean tokens per image, speed vs fixed-16x, peak memory (CUDA).
     """
-    mix = dict(mix or {16: 1.0})
-    bench = _Bench(o, mix)
-    adaptive = _plan(o.images, mix, o.seed)
+    shares = dict(shares or {16: 1.0})
+    bench = _Bench(o, shares)
+    adaptive = _plan(o.images, shares, o.seed)
     variants = {"fixed-16x": np.full(len(adaptive), 16), "cat-bucketed": adaptive, "cat-padded": adaptive}
     for name, ratios in variants.items():
         bench.run(name, ratios, timed=False)  # warm-up: kernels, allocator, autotuning

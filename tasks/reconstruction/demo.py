@@ -24,7 +24,7 @@ from cat_tokenizer.complexity import ComplexityEvaluator
 from cat_tokenizer.data.default_data import ensure_default_data
 from cat_tokenizer.devices import resolve_device
 from cat_tokenizer.io import load_vae
-from cat_tokenizer.lit.kind_eval import KindSample, evaluate_kinds, load_kind_sample
+from cat_tokenizer.lit.kind_eval import KindSample, load_kind_sample, psnr_per_kind
 from cat_tokenizer.markdown import md_header
 from cat_tokenizer.models.nested_vae import NestedVAE
 from cat_tokenizer.ratios import token_count
@@ -41,7 +41,7 @@ def run_demo(data: str | None = None, ckpt: str = "cat-small", out: str = "outpu
     root = Path(data).expanduser() if data else ensure_default_data()
     vae = load_vae(ckpt).to(resolve_device(device)).eval()
     sample = load_kind_sample(root, per_kind, image_size, crop="native")
-    rows = evaluate_kinds(vae, sample)
+    rows = psnr_per_kind(vae, sample)
     evaluator = evaluator or ComplexityEvaluator.default(image_size)
     scored = {r.key: r for r in evaluator.score_images([root / p for p in sample.paths], cache=out_dir / "scores.sqlite")}
     per_image = _per_image(rows, scored, root, vae.ratios, image_size)

@@ -30,7 +30,7 @@ from cat_tokenizer.data.transforms import CropPolicy, image_transform
 from cat_tokenizer.metrics.palette import measure_palette, summarise_palette
 from cat_tokenizer.models.nested_vae import NestedVAE
 
-__all__ = ["KindSample", "load_kind_sample", "evaluate_kinds", "summarise", "KindEvaluator"]
+__all__ = ["KindSample", "load_kind_sample", "psnr_per_kind", "summarise", "KindEvaluator"]
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def load_kind_sample(root: str | Path, per_kind: int = 24, image_size: int = 128
 
 
 @torch.no_grad()
-def evaluate_kinds(vae: NestedVAE, sample: KindSample, batch_size: int = 16) -> list[dict]:
+def psnr_per_kind(vae: NestedVAE, sample: KindSample, batch_size: int = 16) -> list[dict]:
     """One row per (image, ratio): ``{path, kind, ratio, psnr, ssim}`` (posterior mean, clamped)."""
     vae_device = next(vae.parameters()).device
     rows = []
@@ -155,7 +155,7 @@ class KindEvaluator(L.Callback):
         vae = pl_module.eval_vae
         was_training = vae.training
         vae.eval()
-        summary = summarise(evaluate_kinds(vae, self._load(trainer)))
+        summary = summarise(psnr_per_kind(vae, self._load(trainer)))
         palette = summarise_palette(measure_palette(vae, device=pl_module.device)) if self.palette else []
         vae.train(was_training)
         metrics = {f"kind/{k}/{r}x/{m}": v[m] for (k, r), v in summary.items() for m in ("psnr", "ssim")}
