@@ -243,3 +243,17 @@ def test_every_planted_mutation_still_finds_its_line():
 
     for m in MUTATIONS:
         assert (ROOT / m.path).read_text().count(m.old) == 1, f"{m.name}: {m.old!r} is not once in {m.path}"
+
+
+def test_the_readme_table_is_the_demo_report_s():
+    """The README's per-kind table is copied from nowhere but the report `cat-tokenizer demo --report` wrote: every
+    row of it is a row of docs/reports/demo-dev-128.md (issue 27: hand-copied figures went stale)."""
+    readme = (ROOT / "README.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(readme) if line.startswith("| kind | images | 8x"))
+    table = []
+    for line in readme[start:]:
+        if not line.startswith("|"):
+            break
+        table.append(line)
+    report = set((ROOT / "docs" / "reports" / "demo-dev-128.md").read_text().splitlines())
+    assert len(table) >= 4 and not [row for row in table if row not in report], [row for row in table if row not in report]

@@ -13,7 +13,7 @@ import torch
 
 from cat_tasks.reconstruction.analysis import AnalyseOptions, analyse_folder
 from cat_tasks.reconstruction.bench import bench_ratio_head, bench_regions, bench_train, bench_vae, total_params
-from cat_tasks.reconstruction.demo import run_demo
+from cat_tasks.reconstruction.demo import DemoOptions, run_demo
 from cat_tasks.reconstruction.evaluate import EvalReconOptions, evaluate_reconstruction
 from cat_tasks.reconstruction.pack import pack_folder
 from cat_tasks.reconstruction.rd import RDOptions, run_rd
@@ -189,20 +189,9 @@ def pack(src: str, dst: str, *, max_mib: float = 40.0, side: int = 256, quality:
     return 0 if any(v["images"] for v in stats.values()) else 1
 
 
-def demo(*, data: str | None = None, ckpt: str = "cat-small", out: str = "outputs/demo", image_size: int = 128,
-         per_kind: int = 24, show: int = 3, device: str = "auto") -> int:
-    """the shipped tokenizer on a folder of kinds: reconstructions per kind, CAT vs fixed 16x
-
-    Args:
-        data: folder whose top-level subfolders are content kinds (default: the embedded 45 images)
-        ckpt: tokenizer: cat-small (shipped), a save_pretrained folder, .ckpt or hub id
-        out: output folder
-        image_size: image side in pixels
-        per_kind: images per kind in the tables
-        show: images per kind in reconstructions.png
-        device: auto, cpu, cuda ...
-    """
-    report = run_demo(data, ckpt, out, image_size, per_kind, show, device=device)
+def demo(*, options: DemoOptions) -> int:
+    """the shipped tokenizer on a folder of kinds: reconstructions per kind, CAT vs fixed 16x"""
+    report = run_demo(options)
     print(report.read_text())
     print(f"report: {report.resolve()}  picture: {report.with_name('reconstructions.png').resolve()}")
     return 0

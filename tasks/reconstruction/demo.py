@@ -15,44 +15,76 @@ from __future__ import annotations
 
 import csv
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from cat_tokenizer.complexity import ComplexityEvaluator
+from cat_tokenizer.complexity import ComplexityEvaluator, EvaluatorSpec
 from cat_tokenizer.data.default_data import ensure_default_data
 from cat_tokenizer.devices import resolve_device
+from cat_tokenizer.files import atomic_write
 from cat_tokenizer.io import load_vae
 from cat_tokenizer.lit.kind_eval import KindSample, load_kind_sample, psnr_per_kind
 from cat_tokenizer.markdown import md_header
 from cat_tokenizer.models.nested_vae import NestedVAE
 from cat_tokenizer.ratios import token_count
 
-__all__ = ["run_demo"]
+__all__ = ["DemoOptions", "run_demo"]
 
 log = logging.getLogger(__name__)
 
 
-def run_demo(data: str | None = None, ckpt: str = "cat-small", out: str = "outputs/demo", image_size: int = 128,
-             per_kind: int = 24, show: int = 3, evaluator: ComplexityEvaluator | None = None, device: str = "auto") -> Path:
+@dataclass(frozen=True)
+class DemoOptions:
+    """The options of ``cat-tokenizer demo`` (and of ``run_demo``).
+
+    Args:
+        data: folder whose top-level subfolders are content kinds (default: the embedded 45 images)
+        ckpt: tokenizer: cat-small (shipped), a save_pretrained folder, .ckpt or hub id
+        out: output folder
+        image_size: image side in pixels
+        per_kind: images per kind in the tables (0: all)
+        show: images per kind in reconstructions.png
+        evaluator: evaluator for the CAT rows: a preset (default, rubric, distilled:D ...) or a YAML (default: default)
+        report: also write report.md here (for docs/reports/: the tables only, no images of the data)
+        device: auto, cpu, cuda ...
+    """
+
+    data: str | None = None
+    ckpt: str = "cat-small"
+    out: str = "outputs/demo"
+    image_size: int = 128
+    per_kind: int = 24
+    show: int = 3
+    evaluator: EvaluatorSpec | None = None
+    report: str | None = None
+    device: str = "auto"
+
+
+def run_demo(o: DemoOptions = DemoOptions()) -> Path:
     """Reconstruct a per-kind sample at every ratio and with CAT; returns report.md."""
-    out_dir = Path(out)
-    root = Path(data).expanduser() if data else ensure_default_data()
-    vae = load_vae(ckpt).to(resolve_device(device)).eval()
-    sample = load_kind_sample(root, per_kind, image_size, crop="native")
+    out_dir = Path(o.out)
+    root = Path(o.data).expanduser() if o.data else ensure_default_data()
+    vae = load_vae(o.ckpt).to(resolve_device(o.device)).eval()
+    sample = load_kind_sample(root, o.per_kind, o.image_size, crop="native")
     rows = psnr_per_kind(vae, sample)
-    evaluator = evaluator or ComplexityEvaluator.default(image_size)
+    evaluator = ComplexityEvaluator.from_config(o.evaluator, o.image_size)
     scored = {r.key: r for r in evaluator.score_images([root / p for p in sample.paths], cache=out_dir / "scores.sqlite")}
-    per_image = _per_image(rows, scored, root, vae.ratios, image_size)
+    per_image = _per_image(rows, scored, root, vae.ratios, o.image_size)
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / "metrics.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(per_image[0]))
         w.writeheader()
         w.writerows(per_image)
-    _picture(vae, sample, show, out_dir / "reconstructions.png")
+    _picture(vae, sample, o.show, out_dir / "reconstructions.png")
     report = out_dir / "report.md"
-    report.write_text(_report(per_image, vae, ckpt, root, image_size, evaluator.name))
+    text = _report(per_image, vae, o.ckpt, root, o.image_size, evaluator.name)
+    report.write_text(text)
+    if o.report:
+        with atomic_write(Path(o.report)) as tmp:
+            Path(tmp).write_text(text)
     return report
 
 
@@ -77,8 +109,9 @@ def _report(rows: list[dict], vae: NestedVAE, ckpt: str, root: Path, size: int, 
     ratios = vae.ratios
     mean = lambda sel, k: float(np.mean([r[k] for r in sel]))  # noqa: E731
     kinds = sorted({r["kind"] for r in rows})
-    params = sum(p.numel() for p in vae.parameters()) / 1e6
-    lines = [f"# cat-tokenizer demo: {ckpt} ({params:.2f}M params) on {len(rows)} images of {root}", "",
+    tok, extra = vae.num_params(with_head=False) / 1e6, (vae.num_params() - vae.num_params(with_head=False)) / 1e6
+    params = f"{tok:.2f}M params" + (f"; {extra:.2f}M more in its heads and region fill" if extra else "")
+    lines = [f"# cat-tokenizer demo: {ckpt} ({params}) on {len(rows)} images of {root}", "",
              f"{size}x{size} crops at native resolution (images smaller than {size} px resized whole), posterior mean.", "",
              "## Reconstruction per kind (PSNR dB / SSIM)", "",
              *md_header("kind", "images", *(f"{r}x ({token_count(size, size, r)} tokens)" for r in ratios))]

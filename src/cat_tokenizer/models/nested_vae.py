@@ -230,6 +230,8 @@ class NestedVAE(ModelMixin, ConfigMixin):
 
     config_name = hub.CONFIG_NAME
 
+    ADD_ONS = ("ratio_head.", "region_fill.", "block_head.")  # parameter prefixes of what rides along with the tokenizer
+
     @register_to_config
     def __init__(
         self,
@@ -326,9 +328,12 @@ class NestedVAE(ModelMixin, ConfigMixin):
         the weights had before the Downsample2D rename, so a tokenizer keeps its fingerprint.
         ``with_head=False`` leaves an attached ratio head, block head and region fill out: what latents
         and whole-image reconstructions depend on."""
-        extras = ("ratio_head.", "region_fill.", "block_head.")
-        state = {k: v for k, v in self.state_dict().items() if with_head or not k.startswith(extras)}
+        state = {k: v for k, v in self.state_dict().items() if with_head or not k.startswith(self.ADD_ONS)}
         return fingerprint_state(hub.with_v1_aliases(state))
+
+    def num_params(self, with_head: bool = True) -> int:
+        """Parameters; ``with_head=False`` counts the tokenizer alone (no ratio head, block head or region fill)."""
+        return sum(p.numel() for k, p in self.named_parameters() if with_head or not k.startswith(self.ADD_ONS))
 
     def at_ratio(self, ratio: int):
         """A diffusers ``AutoencoderKL``-shaped view of this tokenizer at one ratio (shared weights):
