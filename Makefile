@@ -51,7 +51,8 @@ demo: install
 # Train cat-small from scratch on real-v1 train/ with the per-kind dev curve; resumes when run again.
 # OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep instead of spinning; on 2 cores with a data worker,
 # 50 batches took 20-25 s instead of 28 s (TensorBoard wall times of the cat-small run).
-# make train-small [REAL_DATA=DIR] [TRAIN_OUT=D] [TRAIN_ARGS="--trainer.max_time 00:02:00:00"]
+# make train-small [REAL_DATA=DIR] [TRAIN_OUT=D] [TRAIN_TIME=00:02:30:00] [TRAIN_ARGS="<more fit flags>"]
+# TRAIN_TIME limits this process (SessionTimer); --trainer.max_time would limit the whole resumed run.
 # A run writes OUT/run/version_0/ (checkpoints/, pretrained/, kind_eval.csv): resume, ship-small and the GPU
 # export read that layout. run_in(OUT, logger class) fixes it; kind_curve(DEV) adds the per-kind dev curve.
 run_in = --trainer.default_root_dir $(1) --trainer.logger.class_path lightning.pytorch.loggers.$(2) \
@@ -61,7 +62,8 @@ TRAIN_RUN = $(TRAIN_OUT)/run/version_0
 train-small: need-real-data install
 	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/lightning fit -c configs/vae_small.yaml --data.root $(REAL_DATA)/train \
 		$(call run_in,$(TRAIN_OUT),TensorBoardLogger) $(call kind_curve,$(REAL_DATA)/dev) \
-		$(if $(wildcard $(TRAIN_RUN)/checkpoints/last.ckpt),--ckpt_path $(TRAIN_RUN)/checkpoints/last.ckpt) $(TRAIN_ARGS)
+		$(if $(wildcard $(TRAIN_RUN)/checkpoints/last.ckpt),--ckpt_path $(TRAIN_RUN)/checkpoints/last.ckpt) \
+		$(if $(TRAIN_TIME),--trainer.callbacks+=cat_tokenizer.callbacks.SessionTimer --trainer.callbacks.duration $(TRAIN_TIME)) $(TRAIN_ARGS)
 
 # Ship the trained run as cat-small (fp16 EMA weights + its per-kind training curve) inside the package:
 # from pretrained/ (EMA, written after each validation and when training ends) or last.ckpt (every 500

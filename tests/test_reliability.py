@@ -238,3 +238,25 @@ def test_a_run_stopped_between_periodic_saves_keeps_its_last_step(tmp_path):
     trainer.fit(BoringModel())
     assert torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == 7
     assert (tmp_path / "epoch=0-step=4.ckpt").is_file()  # the periodic saves are unchanged
+
+
+def test_a_session_timer_counts_this_process_not_the_run(tmp_path):
+    """max_time restores the run's elapsed time on resume (a resumed run that used it up stops at once);
+    SessionTimer gives each process its own budget and keeps the run's total in the checkpoint."""
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    from cat_tokenizer.callbacks import ResumableCheckpoint, SessionTimer
+
+    def fit(steps, ckpt=None):
+        ck = ResumableCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=100, enable_version_counter=False)
+        trainer = L.Trainer(max_steps=steps, callbacks=[ck, SessionTimer("00:01:00:00")], logger=False, enable_progress_bar=False,
+                            enable_model_summary=False, accelerator="cpu", limit_val_batches=0)
+        trainer.fit(BoringModel(), ckpt_path=ckpt)
+        return torch.load(tmp_path / "last.ckpt", weights_only=False)
+
+    first = fit(3)
+    first["callbacks"]["Timer"]["time_elapsed"]["train"] = 7200.0  # as if the run had trained two hours already
+    torch.save(first, tmp_path / "last.ckpt")
+    again = fit(6, tmp_path / "last.ckpt")
+    assert again["global_step"] == 6  # a plain Timer("00:01:00:00") trains no step: the run is over its hour
+    assert again["callbacks"]["Timer"]["time_elapsed"]["train"] > 7200.0  # the run's total carries on

@@ -6,13 +6,13 @@ import logging
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint, RichProgressBar, Timer
 from lightning.pytorch.utilities import rank_zero_only
 from torchvision.utils import save_image
 
 from cat_tokenizer.io import save_latent
 
-__all__ = ["ReconstructionGridLogger", "ExportPretrained", "ResumableCheckpoint", "LatentWriter", "StepProgressBar"]
+__all__ = ["ReconstructionGridLogger", "ExportPretrained", "ResumableCheckpoint", "SessionTimer", "LatentWriter", "StepProgressBar"]
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,34 @@ class ResumableCheckpoint(ModelCheckpoint):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.save_last and trainer.global_step and self._last_global_step_saved != trainer.global_step:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+class SessionTimer(Timer):
+    """``Timer`` whose ``duration`` counts this process only: a resumed run trains that long again.
+
+    Lightning's ``--trainer.max_time`` restores the elapsed time from the checkpoint, so it limits the whole
+    run: resuming a run that already trained 2:35 with ``max_time 00:02:35:00`` stops after one batch's
+    check, and the v2 run stopped an hour early that way. The whole run's time is still recorded (under
+    the ``Timer`` key, so checkpoints of either kind carry it on).
+    ``--trainer.callbacks+=cat_tokenizer.callbacks.SessionTimer --trainer.callbacks.duration 00:02:30:00``
+    (``make train-small TRAIN_TIME=00:02:30:00``).
+    """
+
+    def __init__(self, duration: str = "00:02:30:00", interval: str = "step", verbose: bool = True):
+        super().__init__(duration=duration, interval=interval, verbose=verbose)
+        self._before = 0.0  # training seconds of the run before this process
+
+    @property
+    def state_key(self) -> str:
+        return "Timer"
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        state["time_elapsed"]["train"] = self._before + state["time_elapsed"]["train"]
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._before = float(state_dict.get("time_elapsed", {}).get("train", 0.0))  # recorded, not counted
 
 
 class LatentWriter(BasePredictionWriter):
