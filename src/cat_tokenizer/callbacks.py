@@ -110,8 +110,8 @@ class SessionTimer(Timer):
     """``Timer`` whose ``duration`` counts this process only: a resumed run trains that long again.
 
     Lightning's ``--trainer.max_time`` restores the elapsed time from the checkpoint, so it limits the whole
-    run: resuming a run that already trained 2:35 with ``max_time 00:02:35:00`` stops after one batch's
-    check, and the v2 run stopped an hour early that way. The whole run's time is still recorded (under
+    run: resuming a run that already trained 2:35 with ``max_time 00:02:35:00`` trains no step, and the v2
+    run stopped an hour early that way. The whole run's time is still recorded (under
     the ``Timer`` key, so checkpoints of either kind carry it on).
     ``--trainer.callbacks+=cat_tokenizer.callbacks.SessionTimer --trainer.callbacks.duration 00:02:30:00``
     (``make train-small TRAIN_TIME=00:02:30:00``).

@@ -13,7 +13,6 @@ SSIM at every ratio) and ``scores.sqlite`` (the evaluator's cache).
 
 from __future__ import annotations
 
-import csv
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch
 from cat_tokenizer.complexity import ComplexityEvaluator, EvaluatorSpec
 from cat_tokenizer.data.default_data import ensure_default_data
 from cat_tokenizer.devices import resolve_device
-from cat_tokenizer.files import atomic_write
+from cat_tokenizer.files import atomic_write, write_csv
 from cat_tokenizer.io import load_vae
 from cat_tokenizer.lit.kind_eval import KindSample, load_kind_sample, psnr_per_kind
 from cat_tokenizer.markdown import md_header
@@ -74,10 +73,7 @@ def run_demo(o: DemoOptions = DemoOptions()) -> Path:
     scored = {r.key: r for r in evaluator.score_images([root / p for p in sample.paths], cache=out_dir / "scores.sqlite")}
     per_image = _per_image(rows, scored, root, vae.ratios, o.image_size)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / "metrics.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(per_image[0]))
-        w.writeheader()
-        w.writerows(per_image)
+    write_csv(out_dir / "metrics.csv", per_image)
     _picture(vae, sample, o.show, out_dir / "reconstructions.png")
     report = out_dir / "report.md"
     text = _report(per_image, vae, o.ckpt, root, o.image_size, evaluator.name)

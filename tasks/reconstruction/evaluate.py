@@ -7,7 +7,6 @@ text-bearing when OCR reads at least ``min_words`` words in the original crop).
 
 from __future__ import annotations
 
-import csv
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from cat_tokenizer.data.images import UnreadableImage, list_images, load_rgb
 from cat_tokenizer.data.transforms import image_transform
 from cat_tokenizer.devices import resolve_device
 from cat_tokenizer.errors import UserInputError
+from cat_tokenizer.files import write_csv
 from cat_tokenizer.io import load_vae
 from cat_tokenizer.losses.lpips import LPIPS
 from cat_tokenizer.markdown import md_table
@@ -133,10 +133,7 @@ def _table_row(name: str, a: dict, fid, with_lpips: bool) -> dict:
 def _write(table: list[dict], out_dir: Path, title: str, note: str) -> Path:
     """recon.csv and recon.md in ``out_dir``; returns recon.md."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / "recon.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(table[0]))
-        w.writeheader()
-        w.writerows(table)
+    write_csv(out_dir / "recon.csv", table)
     cols = list(table[0])
     lines = [f"# {title}", "", *md_table(cols, ([r[c] for c in cols] for r in table)), "", note, ""]
     (out_dir / "recon.md").write_text("\n".join(lines))

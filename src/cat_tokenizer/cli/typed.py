@@ -89,7 +89,7 @@ def _add_option(p: argparse.ArgumentParser, name: str, tp: Any, default: Any, po
             raise TypeError(f"{name}: a flag must default to False")
         kw["action"] = "store_true"
     else:
-        kw["type"] = _item_type(name, tp) if tp in (int, float, Path) or hasattr(tp, "parse") else str
+        kw["type"] = _scalar_type(name, tp)
     if default is not inspect.Parameter.empty and default not in (None, False, argparse.SUPPRESS):
         kw["help"] += f" (default: {' '.join(map(str, default)) if isinstance(default, (list, tuple)) else default})"
     if positional:
@@ -101,10 +101,20 @@ def _add_option(p: argparse.ArgumentParser, name: str, tp: Any, default: Any, po
         p.add_argument(*flags, dest=name, required=default is inspect.Parameter.empty if required is None else required, **kw)
 
 
+def _reads_text(tp: Any) -> bool:
+    """A class with a ``parse`` classmethod: a typed spec read from text (``EvaluatorSpec``)."""
+    return isinstance(tp, type) and callable(getattr(tp, "parse", None))
+
+
+def _scalar_type(name: str, tp: Any) -> Callable[[str], Any]:
+    """The converter of one option value's text (command line or ``-c`` file): counts, numbers, paths, specs; else str."""
+    return _item_type(name, tp) if tp in (int, float, Path) or _reads_text(tp) else str
+
+
 def _item_type(name: str, tp: Any) -> Any:
     if tp is int:
         return _int_option(name)
-    if isinstance(tp, type) and callable(getattr(tp, "parse", None)):  # a typed spec read from text (EvaluatorSpec)
+    if _reads_text(tp):
         def parse(text: str) -> Any:
             try:
                 return tp.parse(text)
@@ -163,9 +173,8 @@ def _from_yaml(name: str, tp: Any, value: Any) -> Any:
         return value
     if isinstance(value, (dict, list)):
         raise ValueError(f"expected one value, got {type(value).__name__}")
-    convert = _item_type(name, tp) if tp in (int, float, Path) or hasattr(tp, "parse") else str
     try:
-        return convert(str(value))
+        return _scalar_type(name, tp)(str(value))
     except argparse.ArgumentTypeError as err:
         raise ValueError(str(err)) from None
 

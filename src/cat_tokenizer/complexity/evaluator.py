@@ -122,8 +122,8 @@ class ComplexityEvaluator(nn.Module):
             spec = EvaluatorSpec.parse(config)
             if spec.preset == "auto":
                 return cls.student_or_teacher(spec.path, image_size=image_size)
-            config = spec.config()
-        if isinstance(config, (str, Path)):
+            config = spec.config()  # a Path (default, a YAML) or a mapping
+        if isinstance(config, Path):
             path = Path(config).expanduser()
             if not path.is_file():
                 raise InputNotFound(f"evaluator config not found: {config}")

@@ -88,7 +88,8 @@ class EvaluatorSpec:
         return Path(self.path).stem if self.preset == "config" else str(self)
 
     def config(self) -> Path | dict:
-        """The evaluator config this spec stands for (``auto`` is a choice, not a config: see ``build``)."""
+        """The evaluator config this spec stands for (``auto`` is a choice, not a config: ``ComplexityEvaluator.from_config``
+        makes it with ``student_or_teacher``)."""
         if self.preset == "default":
             return default_config_path()
         if self.preset == "rubric":
