@@ -9,6 +9,7 @@ not be imported by the project itself.
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -39,11 +40,17 @@ def _modules() -> dict[str, Path]:
     return mods
 
 
+@functools.cache
+def _parse(path: Path) -> ast.Module:
+    """One parse per file for the whole session (every test here walks every module)."""
+    return ast.parse(path.read_text())
+
+
 def _imports(name: str, path: Path, known: set[str]) -> set[str]:
     """Project modules that ``name`` imports (the longest known prefix of each imported name)."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(_parse(path)):
         if isinstance(node, ast.Import):
             targets = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -171,7 +178,7 @@ def test_every_command_module_is_registered_and_every_entry_loads():
     mods = {m: p for m, p in _modules().items() if m.endswith(".commands")}
     assert {t.split(":")[0] for t in targets} == set(mods)
     for module, path in mods.items():
-        tree = ast.parse(path.read_text())
+        tree = _parse(path)
         public = next(ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
                       and getattr(n.targets[0], "id", "") == "__all__")
         functions = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
@@ -181,7 +188,7 @@ def test_every_command_module_is_registered_and_every_entry_loads():
 def _local_imports(path: Path) -> list[str]:
     """Project imports inside a function body of ``path`` ("function:line")."""
     found = []
-    for fn in ast.walk(ast.parse(path.read_text())):
+    for fn in ast.walk(_parse(path)):
         if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
             for node in ast.walk(fn):
                 names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
@@ -202,7 +209,7 @@ def test_project_imports_are_at_module_top(tmp_path):
 
 def _long_functions(path: Path, limit: int = 50) -> list[str]:
     """Functions of ``path`` longer than ``limit`` lines, docstring and signature included ("name:lines")."""
-    nodes = ast.walk(ast.parse(path.read_text()))
+    nodes = ast.walk(_parse(path))
     return [f"{n.name}:{n.end_lineno - n.lineno + 1}" for n in nodes
             if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > limit]
 

@@ -328,3 +328,20 @@ def test_ctrl_c_in_score_keeps_what_was_scored(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(CE, "score_descriptions", real)
     assert tools.main(["score", str(data), "--cache", str(cache), "-q"]) == 0
     assert "scored 10 (8 from cache)" in capsys.readouterr().out and ScoreCache(cache).count() == 10
+
+
+def test_a_report_copy_takes_the_named_files_only(tmp_path):
+    """``--report DIR`` (rd, analyse, classify, gen-demo) copies the report files into docs/, never the caches
+    beside them; a file where the folder should be is a one-line error."""
+    from cat_tokenizer.outputs import publish_report
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "rd.md").write_text("# report")
+    (out / "recon_cache.sqlite").write_text("cache")
+    copies = publish_report(out, ("rd.md", "rd.png"), tmp_path / "docs" / "rd")  # rd.png not written this run
+    assert [p.name for p in copies] == ["rd.md"] and sorted(p.name for p in (tmp_path / "docs" / "rd").iterdir()) == ["rd.md"]
+    assert publish_report(out, ("rd.md",), out) == [out / "rd.md"]  # the report folder itself: nothing to copy
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(UserInputError, match="--report .*afile is a file"):
+        publish_report(out, ("rd.md",), tmp_path / "afile")

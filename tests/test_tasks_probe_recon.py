@@ -100,8 +100,10 @@ def test_classify_benchmark_has_a_row_per_variant(tmp_path, tiny_vae, capsys):
     root = two_colour_classes(tmp_path / "toy", n=10)
     tiny_vae.save_pretrained(tmp_path / "vae")
     assert tools.main(["classify", "--ckpt", str(tmp_path / "vae"), "--datasets", str(root), "--image-size", "32",
-                       "--epochs", "2", "--batch-size", "4", "--out", str(tmp_path / "out")]) == 0
+                       "--epochs", "2", "--batch-size", "4", "--out", str(tmp_path / "out"),
+                       "--report", str(tmp_path / "docs" / "classify")]) == 0
     rows = list(csv.DictReader((tmp_path / "out" / "results.csv").open()))
+    assert sorted(p.name for p in (tmp_path / "docs" / "classify").iterdir()) == ["results.csv", "results.md"]  # no caches
     assert [r["variant"] for r in rows] == [v[0] for v in VARIANTS]
     heads = {r["variant"]: int(r["head_params"]) for r in rows}
     assert heads["fixed 8x"] == heads["CAT adaptive, zero-padded to 8x"] > heads["fixed 16x"] > heads["fixed 32x"]

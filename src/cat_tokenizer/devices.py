@@ -6,7 +6,7 @@ import torch
 
 from cat_tokenizer.errors import UserInputError
 
-__all__ = ["resolve_device", "cpu_has_native_bf16"]
+__all__ = ["resolve_device", "cpu_has_native_bf16", "describe_device"]
 
 
 def resolve_device(device: str) -> torch.device:
@@ -32,3 +32,11 @@ def cpu_has_native_bf16() -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+def describe_device(device: str) -> str:
+    """One line naming what a benchmark ran on (for its report): the GPU's name, or the CPU threads torch uses."""
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        return f"{torch.cuda.get_device_name(dev)}, torch {torch.__version__}"
+    return f"CPU, {torch.get_num_threads()} threads, native bf16 {'yes' if cpu_has_native_bf16() else 'no'}, torch {torch.__version__}"

@@ -21,12 +21,14 @@ Every refusal is one line (exit 2) naming the path and the way out.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from cat_tokenizer.errors import UserInputError
+from cat_tokenizer.files import atomic_write
 
-__all__ = ["resolved", "refuse_inputs", "check_out_file", "check_out_dir", "split_existing"]
+__all__ = ["resolved", "refuse_inputs", "check_out_file", "check_out_dir", "split_existing", "publish_report"]
 
 
 def resolved(path: str | Path) -> Path:
@@ -78,3 +80,19 @@ def split_existing(targets: Sequence[Path], overwrite: bool) -> tuple[list[int],
         return list(range(len(targets))), 0
     todo = [i for i, t in enumerate(targets) if not t.exists()]
     return todo, len(targets) - len(todo)
+
+
+def publish_report(out_dir: str | Path, names: Iterable[str], dest: str | Path, flag: str = "--report") -> list[Path]:
+    """Copy a command's report files (``names`` under ``out_dir``, those that exist; never its caches) into
+    ``dest``, a folder under docs/ say, each atomically. Returns the copies."""
+    folder = check_out_dir(dest, flag)
+    if resolved(folder) == resolved(out_dir):
+        return [Path(out_dir) / n for n in names if (Path(out_dir) / n).is_file()]
+    copies = []
+    for name in names:
+        src = Path(out_dir) / name
+        if src.is_file():
+            with atomic_write(folder / name) as tmp:
+                shutil.copyfile(src, tmp)
+            copies.append(folder / name)
+    return copies

@@ -3,7 +3,6 @@ fixed 8x / 16x / 32x, with the same probe code, reporting top-1, mean tokens and
 
 from __future__ import annotations
 
-import csv
 import logging
 import shlex
 from dataclasses import dataclass, fields
@@ -16,9 +15,11 @@ from cat_tasks.classification.datasets import ensure_probe_dataset
 from cat_tasks.classification.probe import LinearProbeModule
 from cat_tokenizer.complexity import ComplexityEvaluator
 from cat_tokenizer.complexity.spec import EvaluatorSpec
+from cat_tokenizer.files import write_csv
 from cat_tokenizer.lit.cli import silence_known_warnings
 from cat_tokenizer.lit.datamodule import CATDataModule
 from cat_tokenizer.markdown import md_table
+from cat_tokenizer.outputs import publish_report
 from cat_tokenizer.ratios import token_count
 
 __all__ = ["VARIANTS", "ClassifyOptions", "run_benchmark"]
@@ -51,6 +52,7 @@ class ClassifyOptions:
         evaluator: evaluator for the adaptive ratios: a preset (default, rubric, distilled:D ...) or a YAML (default: default)
         accelerator: Lightning accelerator
         seed: data split and initialisation seed
+        report: also copy results.md / results.csv into this folder, e.g. docs/reports/classify-cat-small
     """
 
     ckpt: str
@@ -64,6 +66,7 @@ class ClassifyOptions:
     evaluator: EvaluatorSpec | None = None
     accelerator: str = "auto"
     seed: int = 0
+    report: str | None = None
 
     def command(self) -> str:
         """The command line that runs these options (every option that is not its default)."""
@@ -107,14 +110,13 @@ def run_benchmark(o: ClassifyOptions) -> Path:
                          "head_params": model.head_parameters(), "val_images": len(dm.val_set),
                          "ratios_8/16/32": f"{hist[8]}/{hist[16]}/{hist[32]}"})
             log.info("%s | %s: top-1 %.2f%%, %.1f tokens", name, variant, 100 * acc, tokens)
-    with open(out_dir / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(out_dir / "results.csv", rows)
     cols = list(rows[0])
     lines = ["# Linear probe on frozen CAT latents", "", f"Command: `{o.command()}`", "",
              f"Tokenizer: {o.ckpt}; {image_size}px; {o.epochs} epochs of AdamW (lr {o.lr}) on the head only; "
              f"top-1 on the held-out 20% (stratified per class).", "",
              *md_table(cols, ([r[c] for c in cols] for r in rows))]
     (out_dir / "results.md").write_text("\n".join(lines) + "\n")
+    if o.report is not None:
+        publish_report(out_dir, ("results.md", "results.csv"), o.report)
     return out_dir / "results.md"

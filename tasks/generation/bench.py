@@ -155,6 +155,7 @@ class BenchGenOptions:
         repeats: interleaved timing rounds; each variant's best is reported
         warmup: untimed batches per variant before the rounds
         seed: random seed (weights, latents, batch order)
+        report: also write the tables to this markdown file, e.g. docs/reports/bench-gen-cpu.md
     """
 
     preset: str = "tiny"
@@ -168,6 +169,7 @@ class BenchGenOptions:
     repeats: int = 3
     warmup: int = 2
     seed: int = 0
+    report: str | None = None
 
 
 class _Bench:

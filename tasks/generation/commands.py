@@ -16,9 +16,11 @@ from cat_tasks.generation.fid import fid_from_folders
 from cat_tasks.generation.module import load_dit
 from cat_tasks.generation.sample import check_device_fits, generate_to_folder, plan_samples, write_sample_report
 from cat_tokenizer.complexity.spec import EvaluatorSpec
-from cat_tokenizer.devices import resolve_device
+from cat_tokenizer.devices import describe_device, resolve_device
 from cat_tokenizer.errors import UserInputError
+from cat_tokenizer.files import atomic_write
 from cat_tokenizer.markdown import md_records
+from cat_tokenizer.outputs import check_out_file
 
 __all__ = ["SamplingOptions", "sample", "fid", "bench_gen_cmd", "gen_demo"]
 
@@ -132,13 +134,20 @@ def bench_gen_cmd(*, options: BenchGenOptions) -> int:
     """DiT training images/s and tokens/s: CAT bucketed vs fixed 16x vs CAT padded"""
     o = options
     cols = ["variant", "images_per_s", "tokens_per_s", "mean_tokens", "padding_share", "speed_vs_fixed16", "peak_mem_GiB"]
+    lines = ["# DiT training throughput: CAT bucketed vs fixed 16x vs CAT padded", "", f"On {describe_device(o.device)}."]
     for spec in o.mix or ["embedded", "paper"]:
         shares = parse_mix(spec, o.image_size)
         rows = bench_gen(o, shares)
-        print(f"\nDiT-{o.preset} training throughput, {o.image_size}px, batch {o.batch}, {o.images} images, {o.device}, "
-              f"best of {o.repeats} interleaved rounds, precision {o.precision}; CAT mix '{spec}': "
-              + ", ".join(f"{r}x {100 * s:.0f}%" for r, s in sorted(shares.items())))
-        print("\n".join(md_records(rows, cols, float_format="{:.3f}")))
+        block = ["", f"DiT-{o.preset} training throughput, {o.image_size}px, batch {o.batch}, {o.images} images, {o.device}, "
+                 f"best of {o.repeats} interleaved rounds, precision {o.precision}; CAT mix '{spec}': "
+                 + ", ".join(f"{r}x {100 * s:.0f}%" for r, s in sorted(shares.items())), "",
+                 *md_records(rows, cols, float_format="{:.3f}")]
+        print("\n".join(block))
+        lines += block
+    if o.report is not None:
+        with atomic_write(check_out_file(o.report, overwrite=True, flag="--report")) as tmp:
+            tmp.write_text("\n".join(lines) + "\n")
+        print(f"wrote {o.report}")
     return 0
 
 

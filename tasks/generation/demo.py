@@ -26,6 +26,7 @@ from cat_tokenizer.errors import InputNotFound
 from cat_tokenizer.io import load_vae
 from cat_tokenizer.lit.cli import cli
 from cat_tokenizer.markdown import md_header
+from cat_tokenizer.outputs import publish_report
 from cat_tokenizer.ratios import token_count
 
 __all__ = ["GenDemoOptions", "run_gen_demo"]
@@ -47,6 +48,7 @@ class GenDemoOptions:
         guidance: classifier-free guidance scale
         accelerator: Lightning accelerator (auto, cpu, cuda ...)
         config_dir: folder with dit_encode.yaml, dit_imagenet.yaml and dit_demo.yaml (the repository's configs/)
+        report: also copy report.md and samples.png into this folder, e.g. docs/reports/gen-demo-cat-small
     """
 
     out: str = "outputs/gen_demo"
@@ -59,6 +61,7 @@ class GenDemoOptions:
     guidance: float = 2.0
     accelerator: str = "auto"
     config_dir: str = "configs"
+    report: str | None = None
 
 
 CONFIGS = ("dit_encode.yaml", "dit_imagenet.yaml", "dit_demo.yaml")
@@ -109,6 +112,8 @@ def run_gen_demo(o: GenDemoOptions = GenDemoOptions()) -> Path:
     lines = _report(model, fit.datamodule, o, channels, timing, row_names, auto, out_dir / "run" / "version_0")
     report = out_dir / "report.md"
     report.write_text("\n".join(lines))
+    if o.report is not None:
+        publish_report(out_dir, ("report.md", "samples.png"), o.report)
     return report
 
 

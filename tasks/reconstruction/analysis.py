@@ -39,6 +39,7 @@ from cat_tokenizer.errors import UserInputError
 from cat_tokenizer.io import load_vae
 from cat_tokenizer.markdown import md_header
 from cat_tokenizer.options import FEATURES
+from cat_tokenizer.outputs import publish_report
 
 __all__ = ["max_acceptable_ratio", "max_acceptable_ratios", "quantile_matched_ratios", "signal_table", "run_analysis", "analyse_folder",
            "PAPER"]
@@ -232,6 +233,7 @@ class AnalyseOptions:
         distortion_head: a tokenizer folder with a distortion head, as a candidate signal
         device: auto, cpu, cuda ...
         quiet: no progress bars
+        report: also copy analysis.md and scatter.png into this folder, e.g. docs/reports/analyse-dev-128
     """
 
     ckpt: str = "cat-small"
@@ -248,6 +250,7 @@ class AnalyseOptions:
     distortion_head: str | None = None
     device: str = "auto"
     quiet: bool = False
+    report: str | None = None
 
 
 def analyse_folder(root: str, o: AnalyseOptions = AnalyseOptions()) -> str:
@@ -260,5 +263,8 @@ def analyse_folder(root: str, o: AnalyseOptions = AnalyseOptions()) -> str:
     table = measure_folder(root_p, vae, o.recon_cache or out_dir / "recon_cache", o.image_size, o.crop,
                            features=FEATURES[o.features], progress=not o.quiet)
     predicted = head_predictions(o.distortion_head, vae, table, root_p) if o.distortion_head else None
-    return run_analysis(table, root_p, named, out_dir, o.tolerance_db, o.ocr_tolerance,
+    text = run_analysis(table, root_p, named, out_dir, o.tolerance_db, o.ocr_tolerance,
                         Path(o.cache) if o.cache else out_dir / "scores.sqlite", o.mse_tolerance, predicted)
+    if o.report is not None:
+        publish_report(out_dir, ("analysis.md", "scatter.png"), o.report)
+    return text

@@ -46,7 +46,7 @@ from cat_tokenizer.io import load_vae
 from cat_tokenizer.markdown import md_header
 from cat_tokenizer.metrics.fid import bias_corrected_interval, bootstrap_fids, frechet_distance
 from cat_tokenizer.options import FEATURES, parse_numbers
-from cat_tokenizer.outputs import check_out_dir
+from cat_tokenizer.outputs import publish_report
 
 __all__ = ["Allocation", "oracle_allocation", "score_allocation", "rd_curves", "headline", "write_rd", "run_rd", "RD_COLUMNS"]
 
@@ -491,13 +491,7 @@ def run_rd(data: str | Path, o: RDOptions = RDOptions()) -> Path:
     if o.regions:
         _add_regions(md, vae, table, root, out, crop, rows, region_budgets, progress)
     if o.report is not None:
-        import shutil
-
-
-        dest = check_out_dir(o.report)
-        for name in REPORT_FILES:
-            if (out / name).is_file():
-                shutil.copyfile(out / name, dest / name)
+        publish_report(out, REPORT_FILES, o.report)
     return md
 
 
