@@ -12,7 +12,7 @@ CKPT ?= cat-small
 TRAIN_OUT ?= outputs/train_small
 TRAIN_ARGS ?=
 
-.PHONY: install system-deps test test-fast lint demo palette hostile mutants train-small ship-small train-region-fill ship-region-fill gpu-kit gpu-train-small need-real-data bench bench-gen bench-gen-gpu classify distill eval-recon need-data gen-demo gen-imagenet clean
+.PHONY: install system-deps test test-fast lint demo palette hostile mutants train-small ship-small train-region-fill ship-region-fill gpu-kit gpu-train-small need-real-data bench bench-gen bench-gen-gpu classify distill eval-recon need-data gen-demo gen-imagenet reports clean
 
 install: $(STAMP)
 
@@ -149,6 +149,11 @@ hostile: install
 # Planted one-line breaks in a temporary copy, and whether their tests catch them -> docs/mutations.md (~15 min).
 mutants: install
 	$(PY) tests/mutations.py --out docs/mutations.md
+
+# Rewrite docs/reports/ for the tokenizer CKPT, each report by the command that measures it (scripts/reports.sh;
+# hours on 2 cores, a killed step resumes from its caches):  make reports [REPORTS="demo palette classify"]
+reports: need-real-data install
+	REAL_DATA=$(REAL_DATA) CKPT=$(CKPT) RUN=$(TRAIN_RUN) VENV=$(VENV) scripts/reports.sh $(REPORTS)
 
 bench: install
 	$(VENV)/bin/cat-tokenizer bench-train

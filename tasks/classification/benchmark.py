@@ -16,6 +16,7 @@ from cat_tasks.classification.probe import LinearProbeModule
 from cat_tokenizer.complexity import ComplexityEvaluator
 from cat_tokenizer.complexity.spec import EvaluatorSpec
 from cat_tokenizer.files import write_csv
+from cat_tokenizer.io import load_vae
 from cat_tokenizer.lit.cli import silence_known_warnings
 from cat_tokenizer.lit.datamodule import CATDataModule
 from cat_tokenizer.markdown import md_table
@@ -113,7 +114,8 @@ def run_benchmark(o: ClassifyOptions) -> Path:
     write_csv(out_dir / "results.csv", rows)
     cols = list(rows[0])
     lines = ["# Linear probe on frozen CAT latents", "", f"Command: `{o.command()}`", "",
-             f"Tokenizer: {o.ckpt}; {image_size}px; {o.epochs} epochs of AdamW (lr {o.lr}) on the head only; "
+             f"Tokenizer: {o.ckpt} (weights {load_vae(o.ckpt).fingerprint(with_head=False)}); {image_size}px; "
+             f"{o.epochs} epochs of AdamW (lr {o.lr}) on the head only; "
              f"top-1 on the held-out 20% (stratified per class).", "",
              *md_table(cols, ([r[c] for c in cols] for r in rows))]
     (out_dir / "results.md").write_text("\n".join(lines) + "\n")

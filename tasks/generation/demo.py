@@ -150,7 +150,8 @@ def _report(model, dm, o: GenDemoOptions, channels: int, timing: dict, row_names
     scales = ", ".join(f"{r}x {s:.3f}" for r, s in zip(model.dit.ratios, model.latent_scale.tolist()) if s > 0)
     return [
         "# DiT + CAT demo (embedded data, CPU)", "",
-        f"Tokenizer: {o.ckpt} ({channels} latent channels), images {o.image_size}px; "
+        f"Tokenizer: {o.ckpt} (weights {load_vae(o.ckpt).fingerprint(with_head=False)}, {channels} latent channels), "
+        f"images {o.image_size}px; "
         f"latents per ratio (train): {', '.join(f'{r}x: {c}' for r, c in counts.items())}; {len(dm.val_set)} held out.",
         f"DiT preset {o.preset}: {model.dit.num_params() / 1e6:.2f}M params, class-conditional on {names}.",
         f"Latent scale (1/std) per ratio: {scales}.", "",

@@ -13,6 +13,7 @@ import torch
 
 from cat_tasks.reconstruction.analysis import AnalyseOptions, analyse_folder
 from cat_tasks.reconstruction.bench import bench_ratio_head, bench_regions, bench_train, bench_vae, total_params
+from cat_tasks.reconstruction.curve import curve_table, read_curve, release_check
 from cat_tasks.reconstruction.demo import DemoOptions, run_demo
 from cat_tasks.reconstruction.evaluate import EvalReconOptions, evaluate_reconstruction
 from cat_tasks.reconstruction.pack import pack_folder
@@ -24,8 +25,9 @@ from cat_tokenizer.io import load_vae
 from cat_tokenizer.lit.kind_eval import load_kind_sample
 from cat_tokenizer.markdown import md_header, md_row
 from cat_tokenizer.options import print_table
+from cat_tokenizer.outputs import check_out_file
 
-__all__ = ["bench", "bench_train_cmd", "bench_head", "bench_regions_cmd", "region_decodes_cmd", "eval_recon", "analyse", "rd", "pack", "demo"]
+__all__ = ["bench", "bench_train_cmd", "bench_head", "bench_regions_cmd", "region_decodes_cmd", "eval_recon", "analyse", "rd", "pack", "demo", "curve"]
 
 
 def bench(*, preset: str = "base", size: int = 256, batch: int = 1, iters: int = 3, device: str = "cpu") -> int:
@@ -195,3 +197,29 @@ def demo(*, options: DemoOptions) -> int:
     print(report.read_text())
     print(f"report: {report.resolve()}  picture: {report.with_name('reconstructions.png').resolve()}")
     return 0
+
+
+def curve(run: str, *, ratio: int = 8, every: int = 1000, compare: str | None = None, report: str | None = None) -> int:
+    """a training run's per-kind dev curve (kind_eval.csv) as a table; with --compare, the release check
+
+    Args:
+        run: a run's log folder (OUT/run/version_0), a tokenizer folder, cat-small, or the CSV itself
+        ratio: the ratio shown per kind (the all-kinds columns show every ratio)
+        every: rows at batches that are multiples of this (and the last)
+        compare: another curve on the same dev sample, e.g. cat-small: its last row beside the run's, and whether
+            the run is at least as good at 8x and 16x on every kind (exit 1 if not)
+        report: also write the table to this markdown file
+    """
+    ours = read_curve(run)
+    shipped = read_curve(compare) if compare else None
+    lines = [f"# Per-kind dev curve of {ours.source}", "", f"PSNR dB on the run's fixed dev sample (KindEvaluator), "
+             f"{ratio}x per kind.", "", *curve_table(ours, ratio, every, shipped)]
+    below = release_check(ours, shipped) if shipped else []
+    if shipped:
+        lines += ["", f"Release check at batch {ours.last} (8x and 16x, every kind, against {shipped.source}): "
+                  + ("below on " + "; ".join(below) if below else "at least as good everywhere")]
+    print("\n".join(lines))
+    if report:
+        with atomic_write(check_out_file(report, overwrite=True, flag="--report")) as tmp:
+            tmp.write_text("\n".join(lines) + "\n")
+    return 1 if below else 0

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Rewrite docs/reports/ for a tokenizer: every figure the README and docs/results.md quote, each file written by the
+# command that measures it (no figure is copied by hand). Run it after a new cat-small ships (make reports).
+#
+#   scripts/reports.sh [STEP ...]        default: every step, in this order (hours on 2 CPU cores)
+#   steps: curve run-curve demo palette classify gen-demo bench-gen region-decodes distill-oracle distill-teacher dhead block-head rd analyse
+#
+# Knobs (environment): REAL_DATA (real-v1: train/ and dev/), CKPT (tokenizer, default cat-small), RUN (a training run's
+# log folder, for run-curve; default outputs/train_small/run/version_0), VENV, WORK (the
+# commands' own folders with their caches, default outputs/reports: a killed step resumes from its caches).
+# Times here, one step at a time on 2 cores: curve 1 s, demo 1 min, palette 25 s, classify 3 min, gen-demo 2 min, bench-gen
+# 4.5 min, region-decodes 10 min, distill-oracle 11 min, distill-teacher 3 min, dhead 26 min, block-head 25 min, rd 25 min + 50 min for --regions, analyse 4 min.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+REAL_DATA=${REAL_DATA:-../shared/data/real-v1}
+CKPT=${CKPT:-cat-small}
+WORK=${WORK:-outputs/reports}
+RUN=${RUN:-outputs/train_small/run/version_0}
+CT=${VENV:-.venv}/bin/cat-tokenizer
+DOCS=docs/reports
+DEV=$REAL_DATA/dev
+TRAIN=$REAL_DATA/train
+
+need_real_data() {
+  test -d "$DEV" -a -d "$TRAIN" || { echo "reports: no $DEV or $TRAIN; set REAL_DATA=<folder with train/ and dev/>"; exit 2; }
+}
+
+step_curve() { "$CT" curve "$CKPT" --report "$DOCS/training-curve.md"; }
+# a training run's curve beside the tokenizer's, with the release check (exit 1 = not yet; the report is written either way)
+step_run-curve() {
+  [ -f "$RUN/kind_eval.csv" ] || { echo "reports: no training run at $RUN (set RUN=OUT/run/version_0): run-curve skipped"; return 0; }
+  "$CT" curve "$RUN" --compare "$CKPT" --report "$DOCS/training-curve-run.md" || [ $? = 1 ]
+}
+step_demo() { "$CT" demo --data "$DEV" --ckpt "$CKPT" --per-kind 0 --out "$WORK/demo" --report "$DOCS/demo-dev-128.md"; }
+# exit 1 = the palette target (36 dB, 3 levels) is not met; the report is written either way
+step_palette() { "$CT" palette --ckpt "$CKPT" --out "$DOCS/palette-cat-small" || [ $? = 1 ]; }
+step_classify() { "$CT" classify --ckpt "$CKPT" --out "$WORK/classify" --report "$DOCS/classify"; }
+step_gen-demo() { "$CT" gen-demo --ckpt "$CKPT" --out "$WORK/gen-demo-$(fingerprint)" --report "$DOCS/gen-demo"; }
+step_bench-gen() { "$CT" bench-gen --preset S/2 --images 128 --mix paper --mix embedded --report "$DOCS/bench-gen-cpu.md"; }
+step_region-decodes() { "$CT" region-decodes "$DEV" --ckpt "$CKPT" --per-kind 12 --out "$DOCS/region-decodes-dev-128.md"; }
+# ratio heads on this tokenizer's trunk, source-held-out (docs/distillation.md): from its own errors, from the evaluator
+step_distill-oracle() {
+  "$CT" distill --target oracle --data "$TRAIN" --ckpt "$CKPT" --groups folder --max-images 1200 --cnn none --out "$WORK/oracle_head"
+  cp "$WORK/oracle_head/distill.md" "$DOCS/distill-oracle-128.md"
+}
+step_distill-teacher() {
+  "$CT" distill --data "$TRAIN" --ckpt "$CKPT" --groups folder --max-images 3000 --cnn none --out "$WORK/teacher_head"
+  cp "$WORK/teacher_head/distill.md" "$DOCS/distill-teacher-128.md"
+}
+# the two heads trained on this tokenizer's trunk, source-held-out; their reports are the held-out errors
+step_dhead() {
+  "$CT" distortion-head "$TRAIN" --ckpt "$CKPT" --dev "$DEV" --out "$WORK/dhead"
+  cp "$WORK/dhead/distortion.md" "$DOCS/distortion-head-128.md"
+}
+step_block-head() {
+  "$CT" block-head "$TRAIN" --ckpt "$CKPT" --dev "$DEV" --out "$WORK/bhead"
+  cp "$WORK/bhead/block_head.md" "$DOCS/block-head-128.md"
+}
+step_rd() {
+  "$CT" rd "$DEV" --ckpt "$CKPT" --distortion-head "$WORK/dhead" --regions --out "$WORK/rd128" --report "$DOCS/rd-dev-128" --quiet
+}
+step_analyse() {
+  "$CT" analyse "$DEV" --ckpt "$CKPT" --recon-cache "$WORK/rd128/recon_cache" --distortion-head "$WORK/dhead" \
+    --out "$WORK/analyse128" --report "$DOCS/analyse-dev-128" --quiet
+}
+
+# gen-demo's latent cache belongs to one tokenizer: a folder per weight fingerprint
+fingerprint() { "${VENV:-.venv}/bin/python" -c "from cat_tokenizer.io import load_vae; print(load_vae('$CKPT').fingerprint(with_head=False))"; }
+
+ALL=(curve run-curve demo palette classify gen-demo bench-gen region-decodes distill-oracle distill-teacher dhead block-head rd analyse)
+STEPS=("$@")
+[ ${#STEPS[@]} -gt 0 ] || STEPS=("${ALL[@]}")
+for s in "${STEPS[@]}"; do
+  declare -F "step_$s" >/dev/null || { echo "reports: unknown step '$s'; steps: ${ALL[*]}"; exit 2; }
+done
+need_real_data
+mkdir -p "$DOCS" "$WORK"
+for s in "${STEPS[@]}"; do
+  echo "== reports: $s ($(date +%H:%M:%S))"
+  "step_$s"
+done

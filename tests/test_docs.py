@@ -1,0 +1,42 @@
+"""The docs are a reference that does not rot: links resolve, and every report they quote is rewritten by a
+command (scripts/reports.sh), not copied by hand (issue 27)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LINK = re.compile(r"\]\(([^)\s#]+)(?:#[^)]*)?\)")
+
+
+def _broken_links(md: Path) -> list[str]:
+    """Relative links of a markdown file whose target does not exist (web links and anchors are not checked)."""
+    targets = [t for t in LINK.findall(md.read_text()) if not re.match(r"[a-z]+:", t)]
+    return [t for t in targets if not (md.parent / t).exists()]
+
+
+def _doc_pages() -> list[Path]:
+    return [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md")), *sorted((ROOT / "src").rglob("README.md"))]
+
+
+def test_every_relative_link_in_the_docs_resolves(tmp_path):
+    broken = {str(p.relative_to(ROOT)): b for p in _doc_pages() if (b := _broken_links(p))}
+    assert not broken, broken
+    planted = tmp_path / "page.md"
+    (tmp_path / "there.md").write_text("")
+    planted.write_text("[ok](there.md) [web](https://x.org/a) [anchor](there.md#a) [gone](reports/gone.md)")
+    assert _broken_links(planted) == ["reports/gone.md"]
+
+
+def _written_by_reports_script(script: str) -> list[str]:
+    """docs/reports/ paths (files or folders) that scripts/reports.sh writes."""
+    return re.findall(r'\$DOCS/([\w.-]+)', script)
+
+
+def test_every_report_is_written_by_a_step_of_the_reports_script():
+    """A file under docs/reports/ that no step writes would go stale when the tokenizer changes."""
+    written = set(_written_by_reports_script((ROOT / "scripts" / "reports.sh").read_text()))
+    present = {p.name for p in (ROOT / "docs" / "reports").iterdir()}
+    assert present and not present - written, f"not written by scripts/reports.sh: {sorted(present - written)}"
+    assert _written_by_reports_script('x --report "$DOCS/rd-dev-128"; cp a "$DOCS/b.md"') == ["rd-dev-128", "b.md"]
