@@ -1,8 +1,8 @@
 """``make eval-recon DATA=DIR CKPT=D``: reconstruct every image at 8x, 16x, 32x and at the ratio
-the complexity evaluator assigns, and report per row: mean tokens, PSNR, SSIM, rFID (torchmetrics
-FID, offline Inception), LPIPS (when its backbone weights are on disk) and OCR confidence on the
-text-bearing images (Tesseract word confidence averaged per image, then over images; an image is
-text-bearing when OCR reads at least ``min_words`` words in the original crop).
+the complexity evaluator assigns, and report per row: mean tokens, PSNR, SSIM, rFID (the offline
+Inception's features computed once per decode, the Frechet distance in the samples' space), LPIPS
+(when its backbone weights are on disk) and OCR confidence on the text-bearing images (Tesseract word
+confidence averaged per image, then over images; an image is text-bearing when OCR reads at least ``min_words`` words in the original crop).
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from cat_tokenizer.files import write_csv
 from cat_tokenizer.io import load_vae
 from cat_tokenizer.losses.lpips import LPIPS
 from cat_tokenizer.markdown import md_table
-from cat_tokenizer.metrics import build_fid, ocr_confidence, psnr_ssim, to_pil
+from cat_tokenizer.metrics import ocr_confidence, psnr_ssim, to_pil
+from cat_tokenizer.metrics.fid import frechet_distance, inception_features
 from cat_tokenizer.models.nested_vae import NestedVAE
 from cat_tokenizer.ratios import token_count
 
@@ -72,8 +73,8 @@ def evaluate_reconstruction(root: str | Path, o: EvalReconOptions) -> Path:
     vae = load_vae(o.ckpt).to(dev).eval()
     lpips = LPIPS(backbone_weights=o.lpips_weights).to(dev).eval() if o.lpips_weights else None
     rows = [f"{r}x" for r in vae.ratios] + ["CAT adaptive"]
-    fids = {name: build_fid(o.inception).to(dev) for name in rows}
-    acc = {name: {k: [] for k in METRICS} for name in ["original", *rows]}
+    inception = inception_features(o.inception).to(dev).eval()
+    acc = {name: {k: [] for k in (*METRICS, "features")} for name in ["original", *rows]}
     tf = image_transform(o.image_size, train=False)
     n = 0
     for f in files:
@@ -85,10 +86,11 @@ def evaluate_reconstruction(root: str | Path, o: EvalReconOptions) -> Path:
             log.warning("skipping %s", err)
             continue
         n += 1
-        _measure_image(vae, x, assigned[str(f)], acc, fids, lpips, o)
+        _measure_image(vae, x, assigned[str(f)], acc, inception, lpips, o)
     if n < 2:
         raise UserInputError(f"need at least 2 readable images for rFID, found {n} under {root}")
-    table = [_table_row(name, acc[name], fids.get(name), lpips is not None) for name in ["original", *rows]]
+    real = np.concatenate(acc["original"]["features"])
+    table = [_table_row(name, acc[name], real if name != "original" else None, lpips is not None) for name in ["original", *rows]]
     note = (f"rFID over {n} images (few images make FID biased upward: compare rows, not papers). OCR confidence: mean Tesseract word "
             f"confidence on the {len(acc['original']['ocr'])} text-bearing images ({o.min_words}+ words read in the original); the "
             "'original' row is the ceiling." + ("" if lpips is not None else " LPIPS: pass --lpips-weights (VGG16 file)."))
@@ -96,15 +98,17 @@ def evaluate_reconstruction(root: str | Path, o: EvalReconOptions) -> Path:
     return _write(table, Path(o.out), title, note)
 
 
-def _measure_image(vae: NestedVAE, x: torch.Tensor, cat_ratio: int, acc: dict, fids: dict, lpips, o: EvalReconOptions) -> None:
-    """One image (1, 3, S, S) at every ratio and at CAT's: its metrics appended to ``acc``, FID updated."""
+def _measure_image(vae: NestedVAE, x: torch.Tensor, cat_ratio: int, acc: dict, inception, lpips, o: EvalReconOptions) -> None:
+    """One image (1, 3, S, S) at every ratio and at CAT's: its metrics and Inception features appended to ``acc``
+    (each decode's features computed once: CAT's row reuses its ratio's)."""
     conf, words = ocr_confidence(to_pil(x[0]))
     text_bearing = words >= o.min_words
     if text_bearing:
         acc["original"]["ocr"].append(conf)
     recon = {f"{r}x": (vae.reconstruct(x, r), r) for r in vae.ratios}
     recon["CAT adaptive"] = recon[f"{cat_ratio}x"]
-    real = (x + 1) / 2
+    acc["original"]["features"].append(inception((x + 1) / 2).cpu().double().numpy())
+    feats = {r: inception((x_hat + 1) / 2).cpu().double().numpy() for name, (x_hat, r) in recon.items() if name != "CAT adaptive"}
     for name, (x_hat, r) in recon.items():
         a = acc[name]
         a["tokens"].append(token_count(o.image_size, o.image_size, r))
@@ -115,17 +119,16 @@ def _measure_image(vae: NestedVAE, x: torch.Tensor, cat_ratio: int, acc: dict, f
             a["lpips"].append(float(lpips(x_hat, x).mean()))
         if text_bearing:
             a["ocr"].append(ocr_confidence(to_pil(x_hat[0]))[0])
-        fids[name].update(real, real=True)
-        fids[name].update((x_hat + 1) / 2, real=False)
+        a["features"].append(feats[r])
 
 
-def _table_row(name: str, a: dict, fid, with_lpips: bool) -> dict:
-    """One row of the table; the 'original' row (``fid`` None) has only its OCR ceiling."""
+def _table_row(name: str, a: dict, real: np.ndarray | None, with_lpips: bool) -> dict:
+    """One row of the table; the 'original' row (``real`` None) has only its OCR ceiling."""
     mean = lambda k: float(np.mean(a[k])) if a[k] else float("nan")  # noqa: E731
-    recon = fid is not None
+    recon = real is not None
     return {"tokenizer": name, "mean_tokens": round(mean("tokens"), 1) if recon else "",
             "psnr": round(mean("psnr"), 2) if recon else "", "ssim": round(mean("ssim"), 4) if recon else "",
-            "rfid": round(float(fid.compute()), 2) if recon else "",
+            "rfid": round(frechet_distance(real, np.concatenate(a["features"])), 2) if recon else "",
             "lpips": round(mean("lpips"), 4) if with_lpips and recon else "n/a",
             "ocr_conf": round(mean("ocr"), 1) if a["ocr"] else "n/a"}
 

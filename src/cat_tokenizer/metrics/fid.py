@@ -19,7 +19,8 @@ from torch import Tensor, nn
 
 from cat_tokenizer.errors import InputNotFound, UserInputError
 
-__all__ = ["InceptionFeatures", "build_fid", "fid_helper_inception_path", "frechet_distance", "bootstrap_fid", "bootstrap_fids", "bias_corrected_interval"]
+__all__ = ["InceptionFeatures", "build_fid", "inception_features", "fid_helper_inception_path", "frechet_distance",
+           "bootstrap_fid", "bootstrap_fids", "bias_corrected_interval"]
 
 
 def fid_helper_inception_path() -> Path:
@@ -62,6 +63,26 @@ def build_fid(inception: str = "auto"):
     if inception == "torchmetrics":
         return FrechetInceptionDistance(feature=2048, normalize=True)
     return FrechetInceptionDistance(feature=InceptionFeatures(None if inception == "auto" else inception), normalize=True)
+
+
+def inception_features(inception: str = "auto") -> nn.Module:
+    """The feature network of ``build_fid(inception)`` alone: images in [0, 1], (B, 3, H, W) -> (B, 2048), for
+    commands that compute features once and several FIDs from them (``frechet_distance``)."""
+    if inception != "torchmetrics":
+        return InceptionFeatures(None if inception == "auto" else inception)
+    return _Bytes(build_fid(inception).inception)
+
+
+class _Bytes(nn.Module):
+    """torchmetrics' default Inception takes uint8 images (what its FID does with ``normalize=True``)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    @torch.no_grad()
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net((x.clamp(0, 1) * 255).byte()).double()
 
 
 def frechet_distance(real: np.ndarray, fake: np.ndarray) -> float:
