@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from cat_tokenizer.data.images import UnreadableImage, list_images, load_rgb
 from cat_tokenizer.data.transforms import image_transform
 from cat_tokenizer.errors import InputNotFound, UserInputError
-from cat_tokenizer.metrics.fid import build_fid
+from cat_tokenizer.metrics.fid import build_fid, frechet_distance
 
 __all__ = ["RecordingExtractor", "precision_recall", "fid_from_folders", "load_ref_stats"]
 
@@ -161,12 +161,12 @@ def fid_from_folders(generated: Path, ref: Path, image_size: int, inception: str
         n_gen += len(x)
     if n_gen < 2 or n_ref < 2:
         raise UserInputError(f"FID needs at least 2 generated and 2 reference images (got {n_gen} and {n_ref})")
-    out = {"fid": float(fid.compute()), "n_generated": n_gen, "n_reference": n_ref, "inception_score": None,
+    fake_feats = rec.take() if rec is not None else None
+    out = {"fid": _fid(fid, real_feats if ref.is_dir() else None, fake_feats), "n_generated": n_gen, "n_reference": n_ref, "inception_score": None,
            "inception_score_std": None, "precision": None, "recall": None, "notes": notes}
     if is_metric is not None:
         m, s = is_metric.compute()
         out["inception_score"], out["inception_score_std"] = float(m), float(s)
-    fake_feats = rec.take() if rec is not None else None
     if real_feats is not None and fake_feats is not None:
         if min(len(real_feats), len(fake_feats)) > 3:
             out["precision"], out["recall"] = precision_recall(real_feats[:max_pr], fake_feats[:max_pr])
@@ -175,6 +175,15 @@ def fid_from_folders(generated: Path, ref: Path, image_size: int, inception: str
     elif rec is not None:
         notes.append("precision/recall need reference features: the statistics file has only mu/sigma")
     return out
+
+
+def _fid(fid, real_feats: torch.Tensor | None, fake_feats: torch.Tensor | None) -> float:
+    """The FID: from every feature of both sides in the samples' space when that is the smaller problem (fewer
+    images on each side than feature dimensions: the same value, ``frechet_distance``), else torchmetrics' form
+    (a square root of a 2048x2048 matrix)."""
+    if real_feats is not None and fake_feats is not None and max(len(real_feats), len(fake_feats)) < real_feats.shape[1]:
+        return frechet_distance(real_feats.double().numpy(), fake_feats.double().numpy())
+    return float(fid.compute())
 
 
 def _reference(fid, rec: RecordingExtractor | None, ref: Path, image_size: int, batch_size: int, device: str,
