@@ -68,13 +68,17 @@ train-small: need-real-data install
 # Ship the trained run as cat-small (fp16 EMA weights + its per-kind training curve) inside the package:
 # from pretrained/ (EMA, written after each validation and when training ends) or last.ckpt (every 500
 # batches), whichever is newer, so a run stopped by max_time ships its last batch; then the per-ratio latent
-# scale and shift, measured on real-v1 train/ (at_ratio(r).config.scaling_factor, the DiT's scale).
+# scale and shift, measured on real-v1 train/ (at_ratio(r).config.scaling_factor, the DiT's scale); then the
+# dev report and the model card written from it, the config and the hand-written NOTES.md (docs/training.md).
+PKG = src/cat_tokenizer/pretrained/cat-small
 SHIP_FROM = $(firstword $(shell ls -t $(TRAIN_RUN)/pretrained/*.safetensors $(TRAIN_RUN)/checkpoints/last.ckpt 2>/dev/null))
 ship-small: need-real-data install
 	@test -n "$(SHIP_FROM)" || { echo "make ship-small: no trained run in $(TRAIN_RUN)"; exit 2; }
-	$(VENV)/bin/cat-tokenizer export --ckpt $(if $(filter %.ckpt,$(SHIP_FROM)),$(SHIP_FROM),$(dir $(SHIP_FROM))) --out src/cat_tokenizer/pretrained/cat-small --fp16 --overwrite
-	cp $(TRAIN_RUN)/kind_eval.csv src/cat_tokenizer/pretrained/cat-small/training_curve.csv
-	$(VENV)/bin/cat-tokenizer latent-stats $(REAL_DATA)/train --ckpt src/cat_tokenizer/pretrained/cat-small --write
+	$(VENV)/bin/cat-tokenizer export --ckpt $(if $(filter %.ckpt,$(SHIP_FROM)),$(SHIP_FROM),$(dir $(SHIP_FROM))) --out $(PKG) --fp16 --overwrite
+	cp $(TRAIN_RUN)/kind_eval.csv $(PKG)/training_curve.csv
+	$(VENV)/bin/cat-tokenizer latent-stats $(REAL_DATA)/train --ckpt $(PKG) --write
+	$(VENV)/bin/cat-tokenizer demo --ckpt $(PKG) --data $(REAL_DATA)/dev --per-kind 0 --out outputs/demo_ship --report docs/reports/demo-dev-128.md
+	$(VENV)/bin/cat-tokenizer card $(PKG) --measured docs/reports/demo-dev-128.md --notes $(PKG)/NOTES.md
 
 # A region fill for cat-small (issue 26, docs/regions.md): the tokenizer frozen, one forward pass fills a region
 # latent's missing cells. Resumes from last.ckpt; ship-region-fill puts tokenizer + fill into the package (fp16).
@@ -84,7 +88,8 @@ train-region-fill: need-real-data install
 	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/lightning fit -c configs/region_fill.yaml --data.root $(REAL_DATA)/train \
 		$(call run_in,$(FILL_OUT),CSVLogger) $(if $(wildcard $(FILL_RUN)/checkpoints/last.ckpt),--ckpt_path $(FILL_RUN)/checkpoints/last.ckpt) $(FILL_ARGS)
 ship-region-fill: install
-	$(VENV)/bin/cat-tokenizer export --ckpt $(FILL_RUN)/pretrained --out src/cat_tokenizer/pretrained/cat-small --fp16 --overwrite
+	$(VENV)/bin/cat-tokenizer export --ckpt $(FILL_RUN)/pretrained --out $(PKG) --fp16 --overwrite
+	$(VENV)/bin/cat-tokenizer card $(PKG) --measured docs/reports/demo-dev-128.md --notes $(PKG)/NOTES.md
 
 # Training cat-small on a lent GPU machine (docs/training.md): scripts/gpu_train_small.sh, its knobs in the environment
 #   here:        make gpu-kit          -> .gpu/ (git-ignored): real-v1 packed into 36 MiB + the wheels the machine lacks

@@ -462,7 +462,8 @@ def test_make_gen_imagenet_needs_the_folder():
         pytest.skip("no make")
     # -o: never (re)install from inside a test; with a stale stamp and this PATH, make would rebuild .venv with
     # another Python under the running suite
-    res = subprocess.run(["make", "-s", "-o", "install", "-o", ".venv/.installed", "gen-imagenet"], cwd=ROOT, capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+    res = subprocess.run(["make", "-s", "-o", "install", "-o", ".venv/.installed", "gen-imagenet"], cwd=ROOT, capture_output=True,
+                         text=True, env={"PATH": "/usr/bin:/bin"})
     assert res.returncode != 0 and "set IMAGENET_DIR=" in res.stdout + res.stderr
 
 

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import one_line_error
 from safetensors.torch import save_file
 
 from cat_tokenizer import NestedVAE
+from cat_tokenizer.cli import tools
 from cat_tokenizer.errors import InputNotFound
 from cat_tokenizer.models.hub import LEGACY_WEIGHTS_NAME, WEIGHTS_NAME
 
@@ -138,3 +140,24 @@ def test_hub_id_from_the_local_cache_offline_with_revision_subfolder_and_variant
     assert got["fp16"] == "torch.float16"
     for key in ("missing", "bad_revision"):
         assert "not a local folder, and the hub said" in got[key] and "\n" not in got[key]
+
+
+def test_the_shipped_card_is_what_the_card_command_writes(tmp_path, capsys):
+    """cat-small's README.md is generated (facts from config.json, the demo report, NOTES.md), never edited by hand:
+    regenerating it into a copy gives the same text (make ship-small runs the same command)."""
+    import shutil
+
+    from cat_tokenizer.models.hub import bundled_path
+
+    root = Path(__file__).resolve().parents[1]
+    shipped = bundled_path("cat-small")
+    copy = tmp_path / "cat-small"
+    shutil.copytree(shipped, copy)
+    assert tools.main(["card", str(copy), "--measured", str(root / "docs" / "reports" / "demo-dev-128.md"),
+                       "--notes", str(shipped / "NOTES.md")]) == 0
+    assert (copy / "README.md").read_text() == (shipped / "README.md").read_text()
+    text = (copy / "README.md").read_text()
+    assert "| parameters | 4.78M (+1.52M in its heads and region fill) |" in text and "| fingerprint | `a7d539e2" in text
+    assert "### cat-tokenizer demo" in text and "Files: " not in text and "## Limits" in text
+    assert tools.main(["card", str(copy), "--notes", str(tmp_path / "missing.md")]) == 2
+    one_line_error(capsys, "--notes", "no such file")

@@ -1,4 +1,5 @@
-"""The core's ``cat-tokenizer`` commands (the tokenizer itself): encode, decode, export, palette, variety.
+"""The core's ``cat-tokenizer`` commands (the tokenizer itself): encode, decode, export, card, palette, variety,
+latent-stats.
 
 Each is a typed function (``cli.typed`` turns it into a subcommand: the signature gives the options and
 defaults, the docstring the help), registered like every task's commands under the
@@ -19,11 +20,11 @@ from cat_tokenizer.errors import UserInputError
 from cat_tokenizer.files import atomic_write, write_csv
 from cat_tokenizer.io import load_vae
 from cat_tokenizer.metrics.palette import PaletteTarget, measure_palette, palette_markdown
-from cat_tokenizer.models.hub import BUNDLED_TOKENIZERS, CONFIG_NAME, WEIGHTS_NAME, weights_file
+from cat_tokenizer.models.hub import BUNDLED_TOKENIZERS, CONFIG_NAME, WEIGHTS_NAME, weights_file, write_model_card
 from cat_tokenizer.options import print_table
 from cat_tokenizer.outputs import check_out_dir, resolved
 
-__all__ = ["encode", "decode", "variety", "export", "palette", "latent_stats"]
+__all__ = ["encode", "decode", "variety", "export", "card", "palette", "latent_stats"]
 
 
 def encode(images: list[str], *, options: EncodeOptions) -> int:
@@ -91,6 +92,27 @@ def export(*, ckpt: str, out: str, fp16: bool = False, overwrite: bool = False) 
     size = weights_file(folder).stat().st_size / 2**20
     print(f"wrote {folder}/{CONFIG_NAME} and {WEIGHTS_NAME} ({size:.1f} MiB, {'fp16' if fp16 else 'fp32'}); "
           f"load it with NestedVAE.from_pretrained('{folder}')")
+    return 0
+
+
+def card(folder: str, *, measured: str | None = None, notes: str | None = None) -> int:
+    """(re)write a tokenizer folder's README.md model card: its facts from config.json, a report, hand-written notes
+
+    Args:
+        folder: a save_pretrained tokenizer folder (e.g. src/cat_tokenizer/pretrained/cat-small)
+        measured: a markdown report to embed under "Measured" (e.g. docs/reports/demo-dev-128.md from cat-tokenizer demo --report)
+        notes: a markdown file of hand-written sections appended after it (recipe, release history, limits)
+    """
+    target = Path(folder).expanduser()
+    if not (target / CONFIG_NAME).is_file():
+        raise UserInputError(f"{folder} is not a tokenizer folder ({CONFIG_NAME} missing)")
+    texts = {}
+    for flag, path in (("--measured", measured), ("--notes", notes)):
+        if path is not None and not Path(path).is_file():
+            raise UserInputError(f"{flag} {path}: no such file")
+        texts[flag] = Path(path).read_text() if path is not None else ""
+    written = write_model_card(target, load_vae(str(target)), texts["--measured"], texts["--notes"], overwrite=True)
+    print(f"wrote {written}")
     return 0
 
 

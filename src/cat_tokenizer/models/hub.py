@@ -141,29 +141,45 @@ def upgrade_v1_state(module: torch.nn.Module, state: dict, prefix: str, *args) -
         state.setdefault(v1_key(key), value)
 
 
-def write_model_card(folder: Path, model) -> Path | None:
-    """A README.md model card from ``model_card.md`` (huggingface_hub's ModelCard), unless the folder
-    already has one (the shipped cat-small's card is written by hand)."""
+def write_model_card(folder: Path, model, measured: str = "", notes: str = "", overwrite: bool = False) -> Path | None:
+    """A README.md model card from ``model_card.md`` (huggingface_hub's ModelCard): the facts read from the
+    model's config, then ``measured`` (a report's markdown, its headings moved under "Measured") and ``notes``
+    (hand-written sections: recipe, history, limits). An existing card is kept unless ``overwrite``."""
     from huggingface_hub import ModelCard, ModelCardData
 
     path = folder / "README.md"
-    if path.exists():
+    if path.exists() and not overwrite:
         return None
     cfg = model.config
     tokens = {r: (128 // r) ** 2 for r in cfg["ratios"]}
     stats = (cfg.get("latent_stats") or {}).get("ratios", {})
     card = ModelCard.from_template(
         ModelCardData(library_name="cat-tokenizer", tags=["image-tokenizer", "vae", "nested-vae", "cat-tokenizer"]),
-        template_path=str(_CARD_TEMPLATE), name=folder.name, params=f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M",
+        template_path=str(_CARD_TEMPLATE), name=folder.name, params=_params(model), fingerprint=model.fingerprint(with_head=False),
         widths="/".join(str(c) for c in cfg["block_out_channels"]), latent_channels=cfg["latent_channels"],
         ratios=", ".join(f"{r}x" for r in cfg["ratios"]), tokens=", ".join(f"{n} at {r}x" for r, n in tokens.items()),
         colour_path=cfg.get("colour_path", "none"), has_head=cfg.get("ratio_head") is not None,
         has_fill=cfg.get("region_fill") is not None, has_block_head=cfg.get("block_head") is not None,
-        stats=[(r, s["scaling_factor"], s["shift_factor"]) for r, s in stats.items()],
+        stats=[(r, s["scaling_factor"], s["shift_factor"]) for r, s in sorted(stats.items(), key=lambda kv: int(kv[0]))],
         measured_on=(cfg.get("latent_stats") or {}).get("measured_on", ""),
+        measured=_demoted(measured), notes=notes.strip(),
     )
     card.save(str(path))
     return path
+
+
+def _params(model) -> str:
+    """"4.78M", with what the add-ons (ratio head, block head, region fill) add beside it."""
+    alone, total = model.num_params(with_head=False), model.num_params()
+    extra = f" (+{(total - alone) / 1e6:.2f}M in its heads and region fill)" if total > alone else ""
+    return f"{alone / 1e6:.2f}M{extra}"
+
+
+def _demoted(markdown: str, levels: int = 2) -> str:
+    """``markdown`` with every heading ``levels`` deeper (a report's "# Title" becomes a subsection of the card),
+    less its "Files:" line (the report's own outputs, not the card's)."""
+    return "\n".join("#" * levels + line if line.startswith("#") else line
+                     for line in markdown.strip().splitlines() if not line.startswith("Files: "))
 
 
 def missing_files(folder: Path, variant: str | None) -> InputNotFound | None:
