@@ -2,7 +2,8 @@
 the complexity evaluator assigns, and report per row: mean tokens, PSNR, SSIM, rFID (the offline
 Inception's features computed once per decode, the Frechet distance in the samples' space), LPIPS
 (when its backbone weights are on disk) and OCR confidence on the text-bearing images (Tesseract word
-confidence averaged per image, then over images; an image is text-bearing when OCR reads at least ``min_words`` words in the original crop).
+confidence averaged per image, then over images; an image is text-bearing when OCR reads at least
+``min_words`` words in the original crop).
 """
 
 from __future__ import annotations
