@@ -40,3 +40,14 @@ def test_every_report_is_written_by_a_step_of_the_reports_script():
     present = {p.name for p in (ROOT / "docs" / "reports").iterdir()}
     assert present and not present - written, f"not written by scripts/reports.sh: {sorted(present - written)}"
     assert _written_by_reports_script('x --report "$DOCS/rd-dev-128"; cp a "$DOCS/b.md"') == ["rd-dev-128", "b.md"]
+
+
+def test_the_reports_script_refuses_unknown_steps_and_missing_data_in_one_line(tmp_path):
+    import subprocess
+
+    script = ROOT / "scripts" / "reports.sh"
+    bad = subprocess.run(["bash", str(script), "nope"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stdout.strip().startswith("reports: unknown step 'nope'; steps: curve run-curve demo")
+    none = subprocess.run(["bash", str(script), "curve"], capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "REAL_DATA": str(tmp_path / "nothing")})
+    assert none.returncode == 2 and len(none.stdout.strip().splitlines()) == 1 and "set REAL_DATA=" in none.stdout
