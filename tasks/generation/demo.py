@@ -67,9 +67,9 @@ class GenDemoOptions:
 CONFIGS = ("dit_encode.yaml", "dit_imagenet.yaml", "dit_demo.yaml")
 
 
-def _tokenizer_channels(tokenizer: str) -> int:
+def _tokenizer(tokenizer: str):
     try:
-        return load_vae(tokenizer).latent_channels
+        return load_vae(tokenizer)
     except InputNotFound:
         raise InputNotFound(f"no tokenizer at {tokenizer}: pass --ckpt (default: the shipped cat-small)") from None
 
@@ -89,7 +89,8 @@ def run_gen_demo(o: GenDemoOptions = GenDemoOptions()) -> Path:
         raise InputNotFound(f"no {', '.join(CONFIGS)} in {configs}: run from the repository root or pass --config-dir")
     out_dir = Path(o.out)
     latents, last = out_dir / "latents", out_dir / "run" / "version_0" / "checkpoints" / "last.ckpt"
-    channels = _tokenizer_channels(o.ckpt)
+    vae = _tokenizer(o.ckpt)
+    channels, weights = vae.latent_channels, vae.fingerprint(with_head=False)
     t0 = time.perf_counter()
     cli(["predict", "-c", str(configs / "dit_encode.yaml"), f"--trainer.accelerator={o.accelerator}",
          f"--model.tokenizer={o.ckpt}", f"--model.cache_dir={latents}", f"--data.skip_encoded={latents}",
@@ -109,7 +110,7 @@ def run_gen_demo(o: GenDemoOptions = GenDemoOptions()) -> Path:
               "steps": fit.trainer.global_step}
     model = load_dit(last, device="cpu")
     row_names, auto = _sample_grid(model, o, out_dir / "samples.png")
-    lines = _report(model, fit.datamodule, o, channels, timing, row_names, auto, out_dir / "run" / "version_0")
+    lines = _report(model, fit.datamodule, o, (channels, weights), timing, row_names, auto, out_dir / "run" / "version_0")
     report = out_dir / "report.md"
     report.write_text("\n".join(lines))
     if o.report is not None:
@@ -135,7 +136,7 @@ def _sample_grid(model, o: GenDemoOptions, path: Path) -> tuple[list[str], list[
     return row_names, auto
 
 
-def _report(model, dm, o: GenDemoOptions, channels: int, timing: dict, row_names: list[str], auto: list[int],
+def _report(model, dm, o: GenDemoOptions, tokenizer: tuple[int, str], timing: dict, row_names: list[str], auto: list[int],
             log_dir: Path) -> list[str]:
     """The demo's report.md lines, every figure from this run (losses from its TensorBoard log)."""
     names = model.classes
@@ -150,7 +151,7 @@ def _report(model, dm, o: GenDemoOptions, channels: int, timing: dict, row_names
     scales = ", ".join(f"{r}x {s:.3f}" for r, s in zip(model.dit.ratios, model.latent_scale.tolist()) if s > 0)
     return [
         "# DiT + CAT demo (embedded data, CPU)", "",
-        f"Tokenizer: {o.ckpt} (weights {load_vae(o.ckpt).fingerprint(with_head=False)}, {channels} latent channels), "
+        f"Tokenizer: {o.ckpt} (weights {tokenizer[1]}, {tokenizer[0]} latent channels), "
         f"images {o.image_size}px; "
         f"latents per ratio (train): {', '.join(f'{r}x: {c}' for r, c in counts.items())}; {len(dm.val_set)} held out.",
         f"DiT preset {o.preset}: {model.dit.num_params() / 1e6:.2f}M params, class-conditional on {names}.",
