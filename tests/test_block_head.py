@@ -68,3 +68,27 @@ def test_the_block_head_learns_block_errors_and_encode_spends_tokens_where_it_pr
     assert tools.main(["encode", str(img), "--ratio", "regions", "--region-map", "head", "--region-budget", "20",
                        "--ckpt", str(tmp_path / "tok"), "--out", str(tmp_path / "x")]) == 2
     one_line_error(capsys, "no block head")
+
+
+def test_a_standardised_block_head_round_trips_and_an_old_one_keeps_its_layer_norm(tmp_path, tiny_vae):
+    from cat_tokenizer import NestedVAE
+    from cat_tokenizer.regions.block_head import BlockHead
+
+    torch.manual_seed(0)
+    x = torch.rand(3, 3, 64, 64) * 2 - 1
+    for norm in ("standard", "layer"):
+        head = BlockHead(tiny_vae.trunk_channels(), tiny_vae.ratios, 32, hidden=8, image_size=64, norm=norm)
+        vae = NestedVAE.from_config(tiny_vae.config).attach_block_head(head).eval()
+        with torch.no_grad():
+            feats = head.features(vae.trunk(x, 32))  # (B, 2, 2, D)
+            head.fit_standardization(feats.flatten(0, 2) * 3 + 1)  # any statistics but the identity's
+            torch.nn.init.normal_(head.out.weight)
+            vae.save_pretrained(tmp_path / norm)
+            cfg = json.loads((tmp_path / norm / "config.json").read_text())
+            if norm == "layer":  # as the previous version wrote it: no norm key
+                del cfg["block_head"]["norm"]
+                (tmp_path / norm / "config.json").write_text(json.dumps(cfg))
+            again = NestedVAE.from_pretrained(tmp_path / norm).eval()
+            assert again.block_head.config["norm"] == norm
+            assert torch.equal(again.block_head(again.trunk(x, 32)), head(vae.trunk(x, 32)))
+    assert isinstance(again.block_head.mlp[0], torch.nn.LayerNorm)

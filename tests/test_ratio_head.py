@@ -11,7 +11,7 @@ from cat_tokenizer import NestedVAE
 from cat_tokenizer.cli import tools
 from cat_tokenizer.complexity import ComplexityEvaluator
 from cat_tokenizer.errors import UserInputError
-from cat_tokenizer.models.ratio_head import RatioHead, stage_statistics
+from cat_tokenizer.models.ratio_head import PIXEL_STATS, RatioHead, pixel_statistics, stage_statistics
 
 
 def with_head(vae: NestedVAE, conv: int = 0) -> NestedVAE:
@@ -142,7 +142,7 @@ def test_auto_routes_each_image_to_its_exit(tiny_vae):
         vae.ratio_head.out.weight.zero_()
         vae.ratio_head.out.bias.fill_(5.0)
         scores = torch.tensor([8.0, 2.0, 5.0, 9.0])
-        vae.ratio_head.forward = lambda taps: scores[: taps[0].shape[0]]  # a head that disagrees per image
+        vae.ratio_head.forward = lambda taps, x=None: scores[: taps[0].shape[0]]  # a head that disagrees per image
         posts = vae.encode(x, "auto")
         assert [p.ratio for p in posts] == [8, 32, 16, 8]
         for i, p in enumerate(posts):
@@ -162,6 +162,55 @@ def test_saved_and_loaded_head_predicts_identically(tiny_vae, tmp_path, conv):
     with torch.no_grad():
         assert torch.equal(again.predict_scores(x), vae.predict_scores(x))
         assert len(set(vae.predict_scores(x).tolist())) == 2  # the images get different scores
+
+
+def test_pixel_statistics_follow_detail_and_flatness():
+    torch.manual_seed(0)
+    flat = torch.full((1, 3, 64, 48), 0.3)
+    smooth = torch.linspace(-1, 1, 48).expand(1, 3, 64, 48).clone()  # a ramp: detail only at the finest scales
+    noisy = (flat + 0.3 * torch.randn(1, 3, 64, 48)).clamp(-1, 1)
+    f = pixel_statistics(torch.cat([flat, smooth, noisy]))
+    assert f.shape == (3, PIXEL_STATS) and torch.isfinite(f).all()
+    energy_2x = f[:, 3]  # log10 energy below the 2-px grid, all channels
+    assert energy_2x[0] == pytest.approx(-6, abs=0.01) and energy_2x[0] < energy_2x[1] < energy_2x[2]
+    flat_share, edge_share = f[:, 21], f[:, 22]
+    assert flat_share.tolist()[0] == 1.0 and flat_share[2] < 0.1 and edge_share[0] == 0 and edge_share[2] > 0.1
+    assert torch.allclose(f[:, -3:], torch.cat([flat, smooth, noisy]).mean((-2, -1)))  # channel means last
+
+
+def test_a_standardised_pixel_reading_head_saves_its_statistics_and_needs_the_images(tiny_vae, tmp_path):
+    vae = tiny_vae.attach_ratio_head(RatioHead([8, 16, 16, 32], hidden=8, predicts="psnr", pixel_stats=True, norm="standard")).eval()
+    head = vae.ratio_head
+    x = torch.rand(6, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        taps = vae.trunk(x)
+        stats = head.statistics(taps, x)
+        assert stats.shape == (6, 4 * (8 + 16 + 16 + 32) + PIXEL_STATS)
+        head.fit_standardization(stats)
+        z = head.standardize(stats)
+        assert z.mean(0).abs().max() < 1e-4 and ((z.std(0) - 1).abs() < 1e-3).logical_or(stats.std(0) < 1e-6).all()
+        torch.nn.init.normal_(head.out.weight)
+        vae.save_pretrained(tmp_path / "v")
+        again = NestedVAE.from_pretrained(tmp_path / "v").eval()
+        assert again.ratio_head.config["norm"] == "standard" and torch.equal(again.ratio_head.standardize.std, head.standardize.std)
+        assert torch.equal(again.predict_scores(x), vae.predict_scores(x))
+        with pytest.raises(UserInputError, match="call it with the images"):
+            head(taps)
+    with pytest.raises(UserInputError, match="norm must be one of"):
+        RatioHead([8, 16, 16, 32], norm="batch")
+
+
+def test_head_saved_before_norm_existed_keeps_its_layer_norm(tiny_vae, tmp_path):
+    vae = with_head(tiny_vae).eval()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    vae.save_pretrained(tmp_path / "v")
+    cfg = json.loads((tmp_path / "v" / "config.json").read_text())
+    del cfg["ratio_head"]["norm"], cfg["ratio_head"]["pixel_stats"]  # as the previous version wrote it
+    (tmp_path / "v" / "config.json").write_text(json.dumps(cfg))
+    again = NestedVAE.from_pretrained(tmp_path / "v")
+    assert isinstance(again.ratio_head.mlp[0], torch.nn.LayerNorm) and again.ratio_head.standardize is None
+    with torch.no_grad():
+        assert torch.equal(again.predict_scores(x), vae.predict_scores(x))
 
 
 def test_head_saved_by_the_earlier_version_is_refused_clearly(tiny_vae, tmp_path):

@@ -19,6 +19,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import numpy as np
@@ -56,12 +57,15 @@ class BlockHeadConfig(HeadOptions):
         epochs: epochs of the head (on precomputed block statistics: fast)
         batch_size: blocks per batch
         budget: tokens per image of the maps compared on --dev
+        norm: standard (each statistic by its training mean and std) or layer (a LayerNorm across them,
+            as heads before 2026-12 were made)
     """
 
     max_images: int = 1500
     epochs: int = 40
     batch_size: int = 256
     budget: float = 64.0
+    norm: Literal["standard", "layer"] = "standard"
 
 
 @torch.no_grad()
@@ -146,7 +150,7 @@ def run_block_head(data: str | Path, cfg: BlockHeadConfig) -> dict:
     vae = load_vae(cfg.ckpt).eval().to(dev)
     ratios = sorted(vae.ratios)
     head = BlockHead(vae.trunk_channels(), ratios, max(ratios), cfg.hidden,
-                     cfg.image_size, cfg.crop).to(dev)
+                     cfg.image_size, cfg.crop, norm=cfg.norm).to(dev)
     files = _sample(root, cfg.max_images or None, cfg.seed)
     s = block_samples(vae, head, root, files, cfg, out / "block_cache")
     val = _grouped_split(files, root, cfg.val_fraction, group_of) if group_of else set(stratified_split(files, root, cfg.val_fraction))
@@ -156,6 +160,7 @@ def run_block_head(data: str | Path, cfg: BlockHeadConfig) -> dict:
         raise UserInputError(f"the split left {len(tr)} training and {len(va)} held-out images; add images or change val_fraction")
     feats = torch.from_numpy(s["feats"]).float()  # (N, nb, D)
     target = torch.from_numpy(np.log10(np.maximum(s["d"], FLOOR))).float()  # (N, nb, R)
+    head.fit_standardization(feats[tr].flatten(0, 1).to(dev))
     fit_regressor(_OnFeatures(head), head.out, [feats[tr].flatten(0, 1)], target[tr].flatten(0, 1), cfg.epochs, cfg.batch_size,
                   cfg.lr, dev, "l1", init_bias=target[tr].flatten(0, 1).mean(0))
     head.eval()

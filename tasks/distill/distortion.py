@@ -2,7 +2,9 @@
 
 CAT's evaluator predicts what people find complex; an allocator needs what *this tokenizer* loses.
 The distortion head is the ratio head's trunk reader (per-channel statistics of every trunk stage,
-``RatioHead``) with one output per ratio, regressed (L1) on measured PSNRs:
+``RatioHead``) with one output per ratio, regressed (L1) on measured PSNRs; beside the trunk it reads
+weight-free statistics of the image (``pixel_statistics``) and standardises every statistic by its
+training mean and std:
 
 1. Reconstruct a seeded sample of ``data`` at every ratio (``measure_folder`` without OCR or
    Inception: PSNR and SSIM only; cached and resumable like ``rd``'s).
@@ -97,10 +99,16 @@ class DistortionHeadOptions(HeadOptions):
     Args:
         target_psnr: the head's default target for encode --ratio auto
         loss: regression loss on the measured PSNRs
+        reads: what the head reads: the trunk's statistics and weight-free statistics of the image
+            (detail energy per scale, edges), or the trunk alone
+        norm: standard (each statistic by its training mean and std) or layer (a LayerNorm across them,
+            as heads before 2026-12 were made)
     """
 
     target_psnr: float = 24.0
     loss: Literal["l1", "mse"] = "l1"
+    reads: Literal["trunk+pixels", "trunk"] = "trunk+pixels"
+    norm: Literal["standard", "layer"] = "standard"
 
 
 def run_distortion_head(data: str | Path, o: DistortionHeadOptions) -> dict:
@@ -121,8 +129,9 @@ def run_distortion_head(data: str | Path, o: DistortionHeadOptions) -> dict:
         raise UserInputError(f"the split left {len(tr)} training and {len(va)} held-out images; add images or change val_fraction")
     stage_channels = vae.trunk_channels()
     head = RatioHead(stage_channels, o.hidden, ratios=vae.ratios, image_size=image_size, crop=crop, predicts="psnr",
-                     target_psnr=o.target_psnr).to(dev)
-    inputs = trunk_inputs(vae, head, files, image_size, dev, crop=crop)  # [(N, D) trunk statistics]
+                     target_psnr=o.target_psnr, pixel_stats=o.reads == "trunk+pixels", norm=o.norm).to(dev)
+    inputs = trunk_inputs(vae, head, files, image_size, dev, crop=crop)  # [(N, D) trunk (and pixel) statistics]
+    head.fit_standardization(inputs[0][tr].to(dev))
     fit_regressor(_HeadOnStatistics(head), head.out, [t[tr] for t in inputs], psnr[tr], o.epochs, o.batch_size, o.lr, dev, o.loss,
                   init_bias=psnr[tr].mean(0))
     head.eval()
@@ -132,7 +141,8 @@ def run_distortion_head(data: str | Path, o: DistortionHeadOptions) -> dict:
     split = "random" if group_of is None else f"by source ({split_from})"
     metrics = {"tokenizer": str(o.ckpt), "images": len(files), "train": len(tr), "held_out": len(va), "split": split,
                "image_size": image_size, "crop": crop, "epochs": o.epochs, "loss": o.loss, "target_psnr": o.target_psnr,
-               "head_params": sum(p.numel() for p in head.parameters()), "held_out_mae": held}
+               "head_params": sum(p.numel() for p in head.parameters()), "pixel_stats": o.reads == "trunk+pixels", "norm": o.norm,
+               "held_out_mae": held}
     head.set_report({k: metrics[k] for k in ("images", "held_out", "split")} | {"mae_all": {k: round(v, 3) for k, v in held[0].items()
                                                                                             if k.startswith("mae_")}})
     vae.attach_ratio_head(head)
@@ -152,7 +162,8 @@ def run_distortion_head(data: str | Path, o: DistortionHeadOptions) -> dict:
 def _report(m: dict, ratios) -> str:
     lines = [f"# Distortion head on {m['tokenizer']}'s trunk", "",
              f"{m['images']} images ({m['train']} train / {m['held_out']} held out, split {m['split']}) at {m['image_size']} px "
-             f"({m['crop']} crops); head {m['head_params']} params, {m['epochs']} epochs, {m['loss']} loss.", ""]
+             f"({m['crop']} crops); head {m['head_params']} params, {m['epochs']} epochs, {m['loss']} loss; reads the trunk"
+             f"{' and pixel statistics' if m.get('pixel_stats') else ''}, {m.get('norm', 'layer')} normalisation.", ""]
     for title, key in (("Held-out sources", "held_out_mae"), (f"{m.get('dev', '')}", "dev_mae")):
         if key not in m:
             continue

@@ -27,8 +27,9 @@ def trunk_inputs(vae, head: RatioHead, files: list[Path], image_size: int, devic
     stats, last = [], []
     keep_last = head.conv is not None
     for i in range(0, len(files), batch):
-        taps = vae.trunk(torch.stack([tf(load_rgb(f)) for f in files[i : i + batch]]).to(device))
-        stats.append(head.statistics(taps).cpu())
+        x = torch.stack([tf(load_rgb(f)) for f in files[i : i + batch]]).to(device)  # (b, 3, S, S)
+        taps = vae.trunk(x)
+        stats.append(head.statistics(taps, x).cpu())
         if keep_last:
             last.append(taps[-1].cpu())
     return [torch.cat(stats)] + ([torch.cat(last)] if keep_last else [])

@@ -498,8 +498,8 @@ class NestedVAE(ModelMixin, ConfigMixin):
         view's trunk when ``x`` is not at the head's image size."""
         view = self._head_view(x)
         if view is not None:
-            taps = self.trunk(view)
-        return self.ratio_head(taps if taps is not None else self.trunk(x))
+            x, taps = view, self.trunk(view)
+        return self.ratio_head(taps if taps is not None else self.trunk(x), x)
 
     def predict_scores(self, x: Tensor) -> Tensor:
         """Complexity scores (B,) from the ratio head on the trunk features (of a resized view when

@@ -18,6 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cat_tokenizer.errors import UserInputError
+from cat_tokenizer.models.ratio_head import NORMS, Standardize
+
 __all__ = ["BlockHead", "block_statistics"]
 
 STATS = 4
@@ -54,19 +57,30 @@ class BlockHead(nn.Module):
         image_size: the image side it was trained at.
         crop: the crop policy of its training images.
         report: how it was trained (held-out error), saved with it.
+        norm: ``layer`` (a LayerNorm across the statistics: heads saved before ``norm`` existed) or
+            ``standard`` (each statistic by its training mean and std: ``fit_standardization``).
     """
 
     def __init__(self, stage_channels: Sequence[int], ratios: Sequence[int] = (8, 16, 32), block: int = 32, hidden: int = 256,
-                 image_size: int | None = None, crop: str = "native", report: dict | None = None):
+                 image_size: int | None = None, crop: str = "native", report: dict | None = None, norm: str = "layer"):
         super().__init__()
+        if norm not in NORMS:
+            raise UserInputError(f"block head norm must be one of {', '.join(NORMS)}, got {norm!r}")
         self.config = {"stage_channels": [int(c) for c in stage_channels], "ratios": [int(r) for r in ratios], "block": int(block),
-                       "hidden": int(hidden), "image_size": image_size, "crop": crop, "report": report}
+                       "hidden": int(hidden), "image_size": image_size, "crop": crop, "report": report, "norm": norm}
         dim = 2 * STATS * sum(stage_channels)  # the block's statistics and the image's mean of them
-        self.mlp = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU())
+        self.standardize = Standardize(dim) if norm == "standard" else None
+        self.mlp = nn.Sequential(nn.LayerNorm(dim) if norm == "layer" else nn.Identity(), nn.Linear(dim, hidden), nn.SiLU(),
+                                 nn.Linear(hidden, hidden), nn.SiLU())
         self.out = nn.Linear(hidden, len(ratios))
 
     def set_report(self, report: dict) -> None:
         self.config["report"] = dict(report)
+
+    def fit_standardization(self, features: Tensor) -> None:
+        """Fix a ``norm="standard"`` head's per-statistic mean and std from training features (N, D)."""
+        if self.standardize is not None:
+            self.standardize.fit(features)
 
     def features(self, taps: Sequence[Tensor]) -> Tensor:
         """(B, bh, bw, 2 * 4 * sum C): each block's statistics beside its image's mean of them."""
@@ -75,6 +89,8 @@ class BlockHead(nn.Module):
 
     def score(self, features: Tensor) -> Tensor:
         """(..., D) features -> (..., R) predicted log10 block distortions."""
+        if self.standardize is not None:
+            features = self.standardize(features)
         return self.out(self.mlp(features))
 
     def forward(self, taps: Sequence[Tensor]) -> Tensor:
