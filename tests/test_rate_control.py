@@ -10,7 +10,7 @@ import pytest
 import torch
 from test_rd import _table
 
-from cat_tasks.reconstruction.rate_control import Target, cheapest_meeting, oracle_frontier, rate_curves, rate_headline, tokens_at_share
+from cat_tasks.reconstruction.rate_control import Target, cautious_claims, cheapest_meeting, oracle_frontier, rate_curves, rate_headline, tokens_at_share
 from cat_tasks.reconstruction.rd import rd_curves
 from cat_tokenizer.metrics.fid import bootstrap_fid, frechet_distance
 
@@ -59,6 +59,29 @@ def test_cheapest_meeting_picks_the_fewest_tokens_and_gives_up_on_what_cannot_me
     costs = np.array([256, 64, 16])
     pred = np.array([[30, 27, 20], [30, 20, 19], [21, 20, 19]])
     assert cheapest_meeting(pred, 25, costs).tolist() == [1, 0, 2]  # 16x; 8x; none meets: 32x, as the oracle does
+
+
+def test_cautious_claims_give_up_only_on_a_confident_prediction():
+    costs = np.array([256, 64, 16])
+    pred = np.array([[30, 27, 20], [30, 20, 19], [21, 20, 19], [24.5, 20, 19]])
+    t = Target("psnr", 25.0)
+    assert cautious_claims(pred, t, 1.0, costs).tolist() == [[True, True, False], [True, False, False],
+                                                             [False, False, False], [True, False, False]]  # 24.5: maybe at 8x
+    assert cautious_claims(pred, t, 0.0, costs)[3].tolist() == [False, False, False]  # no margin: given up
+    assert cautious_claims(pred, Target("ssim", 0.8), 1.0, costs).any(axis=1).tolist() == [True] * 4  # SSIM margins x 0.01
+
+
+def test_a_slightly_wrong_predictor_reaches_fixed_8x_share_with_far_fewer_tokens():
+    """Fixed 8x's share counts every image that can meet the target: a head that gives up on an image it
+    merely predicts just short of the target never gets there; the cautious margin does, cheaply."""
+    rng = np.random.default_rng(3)
+    t = _table(200, seed=4)
+    _, allocs = rd_curves(t, {})
+    target = Target("psnr", 24.0)
+    near = t.psnr + rng.uniform(-0.4, 0.4, t.psnr.shape)
+    heads = {(h["ref"], h["method"]): h for h in rate_headline(rate_curves(t, target, allocs, predicted={"head": near}), t.ratios)}
+    head, oracle = heads[("fixed 8x", "head")], heads[("fixed 8x", "oracle")]
+    assert oracle["saving"] > 0.3 and head["oracle_capture"] >= 0.7, (head, oracle)
 
 
 def test_tokens_at_share_interpolates_and_says_when_a_curve_never_gets_there():
