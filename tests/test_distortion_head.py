@@ -53,6 +53,7 @@ def test_the_head_learns_psnr_from_a_planted_feature_and_encode_meets_a_target(t
     assert tools.main(args) == 0
     report = json.loads((out / "distortion.json").read_text())
     assert report["split"].startswith("by source") and report["held_out"] == 12  # one source per kind
+    assert json.loads((out / "config.json").read_text())["ratio_head"]["report"]["final"] == "all"  # saved: refit on every image
     held = report["held_out_mae"][0]
     spread = np.std([36.0 - a * 14.0 for a in amp.values()])  # what predicting the mean would cost at 32x, about
     assert held["mae_32x"] < 0.4 * spread, (held, spread)

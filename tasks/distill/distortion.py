@@ -11,9 +11,10 @@ training mean and std:
 2. Read each image's trunk statistics once with the frozen tokenizer.
 3. Train on the training split; whole sources are held out (``KIND/SOURCE/...`` folders, as real-v1
    is laid out), so the error is on sources the head never saw.
-4. Report the held-out MAE per ratio and kind (and on ``--dev`` when given), save the tokenizer with
-   the head to ``--out``: ``encode --ratio auto [--target-psnr T]`` picks the cheapest ratio predicted
-   to reach the target, and ``rd --distortion-head OUT`` allocates with it in both views.
+4. Report the held-out MAE per ratio and kind (and on ``--dev`` when given: the saved head's, which by
+   default is trained again on every sampled image), save the tokenizer with the head to ``--out``:
+   ``encode --ratio auto [--target-psnr T]`` picks the cheapest ratio predicted to reach the target,
+   and ``rd --distortion-head OUT`` allocates with it in both views.
 """
 
 from __future__ import annotations
@@ -97,17 +98,23 @@ class DistortionHeadOptions(HeadOptions):
     """The options of ``cat-tokenizer distortion-head`` (and of ``run_distortion_head``).
 
     Args:
+        max_images: a seeded sample of at most this many training images (0: all; the error falls with
+            every doubling of them: 0.83 / 0.70 / 0.63 dB at 8x from 558 / 1116 / 2233)
         target_psnr: the head's default target for encode --ratio auto
         loss: regression loss on the measured PSNRs
         reads: what the head reads: the trunk's statistics and weight-free statistics of the image
             (detail energy per scale, edges), or the trunk alone
         norm: standard (each statistic by its training mean and std) or layer (a LayerNorm across them,
             as heads before 2026-12 were made)
+        final: the head saved: trained again on all sampled images after the held-out measurement (all;
+            more data is worth 0.07 dB of error here), or the one measured (train)
     """
 
+    max_images: int = 0
     target_psnr: float = 24.0
     loss: Literal["l1", "mse"] = "l1"
     reads: Literal["trunk+pixels", "trunk"] = "trunk+pixels"
+    final: Literal["all", "train"] = "all"
     norm: Literal["standard", "layer"] = "standard"
 
 
@@ -127,14 +134,9 @@ def run_distortion_head(data: str | Path, o: DistortionHeadOptions) -> dict:
     va = [i for i, f in enumerate(files) if f in val]
     if len(tr) < 4 or not va:
         raise UserInputError(f"the split left {len(tr)} training and {len(va)} held-out images; add images or change val_fraction")
-    stage_channels = vae.trunk_channels()
-    head = RatioHead(stage_channels, o.hidden, ratios=vae.ratios, image_size=image_size, crop=crop, predicts="psnr",
-                     target_psnr=o.target_psnr, pixel_stats=o.reads == "trunk+pixels", norm=o.norm).to(dev)
-    inputs = trunk_inputs(vae, head, files, image_size, dev, crop=crop)  # [(N, D) trunk (and pixel) statistics]
-    head.fit_standardization(inputs[0][tr].to(dev))
-    fit_regressor(_HeadOnStatistics(head), head.out, [t[tr] for t in inputs], psnr[tr], o.epochs, o.batch_size, o.lr, dev, o.loss,
-                  init_bias=psnr[tr].mean(0))
-    head.eval()
+    probe = _new_head(vae, o)
+    inputs = trunk_inputs(vae, probe, files, image_size, dev, crop=crop)  # [(N, D) trunk (and pixel) statistics]
+    head = _train_head(_new_head(vae, o), inputs, psnr, tr, o, dev)
     with torch.no_grad():
         pred = head.score(*[t[va].to(dev) for t in inputs]).cpu().numpy()
     held = mae_table(pred, table.psnr[va], [table.kinds[i] for i in va], vae.ratios)
@@ -142,9 +144,11 @@ def run_distortion_head(data: str | Path, o: DistortionHeadOptions) -> dict:
     metrics = {"tokenizer": str(o.ckpt), "images": len(files), "train": len(tr), "held_out": len(va), "split": split,
                "image_size": image_size, "crop": crop, "epochs": o.epochs, "loss": o.loss, "target_psnr": o.target_psnr,
                "head_params": sum(p.numel() for p in head.parameters()), "pixel_stats": o.reads == "trunk+pixels", "norm": o.norm,
-               "held_out_mae": held}
-    head.set_report({k: metrics[k] for k in ("images", "held_out", "split")} | {"mae_all": {k: round(v, 3) for k, v in held[0].items()
-                                                                                            if k.startswith("mae_")}})
+               "final": o.final, "held_out_mae": held}
+    if o.final == "all":  # the held-out error above is the 80% head's; the saved one learns from every image
+        head = _train_head(_new_head(vae, o), inputs, psnr, tr + va, o, dev)
+    head.set_report({k: metrics[k] for k in ("images", "held_out", "split", "final")}
+                    | {"mae_all": {k: round(v, 3) for k, v in held[0].items() if k.startswith("mae_")}})
     vae.attach_ratio_head(head)
     if o.dev is not None:
         dev_root = Path(o.dev).expanduser()
@@ -157,6 +161,20 @@ def run_distortion_head(data: str | Path, o: DistortionHeadOptions) -> dict:
     (out_dir / "distortion.json").write_text(json.dumps(metrics, indent=2))
     (out_dir / "distortion.md").write_text(_report(metrics, vae.ratios))
     return metrics
+
+
+def _new_head(vae, o: DistortionHeadOptions) -> RatioHead:
+    return RatioHead(vae.trunk_channels(), o.hidden, ratios=vae.ratios, image_size=o.image_size, crop=o.crop, predicts="psnr",
+                     target_psnr=o.target_psnr, pixel_stats=o.reads == "trunk+pixels", norm=o.norm).to(resolve_device(o.device))
+
+
+def _train_head(head: RatioHead, inputs: list[torch.Tensor], psnr: torch.Tensor, idx: list[int], o: DistortionHeadOptions,
+                dev: torch.device) -> RatioHead:
+    """Fit ``head`` (standardisation, then L1 / MSE regression) on the images ``idx``; eval mode."""
+    head.fit_standardization(inputs[0][idx].to(dev))
+    fit_regressor(_HeadOnStatistics(head), head.out, [t[idx] for t in inputs], psnr[idx], o.epochs, o.batch_size, o.lr, dev, o.loss,
+                  init_bias=psnr[idx].mean(0))
+    return head.eval()
 
 
 def _report(m: dict, ratios) -> str:
