@@ -3,13 +3,13 @@
 # command that measures it (no figure is copied by hand). Run it after a new cat-small ships (make reports).
 #
 #   scripts/reports.sh [STEP ...]        default: every step, in this order (hours on 2 CPU cores)
-#   steps: curve run-curve demo palette classify gen-demo bench-gen region-decodes distill-oracle distill-teacher dhead block-head rd analyse
+#   steps: curve run-curve demo palette classify gen-demo bench-gen region-decodes distill-oracle distill-teacher dhead dhead-arms block-head rd analyse
 #
 # Knobs (environment): REAL_DATA (real-v1: train/ and dev/), CKPT (tokenizer, default cat-small), RUN (a training run's
 # log folder, for run-curve; default outputs/train_small/run/version_0), VENV, WORK (the
 # commands' own folders with their caches, default outputs/reports: a killed step resumes from its caches).
 # Times here, one step at a time on 2 cores: curve 1 s, demo 1 min, palette 25 s, classify 3 min, gen-demo 2 min, bench-gen
-# 4.5 min, region-decodes 10 min, distill-oracle 11 min, distill-teacher 3 min, dhead 26 min, block-head 25 min, rd 25 min + 50 min for --regions, analyse 4 min.
+# 4.5 min, region-decodes 10 min, distill-oracle 11 min, distill-teacher 3 min, dhead 60 min (every training image), dhead-arms 25 min after it, block-head 25 min, rd 25 min + 50 min for --regions, analyse 4 min.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -53,6 +53,23 @@ step_dhead() {
   "$CT" distortion-head "$TRAIN" --ckpt "$CKPT" --dev "$DEV" --out "$WORK/dhead"
   cp "$WORK/dhead/distortion.md" "$DOCS/distortion-head-128.md"
 }
+# what made the distortion head accurate: its inputs and their normalisation, on one 3,000-image measurement (docs/reconstruction.md)
+step_dhead-arms() {
+  local arm reads norm out
+  {
+    echo "# Distortion head arms: what it reads and how it normalises (3,000 training images, the head trained on the kept sources)"
+    echo
+    for arm in "trunk layer" "trunk standard" "trunk+pixels layer" "trunk+pixels standard"; do
+      read -r reads norm <<< "$arm"
+      out="$WORK/dhead-arm-${reads/+/-}-$norm"
+      "$CT" distortion-head "$TRAIN" --ckpt "$CKPT" --dev "$DEV" --out "$out" --reads "$reads" --norm "$norm" \
+        --max-images 3000 --final train --recon-cache "$WORK/dhead" > "$out.log" 2>&1 || { cat "$out.log"; return 1; }
+      echo "## --reads $reads --norm $norm"
+      sed '1,2d' "$out/distortion.md" | sed 's/^## /### /'
+    done
+  } > "$DOCS/distortion-head-arms.md.tmp"
+  mv "$DOCS/distortion-head-arms.md.tmp" "$DOCS/distortion-head-arms.md"
+}
 step_block-head() {
   "$CT" block-head "$TRAIN" --ckpt "$CKPT" --dev "$DEV" --out "$WORK/bhead"
   cp "$WORK/bhead/block_head.md" "$DOCS/block-head-128.md"
@@ -68,7 +85,7 @@ step_analyse() {
 # gen-demo's latent cache belongs to one tokenizer: a folder per weight fingerprint
 fingerprint() { "${VENV:-.venv}/bin/python" -c "from cat_tokenizer.io import load_vae; print(load_vae('$CKPT').fingerprint(with_head=False))"; }
 
-ALL=(curve run-curve demo palette classify gen-demo bench-gen region-decodes distill-oracle distill-teacher dhead block-head rd analyse)
+ALL=(curve run-curve demo palette classify gen-demo bench-gen region-decodes distill-oracle distill-teacher dhead dhead-arms block-head rd analyse)
 STEPS=("$@")
 [ ${#STEPS[@]} -gt 0 ] || STEPS=("${ALL[@]}")
 for s in "${STEPS[@]}"; do

@@ -108,6 +108,8 @@ class DistortionHeadOptions(HeadOptions):
             as heads before 2026-12 were made)
         final: the head saved: trained again on all sampled images after the held-out measurement (all;
             more data is worth 0.07 dB of error here), or the one measured (train)
+        recon_cache: the folder holding the measured reconstructions (recon_cache/, dev_cache/) when
+            not OUT: arms of one comparison share one measurement
     """
 
     max_images: int = 0
@@ -115,6 +117,7 @@ class DistortionHeadOptions(HeadOptions):
     loss: Literal["l1", "mse"] = "l1"
     reads: Literal["trunk+pixels", "trunk"] = "trunk+pixels"
     final: Literal["all", "train"] = "all"
+    recon_cache: str | None = None
     norm: Literal["standard", "layer"] = "standard"
 
 
@@ -126,7 +129,8 @@ def run_distortion_head(data: str | Path, o: DistortionHeadOptions) -> dict:
     root, out_dir, dev = Path(data).expanduser(), Path(o.out), resolve_device(o.device)
     group_of, split_from = _read_groups(root, o.groups)  # a bad groups file fails before the (slow) measuring
     vae = load_vae(o.ckpt).eval().to(dev)
-    table = measure_folder(root, vae, out_dir / "recon_cache", image_size, crop, features=False, ocr=False,
+    cache = Path(o.recon_cache).expanduser() if o.recon_cache else out_dir
+    table = measure_folder(root, vae, cache / "recon_cache", image_size, crop, features=False, ocr=False,
                            only=_sample(root, o.max_images or None, o.seed))
     files, psnr = [root / p for p in table.paths], torch.tensor(table.psnr, dtype=torch.float32)  # (N, R)
     val = _grouped_split(files, root, o.val_fraction, group_of) if group_of else set(stratified_split(files, root, o.val_fraction))
@@ -152,7 +156,7 @@ def run_distortion_head(data: str | Path, o: DistortionHeadOptions) -> dict:
     vae.attach_ratio_head(head)
     if o.dev is not None:
         dev_root = Path(o.dev).expanduser()
-        dev_table = measure_folder(dev_root, vae, out_dir / "dev_cache", image_size, crop, features=False, ocr=False)
+        dev_table = measure_folder(dev_root, vae, cache / "dev_cache", image_size, crop, features=False, ocr=False)
         dev_pred = predict_psnr(vae, [dev_root / p for p in dev_table.paths], dev)
         metrics["dev"] = str(dev_root)
         metrics["dev_mae"] = mae_table(dev_pred, dev_table.psnr, dev_table.kinds, vae.ratios)
