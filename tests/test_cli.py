@@ -111,12 +111,14 @@ def test_encode_bad_inputs(tmp_path, pretrained, capsys):
 
 def test_bench_head_reports_every_variant(capsys):
     from cat_tasks.reconstruction.bench import HEAD_VARIANTS
+    from cat_tokenizer.models.ratio_head import PIXEL_STATS
 
     assert tools.main(["bench-head", "--preset", "tiny", "--size", "32", "--batch", "1", "--repeat", "1"]) == 0
     rows = [line.split("|") for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "%" in line]
     assert [r[1].strip() for r in rows] == list(HEAD_VARIANTS)
     inputs = {r[1].strip(): int(r[2]) for r in rows}
     assert inputs["all rows, all stages"] == 4 * (8 + 16 + 16 + 32) and inputs["stages 2-3, all rows"] == 4 * (16 + 32)
+    assert inputs["distortion head: + pixel statistics, standardised"] == 4 * (8 + 16 + 16 + 32) + PIXEL_STATS
 
 
 def test_bench_reports_every_ratio(capsys):

@@ -71,6 +71,7 @@ HEAD_VARIANTS: dict[str, dict] = {
     "rows 16/8/4/2": {"row_stride": [16, 8, 4, 2]},
     "stages 1-3, all rows": {"stages": [1, 2, 3], "row_stride": [1, 1, 1, 1]},
     "stages 2-3, all rows": {"stages": [2, 3], "row_stride": [1, 1, 1, 1]},
+    "distortion head: + pixel statistics, standardised": {"predicts": "psnr", "pixel_stats": True, "norm": "standard"},
 }
 
 
@@ -87,7 +88,7 @@ def bench_ratio_head(preset: str = "small", size: int = 128, batch: int = 4, rep
     rows = []
     for name, kwargs in (variants or HEAD_VARIANTS).items():
         head = RatioHead(channels, **kwargs).to(device).eval()
-        head_s = 1.0 / items_per_second(lambda: head(taps), 1, repeat, warmup=True)
+        head_s = 1.0 / items_per_second(lambda: head(taps, x), 1, repeat, warmup=True)
         rows.append({"variant": name, "inputs": head.mlp[1].in_features,
                      "params": sum(p.numel() for p in head.parameters()), "share_of_8x_encode": head_s / enc_s,
                      "head_ms_per_image": 1e3 * head_s / batch, "encode_ms_per_image": 1e3 * enc_s / batch})
