@@ -182,11 +182,12 @@ def _train_head(head: RatioHead, inputs: list[torch.Tensor], psnr: torch.Tensor,
 
 
 def _report(m: dict, ratios) -> str:
+    saved = f"trained again on all {m['images']} images" if m.get("final") == "all" else "the one measured on the held-out sources"
     lines = [f"# Distortion head on {m['tokenizer']}'s trunk", "",
              f"{m['images']} images ({m['train']} train / {m['held_out']} held out, split {m['split']}) at {m['image_size']} px "
              f"({m['crop']} crops); head {m['head_params']} params, {m['epochs']} epochs, {m['loss']} loss; reads the trunk"
              f"{' and pixel statistics' if m.get('pixel_stats') else ''}, {m.get('norm', 'layer')} normalisation. The head saved "
-             f"(and measured on dev): {'trained again on all ' + str(m['images']) + ' images' if m.get('final') == 'all' else 'the one measured on the held-out sources'}.", ""]
+             f"(and measured on dev): {saved}.", ""]
     for title, key in (("Held-out sources", "held_out_mae"), (f"{m.get('dev', '')}", "dev_mae")):
         if key not in m:
             continue
