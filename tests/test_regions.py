@@ -33,6 +33,34 @@ def test_a_map_of_one_ratio_decodes_exactly_as_that_ratio(tiny_vae, images, rati
     assert lat.tokens().tolist() == [6 * (32 // ratio) ** 2] * 2
 
 
+def test_a_pixel_merge_blends_whole_decodes_with_weights_that_sum_to_one(tiny_vae, images):
+    from cat_tokenizer.regions.latent import pixel_merge_decode
+
+    class Constant:  # a tokenizer whose decode at ratio r is the constant r / 100
+        def decode(self, z, r, size):
+            return torch.full((z.shape[0], 3, *size), r / 100.0)
+
+    rmap = torch.tensor([[8, 16, 32], [32, 32, 16]])
+    with torch.no_grad():
+        lat = tiny_vae.encode_regions(images, rmap)
+    grids = {r: lat.filled(r) for r in lat.ratios()}
+    hard = pixel_merge_decode(Constant(), lat, grids, feather=0)
+    want = (rmap.float() / 100).repeat_interleave(32, 0).repeat_interleave(32, 1)  # each block its own ratio's decode
+    assert torch.equal(hard[0, 0], want) and torch.equal(hard[1], hard[0])
+    soft = pixel_merge_decode(Constant(), lat, grids, feather=8)
+    assert torch.allclose(soft[:, :, 8:24, 8:24], hard[:, :, 8:24, 8:24])  # a block's inside keeps its own decode
+    assert 0.08 < soft[0, 0, 16, 32].item() < 0.16  # the border between 8x and 16x is a blend
+    same = type("Same", (), {"decode": lambda self, z, r, size: torch.full((z.shape[0], 3, *size), 0.3)})()
+    assert torch.allclose(pixel_merge_decode(same, lat, grids, feather=7), torch.tensor(0.3))  # the weights sum to one
+    with torch.no_grad():
+        real = tiny_vae.decode_regions(lat, merge="pixels")
+        assert real.shape == images.shape and torch.isfinite(real).all()
+        one = tiny_vae.encode_regions(images, torch.full((2, 3), 16))
+        assert torch.equal(tiny_vae.decode_regions(one, merge="pixels"), tiny_vae.decode_regions(one))
+    with pytest.raises(UserInputError, match="region merge must be one of"):
+        tiny_vae.decode_regions(lat, merge="latents")
+
+
 def test_token_counts_and_the_stored_form_round_trip(tiny_vae, images):
     rmap = torch.tensor([[8, 16, 32], [32, 32, 16]])
     with torch.no_grad():

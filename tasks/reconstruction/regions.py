@@ -277,7 +277,9 @@ def _variants(vae) -> dict[str, dict]:
            "1 context pass": {"refine": 1, "use_fill": False},
            "2 context passes": {"refine": 2, "use_fill": False}}
     if getattr(vae, "region_fill", None) is not None:
-        out.update({"region fill": {"refine": 0, "use_fill": True}, "region fill + 1 context pass": {"refine": 1, "use_fill": True}})
+        out.update({"region fill": {"refine": 0, "use_fill": True}, "region fill + 1 context pass": {"refine": 1, "use_fill": True},
+                    "region fill, each ratio decoded whole, blended": {"refine": 0, "use_fill": True, "merge": "pixels"}})
+    out["2 context passes, each ratio decoded whole, blended"] = {"refine": 2, "use_fill": False, "merge": "pixels"}
     return out
 
 

@@ -31,7 +31,10 @@ from torch import Tensor
 from cat_tokenizer.errors import UserInputError
 from cat_tokenizer.ratios import ratio_level
 
-__all__ = ["RegionLatent", "encode_regions", "decode_regions", "block_tokens", "exit_latents", "mixed_decode"]
+__all__ = ["RegionLatent", "encode_regions", "decode_regions", "block_tokens", "exit_latents", "mixed_decode", "pixel_merge_decode"]
+
+MERGES = ("features", "pixels")
+FEATHER = 8  # pixels a block's weight spreads across its borders in a pixel merge
 
 
 def block_tokens(ratio: int, block: int) -> int:
@@ -216,12 +219,33 @@ def mixed_decode(vae, lat: RegionLatent, grids: dict[int, Tensor], fill=None) ->
     return x if colour is None else x + colour
 
 
-def decode_regions(vae, lat: RegionLatent, refine: int | None = None, use_fill: bool = True) -> Tensor:
+def pixel_merge_decode(vae, lat: RegionLatent, grids: dict[int, Tensor], feather: int = FEATHER) -> Tensor:
+    """Full grids (ratio -> (B, C, H'/r, W'/r), one per ratio present) -> (B, 3, H', W') at the padded size:
+    each ratio's grid decoded whole (``decode``), the images blended per pixel by the map, each block's
+    weight spread ``feather`` pixels across its borders (a box blur of the block mask; the weights still
+    sum to one). One whole decode per ratio present instead of one mixed decode, and no merged features
+    for the shared stages' GroupNorm to see."""
+    hp, wp = (s * lat.block for s in lat.ratio_map.shape[1:])
+    out = None
+    for r, z in grids.items():
+        y = vae.decode(z, r, size=(hp, wp))  # (B, 3, hp, wp)
+        w = lat.mask(r, lat.block).to(y.dtype)  # (B, 1, hp, wp)
+        if feather:
+            w = F.avg_pool2d(w, 2 * feather + 1, stride=1, padding=feather, count_include_pad=False)
+        out = y * w if out is None else out + y * w
+    return out
+
+
+def decode_regions(vae, lat: RegionLatent, refine: int | None = None, use_fill: bool = True, merge: str = "features") -> Tensor:
     """(B, 3, H, W) images from a region latent (cropped to its size): the mixed decode, its missing cells
     from the tokenizer's region fill when it has one (``cat_tokenizer.regions.fill``), then ``refine``
     passes that re-encode the previous image to fill them again (module doc); ``refine`` defaults to 0
     with a region fill and 2 without. A map of one ratio needs neither (it decodes exactly as ``decode``).
-    ``use_fill=False`` decodes as a tokenizer without a region fill would (for comparisons)."""
+    ``use_fill=False`` decodes as a tokenizer without a region fill would (for comparisons). ``merge``:
+    ``features`` (the paths merged at the shared 8x stages: one decode) or ``pixels`` (each ratio decoded
+    whole and blended by the map: ``pixel_merge_decode``)."""
+    if merge not in MERGES:
+        raise UserInputError(f"region merge must be one of {', '.join(MERGES)}, got {merge!r}")
     dtype = vae.decoder.conv_in.weight.dtype
     ratios = lat.ratios()
     mixed = len(ratios) > 1  # a map of one ratio has no missing cells
@@ -231,8 +255,11 @@ def decode_regions(vae, lat: RegionLatent, refine: int | None = None, use_fill: 
     elif refine is None:
         refine = 0 if fill is not None else 2
     grids = {r: g.to(dtype) for r, g in (fill(lat) if fill is not None else {r: lat.filled(r) for r in ratios}).items()}
-    x = mixed_decode(vae, lat, grids, fill)
+    def merged(g):
+        return pixel_merge_decode(vae, lat, g) if merge == "pixels" and mixed else mixed_decode(vae, lat, g, fill)
+
+    x = merged(grids)
     for _ in range(refine):
         context = exit_latents(vae, x.clamp(-1, 1), ratios)
-        x = mixed_decode(vae, lat, {r: lat.filled(r, context[r]).to(dtype) for r in ratios}, fill)
+        x = merged({r: lat.filled(r, context[r]).to(dtype) for r in ratios})
     return x[..., : lat.size[0], : lat.size[1]]
