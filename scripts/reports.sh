@@ -65,10 +65,12 @@ step_dhead-arms() {
       "$CT" distortion-head "$TRAIN" --ckpt "$CKPT" --dev "$DEV" --out "$out" --reads "$reads" --norm "$norm" \
         --max-images 3000 --final train --recon-cache "$WORK/dhead" > "$out.log" 2>&1 || { cat "$out.log"; return 1; }
       echo "## --reads $reads --norm $norm"
+      echo
       sed '1,2d' "$out/distortion.md" | sed 's/^## /### /'
+      echo
     done
-  } > "$DOCS/distortion-head-arms.md.tmp"
-  mv "$DOCS/distortion-head-arms.md.tmp" "$DOCS/distortion-head-arms.md"
+  } > "$WORK/distortion-head-arms.md"
+  cp "$WORK/distortion-head-arms.md" "$DOCS/distortion-head-arms.md"
 }
 step_block-head() {
   "$CT" block-head "$TRAIN" --ckpt "$CKPT" --dev "$DEV" --out "$WORK/bhead"

@@ -13,8 +13,8 @@ on the same 6000 images (README, "Distilled ratio head").
 The statistics differ in scale by orders of magnitude between stages and kinds of statistic. A head
 made with ``norm="standard"`` standardises each one by its training mean and std (``Standardize``,
 fitted once before training) instead of a LayerNorm across them: on the distortion head that alone
-took the source-held-out PSNR error on real-v1 dev from 1.40 / 1.09 / 0.88 to 0.83 / 0.73 / 0.71 dB
-(8x / 16x / 32x), and pixel statistics beside it to 0.60 / 0.57 / 0.58 (docs/reconstruction.md).
+took the PSNR error on real-v1 dev from 1.41 / 1.12 / 0.91 to 0.84 / 0.70 / 0.71 dB (8x / 16x / 32x),
+and pixel statistics beside it to 0.62 / 0.59 / 0.58 (docs/reports/distortion-head-arms.md).
 """
 
 from __future__ import annotations
