@@ -196,7 +196,7 @@ def block_head_report(m: dict, ratios) -> str:
     lines = [f"# Block head on {c['ckpt']}'s trunk", "",
              f"{m['images']} images of {m['data']} ({m['train']} train / {m['held_out']} held out, split {m['split']}) at "
              f"{c['image_size']} px ({c['crop']} crops), 32-px blocks; head {m['head_params']} params, {c['epochs']} epochs, L1 on "
-             "log10 of the block's summed squared error.", ""]
+             f"log10 of the block's summed squared error; {c.get('norm', 'layer')} normalisation of its statistics.", ""]
     for title, key in (("Held-out sources", "held_out_error"), (m.get("dev", ""), "dev_error")):
         if key in m:
             lines += [f"## {title}: block error (MAE dB)", "", *md_header("kind", "blocks", *(f"MAE {r}x" for r in ratios))]
