@@ -138,9 +138,9 @@ def run_distortion_head(data: str | Path, o: DistortionHeadOptions) -> dict:
     va = [i for i, f in enumerate(files) if f in val]
     if len(tr) < 4 or not va:
         raise UserInputError(f"the split left {len(tr)} training and {len(va)} held-out images; add images or change val_fraction")
-    probe = _new_head(vae, o)
-    inputs = trunk_inputs(vae, probe, files, image_size, dev, crop=crop)  # [(N, D) trunk (and pixel) statistics]
-    head = _train_head(_new_head(vae, o), inputs, psnr, tr, o, dev)
+    head = _new_head(vae, o, dev)
+    inputs = trunk_inputs(vae, head, files, image_size, dev, crop=crop)  # [(N, D) trunk (and pixel) statistics]
+    head = _train_head(head, inputs, psnr, tr, o, dev)
     with torch.no_grad():
         pred = head.score(*[t[va].to(dev) for t in inputs]).cpu().numpy()
     held = mae_table(pred, table.psnr[va], [table.kinds[i] for i in va], vae.ratios)
@@ -150,7 +150,7 @@ def run_distortion_head(data: str | Path, o: DistortionHeadOptions) -> dict:
                "head_params": sum(p.numel() for p in head.parameters()), "pixel_stats": o.reads == "trunk+pixels", "norm": o.norm,
                "final": o.final, "held_out_mae": held}
     if o.final == "all":  # the held-out error above is the 80% head's; the saved one learns from every image
-        head = _train_head(_new_head(vae, o), inputs, psnr, tr + va, o, dev)
+        head = _train_head(_new_head(vae, o, dev), inputs, psnr, tr + va, o, dev)
     head.set_report({k: metrics[k] for k in ("images", "held_out", "split", "final")}
                     | {"mae_all": {k: round(v, 3) for k, v in held[0].items() if k.startswith("mae_")}})
     vae.attach_ratio_head(head)
@@ -167,9 +167,9 @@ def run_distortion_head(data: str | Path, o: DistortionHeadOptions) -> dict:
     return metrics
 
 
-def _new_head(vae, o: DistortionHeadOptions) -> RatioHead:
+def _new_head(vae, o: DistortionHeadOptions, dev: torch.device) -> RatioHead:
     return RatioHead(vae.trunk_channels(), o.hidden, ratios=vae.ratios, image_size=o.image_size, crop=o.crop, predicts="psnr",
-                     target_psnr=o.target_psnr, pixel_stats=o.reads == "trunk+pixels", norm=o.norm).to(resolve_device(o.device))
+                     target_psnr=o.target_psnr, pixel_stats=o.reads == "trunk+pixels", norm=o.norm).to(dev)
 
 
 def _train_head(head: RatioHead, inputs: list[torch.Tensor], psnr: torch.Tensor, idx: list[int], o: DistortionHeadOptions,

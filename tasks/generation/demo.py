@@ -90,7 +90,6 @@ def run_gen_demo(o: GenDemoOptions = GenDemoOptions()) -> Path:
     out_dir = Path(o.out)
     latents, last = out_dir / "latents", out_dir / "run" / "version_0" / "checkpoints" / "last.ckpt"
     vae = _tokenizer(o.ckpt)
-    channels, weights = vae.latent_channels, vae.fingerprint(with_head=False)
     t0 = time.perf_counter()
     cli(["predict", "-c", str(configs / "dit_encode.yaml"), f"--trainer.accelerator={o.accelerator}",
          f"--model.tokenizer={o.ckpt}", f"--model.cache_dir={latents}", f"--data.skip_encoded={latents}",
@@ -103,14 +102,14 @@ def run_gen_demo(o: GenDemoOptions = GenDemoOptions()) -> Path:
                f"--trainer.accelerator={o.accelerator}", f"--trainer.max_steps={o.steps}",
                f"--trainer.val_check_interval={max(1, o.steps // 4)}", f"--trainer.logger.save_dir={out_dir}",
                f"--data.cache_dir={latents}", f"--data.batch_size={o.batch_size}", f"--model.tokenizer={o.ckpt}",
-               f"--model.dit.init_args.preset={o.preset}", f"--model.dit.init_args.in_channels={channels}",
+               f"--model.dit.init_args.preset={o.preset}", f"--model.dit.init_args.in_channels={vae.latent_channels}",
                f"--model.guidance={o.guidance}", f"--model.diffusion.init_args.sample_steps={o.sample_steps}",
                *([f"--ckpt_path={last}"] if last.is_file() else [])])
     timing = {"encode": t_encode, "fit": time.perf_counter() - t0, "new_steps": fit.trainer.global_step - done_before,
               "steps": fit.trainer.global_step}
     model = load_dit(last, device="cpu")
     row_names, auto = _sample_grid(model, o, out_dir / "samples.png")
-    lines = _report(model, fit.datamodule, o, (channels, weights), timing, row_names, auto, out_dir / "run" / "version_0")
+    lines = _report(model, fit.datamodule, o, vae, timing, row_names, auto, out_dir / "run" / "version_0")
     report = out_dir / "report.md"
     report.write_text("\n".join(lines))
     if o.report is not None:
@@ -136,7 +135,7 @@ def _sample_grid(model, o: GenDemoOptions, path: Path) -> tuple[list[str], list[
     return row_names, auto
 
 
-def _report(model, dm, o: GenDemoOptions, tokenizer: tuple[int, str], timing: dict, row_names: list[str], auto: list[int],
+def _report(model, dm, o: GenDemoOptions, vae, timing: dict, row_names: list[str], auto: list[int],
             log_dir: Path) -> list[str]:
     """The demo's report.md lines, every figure from this run (losses from its TensorBoard log)."""
     names = model.classes
@@ -151,7 +150,7 @@ def _report(model, dm, o: GenDemoOptions, tokenizer: tuple[int, str], timing: di
     scales = ", ".join(f"{r}x {s:.3f}" for r, s in zip(model.dit.ratios, model.latent_scale.tolist()) if s > 0)
     return [
         "# DiT + CAT demo (embedded data, CPU)", "",
-        f"Tokenizer: {o.ckpt} (weights {tokenizer[1]}, {tokenizer[0]} latent channels), "
+        f"Tokenizer: {o.ckpt} (weights {vae.fingerprint(with_head=False)}, {vae.latent_channels} latent channels), "
         f"images {o.image_size}px; "
         f"latents per ratio (train): {', '.join(f'{r}x: {c}' for r, c in counts.items())}; {len(dm.val_set)} held out.",
         f"DiT preset {o.preset}: {model.dit.num_params() / 1e6:.2f}M params, class-conditional on {names}.",
