@@ -10,7 +10,7 @@ import pytest
 import torch
 from test_rd import _table
 
-from cat_tasks.reconstruction.rate_control import Target, cautious_claims, cheapest_meeting, oracle_frontier, rate_curves, rate_headline, tokens_at_share
+from cat_tasks.reconstruction.rate_control import Target, cautious_claims, expected_frontier, oracle_frontier, rate_curves, rate_headline, tokens_at_share
 from cat_tasks.reconstruction.rd import rd_curves
 from cat_tokenizer.metrics.fid import bootstrap_fid, frechet_distance
 
@@ -55,10 +55,40 @@ def test_a_perfect_predictor_matches_the_oracle_and_a_wrong_one_does_not():
         assert not heads[(ref, "inverted")]["oracle_capture"] > 0.5
 
 
-def test_cheapest_meeting_picks_the_fewest_tokens_and_gives_up_on_what_cannot_meet():
+def test_the_expected_frontier_buys_expected_images_in_order_of_chance_per_token():
     costs = np.array([256, 64, 16])
-    pred = np.array([[30, 27, 20], [30, 20, 19], [21, 20, 19]])
-    assert cheapest_meeting(pred, 25, costs).tolist() == [1, 0, 2]  # 16x; 8x; none meets: 32x, as the oracle does
+    chance = np.array([[0.9, 0.9, 0.1],   # 16x is as good as 8x: 8x is never bought
+                       [0.95, 0.1, 0.0],  # 16x off the hull: 8x's step from 32x buys more per token than via 16x
+                       [0.0, 0.0, 0.0]])  # hopeless: stays at the fewest tokens
+    allocs = expected_frontier(chance, costs)
+    assert allocs[0].tolist() == [2, 2, 2]
+    assert allocs[-1].tolist() == [1, 0, 2]
+    expected = [chance[np.arange(3), a].sum() for a in allocs]
+    spent = [costs[a].sum() for a in allocs]
+    assert spent == sorted(spent) and expected == sorted(expected)
+    # brute force: at each spend the frontier holds the most expected images (exact at its purchase points here)
+    for a, e, c in zip(allocs, expected, spent):
+        best = max(chance[np.arange(3), list(k)].sum() for k in itertools.product(range(3), repeat=3) if costs[list(k)].sum() <= c)
+        assert e == pytest.approx(best)
+
+
+def test_an_error_model_that_knows_which_predictions_to_trust_beats_one_margin_for_all():
+    """Half the images are predicted exactly, half with large errors: the expected-share rule, told which
+    is which by per-image scales, reaches fixed 8x's share for fewer tokens than any single margin."""
+    rng = np.random.default_rng(7)
+    t = _table(300, seed=6)
+    _, allocs = rd_curves(t, {})
+    target = Target("psnr", 24.0)
+    noisy = rng.random(len(t)) < 0.5
+    scale = np.where(noisy[:, None], 2.0, 0.05) * np.ones_like(t.psnr)
+    pred = t.psnr + rng.laplace(0, 1, t.psnr.shape) * scale
+    rows = rate_curves(t, target, allocs, predicted={"head": pred}, spreads={"head": np.log(scale)}, rule="both")
+    heads = {(h["ref"], h["method"]): h for h in rate_headline(rows, t.ratios)}
+    for ref in ("fixed 16x", "fixed 8x"):
+        expected, margin = heads[(ref, "head")]["tokens"], heads[(ref, "head (margin rule)")]["tokens"]
+        assert expected < margin or np.isnan(margin), (ref, expected, margin)
+    only = {r["method"] for r in rate_curves(t, target, allocs, {"head": pred}, {"head": np.log(scale)}, rule="expected")}
+    assert "head" in only and "head (margin rule)" not in only
 
 
 def test_cautious_claims_give_up_only_on_a_confident_prediction():

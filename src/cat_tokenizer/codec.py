@@ -58,6 +58,8 @@ class EncodeOptions:
         overwrite: rewrite latents that exist already (default: keep them, so a rerun resumes)
         target_psnr: with --ratio auto and a distortion head: each image's cheapest ratio predicted to reach this PSNR;
             with --ratio regions: the fewest tokens whose map is predicted to reach it
+        confidence: with --ratio auto, --target-psnr and a distortion head with an error model: the cheapest ratio that
+            reaches the target with at least this probability (0.9: fewer images miss it, more tokens)
         region_budget: with --ratio regions: tokens per image
         region_map: with --ratio regions: oracle (measured in three decodes), head (the tokenizer's block head), variance
             or edges (cheap, from the pixels)
@@ -70,6 +72,7 @@ class EncodeOptions:
     device: str = "auto"
     overwrite: bool = False
     target_psnr: float | None = None
+    confidence: float | None = None
     region_budget: float | None = None
     region_map: Literal["oracle", "head", "variance", "edges"] = "oracle"
 
@@ -99,6 +102,8 @@ def encode_files(images: list[str], o: EncodeOptions) -> list[Path]:
     vae = load_vae(o.ckpt).to(dev)
     ratio = o.ratio if o.ratio in ("auto", "regions") else int(o.ratio)
     _check_ratio_options(vae, ratio, o.target_psnr, o.region_budget)
+    if o.confidence is not None and (ratio != "auto" or o.target_psnr is None):
+        raise UserInputError("--confidence goes with --ratio auto and --target-psnr")
     fingerprint = vae.fingerprint(with_head=False)  # heads and a region fill change no latent
     written, skipped = [], []
     for i in todo:
@@ -114,7 +119,7 @@ def encode_files(images: list[str], o: EncodeOptions) -> list[Path]:
         if ratio == "regions":
             written.append(_encode_regions(vae, x, target, source, fingerprint, o.sample, o.region_map, o.region_budget, o.target_psnr))
             continue
-        post = vae.encode(x, ratio, o.target_psnr)
+        post = vae.encode(x, ratio, o.target_psnr, o.confidence)
         post = post[0] if isinstance(post, list) else post  # "auto": one posterior per image
         z = post.sample() if o.sample else post.mode()  # (1, C, h, w)
         written.append(save_latent(target, z[0], post.ratio, post.input_size, source=source, tokenizer=fingerprint))

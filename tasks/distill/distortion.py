@@ -12,7 +12,12 @@ training mean and std:
 3. Train on the training split; whole sources are held out (``KIND/SOURCE/...`` folders, as real-v1
    is laid out), so the error is on sources the head never saw.
 4. Report the held-out MAE per ratio and kind (and on ``--dev`` when given: the saved head's, which by
-   default is trained again on every sampled image), save the tokenizer with the head to ``--out``:
+   default is trained again on every sampled image).
+5. With ``--spread folds`` (default), give the head an error model: k heads, each trained without one
+   fold of sources, predict that fold's images; their mean absolute error per ratio is the scale of a
+   Laplace error around the saved head's predictions, and ``--dev`` reports whether its 80% intervals
+   hold 80% of the errors there.
+6. Save the tokenizer with the head to ``--out``:
    ``encode --ratio auto [--target-psnr T]`` picks the cheapest ratio predicted to reach the target,
    and ``rd --distortion-head OUT`` allocates with it in both views.
 """
@@ -29,8 +34,8 @@ from typing import Literal
 import lightning as L
 import torch
 
-from cat_tasks.distill.ratio_head import _grouped_split, _HeadOnStatistics, _read_groups, fit_regressor
-from cat_tasks.reconstruction.heads import mae_table, predict_psnr, trunk_inputs
+from cat_tasks.distill.ratio_head import _grouped_split, _HeadOnStatistics, _read_groups, fit_regressor, grouped_folds
+from cat_tasks.reconstruction.heads import coverage_table, mae_table, predict_distortion, trunk_inputs
 from cat_tasks.reconstruction.table import measure_folder
 from cat_tokenizer.data.dataset import stratified_split
 from cat_tokenizer.data.images import list_images, partition_readable
@@ -110,6 +115,9 @@ class DistortionHeadOptions(HeadOptions):
             more data is worth 0.07 dB of error here), or the one measured (train)
         recon_cache: the folder holding the measured reconstructions (recon_cache/, dev_cache/) when
             not OUT: arms of one comparison share one measurement
+        spread: folds (an error model from out-of-fold errors: encode --confidence and rd's rate control use it)
+            or none
+        folds: folds of sources for the error model's out-of-fold errors
     """
 
     max_images: int = 0
@@ -119,6 +127,8 @@ class DistortionHeadOptions(HeadOptions):
     final: Literal["all", "train"] = "all"
     recon_cache: str | None = None
     norm: Literal["standard", "layer"] = "standard"
+    spread: Literal["folds", "none"] = "folds"
+    folds: int = 5
 
 
 def run_distortion_head(data: str | Path, o: DistortionHeadOptions) -> dict:
@@ -151,15 +161,16 @@ def run_distortion_head(data: str | Path, o: DistortionHeadOptions) -> dict:
                "final": o.final, "held_out_mae": held}
     if o.final == "all":  # the held-out error above is the 80% head's; the saved one learns from every image
         head = _train_head(_new_head(vae, o, dev), inputs, psnr, tr + va, o, dev)
+    if o.spread == "folds":
+        keep = tr + va if o.final == "all" else tr
+        errors = _out_of_fold_errors(vae, inputs, psnr, keep, grouped_folds([files[i] for i in keep], root, o.folds, group_of), o, dev)
+        head.set_error_scale(errors.abs().mean(0))
+        metrics["out_of_fold_mae"], metrics["folds"] = [round(float(v), 3) for v in errors.abs().mean(0)], o.folds
     head.set_report({k: metrics[k] for k in ("images", "held_out", "split", "final")}
                     | {"mae_all": {k: round(v, 3) for k, v in held[0].items() if k.startswith("mae_")}})
     vae.attach_ratio_head(head)
     if o.dev is not None:
-        dev_root = Path(o.dev).expanduser()
-        dev_table = measure_folder(dev_root, vae, cache / "dev_cache", image_size, crop, features=False, ocr=False)
-        dev_pred = predict_psnr(vae, [dev_root / p for p in dev_table.paths], dev)
-        metrics["dev"] = str(dev_root)
-        metrics["dev_mae"] = mae_table(dev_pred, dev_table.psnr, dev_table.kinds, vae.ratios)
+        metrics |= _dev_errors(vae, Path(o.dev).expanduser(), cache / "dev_cache", o, dev)
     out_dir.mkdir(parents=True, exist_ok=True)
     vae.save_pretrained(out_dir)
     (out_dir / "distortion.json").write_text(json.dumps(metrics, indent=2))
@@ -167,9 +178,37 @@ def run_distortion_head(data: str | Path, o: DistortionHeadOptions) -> dict:
     return metrics
 
 
+def _dev_errors(vae, dev_root: Path, cache: Path, o: DistortionHeadOptions, dev: torch.device) -> dict:
+    """The saved head's error on a second folder (and its error model's coverage there)."""
+    dev_table = measure_folder(dev_root, vae, cache, o.image_size, o.crop, features=False, ocr=False)
+    pred, log_scale = predict_distortion(vae, [dev_root / p for p in dev_table.paths], dev)
+    found = {"dev": str(dev_root), "dev_mae": mae_table(pred, dev_table.psnr, dev_table.kinds, vae.ratios)}
+    if log_scale is not None:
+        found["dev_coverage"] = coverage_table(pred, log_scale, dev_table.psnr, dev_table.kinds, vae.ratios)
+    return found
+
+
 def _new_head(vae, o: DistortionHeadOptions, dev: torch.device) -> RatioHead:
     return RatioHead(vae.trunk_channels(), o.hidden, ratios=vae.ratios, image_size=o.image_size, crop=o.crop, predicts="psnr",
-                     target_psnr=o.target_psnr, pixel_stats=o.reads == "trunk+pixels", norm=o.norm).to(dev)
+                     target_psnr=o.target_psnr, pixel_stats=o.reads == "trunk+pixels", norm=o.norm,
+                     spread=o.spread == "folds").to(dev)
+
+
+def _out_of_fold_errors(vae, inputs: list[torch.Tensor], psnr: torch.Tensor, keep: list[int], fold: list[int],
+                        o: DistortionHeadOptions, dev: torch.device) -> torch.Tensor:
+    """(len(keep), R) predicted - measured PSNR of each image ``keep[j]`` by a head trained without its fold."""
+    errors = torch.zeros(len(keep), psnr.shape[1])
+    for f in sorted(set(fold)):
+        out = [j for j, g in enumerate(fold) if g == f]
+        if len(out) == len(keep):
+            raise UserInputError(f"--folds {o.folds}: every image fell in one fold; add sources or lower --folds")
+        head = _train_head(_new_head(vae, o, dev), inputs, psnr, [keep[j] for j in range(len(keep)) if fold[j] != f], o, dev)
+        with torch.no_grad():
+            rows = [keep[j] for j in out]
+            errors[out] = head.score(*[t[rows].to(dev) for t in inputs]).cpu() - psnr[rows]
+        log.info("error model: fold %d of %d, %d images out, MAE %s dB", f + 1, len(set(fold)), len(out),
+                 " / ".join(f"{v:.2f}" for v in errors[out].abs().mean(0).tolist()))
+    return errors
 
 
 def _train_head(head: RatioHead, inputs: list[torch.Tensor], psnr: torch.Tensor, idx: list[int], o: DistortionHeadOptions,
@@ -188,6 +227,9 @@ def _report(m: dict, ratios) -> str:
              f"({m['crop']} crops); head {m['head_params']} params, {m['epochs']} epochs, {m['loss']} loss; reads the trunk"
              f"{' and pixel statistics' if m.get('pixel_stats') else ''}, {m.get('norm', 'layer')} normalisation. The head saved "
              f"(and measured on dev): {saved}.", ""]
+    if "out_of_fold_mae" in m:
+        lines += [f"Error model: Laplace scales {' / '.join(f'{v:.2f}' for v in m['out_of_fold_mae'])} dB at "
+                  f"{' / '.join(f'{r}x' for r in ratios)}, the out-of-fold MAE ({m.get('folds', '')} folds of sources).", ""]
     for title, key in (("Held-out sources", "held_out_mae"), (f"{m.get('dev', '')}", "dev_mae")):
         if key not in m:
             continue
@@ -196,5 +238,12 @@ def _report(m: dict, ratios) -> str:
         for row in m[key]:
             lines.append(f"| {row['kind']} | {row['images']} | " + " | ".join(f"{row[f'mae_{r}x']:.2f}" for r in ratios) + " | "
                          + " | ".join(f"{row[f'bias_{r}x']:+.2f}" for r in ratios) + " |")
+        lines.append("")
+    if "dev_coverage" in m:
+        lines += [f"## {m['dev']}: the error model's 80% intervals (share of measured PSNRs inside; 80% is calibrated) "
+                  "and mean interval width (dB)", "", *md_header("kind", "images", *(f"{r}x" for r in ratios))]
+        for row in m["dev_coverage"]:
+            lines.append(f"| {row['kind']} | {row['images']} | " + " | ".join(
+                f"{100 * row[f'inside_{r}x']:.0f}% (±{row[f'halfwidth_{r}x']:.2f})" for r in ratios) + " |")
         lines.append("")
     return "\n".join(lines)

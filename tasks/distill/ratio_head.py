@@ -126,20 +126,36 @@ def _read_groups(root: Path, groups: str | None) -> tuple[dict[str, str] | None,
     return {r[0]: r[1] for r in rows[1:]}, str(path)
 
 
+def _group_families(files: list[Path], root: Path, groups: dict[str, str]) -> tuple[list[str], list[list[str]]]:
+    """(each file's group, each family's groups in hash order): a file without a group is its own; a
+    family is the name before a group's last "-" (``photo-3`` is a photo)."""
+    rel = [f.relative_to(root).as_posix() for f in files]
+    key = [groups[r] if r in groups else "\0" + r for r in rel]  # "\0": a file of no group
+    families: dict[str, list[str]] = {}
+    for g in sorted(set(key)):
+        families.setdefault("\0" if g.startswith("\0") else g.rsplit("-", 1)[0], []).append(g)
+    return key, [sorted(members, key=hash_fraction) for members in families.values()]
+
+
 def _grouped_split(files: list[Path], root: Path, fraction: float, groups: dict[str, str]) -> set[Path]:
-    """Held-out files: every file of the held-out groups (a file without a group is its own). Groups
-    are held out per family (the name before its last "-": ``photo-3`` is a photo), the
+    """Held-out files: every file of the held-out groups. Groups are held out per family, the
     ``round(fraction * n)`` of each family's n groups that hash lowest, at least one. Unlike a
     per-file split, no held-out image shares a source with a training image."""
-    rel = {f: f.relative_to(root).as_posix() for f in files}
-    key = {f: groups[rel[f]] if rel[f] in groups else "\0" + rel[f] for f in files}  # "\0": a file of no group
-    families: dict[str, list[str]] = {}
-    for g in sorted(set(key.values())):
-        families.setdefault("\0" if g.startswith("\0") else g.rsplit("-", 1)[0], []).append(g)
-    held = set()
-    for members in families.values():
-        held.update(sorted(members, key=hash_fraction)[: max(1, round(fraction * len(members)))])
-    return {f for f in files if key[f] in held}
+    key, families = _group_families(files, root, groups)
+    held = {g for members in families for g in members[: max(1, round(fraction * len(members)))]}
+    return {f for f, g in zip(files, key) if g in held}
+
+
+def grouped_folds(files: list[Path], root: Path, k: int, groups: dict[str, str] | None) -> list[int]:
+    """A fold in 0..k-1 for each file. With ``groups``: whole groups per fold, dealt round-robin family
+    after family (each in hash order), so every family is spread over the folds and no source spans
+    two; without: by each file's hash."""
+    if groups is None:
+        return [min(k - 1, int(hash_fraction(f.relative_to(root).as_posix()) * k)) for f in files]
+    key, families = _group_families(files, root, groups)
+    dealt = [g for members in families for g in members]  # one count across families: one-source families spread too
+    fold = {g: i % k for i, g in enumerate(dealt)}
+    return [fold[g] for g in key]
 
 
 def ratio_agreement(pred: torch.Tensor, target: torch.Tensor, mapper) -> tuple[float, torch.Tensor, float]:

@@ -15,6 +15,12 @@ chosen reconstruction meets the target, and its mean tokens. Each method traces 
   the measured qualities. With exact predictions and m = 0 it is the oracle. (Giving up only on a
   confident prediction is what lets a head reach fixed 8x's share, which counts every image the
   tokenizer can bring to the target: one wrongly abandoned image and that share is out of reach);
+* a predicted-quality method with an error model (the distortion head's per-image Laplace scales):
+  each image's chance of meeting the target at each ratio, and the token budget spent where it buys
+  the most expected images (a multiple-choice knapsack, greedy on each image's upper hull of (tokens,
+  chance): exact for the expected share up to the last purchase). An image the head knows well is cut
+  close to the target, an uncertain one is given a margin of its own; the scales are widened by a
+  swept factor (the knob) in case they are too tight;
 * ``oracle``: the measured frontier. With one point of value per image that meets the target, the
   most images meet it within a token budget when images are bought in order of what meeting costs
   them (their cheapest meeting ratio's tokens), the rest left at the cheapest ratio: greedy by cost is
@@ -30,16 +36,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from cat_tasks.reconstruction.table import ReconTable
+from cat_tokenizer.models.ratio_head import meet_probability
 
-__all__ = ["Target", "DEFAULT_PSNR_TARGETS", "DEFAULT_SSIM_TARGETS", "oracle_frontier", "cheapest_meeting", "cautious_claims",
-           "rate_curves", "tokens_at_share", "rate_headline"]
+__all__ = ["Target", "DEFAULT_PSNR_TARGETS", "DEFAULT_SSIM_TARGETS", "RULES", "oracle_frontier", "expected_frontier",
+           "cautious_claims", "rate_curves", "tokens_at_share", "rate_headline"]
 
 DEFAULT_PSNR_TARGETS = (22.0, 24.0, 26.0, 28.0)
 DEFAULT_SSIM_TARGETS = (0.7, 0.8, 0.9)
 MARGINS_DB = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0, 3.0, 4.0)  # predicted-PSNR margins swept (x 0.01 for SSIM)
+WIDEN = (0.75, 1.0, 1.5, 2.0, 3.0)  # error-model scales widened by these factors (the expected-share rule's knob)
 POINTS_PER_CURVE = 48  # a frontier's purchases thinned to about this many (tokens, share) points
+RULES = ("expected", "margin", "both")  # how a head with an error model allocates (both: two curves)
 
 
 @dataclass(frozen=True)
@@ -85,13 +95,38 @@ def oracle_frontier(met: np.ndarray, costs: Sequence[int]) -> list[tuple[float, 
     return points
 
 
-def cheapest_meeting(pred: np.ndarray, threshold: float, costs: Sequence[int]) -> np.ndarray:
-    """(N,) index of the cheapest ratio whose predicted value is >= ``threshold`` (the cheapest of all when none is)."""
-    pred, costs = np.asarray(pred, np.float64), np.asarray(costs)
-    ok = pred >= threshold
-    cost_if_ok = np.where(ok, costs[None, :], np.inf)
-    pick = np.argmin(cost_if_ok, axis=1)
-    return np.where(ok.any(axis=1), pick, int(np.argmin(costs)))
+def expected_frontier(chance: np.ndarray, costs: Sequence[int]) -> list[np.ndarray]:
+    """Allocations (N,) of ratio indices, one per purchase, from all images at the cheapest ratio to the
+    end of the budget: each purchase the step (tokens, chance) on some image's upper hull with the
+    most chance per token.
+
+    Args:
+        chance: (N, R) probability that each image meets the target at each ratio.
+        costs: (R,) tokens per image at each ratio.
+    """
+    chance, costs = np.asarray(chance, np.float64), np.asarray(costs, np.float64)
+    by_cost = np.argsort(costs, kind="stable")
+    steps = []  # (chance per token, image, ratio index)
+    for i, p in enumerate(chance):
+        hull = [by_cost[0]]
+        for j in by_cost[1:]:
+            if p[j] <= p[hull[-1]]:
+                continue  # dearer and no likelier
+            hull.append(j)
+            while len(hull) >= 3 and _slope(p, costs, hull[-2], hull[-1]) >= _slope(p, costs, hull[-3], hull[-2]):
+                hull.pop(-2)  # not on the upper hull: skipped by a steeper step
+        steps += [(_slope(p, costs, a, b), i, b) for a, b in zip(hull, hull[1:])]
+    steps.sort(key=lambda t: -t[0])  # within an image the hull's slopes fall, so its steps stay in order
+    idx = np.full(len(chance), by_cost[0])
+    out = [idx.copy()]
+    for _, i, j in steps:
+        idx[i] = j
+        out.append(idx.copy())
+    return out
+
+
+def _slope(p: np.ndarray, costs: np.ndarray, a: int, b: int) -> float:
+    return float((p[b] - p[a]) / (costs[b] - costs[a]))
 
 
 def cautious_claims(pred: np.ndarray, target: Target, margin: float, costs: Sequence[int]) -> np.ndarray:
@@ -107,7 +142,8 @@ def cautious_claims(pred: np.ndarray, target: Target, margin: float, costs: Sequ
 
 
 def rate_curves(table: ReconTable, target: Target, allocations: dict[tuple[str, float], np.ndarray],
-                predicted: dict[str, np.ndarray] | None = None) -> list[dict]:
+                predicted: dict[str, np.ndarray] | None = None, spreads: dict[str, np.ndarray] | None = None,
+                rule: str = "both") -> list[dict]:
     """Rows ``{target, method, margin_or_budget, mean_tokens, share, share_<kind>..., tokens_<kind>...}``.
 
     Args:
@@ -116,6 +152,9 @@ def rate_curves(table: ReconTable, target: Target, allocations: dict[tuple[str, 
         allocations: the equal-token view's ``{(method, budget): idx}`` (fixed, scored methods, random);
             its oracle is replaced by this view's own frontier.
         predicted: ``{method: (N, R) predicted values of target.metric}`` for margin-swept allocators.
+        spreads: ``{method: (N, R) log Laplace scales of those predictions}`` (an error model): such a
+            method allocates by expected share (``rule`` expected), by margins (margin), or both, the
+            margin curve then named ``<method> (margin rule)``.
     """
     met = target.met(table)
     costs = table.tokens(np.arange(len(table.ratios)))
@@ -134,9 +173,18 @@ def rate_curves(table: ReconTable, target: Target, allocations: dict[tuple[str, 
         if method != "oracle":
             add(method, budget, idx)
     for name, pred in (predicted or {}).items():
-        for m in MARGINS_DB:
-            for _, _, idx in _thin(oracle_frontier(cautious_claims(pred, target, m, costs), costs)):
-                add(name, float(m), idx)
+        log_scale = (spreads or {}).get(name)
+        if log_scale is not None and rule in ("expected", "both"):
+            for w in WIDEN:
+                chance = meet_probability(torch.from_numpy(np.asarray(pred, np.float64)),
+                                          torch.from_numpy(np.exp(np.asarray(log_scale, np.float64))) * w, target.value).numpy()
+                for idx in _thin(expected_frontier(chance, costs)):
+                    add(name, w, idx)
+        if log_scale is None or rule in ("margin", "both"):
+            margin_name = f"{name} (margin rule)" if log_scale is not None and rule == "both" else name
+            for m in MARGINS_DB:
+                for _, _, idx in _thin(oracle_frontier(cautious_claims(pred, target, m, costs), costs)):
+                    add(margin_name, float(m), idx)
     for _, _, idx in _thin(oracle_frontier(met, costs)):
         add("oracle", float("nan"), idx)
     return rows

@@ -25,7 +25,7 @@ from typing import Literal
 
 import numpy as np
 
-from cat_tasks.reconstruction.heads import mae_table, predict_psnr
+from cat_tasks.reconstruction.heads import mae_table, predict_distortion
 from cat_tasks.reconstruction.rate_control import (
     DEFAULT_PSNR_TARGETS,
     DEFAULT_SSIM_TARGETS,
@@ -408,8 +408,9 @@ def evaluator_scores(evaluators: Sequence[tuple[str, ComplexityEvaluator]], tabl
     return out
 
 
-def head_predictions(path: str, vae, table: ReconTable, root: Path) -> np.ndarray:
-    """(N, R) PSNRs that the distortion head saved at ``path`` predicts for the table's images; refused
+def head_predictions(path: str, vae, table: ReconTable, root: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """(N, R) PSNRs that the distortion head saved at ``path`` predicts for the table's images and (N, R)
+    its error model's log scales (None without one); refused
     in one line unless its tokenizer is the one being measured (the head predicts that tokenizer's errors)."""
 
     headed = load_vae(path).to(next(vae.parameters()).device)
@@ -421,7 +422,7 @@ def head_predictions(path: str, vae, table: ReconTable, root: Path) -> np.ndarra
     if headed.ratio_head.config["image_size"] != table.image_size:
         log.warning("the distortion head was trained at %s px; rd measures at %d px: its PSNRs are of another view",
                     headed.ratio_head.config["image_size"], table.image_size)
-    return predict_psnr(headed, [root / p for p in table.paths], next(vae.parameters()).device)
+    return predict_distortion(headed, [root / p for p in table.paths], next(vae.parameters()).device)
 
 
 @dataclass(frozen=True)
@@ -440,6 +441,8 @@ class RDOptions:
         target_ssim: rate-control SSIM targets
         rfid_boots: bootstrap resamples for rFID's intervals (0: none)
         distortion_head: a tokenizer folder with a distortion head (cat-tokenizer distortion-head): allocates in both views
+        rate_rule: how a distortion head with an error model meets a target: expected (the budget where it buys the most
+            expected images), margin (one margin for all images), or both (two curves)
         report: also copy the report files (no caches) into this folder, e.g. docs/reports/rd-dev-128
         regions: also region-adaptive CAT (one ratio per 32-px block), decoded for real: oracle, per-image oracle, the block
             head when the tokenizer has one, variance, edges
@@ -459,6 +462,7 @@ class RDOptions:
     target_ssim: tuple[float, ...] = DEFAULT_SSIM_TARGETS
     rfid_boots: int = 100
     distortion_head: str | None = None
+    rate_rule: Literal["expected", "margin", "both"] = "both"
     report: str | None = None
     regions: bool = False
     region_budgets: str | None = None
@@ -480,11 +484,15 @@ def run_rd(data: str | Path, o: RDOptions = RDOptions()) -> Path:
     if len(table) < 3:
         raise UserInputError(f"need at least 3 readable images for a rate-distortion curve, found {len(table)} under {root}")
     named = [(spec.name, ComplexityEvaluator.from_config(spec)) for spec in o.evaluator or [EvaluatorSpec()]]
-    predicted = {"distortion head": head_predictions(o.distortion_head, vae, table, root)} if o.distortion_head else {}
+    predicted, spreads = {}, {}
+    if o.distortion_head:
+        predicted["distortion head"], log_scale = head_predictions(o.distortion_head, vae, table, root)
+        spreads = {"distortion head": log_scale} if log_scale is not None else {}
     scores = evaluator_scores(named, table, root, out / "scores.sqlite", progress)
     rows, allocs = rd_curves(table, scores, budgets, predicted=predicted)
     targets = [Target("psnr", float(t)) for t in o.target_psnr] + [Target("ssim", float(t)) for t in o.target_ssim]
-    rate_rows = [row for t in targets for row in rate_curves(table, t, allocs, predicted if t.metric == "psnr" else None)]
+    rate_rows = [row for t in targets
+                 for row in rate_curves(table, t, allocs, predicted if t.metric == "psnr" else None, spreads, o.rate_rule)]
     md = write_rd(out, table, rows, allocs, root, f"{o.ckpt}, fingerprint {vae.fingerprint(with_head=False)}", rate_rows, o.rfid_boots)
     if predicted:
         _append_head_error(md, predicted["distortion head"], table)

@@ -439,7 +439,8 @@ class NestedVAE(ModelMixin, ConfigMixin):
         pad_h, pad_w = (-x.shape[-2]) % multiple, (-x.shape[-1]) % multiple
         return F.pad(x, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else x
 
-    def encode(self, x: Tensor, ratio: int | str, target_psnr: float | None = None) -> LatentPosterior | list[LatentPosterior]:
+    def encode(self, x: Tensor, ratio: int | str, target_psnr: float | None = None,
+               confidence: float | None = None) -> LatentPosterior | list[LatentPosterior]:
         """Encode images at one ratio, running only the encoder stages that ratio needs.
 
         Args:
@@ -450,14 +451,16 @@ class NestedVAE(ModelMixin, ConfigMixin):
                 another size than the head was distilled at are scored on a resized copy instead.
             target_psnr: with ``"auto"`` and a distortion head (``cat-tokenizer distortion-head``):
                 each image's cheapest ratio predicted to reach this PSNR (default: the head's own).
+            confidence: with a distortion head that has an error model: the cheapest ratio that reaches
+                the target with at least this probability (default: its predicted PSNR reaches it).
 
         Returns:
             A posterior whose ``sample()``/``mode()`` is (B, C, ceil(H/r), ceil(W/r)); with
             ``"auto"``, one posterior per image (each with its own ``ratio``).
         """
         if ratio == "auto":
-            return self.encode_auto(x, target_psnr)
-        if target_psnr is not None:
+            return self.encode_auto(x, target_psnr, confidence)
+        if target_psnr is not None or confidence is not None:
             raise UserInputError('a PSNR target picks the ratio: encode with ratio="auto"')
         ratio = check_ratio(ratio, self.ratios)
         self._check_images(x)
@@ -493,13 +496,18 @@ class NestedVAE(ModelMixin, ConfigMixin):
             return TF.center_crop(x, [side, side])
         return TF.center_crop(TF.resize(x, side, antialias=True), [side, side])  # (B, 3, side, side)
 
-    def _head_scores(self, x: Tensor, taps: list[Tensor] | None = None) -> Tensor:
-        """The head's scores (B,): on ``x``'s trunk (``taps`` when already computed), or on a resized
-        view's trunk when ``x`` is not at the head's image size."""
+    def _head_scores(self, x: Tensor, taps: list[Tensor] | None = None, spread: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """The head's scores (B,) or (B, R): on ``x``'s trunk (``taps`` when already computed), or on a
+        resized view's trunk when ``x`` is not at the head's image size; with ``spread``, also the
+        distortion head's error model's log scales (B, R)."""
         view = self._head_view(x)
         if view is not None:
             x, taps = view, self.trunk(view)
-        return self.ratio_head(taps if taps is not None else self.trunk(x), x)
+        head, taps = self.ratio_head, taps if taps is not None else self.trunk(x)
+        if not spread:
+            return head(taps, x)
+        stats = head.statistics(taps, x)
+        return head.score(stats, taps[-1]), head.log_scale(stats)
 
     def predict_scores(self, x: Tensor) -> Tensor:
         """Complexity scores (B,) from the ratio head on the trunk features (of a resized view when
@@ -509,7 +517,7 @@ class NestedVAE(ModelMixin, ConfigMixin):
         self._check_images(x)
         return self._head_scores(x)
 
-    def encode_auto(self, x: Tensor, target_psnr: float | None = None) -> list[LatentPosterior]:
+    def encode_auto(self, x: Tensor, target_psnr: float | None = None, confidence: float | None = None) -> list[LatentPosterior]:
         """``encode(x, "auto")``: one trunk pass, the head's ratio per image, then each group of
         images continues from its trunk features to its exit."""
         if self.ratio_head is None:
@@ -518,7 +526,14 @@ class NestedVAE(ModelMixin, ConfigMixin):
         size, lvl = (x.shape[-2], x.shape[-1]), self.trunk_level()
         taps = self.trunk(x, max(self.ratios))
         h = taps[-1]  # (B, ch[lvl], H/8, W/8)
-        ratios = self.ratio_head.ratios_for(self._head_scores(x, taps), target_psnr)  # other sizes: a resized copy's trunk
+        if confidence is None:
+            ratios = self.ratio_head.ratios_for(self._head_scores(x, taps), target_psnr)  # other sizes: a resized copy's trunk
+        else:
+            if not self.ratio_head.predicts_psnr or not self.ratio_head.has_error_model:
+                raise UserInputError("--confidence needs a distortion head with an error model "
+                                     "(`cat-tokenizer distortion-head` --spread folds)")
+            scores, log_scale = self._head_scores(x, taps, spread=True)
+            ratios = self.ratio_head.ratios_for(scores, target_psnr, confidence, log_scale)
         out: list[LatentPosterior | None] = [None] * len(ratios)
         for r in sorted(set(ratios)):
             idx = [i for i, q in enumerate(ratios) if q == r]

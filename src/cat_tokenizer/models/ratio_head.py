@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from cat_tokenizer.errors import UserInputError
 from cat_tokenizer.ratios import DEFAULT_RATIOS, DEFAULT_THRESHOLDS, ratios_from_scores
 
-__all__ = ["RatioHead", "Standardize", "pixel_statistics", "stage_statistics"]
+__all__ = ["RatioHead", "Standardize", "meet_probability", "pixel_statistics", "stage_statistics"]
 
 STATS_PER_CHANNEL = 4
 PIXEL_SCALES = (2, 4, 8, 16, 32)
@@ -54,6 +54,13 @@ def pixel_statistics(x: Tensor) -> Tensor:
     out += [torch.log10(dx.mean((-2, -1)) + dy.mean((-2, -1)) + 1e-6), (dx < 1e-3).float().mean((-2, -1)),
             (dx > 0.25).float().mean((-2, -1)), x.std((-2, -1)), x.mean((-2, -1))]
     return torch.cat(out, 1)
+
+
+def meet_probability(mean: Tensor, scale: Tensor, target: float) -> Tensor:
+    """P(PSNR >= ``target``) when the PSNR is ``mean`` plus a Laplace error of ``scale`` (the error a head
+    trained with L1 makes: its prediction is the median): elementwise, any matching shapes."""
+    z = (mean - target) / scale
+    return torch.where(z >= 0, 1 - 0.5 * torch.exp(-z.clamp(min=0)), 0.5 * torch.exp(z.clamp(max=0)))
 
 
 class Standardize(nn.Module):
@@ -126,18 +133,26 @@ class RatioHead(nn.Module):
             a distortion head, one predicted PSNR per ratio (B, R); an image's ratio is then the
             cheapest whose predicted PSNR meets ``target_psnr`` (8x, the most tokens, when none does).
         target_psnr: the default target of a distortion head (``encode --target-psnr`` overrides it).
+        spread: a distortion head's error model: per ratio, the scale of a Laplace error around each
+            predicted PSNR (its mean absolute error on sources held out of its training, measured by
+            ``cat-tokenizer distortion-head`` in folds; ``set_error_scale``). ``meet_probability`` turns it
+            into the chance that a ratio meets a target, which ``ratios_for(confidence=)`` and ``rd``'s
+            rate control use. (Per-image scales learnt by a second MLP generalised worse than these
+            constants on real-v1 dev: docs/reconstruction.md.)
     """
 
     def __init__(self, stage_channels: Sequence[int], hidden: int = 256, conv: int = 0,
                  thresholds: Sequence[float] = DEFAULT_THRESHOLDS, ratios: Sequence[int] = DEFAULT_RATIOS,
                  image_size: int | None = None, report: dict | None = None, stages: Sequence[int] | None = None,
                  row_stride: Sequence[int] | None = None, crop: str = "resize", predicts: str = "score",
-                 target_psnr: float = 24.0, pixel_stats: bool = False, norm: str = "layer"):
+                 target_psnr: float = 24.0, pixel_stats: bool = False, norm: str = "layer", spread: bool = False):
         super().__init__()
         if predicts not in PREDICTS:
             raise UserInputError(f"ratio head predicts must be one of {', '.join(PREDICTS)}, got {predicts!r}")
         if norm not in NORMS:
             raise UserInputError(f"ratio head norm must be one of {', '.join(NORMS)}, got {norm!r}")
+        if spread and predicts != "psnr":
+            raise UserInputError("ratio head spread (an error model) is for a distortion head (predicts='psnr')")
         n = len(stage_channels)
         stages = list(range(n)) if stages is None else sorted({int(s) for s in stages})
         row_stride = [2 ** (n - 1 - s) for s in range(n)] if row_stride is None else [int(k) for k in row_stride]
@@ -149,7 +164,7 @@ class RatioHead(nn.Module):
                        "thresholds": [float(t) for t in thresholds], "ratios": [int(r) for r in ratios],
                        "image_size": image_size, "report": report, "stages": stages, "row_stride": row_stride,
                        "crop": crop, "predicts": predicts, "target_psnr": float(target_psnr),
-                       "pixel_stats": bool(pixel_stats), "norm": norm}
+                       "pixel_stats": bool(pixel_stats), "norm": norm, "spread": bool(spread)}
         stats_dim = STATS_PER_CHANNEL * sum(stage_channels[s] for s in stages) + (PIXEL_STATS if pixel_stats else 0)
         dim = stats_dim + 2 * conv
         self.conv = nn.Sequential(
@@ -161,6 +176,8 @@ class RatioHead(nn.Module):
         self.out = nn.Linear(hidden, len(ratios) if predicts == "psnr" else 1)
         nn.init.zeros_(self.out.weight)
         nn.init.constant_(self.out.bias, 25.0 if predicts == "psnr" else 5.0)  # a middling PSNR; the middle of the 1..9 scale
+        if spread:
+            self.register_buffer("error_scale", torch.ones(len(ratios)))  # dB per ratio; set_error_scale
 
     def set_report(self, report: dict) -> None:
         """Record how the trained head did on held-out images (teacher, agreement, split); saved with
@@ -191,6 +208,23 @@ class RatioHead(nn.Module):
         out = self.out(self.mlp(stats))  # (B, 1) or (B, R)
         return out if self.predicts_psnr else out.squeeze(-1)
 
+    @property
+    def has_error_model(self) -> bool:
+        return bool(self.config.get("spread", False))
+
+    @torch.no_grad()
+    def set_error_scale(self, scale: Tensor) -> None:
+        """Set the error model's Laplace scale per ratio (R,): the mean absolute error on held-out images."""
+        if not self.has_error_model:
+            raise UserInputError("this distortion head was made without an error model (spread=False)")
+        self.error_scale.copy_(scale.to(self.error_scale).clamp(min=1e-3))
+
+    def log_scale(self, stats: Tensor) -> Tensor:
+        """(B, D) statistics -> (B, R) log of the Laplace scale (dB) of each predicted PSNR's error."""
+        if not self.has_error_model:
+            raise UserInputError("this distortion head has no error model: make one with `cat-tokenizer distortion-head` (--spread folds)")
+        return self.error_scale.log().expand(stats.shape[0], -1)
+
     def statistics(self, taps: Sequence[Tensor], x: Tensor | None = None) -> Tensor:
         """All trunk stage outputs [+ the images (B, 3, H, W) they came from, for a ``pixel_stats``
         head] -> (B, D) statistics of the stages this head reads [and of the images]."""
@@ -205,16 +239,28 @@ class RatioHead(nn.Module):
     def forward(self, taps: Sequence[Tensor], x: Tensor | None = None) -> Tensor:
         return self.score(self.statistics(taps, x), taps[-1])
 
-    def ratios_for(self, scores: Tensor, target_psnr: float | None = None) -> list[int]:
+    def ratios_for(self, scores: Tensor, target_psnr: float | None = None, confidence: float | None = None,
+                   log_scale: Tensor | None = None) -> list[int]:
         """Scores -> ratios with the stored thresholds (the rule ``RatioMapper`` applies); for a
         distortion head, (B, R) PSNRs -> the cheapest ratio predicted to meet ``target_psnr``
-        (default the stored one), 8x when none is."""
+        (default the stored one), 8x when none is. With ``confidence`` p (and the error model's
+        ``log_scale``, (B, R)): the cheapest ratio that meets the target with probability >= p (p = 0.5
+        is the rule without it)."""
         if not self.predicts_psnr:
-            if target_psnr is not None:
+            if target_psnr is not None or confidence is not None:
                 raise UserInputError("--target-psnr needs a distortion head (cat-tokenizer distortion-head); "
                                      "this tokenizer's ratio head predicts a complexity score")
             return [int(r) for r in ratios_from_scores(scores.detach().float().cpu().numpy(), self.config["thresholds"], self.config["ratios"])]
         target = self.config["target_psnr"] if target_psnr is None else float(target_psnr)
         ratios = self.config["ratios"]  # ascending: the first has the most tokens
-        meets = (scores.detach().float().cpu() >= target).tolist()
+        scores = scores.detach().float().cpu()
+        if confidence is None:
+            meets = (scores >= target).tolist()
+        else:
+            if not 0 < confidence < 1:
+                raise UserInputError(f"--confidence is a probability between 0 and 1, got {confidence:g}")
+            if log_scale is None:
+                raise UserInputError("--confidence needs a distortion head with an error model (`cat-tokenizer distortion-head` "
+                                     "--spread folds)")
+            meets = (meet_probability(scores, log_scale.detach().float().cpu().exp(), target) >= confidence).tolist()
         return [max((r for r, ok in zip(ratios, row) if ok), default=ratios[0]) for row in meets]
