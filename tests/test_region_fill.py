@@ -117,3 +117,42 @@ def test_training_the_fill_lowers_its_error_and_exports_a_tokenizer_that_uses_it
                               init_fill=str(tmp_path / "exported"))  # a second stage adds the adapter
     assert torch.equal(second.fill.heads["16"].weight, module.fill.heads["16"].weight)
     assert second.fill.adapter is not None
+
+
+@torch.no_grad()
+def test_a_decoder_tail_starts_as_the_decoders_stages_and_only_mixed_maps_take_it(tiny_vae, images, tmp_path):
+    from cat_tokenizer.models.decoder_tail import DecoderTail
+    from cat_tokenizer.ratios import ratio_level
+
+    plain = _with_fill(tiny_vae)
+    config = DecoderTail.config_for(tiny_vae.decoder, ratio_level(min(tiny_vae.ratios)))
+    fill = RegionFill(tiny_vae.latent_channels, tiny_vae.ratios, width=32, groups=8, tail=config)
+    fill.load_state_dict(plain.region_fill.state_dict(), strict=False)
+    fill.tail.copy_from(tiny_vae.decoder)
+    tailed = copy.deepcopy(tiny_vae).attach_region_fill(fill)
+    lat = tiny_vae.encode_regions(images, RMAP)
+    assert torch.allclose(tailed.decode_regions(lat), plain.decode_regions(lat), atol=1e-5)  # a copy decodes as the original
+    torch.nn.init.normal_(fill.tail.conv_out.weight, std=0.1)  # "fine-tuned"
+    assert not torch.allclose(tailed.decode_regions(lat), plain.decode_regions(lat), atol=1e-3)
+    one = tiny_vae.encode_regions(images, torch.full((2, 3), 16))
+    assert torch.equal(tailed.decode_regions(one), tiny_vae.decode(tiny_vae.encode(images, 16).mode(), 16))  # one ratio: untouched
+    tailed.save_pretrained(tmp_path / "tok")
+    back = NestedVAE.from_pretrained(tmp_path / "tok")
+    assert torch.allclose(back.decode_regions(lat), tailed.decode_regions(lat), atol=1e-4)
+    with pytest.raises(UserInputError, match="decoder tail"):
+        wrong = {**config, "channels": [c * 2 for c in config["channels"]]}
+        copy.deepcopy(tiny_vae).attach_region_fill(RegionFill(tiny_vae.latent_channels, tiny_vae.ratios, width=32, groups=8, tail=wrong))
+
+
+def test_the_tail_trains_at_its_own_learning_rate_from_a_fill_without_one(tiny_vae, tmp_path):
+    tiny_vae.save_pretrained(tmp_path / "tok")
+    first = RegionFillModule(str(tmp_path / "tok"), width=32, groups=8, ema_decay=0.0)
+    first.export_pretrained(tmp_path / "exported")
+    module = RegionFillModule(str(tmp_path / "tok"), width=32, groups=8, merge_adapter=True, tail=True, tail_lr_ratio=0.1, lr=1e-3,
+                              ema_decay=0.0, init_fill=str(tmp_path / "exported"))
+    assert torch.equal(module.fill.heads["16"].weight, first.fill.heads["16"].weight)
+    assert torch.equal(module.fill.tail.conv_out.weight, module.vae.decoder.conv_out.weight)
+    module.trainer = type("T", (), {})()
+    opt = module.configure_optimizers()["optimizer"]
+    assert [g["initial_lr"] for g in opt.param_groups] == [1e-3, pytest.approx(1e-4)]  # before the warm-up factor
+    assert sum(p.numel() for p in opt.param_groups[1]["params"]) == sum(p.numel() for p in module.fill.tail.parameters())

@@ -28,6 +28,8 @@ from cat_tokenizer.errors import UserInputError
 from cat_tokenizer.io import load_vae
 from cat_tokenizer.lit.schedule import Schedule, check_schedule, lr_factor
 from cat_tokenizer.metrics.image import psnr_per_image
+from cat_tokenizer.models.decoder_tail import DecoderTail
+from cat_tokenizer.ratios import ratio_level
 from cat_tokenizer.regions.fill import RegionFill
 from cat_tokenizer.regions.latent import RegionLatent, exit_latents, mixed_decode
 from cat_tokenizer.regions.maps import random_maps
@@ -58,18 +60,25 @@ class RegionFillModule(L.LightningModule):
         val_seed: seed of the validation maps (the same maps at every validation).
         init_fill: a tokenizer with a region fill of the same shape (an earlier run's ``pretrained/``) whose
             fill weights start this run: a second stage with other loss weights, say.
+        tail: also fine-tune a copy of the decoder's shared up-stages for mixed maps (``RegionFill``'s
+            ``tail``; starts as the decoder's own; pixel loss only). Single-ratio decodes keep the tokenizer's.
+        tail_lr_ratio: the tail's learning rate as a share of ``lr`` (it starts trained; the fill does not).
     """
 
     def __init__(self, tokenizer: str = "cat-small", width: int = 128, layers: int = 1, groups: int = 32, merge_adapter: bool = False,
                  latent_weight: float = 0.01, pixel_weight: float = 1.0, lr: float = 1e-3, weight_decay: float = 0.0,
                  warmup_steps: int = 200, lr_schedule: Schedule = "cosine", decay_steps: int | None = 4000,
-                 min_lr_ratio: float = 0.05, ema_decay: float = 0.999, val_seed: int = 0, init_fill: str | None = None):
+                 min_lr_ratio: float = 0.05, ema_decay: float = 0.999, val_seed: int = 0, init_fill: str | None = None,
+                 tail: bool = False, tail_lr_ratio: float = 0.1):
         super().__init__()
         check_schedule(lr_schedule, warmup_steps, decay_steps)
         self.save_hyperparameters()
         self.vae = load_vae(tokenizer).float().eval().requires_grad_(False)
         merge = self.vae.decoder.merge_channels() if merge_adapter else 0
-        self.fill = RegionFill(self.vae.latent_channels, self.vae.ratios, width, layers, groups, merge)
+        tail_config = DecoderTail.config_for(self.vae.decoder, ratio_level(min(self.vae.ratios))) if tail else None
+        self.fill = RegionFill(self.vae.latent_channels, self.vae.ratios, width, layers, groups, merge, tail_config)
+        if tail:
+            self.fill.tail.copy_from(self.vae.decoder)
         if init_fill:
             self._init_fill(init_fill)
         self.ema = ModelEmaV3(self.fill, decay=ema_decay, use_warmup=True) if ema_decay > 0 else None
@@ -84,11 +93,11 @@ class RegionFillModule(L.LightningModule):
         if other.fingerprint(with_head=False) != self.vae.fingerprint(with_head=False):
             log.warning("init_fill %s: its fill was trained for tokenizer %s, this run's is %s", source,
                         other.fingerprint(with_head=False), self.vae.fingerprint(with_head=False))
-        mine, theirs = ({k: v for k, v in c.items() if k != "merge_channels"} for c in (self.fill.config, other.region_fill.config))
+        mine, theirs = ({k: v for k, v in c.items() if k not in ("merge_channels", "tail")} for c in (self.fill.config, other.region_fill.config))
         if mine != theirs:
             raise UserInputError(f"init_fill {source}: its fill {other.region_fill.config} is not this run's {self.fill.config}")
         missing, unexpected = self.fill.load_state_dict(other.region_fill.state_dict(), strict=False)
-        if unexpected or any(not k.startswith("adapter.") for k in missing):
+        if unexpected or any(not k.startswith(("adapter.", "tail.")) for k in missing):
             raise UserInputError(f"init_fill {source}: its fill's weights do not fit this run's ({(unexpected or missing)[0]})")
         log.info("region fill starts from %s", source)
 
@@ -113,7 +122,10 @@ class RegionFillModule(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        opt = torch.optim.AdamW(self.fill.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        tail = [p for n, p in self.fill.named_parameters() if n.startswith("tail.")]
+        rest = [p for n, p in self.fill.named_parameters() if not n.startswith("tail.")]
+        groups = [{"params": rest}] + ([{"params": tail, "lr": hp.lr * hp.tail_lr_ratio}] if tail else [])
+        opt = torch.optim.AdamW(groups, lr=hp.lr, weight_decay=hp.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: lr_factor(s, hp.warmup_steps, hp.lr_schedule, hp.decay_steps, hp.min_lr_ratio))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -33,6 +33,7 @@ import cat_tokenizer.models.hub as hub
 from cat_tokenizer.errors import InputNotFound, UserInputError
 from cat_tokenizer.files import apply_umask
 from cat_tokenizer.fingerprint import fingerprint_state
+from cat_tokenizer.models.decoder_tail import DecoderTail, up_to_pixels
 from cat_tokenizer.models.diffusers_view import RatioVAE
 from cat_tokenizer.models.hub import BUNDLED_TOKENIZERS, bundled_path, check_weights
 from cat_tokenizer.models.ratio_head import RatioHead
@@ -179,11 +180,7 @@ class _Decoder(nn.Module):
 
     def pixels(self, h: Tensor, start: int) -> Tensor:
         """Up-stages ``start..0`` and the output tail: (B, ch[start+1], H/2^start, W/2^start) -> (B, 3, H, W)."""
-        for i in range(start, -1, -1):
-            h = self._run(self.stages[i], h)  # (B, ch[i], H/2^i, W/2^i)
-            if i > 0:
-                h = self.upsamplers[i - 1](h)  # (B, ch[i], H/2^(i-1), W/2^(i-1))
-        return self.conv_out(F.silu(self.norm_out(h)))  # (B, 3, H, W)
+        return up_to_pixels(self, h, start, self._run)
 
     def colour_of(self, z: Tensor, size: tuple[int, int]) -> Tensor | None:
         """The colour path's (B, 3, *size) image of a latent, or None without one."""
@@ -300,6 +297,9 @@ class NestedVAE(ModelMixin, ConfigMixin):
                 or merge not in (0, self.decoder.merge_channels())):
             raise UserInputError(f"region fill for {fill.config['latent_channels']} channels at {fill.config['ratios']} "
                                  f"does not fit this tokenizer ({self.latent_channels} channels at {list(self.ratios)})")
+        tail = fill.config.get("tail")
+        if tail is not None and tail != DecoderTail.config_for(self.decoder, ratio_level(min(self.ratios))):
+            raise UserInputError(f"region fill's decoder tail {tail} does not fit this tokenizer's decoder")
         self.region_fill = fill
         self.register_to_config(region_fill=dict(fill.config))
         return self

@@ -26,6 +26,7 @@ from diffusers.models.unets.unet_2d_blocks import UNetMidBlock2D
 from torch import Tensor, nn
 
 from cat_tokenizer.errors import UserInputError
+from cat_tokenizer.models.decoder_tail import DecoderTail
 
 if TYPE_CHECKING:
     from cat_tokenizer.regions.latent import RegionLatent
@@ -45,16 +46,19 @@ class RegionFill(nn.Module):
         merge_channels: the decoder's feature channels where the paths merge (0: no merge adapter). The
             adapter, a zero-initialised two-layer conv on the merged features and the map, corrects what
             the merge itself costs: the shared stages' GroupNorms see a patchwork of paths.
+        tail: a ``DecoderTail`` config (``DecoderTail.config_for``): the fill carries its own copy of the
+            decoder's shared up-stages, fine-tuned on mixed maps, which decodes a map that mixes ratios
+            (a map of one ratio still takes the tokenizer's own stages, so it decodes exactly as before).
     """
 
     def __init__(self, latent_channels: int, ratios: Sequence[int] = (8, 16, 32), width: int = 128, layers: int = 1,
-                 groups: int = 32, merge_channels: int = 0):
+                 groups: int = 32, merge_channels: int = 0, tail: dict | None = None):
         super().__init__()
         ratios = sorted(int(r) for r in ratios)
         if width % groups:
             raise UserInputError(f"region fill: groups={groups} must divide width={width}")
         self.config = {"latent_channels": int(latent_channels), "ratios": ratios, "width": int(width),
-                       "layers": int(layers), "groups": int(groups), "merge_channels": int(merge_channels)}
+                       "layers": int(layers), "groups": int(groups), "merge_channels": int(merge_channels), "tail": tail}
         c, fine = latent_channels, ratios[0]
         self.conv_in = nn.Conv2d(len(ratios) * (c + 1), width, 3, padding=1)
         self.mid = UNetMidBlock2D(width, temb_channels=None, num_layers=layers, resnet_groups=groups,
@@ -70,6 +74,7 @@ class RegionFill(nn.Module):
                                          nn.Conv2d(width, merge_channels, 3, padding=1))
             nn.init.zeros_(self.adapter[-1].weight)
             nn.init.zeros_(self.adapter[-1].bias)
+        self.tail = DecoderTail(**tail) if tail else None
 
     def _inputs(self, lat: RegionLatent) -> Tensor:
         """(B, R * (C + 1), H/f, W/f) on the finest grid f: each ratio's sent tokens (spread, masked) and its mask."""

@@ -200,7 +200,8 @@ def encode_regions(vae, x: Tensor, ratio_map: Tensor, sample: bool = False) -> R
 def mixed_decode(vae, lat: RegionLatent, grids: dict[int, Tensor], fill=None) -> Tensor:
     """One mixed decode of full grids (ratio -> (B, C, H'/r, W'/r), one per ratio present) -> (B, 3, H', W')
     at the padded size: each path to the shared 8x stages, merged by the map (then corrected by ``fill``'s
-    merge adapter when it has one and the map mixes ratios)."""
+    merge adapter when it has one and the map mixes ratios, and decoded by ``fill``'s own copy of the shared
+    stages when it carries one)."""
     dec = vae.decoder
     stop = ratio_level(min(vae.ratios))  # the up-stage every path reaches with the same shape
     merged, colour = None, None
@@ -213,9 +214,10 @@ def mixed_decode(vae, lat: RegionLatent, grids: dict[int, Tensor], fill=None) ->
         if c is not None:
             part = c * lat.mask(r, lat.block).to(c.dtype)
             colour = part if colour is None else colour + part
+    tail = None
     if fill is not None and len(grids) > 1:
-        merged = fill.adapt(merged, lat)
-    x = dec.pixels(merged, stop)  # (B, 3, hp, wp)
+        merged, tail = fill.adapt(merged, lat), fill.tail
+    x = dec.pixels(merged, stop) if tail is None else tail(merged)  # (B, 3, hp, wp)
     return x if colour is None else x + colour
 
 
