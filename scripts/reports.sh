@@ -3,13 +3,13 @@
 # command that measures it (no figure is copied by hand). Run it after a new cat-small ships (make reports).
 #
 #   scripts/reports.sh [STEP ...]        default: every step, in this order (hours on 2 CPU cores)
-#   steps: curve run-curve demo palette classify gen-demo bench-gen region-decodes distill-oracle distill-teacher dhead dhead-arms block-head rd analyse
+#   steps: curve run-curve demo palette classify gen-demo bench-gen region-decodes distill-oracle distill-teacher dhead dhead-arms tail-pilot block-head rd analyse
 #
 # Knobs (environment): REAL_DATA (real-v1: train/ and dev/), CKPT (tokenizer, default cat-small), RUN (a training run's
 # log folder, for run-curve; default outputs/train_small/run/version_0), VENV, WORK (the
 # commands' own folders with their caches, default outputs/reports: a killed step resumes from its caches).
 # Times here, one step at a time on 2 cores: curve 1 s, demo 1 min, palette 25 s, classify 3 min, gen-demo 2 min, bench-gen
-# 4.5 min, region-decodes 10 min, distill-oracle 11 min, distill-teacher 3 min, dhead 60 min (every training image), dhead-arms 25 min after it, block-head 25 min, rd 25 min + 50 min for --regions, analyse 4 min.
+# 4.5 min, region-decodes 10 min, distill-oracle 11 min, distill-teacher 3 min, dhead 60 min (every training image), dhead-arms 25 min after it, tail-pilot 50 min, block-head 25 min, rd 25 min + 50 min for --regions, analyse 4 min.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -72,6 +72,22 @@ step_dhead-arms() {
   } > "$WORK/distortion-head-arms.md"
   cp "$WORK/distortion-head-arms.md" "$DOCS/distortion-head-arms.md"
 }
+# the decoder-tail pilot (docs/regions.md): 300 more batches of the tokenizer's region fill with and without a tail
+step_tail-pilot() {
+  local arm extra report fp
+  fp=$(fingerprint)  # a run folder per tokenizer: make train-region-fill resumes whatever run its folder holds
+  for arm in control tail; do
+    extra="" report="$DOCS/region-decodes-tail-pilot-control.md"
+    if [ "$arm" = tail ]; then
+      extra="--model.init_args.tail true --model.init_args.tail_lr_ratio 0.5" report="$DOCS/region-decodes-tail-pilot-tail.md"
+    fi
+    make train-region-fill REAL_DATA="$REAL_DATA" FILL_OUT="$WORK/tail-pilot-$arm-$fp" FILL_ARGS="--model.init_args.tokenizer $CKPT \
+      --model.init_args.init_fill $CKPT --model.init_args.merge_adapter true --model.init_args.lr 2e-4 --model.init_args.warmup_steps 20 \
+      --model.init_args.decay_steps 300 --trainer.max_steps 300 --trainer.val_check_interval 300 $extra"
+    "$CT" region-decodes "$DEV" --ckpt "$WORK/tail-pilot-$arm-$fp/run/version_0/pretrained" --per-kind 12 \
+      --out "$report"
+  done
+}
 step_block-head() {
   "$CT" block-head "$TRAIN" --ckpt "$CKPT" --dev "$DEV" --out "$WORK/bhead"
   cp "$WORK/bhead/block_head.md" "$DOCS/block-head-128.md"
@@ -87,7 +103,7 @@ step_analyse() {
 # gen-demo's latent cache belongs to one tokenizer: a folder per weight fingerprint
 fingerprint() { "${VENV:-.venv}/bin/python" -c "from cat_tokenizer.io import load_vae; print(load_vae('$CKPT').fingerprint(with_head=False))"; }
 
-ALL=(curve run-curve demo palette classify gen-demo bench-gen region-decodes distill-oracle distill-teacher dhead dhead-arms block-head rd analyse)
+ALL=(curve run-curve demo palette classify gen-demo bench-gen region-decodes distill-oracle distill-teacher dhead dhead-arms tail-pilot block-head rd analyse)
 STEPS=("$@")
 [ ${#STEPS[@]} -gt 0 ] || STEPS=("${ALL[@]}")
 for s in "${STEPS[@]}"; do
