@@ -9,7 +9,7 @@
 # log folder, for run-curve; default outputs/train_small/run/version_0), VENV, WORK (the
 # commands' own folders with their caches, default outputs/reports: a killed step resumes from its caches).
 # Times here, one step at a time on 2 cores: curve 1 s, demo 1 min, palette 25 s, classify 3 min, gen-demo 2 min, bench-gen
-# 4.5 min, region-decodes 10 min, distill-oracle 11 min, distill-teacher 3 min, dhead 60 min (every training image), dhead-arms 25 min after it, tail-pilot 50 min, block-head 25 min, rd 25 min + 50 min for --regions, analyse 4 min.
+# 4.5 min, region-decodes 10 min, distill-oracle 11 min, distill-teacher 3 min, dhead 60 min (every training image) plus its error model's 5 fold fits (45 min for 3,000 images under load; not yet timed on all), dhead-arms 25 min after it, tail-pilot 50 min, block-head 25 min, rd 25 min + 50 min for --regions, analyse 4 min.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
