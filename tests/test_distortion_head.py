@@ -182,3 +182,22 @@ def test_folds_keep_each_source_whole_and_spread_one_source_families(tmp_path):
     assert by_source["natural-0"] != by_source["text-0"]
     random_folds = grouped_folds(files, tmp_path, 5, None)
     assert set(random_folds) <= set(range(5)) and len(set(random_folds)) > 1
+
+
+def test_confidence_needs_an_error_model_and_a_probability():
+    import torch
+
+    from cat_tokenizer.errors import UserInputError
+    from cat_tokenizer.models.ratio_head import RatioHead
+
+    scores = torch.tensor([[30.0, 27.0, 20.0]])
+    plain = RatioHead([8, 16], 8, predicts="psnr")
+    with pytest.raises(UserInputError, match="error model"):
+        plain.ratios_for(scores, 26.0, 0.9)
+    modelled = RatioHead([8, 16], 8, predicts="psnr", spread=True)
+    modelled.set_error_scale(torch.tensor([1.0, 1.0, 1.0]))
+    assert modelled.ratios_for(scores, 26.0) == [16]  # predicted 27 >= 26
+    assert modelled.ratios_for(scores, 26.0, 0.5) == [16]
+    assert modelled.ratios_for(scores, 26.0, 0.9) == [8]  # P(27 + Laplace(1) >= 26) = 0.82 < 0.9 at 16x
+    with pytest.raises(UserInputError, match="probability"):
+        modelled.ratios_for(scores, 26.0, 1.5)

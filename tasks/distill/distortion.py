@@ -164,8 +164,9 @@ def run_distortion_head(data: str | Path, o: DistortionHeadOptions) -> dict:
     if o.spread == "folds":
         keep = tr + va if o.final == "all" else tr
         errors = _out_of_fold_errors(vae, inputs, psnr, keep, grouped_folds([files[i] for i in keep], root, o.folds, group_of), o, dev)
-        head.set_error_scale(errors.abs().mean(0))
-        metrics["out_of_fold_mae"], metrics["folds"] = [round(float(v), 3) for v in errors.abs().mean(0)], o.folds
+        scale = errors.abs().mean(0)  # (R,) the Laplace scale's maximum-likelihood estimate
+        head.set_error_scale(scale)
+        metrics["out_of_fold_mae"], metrics["folds"] = [round(float(v), 3) for v in scale], o.folds
     head.set_report({k: metrics[k] for k in ("images", "held_out", "split", "final")}
                     | {"mae_all": {k: round(v, 3) for k, v in held[0].items() if k.startswith("mae_")}})
     vae.attach_ratio_head(head)

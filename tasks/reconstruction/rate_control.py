@@ -15,7 +15,8 @@ chosen reconstruction meets the target, and its mean tokens. Each method traces 
   the measured qualities. With exact predictions and m = 0 it is the oracle. (Giving up only on a
   confident prediction is what lets a head reach fixed 8x's share, which counts every image the
   tokenizer can bring to the target: one wrongly abandoned image and that share is out of reach);
-* a predicted-quality method with an error model (the distortion head's per-image Laplace scales):
+* a predicted-quality method with an error model (Laplace scales per image and ratio; the distortion
+  head's are one per ratio):
   each image's chance of meeting the target at each ratio, and the token budget spent where it buys
   the most expected images (a multiple-choice knapsack, greedy on each image's upper hull of (tokens,
   chance): exact for the expected share up to the last purchase). An image the head knows well is cut
@@ -41,7 +42,7 @@ import torch
 from cat_tasks.reconstruction.table import ReconTable
 from cat_tokenizer.models.ratio_head import meet_probability
 
-__all__ = ["Target", "DEFAULT_PSNR_TARGETS", "DEFAULT_SSIM_TARGETS", "RULES", "oracle_frontier", "expected_frontier",
+__all__ = ["Target", "DEFAULT_PSNR_TARGETS", "DEFAULT_SSIM_TARGETS", "oracle_frontier", "expected_frontier",
            "cautious_claims", "rate_curves", "tokens_at_share", "rate_headline"]
 
 DEFAULT_PSNR_TARGETS = (22.0, 24.0, 26.0, 28.0)
@@ -49,7 +50,6 @@ DEFAULT_SSIM_TARGETS = (0.7, 0.8, 0.9)
 MARGINS_DB = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0, 3.0, 4.0)  # predicted-PSNR margins swept (x 0.01 for SSIM)
 WIDEN = (0.75, 1.0, 1.5, 2.0, 3.0)  # error-model scales widened by these factors (the expected-share rule's knob)
 POINTS_PER_CURVE = 48  # a frontier's purchases thinned to about this many (tokens, share) points
-RULES = ("expected", "margin", "both")  # how a head with an error model allocates (both: two curves)
 
 
 @dataclass(frozen=True)

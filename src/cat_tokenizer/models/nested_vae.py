@@ -496,18 +496,13 @@ class NestedVAE(ModelMixin, ConfigMixin):
             return TF.center_crop(x, [side, side])
         return TF.center_crop(TF.resize(x, side, antialias=True), [side, side])  # (B, 3, side, side)
 
-    def _head_scores(self, x: Tensor, taps: list[Tensor] | None = None, spread: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    def _head_scores(self, x: Tensor, taps: list[Tensor] | None = None) -> Tensor:
         """The head's scores (B,) or (B, R): on ``x``'s trunk (``taps`` when already computed), or on a
-        resized view's trunk when ``x`` is not at the head's image size; with ``spread``, also the
-        distortion head's error model's log scales (B, R)."""
+        resized view's trunk when ``x`` is not at the head's image size."""
         view = self._head_view(x)
         if view is not None:
             x, taps = view, self.trunk(view)
-        head, taps = self.ratio_head, taps if taps is not None else self.trunk(x)
-        if not spread:
-            return head(taps, x)
-        stats = head.statistics(taps, x)
-        return head.score(stats, taps[-1]), head.log_scale(stats)
+        return self.ratio_head(taps if taps is not None else self.trunk(x), x)
 
     def predict_scores(self, x: Tensor) -> Tensor:
         """Complexity scores (B,) from the ratio head on the trunk features (of a resized view when
@@ -526,14 +521,7 @@ class NestedVAE(ModelMixin, ConfigMixin):
         size, lvl = (x.shape[-2], x.shape[-1]), self.trunk_level()
         taps = self.trunk(x, max(self.ratios))
         h = taps[-1]  # (B, ch[lvl], H/8, W/8)
-        if confidence is None:
-            ratios = self.ratio_head.ratios_for(self._head_scores(x, taps), target_psnr)  # other sizes: a resized copy's trunk
-        else:
-            if not self.ratio_head.predicts_psnr or not self.ratio_head.has_error_model:
-                raise UserInputError("--confidence needs a distortion head with an error model "
-                                     "(`cat-tokenizer distortion-head` --spread folds)")
-            scores, log_scale = self._head_scores(x, taps, spread=True)
-            ratios = self.ratio_head.ratios_for(scores, target_psnr, confidence, log_scale)
+        ratios = self.ratio_head.ratios_for(self._head_scores(x, taps), target_psnr, confidence)  # other sizes: a resized copy's trunk
         out: list[LatentPosterior | None] = [None] * len(ratios)
         for r in sorted(set(ratios)):
             idx = [i for i, q in enumerate(ratios) if q == r]

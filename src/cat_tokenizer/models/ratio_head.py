@@ -138,7 +138,7 @@ class RatioHead(nn.Module):
             ``cat-tokenizer distortion-head`` in folds; ``set_error_scale``). ``meet_probability`` turns it
             into the chance that a ratio meets a target, which ``ratios_for(confidence=)`` and ``rd``'s
             rate control use. (Per-image scales learnt by a second MLP generalised worse than these
-            constants on real-v1 dev: docs/reconstruction.md.)
+            constants on real-v1 dev: docs/experiments.md.)
     """
 
     def __init__(self, stage_channels: Sequence[int], hidden: int = 256, conv: int = 0,
@@ -239,15 +239,16 @@ class RatioHead(nn.Module):
     def forward(self, taps: Sequence[Tensor], x: Tensor | None = None) -> Tensor:
         return self.score(self.statistics(taps, x), taps[-1])
 
-    def ratios_for(self, scores: Tensor, target_psnr: float | None = None, confidence: float | None = None,
-                   log_scale: Tensor | None = None) -> list[int]:
+    def ratios_for(self, scores: Tensor, target_psnr: float | None = None, confidence: float | None = None) -> list[int]:
         """Scores -> ratios with the stored thresholds (the rule ``RatioMapper`` applies); for a
         distortion head, (B, R) PSNRs -> the cheapest ratio predicted to meet ``target_psnr``
-        (default the stored one), 8x when none is. With ``confidence`` p (and the error model's
-        ``log_scale``, (B, R)): the cheapest ratio that meets the target with probability >= p (p = 0.5
-        is the rule without it)."""
+        (default the stored one), 8x when none is. With ``confidence`` p (a head with an error model):
+        the cheapest ratio that meets the target with probability >= p (p = 0.5 is the rule without it)."""
+        if confidence is not None and not self.has_error_model:
+            raise UserInputError("--confidence needs a distortion head with an error model (`cat-tokenizer distortion-head` "
+                                 "--spread folds)")
         if not self.predicts_psnr:
-            if target_psnr is not None or confidence is not None:
+            if target_psnr is not None:
                 raise UserInputError("--target-psnr needs a distortion head (cat-tokenizer distortion-head); "
                                      "this tokenizer's ratio head predicts a complexity score")
             return [int(r) for r in ratios_from_scores(scores.detach().float().cpu().numpy(), self.config["thresholds"], self.config["ratios"])]
@@ -259,8 +260,5 @@ class RatioHead(nn.Module):
         else:
             if not 0 < confidence < 1:
                 raise UserInputError(f"--confidence is a probability between 0 and 1, got {confidence:g}")
-            if log_scale is None:
-                raise UserInputError("--confidence needs a distortion head with an error model (`cat-tokenizer distortion-head` "
-                                     "--spread folds)")
-            meets = (meet_probability(scores, log_scale.detach().float().cpu().exp(), target) >= confidence).tolist()
+            meets = (meet_probability(scores, self.error_scale.float().cpu(), target) >= confidence).tolist()
         return [max((r for r, ok in zip(ratios, row) if ok), default=ratios[0]) for row in meets]
