@@ -78,10 +78,29 @@ def test_the_head_learns_psnr_from_a_planted_feature_and_encode_meets_a_target(t
     assert report["folds"] == 5 and len(report["out_of_fold_mae"]) == 3
     paths = sorted(amp)
     headed = load_vae(out)
-    pred, log_scale = predict_distortion(headed, [root / p for p in paths], torch.device("cpu"))
+    predicted = predict_distortion(headed, [root / p for p in paths], torch.device("cpu"))
+    pred, log_scale = predicted.psnr, predicted.psnr_log_scale
     assert np.allclose(np.exp(log_scale), np.array(report["out_of_fold_mae"])[None], rtol=1e-3)
-    measured = fake_measure(root, None, None, 32, "native", only=[root / p for p in paths]).psnr
+    table = fake_measure(root, None, None, 32, "native", only=[root / p for p in paths])
+    measured = table.psnr
     assert (np.array(report["out_of_fold_mae"]) > np.abs(pred - measured).mean(0)).all()  # in-sample errors understate it
+    # out_of_fold.csv holds what the scales were fitted on: every image once, its out-of-fold prediction
+    import csv
+
+    from cat_tokenizer.models.ratio_head import ssim_db, ssim_from_db
+
+    oof = list(csv.DictReader(open(out / "out_of_fold.csv")))
+    assert sorted(r["path"] for r in oof) == paths and {int(r["fold"]) for r in oof} == set(range(5))
+    for j, r in enumerate((8, 16, 32)):
+        mae = np.mean([abs(float(row[f"pred_psnr_{r}x"]) - float(row[f"psnr_{r}x"])) for row in oof])
+        assert mae == pytest.approx(report["out_of_fold_mae"][j], abs=2e-3)
+    # the SSIMs: predicted too (in ssim_db units, with their own scales), and learnt from the same planted feature
+    assert predicted.ssim_db.shape == pred.shape and predicted.ssim_log_scale.shape == pred.shape
+    assert np.allclose(np.exp(predicted.ssim_log_scale[0]), report["out_of_fold_ssim_db_mae"], rtol=1e-3)
+    calm_rows = np.array([p.startswith("calm/") for p in paths])
+    ssim_err = np.abs(ssim_from_db(predicted.ssim_db) - table.ssim)[calm_rows, 2].mean()
+    assert ssim_err < 0.4 * table.ssim[:, 2].std(), ssim_err
+    assert np.allclose(ssim_from_db(ssim_db(np.array([0.5, 0.9, 0.99]))), [0.5, 0.9, 0.99])
     is_busy = np.array([p.startswith("busy/") for p in paths])
     # --confidence: the surer the head must be, the more tokens; 0.5 is the rule without it
     j = int(np.argmax(np.where(is_busy, pred[:, 1] - pred[:, 2], -np.inf)))  # a busy image whose 16x is well above its 32x
@@ -110,7 +129,7 @@ def test_the_head_learns_psnr_from_a_planted_feature_and_encode_meets_a_target(t
         ComplexityEvaluator.from_config(f"distilled:{out}").score_images([root / calm])
 
 
-def test_rd_and_analyse_use_a_distortion_head_and_refuse_one_of_another_tokenizer(tmp_path, tiny_vae, capsys):
+def test_rd_and_analyse_use_a_distortion_head_and_refuse_one_of_another_tokenizer(tmp_path, tiny_vae, capsys, monkeypatch):
     import csv
 
     import torch
@@ -125,10 +144,21 @@ def test_rd_and_analyse_use_a_distortion_head_and_refuse_one_of_another_tokenize
     tok = tiny_vae.save_pretrained(tmp_path / "tok")
     headed = NestedVAE.from_pretrained(tok)
     head = RatioHead(headed.config["block_out_channels"][:4], 16, ratios=headed.ratios, image_size=32, crop="native", predicts="psnr",
-                     spread=True)
+                     spread=True, ssim=True)
     headed.attach_ratio_head(head).save_pretrained(tmp_path / "headed")
     x = trunk_inputs(headed, head, [next(root.rglob("*.png"))], 32, torch.device("cpu"), crop="native")
-    assert head.score(*x).shape == (1, 3)  # one PSNR per ratio
+    # the statistics cache: the same numbers, read back without the trunk; another view is another entry
+    import cat_tasks.reconstruction.heads as heads_mod
+
+    files = sorted(root.rglob("*.png"))[:5]
+    fresh = trunk_inputs(headed, head, files, 32, torch.device("cpu"), crop="native", cache=tmp_path / "tc")[0]
+    with monkeypatch.context() as m:
+        m.setattr(heads_mod, "_trunk_inputs", lambda *a, **k: (_ for _ in ()).throw(AssertionError("the trunk ran again")))
+        assert torch.equal(trunk_inputs(headed, head, files, 32, torch.device("cpu"), crop="native", cache=tmp_path / "tc")[0], fresh)
+    assert torch.allclose(fresh, trunk_inputs(headed, head, files, 32, torch.device("cpu"), crop="native")[0])
+    trunk_inputs(headed, head, files, 32, torch.device("cpu"), crop="resize", cache=tmp_path / "tc")
+    assert len(list((tmp_path / "tc").glob("*.safetensors"))) == 2
+    assert head.score(*x).shape == (1, 6)  # one PSNR per ratio, then one SSIM (as ssim_db) per ratio
     out = tmp_path / "rd"
     args = ["rd", str(root), "--ckpt", str(tok), "--out", str(out), "--image-size", "32", "--features", "off", "-q",
             "--budgets", "1,4,10,16", "--distortion-head", str(tmp_path / "headed"), "--target-ssim", "0.5"]
@@ -141,8 +171,10 @@ def test_rd_and_analyse_use_a_distortion_head_and_refuse_one_of_another_tokenize
     assert {-1.0, 0.0, 1.0} <= knobs  # its margins
     widen = {float(r["knob"]) for r in rate if r["method"] == "distortion head" and r["target"].startswith("PSNR")}
     assert {1.0, 2.0} <= widen  # the expected-share rule's widening of the error model's scales
+    ssim_methods = {r["method"] for r in rate if r["target"].startswith("SSIM")}  # the head's SSIM outputs: its own curves
+    assert {"distortion head", "distortion head (margin rule)"} <= ssim_methods
     report = (out / "rd.md").read_text()
-    assert "## Rate control" in report and "distortion head's PSNR error" in report
+    assert "## Rate control" in report and "distortion head's PSNR error" in report and "distortion head's SSIM error" in report
     # a head trained on another tokenizer's errors: one line
     torch.manual_seed(5)
     NestedVAE.from_preset("tiny").attach_ratio_head(RatioHead([8, 16, 16, 32], 16, predicts="psnr")).save_pretrained(tmp_path / "other")

@@ -98,7 +98,9 @@ def test_cautious_claims_give_up_only_on_a_confident_prediction():
     assert cautious_claims(pred, t, 1.0, costs).tolist() == [[True, True, False], [True, False, False],
                                                              [False, False, False], [True, False, False]]  # 24.5: maybe at 8x
     assert cautious_claims(pred, t, 0.0, costs)[3].tolist() == [False, False, False]  # no margin: given up
-    assert cautious_claims(pred, Target("ssim", 0.8), 1.0, costs).any(axis=1).tolist() == [True] * 4  # SSIM margins x 0.01
+    ssim = Target("ssim", 0.9)  # SSIMs are predicted (and margins taken) as -10 log10(1 - SSIM): 0.9 is 10
+    assert ssim.head_value == pytest.approx(10.0)
+    assert cautious_claims(np.array([[11.5, 10.5, 9.0]]), ssim, 1.0, costs).tolist() == [[True, False, False]]
 
 
 def test_a_slightly_wrong_predictor_reaches_fixed_8x_share_with_far_fewer_tokens():

@@ -8,7 +8,8 @@ training mean and std:
 
 1. Reconstruct a seeded sample of ``data`` at every ratio (``measure_folder`` without OCR or
    Inception: PSNR and SSIM only; cached and resumable like ``rd``'s).
-2. Read each image's trunk statistics once with the frozen tokenizer.
+2. Read each image's trunk statistics once with the frozen tokenizer (cached too, in chunks:
+   ``trunk_cache/`` beside ``recon_cache/``).
 3. Train on the training split; whole sources are held out (``KIND/SOURCE/...`` folders, as real-v1
    is laid out), so the error is on sources the head never saw.
 4. Report the held-out MAE per ratio and kind (and on ``--dev`` when given: the saved head's, which by
@@ -35,16 +36,17 @@ import lightning as L
 import torch
 
 from cat_tasks.distill.ratio_head import _grouped_split, _HeadOnStatistics, _read_groups, fit_regressor, grouped_folds
-from cat_tasks.reconstruction.heads import coverage_table, mae_table, predict_distortion, trunk_inputs
+from cat_tasks.reconstruction.heads import coverage_table, head_error_markdown, head_errors, predict_distortion, split_outputs, trunk_inputs
 from cat_tasks.reconstruction.table import measure_folder
 from cat_tokenizer.data.dataset import stratified_split
 from cat_tokenizer.data.images import list_images, partition_readable
 from cat_tokenizer.devices import resolve_device
 from cat_tokenizer.errors import UserInputError
+from cat_tokenizer.files import write_csv
 from cat_tokenizer.io import load_vae
 from cat_tokenizer.lit.cli import silence_known_warnings
 from cat_tokenizer.markdown import md_header
-from cat_tokenizer.models.ratio_head import RatioHead
+from cat_tokenizer.models.ratio_head import RatioHead, ssim_db
 
 __all__ = ["HeadOptions", "DistortionHeadOptions", "run_distortion_head"]
 
@@ -113,11 +115,14 @@ class DistortionHeadOptions(HeadOptions):
             as heads before 2026-12 were made)
         final: the head saved: trained again on all sampled images after the held-out measurement (all;
             more data is worth 0.07 dB of error here), or the one measured (train)
-        recon_cache: the folder holding the measured reconstructions (recon_cache/, dev_cache/) when
+        recon_cache: the folder holding the measured reconstructions and trunk statistics (recon_cache/, dev_cache/,
+            trunk_cache/) when
             not OUT: arms of one comparison share one measurement
         spread: folds (an error model from out-of-fold errors: encode --confidence and rd's rate control use it)
             or none
-        folds: folds of sources for the error model's out-of-fold errors
+        folds: folds of sources for the error model's out-of-fold errors (each image's out-of-fold prediction
+            is written to out_of_fold.csv)
+        predicts: what the head predicts at every ratio: PSNR and SSIM (rd's SSIM targets use it), or PSNR alone
     """
 
     max_images: int = 0
@@ -129,6 +134,11 @@ class DistortionHeadOptions(HeadOptions):
     norm: Literal["standard", "layer"] = "standard"
     spread: Literal["folds", "none"] = "folds"
     folds: int = 5
+    predicts: Literal["psnr+ssim", "psnr"] = "psnr+ssim"
+
+    @property
+    def ssim(self) -> bool:
+        return self.predicts == "psnr+ssim"
 
 
 def run_distortion_head(data: str | Path, o: DistortionHeadOptions) -> dict:
@@ -142,33 +152,44 @@ def run_distortion_head(data: str | Path, o: DistortionHeadOptions) -> dict:
     cache = Path(o.recon_cache).expanduser() if o.recon_cache else out_dir
     table = measure_folder(root, vae, cache / "recon_cache", image_size, crop, features=False, ocr=False,
                            only=_sample(root, o.max_images or None, o.seed))
-    files, psnr = [root / p for p in table.paths], torch.tensor(table.psnr, dtype=torch.float32)  # (N, R)
+    files = [root / p for p in table.paths]
+    target = torch.tensor(table.psnr, dtype=torch.float32)  # (N, R) what the head regresses: PSNR dB [, then SSIM as ssim_db]
+    if o.ssim:
+        target = torch.cat([target, torch.tensor(ssim_db(table.ssim), dtype=torch.float32)], 1)  # (N, 2R)
     val = _grouped_split(files, root, o.val_fraction, group_of) if group_of else set(stratified_split(files, root, o.val_fraction))
     tr = [i for i, f in enumerate(files) if f not in val]
     va = [i for i, f in enumerate(files) if f in val]
     if len(tr) < 4 or not va:
         raise UserInputError(f"the split left {len(tr)} training and {len(va)} held-out images; add images or change val_fraction")
     head = _new_head(vae, o, dev)
-    inputs = trunk_inputs(vae, head, files, image_size, dev, crop=crop)  # [(N, D) trunk (and pixel) statistics]
-    head = _train_head(head, inputs, psnr, tr, o, dev)
+    inputs = trunk_inputs(vae, head, files, image_size, dev, crop=crop, cache=cache / "trunk_cache")  # [(N, D) trunk (and pixel) statistics]
+    head = _train_head(head, inputs, target, tr, o, dev)
     with torch.no_grad():
-        pred = head.score(*[t[va].to(dev) for t in inputs]).cpu().numpy()
-    held = mae_table(pred, table.psnr[va], [table.kinds[i] for i in va], vae.ratios)
+        pred = split_outputs(head.score(*[t[va].to(dev) for t in inputs]).cpu().numpy(), None, len(vae.ratios))
+    held = head_errors(pred, table.psnr[va], table.ssim[va], [table.kinds[i] for i in va], vae.ratios)
     split = "random" if group_of is None else f"by source ({split_from})"
     metrics = {"tokenizer": str(o.ckpt), "images": len(files), "train": len(tr), "held_out": len(va), "split": split,
                "image_size": image_size, "crop": crop, "epochs": o.epochs, "loss": o.loss, "target_psnr": o.target_psnr,
                "head_params": sum(p.numel() for p in head.parameters()), "pixel_stats": o.reads == "trunk+pixels", "norm": o.norm,
-               "final": o.final, "held_out_mae": held}
+               "final": o.final, "ssim": o.ssim, "held_out_mae": held["psnr"]}
+    if "ssim" in held:
+        metrics["held_out_ssim_mae"] = held["ssim"]
     if o.final == "all":  # the held-out error above is the 80% head's; the saved one learns from every image
-        head = _train_head(_new_head(vae, o, dev), inputs, psnr, tr + va, o, dev)
+        head = _train_head(_new_head(vae, o, dev), inputs, target, tr + va, o, dev)
     if o.spread == "folds":
         keep = tr + va if o.final == "all" else tr
-        errors = _out_of_fold_errors(vae, inputs, psnr, keep, grouped_folds([files[i] for i in keep], root, o.folds, group_of), o, dev)
-        scale = errors.abs().mean(0)  # (R,) the Laplace scale's maximum-likelihood estimate
+        fold = grouped_folds([files[i] for i in keep], root, o.folds, group_of)
+        errors = _out_of_fold_errors(vae, inputs, target, keep, fold, o, dev)  # (len(keep), R or 2R)
+        scale = errors.abs().mean(0)  # the Laplace scale's maximum-likelihood estimate, per output
         head.set_error_scale(scale)
-        metrics["out_of_fold_mae"], metrics["folds"] = [round(float(v), 3) for v in scale], o.folds
+        r = len(vae.ratios)
+        metrics["out_of_fold_mae"], metrics["folds"] = [round(float(v), 3) for v in scale[:r]], o.folds
+        if o.ssim:
+            metrics["out_of_fold_ssim_db_mae"] = [round(float(v), 3) for v in scale[r:]]
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_csv(out_dir / "out_of_fold.csv", _out_of_fold_rows(table, keep, fold, target, errors, vae.ratios))
     head.set_report({k: metrics[k] for k in ("images", "held_out", "split", "final")}
-                    | {"mae_all": {k: round(v, 3) for k, v in held[0].items() if k.startswith("mae_")}})
+                    | {"mae_all": {k: round(v, 3) for k, v in held["psnr"][0].items() if k.startswith("mae_")}})
     vae.attach_ratio_head(head)
     if o.dev is not None:
         metrics |= _dev_errors(vae, Path(o.dev).expanduser(), cache / "dev_cache", o, dev)
@@ -179,45 +200,62 @@ def run_distortion_head(data: str | Path, o: DistortionHeadOptions) -> dict:
     return metrics
 
 
+def _out_of_fold_rows(table, keep: list[int], fold: list[int], target: torch.Tensor, errors: torch.Tensor, ratios) -> list[dict]:
+    """out_of_fold.csv: per image its fold, and per output the measured value and the out-of-fold prediction
+    (PSNR dB; SSIM as ssim_db): what the error model was fitted on, kept for studying it."""
+    names = [f"psnr_{r}x" for r in ratios] + [f"ssim_db_{r}x" for r in ratios][: target.shape[1] - len(ratios)]
+    rows = []
+    for j, i in enumerate(keep):
+        row = {"path": table.paths[i], "kind": table.kinds[i], "fold": fold[j]}
+        for c, name in enumerate(names):
+            row[name] = round(float(target[i, c]), 4)
+            row[f"pred_{name}"] = round(float(target[i, c] + errors[j, c]), 4)
+        rows.append(row)
+    return rows
+
+
 def _dev_errors(vae, dev_root: Path, cache: Path, o: DistortionHeadOptions, dev: torch.device) -> dict:
     """The saved head's error on a second folder (and its error model's coverage there)."""
     dev_table = measure_folder(dev_root, vae, cache, o.image_size, o.crop, features=False, ocr=False)
-    pred, log_scale = predict_distortion(vae, [dev_root / p for p in dev_table.paths], dev)
-    found = {"dev": str(dev_root), "dev_mae": mae_table(pred, dev_table.psnr, dev_table.kinds, vae.ratios)}
-    if log_scale is not None:
-        found["dev_coverage"] = coverage_table(pred, log_scale, dev_table.psnr, dev_table.kinds, vae.ratios)
+    pred = predict_distortion(vae, [dev_root / p for p in dev_table.paths], dev)
+    errors = head_errors(pred, dev_table.psnr, dev_table.ssim, dev_table.kinds, vae.ratios)
+    found = {"dev": str(dev_root), "dev_mae": errors["psnr"]}
+    if "ssim" in errors:
+        found["dev_ssim_mae"] = errors["ssim"]
+    if pred.psnr_log_scale is not None:
+        found["dev_coverage"] = coverage_table(pred.psnr, pred.psnr_log_scale, dev_table.psnr, dev_table.kinds, vae.ratios)
     return found
 
 
 def _new_head(vae, o: DistortionHeadOptions, dev: torch.device) -> RatioHead:
     return RatioHead(vae.trunk_channels(), o.hidden, ratios=vae.ratios, image_size=o.image_size, crop=o.crop, predicts="psnr",
                      target_psnr=o.target_psnr, pixel_stats=o.reads == "trunk+pixels", norm=o.norm,
-                     spread=o.spread == "folds").to(dev)
+                     spread=o.spread == "folds", ssim=o.ssim).to(dev)
 
 
-def _out_of_fold_errors(vae, inputs: list[torch.Tensor], psnr: torch.Tensor, keep: list[int], fold: list[int],
+def _out_of_fold_errors(vae, inputs: list[torch.Tensor], target: torch.Tensor, keep: list[int], fold: list[int],
                         o: DistortionHeadOptions, dev: torch.device) -> torch.Tensor:
-    """(len(keep), R) predicted - measured PSNR of each image ``keep[j]`` by a head trained without its fold."""
-    errors = torch.zeros(len(keep), psnr.shape[1])
+    """(len(keep), R or 2R) predicted - measured value of each image ``keep[j]`` by a head trained without its fold."""
+    errors = torch.zeros(len(keep), target.shape[1])
     for f in sorted(set(fold)):
         out = [j for j, g in enumerate(fold) if g == f]
         if len(out) == len(keep):
             raise UserInputError(f"--folds {o.folds}: every image fell in one fold; add sources or lower --folds")
-        head = _train_head(_new_head(vae, o, dev), inputs, psnr, [keep[j] for j in range(len(keep)) if fold[j] != f], o, dev)
+        head = _train_head(_new_head(vae, o, dev), inputs, target, [keep[j] for j in range(len(keep)) if fold[j] != f], o, dev)
         with torch.no_grad():
             rows = [keep[j] for j in out]
-            errors[out] = head.score(*[t[rows].to(dev) for t in inputs]).cpu() - psnr[rows]
-        log.info("error model: fold %d of %d, %d images out, MAE %s dB", f + 1, len(set(fold)), len(out),
-                 " / ".join(f"{v:.2f}" for v in errors[out].abs().mean(0).tolist()))
+            errors[out] = head.score(*[t[rows].to(dev) for t in inputs]).cpu() - target[rows]
+        log.info("error model: fold %d of %d, %d images out, PSNR MAE %s dB", f + 1, len(set(fold)), len(out),
+                 " / ".join(f"{v:.2f}" for v in errors[out, : len(vae.ratios)].abs().mean(0).tolist()))
     return errors
 
 
-def _train_head(head: RatioHead, inputs: list[torch.Tensor], psnr: torch.Tensor, idx: list[int], o: DistortionHeadOptions,
+def _train_head(head: RatioHead, inputs: list[torch.Tensor], target: torch.Tensor, idx: list[int], o: DistortionHeadOptions,
                 dev: torch.device) -> RatioHead:
-    """Fit ``head`` (standardisation, then L1 / MSE regression) on the images ``idx``; eval mode."""
+    """Fit ``head`` (standardisation, then L1 / MSE regression on ``target`` (N, outputs)) on the images ``idx``; eval mode."""
     head.fit_standardization(inputs[0][idx].to(dev))
-    fit_regressor(_HeadOnStatistics(head), head.out, [t[idx] for t in inputs], psnr[idx], o.epochs, o.batch_size, o.lr, dev, o.loss,
-                  init_bias=psnr[idx].mean(0))
+    fit_regressor(_HeadOnStatistics(head), head.out, [t[idx] for t in inputs], target[idx], o.epochs, o.batch_size, o.lr, dev, o.loss,
+                  init_bias=target[idx].mean(0))
     return head.eval()
 
 
@@ -226,20 +264,17 @@ def _report(m: dict, ratios) -> str:
     lines = [f"# Distortion head on {m['tokenizer']}'s trunk", "",
              f"{m['images']} images ({m['train']} train / {m['held_out']} held out, split {m['split']}) at {m['image_size']} px "
              f"({m['crop']} crops); head {m['head_params']} params, {m['epochs']} epochs, {m['loss']} loss; reads the trunk"
-             f"{' and pixel statistics' if m.get('pixel_stats') else ''}, {m.get('norm', 'layer')} normalisation. The head saved "
-             f"(and measured on dev): {saved}.", ""]
+             f"{' and pixel statistics' if m.get('pixel_stats') else ''}, {m.get('norm', 'layer')} normalisation; predicts PSNR"
+             f"{' and SSIM' if m.get('ssim') else ''} at every ratio. The head saved (and measured on dev): {saved}.", ""]
     if "out_of_fold_mae" in m:
         lines += [f"Error model: Laplace scales {' / '.join(f'{v:.2f}' for v in m['out_of_fold_mae'])} dB at "
-                  f"{' / '.join(f'{r}x' for r in ratios)}, the out-of-fold MAE ({m.get('folds', '')} folds of sources).", ""]
-    for title, key in (("Held-out sources", "held_out_mae"), (f"{m.get('dev', '')}", "dev_mae")):
-        if key not in m:
-            continue
-        lines += [f"## {title}: PSNR error (MAE dB; bias = mean predicted - measured)", "",
-                  *md_header("kind", "images", *(f"MAE {r}x" for r in ratios), *(f"bias {r}x" for r in ratios))]
-        for row in m[key]:
-            lines.append(f"| {row['kind']} | {row['images']} | " + " | ".join(f"{row[f'mae_{r}x']:.2f}" for r in ratios) + " | "
-                         + " | ".join(f"{row[f'bias_{r}x']:+.2f}" for r in ratios) + " |")
-        lines.append("")
+                  f"{' / '.join(f'{r}x' for r in ratios)}, the out-of-fold MAE ({m.get('folds', '')} folds of sources; each "
+                  "image's out-of-fold prediction in out_of_fold.csv)"
+                  + (f"; for SSIM (as -10 log10(1 - SSIM)) {' / '.join(f'{v:.2f}' for v in m['out_of_fold_ssim_db_mae'])}"
+                     if "out_of_fold_ssim_db_mae" in m else "") + ".", ""]
+    for where, prefix in (("held-out sources", "held_out"), (m.get("dev", ""), "dev")):
+        errors = {metric: m[key] for metric, key in (("psnr", f"{prefix}_mae"), ("ssim", f"{prefix}_ssim_mae")) if key in m}
+        lines += head_error_markdown(errors, ratios, where) if errors else []
     if "dev_coverage" in m:
         lines += [f"## {m['dev']}: the error model's 80% intervals (share of measured PSNRs inside; 80% is calibrated) "
                   "and mean interval width (dB)", "", *md_header("kind", "images", *(f"{r}x" for r in ratios))]

@@ -262,7 +262,7 @@ def analyse_folder(root: str, o: AnalyseOptions = AnalyseOptions()) -> str:
     vae = load_vae(o.ckpt).to(resolve_device(o.device))
     table = measure_folder(root_p, vae, o.recon_cache or out_dir / "recon_cache", o.image_size, o.crop,
                            features=FEATURES[o.features], progress=not o.quiet)
-    predicted = head_predictions(o.distortion_head, vae, table, root_p)[0] if o.distortion_head else None
+    predicted = head_predictions(o.distortion_head, vae, table, root_p).psnr if o.distortion_head else None
     text = run_analysis(table, root_p, named, out_dir, o.tolerance_db, o.ocr_tolerance,
                         Path(o.cache) if o.cache else out_dir / "scores.sqlite", o.mse_tolerance, predicted)
     if o.report is not None:

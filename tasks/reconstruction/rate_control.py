@@ -40,14 +40,14 @@ import numpy as np
 import torch
 
 from cat_tasks.reconstruction.table import ReconTable
-from cat_tokenizer.models.ratio_head import meet_probability
+from cat_tokenizer.models.ratio_head import meet_probability, ssim_db
 
 __all__ = ["Target", "DEFAULT_PSNR_TARGETS", "DEFAULT_SSIM_TARGETS", "oracle_frontier", "expected_frontier",
            "cautious_claims", "rate_curves", "tokens_at_share", "rate_headline"]
 
 DEFAULT_PSNR_TARGETS = (22.0, 24.0, 26.0, 28.0)
 DEFAULT_SSIM_TARGETS = (0.7, 0.8, 0.9)
-MARGINS_DB = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0, 3.0, 4.0)  # predicted-PSNR margins swept (x 0.01 for SSIM)
+MARGINS_DB = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0, 3.0, 4.0)  # margins swept, in the head's units (dB; ssim_db for SSIM)
 WIDEN = (0.75, 1.0, 1.5, 2.0, 3.0)  # error-model scales widened by these factors (the expected-share rule's knob)
 POINTS_PER_CURVE = 48  # a frontier's purchases thinned to about this many (tokens, share) points
 
@@ -62,6 +62,11 @@ class Target:
     @property
     def name(self) -> str:
         return f"PSNR {self.value:g} dB" if self.metric == "psnr" else f"SSIM {self.value:g}"
+
+    @property
+    def head_value(self) -> float:
+        """The target in a distortion head's units: dB for PSNR, ``ssim_db`` for SSIM."""
+        return self.value if self.metric == "psnr" else float(ssim_db(self.value))
 
     def met(self, table: ReconTable) -> np.ndarray:
         """(N, R) whether each image's reconstruction at each ratio meets the target."""
@@ -130,14 +135,13 @@ def _slope(p: np.ndarray, costs: np.ndarray, a: int, b: int) -> float:
 
 
 def cautious_claims(pred: np.ndarray, target: Target, margin: float, costs: Sequence[int]) -> np.ndarray:
-    """(N, R) the ratios an allocator claims meet ``target`` from predicted values (N, R): those predicted at
-    least the target plus ``margin`` (dB; x 0.01 for SSIM), and the most-token ratio of every image not
-    predicted hopeless there (below the target minus ``margin``)."""
+    """(N, R) the ratios an allocator claims meet ``target`` from predicted values (N, R) in a distortion
+    head's units (``Target.head_value``): those predicted at least the target plus ``margin``, and the
+    most-token ratio of every image not predicted hopeless there (below the target minus ``margin``)."""
     pred = np.asarray(pred, np.float64)
-    step = margin * (1 if target.metric == "psnr" else 0.01)
-    claimed = pred >= target.value + step
+    claimed = pred >= target.head_value + margin
     most = int(np.argmax(costs))
-    claimed[:, most] |= pred[:, most] >= target.value - step
+    claimed[:, most] |= pred[:, most] >= target.head_value - margin
     return claimed
 
 
@@ -151,7 +155,8 @@ def rate_curves(table: ReconTable, target: Target, allocations: dict[tuple[str, 
         target: the quality target.
         allocations: the equal-token view's ``{(method, budget): idx}`` (fixed, scored methods, random);
             its oracle is replaced by this view's own frontier.
-        predicted: ``{method: (N, R) predicted values of target.metric}`` for margin-swept allocators.
+        predicted: ``{method: (N, R) predicted values of target.metric}`` for margin-swept allocators, in a
+            distortion head's units (``Target.head_value``).
         spreads: ``{method: (N, R) log Laplace scales of those predictions}`` (an error model): such a
             method allocates by expected share (``rule`` expected), by margins (margin), or both, the
             margin curve then named ``<method> (margin rule)``.
@@ -177,7 +182,7 @@ def rate_curves(table: ReconTable, target: Target, allocations: dict[tuple[str, 
         if log_scale is not None and rule in ("expected", "both"):
             for w in WIDEN:
                 chance = meet_probability(torch.from_numpy(np.asarray(pred, np.float64)),
-                                          torch.from_numpy(np.exp(np.asarray(log_scale, np.float64))) * w, target.value).numpy()
+                                          torch.from_numpy(np.exp(np.asarray(log_scale, np.float64))) * w, target.head_value).numpy()
                 for idx in _thin(expected_frontier(chance, costs)):
                     add(name, w, idx)
         if log_scale is None or rule in ("margin", "both"):

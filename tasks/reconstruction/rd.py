@@ -25,7 +25,7 @@ from typing import Literal
 
 import numpy as np
 
-from cat_tasks.reconstruction.heads import mae_table, predict_distortion
+from cat_tasks.reconstruction.heads import HeadPrediction, head_error_markdown, head_errors, predict_distortion
 from cat_tasks.reconstruction.rate_control import (
     DEFAULT_PSNR_TARGETS,
     DEFAULT_SSIM_TARGETS,
@@ -408,10 +408,10 @@ def evaluator_scores(evaluators: Sequence[tuple[str, ComplexityEvaluator]], tabl
     return out
 
 
-def head_predictions(path: str, vae, table: ReconTable, root: Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """(N, R) PSNRs that the distortion head saved at ``path`` predicts for the table's images and (N, R)
-    its error model's log scales (None without one); refused
-    in one line unless its tokenizer is the one being measured (the head predicts that tokenizer's errors)."""
+def head_predictions(path: str, vae, table: ReconTable, root: Path) -> HeadPrediction:
+    """What the distortion head saved at ``path`` predicts for the table's images (PSNRs, with SSIMs and
+    error-model scales when it has them); refused in one line unless its tokenizer is the one being
+    measured (the head predicts that tokenizer's errors)."""
 
     headed = load_vae(path).to(next(vae.parameters()).device)
     if headed.fingerprint(with_head=False) != vae.fingerprint(with_head=False):
@@ -484,23 +484,29 @@ def run_rd(data: str | Path, o: RDOptions = RDOptions()) -> Path:
     if len(table) < 3:
         raise UserInputError(f"need at least 3 readable images for a rate-distortion curve, found {len(table)} under {root}")
     named = [(spec.name, ComplexityEvaluator.from_config(spec)) for spec in o.evaluator or [EvaluatorSpec()]]
-    predicted, spreads = {}, {}
-    if o.distortion_head:
-        predicted["distortion head"], log_scale = head_predictions(o.distortion_head, vae, table, root)
-        spreads = {"distortion head": log_scale} if log_scale is not None else {}
+    head = head_predictions(o.distortion_head, vae, table, root) if o.distortion_head else None
+    predicted = {"distortion head": head.psnr} if head is not None else {}
     scores = evaluator_scores(named, table, root, out / "scores.sqlite", progress)
     rows, allocs = rd_curves(table, scores, budgets, predicted=predicted)
     targets = [Target("psnr", float(t)) for t in o.target_psnr] + [Target("ssim", float(t)) for t in o.target_ssim]
-    rate_rows = [row for t in targets
-                 for row in rate_curves(table, t, allocs, predicted if t.metric == "psnr" else None, spreads, o.rate_rule)]
+    rate_rows = [row for t in targets for row in rate_curves(table, t, allocs, *_head_for(head, t.metric), o.rate_rule)]
     md = write_rd(out, table, rows, allocs, root, f"{o.ckpt}, fingerprint {vae.fingerprint(with_head=False)}", rate_rows, o.rfid_boots)
-    if predicted:
-        _append_head_error(md, predicted["distortion head"], table)
+    if head is not None:
+        _append_head_error(md, head, table)
     if o.regions:
         _add_regions(md, vae, table, root, out, crop, rows, region_budgets, progress)
     if o.report is not None:
         publish_report(out, REPORT_FILES, o.report)
     return md
+
+
+def _head_for(head: HeadPrediction | None, metric: str) -> tuple[dict, dict]:
+    """rate_curves' ``predicted`` and ``spreads`` for a target of ``metric``: empty when the head does not
+    predict that metric (its SSIM targets then use the head's equal-token allocations)."""
+    values, log_scale = head.of(metric) if head is not None else (None, None)
+    if values is None:
+        return {}, {}
+    return {"distortion head": values}, ({"distortion head": log_scale} if log_scale is not None else {})
 
 
 def _add_regions(md: Path, vae, table: ReconTable, root: Path, out: Path, crop: str, image_rows: list[dict],
@@ -524,12 +530,8 @@ def _add_regions(md: Path, vae, table: ReconTable, root: Path, out: Path, crop: 
     md.write_text(text[:cut] + "\n".join(section[2:]) + "\n" + text[cut:])
 
 
-def _append_head_error(report: Path, pred: np.ndarray, table: ReconTable) -> None:
-    """The distortion head's PSNR error on these images, per ratio and kind, at the end of rd.md."""
+def _append_head_error(report: Path, head: HeadPrediction, table: ReconTable) -> None:
+    """The distortion head's PSNR (and SSIM) error on these images, per ratio and kind, at the end of rd.md."""
 
-    lines = ["## The distortion head's PSNR error on these images (MAE dB; bias = predicted - measured)", "",
-             *md_header("kind", "images", *(f"MAE {r}x" for r in table.ratios), *(f"bias {r}x" for r in table.ratios))]
-    for row in mae_table(pred, table.psnr, table.kinds, table.ratios):
-        lines.append(f"| {row['kind']} | {row['images']} | " + " | ".join(f"{row[f'mae_{r}x']:.2f}" for r in table.ratios) + " | "
-                     + " | ".join(f"{row[f'bias_{r}x']:+.2f}" for r in table.ratios) + " |")
+    lines = head_error_markdown(head_errors(head, table.psnr, table.ssim, table.kinds, table.ratios), table.ratios, "these images")
     report.write_text(report.read_text() + "\n".join(lines) + "\n")

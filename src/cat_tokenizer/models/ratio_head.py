@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -28,7 +29,7 @@ from torch import Tensor, nn
 from cat_tokenizer.errors import UserInputError
 from cat_tokenizer.ratios import DEFAULT_RATIOS, DEFAULT_THRESHOLDS, ratios_from_scores
 
-__all__ = ["RatioHead", "Standardize", "meet_probability", "pixel_statistics", "stage_statistics"]
+__all__ = ["RatioHead", "Standardize", "meet_probability", "pixel_statistics", "ssim_db", "ssim_from_db", "stage_statistics"]
 
 STATS_PER_CHANNEL = 4
 PIXEL_SCALES = (2, 4, 8, 16, 32)
@@ -54,6 +55,17 @@ def pixel_statistics(x: Tensor) -> Tensor:
     out += [torch.log10(dx.mean((-2, -1)) + dy.mean((-2, -1)) + 1e-6), (dx < 1e-3).float().mean((-2, -1)),
             (dx > 0.25).float().mean((-2, -1)), x.std((-2, -1)), x.mean((-2, -1))]
     return torch.cat(out, 1)
+
+
+def ssim_db(ssim):
+    """SSIM -> -10 log10(1 - SSIM) (a float or an array): the distortion head's unit for SSIM, which spreads
+    0.7 / 0.8 / 0.9 / 0.99 to 5.2 / 7.0 / 10 / 20 on a scale like PSNR's, so one L1 loss serves both."""
+    return -10 * np.log10(np.clip(1 - np.asarray(ssim, np.float64), 1e-10, None))
+
+
+def ssim_from_db(db):
+    """The inverse of ``ssim_db``."""
+    return 1 - 10 ** (-np.asarray(db, np.float64) / 10)
 
 
 def meet_probability(mean: Tensor, scale: Tensor, target: float) -> Tensor:
@@ -133,19 +145,23 @@ class RatioHead(nn.Module):
             a distortion head, one predicted PSNR per ratio (B, R); an image's ratio is then the
             cheapest whose predicted PSNR meets ``target_psnr`` (8x, the most tokens, when none does).
         target_psnr: the default target of a distortion head (``encode --target-psnr`` overrides it).
+        ssim: a distortion head that also predicts each ratio's SSIM, as ``ssim_db`` (its outputs are then
+            (B, 2R): the R PSNRs, then the R SSIMs in that unit; rate control's SSIM targets use them).
         spread: a distortion head's error model: per ratio, the scale of a Laplace error around each
             predicted PSNR (its mean absolute error on sources held out of its training, measured by
             ``cat-tokenizer distortion-head`` in folds; ``set_error_scale``). ``meet_probability`` turns it
             into the chance that a ratio meets a target, which ``ratios_for(confidence=)`` and ``rd``'s
-            rate control use. (Per-image scales learnt by a second MLP generalised worse than these
-            constants on real-v1 dev: docs/experiments.md.)
+            rate control use; one scale per output (per ratio, and again for SSIM with ``ssim``). (Per-image
+            scales learnt by a second MLP generalised worse than these constants on real-v1 dev:
+            docs/experiments.md.)
     """
 
     def __init__(self, stage_channels: Sequence[int], hidden: int = 256, conv: int = 0,
                  thresholds: Sequence[float] = DEFAULT_THRESHOLDS, ratios: Sequence[int] = DEFAULT_RATIOS,
                  image_size: int | None = None, report: dict | None = None, stages: Sequence[int] | None = None,
                  row_stride: Sequence[int] | None = None, crop: str = "resize", predicts: str = "score",
-                 target_psnr: float = 24.0, pixel_stats: bool = False, norm: str = "layer", spread: bool = False):
+                 target_psnr: float = 24.0, pixel_stats: bool = False, norm: str = "layer", spread: bool = False,
+                 ssim: bool = False):
         super().__init__()
         if predicts not in PREDICTS:
             raise UserInputError(f"ratio head predicts must be one of {', '.join(PREDICTS)}, got {predicts!r}")
@@ -153,6 +169,8 @@ class RatioHead(nn.Module):
             raise UserInputError(f"ratio head norm must be one of {', '.join(NORMS)}, got {norm!r}")
         if spread and predicts != "psnr":
             raise UserInputError("ratio head spread (an error model) is for a distortion head (predicts='psnr')")
+        if ssim and predicts != "psnr":
+            raise UserInputError("ratio head ssim (an SSIM output) is for a distortion head (predicts='psnr')")
         n = len(stage_channels)
         stages = list(range(n)) if stages is None else sorted({int(s) for s in stages})
         row_stride = [2 ** (n - 1 - s) for s in range(n)] if row_stride is None else [int(k) for k in row_stride]
@@ -164,7 +182,7 @@ class RatioHead(nn.Module):
                        "thresholds": [float(t) for t in thresholds], "ratios": [int(r) for r in ratios],
                        "image_size": image_size, "report": report, "stages": stages, "row_stride": row_stride,
                        "crop": crop, "predicts": predicts, "target_psnr": float(target_psnr),
-                       "pixel_stats": bool(pixel_stats), "norm": norm, "spread": bool(spread)}
+                       "pixel_stats": bool(pixel_stats), "norm": norm, "spread": bool(spread), "ssim": bool(ssim)}
         stats_dim = STATS_PER_CHANNEL * sum(stage_channels[s] for s in stages) + (PIXEL_STATS if pixel_stats else 0)
         dim = stats_dim + 2 * conv
         self.conv = nn.Sequential(
@@ -173,11 +191,12 @@ class RatioHead(nn.Module):
         ) if conv else None
         self.standardize = Standardize(stats_dim) if norm == "standard" else None
         self.mlp = nn.Sequential(nn.LayerNorm(dim) if norm == "layer" else nn.Identity(), nn.Linear(dim, hidden), nn.SiLU())
-        self.out = nn.Linear(hidden, len(ratios) if predicts == "psnr" else 1)
+        n_out = len(ratios) * (2 if ssim else 1) if predicts == "psnr" else 1
+        self.out = nn.Linear(hidden, n_out)
         nn.init.zeros_(self.out.weight)
         nn.init.constant_(self.out.bias, 25.0 if predicts == "psnr" else 5.0)  # a middling PSNR; the middle of the 1..9 scale
         if spread:
-            self.register_buffer("error_scale", torch.ones(len(ratios)))  # dB per ratio; set_error_scale
+            self.register_buffer("error_scale", torch.ones(n_out))  # dB per output; set_error_scale
 
     def set_report(self, report: dict) -> None:
         """Record how the trained head did on held-out images (teacher, agreement, split); saved with
@@ -197,9 +216,13 @@ class RatioHead(nn.Module):
     def predicts_psnr(self) -> bool:
         return self.config.get("predicts", "score") == "psnr"
 
+    @property
+    def predicts_ssim(self) -> bool:
+        return bool(self.config.get("ssim", False))
+
     def score(self, stats: Tensor, last: Tensor | None = None) -> Tensor:
         """(B, 4 * sum C) statistics [+ the (B, C, h, w) 8x map for the conv branch] -> (B,) scores,
-        or (B, R) predicted PSNRs for a distortion head."""
+        or (B, R) predicted PSNRs for a distortion head ((B, 2R) with ``ssim``: then the SSIMs as ``ssim_db``)."""
         if self.standardize is not None:
             stats = self.standardize(stats)
         if self.conv is not None:
@@ -214,13 +237,15 @@ class RatioHead(nn.Module):
 
     @torch.no_grad()
     def set_error_scale(self, scale: Tensor) -> None:
-        """Set the error model's Laplace scale per ratio (R,): the mean absolute error on held-out images."""
+        """Set the error model's Laplace scale per output (R,) or (2R,) with ``ssim``: the mean absolute error on
+        held-out images."""
         if not self.has_error_model:
             raise UserInputError("this distortion head was made without an error model (spread=False)")
         self.error_scale.copy_(scale.to(self.error_scale).clamp(min=1e-3))
 
     def log_scale(self, stats: Tensor) -> Tensor:
-        """(B, D) statistics -> (B, R) log of the Laplace scale (dB) of each predicted PSNR's error."""
+        """(B, D) statistics -> (B, R) log of the Laplace scale (dB) of each predicted PSNR's error ((B, 2R) with
+        ``ssim``: then of each predicted ``ssim_db``'s)."""
         if not self.has_error_model:
             raise UserInputError("this distortion head has no error model: make one with `cat-tokenizer distortion-head` (--spread folds)")
         return self.error_scale.log().expand(stats.shape[0], -1)
@@ -254,11 +279,11 @@ class RatioHead(nn.Module):
             return [int(r) for r in ratios_from_scores(scores.detach().float().cpu().numpy(), self.config["thresholds"], self.config["ratios"])]
         target = self.config["target_psnr"] if target_psnr is None else float(target_psnr)
         ratios = self.config["ratios"]  # ascending: the first has the most tokens
-        scores = scores.detach().float().cpu()
+        scores = scores.detach().float().cpu()[..., : len(ratios)]  # the PSNRs (an SSIM head's SSIMs follow)
         if confidence is None:
             meets = (scores >= target).tolist()
         else:
             if not 0 < confidence < 1:
                 raise UserInputError(f"--confidence is a probability between 0 and 1, got {confidence:g}")
-            meets = (meet_probability(scores, self.error_scale.float().cpu(), target) >= confidence).tolist()
+            meets = (meet_probability(scores, self.error_scale.float().cpu()[: len(ratios)], target) >= confidence).tolist()
         return [max((r for r, ok in zip(ratios, row) if ok), default=ratios[0]) for row in meets]
