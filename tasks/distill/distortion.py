@@ -254,7 +254,7 @@ def _train_head(head: RatioHead, inputs: list[torch.Tensor], target: torch.Tenso
                 dev: torch.device) -> RatioHead:
     """Fit ``head`` (standardisation, then L1 / MSE regression on ``target`` (N, outputs)) on the images ``idx``; eval mode."""
     head.fit_standardization(inputs[0][idx].to(dev))
-    fit_regressor(_HeadOnStatistics(head), head.out, [t[idx] for t in inputs], target[idx], o.epochs, o.batch_size, o.lr, dev, o.loss,
+    fit_regressor(_HeadOnStatistics(head), head.finals, [t[idx] for t in inputs], target[idx], o.epochs, o.batch_size, o.lr, dev, o.loss,
                   init_bias=target[idx].mean(0))
     return head.eval()
 

@@ -177,14 +177,20 @@ def _agreement_by_folder(pred: torch.Tensor, target: torch.Tensor, mapper, files
     return {g: [round(ratio_agreement(pred[idx], target[idx], mapper)[0], 4), len(idx)] for g, idx in sorted(groups.items())}
 
 
-def fit_regressor(net: nn.Module, final: nn.Linear, inputs: list[torch.Tensor], scores: torch.Tensor, epochs: int,
+def fit_regressor(net: nn.Module, final: nn.Linear | list[nn.Linear], inputs: list[torch.Tensor], scores: torch.Tensor, epochs: int,
                    batch_size: int, lr: float, dev: torch.device, loss: str = "l1",
                    init_bias: float | torch.Tensor = 5.0) -> nn.Module:
-    """Train ``net(*inputs)`` to regress the scores (its ``final`` layer starts at ``init_bias``: the
-    scale's middle, 5, or each target's training mean); eval mode on ``dev``."""
-    nn.init.zeros_(final.weight)
-    with torch.no_grad():
-        final.bias.copy_(torch.as_tensor(init_bias, dtype=final.bias.dtype).expand_as(final.bias))
+    """Train ``net(*inputs)`` to regress the scores (its ``final`` layer, or layers whose outputs are the
+    score columns in order, starts at ``init_bias``: the scale's middle, 5, or each target's training
+    mean); eval mode on ``dev``."""
+    bias = torch.as_tensor(init_bias, dtype=torch.float32).flatten()
+    start = 0
+    for layer in [final] if isinstance(final, nn.Linear) else final:
+        n = layer.out_features
+        nn.init.zeros_(layer.weight)
+        with torch.no_grad():
+            layer.bias.copy_((bias if bias.numel() == 1 else bias[start : start + n]).to(layer.bias).expand_as(layer.bias))
+        start += n
     module = RatioHeadModule(net, lr, loss=loss)
     L.Trainer(max_epochs=epochs, accelerator=dev.type, devices=1, logger=False, enable_checkpointing=False,
               enable_progress_bar=False, enable_model_summary=False).fit(

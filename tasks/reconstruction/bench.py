@@ -95,11 +95,12 @@ def bench_ratio_head(preset: str = "small", size: int = 128, batch: int = 4, rep
     return rows
 
 
-# Training-step variants for ``bench_train``: (label, precision, GAN on from the first step).
+# Training-step variants for ``bench_train``: (label, precision, GAN on from the first step, NestedVAE overrides).
 TRAIN_VARIANTS = [
-    ("fp32, GAN on (discriminator forward/backward every step)", "32-true", True),
-    ("fp32, GAN off (empty discriminator step)", "32-true", False),
-    ("bf16-mixed, GAN off (the cat-small recipe)", "bf16-mixed", False),
+    ("fp32, GAN on (discriminator forward/backward every step)", "32-true", True, {}),
+    ("fp32, GAN off (empty discriminator step)", "32-true", False, {}),
+    ("bf16-mixed, GAN off (the v1 recipe)", "bf16-mixed", False, {}),
+    ("bf16-mixed, GAN off, colour path (the v2 recipe)", "bf16-mixed", False, {"colour_path": "latent"}),
 ]
 
 
@@ -124,11 +125,11 @@ def bench_train(preset: str = "cat-small", size: int = 128, batch: int = 8, step
     data = [{"image": torch.rand(batch, 3, size, size, generator=g) * 2 - 1, "ratio": r, "index": torch.arange(batch)}
             for r in (8, 16, 32)] * ((warmup + steps) // 3 + 1)
     rows = []
-    for label, precision, gan in TRAIN_VARIANTS:
+    for label, precision, gan, overrides in TRAIN_VARIANTS:
         if precision.startswith("bf16") and not torch.cuda.is_available() and not cpu_has_native_bf16():
             continue
         torch.manual_seed(0)
-        module = NestedVAEModule(NestedVAE.from_preset(preset), VAELoss(perceptual_weight=0.0, disc_start=0 if gan else 10**9),
+        module = NestedVAEModule(NestedVAE.from_preset(preset, **overrides), VAELoss(perceptual_weight=0.0, disc_start=0 if gan else 10**9),
                                  lr=1e-3, betas=(0.9, 0.99), warmup_steps=1)
         timer = _Timer()
         L.Trainer(max_steps=2 * (warmup + steps), precision=precision, logger=False, enable_checkpointing=False,

@@ -145,8 +145,9 @@ class RatioHead(nn.Module):
             a distortion head, one predicted PSNR per ratio (B, R); an image's ratio is then the
             cheapest whose predicted PSNR meets ``target_psnr`` (8x, the most tokens, when none does).
         target_psnr: the default target of a distortion head (``encode --target-psnr`` overrides it).
-        ssim: a distortion head that also predicts each ratio's SSIM, as ``ssim_db`` (its outputs are then
-            (B, 2R): the R PSNRs, then the R SSIMs in that unit; rate control's SSIM targets use them).
+        ssim: a distortion head that also predicts each ratio's SSIM, as ``ssim_db``, from a branch of its own
+            (its outputs are then (B, 2R): the R PSNRs, then the R SSIMs in that unit; rate control's SSIM
+            targets use them).
         spread: a distortion head's error model: per ratio, the scale of a Laplace error around each
             predicted PSNR (its mean absolute error on sources held out of its training, measured by
             ``cat-tokenizer distortion-head`` in folds; ``set_error_scale``). ``meet_probability`` turns it
@@ -192,9 +193,13 @@ class RatioHead(nn.Module):
         self.standardize = Standardize(stats_dim) if norm == "standard" else None
         self.mlp = nn.Sequential(nn.LayerNorm(dim) if norm == "layer" else nn.Identity(), nn.Linear(dim, hidden), nn.SiLU())
         n_out = len(ratios) * (2 if ssim else 1) if predicts == "psnr" else 1
-        self.out = nn.Linear(hidden, n_out)
+        self.out = nn.Linear(hidden, len(ratios) if predicts == "psnr" else 1)
         nn.init.zeros_(self.out.weight)
         nn.init.constant_(self.out.bias, 25.0 if predicts == "psnr" else 5.0)  # a middling PSNR; the middle of the 1..9 scale
+        # SSIM has a branch of its own: sharing the hidden layer with PSNR cost the PSNR outputs 0.01-0.03 dB of MAE
+        # on real-v1 dev (docs/experiments.md)
+        self.ssim_mlp = nn.Sequential(nn.Linear(dim, hidden), nn.SiLU()) if ssim else None
+        self.ssim_out = nn.Linear(hidden, len(ratios)) if ssim else None
         if spread:
             self.register_buffer("error_scale", torch.ones(n_out))  # dB per output; set_error_scale
 
@@ -220,6 +225,11 @@ class RatioHead(nn.Module):
     def predicts_ssim(self) -> bool:
         return bool(self.config.get("ssim", False))
 
+    @property
+    def finals(self) -> list[nn.Linear]:
+        """The output layers, in the order of ``score``'s columns (a regressor initialises them)."""
+        return [self.out] + ([self.ssim_out] if self.ssim_out is not None else [])
+
     def score(self, stats: Tensor, last: Tensor | None = None) -> Tensor:
         """(B, 4 * sum C) statistics [+ the (B, C, h, w) 8x map for the conv branch] -> (B,) scores,
         or (B, R) predicted PSNRs for a distortion head ((B, 2R) with ``ssim``: then the SSIMs as ``ssim_db``)."""
@@ -229,6 +239,8 @@ class RatioHead(nn.Module):
             c = self.conv(last)  # (B, conv, h/2, w/2)
             stats = torch.cat([stats, c.mean((-2, -1)), c.amax((-2, -1))], 1)
         out = self.out(self.mlp(stats))  # (B, 1) or (B, R)
+        if self.ssim_mlp is not None:
+            out = torch.cat([out, self.ssim_out(self.ssim_mlp(stats))], 1)  # (B, 2R)
         return out if self.predicts_psnr else out.squeeze(-1)
 
     @property
