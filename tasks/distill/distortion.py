@@ -177,17 +177,7 @@ def run_distortion_head(data: str | Path, o: DistortionHeadOptions) -> dict:
     if o.final == "all":  # the held-out error above is the 80% head's; the saved one learns from every image
         head = _train_head(_new_head(vae, o, dev), inputs, target, tr + va, o, dev)
     if o.spread == "folds":
-        keep = tr + va if o.final == "all" else tr
-        fold = grouped_folds([files[i] for i in keep], root, o.folds, group_of)
-        errors = _out_of_fold_errors(vae, inputs, target, keep, fold, o, dev)  # (len(keep), R or 2R)
-        scale = errors.abs().mean(0)  # the Laplace scale's maximum-likelihood estimate, per output
-        head.set_error_scale(scale)
-        r = len(vae.ratios)
-        metrics["out_of_fold_mae"], metrics["folds"] = [round(float(v), 3) for v in scale[:r]], o.folds
-        if o.ssim:
-            metrics["out_of_fold_ssim_db_mae"] = [round(float(v), 3) for v in scale[r:]]
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_csv(out_dir / "out_of_fold.csv", _out_of_fold_rows(table, keep, fold, target, errors, vae.ratios))
+        metrics |= _fit_error_model(head, vae, table, inputs, target, tr + va if o.final == "all" else tr, root, group_of, o, dev)
     head.set_report({k: metrics[k] for k in ("images", "held_out", "split", "final")}
                     | {"mae_all": {k: round(v, 3) for k, v in held["psnr"][0].items() if k.startswith("mae_")}})
     vae.attach_ratio_head(head)
@@ -198,6 +188,23 @@ def run_distortion_head(data: str | Path, o: DistortionHeadOptions) -> dict:
     (out_dir / "distortion.json").write_text(json.dumps(metrics, indent=2))
     (out_dir / "distortion.md").write_text(_report(metrics, vae.ratios))
     return metrics
+
+
+def _fit_error_model(head: RatioHead, vae, table, inputs: list[torch.Tensor], target: torch.Tensor, keep: list[int], root: Path,
+                     group_of, o: DistortionHeadOptions, dev: torch.device) -> dict:
+    """Give ``head`` its error model from out-of-fold errors over ``keep`` (written to out_of_fold.csv); its metrics."""
+    files = [root / table.paths[i] for i in keep]
+    fold = grouped_folds(files, root, o.folds, group_of)
+    errors = _out_of_fold_errors(vae, inputs, target, keep, fold, o, dev)  # (len(keep), R or 2R)
+    scale = errors.abs().mean(0)  # the Laplace scale's maximum-likelihood estimate, per output
+    head.set_error_scale(scale)
+    r = len(vae.ratios)
+    found = {"out_of_fold_mae": [round(float(v), 3) for v in scale[:r]], "folds": o.folds}
+    if o.ssim:
+        found["out_of_fold_ssim_db_mae"] = [round(float(v), 3) for v in scale[r:]]
+    Path(o.out).mkdir(parents=True, exist_ok=True)
+    write_csv(Path(o.out) / "out_of_fold.csv", _out_of_fold_rows(table, keep, fold, target, errors, vae.ratios))
+    return found
 
 
 def _out_of_fold_rows(table, keep: list[int], fold: list[int], target: torch.Tensor, errors: torch.Tensor, ratios) -> list[dict]:
