@@ -12,7 +12,7 @@ CKPT ?= cat-small
 TRAIN_OUT ?= outputs/train_small
 TRAIN_ARGS ?=
 
-.PHONY: install system-deps test test-fast lint demo palette hostile mutants train-small ship-small train-region-fill ship-region-fill gpu-kit gpu-train-small need-real-data bench bench-gen bench-gen-gpu classify distill eval-recon need-data gen-demo gen-imagenet reports clean
+.PHONY: install system-deps test test-fast lint demo palette hostile mutants train-small stash-run ship-small train-region-fill ship-region-fill gpu-kit gpu-train-small need-real-data bench bench-gen bench-gen-gpu classify distill eval-recon need-data gen-demo gen-imagenet reports clean
 
 install: $(STAMP)
 
@@ -51,7 +51,7 @@ demo: install
 # Train cat-small from scratch on real-v1 train/ with the per-kind dev curve; resumes when run again.
 # OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep instead of spinning; on 2 cores with a data worker,
 # 50 batches took 20-25 s instead of 28 s (TensorBoard wall times of the cat-small run).
-# make train-small [REAL_DATA=DIR] [TRAIN_OUT=D] [TRAIN_TIME=00:02:30:00] [TRAIN_ARGS="<more fit flags>"]
+# make train-small [REAL_DATA=DIR] [TRAIN_OUT=D] [TRAIN_TIME=00:02:30:00] [STASH=runs/NAME] [TRAIN_ARGS="<more fit flags>"]
 # TRAIN_TIME limits this process (SessionTimer); --trainer.max_time would limit the whole resumed run.
 # A run writes OUT/run/version_0/ (checkpoints/, pretrained/, kind_eval.csv): resume, ship-small and the GPU
 # export read that layout. run_in(OUT, logger class) fixes it; kind_curve(DEV) adds the per-kind dev curve.
@@ -59,11 +59,21 @@ run_in = --trainer.default_root_dir $(1) --trainer.logger.class_path lightning.p
 	--trainer.logger.init_args.save_dir $(1) --trainer.logger.init_args.name run --trainer.logger.init_args.version 0
 kind_curve = --trainer.callbacks+=cat_tokenizer.lit.kind_eval.KindEvaluator --trainer.callbacks.root $(1)
 TRAIN_RUN = $(TRAIN_OUT)/run/version_0
+# STASH=runs/NAME (optional) keeps the run where the machine's outputs/ may not survive: a run folder without
+# last.ckpt is restored from the stash first, and the stash is rewritten when this process ends (commit it;
+# cat_tokenizer/lit/stash.py says what a stash keeps). `make stash-run STASH=...` writes one by hand.
+LAST_CKPT = $(TRAIN_RUN)/checkpoints/last.ckpt
 train-small: need-real-data install
+	$(if $(STASH),@test -f $(LAST_CKPT) || test ! -f $(STASH)/resume.pt || $(VENV)/bin/cat-tokenizer unstash $(STASH) --run $(TRAIN_RUN))
 	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/lightning fit -c configs/vae_small.yaml --data.root $(REAL_DATA)/train \
 		$(call run_in,$(TRAIN_OUT),TensorBoardLogger) $(call kind_curve,$(REAL_DATA)/dev) \
-		$(if $(wildcard $(TRAIN_RUN)/checkpoints/last.ckpt),--ckpt_path $(TRAIN_RUN)/checkpoints/last.ckpt) \
+		$$(test -f $(LAST_CKPT) && echo --ckpt_path $(LAST_CKPT)) \
 		$(if $(TRAIN_TIME),--trainer.callbacks+=cat_tokenizer.callbacks.SessionTimer --trainer.callbacks.duration $(TRAIN_TIME)) $(TRAIN_ARGS)
+	$(if $(STASH),$(VENV)/bin/cat-tokenizer stash $(TRAIN_RUN) --out $(STASH))
+
+stash-run: install
+	@test -n "$(STASH)" || { echo "make stash-run: set STASH=runs/NAME (and TRAIN_OUT=the run's output folder)"; exit 2; }
+	$(VENV)/bin/cat-tokenizer stash $(TRAIN_RUN) --out $(STASH)
 
 # Ship the trained run as cat-small (fp16 EMA weights + its per-kind training curve) inside the package:
 # from pretrained/ (EMA, written after each validation and when training ends) or last.ckpt (every 500

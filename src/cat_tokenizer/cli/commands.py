@@ -1,5 +1,5 @@
 """The core's ``cat-tokenizer`` commands (the tokenizer itself): encode, decode, export, card, palette, variety,
-latent-stats.
+latent-stats, stash, unstash.
 
 Each is a typed function (``cli.typed`` turns it into a subcommand: the signature gives the options and
 defaults, the docstring the help), registered like every task's commands under the
@@ -19,12 +19,13 @@ from cat_tokenizer.devices import resolve_device
 from cat_tokenizer.errors import UserInputError
 from cat_tokenizer.files import atomic_write, write_csv
 from cat_tokenizer.io import load_vae
+from cat_tokenizer.lit.stash import stash_run, unstash_run
 from cat_tokenizer.metrics.palette import PaletteTarget, measure_palette, palette_markdown
 from cat_tokenizer.models.hub import BUNDLED_TOKENIZERS, CONFIG_NAME, WEIGHTS_NAME, weights_file, write_model_card
 from cat_tokenizer.options import print_table
 from cat_tokenizer.outputs import check_out_dir, resolved
 
-__all__ = ["encode", "decode", "variety", "export", "card", "palette", "latent_stats"]
+__all__ = ["encode", "decode", "variety", "export", "card", "palette", "latent_stats", "stash", "unstash"]
 
 
 def encode(images: list[str], *, options: EncodeOptions) -> int:
@@ -170,4 +171,31 @@ def latent_stats(folder: str, *, ckpt: str = "cat-small", image_size: int = 128,
         with atomic_write(target / CONFIG_NAME) as tmp:
             tmp.write_text(vae.set_latent_stats(stats).to_json_string())
         print(f"wrote latent_stats into {target / CONFIG_NAME}")
+    return 0
+
+
+def stash(run: str, *, out: str) -> int:
+    """a training run's last.ckpt as a commit-sized stash (run folders may not outlive the machine)
+
+    Weights in float16, Adam's second moments in bfloat16, first moments dropped (about 40% of the
+    checkpoint); `cat-tokenizer unstash` (or `make train-small STASH=...`) resumes from it.
+
+    Args:
+        run: the run folder (RUN/checkpoints/last.ckpt, RUN/kind_eval.csv), e.g. outputs/train_small/run/version_0
+        out: the stash folder (resume.pt + kind_eval.csv), rewritten
+    """
+    written = stash_run(run, out)
+    print(f"wrote {written} ({written.stat().st_size / 2**20:.1f} MiB)")
+    return 0
+
+
+def unstash(stash: str, *, run: str) -> int:
+    """a stash back to RUN/checkpoints/last.ckpt, to resume with --ckpt_path
+
+    Args:
+        stash: a folder written by `cat-tokenizer stash`
+        run: the run folder to restore into (refused when it holds a last.ckpt already)
+    """
+    written = unstash_run(stash, run)
+    print(f"wrote {written}; resume with --ckpt_path {written}")
     return 0
