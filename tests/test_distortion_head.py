@@ -31,13 +31,8 @@ def _noise_folder(root, rng) -> dict[str, float]:
     return amp
 
 
-def test_the_head_learns_psnr_from_a_planted_feature_and_encode_meets_a_target(tmp_path, tiny_vae, monkeypatch, capsys):
-    import cat_tasks.distill.distortion as mod
-
-    rng = np.random.default_rng(0)
-    root = tmp_path / "data"
-    amp = _noise_folder(root, rng)
-    tiny_vae.save_pretrained(tmp_path / "tok")
+def _planted_measure(amp: dict[str, float]):
+    """A stand-in for measure_folder: each image's PSNRs follow its planted noise amplitude."""
 
     def fake_measure(root_, vae, cache, image_size, crop, features=None, only=None, ocr=True, **kw):
         paths = sorted(f.relative_to(root_).as_posix() for f in only)
@@ -50,6 +45,18 @@ def test_the_head_learns_psnr_from_a_planted_feature_and_encode_meets_a_target(t
         return ReconTable(paths, [p.split("/")[0] for p in paths], (8, 16, 32), image_size, psnr, psnr / 40, psnr,
                           np.full((n, 3), np.nan), np.full(n, np.nan), np.ones(n))
 
+    return fake_measure
+
+
+def test_the_head_learns_psnr_from_a_planted_feature_and_encode_meets_a_target(tmp_path, tiny_vae, monkeypatch, capsys):
+    import cat_tasks.distill.distortion as mod
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "data"
+    amp = _noise_folder(root, rng)
+    tiny_vae.save_pretrained(tmp_path / "tok")
+
+    fake_measure = _planted_measure(amp)
     monkeypatch.setattr(mod, "measure_folder", fake_measure)
     out = tmp_path / "head"
     args = ["distortion-head", str(root), "--out", str(out), "--ckpt", str(tmp_path / "tok"), "--image-size", "32",
@@ -233,3 +240,36 @@ def test_confidence_needs_an_error_model_and_a_probability():
     assert modelled.ratios_for(scores, 26.0, 0.9) == [8]  # P(27 + Laplace(1) >= 26) = 0.82 < 0.9 at 16x
     with pytest.raises(UserInputError, match="probability"):
         modelled.ratios_for(scores, 26.0, 1.5)
+
+
+def test_an_ensemble_head_predicts_the_mean_of_its_members_and_survives_a_round_trip(tmp_path, tiny_vae, monkeypatch):
+    import torch
+
+    import cat_tasks.distill.distortion as mod
+    from cat_tokenizer.io import load_vae
+    from cat_tokenizer.models.ratio_head import RatioHead
+
+    torch.manual_seed(0)
+    heads = [RatioHead([8, 16], 8, predicts="psnr", norm="standard", spread=i == 0, ssim=True) for i in range(3)]
+    for h in heads:
+        h.fit_standardization(torch.randn(20, 96) * 3 + torch.randn(96))
+        for p in h.parameters():
+            torch.nn.init.normal_(p)
+    stats = torch.randn(5, 96)
+    avg = RatioHead.average(heads)
+    assert avg.config["members"] == 3 and avg.has_error_model
+    torch.testing.assert_close(avg.score(stats), torch.stack([h.score(stats) for h in heads]).mean(0))
+    with pytest.raises(Exception, match="one config"):
+        RatioHead.average([heads[0], RatioHead([8, 16], 4, predicts="psnr")])
+    # through the command: the saved head is the final head and the five fold heads, and loads back as one
+    rng = np.random.default_rng(2)
+    root = tmp_path / "data"
+    monkeypatch.setattr(mod, "measure_folder", _planted_measure(_noise_folder(root, rng)))
+    tiny_vae.save_pretrained(tmp_path / "tok")
+    base = ["distortion-head", str(root), "--ckpt", str(tmp_path / "tok"), "--image-size", "32", "--epochs", "40", "--device", "cpu"]
+    assert tools.main([*base, "--out", str(tmp_path / "ens"), "--ensemble", "folds"]) == 0
+    saved = load_vae(tmp_path / "ens").ratio_head
+    assert saved.config["members"] == 6 and len(saved.others) == 5
+    assert json.loads((tmp_path / "ens" / "distortion.json").read_text())["ensemble"] == "folds"
+    assert "fold heads (--ensemble folds)" in (tmp_path / "ens" / "distortion.md").read_text()
+    assert tools.main([*base, "--out", str(tmp_path / "x"), "--ensemble", "folds", "--spread", "none"]) == 2

@@ -123,6 +123,9 @@ class DistortionHeadOptions(HeadOptions):
         folds: folds of sources for the error model's out-of-fold errors (each image's out-of-fold prediction
             is written to out_of_fold.csv)
         predicts: what the head predicts at every ratio: PSNR and SSIM (rd's SSIM targets use it), or PSNR alone
+        ensemble: the head saved: the mean of the final head and the error model's fold heads (folds: no more
+            training; the error model keeps the single heads' out-of-fold scales, an upper bound on the mean's), or
+            the final head alone (none)
     """
 
     max_images: int = 0
@@ -135,6 +138,7 @@ class DistortionHeadOptions(HeadOptions):
     spread: Literal["folds", "none"] = "folds"
     folds: int = 5
     predicts: Literal["psnr+ssim", "psnr"] = "psnr+ssim"
+    ensemble: Literal["folds", "none"] = "none"
 
     @property
     def ssim(self) -> bool:
@@ -177,7 +181,11 @@ def run_distortion_head(data: str | Path, o: DistortionHeadOptions) -> dict:
     if o.final == "all":  # the held-out error above is the 80% head's; the saved one learns from every image
         head = _train_head(_new_head(vae, o, dev), inputs, target, tr + va, o, dev)
     if o.spread == "folds":
-        metrics |= _fit_error_model(head, vae, table, inputs, target, tr + va if o.final == "all" else tr, root, group_of, o, dev)
+        found, fold_heads = _fit_error_model(head, vae, table, inputs, target, tr + va if o.final == "all" else tr, root, group_of, o, dev)
+        metrics |= found | {"ensemble": o.ensemble}
+        head = RatioHead.average([head, *fold_heads]) if o.ensemble == "folds" else head
+    elif o.ensemble == "folds":
+        raise UserInputError("--ensemble folds averages the error model's fold heads: it needs --spread folds")
     head.set_report({k: metrics[k] for k in ("images", "held_out", "split", "final")}
                     | {"mae_all": {k: round(v, 3) for k, v in held["psnr"][0].items() if k.startswith("mae_")}})
     vae.attach_ratio_head(head)
@@ -191,11 +199,12 @@ def run_distortion_head(data: str | Path, o: DistortionHeadOptions) -> dict:
 
 
 def _fit_error_model(head: RatioHead, vae, table, inputs: list[torch.Tensor], target: torch.Tensor, keep: list[int], root: Path,
-                     group_of, o: DistortionHeadOptions, dev: torch.device) -> dict:
-    """Give ``head`` its error model from out-of-fold errors over ``keep`` (written to out_of_fold.csv); its metrics."""
+                     group_of, o: DistortionHeadOptions, dev: torch.device) -> tuple[dict, list[RatioHead]]:
+    """Give ``head`` its error model from out-of-fold errors over ``keep`` (written to out_of_fold.csv); its metrics
+    and the fold heads."""
     files = [root / table.paths[i] for i in keep]
     fold = grouped_folds(files, root, o.folds, group_of)
-    errors = _out_of_fold_errors(vae, inputs, target, keep, fold, o, dev)  # (len(keep), R or 2R)
+    errors, heads = _out_of_fold_errors(vae, inputs, target, keep, fold, o, dev)  # (len(keep), R or 2R)
     scale = errors.abs().mean(0)  # the Laplace scale's maximum-likelihood estimate, per output
     head.set_error_scale(scale)
     r = len(vae.ratios)
@@ -204,7 +213,7 @@ def _fit_error_model(head: RatioHead, vae, table, inputs: list[torch.Tensor], ta
         found["out_of_fold_ssim_db_mae"] = [round(float(v), 3) for v in scale[r:]]
     Path(o.out).mkdir(parents=True, exist_ok=True)
     write_csv(Path(o.out) / "out_of_fold.csv", _out_of_fold_rows(table, keep, fold, target, errors, vae.ratios))
-    return found
+    return found, heads
 
 
 def _out_of_fold_rows(table, keep: list[int], fold: list[int], target: torch.Tensor, errors: torch.Tensor, ratios) -> list[dict]:
@@ -234,27 +243,29 @@ def _dev_errors(vae, dev_root: Path, cache: Path, o: DistortionHeadOptions, dev:
     return found
 
 
-def _new_head(vae, o: DistortionHeadOptions, dev: torch.device) -> RatioHead:
+def _new_head(vae, o: DistortionHeadOptions, dev: torch.device, spread: bool | None = None) -> RatioHead:
     return RatioHead(vae.trunk_channels(), o.hidden, ratios=vae.ratios, image_size=o.image_size, crop=o.crop, predicts="psnr",
                      target_psnr=o.target_psnr, pixel_stats=o.reads == "trunk+pixels", norm=o.norm,
-                     spread=o.spread == "folds", ssim=o.ssim).to(dev)
+                     spread=o.spread == "folds" if spread is None else spread, ssim=o.ssim).to(dev)
 
 
 def _out_of_fold_errors(vae, inputs: list[torch.Tensor], target: torch.Tensor, keep: list[int], fold: list[int],
-                        o: DistortionHeadOptions, dev: torch.device) -> torch.Tensor:
-    """(len(keep), R or 2R) predicted - measured value of each image ``keep[j]`` by a head trained without its fold."""
-    errors = torch.zeros(len(keep), target.shape[1])
+                        o: DistortionHeadOptions, dev: torch.device) -> tuple[torch.Tensor, list[RatioHead]]:
+    """(len(keep), R or 2R) predicted - measured value of each image ``keep[j]`` by a head trained without its fold,
+    and those heads."""
+    errors, heads = torch.zeros(len(keep), target.shape[1]), []
     for f in sorted(set(fold)):
         out = [j for j, g in enumerate(fold) if g == f]
         if len(out) == len(keep):
             raise UserInputError(f"--folds {o.folds}: every image fell in one fold; add sources or lower --folds")
-        head = _train_head(_new_head(vae, o, dev), inputs, target, [keep[j] for j in range(len(keep)) if fold[j] != f], o, dev)
+        head = _train_head(_new_head(vae, o, dev, spread=False), inputs, target, [keep[j] for j in range(len(keep)) if fold[j] != f], o, dev)
+        heads.append(head)
         with torch.no_grad():
             rows = [keep[j] for j in out]
             errors[out] = head.score(*[t[rows].to(dev) for t in inputs]).cpu() - target[rows]
         log.info("error model: fold %d of %d, %d images out, PSNR MAE %s dB", f + 1, len(set(fold)), len(out),
                  " / ".join(f"{v:.2f}" for v in errors[out, : len(vae.ratios)].abs().mean(0).tolist()))
-    return errors
+    return errors, heads
 
 
 def _train_head(head: RatioHead, inputs: list[torch.Tensor], target: torch.Tensor, idx: list[int], o: DistortionHeadOptions,
@@ -272,7 +283,9 @@ def _report(m: dict, ratios) -> str:
              f"{m['images']} images ({m['train']} train / {m['held_out']} held out, split {m['split']}) at {m['image_size']} px "
              f"({m['crop']} crops); head {m['head_params']} params, {m['epochs']} epochs, {m['loss']} loss; reads the trunk"
              f"{' and pixel statistics' if m.get('pixel_stats') else ''}, {m.get('norm', 'layer')} normalisation; predicts PSNR"
-             f"{' and SSIM' if m.get('ssim') else ''} at every ratio. The head saved (and measured on dev): {saved}.", ""]
+             f"{' and SSIM' if m.get('ssim') else ''} at every ratio. The head saved (and measured on dev): {saved}"
+             + (f", averaged with the error model's {m.get('folds')} fold heads (--ensemble folds)" if m.get("ensemble") == "folds" else "")
+             + ".", ""]
     if "out_of_fold_mae" in m:
         lines += [f"Error model: Laplace scales {' / '.join(f'{v:.2f}' for v in m['out_of_fold_mae'])} dB at "
                   f"{' / '.join(f'{r}x' for r in ratios)}, the out-of-fold MAE ({m.get('folds', '')} folds of sources; each "

@@ -155,6 +155,10 @@ class RatioHead(nn.Module):
             rate control use; one scale per output (per ratio, and again for SSIM with ``ssim``). (Per-image
             scales learnt by a second MLP generalised worse than these constants on real-v1 dev:
             docs/experiments.md.)
+        members: a distortion head that averages this many predictors (each its own standardisation and
+            MLPs, all reading the same statistics): the first is this module's own layers, the others are in
+            ``others``; ``RatioHead.average`` builds one from trained heads (``distortion-head --ensemble folds``:
+            the saved head and its error model's fold heads).
     """
 
     def __init__(self, stage_channels: Sequence[int], hidden: int = 256, conv: int = 0,
@@ -162,8 +166,10 @@ class RatioHead(nn.Module):
                  image_size: int | None = None, report: dict | None = None, stages: Sequence[int] | None = None,
                  row_stride: Sequence[int] | None = None, crop: str = "resize", predicts: str = "score",
                  target_psnr: float = 24.0, pixel_stats: bool = False, norm: str = "layer", spread: bool = False,
-                 ssim: bool = False):
+                 ssim: bool = False, members: int = 1):
         super().__init__()
+        if members < 1 or (members > 1 and predicts != "psnr"):
+            raise UserInputError(f"ratio head members must be 1, or more for a distortion head (predicts='psnr'), got {members}")
         if predicts not in PREDICTS:
             raise UserInputError(f"ratio head predicts must be one of {', '.join(PREDICTS)}, got {predicts!r}")
         if norm not in NORMS:
@@ -184,6 +190,8 @@ class RatioHead(nn.Module):
                        "image_size": image_size, "report": report, "stages": stages, "row_stride": row_stride,
                        "crop": crop, "predicts": predicts, "target_psnr": float(target_psnr),
                        "pixel_stats": bool(pixel_stats), "norm": norm, "spread": bool(spread), "ssim": bool(ssim)}
+        if members > 1:  # heads saved before ensembles have no key: one member
+            self.config["members"] = int(members)
         stats_dim = STATS_PER_CHANNEL * sum(stage_channels[s] for s in stages) + (PIXEL_STATS if pixel_stats else 0)
         dim = stats_dim + 2 * conv
         self.conv = nn.Sequential(
@@ -202,6 +210,22 @@ class RatioHead(nn.Module):
         self.ssim_out = nn.Linear(hidden, len(ratios)) if ssim else None
         if spread:
             self.register_buffer("error_scale", torch.ones(n_out))  # dB per output; set_error_scale
+        one = {k: v for k, v in self.config.items() if k not in ("members", "report")} | {"spread": False}
+        self.others = nn.ModuleList(RatioHead(**one) for _ in range(members - 1)) if members > 1 else None
+
+    @classmethod
+    def average(cls, heads: Sequence[RatioHead]) -> RatioHead:
+        """One distortion head whose predictions are the mean of ``heads``' (trained alike: same config); it keeps the
+        first one's report and error model."""
+        first, alike = heads[0], lambda h: {k: v for k, v in h.config.items() if k not in ("spread", "report")}
+        if any(alike(h) != alike(first) or h.others is not None for h in heads):
+            raise UserInputError("RatioHead.average needs single heads made with one config")
+        cfg = {k: v for k, v in first.config.items() if k != "members"}
+        avg = cls(**cfg, members=len(heads)).to(next(first.parameters()).device)
+        avg.load_state_dict({k: v for k, v in first.state_dict().items()}, strict=False)
+        for other, head in zip(avg.others or (), heads[1:]):
+            other.load_state_dict({k: v for k, v in head.state_dict().items() if k != "error_scale"})
+        return avg.eval()
 
     def set_report(self, report: dict) -> None:
         """Record how the trained head did on held-out images (teacher, agreement, split); saved with
@@ -232,7 +256,14 @@ class RatioHead(nn.Module):
 
     def score(self, stats: Tensor, last: Tensor | None = None) -> Tensor:
         """(B, 4 * sum C) statistics [+ the (B, C, h, w) 8x map for the conv branch] -> (B,) scores,
-        or (B, R) predicted PSNRs for a distortion head ((B, 2R) with ``ssim``: then the SSIMs as ``ssim_db``)."""
+        or (B, R) predicted PSNRs for a distortion head ((B, 2R) with ``ssim``: then the SSIMs as ``ssim_db``);
+        with ``members``, the mean of every member's."""
+        own = self._own_score(stats, last)
+        if self.others is None:
+            return own
+        return torch.stack([own, *(o.score(stats, last) for o in self.others)]).mean(0)
+
+    def _own_score(self, stats: Tensor, last: Tensor | None) -> Tensor:
         if self.standardize is not None:
             stats = self.standardize(stats)
         if self.conv is not None:
