@@ -140,6 +140,10 @@ class DistortionHeadOptions(HeadOptions):
     predicts: Literal["psnr+ssim", "psnr"] = "psnr+ssim"
     ensemble: Literal["folds", "none"] = "none"
 
+    def __post_init__(self):
+        if self.ensemble == "folds" and self.spread != "folds":
+            raise UserInputError("--ensemble folds averages the error model's fold heads: it needs --spread folds")
+
     @property
     def ssim(self) -> bool:
         return self.predicts == "psnr+ssim"
@@ -184,8 +188,6 @@ def run_distortion_head(data: str | Path, o: DistortionHeadOptions) -> dict:
         found, fold_heads = _fit_error_model(head, vae, table, inputs, target, tr + va if o.final == "all" else tr, root, group_of, o, dev)
         metrics |= found | {"ensemble": o.ensemble}
         head = RatioHead.average([head, *fold_heads]) if o.ensemble == "folds" else head
-    elif o.ensemble == "folds":
-        raise UserInputError("--ensemble folds averages the error model's fold heads: it needs --spread folds")
     head.set_report({k: metrics[k] for k in ("images", "held_out", "split", "final")}
                     | {"mae_all": {k: round(v, 3) for k, v in held["psnr"][0].items() if k.startswith("mae_")}})
     vae.attach_ratio_head(head)

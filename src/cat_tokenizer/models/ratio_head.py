@@ -174,10 +174,9 @@ class RatioHead(nn.Module):
             raise UserInputError(f"ratio head predicts must be one of {', '.join(PREDICTS)}, got {predicts!r}")
         if norm not in NORMS:
             raise UserInputError(f"ratio head norm must be one of {', '.join(NORMS)}, got {norm!r}")
-        if spread and predicts != "psnr":
-            raise UserInputError("ratio head spread (an error model) is for a distortion head (predicts='psnr')")
-        if ssim and predicts != "psnr":
-            raise UserInputError("ratio head ssim (an SSIM output) is for a distortion head (predicts='psnr')")
+        for what, on in (("spread (an error model)", spread), ("ssim (an SSIM output)", ssim)):
+            if on and predicts != "psnr":
+                raise UserInputError(f"ratio head {what} is for a distortion head (predicts='psnr')")
         n = len(stage_channels)
         stages = list(range(n)) if stages is None else sorted({int(s) for s in stages})
         row_stride = [2 ** (n - 1 - s) for s in range(n)] if row_stride is None else [int(k) for k in row_stride]
