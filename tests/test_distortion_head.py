@@ -35,7 +35,7 @@ def _planted_measure(amp: dict[str, float]):
     """A stand-in for measure_folder: each image's PSNRs follow its planted noise amplitude."""
 
     def fake_measure(root_, vae, cache, image_size, crop, features=None, only=None, ocr=True, **kw):
-        paths = sorted(f.relative_to(root_).as_posix() for f in only)
+        paths = sorted(f.relative_to(root_).as_posix() for f in (only or root_.rglob("*.png")))
         a = np.array([amp[p] for p in paths])
         psnr = 36.0 - a[:, None] * np.array([[2.0, 8.0, 14.0]])  # noise costs more the coarser the ratio
         busy = np.array([p.startswith("busy/") for p in paths])
@@ -267,9 +267,12 @@ def test_an_ensemble_head_predicts_the_mean_of_its_members_and_survives_a_round_
     monkeypatch.setattr(mod, "measure_folder", _planted_measure(_noise_folder(root, rng)))
     tiny_vae.save_pretrained(tmp_path / "tok")
     base = ["distortion-head", str(root), "--ckpt", str(tmp_path / "tok"), "--image-size", "32", "--epochs", "40", "--device", "cpu"]
-    assert tools.main([*base, "--out", str(tmp_path / "ens"), "--ensemble", "folds"]) == 0
+    assert tools.main([*base, "--out", str(tmp_path / "ens"), "--ensemble", "folds", "--dev", str(root)]) == 0
     saved = load_vae(tmp_path / "ens").ratio_head
     assert saved.config["members"] == 6 and len(saved.others) == 5
     assert json.loads((tmp_path / "ens" / "distortion.json").read_text())["ensemble"] == "folds"
-    assert "fold heads (--ensemble folds)" in (tmp_path / "ens" / "distortion.md").read_text()
+    report = (tmp_path / "ens" / "distortion.md").read_text()
+    assert "fold heads (--ensemble folds)" in report and ": rate control (tokens to meet a target" in report
+    capture = json.loads((tmp_path / "ens" / "distortion.json").read_text())["dev_capture"]
+    assert {h["ref"] for h in capture} == {"fixed 16x", "fixed 8x"} and any(h["target"].startswith("SSIM") for h in capture)
     assert tools.main([*base, "--out", str(tmp_path / "x"), "--ensemble", "folds", "--spread", "none"]) == 2

@@ -10,7 +10,17 @@ import pytest
 import torch
 from test_rd import _table
 
-from cat_tasks.reconstruction.rate_control import Target, cautious_claims, expected_frontier, oracle_frontier, rate_curves, rate_headline, tokens_at_share
+from cat_tasks.reconstruction.rate_control import (
+    Target,
+    capture_markdown,
+    cautious_claims,
+    expected_frontier,
+    head_capture,
+    oracle_frontier,
+    rate_curves,
+    rate_headline,
+    tokens_at_share,
+)
 from cat_tasks.reconstruction.rd import rd_curves
 from cat_tokenizer.metrics.fid import bootstrap_fid, frechet_distance
 
@@ -53,6 +63,23 @@ def test_a_perfect_predictor_matches_the_oracle_and_a_wrong_one_does_not():
         noisy = heads[(ref, "noisy")]["oracle_capture"]
         assert np.isnan(noisy) or noisy < heads[(ref, "perfect")]["oracle_capture"]  # NaN: never reaches that share
         assert not heads[(ref, "inverted")]["oracle_capture"] > 0.5
+
+
+def test_head_capture_is_rd_s_rate_control_for_one_head():
+    t = _table(80, seed=1)
+    targets = [Target("psnr", 24.0), Target("ssim", 0.7)]
+    noisy = t.psnr + np.random.default_rng(0).normal(0, 4, t.psnr.shape)
+    perfect = head_capture(t, {"psnr": (t.psnr, None)}, targets)
+    assert {h["target"] for h in perfect} == {"PSNR 24 dB"}  # no SSIM predictions: no SSIM rows
+    assert {h["method"] for h in perfect} == {"distortion head"} and all(h["oracle_capture"] >= 0.95 for h in perfect)
+    sure = head_capture(t, {"psnr": (t.psnr, np.full(t.psnr.shape, np.log(1e-3)))}, targets[:1])  # an error model: both rules
+    assert {h["method"] for h in sure} == {"distortion head", "distortion head (margin rule)"}
+    _, allocs = rd_curves(t, {})  # the same numbers as rd's own rate control for the same predictions
+    rows = rate_curves(t, targets[0], allocs, predicted={"distortion head": noisy})
+    want = [(h["ref"], h["tokens"]) for h in rate_headline(rows, t.ratios) if h["method"] == "distortion head"]
+    got = [(h["ref"], h["tokens"]) for h in head_capture(t, {"psnr": (noisy, None)}, targets)]
+    np.testing.assert_equal(got, want)  # NaN where the head never reaches the reference's share, in both
+    assert "| PSNR 24 dB | fixed 16x |" in "\n".join(capture_markdown(perfect, "dev"))
 
 
 def test_the_expected_frontier_buys_expected_images_in_order_of_chance_per_token():

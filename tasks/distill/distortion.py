@@ -37,6 +37,7 @@ import torch
 
 from cat_tasks.distill.ratio_head import _grouped_split, _HeadOnStatistics, _read_groups, fit_regressor, grouped_folds
 from cat_tasks.reconstruction.heads import coverage_table, head_error_markdown, head_errors, predict_distortion, split_outputs, trunk_inputs
+from cat_tasks.reconstruction.rate_control import DEFAULT_PSNR_TARGETS, DEFAULT_SSIM_TARGETS, Target, capture_markdown, head_capture
 from cat_tasks.reconstruction.table import measure_folder
 from cat_tokenizer.data.dataset import stratified_split
 from cat_tokenizer.data.images import list_images, partition_readable
@@ -242,6 +243,8 @@ def _dev_errors(vae, dev_root: Path, cache: Path, o: DistortionHeadOptions, dev:
         found["dev_ssim_mae"] = errors["ssim"]
     if pred.psnr_log_scale is not None:
         found["dev_coverage"] = coverage_table(pred.psnr, pred.psnr_log_scale, dev_table.psnr, dev_table.kinds, vae.ratios)
+    targets = [Target("psnr", t) for t in DEFAULT_PSNR_TARGETS] + [Target("ssim", t) for t in DEFAULT_SSIM_TARGETS]
+    found["dev_capture"] = head_capture(dev_table, {m: pred.of(m) for m in ("psnr", "ssim")}, targets)  # rd's rate control, head only
     return found
 
 
@@ -304,4 +307,6 @@ def _report(m: dict, ratios) -> str:
             lines.append(f"| {row['kind']} | {row['images']} | " + " | ".join(
                 f"{100 * row[f'inside_{r}x']:.0f}% (±{row[f'halfwidth_{r}x']:.2f})" for r in ratios) + " |")
         lines.append("")
+    if m.get("dev_capture"):
+        lines += capture_markdown(m["dev_capture"], m["dev"])
     return "\n".join(lines)

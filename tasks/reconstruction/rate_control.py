@@ -43,7 +43,7 @@ from cat_tasks.reconstruction.table import ReconTable
 from cat_tokenizer.models.ratio_head import meet_probability, ssim_db
 
 __all__ = ["Target", "DEFAULT_PSNR_TARGETS", "DEFAULT_SSIM_TARGETS", "oracle_frontier", "expected_frontier",
-           "cautious_claims", "rate_curves", "tokens_at_share", "rate_headline"]
+           "cautious_claims", "rate_curves", "tokens_at_share", "rate_headline", "head_capture", "capture_markdown"]
 
 DEFAULT_PSNR_TARGETS = (22.0, 24.0, 26.0, 28.0)
 DEFAULT_SSIM_TARGETS = (0.7, 0.8, 0.9)
@@ -241,6 +241,34 @@ def rate_headline(rows: list[dict], ratios: Sequence[int], refs: Sequence[int] =
                             "method": m, "tokens": t, "saving": saving,
                             "oracle_capture": saving / oracle_saving if oracle_saving > 0 else float("nan")})
     return out
+
+
+def head_capture(table: ReconTable, predicted: dict[str, tuple[np.ndarray | None, np.ndarray | None]],
+                 targets: Sequence[Target], name: str = "distortion head") -> list[dict]:
+    """``rate_headline`` of one predictor against the fixed ratios and the oracle (no scored methods): what a
+    distortion head captures of the oracle's saving, per target. ``predicted``: ``{metric: (values, log scales)}``
+    in the head's units (``HeadPrediction.of``); targets of a metric it lacks are left out."""
+    n = len(table)
+    fixed = {(f"fixed {r}x", float(table.tokens(np.full(n, i))[0])): np.full(n, i) for i, r in enumerate(table.ratios)}
+    rows = []
+    for t in targets:
+        values, log_scale = predicted.get(t.metric, (None, None))
+        if values is not None:
+            rows += rate_curves(table, t, fixed, {name: values}, {name: log_scale} if log_scale is not None else {})
+    return [h for h in rate_headline(rows, table.ratios) if h["method"] != "oracle"] if rows else []
+
+
+def capture_markdown(heads: list[dict], where: str) -> list[str]:
+    """A table of ``head_capture``'s rows: per target and reference, each rule's tokens, saving and capture."""
+    methods = list(dict.fromkeys(h["method"] for h in heads))
+    lines = [f"## {where}: rate control (tokens to meet a target on a fixed ratio's share of images; "
+             "saving against its tokens, and the share of the oracle's saving captured)", "",
+             "| target | reference | meets | tokens | " + " | ".join(methods) + " |", "|---|---|---|---|" + "---|" * len(methods)]
+    for (target, ref), group in _grouped(heads):
+        cells = [next((f"{h['tokens']:.1f} ({_signed_pct(h['saving'])}, {_pct(h['oracle_capture'])})" for h in group
+                       if h["method"] == m and not np.isnan(h["tokens"])), "") for m in methods]
+        lines.append(f"| {target} | {ref} | {100 * group[0]['ref_share']:.0f}% | {group[0]['ref_tokens']:.0f} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def _operating_point(rows: list[dict], method: str, share: float) -> dict | None:
