@@ -275,4 +275,7 @@ def test_an_ensemble_head_predicts_the_mean_of_its_members_and_survives_a_round_
     assert "fold heads (--ensemble folds)" in report and ": rate control (tokens to meet a target" in report
     capture = json.loads((tmp_path / "ens" / "distortion.json").read_text())["dev_capture"]
     assert {h["ref"] for h in capture} == {"fixed 16x", "fixed 8x"} and any(h["target"].startswith("SSIM") for h in capture)
+    metrics = json.loads((tmp_path / "ens" / "distortion.json").read_text())
+    assert len(metrics["dev_member_mae"]) == len(metrics["dev_member_capture"]) == 6  # each member alone, beside the mean
+    assert "the ensemble's 6 members alone" in report
     assert tools.main([*base, "--out", str(tmp_path / "x"), "--ensemble", "folds", "--spread", "none"]) == 2

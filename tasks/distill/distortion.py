@@ -245,6 +245,9 @@ def _dev_errors(vae, dev_root: Path, cache: Path, o: DistortionHeadOptions, dev:
         found["dev_coverage"] = coverage_table(pred.psnr, pred.psnr_log_scale, dev_table.psnr, dev_table.kinds, vae.ratios)
     targets = [Target("psnr", t) for t in DEFAULT_PSNR_TARGETS] + [Target("ssim", t) for t in DEFAULT_SSIM_TARGETS]
     found["dev_capture"] = head_capture(dev_table, {m: pred.of(m) for m in ("psnr", "ssim")}, targets)  # rd's rate control, head only
+    if pred.members:  # an ensemble: each member alone, to see what averaging bought
+        found["dev_member_mae"] = [head_errors(p, dev_table.psnr, dev_table.ssim, dev_table.kinds, vae.ratios)["psnr"][0] for p in pred.members]
+        found["dev_member_capture"] = [head_capture(dev_table, {m: p.of(m) for m in ("psnr", "ssim")}, targets) for p in pred.members]
     return found
 
 
@@ -309,4 +312,21 @@ def _report(m: dict, ratios) -> str:
         lines.append("")
     if m.get("dev_capture"):
         lines += capture_markdown(m["dev_capture"], m["dev"])
+    if m.get("dev_member_capture"):
+        lines += _members_markdown(m, ratios)
     return "\n".join(lines)
+
+
+def _members_markdown(m: dict, ratios) -> list[str]:
+    """An ensemble's members alone on dev: their PSNR MAE (all kinds) and the range of their captures per cell."""
+    lines = [f"## {m['dev']}: the ensemble's {len(m['dev_member_mae'])} members alone", "",
+             "PSNR MAE (all kinds) per member: " + "; ".join(" / ".join(f"{row[f'mae_{r}x']:.2f}" for r in ratios)
+                                                              for row in m["dev_member_mae"]) + " dB.", "",
+             "| target | reference | rule | ensemble's capture | members' captures (min - max) |", "|---|---|---|---|---|"]
+    for h in m["dev_capture"]:
+        alone = [g["oracle_capture"] for caps in m["dev_member_capture"] for g in caps
+                 if (g["target"], g["ref"], g["method"]) == (h["target"], h["ref"], h["method"])]
+        alone = [100 * a for a in alone if a == a]  # NaN: that member never reaches the share
+        span = f"{min(alone):.0f} - {max(alone):.0f}%" if alone else ""
+        lines.append(f"| {h['target']} | {h['ref']} | {h['method']} | {100 * h['oracle_capture']:.0f}% | {span} |")
+    return lines + [""]

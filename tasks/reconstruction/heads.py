@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +86,7 @@ class HeadPrediction:
     psnr_log_scale: np.ndarray | None = None
     ssim_db: np.ndarray | None = None
     ssim_log_scale: np.ndarray | None = None
+    members: list[HeadPrediction] | None = None  # an ensemble head's members, each alone (with the ensemble's scales)
 
     def of(self, metric: str) -> tuple[np.ndarray | None, np.ndarray | None]:
         return (self.psnr, self.psnr_log_scale) if metric == "psnr" else (self.ssim_db, self.ssim_log_scale)
@@ -98,9 +99,11 @@ def predict_distortion(vae, files: list[Path], device: torch.device) -> HeadPred
     if head is None or not head.predicts_psnr:
         raise UserInputError("this tokenizer has no distortion head: make one with `cat-tokenizer distortion-head`")
     inputs = [t.to(device) for t in trunk_inputs(vae, head, files, head.config["image_size"], device, crop=head.config["crop"])]
-    out = head.score(*inputs).cpu().numpy()  # (N, R) or (N, 2R)
+    scores = [m.cpu().numpy() for m in head.member_scores(*inputs)]  # each (N, R) or (N, 2R)
     spread = head.log_scale(inputs[0]).cpu().numpy() if head.has_error_model else None
-    return split_outputs(out, spread, len(head.config["ratios"]))
+    r = len(head.config["ratios"])
+    pred = split_outputs(np.mean(scores, 0), spread, r)
+    return replace(pred, members=[split_outputs(m, spread, r) for m in scores]) if len(scores) > 1 else pred
 
 
 def split_outputs(out: np.ndarray, spread: np.ndarray | None, n_ratios: int) -> HeadPrediction:

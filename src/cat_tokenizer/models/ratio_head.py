@@ -257,10 +257,12 @@ class RatioHead(nn.Module):
         """(B, 4 * sum C) statistics [+ the (B, C, h, w) 8x map for the conv branch] -> (B,) scores,
         or (B, R) predicted PSNRs for a distortion head ((B, 2R) with ``ssim``: then the SSIMs as ``ssim_db``);
         with ``members``, the mean of every member's."""
-        own = self._own_score(stats, last)
-        if self.others is None:
-            return own
-        return torch.stack([own, *(o.score(stats, last) for o in self.others)]).mean(0)
+        scores = self.member_scores(stats, last)
+        return scores[0] if len(scores) == 1 else torch.stack(scores).mean(0)
+
+    def member_scores(self, stats: Tensor, last: Tensor | None = None) -> list[Tensor]:
+        """Each member's ``score`` (one for a head without ``members``): how far its predictors disagree."""
+        return [self._own_score(stats, last), *(o.score(stats, last) for o in self.others or ())]
 
     def _own_score(self, stats: Tensor, last: Tensor | None) -> Tensor:
         if self.standardize is not None:
