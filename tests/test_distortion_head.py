@@ -278,4 +278,5 @@ def test_an_ensemble_head_predicts_the_mean_of_its_members_and_survives_a_round_
     metrics = json.loads((tmp_path / "ens" / "distortion.json").read_text())
     assert len(metrics["dev_member_mae"]) == len(metrics["dev_member_capture"]) == 6  # each member alone, beside the mean
     assert "the ensemble's 6 members alone" in report
-    assert tools.main([*base, "--out", str(tmp_path / "x"), "--ensemble", "folds", "--spread", "none"]) == 2
+    assert tools.main([*base, "--out", str(tmp_path / "one"), "--spread", "none"]) == 0  # no fold heads: the final head alone
+    assert load_vae(tmp_path / "one").ratio_head.others is None
