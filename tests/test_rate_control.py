@@ -10,6 +10,7 @@ import pytest
 import torch
 from test_rd import _table
 
+from cat_tasks.reconstruction.heads import HeadPrediction
 from cat_tasks.reconstruction.rate_control import (
     Target,
     capture_markdown,
@@ -69,15 +70,15 @@ def test_head_capture_is_rd_s_rate_control_for_one_head():
     t = _table(80, seed=1)
     targets = [Target("psnr", 24.0), Target("ssim", 0.7)]
     noisy = t.psnr + np.random.default_rng(0).normal(0, 4, t.psnr.shape)
-    perfect = head_capture(t, {"psnr": (t.psnr, None)}, targets)
+    perfect = head_capture(t, HeadPrediction(t.psnr), targets)
     assert {h["target"] for h in perfect} == {"PSNR 24 dB"}  # no SSIM predictions: no SSIM rows
     assert {h["method"] for h in perfect} == {"distortion head"} and all(h["oracle_capture"] >= 0.95 for h in perfect)
-    sure = head_capture(t, {"psnr": (t.psnr, np.full(t.psnr.shape, np.log(1e-3)))}, targets[:1])  # an error model: both rules
+    sure = head_capture(t, HeadPrediction(t.psnr, np.full(t.psnr.shape, np.log(1e-3))), targets[:1])  # an error model: both rules
     assert {h["method"] for h in sure} == {"distortion head", "distortion head (margin rule)"}
     _, allocs = rd_curves(t, {})  # the same numbers as rd's own rate control for the same predictions
     rows = rate_curves(t, targets[0], allocs, predicted={"distortion head": noisy})
     want = [(h["ref"], h["tokens"]) for h in rate_headline(rows, t.ratios) if h["method"] == "distortion head"]
-    got = [(h["ref"], h["tokens"]) for h in head_capture(t, {"psnr": (noisy, None)}, targets)]
+    got = [(h["ref"], h["tokens"]) for h in head_capture(t, HeadPrediction(noisy), targets)]
     np.testing.assert_equal(got, want)  # NaN where the head never reaches the reference's share, in both
     assert "| PSNR 24 dB | fixed 16x |" in "\n".join(capture_markdown(perfect, "dev"))
 

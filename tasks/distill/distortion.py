@@ -241,10 +241,10 @@ def _dev_errors(vae, dev_root: Path, cache: Path, o: DistortionHeadOptions, dev:
     if pred.psnr_log_scale is not None:
         found["dev_coverage"] = coverage_table(pred.psnr, pred.psnr_log_scale, dev_table.psnr, dev_table.kinds, vae.ratios)
     targets = [Target("psnr", t) for t in DEFAULT_PSNR_TARGETS] + [Target("ssim", t) for t in DEFAULT_SSIM_TARGETS]
-    found["dev_capture"] = head_capture(dev_table, {m: pred.of(m) for m in ("psnr", "ssim")}, targets)  # rd's rate control, head only
+    found["dev_capture"] = head_capture(dev_table, pred, targets)  # rd's rate control, head only
     if pred.members:  # an ensemble: each member alone, to see what averaging bought
         found["dev_member_mae"] = [head_errors(p, dev_table.psnr, dev_table.ssim, dev_table.kinds, vae.ratios)["psnr"][0] for p in pred.members]
-        found["dev_member_capture"] = [head_capture(dev_table, {m: p.of(m) for m in ("psnr", "ssim")}, targets) for p in pred.members]
+        found["dev_member_capture"] = [head_capture(dev_table, p, targets) for p in pred.members]
     return found
 
 

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from cat_tasks.reconstruction.heads import HeadPrediction
 from cat_tasks.reconstruction.table import ReconTable
 from cat_tokenizer.models.ratio_head import meet_probability, ssim_db
 
@@ -243,16 +244,15 @@ def rate_headline(rows: list[dict], ratios: Sequence[int], refs: Sequence[int] =
     return out
 
 
-def head_capture(table: ReconTable, predicted: dict[str, tuple[np.ndarray | None, np.ndarray | None]],
-                 targets: Sequence[Target], name: str = "distortion head") -> list[dict]:
-    """``rate_headline`` of one predictor against the fixed ratios and the oracle (no scored methods): what a
-    distortion head captures of the oracle's saving, per target. ``predicted``: ``{metric: (values, log scales)}``
-    in the head's units (``HeadPrediction.of``); targets of a metric it lacks are left out."""
+def head_capture(table: ReconTable, head: HeadPrediction, targets: Sequence[Target], name: str = "distortion head") -> list[dict]:
+    """``rate_headline`` of one distortion head's predictions against the fixed ratios and the oracle (no scored
+    methods): what it captures of the oracle's saving, per target; targets of a metric it does not predict are
+    left out."""
     n = len(table)
     fixed = {(f"fixed {r}x", float(table.tokens(np.full(n, i))[0])): np.full(n, i) for i, r in enumerate(table.ratios)}
     rows = []
     for t in targets:
-        values, log_scale = predicted.get(t.metric, (None, None))
+        values, log_scale = head.of(t.metric)
         if values is not None:
             rows += rate_curves(table, t, fixed, {name: values}, {name: log_scale} if log_scale is not None else {})
     return [h for h in rate_headline(rows, table.ratios) if h["method"] != "oracle"] if rows else []
@@ -260,15 +260,22 @@ def head_capture(table: ReconTable, predicted: dict[str, tuple[np.ndarray | None
 
 def capture_markdown(heads: list[dict], where: str) -> list[str]:
     """A table of ``head_capture``'s rows: per target and reference, each rule's tokens, saving and capture."""
+    return [f"## {where}: rate control (tokens to meet a target on a fixed ratio's share of images; "
+            "saving against its tokens, and the share of the oracle's saving captured)", "", *_headline_table(heads), ""]
+
+
+def _headline_table(heads: list[dict]) -> list[str]:
+    """``rate_headline``'s rows as a table: per target and reference, each method's tokens, saving and capture."""
     methods = list(dict.fromkeys(h["method"] for h in heads))
-    lines = [f"## {where}: rate control (tokens to meet a target on a fixed ratio's share of images; "
-             "saving against its tokens, and the share of the oracle's saving captured)", "",
-             "| target | reference | meets | tokens | " + " | ".join(methods) + " |", "|---|---|---|---|" + "---|" * len(methods)]
+    lines = ["| target | reference | meets | tokens | " + " | ".join(methods) + " |", "|---|---|---|---|" + "---|" * len(methods)]
     for (target, ref), group in _grouped(heads):
-        cells = [next((f"{h['tokens']:.1f} ({_signed_pct(h['saving'])}, {_pct(h['oracle_capture'])})" for h in group
-                       if h["method"] == m and not np.isnan(h["tokens"])), "") for m in methods]
+        cells = []
+        for m in methods:
+            h = next((g for g in group if g["method"] == m), None)
+            cells.append("" if h is None or np.isnan(h["tokens"]) else
+                         f"{h['tokens']:.1f} ({_signed_pct(h['saving'])}{'' if m == 'oracle' else ', ' + _pct(h['oracle_capture'])})")
         lines.append(f"| {target} | {ref} | {100 * group[0]['ref_share']:.0f}% | {group[0]['ref_tokens']:.0f} | " + " | ".join(cells) + " |")
-    return lines + [""]
+    return lines
 
 
 def _operating_point(rows: list[dict], method: str, share: float) -> dict | None:
@@ -284,17 +291,7 @@ def rate_markdown(rows: list[dict], heads: list[dict], kinds: Sequence[str], rat
              "Each method gives every image the cheapest ratio its scores (or predictions) say meets the target; "
              "shifting its thresholds (margin) traces share meeting vs mean tokens (rate_control.png). A cell is the "
              "mean tokens at which the method meets the target on the reference's share of images, and the saving "
-             "against the reference's tokens (the share of the oracle's saving it captures).", "",
-             "| target | reference | meets | tokens | " + " | ".join(methods) + " |",
-             "|---|---|---|---|" + "---|" * len(methods)]
-    for (target, ref), group in _grouped(heads):
-        first = group[0]
-        cells = []
-        for m in methods:
-            h = next((g for g in group if g["method"] == m), None)
-            cells.append("" if h is None or np.isnan(h["tokens"]) else
-                         f"{h['tokens']:.1f} ({_signed_pct(h['saving'])}{'' if m == 'oracle' else ', ' + _pct(h['oracle_capture'])})")
-        lines.append(f"| {target} | {ref} | {100 * first['ref_share']:.0f}% | {first['ref_tokens']:.0f} | " + " | ".join(cells) + " |")
+             "against the reference's tokens (the share of the oracle's saving it captures).", "", *_headline_table(heads)]
     lines += ["", "Per content kind, at the margin where each method meets the PSNR target on fixed 16x's share of all "
               "images (share of the kind meeting it @ mean tokens of the kind):", ""]
     fixed16 = "fixed 16x" if 16 in ratios else None

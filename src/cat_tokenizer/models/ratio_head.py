@@ -221,7 +221,7 @@ class RatioHead(nn.Module):
             raise UserInputError("RatioHead.average needs single heads made with one config")
         cfg = {k: v for k, v in first.config.items() if k != "members"}
         avg = cls(**cfg, members=len(heads)).to(next(first.parameters()).device)
-        avg.load_state_dict({k: v for k, v in first.state_dict().items()}, strict=False)
+        avg.load_state_dict(first.state_dict(), strict=False)  # missing: only the other members, loaded next
         for other, head in zip(avg.others or (), heads[1:]):
             other.load_state_dict({k: v for k, v in head.state_dict().items() if k != "error_scale"})
         return avg.eval()
