@@ -16,6 +16,7 @@ from torchvision.utils import make_grid
 from cat_tokenizer.errors import UserInputError
 from cat_tokenizer.io import CONFIG_KEY, load_vae
 from cat_tokenizer.lit.schedule import Schedule, check_schedule, lr_factor
+from cat_tokenizer.lit.stash import OPTIMIZED_KEY, refill_fresh
 from cat_tokenizer.losses.vae_loss import VAELoss
 from cat_tokenizer.models.nested_vae import NestedVAE
 from cat_tokenizer.ratios import token_count
@@ -79,6 +80,8 @@ class NestedVAEModule(L.LightningModule):
             (``--ckpt_path``) then overwrites them all with the checkpoint's.
     """
 
+    OPTIMIZED = ("vae", "loss.discriminator")  # submodule per optimizer, in configure_optimizers' order
+
     def __init__(
         self,
         vae: NestedVAE,
@@ -125,6 +128,10 @@ class NestedVAEModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[CONFIG_KEY] = self.vae.init_config()  # lets NestedVAE be rebuilt from the .ckpt alone
+        checkpoint[OPTIMIZED_KEY] = [f"{name}." for name in self.OPTIMIZED]  # what a stash may leave out
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        refill_fresh(checkpoint, self)  # parts an unstashed run left out because they never trained
 
     def _lr_factor(self, step: int) -> float:
         """LR multiplier at generator step ``step``: linear warm-up, then constant or cosine to the floor."""
@@ -134,8 +141,9 @@ class NestedVAEModule(L.LightningModule):
     # ------------------------------------------------------------------ training
     def configure_optimizers(self):
         hp = self.hparams
-        opt_g = torch.optim.AdamW(self.vae.parameters(), lr=hp.lr, betas=hp.betas, weight_decay=hp.weight_decay)
-        opt_d = torch.optim.AdamW(self.loss.discriminator.parameters(), lr=hp.disc_lr or hp.lr, betas=hp.betas, weight_decay=0.0)
+        vae, disc = (self.get_submodule(name) for name in self.OPTIMIZED)
+        opt_g = torch.optim.AdamW(vae.parameters(), lr=hp.lr, betas=hp.betas, weight_decay=hp.weight_decay)
+        opt_d = torch.optim.AdamW(disc.parameters(), lr=hp.disc_lr or hp.lr, betas=hp.betas, weight_decay=0.0)
         return [opt_g, opt_d]
 
     def training_step(self, batch: dict | None, batch_idx: int) -> None:
