@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import itertools
 
 import numpy as np
@@ -12,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from cat_tokenizer.errors import UserInputError
 from cat_tokenizer.io import RegionFile, load_any_latent, save_region_latent
 from cat_tokenizer.regions import RegionLatent
-from cat_tokenizer.regions.maps import allocate, allocate_target, block_distortion, region_maps
+from cat_tokenizer.regions.maps import InContext, allocate, allocate_mean_psnr, allocate_target, block_distortion, region_maps
 
 COST = [16, 4, 1]  # tokens of a 32-px block at 8x, 16x, 32x
 
@@ -160,3 +161,85 @@ def test_refinement_and_the_shipped_region_fill_bring_a_mixed_decode_closer_to_t
     assert vae.region_fill is not None
     assert psnr[1] > psnr[0] + 0.5
     assert psnr[2] > psnr[0] + 0.5 and psnr[2] > psnr[1] - 0.3, psnr
+
+
+def test_in_context_errors_join_the_estimate_only_where_a_decode_put_the_block():
+    ctx = InContext(np.array([[[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]]]))  # (N=1, nb=2, R=3)
+    ctx.observe(np.array([[2, 0]]), np.array([[9.0, 5.0]]))
+    assert ctx.d.tolist() == [[[1.0, 2.0, 6.0], [3.0, 2.0, 3.0]]]  # running means, the estimate counted once
+    ctx.observe(np.array([[2, 0]]), np.array([[9.0, 5.0]]))
+    assert ctx.d[0, 0, 2] == pytest.approx(7.0) and ctx.d[0, 1, 1] == 2.0
+
+
+def test_refined_maps_move_tokens_to_the_blocks_whose_real_decode_loses_more_than_whole_decodes_said():
+    from cat_tasks.reconstruction.regions import _refined_maps
+
+    # Whole-image decodes say block 0 loses little at 16x (1) and block 1 a lot (10); in a mixed decode block 0
+    # really loses 30 at 16x (its neighbour's context), block 1 as measured. One image, 2 blocks, 20 tokens.
+    whole = np.array([[[0.0, 1.0, 50.0], [0.0, 10.0, 60.0]]])
+    real = np.array([[[0.0, 30.0, 50.0], [0.0, 10.0, 60.0]]])
+    seen = []
+
+    def decoded(i, maps):
+        seen.append(maps.copy())
+        return {"blocks": real[0, np.arange(2), maps[0]][None]}
+
+    assert allocate_mean_psnr(whole, COST, 20).tolist() == [[1, 0]]  # whole-image errors: 8x for block 1
+    got = _refined_maps(whole, np.array(COST, float), 20, decoded)
+    assert len(seen) == 3 and seen[0].tolist() == [[1, 0]]
+    assert got.tolist() == [[0, 1]]  # after seeing block 0's real cost at 16x: 8x for it, 16x for block 1
+    assert real[0, [0, 1], got[0]].sum() < real[0, [0, 1], seen[0][0]].sum()
+
+
+def test_region_maps_refined_by_real_decodes_keep_the_budget(tiny_vae, images):
+    with torch.no_grad():
+        plain = region_maps(tiny_vae, images, "variance", budget=30)
+        same = region_maps(tiny_vae, images, "variance", budget=30, refine=0)
+        refined = region_maps(tiny_vae, images, "variance", budget=30, refine=2)
+    assert torch.equal(plain, same) and refined.shape == plain.shape == (2, 2, 3)
+    tokens = {8: 16, 16: 4, 32: 1}
+    assert all(sum(tokens[int(r)] for r in m.flatten()) <= 30 for m in refined)
+    with pytest.raises(UserInputError, match="0 or more"):
+        region_maps(tiny_vae, images, "variance", budget=30, refine=-1)
+
+
+def test_rd_regions_decode_every_map_and_the_refined_oracle_keeps_its_rounds(tmp_path, tiny_vae):
+    from conftest import write_kind_folder
+
+    from cat_tokenizer.cli import tools
+
+    tiny_vae.save_pretrained(tmp_path / "tok")
+    write_kind_folder(tmp_path / "data", kinds=("flat", "natural"), n=3, size=(64, 64))
+    out = tmp_path / "rd"
+    args = ["rd", str(tmp_path / "data"), "--ckpt", str(tmp_path / "tok"), "--out", str(out), "--image-size", "64",
+            "--features", "off", "--device", "cpu", "-q", "--regions", "--region-budgets", "16"]
+    assert tools.main(args) == 0
+    rows = {r["method"]: r for r in csv.DictReader(open(out / "regions.csv"))}
+    assert {"fixed 16x", "regions: oracle", "regions: oracle, refined", "regions: oracle, per image"} <= set(rows)
+    assert float(rows["regions: oracle, refined"]["mean_tokens"]) <= 16 + 1e-9
+    rounds = sorted(p.name for p in (out / "region_cache").rglob("*refined*round*.npz"))
+    assert len(rounds) == 3  # REFINE_ROUNDS decodes, each cached: a killed run resumes after the last one
+    assert "oracle, refined" in (out / "rd.md").read_text()
+
+
+def test_encode_refines_a_region_map_on_request_and_refuses_it_elsewhere(tmp_path, tiny_vae, capsys):
+    from conftest import one_line_error
+    from PIL import Image
+
+    from cat_tokenizer.cli import tools
+
+    tiny_vae.save_pretrained(tmp_path / "tok")
+    img = tmp_path / "a.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(img)
+    common = [str(img), "--ckpt", str(tmp_path / "tok"), "--device", "cpu"]
+    assert tools.main(["encode", *common, "--ratio", "regions", "--region-budget", "20", "--region-refine", "2",
+                       "--out", str(tmp_path / "lat")]) == 0
+    lat = load_any_latent(tmp_path / "lat" / "a.safetensors")
+    rmap = lat.tensors["ratio_map"].long()
+    assert sum({8: 16, 16: 4, 32: 1}[int(r)] for r in rmap.flatten()) <= 20
+    capsys.readouterr()
+    assert tools.main(["encode", *common, "--ratio", "16", "--region-refine", "1", "--out", str(tmp_path / "x")]) == 2
+    one_line_error(capsys, "--region-refine", "--ratio regions")
+    with pytest.raises(SystemExit):
+        tools.main(["encode", *common, "--ratio", "regions", "--region-budget", "20", "--region-refine", "-1", "--out", "x"])
+    assert "--region-refine: must be zero or more" in capsys.readouterr().err

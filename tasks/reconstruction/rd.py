@@ -444,7 +444,7 @@ class RDOptions:
         rate_rule: how a distortion head with an error model meets a target: expected (the budget where it buys the most
             expected images), margin (one margin for all images), or both (two curves)
         report: also copy the report files (no caches) into this folder, e.g. docs/reports/rd-dev-128
-        regions: also region-adaptive CAT (one ratio per 32-px block), decoded for real: oracle, per-image oracle, the block
+        regions: also region-adaptive CAT (one ratio per 32-px block), decoded for real: oracle, oracle refined by real decodes, per-image oracle, the block
             head when the tokenizer has one, variance, edges
         region_budgets: comma-separated mean tokens per image for --regions (default: fixed 16x's, half and twice it)
         device: auto, cpu, cuda ...

@@ -41,7 +41,7 @@ from cat_tokenizer.errors import UserInputError
 __all__ = ["add_command", "call_command"]
 
 SHORT = {"quiet": "-q"}
-ZERO_OK = {"conv", "per_kind", "show", "min_words"}  # int options where 0 means none / all
+ZERO_OK = {"conv", "per_kind", "show", "min_words", "region_refine"}  # int options where 0 means none / all
 SIGNED = {"seed"}
 
 
