@@ -13,7 +13,16 @@ from safetensors.torch import load_file, save_file
 from cat_tokenizer.errors import UserInputError
 from cat_tokenizer.io import RegionFile, load_any_latent, save_region_latent
 from cat_tokenizer.regions import RegionLatent
-from cat_tokenizer.regions.maps import InContext, allocate, allocate_mean_psnr, allocate_target, block_distortion, region_maps
+from cat_tokenizer.regions.maps import (
+    InContext,
+    allocate,
+    allocate_mean_psnr,
+    allocate_target,
+    block_distortion,
+    context_distortion,
+    latin_maps,
+    region_maps,
+)
 
 COST = [16, 4, 1]  # tokens of a 32-px block at 8x, 16x, 32x
 
@@ -243,3 +252,17 @@ def test_encode_refines_a_region_map_on_request_and_refuses_it_elsewhere(tmp_pat
     with pytest.raises(SystemExit):
         tools.main(["encode", *common, "--ratio", "regions", "--region-budget", "20", "--region-refine", "-1", "--out", "x"])
     assert "--region-refine: must be zero or more" in capsys.readouterr().err
+
+
+def test_latin_maps_put_every_block_at_every_ratio_once_beside_other_ratios(tiny_vae, images):
+    maps = latin_maps(2, (2, 3), (8, 16, 32))
+    stack = torch.stack([m[0] for m in maps])  # (3, bh, bw)
+    assert all(sorted(stack[:, i, j].tolist()) == [8, 16, 32] for i in range(2) for j in range(3))
+    assert all((m[0, :, 1:] != m[0, :, :-1]).all() and (m[0, 1:] != m[0, :-1]).all() for m in maps)
+    with torch.no_grad():
+        d = context_distortion(tiny_vae, images)  # images (2, 3, 64, 96): 2 x 3 blocks
+        y = tiny_vae.decode_regions(tiny_vae.encode_regions(images, maps[1])).clamp(-1, 1)
+    seen = block_distortion(images, [y], 32)[..., 0]
+    idx = torch.searchsorted(torch.tensor([8, 16, 32]), maps[1])
+    assert d.shape == (2, 2, 3, 3) and (d >= 0).all()
+    torch.testing.assert_close(d.gather(-1, idx[..., None])[..., 0].float(), seen.float())

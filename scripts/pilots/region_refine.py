@@ -24,7 +24,14 @@ from cat_tokenizer import NestedVAE
 from cat_tokenizer.lit.kind_eval import load_kind_sample
 from cat_tokenizer.metrics.image import psnr_per_image
 from cat_tokenizer.regions import block_tokens
-from cat_tokenizer.regions.maps import InContext, allocate, allocate_mean_psnr, block_distortion, predicted_distortion
+from cat_tokenizer.regions.maps import (
+    InContext,
+    allocate,
+    allocate_mean_psnr,
+    block_distortion,
+    context_distortion,
+    predicted_distortion,
+)
 
 
 def main() -> None:
@@ -63,11 +70,7 @@ def main() -> None:
         head = (torch.cat([predicted_distortion(vae, x[i : i + 16]) for i in range(0, n, 16)]).reshape(n, -1, 3).double().numpy()
                 if vae.block_head is not None else None)
     whole = block_distortion(x, recons, block).reshape(n, -1, 3).numpy()
-    latin = np.zeros_like(whole)
-    cyc = (np.add.outer(np.arange(side), np.arange(side)) % 3).reshape(-1)
-    for k in range(3):
-        idx = np.tile((cyc + k) % 3, (n, 1))
-        latin[np.arange(n)[:, None], np.arange(idx.shape[1])[None], idx] = blocks(decode(idx))
+    latin = torch.cat([context_distortion(vae, x[i : i + 16]) for i in range(0, n, 16)]).reshape(n, -1, 3).numpy()
     fixed16 = psnr_per_image(recons[ratios.index(16)], x).numpy()
     names = sorted(set(kinds))
     emit(f"# Region maps from errors in mixed decodes: {n} images of {a.dev} ({a.per_kind} per kind), 128 px, "

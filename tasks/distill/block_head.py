@@ -34,16 +34,25 @@ from cat_tokenizer.data.transforms import image_transform
 from cat_tokenizer.devices import resolve_device
 from cat_tokenizer.errors import UserInputError
 from cat_tokenizer.files import atomic_write
+from cat_tokenizer.fingerprint import fingerprint_state
 from cat_tokenizer.io import load_vae
 from cat_tokenizer.lit.cli import silence_known_warnings
 from cat_tokenizer.markdown import md_header
 from cat_tokenizer.regions import block_tokens
 from cat_tokenizer.regions.block_head import BlockHead
-from cat_tokenizer.regions.maps import SIGNAL_FACTORS, allocate, block_distortion, block_signal, signal_distortion
+from cat_tokenizer.regions.maps import (
+    SIGNAL_FACTORS,
+    allocate,
+    block_distortion,
+    block_signal,
+    context_distortion,
+    signal_distortion,
+)
 
 __all__ = ["BlockHeadConfig", "run_block_head", "block_samples"]
 
 log = logging.getLogger(__name__)
+_TARGETS = {"whole": "in whole-image decodes", "context": "the larger of whole-image and Latin-map region decodes"}
 FLOOR = 1e-3  # summed squared error floor before log10 (a block decoded exactly)
 
 
@@ -59,6 +68,9 @@ class BlockHeadConfig(HeadOptions):
         budget: tokens per image of the maps compared on --dev
         norm: standard (each statistic by its training mean and std) or layer (a LayerNorm across them,
             as heads before 2026-12 were made)
+        targets: what the head learns for each block and ratio: whole (its error in whole-image decodes) or context
+            (the larger of that and its error in three region decodes where its neighbours have the other ratios:
+            what a mixed decode costs; three more decodes per image)
     """
 
     max_images: int = 1500
@@ -66,36 +78,60 @@ class BlockHeadConfig(HeadOptions):
     batch_size: int = 256
     budget: float = 64.0
     norm: Literal["standard", "layer"] = "standard"
+    targets: Literal["whole", "context"] = "whole"
 
 
 @torch.no_grad()
 def block_samples(vae, head: BlockHead, root: Path, files: list[Path], cfg: BlockHeadConfig, cache: Path,
                   chunk: int = 64) -> dict[str, np.ndarray]:
-    """Per image: ``feats`` (N, nb, D) float16, ``d`` (N, nb, R) measured block distortions, ``signals`` of the
-    cheap policies (N, nb) each. Cached per chunk of ``chunk`` images under ``cache``."""
-    dev = next(vae.parameters()).device
+    """Per image: ``feats`` (N, nb, D) float16, ``d`` (N, nb, R) block distortions measured in whole-image decodes,
+    with ``targets="context"`` also ``d_ctx`` (N, nb, R) in Latin-map region decodes (``context_distortion``), and
+    ``signals`` of the cheap policies (N, nb) each. Cached per chunk of ``chunk`` images under ``cache`` (a chunk
+    without ``d_ctx`` is measured again when it is asked for)."""
     tf = image_transform(cfg.image_size, train=False, crop=cfg.crop)
-    ratios, block = sorted(vae.ratios), max(vae.ratios)
+    block = max(vae.ratios)
     tag = hashlib.sha1(json.dumps([cfg.image_size, cfg.crop, [f.relative_to(root).as_posix() for f in files]]).encode()).hexdigest()[:10]
     folder = cache / f"{vae.fingerprint(with_head=False)}-{tag}"
     folder.mkdir(parents=True, exist_ok=True)
     parts = []
     for c, s in enumerate(range(0, len(files), chunk)):
         path = folder / f"chunk_{c:05d}.npz"
-        if not path.is_file():
-            x = torch.stack([tf(load_rgb(f)) for f in files[s : s + chunk]])
-            feats, d = [], []
-            for b in range(0, len(x), 16):
-                xb = x[b : b + 16].to(dev)
-                feats.append(head.features(vae.trunk(xb, block)).flatten(1, 2).half().cpu())
-                d.append(block_distortion(xb, [vae.reconstruct(xb, r) for r in ratios], block).flatten(1, 2).cpu())
-            sig = {k: block_signal(x, block, k).flatten(1).numpy() for k in SIGNAL_FACTORS}
-            with atomic_write(path) as tmp, open(tmp, "wb") as fh:
-                np.savez(fh, feats=torch.cat(feats).numpy(), d=torch.cat(d).numpy(), **sig)
-            log.info("block samples: %d of %d images", min(s + chunk, len(files)), len(files))
-        with np.load(path) as z:
-            parts.append({k: z[k] for k in z.files})
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        if path.is_file():
+            with np.load(path) as z:
+                part = {k: z[k] for k in z.files}
+            if cfg.targets == "whole" or str(part.get("ctx_fill", "")) == _fill_tag(vae):
+                parts.append({k: v for k, v in part.items() if k not in ("d_ctx", "ctx_fill") or cfg.targets == "context"})
+                continue
+        x = torch.stack([tf(load_rgb(f)) for f in files[s : s + chunk]])
+        part = {k: torch.cat(v).numpy() for k, v in _measure(vae, head, x, cfg.targets == "context").items()}
+        if cfg.targets == "context":
+            part["ctx_fill"] = np.array(_fill_tag(vae))  # region decodes depend on the fill, which no fingerprint above holds
+        part.update({k: block_signal(x, block, k).flatten(1).numpy() for k in SIGNAL_FACTORS})
+        with atomic_write(path) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **part)
+        log.info("block samples: %d of %d images", min(s + chunk, len(files)), len(files))
+        parts.append(part)
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k != "ctx_fill"}
+
+
+def _fill_tag(vae) -> str:
+    """A hash of the tokenizer's region fill ("none" without one)."""
+    state = {k: v for k, v in vae.state_dict().items() if k.startswith("region_fill.")}
+    return fingerprint_state(state) if state else "none"
+
+
+@torch.no_grad()
+def _measure(vae, head: BlockHead, x: torch.Tensor, context: bool, batch: int = 16) -> dict[str, list[torch.Tensor]]:
+    """Trunk statistics and block errors of images ``x`` (N, 3, S, S), in batches."""
+    dev, ratios, block = next(vae.parameters()).device, sorted(vae.ratios), max(vae.ratios)
+    out: dict[str, list[torch.Tensor]] = {"feats": [], "d": [], **({"d_ctx": []} if context else {})}
+    for b in range(0, len(x), batch):
+        xb = x[b : b + batch].to(dev)
+        out["feats"].append(head.features(vae.trunk(xb, block)).flatten(1, 2).half().cpu())
+        out["d"].append(block_distortion(xb, [vae.reconstruct(xb, r) for r in ratios], block).flatten(1, 2).cpu())
+        if context:
+            out["d_ctx"].append(context_distortion(vae, xb).flatten(1, 2).float())
+    return out
 
 
 class _OnFeatures(nn.Module):
@@ -159,7 +195,8 @@ def run_block_head(data: str | Path, cfg: BlockHeadConfig) -> dict:
     if len(tr) < 4 or not len(va):
         raise UserInputError(f"the split left {len(tr)} training and {len(va)} held-out images; add images or change val_fraction")
     feats = torch.from_numpy(s["feats"]).float()  # (N, nb, D)
-    target = torch.from_numpy(np.log10(np.maximum(s["d"], FLOOR))).float()  # (N, nb, R)
+    learn = np.maximum(s["d"], s["d_ctx"]) if cfg.targets == "context" else s["d"]  # (N, nb, R)
+    target = torch.from_numpy(np.log10(np.maximum(learn, FLOOR))).float()
     head.fit_standardization(feats[tr].flatten(0, 1).to(dev))
     fit_regressor(_OnFeatures(head), head.out, [feats[tr].flatten(0, 1)], target[tr].flatten(0, 1), cfg.epochs, cfg.batch_size,
                   cfg.lr, dev, "l1", init_bias=target[tr].flatten(0, 1).mean(0))
@@ -170,8 +207,9 @@ def run_block_head(data: str | Path, cfg: BlockHeadConfig) -> dict:
     metrics = {"config": asdict(cfg), "data": str(root), "images": len(files), "train": len(tr), "held_out": len(va),
                "split": "random" if group_of is None else f"by source ({split_from})",
                "head_params": sum(p.numel() for p in head.parameters()),
-               "held_out_error": _error_table(pred, s["d"][va], [kinds[i] for i in va], ratios)}
-    head.set_report({"images": len(files), "held_out": len(va), "mae_db": {k: round(v, 2) for k, v in metrics["held_out_error"][0].items()
+               "held_out_error": _error_table(pred, learn[va], [kinds[i] for i in va], ratios)}
+    mae = metrics["held_out_error"][0]
+    head.set_report({"images": len(files), "held_out": len(va), "targets": cfg.targets, "mae_db": {k: round(v, 2) for k, v in mae.items()
                                                                           if k.startswith("mae_")}})
     vae.attach_block_head(head)
     if cfg.dev:
@@ -181,7 +219,8 @@ def run_block_head(data: str | Path, cfg: BlockHeadConfig) -> dict:
         with torch.no_grad():
             dpred = head.score(torch.from_numpy(ds["feats"]).float().to(dev)).cpu().numpy()
         metrics["dev"] = str(dev_root)
-        metrics["dev_error"] = _error_table(dpred, ds["d"], _kinds(dev_root, dev_files), ratios)
+        dlearn = np.maximum(ds["d"], ds["d_ctx"]) if cfg.targets == "context" else ds["d"]
+        metrics["dev_error"] = _error_table(dpred, dlearn, _kinds(dev_root, dev_files), ratios)
         metrics["dev_maps"] = _map_table(dpred, ds, _kinds(dev_root, dev_files), ratios, cfg.budget, cfg.image_size)
     out.mkdir(parents=True, exist_ok=True)
     vae.save_pretrained(out)
@@ -196,7 +235,8 @@ def block_head_report(m: dict, ratios) -> str:
     lines = [f"# Block head on {c['ckpt']}'s trunk", "",
              f"{m['images']} images of {m['data']} ({m['train']} train / {m['held_out']} held out, split {m['split']}) at "
              f"{c['image_size']} px ({c['crop']} crops), 32-px blocks; head {m['head_params']} params, {c['epochs']} epochs, L1 on "
-             f"log10 of the block's summed squared error; {c.get('norm', 'layer')} normalisation of its statistics.", ""]
+             f"log10 of the block's summed squared error ({_TARGETS[c.get('targets', 'whole')]}); {c.get('norm', 'layer')} "
+             "normalisation of its statistics.", ""]
     for title, key in (("Held-out sources", "held_out_error"), (m.get("dev", ""), "dev_error")):
         if key in m:
             lines += [f"## {title}: block error (MAE dB)", "", *md_header("kind", "blocks", *(f"MAE {r}x" for r in ratios))]

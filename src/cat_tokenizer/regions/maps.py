@@ -29,7 +29,8 @@ from cat_tokenizer.errors import UserInputError
 from cat_tokenizer.regions.latent import block_tokens
 
 __all__ = ["random_maps", "predicted_distortion", "block_distortion", "block_signal", "signal_distortion", "allocate",
-           "allocate_mean_psnr", "allocate_target", "InContext", "refine_maps", "region_maps", "maps_from_distortion", "SIGNALS", "POLICIES", "SIGNAL_FACTORS"]
+           "allocate_mean_psnr", "allocate_target",
+           "InContext", "refine_maps", "latin_maps", "context_distortion", "region_maps", "maps_from_distortion", "SIGNALS", "POLICIES", "SIGNAL_FACTORS"]
 
 SIGNALS = ("variance", "edges")
 POLICIES = ("oracle", "head", *SIGNALS)
@@ -166,6 +167,29 @@ def allocate_target(d: np.ndarray, cost: Sequence[float], max_distortion: float,
         else:
             hi = mid
     return _choose(d, cost, lo)
+
+
+def latin_maps(batch: int, blocks: tuple[int, int], ratios: Sequence[int]) -> list[Tensor]:
+    """R maps (B, bh, bw) in which every block takes every ratio once and, in each, its 4 neighbours take the
+    other ratios: map k puts ``ratios[(i + j + k) % R]`` at block (i, j)."""
+    i, j = torch.meshgrid(torch.arange(blocks[0]), torch.arange(blocks[1]), indexing="ij")
+    r = torch.tensor(list(ratios))
+    return [r[(i + j + k) % len(r)].expand(batch, -1, -1) for k in range(len(r))]
+
+
+@torch.no_grad()
+def context_distortion(vae, x: Tensor) -> Tensor:
+    """(B, bh, bw, R) block errors measured in region decodes of the ``latin_maps``: each block at each ratio
+    with its neighbours at the others (what a mixed decode costs where whole-image decodes see none)."""
+    ratios, block = sorted(vae.ratios), max(vae.ratios)
+    bh, bw = -(-x.shape[-2] // block), -(-x.shape[-1] // block)
+    d = torch.zeros(len(x), bh, bw, len(ratios), dtype=torch.float64)
+    for m in latin_maps(len(x), (bh, bw), ratios):
+        y = vae.decode_regions(vae.encode_regions(x, m.to(x.device))).clamp(-1, 1)
+        seen = block_distortion(x, [y], block)[..., 0].double().cpu()  # (B, bh, bw)
+        idx = torch.searchsorted(torch.tensor(ratios), m)
+        d.scatter_(-1, idx[..., None], seen[..., None])
+    return d
 
 
 class InContext:
