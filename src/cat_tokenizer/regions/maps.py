@@ -187,7 +187,7 @@ def context_distortion(vae, x: Tensor) -> Tensor:
     for m in latin_maps(len(x), (bh, bw), ratios):
         y = vae.decode_regions(vae.encode_regions(x, m.to(x.device))).clamp(-1, 1)
         seen = block_distortion(x, [y], block)[..., 0].double().cpu()  # (B, bh, bw)
-        idx = torch.searchsorted(torch.tensor(ratios), m)
+        idx = torch.searchsorted(torch.tensor(ratios), m.contiguous())
         d.scatter_(-1, idx[..., None], seen[..., None])
     return d
 
