@@ -3,13 +3,13 @@
 # command that measures it (no figure is copied by hand). Run it after a new cat-small ships (make reports).
 #
 #   scripts/reports.sh [STEP ...]        default: every step, in this order (hours on 2 CPU cores)
-#   steps: curve run-curve demo palette classify gen-demo bench-gen region-decodes region-refine distill-oracle distill-teacher dhead dhead-arms tail-pilot block-head rd analyse
+#   steps: curve run-curve demo palette classify gen-demo bench-gen region-decodes region-refine block-head-targets distill-oracle distill-teacher dhead dhead-arms tail-pilot block-head rd analyse
 #
 # Knobs (environment): REAL_DATA (real-v1: train/ and dev/), CKPT (tokenizer, default cat-small), RUN (a training run's
 # log folder, for run-curve; default outputs/train_small/run/version_0), VENV, WORK (the
 # commands' own folders with their caches, default outputs/reports: a killed step resumes from its caches).
 # Times here, one step at a time on 2 cores: curve 1 s, demo 1 min, palette 25 s, classify 3 min, gen-demo 2 min, bench-gen
-# 4.5 min, region-decodes 10 min, region-refine 10 min, distill-oracle 11 min, distill-teacher 3 min, dhead 60 min (every training image) plus its error model's 5 fold fits (45 min for 3,000 images under load; not yet timed on all), dhead-arms 25 min after it, tail-pilot 50 min, block-head 25 min, rd 25 min + 50 min for --regions, analyse 4 min.
+# 4.5 min, region-decodes 10 min, region-refine 10 min, block-head-targets 40 min, distill-oracle 11 min, distill-teacher 3 min, dhead 60 min (every training image) plus its error model's 5 fold fits (45 min for 3,000 images under load; not yet timed on all), dhead-arms 25 min after it, tail-pilot 50 min, block-head 25 min, rd 25 min + 50 min for --regions, analyse 4 min.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,6 +42,17 @@ step_region-decodes() { "$CT" region-decodes "$DEV" --ckpt "$CKPT" --per-kind 12
 # region maps from errors in mixed decodes (Latin maps, rounds of real decodes): the pilot behind rd's "oracle, refined"
 step_region-refine() {
   "${VENV:-.venv}/bin/python" scripts/pilots/region_refine.py "$DEV" --per-kind 24 --ckpt "$CKPT" --report "$DOCS/region-refine-pilot-128.md"
+}
+# the block head trained on errors in whole-image decodes against errors in context (Latin-map region decodes), 800 train
+# images each (one cache), its maps decoded for real on the region-refine pilot's 96 dev images
+step_block-head-targets() {
+  local t
+  for t in context whole; do
+    "$CT" block-head "$TRAIN" --ckpt "$CKPT" --out "$WORK/bhead_targets" --max-images 800 --targets $t
+    rm -rf "$WORK/bhead_$t" && mkdir -p "$WORK/bhead_$t" && cp "$WORK/bhead_targets"/{config.json,*.safetensors,block_head.md} "$WORK/bhead_$t/"
+    "${VENV:-.venv}/bin/python" scripts/pilots/region_refine.py "$DEV" --per-kind 24 --ckpt "$WORK/bhead_$t" --rounds 0 \
+      --report "$DOCS/region-refine-pilot-head-$t-128.md"
+  done
 }
 # ratio heads on this tokenizer's trunk, source-held-out (docs/distillation.md): from its own errors, from the evaluator
 step_distill-oracle() {
@@ -93,7 +104,7 @@ step_tail-pilot() {
   done
 }
 step_block-head() {
-  "$CT" block-head "$TRAIN" --ckpt "$CKPT" --dev "$DEV" --out "$WORK/bhead"
+  "$CT" block-head "$TRAIN" --ckpt "$CKPT" --dev "$DEV" --out "$WORK/bhead" --targets context
   cp "$WORK/bhead/block_head.md" "$DOCS/block-head-128.md"
 }
 step_rd() {
@@ -107,7 +118,7 @@ step_analyse() {
 # gen-demo's latent cache belongs to one tokenizer: a folder per weight fingerprint
 fingerprint() { "${VENV:-.venv}/bin/python" -c "from cat_tokenizer.io import load_vae; print(load_vae('$CKPT').fingerprint(with_head=False))"; }
 
-ALL=(curve run-curve demo palette classify gen-demo bench-gen region-decodes region-refine distill-oracle distill-teacher dhead dhead-arms tail-pilot block-head rd analyse)
+ALL=(curve run-curve demo palette classify gen-demo bench-gen region-decodes region-refine block-head-targets distill-oracle distill-teacher dhead dhead-arms tail-pilot block-head rd analyse)
 STEPS=("$@")
 [ ${#STEPS[@]} -gt 0 ] || STEPS=("${ALL[@]}")
 for s in "${STEPS[@]}"; do
