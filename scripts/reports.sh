@@ -45,14 +45,14 @@ step_region-refine() {
 }
 # the block head trained on errors in whole-image decodes against errors in context (Latin-map region decodes), 800 train
 # images each (one cache), its maps decoded for real on the region-refine pilot's 96 dev images
+head_arm() {  # TARGETS REPORT: one block head (800 images, shared cache) and its maps decoded on the pilot's images
+  "$CT" block-head "$TRAIN" --ckpt "$CKPT" --out "$WORK/bhead_targets" --max-images 800 --targets "$1"
+  rm -rf "$WORK/bhead_$1" && mkdir -p "$WORK/bhead_$1" && cp "$WORK/bhead_targets"/{config.json,*.safetensors,block_head.md} "$WORK/bhead_$1/"
+  "${VENV:-.venv}/bin/python" scripts/pilots/region_refine.py "$DEV" --per-kind 24 --ckpt "$WORK/bhead_$1" --rounds 0 --report "$2"
+}
 step_block-head-targets() {
-  local t
-  for t in context whole; do
-    "$CT" block-head "$TRAIN" --ckpt "$CKPT" --out "$WORK/bhead_targets" --max-images 800 --targets $t
-    rm -rf "$WORK/bhead_$t" && mkdir -p "$WORK/bhead_$t" && cp "$WORK/bhead_targets"/{config.json,*.safetensors,block_head.md} "$WORK/bhead_$t/"
-    "${VENV:-.venv}/bin/python" scripts/pilots/region_refine.py "$DEV" --per-kind 24 --ckpt "$WORK/bhead_$t" --rounds 0 \
-      --report "$DOCS/region-refine-pilot-head-$t-128.md"
-  done
+  head_arm context "$DOCS/region-refine-pilot-head-context-128.md"
+  head_arm whole "$DOCS/region-refine-pilot-head-whole-128.md"
 }
 # ratio heads on this tokenizer's trunk, source-held-out (docs/distillation.md): from its own errors, from the evaluator
 step_distill-oracle() {
