@@ -274,12 +274,12 @@ def plot_regions(rows: list[dict], image_rows: list[dict], path: Path, image_siz
 @torch.no_grad()
 def examples_figure(vae, table: ReconTable, root: Path, crop: str, per_image: dict, budget: float, path: Path,
                     per_kind: int = 1) -> None:
-    """A few images (``per_kind`` of each kind): the original with the oracle map drawn on it (8x red,
-    16x yellow, 32x blue), the region decode, and fixed 16x at the same tokens."""
+    """A few images (``per_kind`` of each kind): the original with the oracle map drawn on it (the refined oracle's
+    when ``rd`` made one; 8x red, 16x yellow, 32x blue), the region decode, and fixed 16x at the same tokens."""
     from torchvision.utils import save_image
 
     kind_arr = np.array(table.kinds)
-    res = per_image[("regions: oracle", budget)]
+    res = per_image.get(("regions: oracle, refined", budget)) or per_image[("regions: oracle", budget)]
     picks = [int(i) for k in sorted(set(table.kinds)) for i in np.flatnonzero(kind_arr == k)[:per_kind]]
     x = _images(root, table, crop)[picks]
     side = int(round(res["maps"].shape[1] ** 0.5))
