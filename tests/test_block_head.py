@@ -96,7 +96,8 @@ def test_a_standardised_block_head_round_trips_and_an_old_one_keeps_its_layer_no
 
 def test_context_targets_teach_the_block_head_what_a_mixed_decode_costs(tmp_path, tiny_vae, monkeypatch):
     """--targets context: the head learns the larger of whole-image and Latin-map errors (here a planted 4x at 32x);
-    the Latin-map decodes are cached beside the rest and a whole-target run on the same cache measures nothing again."""
+    the Latin-map decodes join a cache that has the rest (nothing else is measured again), and a whole-target run on
+    that cache measures nothing."""
     import cat_tasks.distill.block_head as mod
     from cat_tokenizer import NestedVAE
     from cat_tokenizer.regions.maps import predicted_distortion
@@ -104,27 +105,35 @@ def test_context_targets_teach_the_block_head_what_a_mixed_decode_costs(tmp_path
     root = tmp_path / "data"
     _patchwork(root, np.random.default_rng(1))
     tiny_vae.save_pretrained(tmp_path / "tok")
-    monkeypatch.setattr(mod, "block_distortion", _planted)
-    calls = []
+    calls = {"whole": 0, "context": 0}
+
+    def whole_decodes(x, recons, block):
+        calls["whole"] += 1
+        return _planted(x, recons, block)
 
     def in_context(vae, x):
-        calls.append(len(x))
+        calls["context"] += 1
         return (_planted(x, None, 32) * torch.tensor([1.0, 1.0, 4.0])).double()  # 32x costs 4x more beside other ratios
 
+    monkeypatch.setattr(mod, "block_distortion", whole_decodes)
     monkeypatch.setattr(mod, "context_distortion", in_context)
     out = tmp_path / "head"
     args = ["block-head", str(root), "--out", str(out), "--ckpt", str(tmp_path / "tok"), "--image-size", "64", "--crop", "resize",
             "--epochs", "60", "--batch-size", "32", "--device", "cpu"]
     x = torch.stack([torch.from_numpy(np.asarray(Image.open(p), np.float32)).permute(2, 0, 1) / 127.5 - 1
                      for p in sorted(root.rglob("*.png"))[:20]])
-    assert tools.main([*args, "--targets", "context"]) == 0
-    measured = len(calls)
-    assert measured and all("d_ctx" in np.load(c).files for c in (out / "block_cache").rglob("chunk_*.npz"))
-    ctx = np.log10(predicted_distortion(NestedVAE.from_pretrained(out), x).numpy())
-    assert json.loads((out / "block_head.json").read_text())["config"]["targets"] == "context"
     assert tools.main([*args, "--targets", "whole"]) == 0
-    assert len(calls) == measured  # the cache already held every measurement
+    assert calls["whole"] and not calls["context"]
     whole = np.log10(predicted_distortion(NestedVAE.from_pretrained(out), x).numpy())
+    measured = dict(calls)
+    assert tools.main([*args, "--targets", "context"]) == 0
+    assert calls["whole"] == measured["whole"] and calls["context"]  # only the Latin-map decodes were measured
+    assert all("d_ctx" in np.load(c).files for c in (out / "block_cache").rglob("chunk_*.npz"))
+    assert json.loads((out / "block_head.json").read_text())["config"]["targets"] == "context"
+    ctx = np.log10(predicted_distortion(NestedVAE.from_pretrained(out), x).numpy())
+    measured = dict(calls)
+    assert tools.main([*args, "--targets", "whole"]) == 0
+    assert calls == measured  # the cache held every measurement
     gap = (ctx - whole).mean((0, 1, 2))  # (R,): what the context head adds per ratio, in log10
     # planted: log10(4) = 0.6 at 32x on the noisy blocks (about half of them; flat ones sit at the floor), nothing at 8x
     assert gap[2] - gap[0] > 0.1 and abs(gap[0]) < 0.05, gap

@@ -4,7 +4,7 @@ A block's error in a region decode depends on its neighbours' ratios; the oracle
 whole-image decodes, which miss that. This pilot compares, on a per-kind sample of a dev folder, real decodes
 of maps allocated (shared budget, fixed 16x's tokens) from: whole-image errors (today's oracle), errors in
 three Latin maps (each block at each ratio once, its neighbours at the others), their mean and max, and
-whole-image errors corrected round by round by the decodes of the maps themselves (``InContext``), starting
+whole-image errors corrected round by round by the decodes of the maps themselves (``refined_choice``), starting
 from the oracle or from the block head, and each image held to the budget. Prints one markdown table.
 
     .venv/bin/python scripts/pilots/region_refine.py ../shared/data/real-v1/dev --per-kind 24 \
@@ -25,12 +25,12 @@ from cat_tokenizer.lit.kind_eval import load_kind_sample
 from cat_tokenizer.metrics.image import psnr_per_image
 from cat_tokenizer.regions import block_tokens
 from cat_tokenizer.regions.maps import (
-    InContext,
     allocate,
     allocate_mean_psnr,
     block_distortion,
     context_distortion,
     predicted_distortion,
+    refined_choice,
 )
 
 
@@ -96,10 +96,8 @@ def main() -> None:
     starts = [("whole-image errors", whole, shared), ("whole-image errors, each image held to the budget", whole, per_image)]
     starts += [("block head", head, shared)] if head is not None else []
     for name, d, alloc in starts:
-        ctx = InContext(d)
-        for k in range(a.rounds + 1):
-            idx = alloc(ctx.d)
-            ctx.observe(idx, show(f"{name}, {k} round(s) of real decodes", idx))
+        idx = refined_choice(d, alloc, lambda c, k, name=name: show(f"{name}, {k} round(s) of real decodes", c), a.rounds)
+        show(f"{name}, {a.rounds} round(s) of real decodes", idx)
     if a.report:
         emit("")
         emit(f"Written by `scripts/pilots/region_refine.py {a.dev} --per-kind {a.per_kind} --ckpt {a.ckpt} --rounds {a.rounds}`.")

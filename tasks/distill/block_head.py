@@ -87,30 +87,35 @@ def block_samples(vae, head: BlockHead, root: Path, files: list[Path], cfg: Bloc
     """Per image: ``feats`` (N, nb, D) float16, ``d`` (N, nb, R) block distortions measured in whole-image decodes,
     with ``targets="context"`` also ``d_ctx`` (N, nb, R) in Latin-map region decodes (``context_distortion``), and
     ``signals`` of the cheap policies (N, nb) each. Cached per chunk of ``chunk`` images under ``cache`` (a chunk
-    without ``d_ctx`` is measured again when it is asked for)."""
+    without ``d_ctx``, or with one measured under another region fill, gets only its Latin-map decodes measured)."""
     tf = image_transform(cfg.image_size, train=False, crop=cfg.crop)
-    block = max(vae.ratios)
+    dev, block = next(vae.parameters()).device, max(vae.ratios)
     tag = hashlib.sha1(json.dumps([cfg.image_size, cfg.crop, [f.relative_to(root).as_posix() for f in files]]).encode()).hexdigest()[:10]
     folder = cache / f"{vae.fingerprint(with_head=False)}-{tag}"
     folder.mkdir(parents=True, exist_ok=True)
+    context = cfg.targets == "context"
+    fill = _fill_tag(vae) if context else None  # region decodes depend on the fill, which the fingerprint above leaves out
     parts = []
     for c, s in enumerate(range(0, len(files), chunk)):
         path = folder / f"chunk_{c:05d}.npz"
+        part: dict[str, np.ndarray] = {}
         if path.is_file():
             with np.load(path) as z:
                 part = {k: z[k] for k in z.files}
-            if cfg.targets == "whole" or str(part.get("ctx_fill", "")) == _fill_tag(vae):
-                parts.append({k: v for k, v in part.items() if k not in ("d_ctx", "ctx_fill") or cfg.targets == "context"})
-                continue
-        x = torch.stack([tf(load_rgb(f)) for f in files[s : s + chunk]])
-        part = {k: torch.cat(v).numpy() for k, v in _measure(vae, head, x, cfg.targets == "context").items()}
-        if cfg.targets == "context":
-            part["ctx_fill"] = np.array(_fill_tag(vae))  # region decodes depend on the fill, which no fingerprint above holds
-        part.update({k: block_signal(x, block, k).flatten(1).numpy() for k in SIGNAL_FACTORS})
-        with atomic_write(path) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, **part)
-        log.info("block samples: %d of %d images", min(s + chunk, len(files)), len(files))
-        parts.append(part)
+        stale = context and str(part.get("ctx_fill", "")) != fill
+        if not part or stale:
+            x = torch.stack([tf(load_rgb(f)) for f in files[s : s + chunk]])
+            if not part:
+                part = {k: torch.cat(v).numpy() for k, v in _measure(vae, head, x).items()}
+                part.update({k: block_signal(x, block, k).flatten(1).numpy() for k in SIGNAL_FACTORS})
+            if stale:  # only the Latin-map decodes: the rest of the chunk is kept
+                part["d_ctx"] = torch.cat([context_distortion(vae, x[b : b + 16].to(dev)).flatten(1, 2).float()
+                                           for b in range(0, len(x), 16)]).numpy()
+                part["ctx_fill"] = np.array(fill)
+            with atomic_write(path) as tmp, open(tmp, "wb") as fh:
+                np.savez(fh, **part)
+            log.info("block samples: %d of %d images", min(s + chunk, len(files)), len(files))
+        parts.append({k: v for k, v in part.items() if context or k not in ("d_ctx", "ctx_fill")})
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k != "ctx_fill"}
 
 
@@ -121,16 +126,14 @@ def _fill_tag(vae) -> str:
 
 
 @torch.no_grad()
-def _measure(vae, head: BlockHead, x: torch.Tensor, context: bool, batch: int = 16) -> dict[str, list[torch.Tensor]]:
-    """Trunk statistics and block errors of images ``x`` (N, 3, S, S), in batches."""
+def _measure(vae, head: BlockHead, x: torch.Tensor, batch: int = 16) -> dict[str, list[torch.Tensor]]:
+    """Trunk statistics and whole-image block errors of images ``x`` (N, 3, S, S), in batches."""
     dev, ratios, block = next(vae.parameters()).device, sorted(vae.ratios), max(vae.ratios)
-    out: dict[str, list[torch.Tensor]] = {"feats": [], "d": [], **({"d_ctx": []} if context else {})}
+    out: dict[str, list[torch.Tensor]] = {"feats": [], "d": []}
     for b in range(0, len(x), batch):
         xb = x[b : b + batch].to(dev)
         out["feats"].append(head.features(vae.trunk(xb, block)).flatten(1, 2).half().cpu())
         out["d"].append(block_distortion(xb, [vae.reconstruct(xb, r) for r in ratios], block).flatten(1, 2).cpu())
-        if context:
-            out["d_ctx"].append(context_distortion(vae, xb).flatten(1, 2).float())
     return out
 
 

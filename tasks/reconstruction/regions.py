@@ -7,7 +7,7 @@ decodes; region maps are then allocated under a mean token budget per image (``c
   highest mean PSNR (``allocate_mean_psnr``: blocks compete across images, weighted by their image's error);
 * ``regions: oracle, refined``: the oracle corrected by ``REFINE_ROUNDS`` rounds of real decodes (each decodes the
   maps, replaces every block's error at its chosen ratio by a running mean with the measured one and allocates
-  again: ``cat_tokenizer.regions.maps.InContext``), shared budget;
+  again: ``cat_tokenizer.regions.maps.refined_choice``), shared budget;
 * ``regions: oracle, per image``: the whole-image oracle, each image held to the budget;
 * ``regions: head``: the tokenizer's block head (``cat-tokenizer block-head``) when it has one, shared budget;
 * ``regions: variance`` / ``regions: edges``: a cheap signal per block times a per-ratio factor, shared budget.
@@ -42,13 +42,13 @@ from cat_tokenizer.regions import block_tokens
 from cat_tokenizer.regions.latent import exit_latents, mixed_decode
 from cat_tokenizer.regions.maps import (
     SIGNAL_FACTORS,
-    InContext,
     allocate,
     allocate_mean_psnr,
     block_distortion,
     block_signal,
     maps_from_distortion,
     predicted_distortion,
+    refined_choice,
     signal_distortion,
 )
 
@@ -105,13 +105,10 @@ def _maps(method: str, d: np.ndarray, signals: dict[str, np.ndarray], cost: np.n
 
 
 def _refined_maps(d: np.ndarray, cost: np.ndarray, budget: float, decoded) -> np.ndarray:
-    """The shared-budget oracle corrected by ``REFINE_ROUNDS`` real decodes; ``decoded(round, maps)`` decodes
-    (cached) and returns ``_decode``'s dict, whose ``blocks`` are the errors measured in context."""
-    ctx = InContext(d)
-    for i in range(REFINE_ROUNDS):
-        maps = allocate_mean_psnr(ctx.d, cost, budget)
-        ctx.observe(maps, decoded(i, maps)["blocks"])
-    return allocate_mean_psnr(ctx.d, cost, budget)
+    """The shared-budget oracle corrected by ``REFINE_ROUNDS`` real decodes (``refined_choice``); ``decoded(round,
+    maps)`` decodes (cached) and returns ``_decode``'s dict, whose ``blocks`` are the errors measured in context."""
+    return refined_choice(d, lambda est: allocate_mean_psnr(est, cost, budget), lambda m, i: decoded(i, m)["blocks"],
+                          REFINE_ROUNDS)
 
 
 @torch.no_grad()

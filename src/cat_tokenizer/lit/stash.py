@@ -47,8 +47,8 @@ FRESH_KEY = "cat_fresh"          # unstashed checkpoint entry: keys the module f
 _FORMAT, _READS = 2, (1, 2)
 _DROPPED = ("exp_avg",)        # rebuilt as zeros
 _TWINS = {"ema.module.": "vae."}  # an EMA key -> the key of the weights it averages
-# NestedVAEModule checkpoints written before they recorded OPTIMIZED_KEY (its configure_optimizers order).
-_LEGACY_OPTIMIZED = {CONFIG_KEY: ["vae.", "loss.discriminator."]}
+# NestedVAEModule checkpoints (they hold CONFIG_KEY) written before they recorded OPTIMIZED_KEY: its optimizers' order.
+_LEGACY_OPTIMIZED = ["vae.", "loss.discriminator."]
 
 
 def _half(t: Any) -> Any:
@@ -98,8 +98,8 @@ def _slim_state(state: dict) -> dict:
 
 def _fresh_keys(ckpt: dict) -> list[str]:
     """state_dict keys owned by an optimizer that never stepped and never ran in training mode."""
-    legacy = next((v for k, v in _LEGACY_OPTIMIZED.items() if k in ckpt), [])
-    prefixes, sd = ckpt.get(OPTIMIZED_KEY, legacy), ckpt["state_dict"]
+    prefixes = ckpt.get(OPTIMIZED_KEY, _LEGACY_OPTIMIZED if CONFIG_KEY in ckpt else [])
+    sd = ckpt["state_dict"]
     if len(prefixes) != len(ckpt["optimizer_states"]):
         return []
     fresh = []

@@ -9,7 +9,7 @@ compete across images, as images do in CAT's image-level allocation.
 
 Distortion sources:
 - ``block_distortion``: measured, from whole-image decodes at each ratio (the oracle map);
-- ``InContext`` / ``refine_maps``: any of these corrected by real mixed decodes: decode the map, replace
+- ``InContext`` / ``refined_choice`` / ``refine_maps``: any of these corrected by real mixed decodes: decode the map, replace
   each block's error at its chosen ratio by a running mean with the one the decode measured (a block's
   error depends on its neighbours' ratios: whole-image decodes miss that), reallocate; a few rounds;
 - ``block_signal`` + ``signal_distortion``: a cheap signal per block (pixel variance or edge density)
@@ -30,7 +30,8 @@ from cat_tokenizer.regions.latent import block_tokens
 
 __all__ = ["random_maps", "predicted_distortion", "block_distortion", "block_signal", "signal_distortion", "allocate",
            "allocate_mean_psnr", "allocate_target",
-           "InContext", "refine_maps", "latin_maps", "context_distortion", "region_maps", "maps_from_distortion", "SIGNALS", "POLICIES", "SIGNAL_FACTORS"]
+           "InContext", "refined_choice", "refine_maps", "latin_maps", "context_distortion", "region_maps", "maps_from_distortion",
+           "SIGNALS", "POLICIES", "SIGNAL_FACTORS"]
 
 SIGNALS = ("variance", "edges")
 POLICIES = ("oracle", "head", *SIGNALS)
@@ -216,20 +217,34 @@ class InContext:
         return self.total / self.count
 
 
+def refined_choice(d: np.ndarray, allocate_idx, observe, rounds: int) -> np.ndarray:
+    """``rounds`` times: allocate ``allocate_idx(estimate)`` -> (N, nb) ratio indices, decode that choice for real
+    (``observe(choice, round)`` -> (N, nb) measured block errors) and correct the estimate (``InContext``, from
+    ``d`` (N, nb, R)); returns the allocation from the last estimate."""
+    ctx = InContext(d)
+    for i in range(rounds):
+        choice = allocate_idx(ctx.d)
+        ctx.observe(choice, observe(choice, i))
+    return allocate_idx(ctx.d)
+
+
 @torch.no_grad()
 def refine_maps(vae, x: Tensor, d: Tensor, allocate_maps, rounds: int) -> Tensor:
-    """``rounds`` times: decode ``allocate_maps(d)`` (B, bh, bw) for real, correct ``d`` (B, bh, bw, R) by the
-    block errors measured in it (``InContext``), allocate again. Returns the last maps (B, bh, bw)."""
-    ratios, block = sorted(vae.ratios), max(vae.ratios)
-    ctx = InContext(d.reshape(d.shape[0], -1, d.shape[-1]).double().cpu().numpy())
-    maps = allocate_maps(d)
-    for _ in range(rounds):
-        y = vae.decode_regions(vae.encode_regions(x, maps.to(x.device))).clamp(-1, 1)
-        seen = block_distortion(x, [y], block)[..., 0]  # (B, bh, bw)
-        choice = torch.searchsorted(torch.tensor(ratios), maps.cpu())  # ratio -> its index
-        ctx.observe(choice.reshape(len(x), -1).numpy(), seen.reshape(len(x), -1).double().cpu().numpy())
-        maps = allocate_maps(torch.from_numpy(ctx.d).reshape(d.shape))
-    return maps
+    """``refined_choice`` on images: ``allocate_maps`` turns block errors (B, bh, bw, R) into ratio maps (B, bh, bw),
+    each round decodes them with ``vae.decode_regions``. Returns the last maps (B, bh, bw)."""
+    ratios, block = torch.tensor(sorted(vae.ratios)), max(vae.ratios)
+    b, bh, bw, r = d.shape
+
+    def allocate_idx(est: np.ndarray) -> np.ndarray:  # (B, nb, R) -> (B, nb) ratio indices
+        return torch.searchsorted(ratios, allocate_maps(torch.from_numpy(est).reshape(b, bh, bw, r)).cpu()).reshape(b, -1).numpy()
+
+    def observe(choice: np.ndarray, _round: int) -> np.ndarray:
+        maps = ratios[torch.from_numpy(choice)].reshape(b, bh, bw).to(x.device)
+        y = vae.decode_regions(vae.encode_regions(x, maps)).clamp(-1, 1)
+        return block_distortion(x, [y], block)[..., 0].reshape(b, -1).double().cpu().numpy()
+
+    choice = refined_choice(d.reshape(b, -1, r).double().cpu().numpy(), allocate_idx, observe, rounds)
+    return ratios[torch.from_numpy(choice)].reshape(b, bh, bw)
 
 
 @torch.no_grad()
