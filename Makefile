@@ -12,7 +12,7 @@ CKPT ?= cat-small
 TRAIN_OUT ?= outputs/train_small
 TRAIN_ARGS ?=
 
-.PHONY: install system-deps test test-fast lint demo palette hostile mutants train-small stash-run ship-small train-region-fill ship-region-fill gpu-kit gpu-train-small need-real-data bench bench-gen bench-gen-gpu classify distill eval-recon need-data gen-demo gen-imagenet reports clean
+.PHONY: install system-deps test test-fast lint demo palette hostile mutants train-small stash-run ship-small ship-release train-region-fill ship-region-fill gpu-kit gpu-train-small need-real-data bench bench-gen bench-gen-gpu classify distill eval-recon need-data gen-demo gen-imagenet reports clean
 
 install: $(STAMP)
 
@@ -89,6 +89,11 @@ ship-small: need-real-data install
 	$(VENV)/bin/cat-tokenizer latent-stats $(REAL_DATA)/train --ckpt $(PKG) --write
 	$(VENV)/bin/cat-tokenizer demo --ckpt $(PKG) --data $(REAL_DATA)/dev --per-kind 0 --out outputs/demo_ship --report docs/reports/demo-dev-128.md
 	$(VENV)/bin/cat-tokenizer card $(PKG) --measured docs/reports/demo-dev-128.md --notes $(PKG)/NOTES.md
+
+# The whole release (scripts/ship_release.sh): ship-small, the region fill in two stages, ship-region-fill, block head,
+# distortion head, card; resumable, SHIP_TIME=DD:HH:MM:SS stops each fill training in time (exit 3: run it again).
+ship-release: need-real-data install
+	REAL_DATA=$(REAL_DATA) SHIP_TIME=$(SHIP_TIME) scripts/ship_release.sh $(TRAIN_OUT) $(SHIP_STEPS)
 
 # A region fill for cat-small (issue 26, docs/regions.md): the tokenizer frozen, one forward pass fills a region
 # latent's missing cells. Resumes from last.ckpt (FILL_TIME=DD:HH:MM:SS stops this process, as TRAIN_TIME does);

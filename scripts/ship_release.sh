@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Ship a trained cat-small run into the package with every add-on retrained on it, in the order docs/training.md gives
+# (the add-ons read the tokenizer frozen, so each is redone on new weights). Run it after the release check passes.
+# Resumable: a finished step leaves a marker in SHIP, the two region-fill trainings resume from their last.ckpt, and
+# SHIP_TIME (DD:HH:MM:SS) stops each training process in time (exit 3: run the same command again to go on).
+#
+#   scripts/ship_release.sh TRAIN_OUT [STEP ...]        (make ship-release TRAIN_OUT=... [SHIP_TIME=...])
+#   steps: tokenizer fill fill-tail attach-fill block-head dhead card      then: make reports (docs/reports/, README figures)
+#
+# Knobs (environment): REAL_DATA, SHIP (markers and fill runs, default outputs/ship/<TRAIN_OUT's name>), SHIP_TIME, VENV.
+# Times alone on 2 cores: tokenizer 5 min (latent statistics, dev report, card), fill 70 min (4,000 batches), fill-tail
+# 30 min (1,500 batches with the merge adapter and decoder tail), attach-fill 1 min, block-head 25 min, dhead 60 min+.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+[ $# -ge 1 ] || { echo "ship_release: give the training run's output folder (TRAIN_OUT, with run/version_0/)"; exit 2; }
+TRAIN_OUT=${1%/}; shift
+[ -d "$TRAIN_OUT/run/version_0" ] || { echo "ship_release: no run/version_0 in $TRAIN_OUT"; exit 2; }
+REAL_DATA=${REAL_DATA:-../shared/data/real-v1}
+SHIP=${SHIP:-outputs/ship/$(basename "$TRAIN_OUT")}
+VENV=${VENV:-.venv}
+CT=$VENV/bin/cat-tokenizer
+PKG=src/cat_tokenizer/pretrained/cat-small
+FILL=$SHIP/region_fill
+TAIL=$SHIP/region_fill_tail
+TIME_ARG=${SHIP_TIME:+FILL_TIME=$SHIP_TIME}
+
+done_already() { [ -f "$SHIP/$1.done" ] && echo "== ship: $1 done already ($(cat "$SHIP/$1.done"))"; }
+mark() { echo "$(date -Is) $("$VENV/bin/python" -c "from cat_tokenizer.io import load_vae; print(load_vae('$PKG').fingerprint())")" > "$SHIP/$1.done"; }
+# did FILL_OUT's run reach MAX_STEPS? (a SessionTimer stop exits 0 as a finished run does)
+reached() {
+  "$VENV/bin/python" - "$1/run/version_0/checkpoints/last.ckpt" "$2" <<'EOF'
+import sys, torch
+step = torch.load(sys.argv[1], map_location="cpu", weights_only=False)["global_step"]
+sys.exit(0 if step >= int(sys.argv[2]) else print(f"ship: {sys.argv[1]} at step {step} of {sys.argv[2]}") or 3)
+EOF
+}
+train_fill() {  # OUT MAX_STEPS [FILL_ARGS]
+  make train-region-fill REAL_DATA="$REAL_DATA" FILL_OUT="$1" $TIME_ARG FILL_ARGS="${3:-}"
+  reached "$1" "$2" || { echo "ship: stopped by SHIP_TIME; run the same command again to go on"; exit 3; }
+}
+
+step_tokenizer() { make ship-small REAL_DATA="$REAL_DATA" TRAIN_OUT="$TRAIN_OUT"; }
+step_fill() { train_fill "$FILL" 4000; }  # configs/region_fill.yaml: the fill from scratch on the shipped tokenizer
+step_fill-tail() {
+  train_fill "$TAIL" 1500 "--model.init_args.init_fill $FILL/run/version_0/pretrained --model.init_args.merge_adapter true \
+    --model.init_args.tail true --model.init_args.tail_lr_ratio 0.5 --model.init_args.lr 2e-4 --trainer.max_steps 1500 \
+    --model.init_args.decay_steps 1500"
+}
+step_attach-fill() { make ship-region-fill FILL_OUT="$TAIL"; }
+step_block-head() {  # --targets context (scripts/reports.sh), then attached to the package
+  REAL_DATA="$REAL_DATA" scripts/reports.sh block-head
+  "$CT" export --ckpt outputs/reports/bhead --out "$PKG" --fp16 --overwrite
+}
+step_dhead() {
+  REAL_DATA="$REAL_DATA" scripts/reports.sh dhead
+  "$CT" export --ckpt outputs/reports/dhead --out "$PKG" --fp16 --overwrite
+}
+step_card() { "$CT" card "$PKG" --measured docs/reports/demo-dev-128.md --notes "$PKG/NOTES.md"; }
+
+ALL=(tokenizer fill fill-tail attach-fill block-head dhead card)
+STEPS=("$@")
+[ ${#STEPS[@]} -gt 0 ] || STEPS=("${ALL[@]}")
+for s in "${STEPS[@]}"; do
+  declare -F "step_$s" >/dev/null || { echo "ship_release: unknown step '$s'; steps: ${ALL[*]}"; exit 2; }
+done
+mkdir -p "$SHIP"
+for s in "${STEPS[@]}"; do
+  done_already "$s" && continue
+  echo "== ship: $s ($(date +%H:%M:%S))"
+  "step_$s"
+  mark "$s"
+done
+echo "== ship: done; now make reports (docs/reports/), update NOTES.md's history, commit the package"
