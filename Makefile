@@ -75,7 +75,8 @@ stash-run: install
 	@test -n "$(STASH)" || { echo "make stash-run: set STASH=runs/NAME (and TRAIN_OUT=the run's output folder)"; exit 2; }
 	$(VENV)/bin/cat-tokenizer stash $(TRAIN_RUN) --out $(STASH)
 
-# Ship the trained run as cat-small (fp16 EMA weights + its per-kind training curve) inside the package:
+# Ship the trained run as cat-small (fp16 EMA weights + its per-kind training curve, and its palette curve if the run
+# kept one: an earlier release's never stays beside new weights) inside the package:
 # from pretrained/ (EMA, written after each validation and when training ends) or last.ckpt (every 500
 # batches), whichever is newer, so a run stopped by max_time ships its last batch; then the per-ratio latent
 # scale and shift, measured on real-v1 train/ (at_ratio(r).config.scaling_factor, the DiT's scale); then the
@@ -86,6 +87,7 @@ ship-small: need-real-data install
 	@test -n "$(SHIP_FROM)" || { echo "make ship-small: no trained run in $(TRAIN_RUN)"; exit 2; }
 	$(VENV)/bin/cat-tokenizer export --ckpt $(if $(filter %.ckpt,$(SHIP_FROM)),$(SHIP_FROM),$(dir $(SHIP_FROM))) --out $(PKG) --fp16 --overwrite
 	cp $(TRAIN_RUN)/kind_eval.csv $(PKG)/training_curve.csv
+	if [ -f $(TRAIN_RUN)/palette.csv ]; then cp $(TRAIN_RUN)/palette.csv $(PKG)/palette_curve.csv; else rm -f $(PKG)/palette_curve.csv; fi
 	$(VENV)/bin/cat-tokenizer latent-stats $(REAL_DATA)/train --ckpt $(PKG) --write
 	$(VENV)/bin/cat-tokenizer demo --ckpt $(PKG) --data $(REAL_DATA)/dev --per-kind 0 --out outputs/demo_ship --report docs/reports/demo-dev-128.md
 	$(VENV)/bin/cat-tokenizer card $(PKG) --measured docs/reports/demo-dev-128.md --notes $(PKG)/NOTES.md

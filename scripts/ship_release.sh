@@ -71,4 +71,5 @@ for s in "${STEPS[@]}"; do
   "step_$s"
   mark "$s"
 done
-echo "== ship: done; now make reports (docs/reports/), update NOTES.md's history, commit the package"
+echo "== ship: done. Then: make reports (docs/reports/); NOTES.md's history; if 'cat-tokenizer palette' fails, the new"
+echo "   fingerprint(with_head=False) into SHORT_OF_THE_PALETTE (tests/test_cat_small.py); make test; commit the package"
