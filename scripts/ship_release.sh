@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # Ship a trained cat-small run into the package with every add-on retrained on it, in the order docs/training.md gives
-# (the add-ons read the tokenizer frozen, so each is redone on new weights). Run it after the release check passes.
+# (the add-ons read the tokenizer frozen, so each is redone on new weights), after the release check on every dev image.
 # Resumable: a finished step leaves a marker in SHIP, the two region-fill trainings resume from their last.ckpt, and
 # SHIP_TIME (DD:HH:MM:SS) stops each training process in time (exit 3: run the same command again to go on).
 #
 #   scripts/ship_release.sh TRAIN_OUT [STEP ...]        (make ship-release TRAIN_OUT=... [SHIP_TIME=...])
-#   steps: tokenizer fill fill-tail attach-fill block-head dhead card      then: make reports (docs/reports/, README figures)
+#   steps: check tokenizer fill fill-tail attach-fill block-head dhead card   then: make reports (docs/reports/, README figures)
 #
 # Knobs (environment): REAL_DATA, SHIP (markers and fill runs, default outputs/ship/<TRAIN_OUT's name>), SHIP_TIME, VENV.
-# Times alone on 2 cores: tokenizer 5 min (latent statistics, dev report, card), fill 70 min (4,000 batches), fill-tail
-# 30 min (1,500 batches with the merge adapter and decoder tail), attach-fill 1 min, block-head 25 min, dhead 60 min+.
+# Times alone on 2 cores: check 2 min (every dev image against the shipped report; exit 4 if below), tokenizer 5 min
+# (latent statistics, dev report, card), fill 70 min (4,000 batches), fill-tail 30 min (1,500 batches with the merge adapter and decoder tail), attach-fill 1 min, block-head 25 min, dhead 60 min+.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,6 +40,16 @@ train_fill() {  # OUT MAX_STEPS [FILL_ARGS]
   reached "$1" "$2" || { echo "ship: stopped by SHIP_TIME; run the same command again to go on"; exit 3; }
 }
 
+# the release rule (docs/training.md) on every dev image: the run's newest EMA weights, as ship-small would take them
+step_check() {
+  local run=$TRAIN_OUT/run/version_0 from
+  from=$(ls -t "$run"/pretrained/*.safetensors "$run"/checkpoints/last.ckpt 2>/dev/null | head -1)
+  [ -n "$from" ] || { echo "ship: no weights in $run"; exit 2; }
+  [[ $from == *.ckpt ]] || from=$(dirname "$from")
+  "$CT" export --ckpt "$from" --out "$SHIP/candidate" --fp16 --overwrite
+  "$CT" demo --ckpt "$SHIP/candidate" --data "$REAL_DATA/dev" --per-kind 0 --out "$SHIP/check" \
+    --compare docs/reports/demo-dev-128.md || { echo "ship: the run is below the shipped cat-small (above); not shipped"; exit 4; }
+}
 step_tokenizer() { make ship-small REAL_DATA="$REAL_DATA" TRAIN_OUT="$TRAIN_OUT"; }
 step_fill() { train_fill "$FILL" 4000; }  # configs/region_fill.yaml: the fill from scratch on the shipped tokenizer
 step_fill-tail() {
@@ -58,7 +68,7 @@ step_dhead() {
 }
 step_card() { "$CT" card "$PKG" --measured docs/reports/demo-dev-128.md --notes "$PKG/NOTES.md"; }
 
-ALL=(tokenizer fill fill-tail attach-fill block-head dhead card)
+ALL=(check tokenizer fill fill-tail attach-fill block-head dhead card)
 STEPS=("$@")
 [ ${#STEPS[@]} -gt 0 ] || STEPS=("${ALL[@]}")
 for s in "${STEPS[@]}"; do

@@ -131,6 +131,17 @@ def test_bench_reports_every_ratio(capsys):
     assert "same widths built for 16x only" in out
 
 
+def _flat_8x_up(report: str, db: float) -> str:
+    """The report with flat's 8x PSNR raised by ``db``."""
+    lines = report.splitlines()
+    i = next(i for i, line in enumerate(lines) if line.startswith("| flat |"))
+    cells = lines[i].split(" | ")
+    psnr, ssim = cells[2].split(" / ")
+    cells[2] = f"{float(psnr) + db:.2f} / {ssim}"
+    lines[i] = " | ".join(cells)
+    return "\n".join(lines)
+
+
 def test_demo_reconstructs_each_kind_and_runs_cat(tmp_path, capsys, tiny_vae):
     tiny_vae.save_pretrained(tmp_path / "tok")
     data = write_kind_folder(tmp_path / "dev", kinds=("flat", "text"), n=4, size=(80, 96))
@@ -156,6 +167,14 @@ def test_demo_reconstructs_each_kind_and_runs_cat(tmp_path, capsys, tiny_vae):
     report = (out / "report.md").read_text()
     assert "| flat | 3 |" in report and "| text | 3 |" in report and "| all | 6 |" in report
     assert "8x (64 tokens)" in report  # 64 px / 8 = 8 x 8
+    # the release check against a report: its own passes; one whose flat 8x is 0.01 dB better does not
+    (tmp_path / "own.md").write_text(report)
+    (tmp_path / "better.md").write_text(_flat_8x_up(report, 0.01))
+    capsys.readouterr()
+    assert tools.main([*args, "--compare", str(tmp_path / "own.md")]) == 0
+    assert "at least as good everywhere" in capsys.readouterr().out
+    assert tools.main([*args, "--compare", str(tmp_path / "better.md")]) == 1
+    assert "below on flat 8x" in capsys.readouterr().out
     picture = Image.open(out / "reconstructions.png")
     assert picture.size[0] > picture.size[1] * 0.9  # 4 rows (2 per kind) x 4 columns
     # a missing checkpoint is one line, exit 2

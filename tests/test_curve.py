@@ -59,3 +59,36 @@ def test_a_missing_or_foreign_curve_is_one_line(tmp_path, capsys):
     (tmp_path / "other.csv").write_text("a,b\n1,2\n")
     assert tools.main(["curve", str(tmp_path / "other.csv")]) == 2
     one_line_error(capsys, "not a per-kind curve")
+
+
+class _Stub:
+    """What demo's report reads of a tokenizer: its ratios and parameter counts."""
+
+    ratios = (8, 16, 32)
+
+    def num_params(self, with_head: bool = True) -> int:
+        return 1000
+
+
+def _demo_report(path, shift):
+    """A report written by demo's own writer: two kinds of two images; ``shift`` moves every flat PSNR."""
+    from cat_tasks.reconstruction.demo import _report
+
+    rows = [{"image": f"{k}/{i}.png", "kind": k, "cat_ratio": "", **{f"psnr_{r}x": 30.0 - r / 8 + (shift if k == "flat" else 0) + i
+                                                                    for r in (8, 16, 32)},
+             **{f"ssim_{r}x": 0.9 for r in (8, 16, 32)}} for k in ("flat", "text") for i in (0, 1)]
+    path.write_text(_report(rows, _Stub(), "toy", path.parent, 128, "none"))
+    return path
+
+
+def test_the_release_check_reads_demo_reports_as_one_evaluation(tmp_path, capsys):
+    from cat_tasks.reconstruction.curve import read_demo_report
+
+    shipped = read_demo_report(_demo_report(tmp_path / "shipped.md", 0.0))
+    assert shipped.psnr[0][("flat", 8)] == 29.5 and shipped.psnr[0][("text", 32)] == 26.5 and len(shipped.psnr[0]) == 9
+    assert release_check(read_demo_report(_demo_report(tmp_path / "same.md", 0.0)), shipped) == []
+    assert release_check(read_demo_report(_demo_report(tmp_path / "worse.md", -0.25)), shipped) == [
+        "all 8x 29.38 < 29.50", "all 16x 28.38 < 28.50", "flat 8x 29.25 < 29.50", "flat 16x 28.25 < 28.50"]
+    (tmp_path / "other.md").write_text("# not a demo\n| a | b |\n")
+    assert tools.main(["demo", "--compare", str(tmp_path / "other.md")]) == 2  # before any tokenizer is loaded
+    one_line_error(capsys, "not a demo report")

@@ -13,7 +13,7 @@ import torch
 
 from cat_tasks.reconstruction.analysis import AnalyseOptions, analyse_folder
 from cat_tasks.reconstruction.bench import bench_ratio_head, bench_regions, bench_train, bench_vae, total_params
-from cat_tasks.reconstruction.curve import curve_table, read_curve, release_check
+from cat_tasks.reconstruction.curve import curve_table, read_curve, read_demo_report, release_check
 from cat_tasks.reconstruction.demo import DemoOptions, run_demo
 from cat_tasks.reconstruction.evaluate import EvalReconOptions, evaluate_reconstruction
 from cat_tasks.reconstruction.pack import pack_folder
@@ -193,10 +193,16 @@ def pack(src: str, dst: str, *, max_mib: float = 40.0, side: int = 256, quality:
 
 def demo(*, options: DemoOptions) -> int:
     """the shipped tokenizer on a folder of kinds: reconstructions per kind, CAT vs fixed 16x"""
+    shipped = read_demo_report(options.compare) if options.compare else None  # a bad path fails before the work
     report = run_demo(options)
     print(report.read_text())
     print(f"report: {report.resolve()}  picture: {report.with_name('reconstructions.png').resolve()}")
-    return 0
+    if shipped is None:
+        return 0
+    below = release_check(read_demo_report(report), shipped)
+    print(f"Release check (8x and 16x, every kind, against {options.compare}): "
+          + ("below on " + "; ".join(below) if below else "at least as good everywhere"))
+    return 1 if below else 0
 
 
 def curve(run: str, *, ratio: int = 8, every: int = 1000, compare: str | None = None, report: str | None = None) -> int:

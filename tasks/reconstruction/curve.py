@@ -16,7 +16,7 @@ from pathlib import Path
 from cat_tokenizer.errors import InputNotFound, UserInputError
 from cat_tokenizer.models.hub import BUNDLED_TOKENIZERS, bundled_path
 
-__all__ = ["Curve", "read_curve", "curve_table", "release_check"]
+__all__ = ["Curve", "read_curve", "read_demo_report", "curve_table", "release_check"]
 
 CURVE_NAMES = ("kind_eval.csv", "training_curve.csv")
 
@@ -62,6 +62,27 @@ def read_curve(where: str) -> Curve:
     if not psnr:
         raise UserInputError(f"{path}: the curve has no rows yet")
     return Curve(f"{where} (shipped)" if where in BUNDLED_TOKENIZERS else where, psnr)
+
+
+def read_demo_report(path: str | Path) -> Curve:
+    """The per-kind table of a ``cat-tokenizer demo`` report (``| kind | images | 8x (256 tokens) | ...``, cells
+    ``PSNR / SSIM``) as a one-evaluation curve (batch 0): ``release_check`` on two of them is the release rule on
+    every dev image rather than on the training curve's sample."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise InputNotFound(f"{path}: no such demo report")
+    lines = path.read_text().splitlines()
+    head = next((i for i, line in enumerate(lines) if line.startswith("| kind | images |") and "tokens)" in line), None)
+    if head is None:
+        raise UserInputError(f"{path}: not a demo report (no '| kind | images | 8x (... tokens) |' table)")
+    ratios = [int(c.strip().split("x")[0]) for c in lines[head].strip("|").split("|")[2:]]
+    values: dict[tuple[str, int], float] = {}
+    for line in lines[head + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        values |= {(cells[0], r): float(c.split("/")[0]) for r, c in zip(ratios, cells[2:])}
+    return Curve(str(path), {0: values})
 
 
 def _cell(values: dict[tuple[str, int], float], key: tuple[str, int]) -> str:

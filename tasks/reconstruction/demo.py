@@ -49,6 +49,8 @@ class DemoOptions:
         evaluator: evaluator for the CAT rows: a preset (default, rubric, distilled:D ...) or a YAML (default: default)
         report: also write report.md here (for docs/reports/: the tables only, no images of the data)
         device: auto, cpu, cuda ...
+        compare: a demo report to check against (the shipped one: docs/reports/demo-dev-128.md): exit 1 unless at least
+            as good at 8x and 16x on every kind, the release rule (docs/training.md)
     """
 
     data: str | None = None
@@ -60,6 +62,7 @@ class DemoOptions:
     evaluator: EvaluatorSpec | None = None
     report: str | None = None
     device: str = "auto"
+    compare: str | None = None
 
 
 def run_demo(o: DemoOptions = DemoOptions()) -> Path:
