@@ -51,3 +51,25 @@ def test_the_reports_script_refuses_unknown_steps_and_missing_data_in_one_line(t
     none = subprocess.run(["bash", str(script), "curve"], capture_output=True, text=True,
                           env={"PATH": "/usr/bin:/bin", "REAL_DATA": str(tmp_path / "nothing")})
     assert none.returncode == 2 and len(none.stdout.strip().splitlines()) == 1 and "set REAL_DATA=" in none.stdout
+
+
+def test_the_ship_script_checks_its_arguments_and_skips_finished_steps(tmp_path):
+    """scripts/ship_release.sh (make ship-release): one line for a bad call; a step with a marker is not run again."""
+    import subprocess
+
+    script = ROOT / "scripts" / "ship_release.sh"
+    run = lambda *a, **env: subprocess.run(["bash", str(script), *a], capture_output=True, text=True,  # noqa: E731
+                                           env={"PATH": "/usr/bin:/bin", **env})
+    for args, needle in (((), "give the training run's output folder"), ((str(tmp_path / "none"),), "no run/version_0"),
+                         ((str(tmp_path), "nope"), "unknown step 'nope'; steps: check tokenizer fill")):
+        if args and args[0] == str(tmp_path):
+            (tmp_path / "run" / "version_0").mkdir(parents=True, exist_ok=True)
+        bad = run(*args)
+        assert bad.returncode == 2 and len(bad.stdout.strip().splitlines()) == 1 and needle in bad.stdout, bad
+    ship = tmp_path / "ship"
+    ship.mkdir()
+    (ship / "card.done").write_text("2026-12-04 abc\n")
+    again = run(str(tmp_path), "card", SHIP=str(ship), VENV=str(tmp_path / "no-venv"))  # no tool is called
+    assert again.returncode == 0 and "== ship: card done already (2026-12-04 abc)" in again.stdout, again
+    fresh = run(str(tmp_path), "card", SHIP=str(tmp_path / "ship2"), VENV=str(tmp_path / "no-venv"))
+    assert fresh.returncode != 0 and "== ship: card (" in fresh.stdout  # no marker: the step runs (and fails here)
