@@ -12,7 +12,7 @@ CKPT ?= cat-small
 TRAIN_OUT ?= outputs/train_small
 TRAIN_ARGS ?=
 
-.PHONY: install system-deps test test-fast lint demo palette hostile mutants train-small stash-run ship-small ship-release train-region-fill ship-region-fill gpu-kit gpu-train-small need-real-data bench bench-gen bench-gen-gpu classify distill eval-recon need-data gen-demo gen-imagenet reports clean
+.PHONY: install system-deps test test-fast lint demo palette hostile mutants train-small stash-run ship-small check-release ship-release train-region-fill ship-region-fill gpu-kit gpu-train-small need-real-data bench bench-gen bench-gen-gpu classify distill eval-recon need-data gen-demo gen-imagenet reports clean
 
 install: $(STAMP)
 
@@ -83,14 +83,24 @@ stash-run: install
 # dev report and the model card written from it, the config and the hand-written NOTES.md (docs/training.md).
 PKG = src/cat_tokenizer/pretrained/cat-small
 SHIP_FROM = $(firstword $(shell ls -t $(TRAIN_RUN)/pretrained/*.safetensors $(TRAIN_RUN)/checkpoints/last.ckpt 2>/dev/null))
+SHIP_CKPT = $(if $(filter %.ckpt,$(SHIP_FROM)),$(SHIP_FROM),$(dir $(SHIP_FROM)))
 ship-small: need-real-data install
 	@test -n "$(SHIP_FROM)" || { echo "make ship-small: no trained run in $(TRAIN_RUN)"; exit 2; }
-	$(VENV)/bin/cat-tokenizer export --ckpt $(if $(filter %.ckpt,$(SHIP_FROM)),$(SHIP_FROM),$(dir $(SHIP_FROM))) --out $(PKG) --fp16 --overwrite
+	$(VENV)/bin/cat-tokenizer export --ckpt $(SHIP_CKPT) --out $(PKG) --fp16 --overwrite
 	cp $(TRAIN_RUN)/kind_eval.csv $(PKG)/training_curve.csv
 	if [ -f $(TRAIN_RUN)/palette.csv ]; then cp $(TRAIN_RUN)/palette.csv $(PKG)/palette_curve.csv; else rm -f $(PKG)/palette_curve.csv; fi
 	$(VENV)/bin/cat-tokenizer latent-stats $(REAL_DATA)/train --ckpt $(PKG) --write
 	$(VENV)/bin/cat-tokenizer demo --ckpt $(PKG) --data $(REAL_DATA)/dev --per-kind 0 --out outputs/demo_ship --report docs/reports/demo-dev-128.md
 	$(VENV)/bin/cat-tokenizer card $(PKG) --measured docs/reports/demo-dev-128.md --notes $(PKG)/NOTES.md
+
+# The release rule on every dev image (docs/training.md): the weights ship-small would take, exported to CHECK_OUT/candidate,
+# against the shipped dev report (demo --compare: fails naming the kind and ratio cells below it).
+CHECK_OUT ?= outputs/release_check
+check-release: need-real-data install
+	@test -n "$(SHIP_FROM)" || { echo "make check-release: no trained run in $(TRAIN_RUN)"; exit 2; }
+	$(VENV)/bin/cat-tokenizer export --ckpt $(SHIP_CKPT) --out $(CHECK_OUT)/candidate --fp16 --overwrite
+	$(VENV)/bin/cat-tokenizer demo --ckpt $(CHECK_OUT)/candidate --data $(REAL_DATA)/dev --per-kind 0 --out $(CHECK_OUT)/check \
+		--compare docs/reports/demo-dev-128.md
 
 # The whole release (scripts/ship_release.sh): ship-small, the region fill in two stages, ship-region-fill, block head,
 # distortion head, card; resumable, SHIP_TIME=DD:HH:MM:SS stops each fill training in time (exit 3: run it again).

@@ -40,15 +40,10 @@ train_fill() {  # OUT MAX_STEPS [FILL_ARGS]
   reached "$1" "$2" || { echo "ship: stopped by SHIP_TIME; run the same command again to go on"; exit 3; }
 }
 
-# the release rule (docs/training.md) on every dev image: the run's newest EMA weights, as ship-small would take them
+# the release rule (docs/training.md) on every dev image, on the weights ship-small would take (make check-release)
 step_check() {
-  local run=$TRAIN_OUT/run/version_0 from
-  from=$(ls -t "$run"/pretrained/*.safetensors "$run"/checkpoints/last.ckpt 2>/dev/null | head -1)
-  [ -n "$from" ] || { echo "ship: no weights in $run"; exit 2; }
-  [[ $from == *.ckpt ]] || from=$(dirname "$from")
-  "$CT" export --ckpt "$from" --out "$SHIP/candidate" --fp16 --overwrite
-  "$CT" demo --ckpt "$SHIP/candidate" --data "$REAL_DATA/dev" --per-kind 0 --out "$SHIP/check" \
-    --compare docs/reports/demo-dev-128.md || { echo "ship: the run is below the shipped cat-small (above); not shipped"; exit 4; }
+  make check-release REAL_DATA="$REAL_DATA" TRAIN_OUT="$TRAIN_OUT" CHECK_OUT="$SHIP" \
+    || { echo "ship: the release check failed or found the run below the shipped cat-small (above); not shipped"; exit 4; }
 }
 step_tokenizer() { make ship-small REAL_DATA="$REAL_DATA" TRAIN_OUT="$TRAIN_OUT"; }
 step_fill() { train_fill "$FILL" 4000; }  # configs/region_fill.yaml: the fill from scratch on the shipped tokenizer

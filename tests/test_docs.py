@@ -60,10 +60,9 @@ def test_the_ship_script_checks_its_arguments_and_skips_finished_steps(tmp_path)
     script = ROOT / "scripts" / "ship_release.sh"
     run = lambda *a, **env: subprocess.run(["bash", str(script), *a], capture_output=True, text=True,  # noqa: E731
                                            env={"PATH": "/usr/bin:/bin", **env})
+    (tmp_path / "run" / "version_0").mkdir(parents=True)
     for args, needle in (((), "give the training run's output folder"), ((str(tmp_path / "none"),), "no run/version_0"),
                          ((str(tmp_path), "nope"), "unknown step 'nope'; steps: check tokenizer fill")):
-        if args and args[0] == str(tmp_path):
-            (tmp_path / "run" / "version_0").mkdir(parents=True, exist_ok=True)
         bad = run(*args)
         assert bad.returncode == 2 and len(bad.stdout.strip().splitlines()) == 1 and needle in bad.stdout, bad
     ship = tmp_path / "ship"

@@ -13,7 +13,7 @@ import torch
 
 from cat_tasks.reconstruction.analysis import AnalyseOptions, analyse_folder
 from cat_tasks.reconstruction.bench import bench_ratio_head, bench_regions, bench_train, bench_vae, total_params
-from cat_tasks.reconstruction.curve import curve_table, read_curve, read_demo_report, release_check
+from cat_tasks.reconstruction.curve import curve_table, read_curve, read_demo_report, release_check, release_verdict
 from cat_tasks.reconstruction.demo import DemoOptions, run_demo
 from cat_tasks.reconstruction.evaluate import EvalReconOptions, evaluate_reconstruction
 from cat_tasks.reconstruction.pack import pack_folder
@@ -200,8 +200,7 @@ def demo(*, options: DemoOptions) -> int:
     if shipped is None:
         return 0
     below = release_check(read_demo_report(report), shipped)
-    print(f"Release check (8x and 16x, every kind, against {options.compare}): "
-          + ("below on " + "; ".join(below) if below else "at least as good everywhere"))
+    print(f"Release check (8x and 16x, every kind, against {options.compare}): {release_verdict(below)}")
     return 1 if below else 0
 
 
@@ -223,7 +222,7 @@ def curve(run: str, *, ratio: int = 8, every: int = 1000, compare: str | None = 
     below = release_check(ours, shipped) if shipped else []
     if shipped:
         lines += ["", f"Release check at batch {ours.last} (8x and 16x, every kind, against {shipped.source}): "
-                  + ("below on " + "; ".join(below) if below else "at least as good everywhere")]
+                  + release_verdict(below)]
     print("\n".join(lines))
     if report:
         with atomic_write(check_out_file(report, overwrite=True, flag="--report")) as tmp:

@@ -16,7 +16,7 @@ from pathlib import Path
 from cat_tokenizer.errors import InputNotFound, UserInputError
 from cat_tokenizer.models.hub import BUNDLED_TOKENIZERS, bundled_path
 
-__all__ = ["Curve", "read_curve", "read_demo_report", "curve_table", "release_check"]
+__all__ = ["Curve", "read_curve", "read_demo_report", "curve_table", "release_check", "release_verdict"]
 
 CURVE_NAMES = ("kind_eval.csv", "training_curve.csv")
 
@@ -111,3 +111,8 @@ def release_check(curve: Curve, shipped: Curve, ratios: tuple[int, ...] = (8, 16
     ours, theirs = curve.psnr[curve.last], shipped.psnr[shipped.last]
     return [f"{k} {r}x {ours[(k, r)]:.2f} < {theirs[(k, r)]:.2f}" for (k, r) in sorted(theirs)
             if r in ratios and (k, r) in ours and ours[(k, r)] < theirs[(k, r)]]
+
+
+def release_verdict(below: list[str]) -> str:
+    """``release_check``'s answer in words."""
+    return "below on " + "; ".join(below) if below else "at least as good everywhere"
