@@ -90,7 +90,7 @@ ship-small: need-real-data install
 	cp $(TRAIN_RUN)/kind_eval.csv $(PKG)/training_curve.csv
 	if [ -f $(TRAIN_RUN)/palette.csv ]; then cp $(TRAIN_RUN)/palette.csv $(PKG)/palette_curve.csv; else rm -f $(PKG)/palette_curve.csv; fi
 	$(VENV)/bin/cat-tokenizer latent-stats $(REAL_DATA)/train --ckpt $(PKG) --write
-	$(VENV)/bin/cat-tokenizer demo --ckpt $(PKG) --data $(REAL_DATA)/dev --per-kind 0 --out outputs/demo_ship --report docs/reports/demo-dev-128.md
+	$(VENV)/bin/cat-tokenizer demo --ckpt cat-small --data $(REAL_DATA)/dev --per-kind 0 --out outputs/demo_ship --report docs/reports/demo-dev-128.md
 	$(VENV)/bin/cat-tokenizer card $(PKG) --measured docs/reports/demo-dev-128.md --notes $(PKG)/NOTES.md
 
 # The release rule on every dev image (docs/training.md): the weights ship-small would take, exported to CHECK_OUT/candidate,
