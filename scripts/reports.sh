@@ -3,12 +3,12 @@
 # command that measures it (no figure is copied by hand). Run it after a new cat-small ships (make reports).
 #
 #   scripts/reports.sh [STEP ...]        default: every step, in this order (hours on 2 CPU cores)
-#   steps: curve run-curve demo palette classify gen-demo bench-gen region-decodes region-refine block-head-targets distill-oracle distill-teacher dhead dhead-arms tail-pilot block-head rd analyse
+#   steps: curve run-curve picture demo palette classify gen-demo bench-gen region-decodes region-refine block-head-targets distill-oracle distill-teacher dhead dhead-arms tail-pilot block-head rd analyse
 #
 # Knobs (environment): REAL_DATA (real-v1: train/ and dev/), CKPT (tokenizer, default cat-small), RUN (a training run's
 # log folder, for run-curve; default outputs/train_small/run/version_0), VENV, WORK (the
 # commands' own folders with their caches, default outputs/reports: a killed step resumes from its caches).
-# Times here, one step at a time on 2 cores: curve 1 s, demo 1 min, palette 25 s, classify 3 min, gen-demo 2 min, bench-gen
+# Times here, one step at a time on 2 cores: curve 1 s, picture 30 s, demo 1 min, palette 25 s, classify 3 min, gen-demo 2 min, bench-gen
 # 4.5 min, region-decodes 10 min, region-refine 10 min, block-head-targets 40 min, distill-oracle 11 min, distill-teacher 3 min, dhead 60 min (every training image) plus its error model's 5 fold fits (45 min for 3,000 images under load; not yet timed on all), dhead-arms 25 min after it, tail-pilot 50 min, block-head 25 min, rd 25 min + 50 min for --regions, analyse 4 min.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,6 +32,8 @@ step_run-curve() {
   [ -f "$RUN/kind_eval.csv" ] || { echo "reports: no training run at $RUN (set RUN=OUT/run/version_0): run-curve skipped"; return 0; }
   "$CT" curve "$RUN" --compare "$CKPT" --report "$DOCS/training-curve-run.md" || [ $? = 1 ]
 }
+# the README's picture: the embedded images (license-clean), written by demo, copied next to the docs
+step_picture() { "$CT" demo --ckpt "$CKPT" --out "$WORK/demo-embedded" && cp "$WORK/demo-embedded/reconstructions.png" docs/reconstructions.png; }
 step_demo() { "$CT" demo --data "$DEV" --ckpt "$CKPT" --per-kind 0 --out "$WORK/demo" --report "$DOCS/demo-dev-128.md"; }
 # exit 1 = the palette target (36 dB, 3 levels) is not met; the report is written either way
 step_palette() { "$CT" palette --ckpt "$CKPT" --out "$DOCS/palette-cat-small" || [ $? = 1 ]; }
@@ -118,7 +120,7 @@ step_analyse() {
 # gen-demo's latent cache belongs to one tokenizer: a folder per weight fingerprint
 fingerprint() { "${VENV:-.venv}/bin/python" -c "from cat_tokenizer.io import load_vae; print(load_vae('$CKPT').fingerprint(with_head=False))"; }
 
-ALL=(curve run-curve demo palette classify gen-demo bench-gen region-decodes region-refine block-head-targets distill-oracle distill-teacher dhead dhead-arms tail-pilot block-head rd analyse)
+ALL=(curve run-curve picture demo palette classify gen-demo bench-gen region-decodes region-refine block-head-targets distill-oracle distill-teacher dhead dhead-arms tail-pilot block-head rd analyse)
 STEPS=("$@")
 [ ${#STEPS[@]} -gt 0 ] || STEPS=("${ALL[@]}")
 for s in "${STEPS[@]}"; do
