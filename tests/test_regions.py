@@ -71,6 +71,31 @@ def test_a_pixel_merge_blends_whole_decodes_with_weights_that_sum_to_one(tiny_va
         tiny_vae.decode_regions(lat, merge="latents")
 
 
+def test_a_mixed_decode_blends_each_ratios_colour_path_across_block_borders(images):
+    """With the tail's output conv zeroed, a mixed decode is the colour path alone: each block keeps its own
+    ratio's colour inside and ramps to its neighbour's over 2 * COLOUR_FEATHER + 1 pixels (a hard mask made a
+    step there: v2's region seams 1.41 against fixed 16x's 1.07)."""
+    from cat_tokenizer.models import NestedVAE
+    from cat_tokenizer.regions.latent import COLOUR_FEATHER, mixed_decode
+
+    torch.manual_seed(0)
+    m = NestedVAE.from_preset("tiny", colour_path="latent").eval()
+    with torch.no_grad():
+        m.decoder.conv_out.weight.zero_()
+        m.decoder.conv_out.bias.zero_()
+        m.decoder.colour.weight.zero_()
+        lat = m.encode_regions(images, torch.tensor([[8, 16, 32]]).expand(2, 3))
+        grids = {r: torch.full_like(lat.filled(r), float(r)) for r in lat.ratios()}  # each ratio's latent a constant
+        m.decoder.colour.weight.fill_(0.01)  # colour = 0.01 * channels * r: constant per ratio
+        y = mixed_decode(m, lat, grids)[0, 0, 16]  # (96,) one row across the three blocks
+    c = 0.01 * lat.filled(8).shape[1]
+    assert torch.allclose(y[: 32 - COLOUR_FEATHER], torch.tensor(8 * c))  # inside the 8x block: its own colour
+    assert torch.allclose(y[32 + COLOUR_FEATHER : 64 - COLOUR_FEATHER], torch.tensor(16 * c))
+    steps = y.diff()
+    assert steps.max() < 16 * c / (2 * COLOUR_FEATHER)  # ramps (a hard mask: one step of 16 * c from 16x to 32x)
+    assert torch.allclose(steps[24:40].sum(), torch.tensor(8 * c))  # from 8x's colour to 16x's across the border
+
+
 def test_token_counts_and_the_stored_form_round_trip(tiny_vae, images):
     rmap = torch.tensor([[8, 16, 32], [32, 32, 16]])
     with torch.no_grad():

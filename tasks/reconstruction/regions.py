@@ -132,8 +132,9 @@ def _decode(vae, x: torch.Tensor, maps: np.ndarray, ratios: Sequence[int], incep
 
 
 def _cache_dir(out: Path, vae, table: ReconTable, crop: str) -> Path:
+    # v 2: mixed decodes blend the colour path with soft borders (COLOUR_FEATHER); v 1 decodes are stale
     tag = json.dumps({"size": table.image_size, "crop": crop, "n": len(table), "paths": hashlib.sha1(
-        "\n".join(table.paths).encode()).hexdigest()[:10], "v": 1}, sort_keys=True)
+        "\n".join(table.paths).encode()).hexdigest()[:10], "v": 2}, sort_keys=True)
     folder = out / "region_cache" / f"{vae.fingerprint()}-{hashlib.sha1(tag.encode()).hexdigest()[:8]}"
     folder.mkdir(parents=True, exist_ok=True)
     return folder

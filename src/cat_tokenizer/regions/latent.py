@@ -35,6 +35,9 @@ __all__ = ["RegionLatent", "encode_regions", "decode_regions", "block_tokens", "
 
 MERGES = ("features", "pixels")
 FEATHER = 8  # pixels a block's weight spreads across its borders in a pixel merge
+# pixels each ratio's colour-path image spreads across a block border in a mixed decode: a hard mask steps there
+# (v2, 48 dev images, oracle maps at 64 tokens: seams 1.41 with a hard mask, 1.02 at 2-4 px, fixed 16x 1.07; PSNR +0.02)
+COLOUR_FEATHER = 4
 
 
 def block_tokens(ratio: int, block: int) -> int:
@@ -201,7 +204,8 @@ def mixed_decode(vae, lat: RegionLatent, grids: dict[int, Tensor], fill=None) ->
     """One mixed decode of full grids (ratio -> (B, C, H'/r, W'/r), one per ratio present) -> (B, 3, H', W')
     at the padded size: each path to the shared 8x stages, merged by the map (then corrected by ``fill``'s
     merge adapter when it has one and the map mixes ratios, and decoded by ``fill``'s own copy of the shared
-    stages when it carries one)."""
+    stages when it carries one); each ratio's colour-path image is blended by the map with soft borders
+    (``COLOUR_FEATHER``)."""
     dec = vae.decoder
     stop = ratio_level(min(vae.ratios))  # the up-stage every path reaches with the same shape
     merged, colour = None, None
@@ -212,13 +216,21 @@ def mixed_decode(vae, lat: RegionLatent, grids: dict[int, Tensor], fill=None) ->
         merged = part if merged is None else merged + part
         c = dec.colour_of(z, (hp, wp))
         if c is not None:
-            part = c * lat.mask(r, lat.block).to(c.dtype)
+            part = c * feathered(lat.mask(r, lat.block), COLOUR_FEATHER).to(c.dtype)
             colour = part if colour is None else colour + part
     tail = None
     if fill is not None and len(grids) > 1:
         merged, tail = fill.adapt(merged, lat), fill.tail
     x = dec.pixels(merged, stop) if tail is None else tail(merged)  # (B, 3, hp, wp)
     return x if colour is None else x + colour
+
+
+def feathered(mask: Tensor, feather: int) -> Tensor:
+    """(B, 1, H, W) block mask -> the same with each block's weight spread ``feather`` pixels across its borders
+    (a box blur; masks that sum to one still do)."""
+    if not feather:
+        return mask
+    return F.avg_pool2d(mask.float(), 2 * feather + 1, stride=1, padding=feather, count_include_pad=False)
 
 
 def pixel_merge_decode(vae, lat: RegionLatent, grids: dict[int, Tensor], feather: int = FEATHER) -> Tensor:
@@ -231,9 +243,7 @@ def pixel_merge_decode(vae, lat: RegionLatent, grids: dict[int, Tensor], feather
     out = None
     for r, z in grids.items():
         y = vae.decode(z, r, size=(hp, wp))  # (B, 3, hp, wp)
-        w = lat.mask(r, lat.block).to(y.dtype)  # (B, 1, hp, wp)
-        if feather:
-            w = F.avg_pool2d(w, 2 * feather + 1, stride=1, padding=feather, count_include_pad=False)
+        w = feathered(lat.mask(r, lat.block), feather).to(y.dtype)  # (B, 1, hp, wp)
         out = y * w if out is None else out + y * w
     return out
 
