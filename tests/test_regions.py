@@ -254,6 +254,12 @@ def test_rd_regions_decode_every_map_and_the_refined_oracle_keeps_its_rounds(tmp
     rounds = sorted(p.name for p in (out / "region_cache").rglob("*refined*round*.npz"))
     assert len(rounds) == 3  # REFINE_ROUNDS decodes, each cached: a killed run resumes after the last one
     assert "oracle, refined" in (out / "rd.md").read_text()
+    assert tools.main([*args, "--region-merge", "pixels"]) == 0  # the same maps, each ratio decoded whole and blended
+    pixels = {r["method"]: r for r in csv.DictReader(open(out / "regions.csv"))}
+    assert pixels["fixed 16x"]["psnr"] == rows["fixed 16x"]["psnr"]  # one ratio: the same decode either way
+    assert pixels["regions: oracle"]["psnr"] != rows["regions: oracle"]["psnr"]  # a mixed map: another decode
+    assert len(list((out / "region_cache").rglob("*-pixels.npz"))) >= len(rows)  # cached beside, not over, the features decodes
+    assert "merge='pixels'" in (out / "rd.md").read_text()
 
 
 def test_encode_refines_a_region_map_on_request_and_refuses_it_elsewhere(tmp_path, tiny_vae, capsys):

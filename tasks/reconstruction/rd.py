@@ -447,6 +447,8 @@ class RDOptions:
         regions: also region-adaptive CAT (one ratio per 32-px block), decoded for real: oracle, oracle refined by real decodes, per-image oracle, the block
             head when the tokenizer has one, variance, edges
         region_budgets: comma-separated mean tokens per image for --regions (default: fixed 16x's, half and twice it)
+        region_merge: how --regions decodes a map: features (one decode, the paths merged at the shared 8x stages, with
+            the region fill's adapter and tail) or pixels (each ratio present decoded whole, blended by the map)
         device: auto, cpu, cuda ...
         quiet: no progress bars
     """
@@ -466,6 +468,7 @@ class RDOptions:
     report: str | None = None
     regions: bool = False
     region_budgets: str | None = None
+    region_merge: Literal["features", "pixels"] = "features"
     device: str = "auto"
     quiet: bool = False
 
@@ -494,7 +497,7 @@ def run_rd(data: str | Path, o: RDOptions = RDOptions()) -> Path:
     if head is not None:
         _append_head_error(md, head, table)
     if o.regions:
-        _add_regions(md, vae, table, root, out, crop, rows, region_budgets, progress)
+        _add_regions(md, vae, table, root, out, crop, rows, region_budgets, progress, o.region_merge)
     if o.report is not None:
         publish_report(out, REPORT_FILES, o.report)
     return md
@@ -510,19 +513,19 @@ def _head_for(head: HeadPrediction | None, metric: str) -> tuple[dict, dict]:
 
 
 def _add_regions(md: Path, vae, table: ReconTable, root: Path, out: Path, crop: str, image_rows: list[dict],
-                 budgets: Sequence[float] | None, progress: bool) -> None:
+                 budgets: Sequence[float] | None, progress: bool, merge: str = "features") -> None:
     """Region-adaptive rows (real decodes), regions.csv / .png / _examples.png, and their section of rd.md
     (the headline line under the title)."""
 
     scale = (table.image_size / 128) ** 2  # the default budgets are per 128-px image
     budgets = list(budgets) if budgets else [b * scale for b in DEFAULT_REGION_BUDGETS]
-    rows, per_image = region_rows(vae, table, root, out, crop, budgets, progress=progress)
+    rows, per_image = region_rows(vae, table, root, out, crop, budgets, progress=progress, merge=merge)
     write_csv(out / "regions.csv", [_rounded(r) for r in rows])
     plot_regions(rows, image_rows, out / "regions.png", table.image_size)
     ref = next(r for r in rows if r["method"] == "fixed 16x")
     if ("regions: oracle", ref["budget"]) in per_image:
-        examples_figure(vae, table, root, crop, per_image, ref["budget"], out / "regions_examples.png")
-    section = region_markdown(rows, per_image, table, image_rows)
+        examples_figure(vae, table, root, crop, per_image, ref["budget"], out / "regions_examples.png", merge)
+    section = region_markdown(rows, per_image, table, image_rows, merge)
     lines = md.read_text().split("\n")
     lines[2:2] = [section[0], ""]
     text = "\n".join(lines)

@@ -112,7 +112,7 @@ def _refined_maps(d: np.ndarray, cost: np.ndarray, budget: float, decoded) -> np
 
 
 @torch.no_grad()
-def _decode(vae, x: torch.Tensor, maps: np.ndarray, ratios: Sequence[int], inception, batch: int = 16) -> dict:
+def _decode(vae, x: torch.Tensor, maps: np.ndarray, ratios: Sequence[int], inception, merge: str = "features", batch: int = 16) -> dict:
     """Real mixed decodes of every image under its map: PSNR, SSIM, seam sums, Inception features."""
     dev = next(vae.parameters()).device
     side = int(round(maps.shape[1] ** 0.5))
@@ -120,7 +120,7 @@ def _decode(vae, x: torch.Tensor, maps: np.ndarray, ratios: Sequence[int], incep
     for s in range(0, len(x), batch):
         xb = x[s : s + batch].to(dev)
         rmap = torch.as_tensor(np.asarray(ratios)[maps[s : s + batch]]).reshape(-1, side, side)
-        y = vae.decode_regions(vae.encode_regions(xb, rmap)).clamp(-1, 1).float()
+        y = vae.decode_regions(vae.encode_regions(xb, rmap), merge=merge).clamp(-1, 1).float()
         a, b = (y + 1) / 2, (xb.float() + 1) / 2
         out["psnr"].append(psnr_per_image(y, xb).cpu().numpy())
         out["ssim"].append(structural_similarity_index_measure(a, b, data_range=1.0, reduction="none").cpu().numpy())
@@ -166,9 +166,10 @@ def _block_table(vae, x: torch.Tensor, ratios: Sequence[int], block: int) -> dic
 
 
 def region_rows(vae, table: ReconTable, root: Path, out: Path, crop: str, budgets: Sequence[float],
-                methods: Sequence[str] = REGION_METHODS, progress: bool = True) -> tuple[list[dict], dict]:
+                methods: Sequence[str] = REGION_METHODS, progress: bool = True, merge: str = "features") -> tuple[list[dict], dict]:
     """One row per (method, budget) plus ``fixed 16x`` decoded the same way (its seam statistic), and the
-    per-image results keyed by (method, budget) for the per-kind table and the figure."""
+    per-image results keyed by (method, budget) for the per-kind table and the figure; ``merge``: how each map is
+    decoded (``decode_regions``)."""
     ratios, block = list(table.ratios), max(table.ratios)
     cost = np.array([block_tokens(r, block) for r in ratios], float)
     folder = _cache_dir(out, vae, table, crop)
@@ -186,7 +187,8 @@ def region_rows(vae, table: ReconTable, root: Path, out: Path, crop: str, budget
     signals = {s: base[s] for s in (*SIGNAL_FACTORS, "head") if s in base}
 
     def decoded(name: str, maps: np.ndarray) -> dict:
-        return _cached(folder / f"{name}.npz", lambda: {"maps": maps, **_decode(vae, x, maps, ratios, inception)})
+        tag = "" if merge == "features" else f"-{merge}"
+        return _cached(folder / f"{name}{tag}.npz", lambda: {"maps": maps, **_decode(vae, x, maps, ratios, inception, merge)})
 
     for k, (method, budget) in enumerate(items):
         name = f"{method}-{budget:g}".replace(": ", "_").replace(", ", "_").replace(" ", "_")
@@ -216,7 +218,7 @@ def _row(method: str, budget: float, res: dict, table: ReconTable) -> dict:
     return row
 
 
-def region_markdown(rows: list[dict], per_image: dict, table: ReconTable, image_rows: list[dict]) -> list[str]:
+def region_markdown(rows: list[dict], per_image: dict, table: ReconTable, image_rows: list[dict], merge: str = "features") -> list[str]:
     """The region section of rd.md: headline, the table at fixed 16x's budget (per kind), every budget."""
     ref = next(r for r in rows if r["method"] == "fixed 16x")
     img_oracle = next((r for r in image_rows if r["method"] == "oracle" and r["budget"] == ref["mean_tokens"]), None)
@@ -224,11 +226,12 @@ def region_markdown(rows: list[dict], per_image: dict, table: ReconTable, image_
     kind_arr = np.array(table.kinds)
     at_ref = [r for r in rows if r["budget"] == ref["budget"]]
     head = [f"{r['method'].split(': ')[1]} {r['psnr'] - ref['psnr']:+.2f} dB" for r in at_ref if r is not ref]
-    lines = [f"**Region-adaptive, equal tokens** (real mixed decodes): at fixed 16x's {ref['mean_tokens']:.0f} tokens, "
+    how = "real mixed decodes" if merge == "features" else "real decodes, each ratio whole, blended by the map"
+    lines = [f"**Region-adaptive, equal tokens** ({how}): at fixed 16x's {ref['mean_tokens']:.0f} tokens, "
              + ", ".join(head) + " over fixed 16x" + (f" (image-level oracle {img_oracle['psnr'] - ref['psnr']:+.2f} dB)."
                                                      if img_oracle else "."), "",
              "## Region-adaptive CAT at fixed 16x's budget (`rd --regions`)", "",
-             "Real decodes of each region map (`vae.decode_regions`), beside the estimate from pasting blocks of whole-image "
+             f"Real decodes of each region map (`vae.decode_regions(..., merge={merge!r})`), beside the estimate from pasting blocks of whole-image "
              "decodes; seams: mean |gradient| across 32-px block borders over that inside blocks (fixed 16x decoded whole "
              "for comparison); rFID on the same Inception features as above.", "",
              *md_header("method", "mean tokens", "PSNR", "pasted estimate", "SSIM", "rFID", "seams", *kinds)]
@@ -271,7 +274,7 @@ def plot_regions(rows: list[dict], image_rows: list[dict], path: Path, image_siz
 
 @torch.no_grad()
 def examples_figure(vae, table: ReconTable, root: Path, crop: str, per_image: dict, budget: float, path: Path,
-                    per_kind: int = 1) -> None:
+                    merge: str = "features", per_kind: int = 1) -> None:
     """A few images (``per_kind`` of each kind): the original with the oracle map drawn on it (the refined oracle's
     when ``rd`` made one; 8x red, 16x yellow, 32x blue), the region decode, and fixed 16x at the same tokens."""
     from torchvision.utils import save_image
@@ -283,7 +286,7 @@ def examples_figure(vae, table: ReconTable, root: Path, crop: str, per_image: di
     side = int(round(res["maps"].shape[1] ** 0.5))
     rmap = torch.as_tensor(np.asarray(table.ratios)[res["maps"][picks]]).reshape(-1, side, side)
     dev = next(vae.parameters()).device
-    region = vae.decode_regions(vae.encode_regions(x.to(dev), rmap)).clamp(-1, 1).cpu()
+    region = vae.decode_regions(vae.encode_regions(x.to(dev), rmap), merge=merge).clamp(-1, 1).cpu()
     fixed = vae.reconstruct(x.to(dev), 16).cpu()
     colours = {8: (1.0, -1.0, -1.0), 16: (1.0, 1.0, -1.0), 32: (-1.0, -1.0, 1.0)}
     tint = torch.stack([torch.tensor(colours.get(int(r), (0, 0, 0))) for r in rmap.flatten()]).reshape(*rmap.shape, 3)
