@@ -3,13 +3,13 @@
 # command that measures it (no figure is copied by hand). Run it after a new cat-small ships (make reports).
 #
 #   scripts/reports.sh [STEP ...]        default: every step, in this order (hours on 2 CPU cores)
-#   steps: curve run-curve picture demo palette classify gen-demo bench-gen region-decodes region-refine block-head-targets distill-oracle distill-teacher dhead dhead-arms tail-pilot block-head rd analyse
+#   steps: curve run-curve picture demo palette classify gen-demo bench-gen region-decodes region-refine block-head-targets distill-oracle distill-teacher dhead dhead-arms tail-pilot block-head rd rd-pixels analyse
 #
 # Knobs (environment): REAL_DATA (real-v1: train/ and dev/), CKPT (tokenizer, default cat-small), RUN (a training run's
 # log folder, for run-curve; default outputs/train_small/run/version_0), VENV, WORK (the
 # commands' own folders with their caches, default outputs/reports: a killed step resumes from its caches).
 # Times here, one step at a time on 2 cores: curve 1 s, picture 30 s, demo 1 min, palette 25 s, classify 3 min, gen-demo 2 min, bench-gen
-# 4.5 min, region-decodes 10 min, region-refine 10 min, block-head-targets 40 min, distill-oracle 11 min, distill-teacher 3 min, dhead 60 min (every training image) plus its error model's 5 fold fits (45 min for 3,000 images under load; not yet timed on all), dhead-arms 25 min after it, tail-pilot 50 min, block-head 25 min, rd 25 min + 50 min for --regions, analyse 4 min.
+# 4.5 min, region-decodes 10 min, region-refine 10 min, block-head-targets 40 min, distill-oracle 11 min, distill-teacher 3 min, dhead about 40 min cold (reconstructing all 8,463 training images: 24 min; then trunk statistics, 7 head fits and dev: 14 min on v2), dhead-arms 25 min after it, tail-pilot 50 min, block-head 25 min, rd 25 min + 50 min for --regions, rd-pixels 20 min after it, analyse 4 min.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -112,6 +112,11 @@ step_block-head() {
 step_rd() {
   "$CT" rd "$DEV" --ckpt "$CKPT" --distortion-head "$WORK/dhead" --regions --out "$WORK/rd128" --report "$DOCS/rd-dev-128" --quiet
 }
+# the same maps decoded with each ratio whole, blended by the map (decode_regions(..., merge="pixels")), at 64 tokens
+step_rd-pixels() {
+  "$CT" rd "$DEV" --ckpt "$CKPT" --distortion-head "$WORK/dhead" --regions --region-budgets 64 --region-merge pixels \
+    --out "$WORK/rd128" --report "$DOCS/rd-dev-128-pixel-merge" --quiet
+}
 step_analyse() {
   "$CT" analyse "$DEV" --ckpt "$CKPT" --recon-cache "$WORK/rd128/recon_cache" --distortion-head "$WORK/dhead" \
     --out "$WORK/analyse128" --report "$DOCS/analyse-dev-128" --quiet
@@ -120,7 +125,7 @@ step_analyse() {
 # gen-demo's latent cache belongs to one tokenizer: a folder per weight fingerprint
 fingerprint() { "${VENV:-.venv}/bin/python" -c "from cat_tokenizer.io import load_vae; print(load_vae('$CKPT').fingerprint(with_head=False))"; }
 
-ALL=(curve run-curve picture demo palette classify gen-demo bench-gen region-decodes region-refine block-head-targets distill-oracle distill-teacher dhead dhead-arms tail-pilot block-head rd analyse)
+ALL=(curve run-curve picture demo palette classify gen-demo bench-gen region-decodes region-refine block-head-targets distill-oracle distill-teacher dhead dhead-arms tail-pilot block-head rd rd-pixels analyse)
 STEPS=("$@")
 [ ${#STEPS[@]} -gt 0 ] || STEPS=("${ALL[@]}")
 for s in "${STEPS[@]}"; do

@@ -9,7 +9,7 @@
 #
 # Knobs (environment): REAL_DATA, SHIP (markers and fill runs, default outputs/ship/<TRAIN_OUT's name>), SHIP_TIME, VENV.
 # Times alone on 2 cores: check 2 min (every dev image against the shipped report; exit 4 if below), tokenizer 5 min
-# (latent statistics, dev report, card), fill 70 min (4,000 batches), fill-tail 30 min (1,500 batches with the merge adapter and decoder tail), attach-fill 1 min, block-head 25 min, dhead 60 min+.
+# (latent statistics, dev report, card), fill 70 min (4,000 batches), fill-tail 30 min (1,500 batches with the merge adapter and decoder tail), attach-fill 1 min, block-head 25 min, dhead about 40 min cold.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
