@@ -47,7 +47,7 @@ def test_the_reports_script_refuses_unknown_steps_and_missing_data_in_one_line(t
 
     script = ROOT / "scripts" / "reports.sh"
     bad = subprocess.run(["bash", str(script), "nope"], capture_output=True, text=True)
-    assert bad.returncode == 2 and bad.stdout.strip().startswith("reports: unknown step 'nope'; steps: curve run-curve demo")
+    assert bad.returncode == 2 and bad.stdout.strip().startswith("reports: unknown step 'nope'; steps: curve run-curve picture demo")
     none = subprocess.run(["bash", str(script), "curve"], capture_output=True, text=True,
                           env={"PATH": "/usr/bin:/bin", "REAL_DATA": str(tmp_path / "nothing")})
     assert none.returncode == 2 and len(none.stdout.strip().splitlines()) == 1 and "set REAL_DATA=" in none.stdout
