@@ -3,7 +3,7 @@
 # command that measures it (no figure is copied by hand). Run it after a new cat-small ships (make reports).
 #
 #   scripts/reports.sh [STEP ...]        default: every step, in this order (hours on 2 CPU cores)
-#   steps: curve run-curve picture demo palette classify gen-demo bench-gen region-decodes region-refine block-head-targets distill-oracle distill-teacher dhead dhead-arms tail-pilot block-head rd rd-pixels analyse
+#   steps: curve run-curve picture demo palette classify gen-demo bench-gen region-decodes region-refine block-head-targets distill-oracle distill-teacher dhead dhead-arms tail-pilot block-head rd rd-pixels analyse dhead-256 rd-256 analyse-256
 #
 # Knobs (environment): REAL_DATA (real-v1: train/ and dev/), CKPT (tokenizer, default cat-small), RUN (a training run's
 # log folder, for run-curve; default outputs/train_small/run/version_0), VENV, WORK (the
@@ -121,11 +121,25 @@ step_analyse() {
   "$CT" analyse "$DEV" --ckpt "$CKPT" --recon-cache "$WORK/rd128/recon_cache" --distortion-head "$WORK/dhead" \
     --out "$WORK/analyse128" --report "$DOCS/analyse-dev-128" --quiet
 }
+# the same views at 256 px, whole images resized (issue 25 item 5): a head on 3,000 train images at 256 px, rd with region maps at
+# fixed 16x's 256 tokens, analyse on rd's reconstructions
+step_dhead-256() {
+  "$CT" distortion-head "$TRAIN" --ckpt "$CKPT" --dev "$DEV" --image-size 256 --crop resize --max-images 3000 --out "$WORK/dhead256"
+  cp "$WORK/dhead256/distortion.md" "$DOCS/distortion-head-256.md"
+}
+step_rd-256() {
+  "$CT" rd "$DEV" --ckpt "$CKPT" --image-size 256 --crop resize --distortion-head "$WORK/dhead256" --regions --region-budgets 256 \
+    --out "$WORK/rd256" --report "$DOCS/rd-dev-256" --quiet
+}
+step_analyse-256() {
+  "$CT" analyse "$DEV" --ckpt "$CKPT" --image-size 256 --crop resize --recon-cache "$WORK/rd256/recon_cache" \
+    --distortion-head "$WORK/dhead256" --out "$WORK/analyse256" --report "$DOCS/analyse-dev-256" --quiet
+}
 
 # gen-demo's latent cache belongs to one tokenizer: a folder per weight fingerprint
 fingerprint() { "${VENV:-.venv}/bin/python" -c "from cat_tokenizer.io import load_vae; print(load_vae('$CKPT').fingerprint(with_head=False))"; }
 
-ALL=(curve run-curve picture demo palette classify gen-demo bench-gen region-decodes region-refine block-head-targets distill-oracle distill-teacher dhead dhead-arms tail-pilot block-head rd rd-pixels analyse)
+ALL=(curve run-curve picture demo palette classify gen-demo bench-gen region-decodes region-refine block-head-targets distill-oracle distill-teacher dhead dhead-arms tail-pilot block-head rd rd-pixels analyse dhead-256 rd-256 analyse-256)
 STEPS=("$@")
 [ ${#STEPS[@]} -gt 0 ] || STEPS=("${ALL[@]}")
 for s in "${STEPS[@]}"; do
