@@ -156,3 +156,29 @@ def test_the_tail_trains_at_its_own_learning_rate_from_a_fill_without_one(tiny_v
     opt = module.configure_optimizers()["optimizer"]
     assert [g["initial_lr"] for g in opt.param_groups] == [1e-3, pytest.approx(1e-4)]  # before the warm-up factor
     assert sum(p.numel() for p in opt.param_groups[1]["params"]) == sum(p.numel() for p in module.fill.tail.parameters())
+
+
+def test_a_fill_trained_for_the_pixel_merge_decodes_that_way_by_default_and_starts_from_a_features_fill(tiny_vae, images, tmp_path):
+    from cat_tokenizer.regions.latent import pixel_merge_decode
+
+    tiny_vae.save_pretrained(tmp_path / "tok")
+    adapted = _with_fill(tiny_vae, adapter=True)
+    adapted.save_pretrained(tmp_path / "features")
+    module = RegionFillModule(str(tmp_path / "tok"), width=32, groups=8, merge="pixels", ema_decay=0.0,
+                              init_fill=str(tmp_path / "features"))  # the features fill's adapter is left behind
+    assert torch.equal(module.fill.heads["16"].weight, adapted.region_fill.heads["16"].weight) and module.fill.adapter is None
+    xp, lat, full = module._latent(images, torch.Generator().manual_seed(1))
+    logs, y = module.losses(module.fill, xp, lat, full)
+    with torch.no_grad():
+        assert torch.allclose(y, pixel_merge_decode(module.vae, lat, module.fill(lat)), atol=1e-5)  # the loss sees the pixel merge
+    logs["pixel"].backward()
+    assert module.fill.heads["16"].weight.grad.abs().sum() > 0
+    back = NestedVAE.from_pretrained(module.export_pretrained(tmp_path / "pixels"))
+    assert back.region_fill.config["merge"] == "pixels"
+    with torch.no_grad():
+        lat = back.encode_regions(images, RMAP)
+        assert torch.equal(back.decode_regions(lat), back.decode_regions(lat, merge="pixels"))
+        assert not torch.allclose(back.decode_regions(lat), back.decode_regions(lat, merge="features"), atol=1e-3)
+        assert torch.equal(adapted.decode_regions(lat), adapted.decode_regions(lat, merge="features"))  # older fills: features
+    with pytest.raises(UserInputError, match="merge='pixels' has none"):
+        RegionFill(tiny_vae.latent_channels, tiny_vae.ratios, width=32, groups=8, merge_channels=8, merge="pixels")

@@ -298,12 +298,14 @@ def examples_figure(vae, table: ReconTable, root: Path, crop: str, per_image: di
 
 def _variants(vae) -> dict[str, dict]:
     """The ways to fill a region latent's missing cells that ``region_decodes`` compares: decode_regions options."""
-    out = {"first pass (tokens repeated / averaged)": {"refine": 0, "use_fill": False},
-           "1 context pass": {"refine": 1, "use_fill": False},
-           "2 context passes": {"refine": 2, "use_fill": False}}
+    out = {"first pass (tokens repeated / averaged)": {"refine": 0, "use_fill": False, "merge": "features"},
+           "1 context pass": {"refine": 1, "use_fill": False, "merge": "features"},
+           "2 context passes": {"refine": 2, "use_fill": False, "merge": "features"}}
     if getattr(vae, "region_fill", None) is not None:
-        out.update({"region fill": {"refine": 0, "use_fill": True}, "region fill + 1 context pass": {"refine": 1, "use_fill": True},
-                    "region fill, each ratio decoded whole, blended": {"refine": 0, "use_fill": True, "merge": "pixels"}})
+        out.update({"region fill": {"refine": 0, "use_fill": True, "merge": "features"},
+                    "region fill + 1 context pass": {"refine": 1, "use_fill": True, "merge": "features"},
+                    "region fill, each ratio decoded whole, blended": {"refine": 0, "use_fill": True, "merge": "pixels"},
+                    "region fill + 1 context pass, each ratio decoded whole, blended": {"refine": 1, "use_fill": True, "merge": "pixels"}})
     out["2 context passes, each ratio decoded whole, blended"] = {"refine": 2, "use_fill": False, "merge": "pixels"}
     return out
 

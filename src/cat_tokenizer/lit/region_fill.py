@@ -5,7 +5,8 @@ per image (``random_maps``), the region latent that map sends, and the fill's fu
 
 * ``latent``: squared error of the filled cells against the true latents (the cells only; sent cells
   are exact), mean over cells and channels;
-* ``pixel``: squared error of the mixed decode (through the frozen decoder) against the image.
+* ``pixel``: squared error of the region decode (through the frozen decoder) against the image: the mixed
+  decode, or with ``merge="pixels"`` each ratio's filled grid decoded whole and blended by the map.
 
 The tokenizer never changes, so a map of one ratio decodes exactly as before (the issue's "a whole map
 decodes as well as today" holds by construction), and the fill is saved into a copy of the tokenizer
@@ -31,7 +32,7 @@ from cat_tokenizer.metrics.image import psnr_per_image
 from cat_tokenizer.models.decoder_tail import DecoderTail
 from cat_tokenizer.ratios import ratio_level
 from cat_tokenizer.regions.fill import RegionFill
-from cat_tokenizer.regions.latent import RegionLatent, exit_latents, mixed_decode
+from cat_tokenizer.regions.latent import RegionLatent, exit_latents, mixed_decode, pixel_merge_decode
 from cat_tokenizer.regions.maps import random_maps
 
 __all__ = ["RegionFillModule"]
@@ -63,20 +64,23 @@ class RegionFillModule(L.LightningModule):
         tail: also fine-tune a copy of the decoder's shared up-stages for mixed maps (``RegionFill``'s
             ``tail``; starts as the decoder's own; pixel loss only). Single-ratio decodes keep the tokenizer's.
         tail_lr_ratio: the tail's learning rate as a share of ``lr`` (it starts trained; the fill does not).
+        merge: the region decode the pixel loss goes through, saved with the fill as ``decode_regions``'
+            default: ``features`` (one mixed decode; the adapter and tail belong to it) or ``pixels`` (each
+            ratio's filled grid decoded whole, blended by the map).
     """
 
     def __init__(self, tokenizer: str = "cat-small", width: int = 128, layers: int = 1, groups: int = 32, merge_adapter: bool = False,
                  latent_weight: float = 0.01, pixel_weight: float = 1.0, lr: float = 1e-3, weight_decay: float = 0.0,
                  warmup_steps: int = 200, lr_schedule: Schedule = "cosine", decay_steps: int | None = 4000,
                  min_lr_ratio: float = 0.05, ema_decay: float = 0.999, val_seed: int = 0, init_fill: str | None = None,
-                 tail: bool = False, tail_lr_ratio: float = 0.1):
+                 tail: bool = False, tail_lr_ratio: float = 0.1, merge: str = "features"):
         super().__init__()
         check_schedule(lr_schedule, warmup_steps, decay_steps)
         self.save_hyperparameters()
         self.vae = load_vae(tokenizer).float().eval().requires_grad_(False)
-        merge = self.vae.decoder.merge_channels() if merge_adapter else 0
+        channels = self.vae.decoder.merge_channels() if merge_adapter else 0
         tail_config = DecoderTail.config_for(self.vae.decoder, ratio_level(min(self.vae.ratios))) if tail else None
-        self.fill = RegionFill(self.vae.latent_channels, self.vae.ratios, width, layers, groups, merge, tail_config)
+        self.fill = RegionFill(self.vae.latent_channels, self.vae.ratios, width, layers, groups, channels, tail_config, merge)
         if tail:
             self.fill.tail.copy_from(self.vae.decoder)
         if init_fill:
@@ -93,10 +97,13 @@ class RegionFillModule(L.LightningModule):
         if other.fingerprint(with_head=False) != self.vae.fingerprint(with_head=False):
             log.warning("init_fill %s: its fill was trained for tokenizer %s, this run's is %s", source,
                         other.fingerprint(with_head=False), self.vae.fingerprint(with_head=False))
-        mine, theirs = ({k: v for k, v in c.items() if k not in ("merge_channels", "tail")} for c in (self.fill.config, other.region_fill.config))
+        extras = ("merge_channels", "tail", "merge")  # the merge's own parts: a fill may start from one made for another merge
+        mine, theirs = ({k: v for k, v in c.items() if k not in extras} for c in (self.fill.config, other.region_fill.config))
         if mine != theirs:
             raise UserInputError(f"init_fill {source}: its fill {other.region_fill.config} is not this run's {self.fill.config}")
-        missing, unexpected = self.fill.load_state_dict(other.region_fill.state_dict(), strict=False)
+        state = {k: v for k, v in other.region_fill.state_dict().items()
+                 if not k.startswith(("adapter.", "tail.")) or k in self.fill.state_dict()}  # an adapter/tail this run lacks stays
+        missing, unexpected = self.fill.load_state_dict(state, strict=False)
         if unexpected or any(not k.startswith(("adapter.", "tail.")) for k in missing):
             raise UserInputError(f"init_fill {source}: its fill's weights do not fit this run's ({(unexpected or missing)[0]})")
         log.info("region fill starts from %s", source)
@@ -157,9 +164,15 @@ class RegionFillModule(L.LightningModule):
         hp = self.hparams
         if not decode:
             return {"latent": latent, "total": hp.latent_weight * latent}, None
-        y = mixed_decode(self.vae, lat, grids, fill)
+        y = self._decode(lat, grids, fill)
         pixel = F.mse_loss(y.float(), xp.float())
         return {"latent": latent, "pixel": pixel, "total": hp.latent_weight * latent + hp.pixel_weight * pixel}, y
+
+    def _decode(self, lat: RegionLatent, grids: dict[int, Tensor], fill: RegionFill | None = None) -> Tensor:
+        """The region decode of full grids that the fill trains for: (B, 3, H', W')."""
+        if self.hparams.merge == "pixels":
+            return pixel_merge_decode(self.vae, lat, grids)
+        return mixed_decode(self.vae, lat, grids, fill)
 
     def training_step(self, batch: dict | None, batch_idx: int):
         if batch is None:
@@ -183,8 +196,8 @@ class RegionFillModule(L.LightningModule):
         gen = torch.Generator().manual_seed(self.hparams.val_seed + batch_idx)
         xp, lat, full = self._latent(batch["image"], gen)
         logs, y = self.losses(self.eval_fill, xp, lat, full)
-        first = mixed_decode(self.vae, lat, {r: lat.filled(r) for r in lat.ratios()})
-        true = mixed_decode(self.vae, lat, {r: full[r] for r in lat.ratios()})
+        first = self._decode(lat, {r: lat.filled(r) for r in lat.ratios()})
+        true = self._decode(lat, {r: full[r] for r in lat.ratios()})
         bs = xp.shape[0]
         for name, img in (("fill", y), ("first_pass", first), ("true_latents", true)):
             self.log(f"val/psnr_{name}", psnr_per_image(img.clamp(-1, 1), xp).mean(), batch_size=bs)

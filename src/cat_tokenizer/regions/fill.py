@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from cat_tokenizer.errors import UserInputError
 from cat_tokenizer.models.decoder_tail import DecoderTail
+from cat_tokenizer.regions.latent import MERGES
 
 if TYPE_CHECKING:
     from cat_tokenizer.regions.latent import RegionLatent
@@ -49,16 +50,24 @@ class RegionFill(nn.Module):
         tail: a ``DecoderTail`` config (``DecoderTail.config_for``): the fill carries its own copy of the
             decoder's shared up-stages, fine-tuned on mixed maps, which decodes a map that mixes ratios
             (a map of one ratio still takes the tokenizer's own stages, so it decodes exactly as before).
+        merge: the region decode the fill was trained for, and ``decode_regions``' default with it:
+            ``features`` (the paths merged at the shared 8x stages: the adapter and tail belong to it) or
+            ``pixels`` (each ratio's filled grid decoded whole, the images blended by the map).
     """
 
     def __init__(self, latent_channels: int, ratios: Sequence[int] = (8, 16, 32), width: int = 128, layers: int = 1,
-                 groups: int = 32, merge_channels: int = 0, tail: dict | None = None):
+                 groups: int = 32, merge_channels: int = 0, tail: dict | None = None, merge: str = "features"):
         super().__init__()
         ratios = sorted(int(r) for r in ratios)
         if width % groups:
             raise UserInputError(f"region fill: groups={groups} must divide width={width}")
+        if merge not in MERGES:
+            raise UserInputError(f"region fill: merge must be one of {', '.join(MERGES)}, got {merge!r}")
+        if merge == "pixels" and (merge_channels or tail):
+            raise UserInputError("region fill: a merge adapter or decoder tail works on merged features; merge='pixels' has none")
         self.config = {"latent_channels": int(latent_channels), "ratios": ratios, "width": int(width),
-                       "layers": int(layers), "groups": int(groups), "merge_channels": int(merge_channels), "tail": tail}
+                       "layers": int(layers), "groups": int(groups), "merge_channels": int(merge_channels), "tail": tail,
+                       "merge": merge}
         c, fine = latent_channels, ratios[0]
         self.conv_in = nn.Conv2d(len(ratios) * (c + 1), width, 3, padding=1)
         self.mid = UNetMidBlock2D(width, temb_channels=None, num_layers=layers, resnet_groups=groups,

@@ -31,7 +31,8 @@ from torch import Tensor
 from cat_tokenizer.errors import UserInputError
 from cat_tokenizer.ratios import ratio_level
 
-__all__ = ["RegionLatent", "encode_regions", "decode_regions", "block_tokens", "exit_latents", "mixed_decode", "pixel_merge_decode"]
+__all__ = ["RegionLatent", "encode_regions", "decode_regions", "block_tokens", "exit_latents", "mixed_decode", "pixel_merge_decode",
+           "default_merge"]
 
 MERGES = ("features", "pixels")
 FEATHER = 8  # pixels a block's weight spreads across its borders in a pixel merge
@@ -248,20 +249,28 @@ def pixel_merge_decode(vae, lat: RegionLatent, grids: dict[int, Tensor], feather
     return out
 
 
-def decode_regions(vae, lat: RegionLatent, refine: int | None = None, use_fill: bool = True, merge: str = "features") -> Tensor:
+def default_merge(vae, use_fill: bool = True) -> str:
+    """The region merge ``decode_regions`` takes by default: the one the tokenizer's region fill was trained for."""
+    fill = getattr(vae, "region_fill", None) if use_fill else None
+    return fill.config.get("merge", "features") if fill is not None else "features"
+
+
+def decode_regions(vae, lat: RegionLatent, refine: int | None = None, use_fill: bool = True, merge: str | None = None) -> Tensor:
     """(B, 3, H, W) images from a region latent (cropped to its size): the mixed decode, its missing cells
     from the tokenizer's region fill when it has one (``cat_tokenizer.regions.fill``), then ``refine``
     passes that re-encode the previous image to fill them again (module doc); ``refine`` defaults to 0
     with a region fill and 2 without. A map of one ratio needs neither (it decodes exactly as ``decode``).
     ``use_fill=False`` decodes as a tokenizer without a region fill would (for comparisons). ``merge``:
     ``features`` (the paths merged at the shared 8x stages: one decode) or ``pixels`` (each ratio decoded
-    whole and blended by the map: ``pixel_merge_decode``)."""
-    if merge not in MERGES:
-        raise UserInputError(f"region merge must be one of {', '.join(MERGES)}, got {merge!r}")
+    whole and blended by the map: ``pixel_merge_decode``); by default the one the region fill was trained
+    for (``features`` without a fill)."""
     dtype = vae.decoder.conv_in.weight.dtype
     ratios = lat.ratios()
     mixed = len(ratios) > 1  # a map of one ratio has no missing cells
     fill = getattr(vae, "region_fill", None) if use_fill and mixed else None
+    merge = default_merge(vae, use_fill) if merge is None else merge
+    if merge not in MERGES:
+        raise UserInputError(f"region merge must be one of {', '.join(MERGES)}, got {merge!r}")
     if not mixed:
         refine = 0
     elif refine is None:
