@@ -182,3 +182,13 @@ def test_a_fill_trained_for_the_pixel_merge_decodes_that_way_by_default_and_star
         assert torch.equal(adapted.decode_regions(lat), adapted.decode_regions(lat, merge="features"))  # older fills: features
     with pytest.raises(UserInputError, match="merge='pixels' has none"):
         RegionFill(tiny_vae.latent_channels, tiny_vae.ratios, width=32, groups=8, merge_channels=8, merge="pixels")
+
+
+def test_bench_regions_times_the_fill_under_each_merge_against_whole_decodes(tiny_vae, tmp_path):
+    from cat_tasks.reconstruction.bench import bench_regions
+
+    _with_fill(tiny_vae).save_pretrained(tmp_path / "tok")
+    rows = {r["call"]: r for r in bench_regions(str(tmp_path / "tok"), size=64, batch=1, repeat=1)}
+    assert {"decode 8x", "decode 16x", "decode_regions, region fill, features merge", "decode_regions, region fill, pixels merge"} <= set(rows)
+    assert rows["decode 16x"]["cost_vs_16x"] == 1.0 and rows["decode 8x"]["tokens"] == 64
+    assert rows["decode_regions, region fill, pixels merge"]["tokens"] == rows["decode_regions, refine 0"]["tokens"]

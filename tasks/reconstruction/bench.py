@@ -19,6 +19,7 @@ from cat_tokenizer.models.nested_vae import NestedVAE
 from cat_tokenizer.models.ratio_head import RatioHead
 from cat_tokenizer.profiling import flops, items_per_second, path_params
 from cat_tokenizer.ratios import token_count
+from cat_tokenizer.regions.latent import MERGES
 
 __all__ = ["bench_vae", "bench_ratio_head", "bench_regions", "HEAD_VARIANTS"]
 
@@ -146,7 +147,7 @@ def bench_train(preset: str = "cat-small", size: int = 128, batch: int = 8, step
 @torch.no_grad()
 def bench_regions(ckpt: str = "cat-small", size: int = 128, batch: int = 8, repeat: int = 3, device: str = "cpu") -> list[dict]:
     """Decode cost of a region latent (a map with a third of the blocks at each ratio, refine 0 / 1 / 2, and
-    the tokenizer's region fill when it has one) against whole-image decodes at each ratio, best of ``repeat``,
+    the tokenizer's region fill when it has one, under either merge) against whole-image decodes at each ratio, best of ``repeat``,
     all in this process."""
 
     vae = load_vae(ckpt).to(device).eval()
@@ -158,8 +159,8 @@ def bench_regions(ckpt: str = "cat-small", size: int = 128, batch: int = 8, repe
     lat = vae.encode_regions(x, rmap)
     calls = {f"decode {r}x": (lambda r=r, z=vae.encode(x, r).mode(): vae.decode(z, r)) for r in sorted(vae.ratios)}
     calls.update({f"decode_regions, refine {k}": (lambda k=k: vae.decode_regions(lat, k, use_fill=False)) for k in (0, 1, 2)})
-    if vae.region_fill is not None:
-        calls["decode_regions, region fill"] = lambda: vae.decode_regions(lat, 0)
+    if vae.region_fill is not None:  # the fill under each merge (one decode; one whole decode per ratio present)
+        calls.update({f"decode_regions, region fill, {m} merge": (lambda m=m: vae.decode_regions(lat, 0, merge=m)) for m in MERGES})
     rows = [{"call": name, "tokens": int(lat.tokens()[0]) if "regions" in name else token_count(size, size, int(name.split()[1][:-1])),
              "ms_per_image": 1e3 / items_per_second(f, batch, repeat, warmup=True)} for name, f in calls.items()]
     ref = next(r for r in rows if r["call"] == "decode 16x")["ms_per_image"]
