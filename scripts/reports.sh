@@ -3,13 +3,13 @@
 # command that measures it (no figure is copied by hand). Run it after a new cat-small ships (make reports).
 #
 #   scripts/reports.sh [STEP ...]        default: every step, in this order (hours on 2 CPU cores)
-#   steps: curve run-curve picture demo palette classify gen-demo bench-gen region-decodes region-refine block-head-targets distill-oracle distill-teacher dhead dhead-arms tail-pilot block-head rd rd-pixels analyse dhead-256 rd-256 analyse-256
+#   steps: curve run-curve picture demo palette classify gen-demo bench-gen region-decodes region-refine block-head-targets distill-oracle distill-teacher dhead dhead-arms tail-pilot block-head rd analyse dhead-256 rd-256 analyse-256 rd-256-regions
 #
 # Knobs (environment): REAL_DATA (real-v1: train/ and dev/), CKPT (tokenizer, default cat-small), RUN (a training run's
 # log folder, for run-curve; default outputs/train_small/run/version_0), VENV, WORK (the
 # commands' own folders with their caches, default outputs/reports: a killed step resumes from its caches).
 # Times here, one step at a time on 2 cores: curve 1 s, picture 30 s, demo 1 min, palette 25 s, classify 3 min, gen-demo 2 min, bench-gen
-# 4.5 min, region-decodes 10 min, region-refine 10 min, block-head-targets 40 min, distill-oracle 11 min, distill-teacher 3 min, dhead about 40 min cold (reconstructing all 8,463 training images: 24 min; then trunk statistics, 7 head fits and dev: 14 min on v2), dhead-arms 25 min after it, tail-pilot 50 min, block-head 25 min, rd 25 min + 50 min for --regions, rd-pixels 20 min after it, analyse 4 min.
+# 4.5 min, region-decodes 10 min, region-refine 10 min, block-head-targets 40 min, distill-oracle 11 min, distill-teacher 3 min, dhead about 40 min cold (reconstructing all 8,463 training images: 24 min; then trunk statistics, 7 head fits and dev: 14 min on v2), dhead-arms 25 min after it, tail-pilot 50 min, block-head 25 min, rd 25 min + 20 min for --regions (one budget), analyse 4 min.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -109,28 +109,24 @@ step_block-head() {
   "$CT" block-head "$TRAIN" --ckpt "$CKPT" --dev "$DEV" --out "$WORK/bhead" --targets context
   cp "$WORK/bhead/block_head.md" "$DOCS/block-head-128.md"
 }
+# region maps at fixed 16x's 64 tokens (each budget costs about 20 min of pixel-merge decodes; --region-budgets 32,64,128 for the curve)
 step_rd() {
-  "$CT" rd "$DEV" --ckpt "$CKPT" --distortion-head "$WORK/dhead" --regions --out "$WORK/rd128" --report "$DOCS/rd-dev-128" --quiet
-}
-# the same maps decoded with each ratio whole, blended by the map (decode_regions(..., merge="pixels")), at 64 tokens
-step_rd-pixels() {
-  "$CT" rd "$DEV" --ckpt "$CKPT" --distortion-head "$WORK/dhead" --regions --region-budgets 64 --region-merge pixels \
-    --out "$WORK/rd128" --report "$DOCS/rd-dev-128-pixel-merge" --quiet
+  "$CT" rd "$DEV" --ckpt "$CKPT" --distortion-head "$WORK/dhead" --regions --region-budgets 64 --out "$WORK/rd128" \
+    --report "$DOCS/rd-dev-128" --quiet
 }
 step_analyse() {
   "$CT" analyse "$DEV" --ckpt "$CKPT" --recon-cache "$WORK/rd128/recon_cache" --distortion-head "$WORK/dhead" \
     --out "$WORK/analyse128" --report "$DOCS/analyse-dev-128" --quiet
 }
-# the same views at 256 px, whole images resized (issue 25 item 5): a head on 3,000 train images at 256 px, rd with region maps at
-# fixed 16x's 256 tokens, analyse on rd's reconstructions
+# the same views at 256 px, whole images resized (issue 25 item 5): a head on 3,000 train images at 256 px, rd (image-level
+# views), the same with region maps at fixed 16x's 256 tokens (hours: it rewrites the report with a regions section), analyse
 step_dhead-256() {
   "$CT" distortion-head "$TRAIN" --ckpt "$CKPT" --dev "$DEV" --image-size 256 --crop resize --max-images 3000 --out "$WORK/dhead256"
   cp "$WORK/dhead256/distortion.md" "$DOCS/distortion-head-256.md"
 }
-step_rd-256() {
-  "$CT" rd "$DEV" --ckpt "$CKPT" --image-size 256 --crop resize --distortion-head "$WORK/dhead256" --regions --region-budgets 256 \
-    --out "$WORK/rd256" --report "$DOCS/rd-dev-256" --quiet
-}
+rd256() { "$CT" rd "$DEV" --ckpt "$CKPT" --image-size 256 --crop resize --distortion-head "$WORK/dhead256" --out "$WORK/rd256" --quiet "$@"; }
+step_rd-256() { rd256 --report "$DOCS/rd-dev-256"; }
+step_rd-256-regions() { rd256 --regions --region-budgets 256 --report "$DOCS/rd-dev-256"; }
 step_analyse-256() {
   "$CT" analyse "$DEV" --ckpt "$CKPT" --image-size 256 --crop resize --recon-cache "$WORK/rd256/recon_cache" \
     --distortion-head "$WORK/dhead256" --out "$WORK/analyse256" --report "$DOCS/analyse-dev-256" --quiet
@@ -139,7 +135,7 @@ step_analyse-256() {
 # gen-demo's latent cache belongs to one tokenizer: a folder per weight fingerprint
 fingerprint() { "${VENV:-.venv}/bin/python" -c "from cat_tokenizer.io import load_vae; print(load_vae('$CKPT').fingerprint(with_head=False))"; }
 
-ALL=(curve run-curve picture demo palette classify gen-demo bench-gen region-decodes region-refine block-head-targets distill-oracle distill-teacher dhead dhead-arms tail-pilot block-head rd rd-pixels analyse dhead-256 rd-256 analyse-256)
+ALL=(curve run-curve picture demo palette classify gen-demo bench-gen region-decodes region-refine block-head-targets distill-oracle distill-teacher dhead dhead-arms tail-pilot block-head rd analyse dhead-256 rd-256 analyse-256 rd-256-regions)
 STEPS=("$@")
 [ ${#STEPS[@]} -gt 0 ] || STEPS=("${ALL[@]}")
 for s in "${STEPS[@]}"; do

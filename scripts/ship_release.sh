@@ -5,11 +5,12 @@
 # SHIP_TIME (DD:HH:MM:SS) stops each training process in time (exit 3: run the same command again to go on).
 #
 #   scripts/ship_release.sh TRAIN_OUT [STEP ...]        (make ship-release TRAIN_OUT=... [SHIP_TIME=...])
-#   steps: check tokenizer fill fill-tail attach-fill block-head dhead card   then: make reports (docs/reports/, README figures)
+#   steps: check tokenizer fill fill-tail fill-pixels attach-fill block-head dhead card   then: make reports (docs/reports/, README figures)
 #
 # Knobs (environment): REAL_DATA, SHIP (markers and fill runs, default outputs/ship/<TRAIN_OUT's name>), SHIP_TIME, VENV.
 # Times alone on 2 cores: check 2 min (every dev image against the shipped report; exit 4 if below), tokenizer 5 min
-# (latent statistics, dev report, card), fill 70 min (4,000 batches), fill-tail 30 min (1,500 batches with the merge adapter and decoder tail), attach-fill 1 min, block-head 25 min, dhead about 40 min cold.
+# (latent statistics, dev report, card), fill 70 min (4,000 batches), fill-tail 30 min (1,500 batches with the merge adapter and decoder tail), fill-pixels 16 min
+# (300 batches through the pixel merge, with another job running), attach-fill 1 min, block-head 25 min, dhead about 40 min cold.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +24,7 @@ CT=$VENV/bin/cat-tokenizer
 PKG=src/cat_tokenizer/pretrained/cat-small
 FILL=$SHIP/region_fill
 TAIL=$SHIP/region_fill_tail
+PIXELS=$SHIP/region_fill_pixels
 TIME_ARG=${SHIP_TIME:+FILL_TIME=$SHIP_TIME}
 
 done_already() { [ -f "$SHIP/$1.done" ] && echo "== ship: $1 done already ($(cat "$SHIP/$1.done"))"; }
@@ -52,7 +54,14 @@ step_fill-tail() {
     --model.init_args.tail true --model.init_args.tail_lr_ratio 0.5 --model.init_args.lr 2e-4 --trainer.max_steps 1500 \
     --model.init_args.decay_steps 1500"
 }
-step_attach-fill() { make ship-region-fill FILL_OUT="$TAIL"; }
+# the fill for the pixel merge, decode_regions' default (docs/regions.md): 300 batches through each ratio's whole decode;
+# the adapter and tail (features merge only) stay behind
+step_fill-pixels() {
+  train_fill "$PIXELS" 300 "--model.init_args.init_fill $TAIL/run/version_0/pretrained --model.init_args.merge pixels \
+    --model.init_args.lr 2e-4 --model.init_args.warmup_steps 20 --model.init_args.decay_steps 300 --trainer.max_steps 300 \
+    --trainer.val_check_interval 300"
+}
+step_attach-fill() { make ship-region-fill FILL_OUT="$PIXELS"; }
 step_block-head() {  # --targets context (scripts/reports.sh), then attached to the package
   REAL_DATA="$REAL_DATA" scripts/reports.sh block-head
   "$CT" export --ckpt outputs/reports/bhead --out "$PKG" --fp16 --overwrite
@@ -63,7 +72,7 @@ step_dhead() {
 }
 step_card() { "$CT" card "$PKG" --measured docs/reports/demo-dev-128.md --notes "$PKG/NOTES.md"; }
 
-ALL=(check tokenizer fill fill-tail attach-fill block-head dhead card)
+ALL=(check tokenizer fill fill-tail fill-pixels attach-fill block-head dhead card)
 STEPS=("$@")
 [ ${#STEPS[@]} -gt 0 ] || STEPS=("${ALL[@]}")
 for s in "${STEPS[@]}"; do

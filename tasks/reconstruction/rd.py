@@ -47,6 +47,7 @@ from cat_tokenizer.markdown import md_header
 from cat_tokenizer.metrics.fid import bias_corrected_interval, bootstrap_fids, frechet_distance
 from cat_tokenizer.options import FEATURES, parse_numbers
 from cat_tokenizer.outputs import publish_report
+from cat_tokenizer.regions.latent import default_merge
 
 __all__ = ["Allocation", "oracle_allocation", "score_allocation", "rd_curves", "headline", "write_rd", "run_rd", "RD_COLUMNS"]
 
@@ -448,7 +449,8 @@ class RDOptions:
             head when the tokenizer has one, variance, edges
         region_budgets: comma-separated mean tokens per image for --regions (default: fixed 16x's, half and twice it)
         region_merge: how --regions decodes a map: features (one decode, the paths merged at the shared 8x stages, with
-            the region fill's adapter and tail) or pixels (each ratio present decoded whole, blended by the map)
+            the region fill's adapter and tail), pixels (each ratio present decoded whole, blended by the map), or auto
+            (the merge the tokenizer's region fill was trained for: decode_regions' default)
         device: auto, cpu, cuda ...
         quiet: no progress bars
     """
@@ -468,7 +470,7 @@ class RDOptions:
     report: str | None = None
     regions: bool = False
     region_budgets: str | None = None
-    region_merge: Literal["features", "pixels"] = "features"
+    region_merge: Literal["auto", "features", "pixels"] = "auto"
     device: str = "auto"
     quiet: bool = False
 
@@ -497,7 +499,8 @@ def run_rd(data: str | Path, o: RDOptions = RDOptions()) -> Path:
     if head is not None:
         _append_head_error(md, head, table)
     if o.regions:
-        _add_regions(md, vae, table, root, out, crop, rows, region_budgets, progress, o.region_merge)
+        merge = default_merge(vae) if o.region_merge == "auto" else o.region_merge
+        _add_regions(md, vae, table, root, out, crop, rows, region_budgets, progress, merge)
     if o.report is not None:
         publish_report(out, REPORT_FILES, o.report)
     return md
