@@ -179,7 +179,7 @@ def test_a_fill_trained_for_the_pixel_merge_decodes_that_way_by_default_and_star
         lat = back.encode_regions(images, RMAP)
         assert torch.equal(back.decode_regions(lat), back.decode_regions(lat, merge="pixels"))
         assert not torch.allclose(back.decode_regions(lat), back.decode_regions(lat, merge="features"), atol=1e-3)
-        assert torch.equal(adapted.decode_regions(lat), adapted.decode_regions(lat, merge="features"))  # older fills: features
+        assert torch.equal(adapted.decode_regions(lat), adapted.decode_regions(lat, merge="features"))  # a features fill: features
     with pytest.raises(UserInputError, match="merge='pixels' has none"):
         RegionFill(tiny_vae.latent_channels, tiny_vae.ratios, width=32, groups=8, merge_channels=8, merge="pixels")
 

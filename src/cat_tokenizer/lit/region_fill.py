@@ -101,8 +101,9 @@ class RegionFillModule(L.LightningModule):
         mine, theirs = ({k: v for k, v in c.items() if k not in extras} for c in (self.fill.config, other.region_fill.config))
         if mine != theirs:
             raise UserInputError(f"init_fill {source}: its fill {other.region_fill.config} is not this run's {self.fill.config}")
+        own = self.fill.state_dict().keys()
         state = {k: v for k, v in other.region_fill.state_dict().items()
-                 if not k.startswith(("adapter.", "tail.")) or k in self.fill.state_dict()}  # an adapter/tail this run lacks stays
+                 if not k.startswith(("adapter.", "tail.")) or k in own}  # an adapter/tail this run lacks stays behind
         missing, unexpected = self.fill.load_state_dict(state, strict=False)
         if unexpected or any(not k.startswith(("adapter.", "tail.")) for k in missing):
             raise UserInputError(f"init_fill {source}: its fill's weights do not fit this run's ({(unexpected or missing)[0]})")

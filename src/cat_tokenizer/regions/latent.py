@@ -252,7 +252,7 @@ def pixel_merge_decode(vae, lat: RegionLatent, grids: dict[int, Tensor], feather
 def default_merge(vae, use_fill: bool = True) -> str:
     """The region merge ``decode_regions`` takes by default: the one the tokenizer's region fill was trained for."""
     fill = getattr(vae, "region_fill", None) if use_fill else None
-    return fill.config.get("merge", "features") if fill is not None else "features"
+    return fill.config["merge"] if fill is not None else "features"  # a fill saved before the key: RegionFill's default
 
 
 def decode_regions(vae, lat: RegionLatent, refine: int | None = None, use_fill: bool = True, merge: str | None = None) -> Tensor:
