@@ -280,3 +280,17 @@ def test_an_ensemble_head_predicts_the_mean_of_its_members_and_survives_a_round_
     assert "the ensemble's 6 members alone" in report
     assert tools.main([*base, "--out", str(tmp_path / "one"), "--spread", "none"]) == 0  # no fold heads: the final head alone
     assert load_vae(tmp_path / "one").ratio_head.others is None
+
+
+def test_the_heads_signal_and_ratios_follow_the_form_of_section_3_1():
+    from cat_tasks.reconstruction.analysis import _r, head_signal, signal_table
+
+    # a flat image (high PSNR, a large dB drop but a tiny MSE) and a photo (low PSNR, a small dB drop but a larger MSE)
+    predicted = np.array([[45.0, 38.0, 33.0], [24.0, 23.5, 22.5]])
+    drop, own = head_signal(predicted, (8, 16, 32), tolerance_db=1.0)
+    assert drop.tolist() == [12.0, 1.5] and own.tolist() == [8, 16]
+    rise, own = head_signal(predicted, (8, 16, 32), mse_tolerance=0.001)
+    assert rise[0] < rise[1] and own.tolist() == [32, 16]  # 45 -> 33 dB is +0.0005 MSE; 24 -> 22.5 dB is +0.0016
+    # a target of one ratio for every image has no correlation: the table says so instead of printing nan
+    row = signal_table({"s": np.array([1.0, 2.0, 3.0])}, np.array([8, 8, 8]))[0]
+    assert np.isnan(row["pearson"]) and _r(row["pearson"]) == "undefined" and _r(0.444) == "+0.44"

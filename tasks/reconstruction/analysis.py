@@ -101,6 +101,11 @@ def signal_table(signals: dict[str, np.ndarray], target: np.ndarray, own: dict[s
     return rows
 
 
+def _r(v: float) -> str:
+    """A correlation, or "undefined" where the target (or the signal) is one value for every image."""
+    return "undefined" if np.isnan(v) else f"{v:+.2f}"
+
+
 def _pct(v: float) -> str:
     return "-" if np.isnan(v) else f"{100 * v:.0f}%"
 
@@ -117,7 +122,10 @@ def run_analysis(table: ReconTable, root: Path, evaluators: Sequence[tuple[str, 
     absolute = max_acceptable_ratios(table, tolerance_db, ocr_tolerance, mse_tolerance)
     signals, own = _signals(table, root, evaluators, cache, predicted, tolerance_db)
     rows = signal_table(signals, target, own)
-    rows_abs = signal_table(signals, absolute, {k: v for k, v in own.items() if k == "distortion head"})
+    signals_abs, own_abs = dict(signals), {}
+    if predicted is not None:
+        signals_abs["distortion head"], own_abs["distortion head"] = head_signal(predicted, table.ratios, mse_tolerance=mse_tolerance)
+    rows_abs = signal_table(signals_abs, absolute, own_abs)
     lines = [f"# Section 3.1 on {len(table)} images of {root} ({table.image_size} px)", "",
              f"Maximum acceptable ratio: the largest ratio within {tolerance_db:g} dB PSNR of 8x (and, on the "
              f"{int(table.text_bearing.sum())} text-bearing crops, within {ocr_tolerance:g} points of 8x's OCR confidence).", "",
@@ -126,7 +134,7 @@ def run_analysis(table: ReconTable, root: Path, evaluators: Sequence[tuple[str, 
              *md_header("signal", "Pearson r", "Spearman rho", "agreement (rank-matched)", "agreement (own thresholds)", "paper")]
     for r in rows:
         paper = PAPER.get(r["signal"], PAPER["LLM"] if r["signal"] in ("smollm2",) else "")
-        lines.append(f"| {r['signal']} | {r['pearson']:+.2f} | {r['spearman']:+.2f} | {_pct(r['agreement_ranked'])} | "
+        lines.append(f"| {r['signal']} | {_r(r['pearson'])} | {_r(r['spearman'])} | {_pct(r['agreement_ranked'])} | "
                      f"{_pct(r['agreement_own'])} | {paper} |")
     kind_arr, kinds = np.array(table.kinds), sorted(set(table.kinds))
     lines += ["", f"The paper's absolute form: the largest ratio whose MSE (pixels in [0, 1]) is at most {mse_tolerance:g} above "
@@ -134,7 +142,7 @@ def run_analysis(table: ReconTable, root: Path, evaluators: Sequence[tuple[str, 
               + ", ".join(f"{k} {int((absolute[kind_arr == k] >= 16).sum())}/{int((kind_arr == k).sum())}" for k in kinds) + ".", "",
               *md_header("signal", "Pearson r", "Spearman rho", "agreement (rank-matched)", "agreement (own ratios)")]
     for r in rows_abs:
-        lines.append(f"| {r['signal']} | {r['pearson']:+.2f} | {r['spearman']:+.2f} | {_pct(r['agreement_ranked'])} | "
+        lines.append(f"| {r['signal']} | {_r(r['pearson'])} | {_r(r['spearman'])} | {_pct(r['agreement_ranked'])} | "
                      f"{_pct(r['agreement_own'])} |")
     lines += ["", "Positive r: the signal rises with the detail an image needs. Inception distance is the offline "
               "stand-in for the paper's LPIPS (no LPIPS weights offline). Rank-matched agreement gives every signal the "
@@ -168,10 +176,22 @@ def _signals(table: ReconTable, root: Path, evaluators: Sequence[tuple[str, Comp
         signals[name] = np.where(np.isnan(s), np.nanmedian(s), s)
         own[name] = np.array([r.ratio or 0 for r in res])
     if predicted is not None:
-        signals["distortion head"] = predicted[:, 0] - predicted[:, -1]  # the predicted cost of the coarsest ratio
-        ok = predicted >= predicted[:, :1] - tolerance_db
-        own["distortion head"] = np.array([np.asarray(table.ratios)[np.flatnonzero(row)].max() for row in ok])
+        signals["distortion head"], own["distortion head"] = head_signal(predicted, table.ratios, tolerance_db=tolerance_db)
     return signals, own
+
+
+def head_signal(predicted: np.ndarray, ratios: Sequence[int], tolerance_db: float | None = None,
+                mse_tolerance: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A distortion head's (N, R) predicted PSNRs as a signal of either form of Section 3.1, with its own ratios:
+    the relative form's predicted dB drop from 8x to the coarsest ratio and the largest ratio predicted within
+    ``tolerance_db``; the absolute form's (``mse_tolerance``) predicted MSE increase, so that a flat image whose
+    PSNR falls far from a high 8x (a small MSE) is not read as needing detail."""
+    mse = 10.0 ** (-np.asarray(predicted, np.float64) / 10)  # pixels in [0, 1]
+    if mse_tolerance is not None:
+        signal, ok = mse[:, -1] - mse[:, 0], mse <= mse[:, :1] + mse_tolerance
+    else:
+        signal, ok = predicted[:, 0] - predicted[:, -1], predicted >= predicted[:, :1] - tolerance_db
+    return signal, np.array([np.asarray(ratios)[np.flatnonzero(row)].max() for row in ok])
 
 
 def _histogram(table: ReconTable, target: np.ndarray) -> list[str]:
