@@ -192,3 +192,36 @@ def test_bench_regions_times_the_fill_under_each_merge_against_whole_decodes(tin
     assert {"decode 8x", "decode 16x", "decode_regions, region fill, features merge", "decode_regions, region fill, pixels merge"} <= set(rows)
     assert rows["decode 16x"]["cost_vs_16x"] == 1.0 and rows["decode 8x"]["tokens"] == 64
     assert rows["decode_regions, region fill, pixels merge"]["tokens"] == rows["decode_regions, refine 0"]["tokens"]
+
+
+@torch.no_grad()
+def test_region_decodes_compares_every_fill_and_both_bounds_under_one_budget(tiny_vae, images):
+    from cat_tasks.reconstruction.regions import region_decodes
+
+    vae = _with_fill(tiny_vae).eval()
+    rows = {r["variant"]: r for r in region_decodes(vae, images, ["a", "b"], budget=24.0)}
+    assert {"fixed 16x", "region fill", "region fill, each ratio decoded whole, blended", "true full latents (bound)",
+            "true full latents, each ratio decoded whole, blended (bound)", "pasted blocks (estimate)"} <= set(rows)
+    one_block = 16  # an 8x block's tokens: the budget is met within one block's worth
+    assert all(r["tokens"] <= 24.0 + one_block for r in rows.values())
+    assert all(set(r) >= {"psnr", "seams", "a", "b"} for r in rows.values())
+    # the pixel-merge bound differs from the one-pass bound: each ratio is decoded whole
+    assert rows["true full latents, each ratio decoded whole, blended (bound)"]["psnr"] != rows["true full latents (bound)"]["psnr"]
+
+
+def test_a_deeper_fill_grows_from_a_shallower_one_and_starts_by_filling_as_it_did(tiny_vae, images, tmp_path):
+    tiny_vae.save_pretrained(tmp_path / "tok")
+    shallow = _with_fill(tiny_vae)
+    torch.manual_seed(5)
+    for p in shallow.region_fill.mid.parameters():  # a trained mid block, not the default init
+        p.data.add_(0.05 * torch.randn_like(p))
+    shallow.save_pretrained(tmp_path / "shallow")
+    deep = RegionFillModule(str(tmp_path / "tok"), width=32, groups=8, layers=3, ema_decay=0.0, init_fill=str(tmp_path / "shallow"))
+    assert len(deep.fill.mid.attentions) == 3
+    lat = tiny_vae.encode_regions(images, RMAP)
+    with torch.no_grad():
+        want, got = shallow.region_fill(lat), deep.fill(lat)
+    assert all(torch.allclose(got[r], want[r], atol=1e-5) for r in want)  # the new layers start as the identity
+    assert deep.fill.mid.resnets[3].conv2.weight.abs().sum() == 0 and deep.fill.mid.resnets[1].conv2.weight.abs().sum() > 0
+    with pytest.raises(UserInputError, match="is not this run's"):  # another width cannot start from it
+        RegionFillModule(str(tmp_path / "tok"), width=64, groups=8, ema_decay=0.0, init_fill=str(tmp_path / "shallow"))

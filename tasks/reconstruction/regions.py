@@ -39,7 +39,7 @@ from cat_tokenizer.markdown import md_header
 from cat_tokenizer.metrics.fid import InceptionFeatures, frechet_distance
 from cat_tokenizer.metrics.image import psnr_per_image
 from cat_tokenizer.regions import block_tokens
-from cat_tokenizer.regions.latent import exit_latents, mixed_decode
+from cat_tokenizer.regions.latent import exit_latents, mixed_decode, pixel_merge_decode
 from cat_tokenizer.regions.maps import (
     SIGNAL_FACTORS,
     allocate,
@@ -320,7 +320,8 @@ def region_decodes(vae, x: torch.Tensor, kinds: Sequence[str], budget: float, ba
     """
     dev, block, ratios = next(vae.parameters()).device, max(vae.ratios), sorted(vae.ratios)
     cost = [block_tokens(r, block) for r in ratios]
-    names = ["fixed 16x", *_variants(vae), "true full latents (bound)", "pasted blocks (estimate)"]
+    names = ["fixed 16x", *_variants(vae), "true full latents (bound)", "true full latents, each ratio decoded whole, blended (bound)",
+             "pasted blocks (estimate)"]
     got: dict[str, list] = {n: [] for n in names}
     seams: dict[str, list] = {n: [] for n in names}
     tokens = []
@@ -336,7 +337,9 @@ def region_decodes(vae, x: torch.Tensor, kinds: Sequence[str], budget: float, ba
         for r in ratios:
             own = lat.mask(r, block)[..., : xb.shape[-2], : xb.shape[-1]]
             paste += recons[r] * own
-        outs = {"fixed 16x": recons[16], "true full latents (bound)": mixed_decode(vae, lat, full)[..., : xb.shape[-2], : xb.shape[-1]],
+        h, w = xb.shape[-2:]
+        outs = {"fixed 16x": recons[16], "true full latents (bound)": mixed_decode(vae, lat, full)[..., :h, :w],
+                "true full latents, each ratio decoded whole, blended (bound)": pixel_merge_decode(vae, lat, full)[..., :h, :w],
                 "pasted blocks (estimate)": paste}
         outs.update({n: vae.decode_regions(lat, **kw) for n, kw in _variants(vae).items()})
         for n in names:

@@ -60,7 +60,8 @@ class RegionFillModule(L.LightningModule):
         ema_decay: EMA of the fill's weights, used for validation and export (0 disables).
         val_seed: seed of the validation maps (the same maps at every validation).
         init_fill: a tokenizer with a region fill of the same shape (an earlier run's ``pretrained/``) whose
-            fill weights start this run: a second stage with other loss weights, say.
+            fill weights start this run: a second stage with other loss weights, say; or of fewer ``layers``
+            (the extra layers start as the identity: a deeper fill grown from a trained one).
         tail: also fine-tune a copy of the decoder's shared up-stages for mixed maps (``RegionFill``'s
             ``tail``; starts as the decoder's own; pixel loss only). Single-ratio decodes keep the tokenizer's.
         tail_lr_ratio: the tail's learning rate as a share of ``lr`` (it starts trained; the fill does not).
@@ -97,15 +98,16 @@ class RegionFillModule(L.LightningModule):
         if other.fingerprint(with_head=False) != self.vae.fingerprint(with_head=False):
             log.warning("init_fill %s: its fill was trained for tokenizer %s, this run's is %s", source,
                         other.fingerprint(with_head=False), self.vae.fingerprint(with_head=False))
-        extras = ("merge_channels", "tail", "merge")  # the merge's own parts: a fill may start from one made for another merge
+        extras = ("merge_channels", "tail", "merge", "layers")  # the merge's own parts: a fill may start from one made for another merge
         mine, theirs = ({k: v for k, v in c.items() if k not in extras} for c in (self.fill.config, other.region_fill.config))
-        if mine != theirs:
+        if mine != theirs or other.region_fill.config["layers"] > self.fill.config["layers"]:
             raise UserInputError(f"init_fill {source}: its fill {other.region_fill.config} is not this run's {self.fill.config}")
+        grown = set(self.fill.grown_from(other.region_fill.config["layers"]))  # a deeper fill: its new layers start as the identity
         own = self.fill.state_dict().keys()
         state = {k: v for k, v in other.region_fill.state_dict().items()
                  if not k.startswith(("adapter.", "tail.")) or k in own}  # an adapter/tail this run lacks stays behind
         missing, unexpected = self.fill.load_state_dict(state, strict=False)
-        if unexpected or any(not k.startswith(("adapter.", "tail.")) for k in missing):
+        if unexpected or any(not k.startswith(("adapter.", "tail.")) and k not in grown for k in missing):
             raise UserInputError(f"init_fill {source}: its fill's weights do not fit this run's ({(unexpected or missing)[0]})")
         log.info("region fill starts from %s", source)
 

@@ -85,6 +85,18 @@ class RegionFill(nn.Module):
             nn.init.zeros_(self.adapter[-1].bias)
         self.tail = DecoderTail(**tail) if tail else None
 
+    def grown_from(self, layers: int) -> list[str]:
+        """Make the mid block's layers past the first ``layers`` the identity (each ResNet's last conv and each
+        attention's output projection zeroed: both add to their input), so that a fill loaded from one with
+        ``layers`` layers computes what that one did; returns the state keys those layers own."""
+        mid = self.mid
+        new = [*[(f"resnets.{i}", mid.resnets[i].conv2) for i in range(layers + 1, len(mid.resnets))],
+               *[(f"attentions.{i}", mid.attentions[i].to_out[0]) for i in range(layers, len(mid.attentions))]]
+        for _, out in new:
+            nn.init.zeros_(out.weight)
+            nn.init.zeros_(out.bias)
+        return [k for k in self.state_dict() if k.startswith(tuple(f"mid.{name}." for name, _ in new))]
+
     def _inputs(self, lat: RegionLatent) -> Tensor:
         """(B, R * (C + 1), H/f, W/f) on the finest grid f: each ratio's sent tokens (spread, masked) and its mask."""
         fine = self.config["ratios"][0]
