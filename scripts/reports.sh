@@ -3,13 +3,13 @@
 # command that measures it (no figure is copied by hand). Run it after a new cat-small ships (make reports).
 #
 #   scripts/reports.sh [STEP ...]        default: every step, in this order (hours on 2 CPU cores)
-#   steps: curve run-curve picture demo palette classify gen-demo bench-gen region-decodes region-refine block-head-targets distill-oracle distill-teacher dhead dhead-arms tail-pilot block-head rd analyse dhead-256 rd-256 analyse-256 rd-256-regions
+#   steps: curve run-curve picture demo palette classify gen-demo bench-gen bench-regions region-decodes region-refine block-head-targets distill-oracle distill-teacher dhead dhead-arms tail-pilot block-head rd analyse dhead-256 rd-256 analyse-256 rd-256-regions
 #
 # Knobs (environment): REAL_DATA (real-v1: train/ and dev/), CKPT (tokenizer, default cat-small), RUN (a training run's
 # log folder, for run-curve; default outputs/train_small/run/version_0), VENV, WORK (the
 # commands' own folders with their caches, default outputs/reports: a killed step resumes from its caches).
 # Times here, one step at a time on 2 cores: curve 1 s, picture 30 s, demo 1 min, palette 25 s, classify 3 min, gen-demo 2 min, bench-gen
-# 4.5 min, region-decodes 10 min, region-refine 10 min, block-head-targets 40 min, distill-oracle 11 min, distill-teacher 3 min, dhead about 40 min cold (reconstructing all 8,463 training images: 24 min; then trunk statistics, 7 head fits and dev: 14 min on v2), dhead-arms 25 min after it, tail-pilot 50 min, block-head 25 min, rd 25 min + 20 min for --regions (one budget), analyse 4 min.
+# 4.5 min, bench-regions 20 s, region-decodes 10 min, region-refine 10 min, block-head-targets 40 min, distill-oracle 11 min, distill-teacher 3 min, dhead about 40 min cold (reconstructing all 8,463 training images: 24 min; then trunk statistics, 7 head fits and dev: 14 min on v2), dhead-arms 25 min after it, tail-pilot 50 min, block-head 25 min, rd 25 min + 20 min for --regions (one budget), analyse 4 min.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,6 +39,7 @@ step_demo() { "$CT" demo --data "$DEV" --ckpt "$CKPT" --per-kind 0 --out "$WORK/
 step_palette() { "$CT" palette --ckpt "$CKPT" --out "$DOCS/palette-cat-small" || [ $? = 1 ]; }
 step_classify() { "$CT" classify --ckpt "$CKPT" --out "$WORK/classify" --report "$DOCS/classify"; }
 step_gen-demo() { "$CT" gen-demo --ckpt "$CKPT" --out "$WORK/gen-demo-$(fingerprint)" --report "$DOCS/gen-demo"; }
+step_bench-regions() { "$CT" bench-regions --ckpt "$CKPT" --out "$DOCS/bench-regions-cpu.md"; }
 step_bench-gen() { "$CT" bench-gen --preset S/2 --images 128 --mix paper --mix embedded --report "$DOCS/bench-gen-cpu.md"; }
 step_region-decodes() { "$CT" region-decodes "$DEV" --ckpt "$CKPT" --per-kind 12 --out "$DOCS/region-decodes-dev-128.md"; }
 # region maps from errors in mixed decodes (Latin maps, rounds of real decodes): the pilot behind rd's "oracle, refined"
@@ -135,7 +136,7 @@ step_analyse-256() {
 # gen-demo's latent cache belongs to one tokenizer: a folder per weight fingerprint
 fingerprint() { "${VENV:-.venv}/bin/python" -c "from cat_tokenizer.io import load_vae; print(load_vae('$CKPT').fingerprint(with_head=False))"; }
 
-ALL=(curve run-curve picture demo palette classify gen-demo bench-gen region-decodes region-refine block-head-targets distill-oracle distill-teacher dhead dhead-arms tail-pilot block-head rd analyse dhead-256 rd-256 analyse-256 rd-256-regions)
+ALL=(curve run-curve picture demo palette classify gen-demo bench-gen bench-regions region-decodes region-refine block-head-targets distill-oracle distill-teacher dhead dhead-arms tail-pilot block-head rd analyse dhead-256 rd-256 analyse-256 rd-256-regions)
 STEPS=("$@")
 [ ${#STEPS[@]} -gt 0 ] || STEPS=("${ALL[@]}")
 for s in "${STEPS[@]}"; do

@@ -88,8 +88,9 @@ def bench_head(*, preset: tuple[str, ...] = ("small", "base"), size: int = 128, 
     return 0
 
 
-def bench_regions_cmd(*, ckpt: str = "cat-small", size: int = 128, batch: int = 8, repeat: int = 3, device: str = "cpu") -> int:
-    """decode cost of a region latent (refine 0/1/2) against whole-image decodes at each ratio
+def bench_regions_cmd(*, ckpt: str = "cat-small", size: int = 128, batch: int = 8, repeat: int = 3, device: str = "cpu",
+                      out: str | None = None) -> int:
+    """decode cost of a region latent (refine 0/1/2, the region fill under each merge) against whole-image decodes at each ratio
 
     Args:
         ckpt: tokenizer: cat-small (shipped), a save_pretrained folder, .ckpt or hub id
@@ -97,13 +98,20 @@ def bench_regions_cmd(*, ckpt: str = "cat-small", size: int = 128, batch: int = 
         batch: images per call
         repeat: timed calls per row (the best counts)
         device: cpu, cuda ...
+        out: also write the table to this markdown file
     """
     rows = bench_regions(ckpt, size, batch, repeat, device)
-    print(f"decode cost, {ckpt}, {size}x{size}, batch {batch}, {device}, CPU threads {torch.get_num_threads()}, best of {repeat} "
-          "(region map: a third of the blocks at each ratio):")
-    print("\n".join(md_header("call", "tokens", "ms/image", "cost vs a 16x decode")))
-    for r in rows:
-        print(md_row(r["call"], r["tokens"], f"{r['ms_per_image']:.1f}", f"{r['cost_vs_16x']:.2f}x"))
+    lines = [f"# Region decode cost: {ckpt}, {size}x{size}, batch {batch}, {device}, CPU threads {torch.get_num_threads()}, "
+             f"best of {repeat}", "", "`cat-tokenizer bench-regions` (region map: a third of the blocks at each ratio, in "
+             "diagonal stripes). Costs are ratios to a 16x decode in the same process; milliseconds move with the machine's load.",
+             "", *md_header("call", "tokens", "ms/image", "cost vs a 16x decode")]
+    lines += [md_row(r["call"], r["tokens"], f"{r['ms_per_image']:.1f}", f"{r['cost_vs_16x']:.2f}x") for r in rows]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if out:
+        with atomic_write(Path(out)) as tmp:
+            Path(tmp).write_text(text)
+        print(f"wrote {out}")
     return 0
 
 
