@@ -183,6 +183,12 @@ def test_warm_start_copies_a_trained_tokenizer_and_keeps_the_modules_it_adds(tmp
     for vae in (module.vae.eval(), module.ema.module.eval()):  # the EMA starts from the warm weights too
         assert torch.equal(vae.reconstruct(x, 16), old.reconstruct(x, 16))  # the added colour path starts at zero
     assert not module.vae.decoder.colour.weight.any()
+    from cat_tokenizer.regions.fill import RegionFill
+
+    released = NestedVAE.from_pretrained(tmp_path / "old").attach_region_fill(RegionFill(old.latent_channels, old.ratios, width=32, groups=8))
+    released.save_pretrained(tmp_path / "released")  # a release carries heads: a fine-tune leaves them behind
+    module = _module_with(NestedVAE(**old.init_config()), init_from=str(tmp_path / "released"))
+    assert module.vae.region_fill is None and torch.equal(module.vae.eval().reconstruct(x, 16), old.reconstruct(x, 16))
     narrower = NestedVAE(**{**old.init_config(), "latent_channels": 2})
     with pytest.raises(UserInputError, match="do not fit this model") as err:
         _module_with(narrower, init_from=str(tmp_path / "old"))

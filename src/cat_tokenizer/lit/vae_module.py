@@ -25,17 +25,24 @@ __all__ = ["NestedVAEModule", "warm_start"]
 
 log = logging.getLogger(__name__)
 
+HEADS = ("ratio_head", "block_head", "region_fill")  # what a release attaches to its tokenizer
+
 
 def warm_start(vae: NestedVAE, source: str | Path) -> list[str]:
     """Copy a trained tokenizer's weights into ``vae`` (EMA weights of a ``.ckpt``); returns the names
-    of ``vae``'s weights the source lacks (new modules, left as initialised).
+    of ``vae``'s weights the source lacks (new modules, left as initialised). The heads a released tokenizer
+    carries (ratio, block and distortion heads, region fill) describe its own weights, not the model being
+    trained: those ``vae`` lacks stay behind (logged), so a fine-tune may start from a release.
 
     Raises:
         UserInputError: a source weight that ``vae`` lacks or holds in another shape (one line).
     """
     trained = load_vae(source)
-    src = trained.state_dict()
     dst = vae.state_dict()
+    heads = tuple(f"{name}." for name in HEADS if getattr(vae, name, None) is None)
+    src = {k: v for k, v in trained.state_dict().items() if not k.startswith(heads)}
+    if left := sorted({k.split(".")[0] for k in trained.state_dict() if k.startswith(heads)}):
+        log.info("init_from %s: its %s stay behind (they belong to its weights)", source, ", ".join(left))
     misfit = [k for k, v in src.items() if k not in dst or dst[k].shape != v.shape]
     if misfit:
         raise UserInputError(f"init_from {source}: {len(misfit)} of its weights do not fit this model "
