@@ -37,6 +37,13 @@ def atomic_write(target: str | Path) -> Iterator[Path]:
         raise
 
 
+def write_text_atomic(target: str | Path, text: str) -> Path:
+    """Write ``text`` to ``target`` through ``atomic_write`` (a report is whole or absent); returns the path."""
+    with atomic_write(target) as tmp:
+        tmp.write_text(text)
+    return Path(target)
+
+
 def write_csv(out: str | Path, rows: Sequence[dict], columns: Sequence[str] | None = None) -> Path:
     """Write dict rows as a CSV atomically (``atomic_write``); ``columns`` default to the first row's
     keys, extra keys are left out."""

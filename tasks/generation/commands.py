@@ -18,7 +18,7 @@ from cat_tasks.generation.sample import check_device_fits, generate_to_folder, p
 from cat_tokenizer.complexity.spec import EvaluatorSpec
 from cat_tokenizer.devices import describe_device, resolve_device
 from cat_tokenizer.errors import UserInputError
-from cat_tokenizer.files import atomic_write
+from cat_tokenizer.files import write_text_atomic
 from cat_tokenizer.markdown import md_records
 from cat_tokenizer.outputs import check_out_file
 
@@ -145,8 +145,7 @@ def bench_gen_cmd(*, options: BenchGenOptions) -> int:
         print("\n".join(block))
         lines += block
     if o.report is not None:
-        with atomic_write(check_out_file(o.report, overwrite=True, flag="--report")) as tmp:
-            tmp.write_text("\n".join(lines) + "\n")
+        write_text_atomic(check_out_file(o.report, overwrite=True, flag="--report"), "\n".join(lines) + "\n")
         print(f"wrote {o.report}")
     return 0
 

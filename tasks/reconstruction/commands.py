@@ -6,7 +6,6 @@ docstring), registered under the ``cat_tokenizer.commands`` entry-point group in
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -20,7 +19,7 @@ from cat_tasks.reconstruction.pack import pack_folder
 from cat_tasks.reconstruction.rd import RDOptions, run_rd
 from cat_tasks.reconstruction.regions import region_decodes, region_decodes_markdown
 from cat_tokenizer.devices import resolve_device
-from cat_tokenizer.files import atomic_write
+from cat_tokenizer.files import write_text_atomic
 from cat_tokenizer.io import load_vae
 from cat_tokenizer.lit.kind_eval import load_kind_sample
 from cat_tokenizer.markdown import md_header, md_row
@@ -109,8 +108,7 @@ def bench_regions_cmd(*, ckpt: str = "cat-small", size: int = 128, batch: int = 
     text = "\n".join(lines) + "\n"
     print(text)
     if out:
-        with atomic_write(Path(out)) as tmp:
-            Path(tmp).write_text(text)
+        write_text_atomic(out, text)
         print(f"wrote {out}")
     return 0
 
@@ -175,8 +173,7 @@ def region_decodes_cmd(dir: str, *, ckpt: str = "cat-small", per_kind: int = 12,
     text = "\n".join(region_decodes_markdown(rows, sample.kinds, title))
     print(text)
     if out:
-        with atomic_write(Path(out)) as tmp:
-            Path(tmp).write_text(text)
+        write_text_atomic(out, text)
         print(f"wrote {out}")
     return 0
 
@@ -233,6 +230,5 @@ def curve(run: str, *, ratio: int = 8, every: int = 1000, compare: str | None = 
                   + release_verdict(below)]
     print("\n".join(lines))
     if report:
-        with atomic_write(check_out_file(report, overwrite=True, flag="--report")) as tmp:
-            tmp.write_text("\n".join(lines) + "\n")
+        write_text_atomic(check_out_file(report, overwrite=True, flag="--report"), "\n".join(lines) + "\n")
     return 1 if below else 0

@@ -23,7 +23,7 @@ import torch
 from cat_tokenizer.complexity import ComplexityEvaluator, EvaluatorSpec
 from cat_tokenizer.data.default_data import ensure_default_data
 from cat_tokenizer.devices import resolve_device
-from cat_tokenizer.files import atomic_write, write_csv
+from cat_tokenizer.files import write_csv, write_text_atomic
 from cat_tokenizer.io import load_vae
 from cat_tokenizer.lit.kind_eval import KindSample, load_kind_sample, psnr_per_kind
 from cat_tokenizer.markdown import md_header
@@ -82,8 +82,7 @@ def run_demo(o: DemoOptions = DemoOptions()) -> Path:
     text = _report(per_image, vae, o.ckpt, root, o.image_size, evaluator.name)
     report.write_text(text)
     if o.report:
-        with atomic_write(Path(o.report)) as tmp:
-            Path(tmp).write_text(text)
+        write_text_atomic(o.report, text)
     return report
 
 
