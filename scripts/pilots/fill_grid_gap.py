@@ -17,27 +17,22 @@ import argparse
 import numpy as np
 import torch
 
+from cat_tasks.reconstruction.regions import oracle_region_latent
 from cat_tokenizer.io import load_vae
 from cat_tokenizer.lit.kind_eval import load_kind_sample
 from cat_tokenizer.markdown import md_header, md_row
 from cat_tokenizer.metrics.image import psnr_per_image
-from cat_tokenizer.regions.latent import block_tokens, exit_latents, pixel_merge_decode
-from cat_tokenizer.regions.maps import block_distortion, maps_from_distortion
+from cat_tokenizer.regions.latent import pixel_merge_decode
 
 
 @torch.no_grad()
 def grid_gap(vae, x: torch.Tensor, budget: float, batch: int = 16) -> dict[str, np.ndarray]:
     """Per image PSNR of the pixel merge: the fill's grids, the true grids, and each ratio's true grid alone."""
-    ratios, block = sorted(vae.ratios), max(vae.ratios)
-    cost = [block_tokens(r, block) for r in ratios]
     rows: dict[str, list] = {}
     for s in range(0, len(x), batch):
         xb = x[s : s + batch]
         h, w = xb.shape[-2:]
-        recons = [vae.reconstruct(xb, r) for r in ratios]
-        rmap = maps_from_distortion(block_distortion(xb, recons, block), ratios, cost, h * w, budget)  # (B, bh, bw)
-        lat = vae.encode_regions(xb, rmap)
-        true = exit_latents(vae, vae._pad(xb, block), lat.ratios())
+        _, lat, true = oracle_region_latent(vae, xb, budget)
         filled = vae.region_fill(lat)
         grids = {"region fill": filled, "true full latents (bound)": true}
         grids.update({f"region fill, true {r}x grid": {**filled, r: true[r]} for r in lat.ratios()})

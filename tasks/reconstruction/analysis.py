@@ -71,8 +71,12 @@ def max_acceptable_ratios(table: ReconTable, tolerance_db: float = 1.0, ocr_tole
         ok = table.psnr >= table.psnr[:, :1] - tolerance_db  # (N, R)
     text = table.text_bearing
     ok[text] &= table.ocr[text] >= table.ocr[text, :1] - ocr_tolerance
-    ratios = np.asarray(table.ratios)
-    return np.array([ratios[np.flatnonzero(row)].max() for row in ok])
+    return _largest(ok, table.ratios)
+
+
+def _largest(ok: np.ndarray, ratios: Sequence[int]) -> np.ndarray:
+    """(N, R) acceptable ratios -> (N,) the largest acceptable ratio of each image."""
+    return np.array([np.asarray(ratios)[np.flatnonzero(row)].max() for row in ok])
 
 
 def quantile_matched_ratios(signal: np.ndarray, target_ratios: np.ndarray, higher_is_complex: bool = True) -> np.ndarray:
@@ -191,7 +195,7 @@ def head_signal(predicted: np.ndarray, ratios: Sequence[int], tolerance_db: floa
         signal, ok = mse[:, -1] - mse[:, 0], mse <= mse[:, :1] + mse_tolerance
     else:
         signal, ok = predicted[:, 0] - predicted[:, -1], predicted >= predicted[:, :1] - tolerance_db
-    return signal, np.array([np.asarray(ratios)[np.flatnonzero(row)].max() for row in ok])
+    return signal, _largest(ok, ratios)
 
 
 def _histogram(table: ReconTable, target: np.ndarray) -> list[str]:

@@ -39,7 +39,7 @@ from cat_tokenizer.markdown import md_header
 from cat_tokenizer.metrics.fid import InceptionFeatures, frechet_distance
 from cat_tokenizer.metrics.image import psnr_per_image
 from cat_tokenizer.regions import block_tokens
-from cat_tokenizer.regions.latent import exit_latents, mixed_decode, pixel_merge_decode
+from cat_tokenizer.regions.latent import RegionLatent, exit_latents, mixed_decode, pixel_merge_decode
 from cat_tokenizer.regions.maps import (
     SIGNAL_FACTORS,
     allocate,
@@ -311,6 +311,18 @@ def _variants(vae) -> dict[str, dict]:
 
 
 @torch.no_grad()
+def oracle_region_latent(vae, x: torch.Tensor, budget: float) -> tuple[dict[int, torch.Tensor], RegionLatent, dict[int, torch.Tensor]]:
+    """Images (B, 3, H, W) -> (each ratio's whole-image reconstruction, the region latent of their oracle map at
+    ``budget`` tokens per image, each ratio's true full latents on the padded grid: the bound's grids)."""
+    block, ratios = max(vae.ratios), sorted(vae.ratios)
+    recons = {r: vae.reconstruct(x, r) for r in ratios}
+    d = block_distortion(x, [recons[r] for r in ratios], block)  # (B, bh, bw, R): the oracle's block errors
+    rmap = maps_from_distortion(d, ratios, [block_tokens(r, block) for r in ratios], x.shape[-2] * x.shape[-1], budget)
+    lat = vae.encode_regions(x, rmap)  # rmap (B, bh, bw)
+    return recons, lat, exit_latents(vae, vae._pad(x, block), lat.ratios())
+
+
+@torch.no_grad()
 def region_decodes(vae, x: torch.Tensor, kinds: Sequence[str], budget: float, batch: int = 16) -> list[dict]:
     """Each image under its oracle map at ``budget`` tokens, decoded every way ``_variants`` names, beside
     fixed 16x, each path on its true full latents (not transmittable: the bound) and the pasted estimate.
@@ -319,7 +331,6 @@ def region_decodes(vae, x: torch.Tensor, kinds: Sequence[str], budget: float, ba
         One row per variant: ``{"variant", "psnr", "seams", "tokens", <kind>: psnr, ...}``.
     """
     dev, block, ratios = next(vae.parameters()).device, max(vae.ratios), sorted(vae.ratios)
-    cost = [block_tokens(r, block) for r in ratios]
     names = ["fixed 16x", *_variants(vae), "true full latents (bound)", "true full latents, each ratio decoded whole, blended (bound)",
              "pasted blocks (estimate)"]
     got: dict[str, list] = {n: [] for n in names}
@@ -327,12 +338,8 @@ def region_decodes(vae, x: torch.Tensor, kinds: Sequence[str], budget: float, ba
     tokens = []
     for s in range(0, len(x), batch):
         xb = x[s : s + batch].to(dev)
-        recons = {r: vae.reconstruct(xb, r) for r in ratios}
-        d = block_distortion(xb, [recons[r] for r in ratios], block)  # (B, bh, bw, R): the oracle's block errors
-        rmap = maps_from_distortion(d, ratios, cost, xb.shape[-2] * xb.shape[-1], budget)  # (B, bh, bw)
-        lat = vae.encode_regions(xb, rmap)
+        recons, lat, full = oracle_region_latent(vae, xb, budget)
         tokens.append(lat.tokens().cpu())
-        full = exit_latents(vae, vae._pad(xb, block), lat.ratios())
         paste = torch.zeros_like(xb)
         for r in ratios:
             own = lat.mask(r, block)[..., : xb.shape[-2], : xb.shape[-1]]

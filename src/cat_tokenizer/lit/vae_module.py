@@ -40,8 +40,9 @@ def warm_start(vae: NestedVAE, source: str | Path) -> list[str]:
     trained = load_vae(source)
     dst = vae.state_dict()
     heads = tuple(f"{name}." for name in HEADS if getattr(vae, name, None) is None)
-    src = {k: v for k, v in trained.state_dict().items() if not k.startswith(heads)}
-    if left := sorted({k.split(".")[0] for k in trained.state_dict() if k.startswith(heads)}):
+    state = trained.state_dict()
+    src = {k: v for k, v in state.items() if not k.startswith(heads)}
+    if left := sorted({k.split(".")[0] for k in state.keys() - src.keys()}):
         log.info("init_from %s: its %s stay behind (they belong to its weights)", source, ", ".join(left))
     misfit = [k for k, v in src.items() if k not in dst or dst[k].shape != v.shape]
     if misfit:
