@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from cat_tokenizer.errors import UserInputError
 from cat_tokenizer.io import RegionFile, load_any_latent, save_region_latent
+from cat_tokenizer.metrics.fid import frechet_distance
 from cat_tokenizer.regions import RegionLatent
 from cat_tokenizer.regions.maps import (
     InContext,
@@ -21,6 +22,8 @@ from cat_tokenizer.regions.maps import (
     block_distortion,
     context_distortion,
     latin_maps,
+    probe_choices,
+    refined_choice,
     region_maps,
 )
 
@@ -205,6 +208,40 @@ def test_in_context_errors_join_the_estimate_only_where_a_decode_put_the_block()
     assert ctx.d[0, 0, 2] == pytest.approx(7.0) and ctx.d[0, 1, 1] == 2.0
 
 
+def test_probes_move_each_class_of_blocks_to_every_other_ratio_and_no_two_moved_blocks_touch():
+    choice = np.array([[0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2, 0]])  # (N=1, nb=16) on a 4x4 grid
+    probes = list(probe_choices(choice, (4, 4), 3))
+    assert len(probes) == 8  # 4 classes x 2 other ratios
+    seen = np.zeros((16, 3), int)
+    for probe, moved in probes:
+        assert (probe[0, ~moved] == choice[0, ~moved]).all() and (probe[0, moved] != choice[0, moved]).all()
+        i, j = np.divmod(np.flatnonzero(moved), 4)
+        assert all(max(abs(a - b), abs(c - d)) >= 2 for (a, c), (b, d) in itertools.combinations(zip(i, j), 2))
+        seen[np.flatnonzero(moved), probe[0, moved]] += 1
+    seen[np.arange(16), choice[0]] += 1
+    assert (seen == 1).all()  # every block at every ratio exactly once, with the chosen map
+    assert len(list(probe_choices(choice, (4, 4), 3, classes=2))) == 4
+    with pytest.raises(UserInputError, match="2 or 4"):
+        next(probe_choices(choice, (4, 4), 3, classes=3))
+
+
+def test_probes_find_a_cheap_ratio_that_whole_image_errors_ruled_out_and_refinement_never_tries():
+    # Block 0's 32x error is 20 in whole-image decodes, 1 in context; allocations from the estimate never put it at
+    # 32x, so plain rounds never see it. A probe decodes it there, and the map takes it (2x2 grid, 28 tokens).
+    whole = np.array([[[0.0, 10, 20], [0, 10, 60], [0, 10, 60], [0, 10, 60]]])
+    real = whole.copy()
+    real[0, 0, 2] = 1.0
+    alloc = lambda d: np.stack([allocate(d[0], COST, 28)])  # noqa: E731
+    observe = lambda c, _k: real[0, np.arange(4), c[0]][None]  # noqa: E731
+    plain = refined_choice(whole, alloc, observe, 2)
+    probed = refined_choice(whole, alloc, observe, 2, lambda c: probe_choices(c, (2, 2), 3))
+    assert plain.tolist() == [[0, 1, 1, 1]] and probed.tolist() == [[2, 0, 1, 1]]
+    assert real[0, np.arange(4), probed[0]].sum() < real[0, np.arange(4), plain[0]].sum()
+    ctx = InContext(whole)
+    ctx.observe(np.array([[2, 2, 2, 2]]), np.array([[1.0, 1, 1, 1]]), np.array([True, False, False, False]))
+    assert ctx.d[0, :, 2].tolist() == [10.5, 60, 60, 60]  # only the moved block joins the estimate
+
+
 def test_refined_maps_move_tokens_to_the_blocks_whose_real_decode_loses_more_than_whole_decodes_said():
     from cat_tasks.reconstruction.regions import _refined_maps
 
@@ -297,3 +334,24 @@ def test_latin_maps_put_every_block_at_every_ratio_once_beside_other_ratios(tiny
     idx = torch.searchsorted(torch.tensor([8, 16, 32]), maps[1])
     assert d.shape == (2, 2, 3, 3) and (d >= 0).all()
     torch.testing.assert_close(d.gather(-1, idx[..., None])[..., 0].float(), seen.float())
+
+
+def test_region_rows_rfid_is_compared_with_fixed_16x_on_paired_resamples():
+    from types import SimpleNamespace
+
+    from cat_tasks.reconstruction.regions import _rfid_vs
+
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(40, 8))
+    near, far = real + 0.1 * rng.normal(size=real.shape), real + 2.0 + rng.normal(size=real.shape)
+    table = SimpleNamespace(feats_orig=real)
+    ref = {"method": "fixed 16x", "budget": 16.0, "rfid": 0.0}
+    rows = [{"method": m, "budget": 16.0} for m in ("same", "worse")]
+    per_image = {("fixed 16x", 16.0): {"feats": near}, ("same", 16.0): {"feats": near}, ("worse", 16.0): {"feats": far}}
+    ref["rfid"] = frechet_distance(real, near)
+    for r, f in zip(rows, (near, far)):
+        r["rfid"] = frechet_distance(real, f)
+    assert _rfid_vs(per_image, rows[0], ref, table, 50) == "+0.0 [+0.0, +0.0]"  # the same decodes: no difference at all
+    diff, lo, hi = (float(v.strip("[],")) for v in _rfid_vs(per_image, rows[1], ref, table, 50).split())
+    assert 0 < lo <= diff <= hi  # worse decodes: an interval above 0
+    assert _rfid_vs(per_image, ref, ref, table, 50) == "" and _rfid_vs(per_image, rows[1], ref, table, 0) == ""

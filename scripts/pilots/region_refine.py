@@ -30,6 +30,7 @@ from cat_tokenizer.regions.maps import (
     block_distortion,
     context_distortion,
     predicted_distortion,
+    probe_choices,
     refined_choice,
 )
 
@@ -40,6 +41,9 @@ def main() -> None:
     ap.add_argument("--per-kind", type=int, default=24)
     ap.add_argument("--ckpt", default="cat-small")
     ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--probes", type=int, default=0, choices=(0, 2, 4),
+                    help="also refine with probe decodes (probe_choices: 4 = 2x2 cosets, 2 = checkerboard)")
+    ap.add_argument("--only-refined", action="store_true", help="skip the Latin-map rows")
     ap.add_argument("--report", help="also write the table (with the command line) to this markdown file")
     a = ap.parse_args()
     lines: list[str] = []
@@ -70,7 +74,8 @@ def main() -> None:
         head = (torch.cat([predicted_distortion(vae, x[i : i + 16]) for i in range(0, n, 16)]).reshape(n, -1, 3).double().numpy()
                 if vae.block_head is not None else None)
     whole = block_distortion(x, recons, block).reshape(n, -1, 3).numpy()
-    latin = torch.cat([context_distortion(vae, x[i : i + 16]) for i in range(0, n, 16)]).reshape(n, -1, 3).numpy()
+    latin = (None if a.only_refined else
+             torch.cat([context_distortion(vae, x[i : i + 16]) for i in range(0, n, 16)]).reshape(n, -1, 3).numpy())
     fixed16 = psnr_per_image(recons[ratios.index(16)], x).numpy()
     names = sorted(set(kinds))
     emit(f"# Region maps from errors in mixed decodes: {n} images of {a.dev} ({a.per_kind} per kind), 128 px, "
@@ -90,17 +95,23 @@ def main() -> None:
 
     shared = lambda d: allocate_mean_psnr(d, cost, budget)  # noqa: E731
     per_image = lambda d: np.stack([allocate(d[i], cost, budget) for i in range(n)])  # noqa: E731
-    for name, d in (("Latin maps", latin), ("mean of whole and Latin", (whole + latin) / 2),
+    for name, d in () if a.only_refined else (("Latin maps", latin), ("mean of whole and Latin", (whole + latin) / 2),
                     ("max of whole and Latin", np.maximum(whole, latin))):
         show(name, shared(d))
     starts = [("whole-image errors", whole, shared), ("whole-image errors, each image held to the budget", whole, per_image)]
     starts += [("block head", head, shared)] if head is not None else []
+    def observe(name: str, c: np.ndarray, k: int | None) -> np.ndarray:  # k None: a probe, decoded silently
+        return blocks(decode(c)) if k is None else show(f"{name}, {k} round(s) of real decodes", c)
+
+    probe = (lambda c: probe_choices(c, (side, side), len(ratios), a.probes)) if a.probes else None
     for name, d, alloc in starts:
-        idx = refined_choice(d, alloc, lambda c, k, name=name: show(f"{name}, {k} round(s) of real decodes", c), a.rounds)
+        name += f", probes {a.probes}" if a.probes else ""
+        idx = refined_choice(d, alloc, lambda c, k, name=name: observe(name, c, k), a.rounds, probe)
         show(f"{name}, {a.rounds} round(s) of real decodes", idx)
     if a.report:
         emit("")
-        emit(f"Written by `scripts/pilots/region_refine.py {a.dev} --per-kind {a.per_kind} --ckpt {a.ckpt} --rounds {a.rounds}`.")
+        emit(f"Written by `scripts/pilots/region_refine.py {a.dev} --per-kind {a.per_kind} --ckpt {a.ckpt} --rounds {a.rounds}"
+             f"{f' --probes {a.probes}' if a.probes else ''}{' --only-refined' if a.only_refined else ''}`.")
         with open(a.report, "w") as fh:
             fh.write("\n".join(lines) + "\n")
 

@@ -500,7 +500,7 @@ def run_rd(data: str | Path, o: RDOptions = RDOptions()) -> Path:
         _append_head_error(md, head, table)
     if o.regions:
         merge = default_merge(vae) if o.region_merge == "auto" else o.region_merge
-        _add_regions(md, vae, table, root, out, crop, rows, region_budgets, progress, merge)
+        _add_regions(md, vae, table, root, out, crop, rows, region_budgets, progress, merge, o.rfid_boots)
     if o.report is not None:
         publish_report(out, REPORT_FILES, o.report)
     return md
@@ -516,7 +516,7 @@ def _head_for(head: HeadPrediction | None, metric: str) -> tuple[dict, dict]:
 
 
 def _add_regions(md: Path, vae, table: ReconTable, root: Path, out: Path, crop: str, image_rows: list[dict],
-                 budgets: Sequence[float] | None, progress: bool, merge: str = "features") -> None:
+                 budgets: Sequence[float] | None, progress: bool, merge: str = "features", boots: int = 100) -> None:
     """Region-adaptive rows (real decodes), regions.csv / .png / _examples.png, and their section of rd.md
     (the headline line under the title)."""
 
@@ -528,7 +528,7 @@ def _add_regions(md: Path, vae, table: ReconTable, root: Path, out: Path, crop: 
     ref = next(r for r in rows if r["method"] == "fixed 16x")
     if ("regions: oracle", ref["budget"]) in per_image:
         examples_figure(vae, table, root, crop, per_image, ref["budget"], out / "regions_examples.png", merge)
-    section = region_markdown(rows, per_image, table, image_rows, merge)
+    section = region_markdown(rows, per_image, table, image_rows, merge, boots)
     lines = md.read_text().split("\n")
     lines[2:2] = [section[0], ""]
     text = "\n".join(lines)

@@ -36,7 +36,7 @@ from cat_tokenizer.data.images import load_rgb
 from cat_tokenizer.data.transforms import image_transform
 from cat_tokenizer.files import atomic_write
 from cat_tokenizer.markdown import md_header
-from cat_tokenizer.metrics.fid import InceptionFeatures, frechet_distance
+from cat_tokenizer.metrics.fid import InceptionFeatures, bootstrap_fid, frechet_distance
 from cat_tokenizer.metrics.image import psnr_per_image
 from cat_tokenizer.regions import block_tokens
 from cat_tokenizer.regions.latent import RegionLatent, exit_latents, mixed_decode, pixel_merge_decode
@@ -218,8 +218,19 @@ def _row(method: str, budget: float, res: dict, table: ReconTable) -> dict:
     return row
 
 
-def region_markdown(rows: list[dict], per_image: dict, table: ReconTable, image_rows: list[dict], merge: str = "features") -> list[str]:
-    """The region section of rd.md: headline, the table at fixed 16x's budget (per kind), every budget."""
+def _rfid_vs(per_image: dict, row: dict, ref: dict, table: ReconTable, boots: int) -> str:
+    """A row's rFID minus fixed 16x's on the same images, with a paired 95% bootstrap interval (``bootstrap_fid``)."""
+    if row is ref or not boots or table.feats_orig is None or "feats" not in per_image[(row["method"], row["budget"])]:
+        return ""
+    feats = [per_image[(r["method"], r["budget"])]["feats"] for r in (row, ref)]
+    lo, hi = bootstrap_fid(table.feats_orig, feats[0], boots, paired_with=feats[1])
+    return f"{row['rfid'] - ref['rfid']:+.1f} [{lo:+.1f}, {hi:+.1f}]"
+
+
+def region_markdown(rows: list[dict], per_image: dict, table: ReconTable, image_rows: list[dict], merge: str = "features",
+                    boots: int = 100) -> list[str]:
+    """The region section of rd.md: headline, the table at fixed 16x's budget (per kind, rFID with its paired
+    difference from fixed 16x), every budget."""
     ref = next(r for r in rows if r["method"] == "fixed 16x")
     img_oracle = next((r for r in image_rows if r["method"] == "oracle" and r["budget"] == ref["mean_tokens"]), None)
     kinds = sorted(set(table.kinds))
@@ -233,13 +244,14 @@ def region_markdown(rows: list[dict], per_image: dict, table: ReconTable, image_
              "## Region-adaptive CAT at fixed 16x's budget (`rd --regions`)", "",
              f"Real decodes of each region map (`vae.decode_regions(..., merge={merge!r})`), beside the estimate from pasting blocks of whole-image "
              "decodes; seams: mean |gradient| across 32-px block borders over that inside blocks (fixed 16x decoded whole "
-             "for comparison); rFID on the same Inception features as above.", "",
-             *md_header("method", "mean tokens", "PSNR", "pasted estimate", "SSIM", "rFID", "seams", *kinds)]
+             f"for comparison); rFID on the same Inception features as above, and its difference from fixed 16x with a 95% "
+             f"bootstrap interval over images ({boots} resamples, paired: an interval that holds 0 is no difference).", "",
+             *md_header("method", "mean tokens", "PSNR", "pasted estimate", "SSIM", "rFID", "rFID vs fixed 16x", "seams", *kinds)]
     for r in at_ref:
         res = per_image[(r["method"], r["budget"])]
         cells = [f"{res['psnr'][kind_arr == k].mean():.2f}" for k in kinds]
         lines.append(f"| {r['method']} | {r['mean_tokens']:.1f} | {r['psnr']:.2f} | {r['paste_psnr']:.2f} | {r['ssim']:.3f} | "
-                     f"{r['rfid']:.1f} | {r['seam_ratio']:.3f} | " + " | ".join(cells) + " |")
+                     f"{r['rfid']:.1f} | {_rfid_vs(per_image, r, ref, table, boots)} | {r['seam_ratio']:.3f} | " + " | ".join(cells) + " |")
     lines += ["", "Every budget:", "", *md_header("method", "budget", "mean tokens", "PSNR", "pasted", "SSIM", "rFID", "seams")]
     for r in rows:
         lines.append(f"| {r['method']} | {r['budget']:g} | {r['mean_tokens']:.1f} | {r['psnr']:.2f} | {r['paste_psnr']:.2f} | "

@@ -206,25 +206,50 @@ class InContext:
         self.total = np.array(d, np.float64)  # (N, nb, R)
         self.count = np.ones_like(self.total)
 
-    def observe(self, choice: np.ndarray, seen: np.ndarray) -> None:
-        """``choice`` (N, nb) ratio indices a decode used, ``seen`` (N, nb) the block errors it measured."""
+    def observe(self, choice: np.ndarray, seen: np.ndarray, mask: np.ndarray | None = None) -> None:
+        """``choice`` (N, nb) ratio indices a decode used, ``seen`` (N, nb) the block errors it measured; ``mask``
+        (nb,) or (N, nb), if given, keeps only those blocks (a probe's moved blocks)."""
         rows, blocks = np.indices(choice.shape)
-        self.total[rows, blocks, choice] += seen
-        self.count[rows, blocks, choice] += 1
+        keep = np.ones(choice.shape, bool) if mask is None else np.broadcast_to(mask, choice.shape)
+        rows, blocks, choice = rows[keep], blocks[keep], choice[keep]
+        np.add.at(self.total, (rows, blocks, choice), seen[keep])
+        np.add.at(self.count, (rows, blocks, choice), 1)
 
     @property
     def d(self) -> np.ndarray:
         return self.total / self.count
 
 
-def refined_choice(d: np.ndarray, allocate_idx, observe, rounds: int) -> np.ndarray:
+def probe_choices(choice: np.ndarray, grid: tuple[int, int], n_ratios: int, classes: int = 4):
+    """Perturbations of ``choice`` (N, nb) on a (bh, bw) block grid: for each class of blocks (``classes`` 4: the
+    four cosets of a 2x2 lattice, so no two moved blocks touch, even diagonally; 2: a checkerboard) and each other
+    ratio, the class's blocks moved by that many ratio steps (cyclic) and every other block kept. Yields
+    ``(probe (N, nb), moved (nb,) bool)``: decoding a probe measures each moved block at another ratio in the
+    current map's context."""
+    if classes not in (2, 4):
+        raise UserInputError(f"probe classes must be 2 or 4, got {classes}")
+    i, j = np.indices(grid)
+    cls = ((i % 2) * 2 + (j % 2) if classes == 4 else (i + j) % 2).reshape(-1)
+    for c in range(classes):
+        moved = cls == c
+        for step in range(1, n_ratios):
+            probe = choice.copy()
+            probe[:, moved] = (choice[:, moved] + step) % n_ratios
+            yield probe, moved
+
+
+def refined_choice(d: np.ndarray, allocate_idx, observe, rounds: int, probe=None) -> np.ndarray:
     """``rounds`` times: allocate ``allocate_idx(estimate)`` -> (N, nb) ratio indices, decode that choice for real
     (``observe(choice, round)`` -> (N, nb) measured block errors) and correct the estimate (``InContext``, from
-    ``d`` (N, nb, R)); returns the allocation from the last estimate."""
+    ``d`` (N, nb, R)); returns the allocation from the last estimate. ``probe(choice)``, if given, yields
+    ``(probe, moved)`` choices (``probe_choices``) that are decoded too (``observe(probe, None)``), each correcting
+    its moved blocks' estimate at the ratios they moved to: errors of the alternatives in the chosen map's context."""
     ctx = InContext(d)
     for i in range(rounds):
         choice = allocate_idx(ctx.d)
         ctx.observe(choice, observe(choice, i))
+        for alt, moved in probe(choice) if probe is not None else ():
+            ctx.observe(alt, observe(alt, None), moved)
     return allocate_idx(ctx.d)
 
 
