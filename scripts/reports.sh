@@ -3,13 +3,13 @@
 # command that measures it (no figure is copied by hand). Run it after a new cat-small ships (make reports).
 #
 #   scripts/reports.sh [STEP ...]        default: every step, in this order (hours on 2 CPU cores)
-#   steps: curve run-curve picture demo palette classify gen-demo bench-gen bench-regions region-decodes region-refine block-head-targets distill-oracle distill-teacher dhead dhead-arms tail-pilot block-head rd analyse dhead-256 rd-256 analyse-256 rd-256-regions
+#   steps: curve run-curve picture demo palette classify gen-demo bench-gen bench-regions region-decodes region-refine region-probes block-head-targets distill-oracle distill-teacher dhead dhead-arms tail-pilot block-head rd analyse dhead-256 rd-256 analyse-256 rd-256-regions
 #
 # Knobs (environment): REAL_DATA (real-v1: train/ and dev/), CKPT (tokenizer, default cat-small), RUN (a training run's
 # log folder, for run-curve; default outputs/train_small/run/version_0), VENV, WORK (the
 # commands' own folders with their caches, default outputs/reports: a killed step resumes from its caches).
 # Times here, one step at a time on 2 cores: curve 1 s, picture 30 s, demo 1 min, palette 25 s, classify 3 min, gen-demo 2 min, bench-gen
-# 4.5 min, bench-regions 20 s, region-decodes 10 min, region-refine 10 min, block-head-targets 40 min, distill-oracle 11 min, distill-teacher 3 min, dhead about 40 min cold (reconstructing all 8,463 training images: 24 min; then trunk statistics, 7 head fits and dev: 14 min on v2), dhead-arms 25 min after it, tail-pilot 50 min, block-head 25 min, rd 25 min + 20 min for --regions (one budget), analyse 4 min.
+# 4.5 min, bench-regions 20 s, region-decodes 10 min, region-refine 10 min, region-probes 45 min (60 beside a training run), block-head-targets 40 min, distill-oracle 11 min, distill-teacher 3 min, dhead about 40 min cold (reconstructing all 8,463 training images: 24 min; then trunk statistics, 7 head fits and dev: 14 min on v2), dhead-arms 25 min after it, tail-pilot 50 min, block-head 25 min, rd 25 min + 20 min for --regions (one budget), analyse 4 min.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -45,6 +45,16 @@ step_region-decodes() { "$CT" region-decodes "$DEV" --ckpt "$CKPT" --per-kind 12
 # region maps from errors in mixed decodes (Latin maps, rounds of real decodes): the pilot behind rd's "oracle, refined"
 step_region-refine() {
   "${VENV:-.venv}/bin/python" scripts/pilots/region_refine.py "$DEV" --per-kind 24 --ckpt "$CKPT" --report "$DOCS/region-refine-pilot-128.md"
+}
+# refinement rounds on this tokenizer, plain and with probe decodes (each 2x2 coset of blocks moved to each other ratio):
+# the pilot behind rd's "oracle, probed"
+probes_arm() {  # PROBES REPORT
+  "${VENV:-.venv}/bin/python" scripts/pilots/region_refine.py "$DEV" --per-kind 24 --ckpt "$CKPT" --rounds 3 --probes "$1" \
+    --only-refined --report "$2"
+}
+step_region-probes() {
+  probes_arm 0 "$DOCS/region-refine-rounds-128.md"
+  probes_arm 4 "$DOCS/region-refine-probes-128.md"
 }
 # the block head trained on errors in whole-image decodes against errors in context (Latin-map region decodes), 800 train
 # images each (one cache), its maps decoded for real on the region-refine pilot's 96 dev images
@@ -136,7 +146,7 @@ step_analyse-256() {
 # gen-demo's latent cache belongs to one tokenizer: a folder per weight fingerprint
 fingerprint() { "${VENV:-.venv}/bin/python" -c "from cat_tokenizer.io import load_vae; print(load_vae('$CKPT').fingerprint(with_head=False))"; }
 
-ALL=(curve run-curve picture demo palette classify gen-demo bench-gen bench-regions region-decodes region-refine block-head-targets distill-oracle distill-teacher dhead dhead-arms tail-pilot block-head rd analyse dhead-256 rd-256 analyse-256 rd-256-regions)
+ALL=(curve run-curve picture demo palette classify gen-demo bench-gen bench-regions region-decodes region-refine region-probes block-head-targets distill-oracle distill-teacher dhead dhead-arms tail-pilot block-head rd analyse dhead-256 rd-256 analyse-256 rd-256-regions)
 STEPS=("$@")
 [ ${#STEPS[@]} -gt 0 ] || STEPS=("${ALL[@]}")
 for s in "${STEPS[@]}"; do

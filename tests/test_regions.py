@@ -267,11 +267,14 @@ def test_region_maps_refined_by_real_decodes_keep_the_budget(tiny_vae, images):
         plain = region_maps(tiny_vae, images, "variance", budget=30)
         same = region_maps(tiny_vae, images, "variance", budget=30, refine=0)
         refined = region_maps(tiny_vae, images, "variance", budget=30, refine=2)
-    assert torch.equal(plain, same) and refined.shape == plain.shape == (2, 2, 3)
+        probed = region_maps(tiny_vae, images, "variance", budget=30, refine=1, probes=2)
+    assert torch.equal(plain, same) and refined.shape == plain.shape == probed.shape == (2, 2, 3)
     tokens = {8: 16, 16: 4, 32: 1}
-    assert all(sum(tokens[int(r)] for r in m.flatten()) <= 30 for m in refined)
+    assert all(sum(tokens[int(r)] for r in m.flatten()) <= 30 for m in (*refined, *probed))
     with pytest.raises(UserInputError, match="0 or more"):
         region_maps(tiny_vae, images, "variance", budget=30, refine=-1)
+    with pytest.raises(UserInputError, match="need refinement rounds"):
+        region_maps(tiny_vae, images, "variance", budget=30, probes=4)
 
 
 def test_rd_regions_decode_every_map_and_the_refined_oracle_keeps_its_rounds(tmp_path, tiny_vae):
@@ -290,6 +293,8 @@ def test_rd_regions_decode_every_map_and_the_refined_oracle_keeps_its_rounds(tmp
     assert float(rows["regions: oracle, refined"]["mean_tokens"]) <= 16 + 1e-9
     rounds = sorted(p.name for p in (out / "region_cache").rglob("*refined*round*.npz"))
     assert len(rounds) == 3  # REFINE_ROUNDS decodes, each cached: a killed run resumes after the last one
+    probes = sorted(p.name for p in (out / "region_cache").rglob("*probed*round0-probe*.npz"))
+    assert len(probes) == 8 and float(rows["regions: oracle, probed"]["mean_tokens"]) <= 16 + 1e-9  # 4 cosets x 2 ratios
     assert "oracle, refined" in (out / "rd.md").read_text()
     assert tools.main([*args, "--region-merge", "pixels"]) == 0  # the same maps, each ratio decoded whole and blended
     pixels = {r["method"]: r for r in csv.DictReader(open(out / "regions.csv"))}
@@ -320,6 +325,14 @@ def test_encode_refines_a_region_map_on_request_and_refuses_it_elsewhere(tmp_pat
     with pytest.raises(SystemExit):
         tools.main(["encode", *common, "--ratio", "regions", "--region-budget", "20", "--region-refine", "-1", "--out", "x"])
     assert "--region-refine: must be zero or more" in capsys.readouterr().err
+    probed = ["encode", *common, "--ratio", "regions", "--region-budget", "20", "--region-probes", "4"]
+    assert tools.main([*probed, "--region-refine", "1", "--out", str(tmp_path / "p")]) == 0
+    assert (tmp_path / "p" / "a.safetensors").is_file()
+    assert tools.main([*probed, "--out", str(tmp_path / "q")]) == 2
+    one_line_error(capsys, "--region-probes", "--region-refine")
+    with pytest.raises(SystemExit):
+        tools.main([*probed[:-1], "3", "--region-refine", "1", "--out", "x"])
+    assert "--region-probes" in capsys.readouterr().err
 
 
 def test_latin_maps_put_every_block_at_every_ratio_once_beside_other_ratios(tiny_vae, images):

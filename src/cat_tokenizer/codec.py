@@ -66,6 +66,9 @@ class EncodeOptions:
         region_refine: with --ratio regions: rounds that decode the map for real and correct each block's error at its
             ratio by the measured one before allocating again (one decode each; 3 took the oracle map at 64 tokens from
             +0.15 to +0.22 dB over fixed 16x on 96 dev images: docs/regions.md)
+        region_probes: with --region-refine: each round also decodes the map with each 2x2 coset (4) or checkerboard
+            half (2) of the blocks moved to each other ratio, so the errors of the ratios not chosen are measured in
+            context too (2 * probes more decodes a round: docs/regions.md)
     """
 
     ratio: Literal["8", "16", "32", "auto", "regions"]
@@ -79,6 +82,7 @@ class EncodeOptions:
     region_budget: float | None = None
     region_map: Literal["oracle", "head", "variance", "edges"] = "oracle"
     region_refine: int = 0
+    region_probes: Literal[0, 2, 4] = 0
 
 
 @torch.no_grad()
@@ -139,6 +143,8 @@ def _check_ratio_options(vae, ratio: int | str, o: EncodeOptions) -> None:
         raise UserInputError("--confidence goes with --ratio auto and --target-psnr")
     if o.region_refine and ratio != "regions" or o.region_refine < 0:
         raise UserInputError(f"--region-refine takes 0 or more rounds, with --ratio regions (got {o.region_refine})")
+    if o.region_probes and not o.region_refine:
+        raise UserInputError("--region-probes corrects refinement rounds: give --region-refine N too")
     if ratio == "regions":
         if (region_budget is None) == (target_psnr is None):
             raise UserInputError("--ratio regions needs --region-budget TOKENS or --target-psnr DB (one of the two)")
@@ -151,7 +157,7 @@ def _check_ratio_options(vae, ratio: int | str, o: EncodeOptions) -> None:
 
 def _encode_regions(vae, x: torch.Tensor, target: Path, source: str, fingerprint: str, o: EncodeOptions) -> Path:
     """One image as a region latent file; logs its map and tokens."""
-    ratio_map = region_maps(vae, x, o.region_map, o.region_budget, o.target_psnr, o.region_refine)  # (1, bh, bw)
+    ratio_map = region_maps(vae, x, o.region_map, o.region_budget, o.target_psnr, o.region_refine, o.region_probes)  # (1, bh, bw)
     lat = vae.encode_regions(x, ratio_map, o.sample)
     save_region_latent(target, lat.pack()[0], lat.size, lat.block, source=source, tokenizer=fingerprint)
     shares = ", ".join(f"{r}x {int((ratio_map == r).sum())}" for r in lat.ratios())

@@ -8,6 +8,8 @@ decodes; region maps are then allocated under a mean token budget per image (``c
 * ``regions: oracle, refined``: the oracle corrected by ``REFINE_ROUNDS`` rounds of real decodes (each decodes the
   maps, replaces every block's error at its chosen ratio by a running mean with the measured one and allocates
   again: ``cat_tokenizer.regions.maps.refined_choice``), shared budget;
+* ``regions: oracle, probed``: the same with one round whose decode of the maps is followed by 8 probe decodes (each
+  2x2 coset of blocks moved to each other ratio: ``probe_choices``), so the ratios not chosen are measured in context too;
 * ``regions: oracle, per image``: the whole-image oracle, each image held to the budget;
 * ``regions: head``: the tokenizer's block head (``cat-tokenizer block-head``) when it has one, shared budget;
 * ``regions: variance`` / ``regions: edges``: a cheap signal per block times a per-ratio factor, shared budget.
@@ -48,6 +50,7 @@ from cat_tokenizer.regions.maps import (
     block_signal,
     maps_from_distortion,
     predicted_distortion,
+    probe_choices,
     refined_choice,
     signal_distortion,
 )
@@ -58,7 +61,11 @@ __all__ = ["REGION_METHODS", "region_rows", "seam_sums", "seam_ratio", "region_m
 log = logging.getLogger(__name__)
 
 REFINE_ROUNDS = 3  # 96 dev images, 64 tokens: +0.33 / +0.41 / +0.49 / +0.53 dB after 0 / 1 / 2 / 3 rounds
-REGION_METHODS = ("regions: oracle", "regions: oracle, refined", "regions: oracle, per image", "regions: head", "regions: variance", "regions: edges")
+# v2, 96 dev images, 64 tokens (docs/regions.md "Probes"): plain rounds +0.44 / +0.44 / +0.48 / +0.48 after 0-3;
+# one round with 2x2-coset probes (9 decodes) +0.50
+REFINED = {"regions: oracle, refined": (REFINE_ROUNDS, 0), "regions: oracle, probed": (1, 4)}  # method: (rounds, probes)
+REGION_METHODS = ("regions: oracle", "regions: oracle, refined", "regions: oracle, probed", "regions: oracle, per image",
+                  "regions: head", "regions: variance", "regions: edges")
 
 
 def _images(root: Path, table: ReconTable, crop: str) -> torch.Tensor:
@@ -104,11 +111,22 @@ def _maps(method: str, d: np.ndarray, signals: dict[str, np.ndarray], cost: np.n
     return allocate_mean_psnr(est, cost, budget)
 
 
-def _refined_maps(d: np.ndarray, cost: np.ndarray, budget: float, decoded) -> np.ndarray:
-    """The shared-budget oracle corrected by ``REFINE_ROUNDS`` real decodes (``refined_choice``); ``decoded(round,
-    maps)`` decodes (cached) and returns ``_decode``'s dict, whose ``blocks`` are the errors measured in context."""
-    return refined_choice(d, lambda est: allocate_mean_psnr(est, cost, budget), lambda m, i: decoded(i, m)["blocks"],
-                          REFINE_ROUNDS)
+def _refined_maps(d: np.ndarray, cost: np.ndarray, budget: float, decoded, rounds: int = REFINE_ROUNDS, probes: int = 0) -> np.ndarray:
+    """The shared-budget oracle corrected by ``rounds`` real decodes (``refined_choice``), each with its ``probes``
+    (``probe_choices``) if any; ``decoded(tag, maps)`` decodes (cached under ``round{i}`` or ``round{i}-probe{k}``) and
+    returns ``_decode``'s dict, whose ``blocks`` are the errors measured in context."""
+    side = int(round(d.shape[1] ** 0.5))
+    at = {"round": 0, "probe": 0}
+
+    def observe(maps: np.ndarray, i: int | None) -> np.ndarray:  # probes (i None) follow their round's decode in order
+        if i is not None:
+            at.update(round=i, probe=0)
+            return decoded(f"round{i}", maps)["blocks"]
+        at["probe"] += 1
+        return decoded(f"round{at['round']}-probe{at['probe']}", maps)["blocks"]
+
+    probe = (lambda c: probe_choices(c, (side, side), d.shape[-1], probes)) if probes else None
+    return refined_choice(d, lambda est: allocate_mean_psnr(est, cost, budget), observe, rounds, probe)
 
 
 @torch.no_grad()
@@ -186,9 +204,10 @@ def region_rows(vae, table: ReconTable, root: Path, out: Path, crop: str, budget
     items = [("fixed 16x", float(cost[ref] * base["d"].shape[1]))] + [(m, float(b)) for b in budgets for m in methods]
     signals = {s: base[s] for s in (*SIGNAL_FACTORS, "head") if s in base}
 
-    def decoded(name: str, maps: np.ndarray) -> dict:
+    def decoded(name: str, maps: np.ndarray, feats: bool = True) -> dict:
         tag = "" if merge == "features" else f"-{merge}"
-        return _cached(folder / f"{name}{tag}.npz", lambda: {"maps": maps, **_decode(vae, x, maps, ratios, inception, merge)})
+        return _cached(folder / f"{name}{tag}.npz",
+                       lambda: {"maps": maps, **_decode(vae, x, maps, ratios, inception if feats else None, merge)})
 
     for k, (method, budget) in enumerate(items):
         name = f"{method}-{budget:g}".replace(": ", "_").replace(", ", "_").replace(" ", "_")
@@ -196,8 +215,9 @@ def region_rows(vae, table: ReconTable, root: Path, out: Path, crop: str, budget
             log.info("regions: %s at %g tokens (%d of %d)", method, budget, k + 1, len(items))
         if method.startswith("fixed"):
             maps = np.full(base["d"].shape[:2], ref)
-        elif method == "regions: oracle, refined":
-            maps = _refined_maps(base["d"], cost, budget, lambda i, m, name=name: decoded(f"{name}-round{i}", m))
+        elif method in REFINED:
+            rounds, probes = REFINED[method]
+            maps = _refined_maps(base["d"], cost, budget, lambda t, m, name=name: decoded(f"{name}-{t}", m, feats=False), rounds, probes)
         else:
             maps = _maps(method, base["d"], signals, cost, budget)
         res = decoded(name, maps)

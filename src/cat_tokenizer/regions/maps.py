@@ -254,9 +254,10 @@ def refined_choice(d: np.ndarray, allocate_idx, observe, rounds: int, probe=None
 
 
 @torch.no_grad()
-def refine_maps(vae, x: Tensor, d: Tensor, allocate_maps, rounds: int) -> Tensor:
+def refine_maps(vae, x: Tensor, d: Tensor, allocate_maps, rounds: int, probes: int = 0) -> Tensor:
     """``refined_choice`` on images: ``allocate_maps`` turns block errors (B, bh, bw, R) into ratio maps (B, bh, bw),
-    each round decodes them with ``vae.decode_regions``. Returns the last maps (B, bh, bw)."""
+    each round decodes them with ``vae.decode_regions`` (and, with ``probes`` 2 or 4, the ``probe_choices`` of that
+    many classes: 2 * probes more decodes a round). Returns the last maps (B, bh, bw)."""
     ratios, block = torch.tensor(sorted(vae.ratios)), max(vae.ratios)
     b, bh, bw, r = d.shape
 
@@ -268,7 +269,8 @@ def refine_maps(vae, x: Tensor, d: Tensor, allocate_maps, rounds: int) -> Tensor
         y = vae.decode_regions(vae.encode_regions(x, maps)).clamp(-1, 1)
         return block_distortion(x, [y], block)[..., 0].reshape(b, -1).double().cpu().numpy()
 
-    choice = refined_choice(d.reshape(b, -1, r).double().cpu().numpy(), allocate_idx, observe, rounds)
+    probe = (lambda c: probe_choices(c, (bh, bw), r, probes)) if probes else None
+    choice = refined_choice(d.reshape(b, -1, r).double().cpu().numpy(), allocate_idx, observe, rounds, probe)
     return ratios[torch.from_numpy(choice)].reshape(b, bh, bw)
 
 
@@ -283,14 +285,15 @@ def predicted_distortion(vae, x: Tensor) -> Tensor:
 
 @torch.no_grad()
 def region_maps(vae, x: Tensor, policy: str = "oracle", budget: float | None = None,
-                target_psnr: float | None = None, refine: int = 0) -> Tensor:
+                target_psnr: float | None = None, refine: int = 0, probes: int = 0) -> Tensor:
     """Each image's ratio map, (B, 3, H, W) -> (B, bh, bw) ratios, under a token budget per image or the
     fewest tokens predicted to reach ``target_psnr`` (exactly one of the two).
 
     ``oracle`` measures each block's error in whole-image decodes at every ratio (three decodes);
     ``head`` predicts it with the tokenizer's block head from the encoder's trunk (``cat-tokenizer block-head``);
     ``variance`` / ``edges`` predict it from the block's pixels (``SIGNAL_FACTORS``). ``refine`` rounds then
-    correct those errors by real decodes of the map (``refine_maps``: one more decode each).
+    correct those errors by real decodes of the map (``refine_maps``: one more decode each), and with ``probes`` (2 or
+    4) by decodes of the map with each class of blocks moved to the other ratios (2 * ``probes`` more decodes a round).
     """
 
     if policy not in POLICIES:
@@ -299,6 +302,8 @@ def region_maps(vae, x: Tensor, policy: str = "oracle", budget: float | None = N
         raise UserInputError("a region map needs a token budget or a PSNR target (one of the two)")
     if refine < 0:
         raise UserInputError(f"region map refinement rounds must be 0 or more, got {refine}")
+    if probes not in (0, 2, 4) or (probes and not refine):
+        raise UserInputError(f"region map probes must be 0, 2 or 4 and need refinement rounds, got {probes} with {refine} round(s)")
     ratios, block = sorted(vae.ratios), max(vae.ratios)
     cost = [block_tokens(r, block) for r in ratios]
     if policy == "oracle":
@@ -311,7 +316,7 @@ def region_maps(vae, x: Tensor, policy: str = "oracle", budget: float | None = N
     def allocate_maps(dist: Tensor) -> Tensor:
         return maps_from_distortion(dist, ratios, cost, x.shape[-2] * x.shape[-1], budget, target_psnr)
 
-    return refine_maps(vae, x, d, allocate_maps, refine)
+    return refine_maps(vae, x, d, allocate_maps, refine, probes)
 
 
 def maps_from_distortion(d: Tensor, ratios: Sequence[int], cost: Sequence[float], pixels: int, budget: float | None = None,
