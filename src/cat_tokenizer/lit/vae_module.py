@@ -7,6 +7,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from diffusers.models.resnet import ResnetBlock2D
 from timm.utils import ModelEmaV3
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
@@ -50,9 +51,19 @@ def warm_start(vae: NestedVAE, source: str | Path) -> list[str]:
                              f"(first: {misfit[0]}); warm starts may only add modules")
     vae.load_state_dict(src, strict=False)
     new = [k for k in dst if k not in src]
+    _new_resnets_as_identity(vae, set(new))
     log.info("warm start from %s (fingerprint %s): %d weights copied, %d new (%s)", source, trained.fingerprint(),
              len(src), len(new), ", ".join(new) or "none")
     return new
+
+
+def _new_resnets_as_identity(vae: nn.Module, new: set[str]) -> None:
+    """Zero the last conv of every residual block a warm start added whole (one without a shortcut conv), so a model
+    grown from a shallower one (``decoder_layers_per_block``) starts exactly as that one."""
+    for name, mod in vae.named_modules():
+        if isinstance(mod, ResnetBlock2D) and mod.conv_shortcut is None and f"{name}.conv2.weight" in new:
+            nn.init.zeros_(mod.conv2.weight)
+            nn.init.zeros_(mod.conv2.bias)
 
 
 class NestedVAEModule(L.LightningModule):

@@ -209,6 +209,8 @@ class NestedVAE(ModelMixin, ConfigMixin):
         block_out_channels: width of each resolution stage; stage i runs at 1/2^i of the input,
             so 6 stages reach 32x. The last width is the shared mid-block width.
         layers_per_block: ResNet blocks per encoder stage (the decoder uses one more, as in LDM).
+        decoder_layers_per_block: the decoder's own ``layers_per_block`` (default: the encoder's), for a deeper
+            decoder; ``init_from`` a shallower tokenizer starts its extra ResNets as the identity.
         norm_num_groups: GroupNorm groups; must divide every width.
         latent_channels: channels C of the continuous latent (B, C, H/r, W/r).
         ratios: the compression ratios this model supports (powers of two up to 2^(stages-1)).
@@ -244,6 +246,7 @@ class NestedVAE(ModelMixin, ConfigMixin):
         latent_stats: dict | None = None,
         region_fill: dict | None = None,
         block_head: dict | None = None,
+        decoder_layers_per_block: int | None = None,
     ):
         super().__init__()
         if colour_path not in COLOUR_PATHS:
@@ -259,7 +262,10 @@ class NestedVAE(ModelMixin, ConfigMixin):
         self.ratios = ratios
         self.latent_channels = latent_channels
         self.encoder = _Encoder(in_channels, ch, layers_per_block, norm_num_groups, latent_channels, ratios)
-        self.decoder = _Decoder(out_channels, ch, layers_per_block, norm_num_groups, latent_channels, ratios, colour_path)
+        dec_layers = layers_per_block if decoder_layers_per_block is None else decoder_layers_per_block
+        if dec_layers < 1:
+            raise UserInputError(f"decoder_layers_per_block must be 1 or more, got {dec_layers}")
+        self.decoder = _Decoder(out_channels, ch, dec_layers, norm_num_groups, latent_channels, ratios, colour_path)
         self.register_load_state_dict_pre_hook(hub.upgrade_v1_state)  # checkpoints from before the Downsample2D rename
         self.ratio_head: RatioHead | None = None
         if ratio_head is not None:
