@@ -195,6 +195,8 @@ def test_warm_start_copies_a_trained_tokenizer_and_keeps_the_modules_it_adds(tmp
     assert len(module.vae.decoder.stages[0].resnets) == len(old.decoder.stages[0].resnets) + 1
     assert torch.allclose(module.vae.eval().reconstruct(x, 16), old.reconstruct(x, 16), atol=1e-4)  # new ResNets: identity
     assert module.vae.decoder.stages[0].resnets[-1].conv1.weight.any()  # only their last conv starts at zero
+    with pytest.raises(UserInputError, match="decoder_layers_per_block"):
+        NestedVAE(**{**old.init_config(), "decoder_layers_per_block": 0})
     narrower = NestedVAE(**{**old.init_config(), "latent_channels": 2})
     with pytest.raises(UserInputError, match="do not fit this model") as err:
         _module_with(narrower, init_from=str(tmp_path / "old"))

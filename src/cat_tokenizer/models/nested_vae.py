@@ -59,10 +59,10 @@ NESTED_VAE_PRESETS: dict[str, dict] = {
 
 
 def _check_sizes(in_channels: int, out_channels: int, ch: tuple[int, ...], layers: int, groups: int, latent: int,
-                 ratios: tuple[int, ...]) -> None:
+                 ratios: tuple[int, ...], decoder_layers: int | None = None) -> None:
     """One-line errors for sizes no model can have (before torch fails deep inside a layer)."""
     named = dict(in_channels=in_channels, out_channels=out_channels, layers_per_block=layers, norm_num_groups=groups,
-                 latent_channels=latent)
+                 latent_channels=latent, **({} if decoder_layers is None else {"decoder_layers_per_block": decoder_layers}))
     if bad := {k: v for k, v in named.items() if not isinstance(v, int) or v < 1}:
         raise UserInputError(f"NestedVAE sizes must be positive integers, got {bad}")
     if not ch or any(c < 1 for c in ch):
@@ -252,7 +252,7 @@ class NestedVAE(ModelMixin, ConfigMixin):
         if colour_path not in COLOUR_PATHS:
             raise UserInputError(f"colour_path must be one of {', '.join(COLOUR_PATHS)}, got {colour_path!r}")
         ch, ratios = tuple(int(c) for c in block_out_channels), tuple(sorted(int(r) for r in ratios))
-        _check_sizes(in_channels, out_channels, ch, layers_per_block, norm_num_groups, latent_channels, ratios)
+        _check_sizes(in_channels, out_channels, ch, layers_per_block, norm_num_groups, latent_channels, ratios, decoder_layers_per_block)
         if bad := [c for c in ch if c % norm_num_groups]:
             raise UserInputError(f"norm_num_groups={norm_num_groups} must divide every width; it does not divide {bad}")
         max_ratio = 2 ** (len(ch) - 1)
@@ -263,8 +263,6 @@ class NestedVAE(ModelMixin, ConfigMixin):
         self.latent_channels = latent_channels
         self.encoder = _Encoder(in_channels, ch, layers_per_block, norm_num_groups, latent_channels, ratios)
         dec_layers = layers_per_block if decoder_layers_per_block is None else decoder_layers_per_block
-        if dec_layers < 1:
-            raise UserInputError(f"decoder_layers_per_block must be 1 or more, got {dec_layers}")
         self.decoder = _Decoder(out_channels, ch, dec_layers, norm_num_groups, latent_channels, ratios, colour_path)
         self.register_load_state_dict_pre_hook(hub.upgrade_v1_state)  # checkpoints from before the Downsample2D rename
         self.ratio_head: RatioHead | None = None
