@@ -232,7 +232,7 @@ def test_probes_find_a_cheap_ratio_that_whole_image_errors_ruled_out_and_refinem
     real = whole.copy()
     real[0, 0, 2] = 1.0
     alloc = lambda d: np.stack([allocate(d[0], COST, 28)])  # noqa: E731
-    observe = lambda c, _k: real[0, np.arange(4), c[0]][None]  # noqa: E731
+    observe = lambda c, *_at: real[0, np.arange(4), c[0]][None]  # noqa: E731
     plain = refined_choice(whole, alloc, observe, 2)
     probed = refined_choice(whole, alloc, observe, 2, lambda c: probe_choices(c, (2, 2), 3))
     assert plain.tolist() == [[0, 1, 1, 1]] and probed.tolist() == [[2, 0, 1, 1]]

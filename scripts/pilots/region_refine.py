@@ -100,13 +100,13 @@ def main() -> None:
         show(name, shared(d))
     starts = [("whole-image errors", whole, shared), ("whole-image errors, each image held to the budget", whole, per_image)]
     starts += [("block head", head, shared)] if head is not None else []
-    def observe(name: str, c: np.ndarray, k: int | None) -> np.ndarray:  # k None: a probe, decoded silently
-        return blocks(decode(c)) if k is None else show(f"{name}, {k} round(s) of real decodes", c)
+    def observe(name: str, c: np.ndarray, k: int, probe: int | None = None) -> np.ndarray:  # probes are decoded silently
+        return blocks(decode(c)) if probe else show(f"{name}, {k} round(s) of real decodes", c)
 
     probe = (lambda c: probe_choices(c, (side, side), len(ratios), a.probes)) if a.probes else None
     for name, d, alloc in starts:
         name += f", probes {a.probes}" if a.probes else ""
-        idx = refined_choice(d, alloc, lambda c, k, name=name: observe(name, c, k), a.rounds, probe)
+        idx = refined_choice(d, alloc, lambda c, *at, name=name: observe(name, c, *at), a.rounds, probe)
         show(f"{name}, {a.rounds} round(s) of real decodes", idx)
     if a.report:
         emit("")

@@ -116,14 +116,9 @@ def _refined_maps(d: np.ndarray, cost: np.ndarray, budget: float, decoded, round
     (``probe_choices``) if any; ``decoded(tag, maps)`` decodes (cached under ``round{i}`` or ``round{i}-probe{k}``) and
     returns ``_decode``'s dict, whose ``blocks`` are the errors measured in context."""
     side = int(round(d.shape[1] ** 0.5))
-    at = {"round": 0, "probe": 0}
 
-    def observe(maps: np.ndarray, i: int | None) -> np.ndarray:  # probes (i None) follow their round's decode in order
-        if i is not None:
-            at.update(round=i, probe=0)
-            return decoded(f"round{i}", maps)["blocks"]
-        at["probe"] += 1
-        return decoded(f"round{at['round']}-probe{at['probe']}", maps)["blocks"]
+    def observe(maps: np.ndarray, i: int, k: int | None = None) -> np.ndarray:
+        return decoded(f"round{i}" + (f"-probe{k}" if k else ""), maps)["blocks"]
 
     probe = (lambda c: probe_choices(c, (side, side), d.shape[-1], probes)) if probes else None
     return refined_choice(d, lambda est: allocate_mean_psnr(est, cost, budget), observe, rounds, probe)

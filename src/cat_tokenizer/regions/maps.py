@@ -242,14 +242,15 @@ def refined_choice(d: np.ndarray, allocate_idx, observe, rounds: int, probe=None
     """``rounds`` times: allocate ``allocate_idx(estimate)`` -> (N, nb) ratio indices, decode that choice for real
     (``observe(choice, round)`` -> (N, nb) measured block errors) and correct the estimate (``InContext``, from
     ``d`` (N, nb, R)); returns the allocation from the last estimate. ``probe(choice)``, if given, yields
-    ``(probe, moved)`` choices (``probe_choices``) that are decoded too (``observe(probe, None)``), each correcting
-    its moved blocks' estimate at the ratios they moved to: errors of the alternatives in the chosen map's context."""
+    ``(probe, moved)`` choices (``probe_choices``) that are decoded too (``observe(probe, round, k)``, k = 1, 2, ...),
+    each correcting its moved blocks' estimate at the ratios they moved to: errors of the alternatives in the chosen
+    map's context."""
     ctx = InContext(d)
     for i in range(rounds):
         choice = allocate_idx(ctx.d)
         ctx.observe(choice, observe(choice, i))
-        for alt, moved in probe(choice) if probe is not None else ():
-            ctx.observe(alt, observe(alt, None), moved)
+        for k, (alt, moved) in enumerate(probe(choice) if probe is not None else (), 1):
+            ctx.observe(alt, observe(alt, i, k), moved)
     return allocate_idx(ctx.d)
 
 
@@ -264,7 +265,7 @@ def refine_maps(vae, x: Tensor, d: Tensor, allocate_maps, rounds: int, probes: i
     def allocate_idx(est: np.ndarray) -> np.ndarray:  # (B, nb, R) -> (B, nb) ratio indices
         return torch.searchsorted(ratios, allocate_maps(torch.from_numpy(est).reshape(b, bh, bw, r)).cpu()).reshape(b, -1).numpy()
 
-    def observe(choice: np.ndarray, _round: int) -> np.ndarray:
+    def observe(choice: np.ndarray, _round: int, _probe: int | None = None) -> np.ndarray:
         maps = ratios[torch.from_numpy(choice)].reshape(b, bh, bw).to(x.device)
         y = vae.decode_regions(vae.encode_regions(x, maps)).clamp(-1, 1)
         return block_distortion(x, [y], block)[..., 0].reshape(b, -1).double().cpu().numpy()
