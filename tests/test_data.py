@@ -32,6 +32,23 @@ def test_uniform_batches_have_one_ratio_and_cover_everything():
     assert _epoch(BucketBatchSampler(23, 4, seed=3)) == batches
 
 
+def test_position_places_each_pass_in_the_endless_order_of_epochs():
+    """``position`` = batches trained so far: the pass is the rest of the epoch that count falls in, on every rank."""
+    plain = BucketBatchSampler(23, 4, seed=3, item_ratios=[8, 16, 32] * 7 + [8, 8], weights=[1.0] * 23)
+    n = len(plain)
+    endless = [b for e in range(3) for b in _epoch(plain, e)]
+    for trained in (0, 1, n - 1, n, n + 2, 2 * n):
+        s = BucketBatchSampler(23, 4, seed=3, item_ratios=[8, 16, 32] * 7 + [8, 8], weights=[1.0] * 23,
+                               position=lambda t=trained: t)
+        s.set_epoch(7)  # position wins over a stale set_epoch
+        assert list(s) == endless[trained : (trained // n + 1) * n]
+    outside_a_fit = BucketBatchSampler(23, 4, seed=3, item_ratios=[8, 16, 32] * 7 + [8, 8], weights=[1.0] * 23,
+                                       position=lambda: None)
+    assert _epoch(outside_a_fit, 2) == endless[2 * n :]  # no trainer: set_epoch decides
+    ranks = [list(BucketBatchSampler(23, 2, seed=1, num_replicas=2, rank=r, position=lambda: 13)) for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) and [b[0][1] for b in ranks[0]] == [b[0][1] for b in ranks[1]]
+
+
 def test_uniform_draws_all_ratios_over_many_batches():
     counts = Counter(b[0][1] for b in _epoch(BucketBatchSampler(3000, 4, seed=0)))
     assert set(counts) == {8, 16, 32} and min(counts.values()) > 200

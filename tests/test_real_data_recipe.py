@@ -250,3 +250,39 @@ def test_the_optimizer_follows_the_schedule_through_warm_up_decay_and_a_resume(i
     assert [s for s, _ in resumed.lrs] == list(range(5, 12))  # continues where it stopped, not from step 0
     assert [lr for _, lr in resumed.lrs] == pytest.approx([want(s) for s in range(5, 12)], rel=1e-6)
     assert resumed.lrs[-1][1] == pytest.approx(1e-4)  # the floor: min_lr_ratio * lr
+
+
+class _RecordBatches(L.Callback):
+    """Each training batch as (ratio, image keys)."""
+
+    def __init__(self):
+        self.seen: list[tuple[int, tuple[str, ...]]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.seen.append((int(batch["ratio"]), tuple(batch["key"])))
+
+
+def test_every_epoch_draws_a_new_order_and_a_run_stopped_anywhere_resumes_it(image_folder, tmp_path):
+    """Lightning calls ``set_epoch`` on a loader's sampler, not on a batch sampler: every epoch must still get its
+    own order (5 training images, batches of 2: 2 batches an epoch). Stopped mid-epoch 0, at the end of epoch 1 and
+    mid-epoch 2 (Lightning counts an epoch a stop cut short as finished), the pieces together see the batches
+    (images and ratios) of one uninterrupted run, in its order."""
+    def fit(batches: int, ckpt: str | None = None) -> list:
+        rec = _RecordBatches()
+        module = NestedVAEModule(NestedVAE.from_preset("tiny"), VAELoss(perceptual_weight=0), ema_decay=0)
+        dm = CATDataModule(root=str(image_folder), image_size=32, batch_size=2, num_workers=0, val_fraction=0.0)
+        trainer = L.Trainer(max_steps=2 * batches, accelerator="cpu", logger=False, enable_progress_bar=False,
+                            limit_val_batches=0, use_distributed_sampler=False, default_root_dir=tmp_path,
+                            callbacks=[rec], enable_checkpointing=False, enable_model_summary=False)
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+        trainer.save_checkpoint(tmp_path / f"stop{batches}.ckpt")
+        return rec.seen
+
+    whole = fit(8)
+    epochs = [tuple(whole[i : i + 2]) for i in range(0, 8, 2)]
+    assert len(set(epochs)) == 4  # a new order (or ratio draw) every epoch
+    pieces, last = [], None
+    for stop in (1, 4, 5, 8):
+        pieces += fit(stop, last)
+        last = str(tmp_path / f"stop{stop}.ckpt")
+    assert pieces == whole

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -14,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from cat_tokenizer.data.dataset import collate_skipping, stratified_val_keys
 from cat_tokenizer.data.latent_cache import LatentCache, LatentEntry
-from cat_tokenizer.data.sampler import BucketBatchSampler, bucket_loader, world_and_rank
+from cat_tokenizer.data.sampler import BucketBatchSampler, bucket_loader, trained_batches, world_and_rank
 from cat_tokenizer.errors import InputNotFound, UserInputError
 from cat_tokenizer.ratios import RatioAssignment
 
@@ -157,7 +158,8 @@ class LatentDataModule(L.LightningDataModule):
         world, rank = world_and_rank(self)
         sampler = BucketBatchSampler(len(ds), batch_size, item_ratios=ds.ratios, shuffle=train,
                                      drop_last=train and self.drop_last and len(ds) >= batch_size * world,
-                                     seed=self.seed, num_replicas=world, rank=rank)
+                                     seed=self.seed, num_replicas=world, rank=rank,
+                                     position=partial(trained_batches, self) if train else None)
         return bucket_loader(ds, sampler, self.num_workers, collate_latents)
 
     def train_dataloader(self) -> DataLoader:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cat_tokenizer.errors import UserInputError
 
-__all__ = ["BucketBatchSampler", "balanced_weights", "bucket_loader", "world_and_rank"]
+__all__ = ["BucketBatchSampler", "balanced_weights", "bucket_loader", "trained_batches", "world_and_rank"]
 
 
 class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
@@ -25,8 +25,11 @@ class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
     Under DDP, batches are grouped into global steps of ``num_replicas`` batches that share one
     ratio, so all ranks run the same ratio at the same step (no rank waits on a slower ratio)
     and get the same number of batches. An incomplete step is dropped (``drop_last``) or filled
-    by repeating batches of the same ratio. The order depends only on ``seed`` and the epoch set
-    by ``set_epoch`` (Lightning calls it), so every rank computes the same global plan.
+    by repeating batches of the same ratio. The order depends only on ``seed`` and the epoch, so every rank
+    computes the same global plan. The epoch comes from ``set_epoch`` or, in a Lightning fit, from ``position``:
+    Lightning calls ``set_epoch`` only on a loader's ``sampler`` or ``batch_sampler.sampler``, never on a batch
+    sampler, so without ``position`` every epoch repeats epoch 0's order (and its weighted draw), and a resumed
+    run starts that order again.
 
     Args:
         num_items: dataset length.
@@ -40,6 +43,10 @@ class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
         num_replicas: DDP world size.
         rank: this process's rank.
         weights: per-item sampling weights (e.g. ``balanced_weights(kinds)``), or None.
+        position: asked when a pass begins: how many batches (per rank) the run has trained, ``T``. The pass is
+            the rest of epoch ``T // len(self)``, from its batch ``T % len(self)``: epoch after epoch, and a run
+            stopped anywhere and resumed sees the batches of one uninterrupted run. ``None`` (outside a fit):
+            ``set_epoch`` decides. ``partial(trained_batches, datamodule)`` in a train loader.
     """
 
     def __init__(
@@ -55,6 +62,7 @@ class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
         num_replicas: int = 1,
         rank: int = 0,
         weights: Sequence[float] | None = None,
+        position: Callable[[], int | None] | None = None,
     ):
         if batch_size < 1 or num_items < 1:
             raise UserInputError(f"need batch_size >= 1 and a non-empty dataset (got {batch_size}, {num_items})")
@@ -70,6 +78,7 @@ class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
         self.fixed_ratio, self.shuffle, self._drop_last = fixed_ratio, shuffle, drop_last
         self.seed, self.num_replicas, self.rank, self.epoch = seed, num_replicas, rank, 0
         self.weights = None if weights is None else np.asarray(weights, dtype=np.float64)
+        self.position = position
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -116,8 +125,17 @@ class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
             out += [(int(r), st) for st in self._steps(self._chunks(self._order(idx, rng)))]
         return [out[i] for i in rng.permutation(len(out))] if self.shuffle else out
 
+    def _start(self) -> int:
+        """Set this pass's epoch from ``position``; the batches of it the run already trained on."""
+        trained = None if self.position is None else self.position()
+        if trained is None:  # not in a fit: set_epoch decides
+            return 0
+        self.epoch, done = divmod(max(0, int(trained)), len(self))
+        return done
+
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        for ratio, step in self._global_steps():
+        start = self._start()  # before the plan: it sets the epoch
+        for ratio, step in self._global_steps()[start:]:
             yield [(int(i), ratio) for i in step[self.rank]]
 
     def _num_steps(self, n_items: int) -> int:
@@ -149,6 +167,18 @@ def world_and_rank(datamodule) -> tuple[int, int]:
     """``(world_size, global_rank)`` of the trainer a DataModule is attached to; ``(1, 0)`` without one."""
     trainer = getattr(datamodule, "trainer", None)
     return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
+
+def trained_batches(datamodule) -> int | None:
+    """How many batches the fit of the trainer a DataModule is attached to has trained, over all its epochs and
+    resumes (None without a trainer): ``BucketBatchSampler(position=...)`` reads it when a train loader's pass begins.
+
+    Lightning restores this count before it makes a resumed run's first iterator, and it runs the epoch it resumes
+    in to the batch count ``len(loader)``: that is the rest of the epoch the count falls in, so the sampler's epochs
+    and Lightning's stay aligned even though Lightning numbers an epoch that a stop cut short as finished.
+    """
+    trainer = getattr(datamodule, "trainer", None)
+    return None if trainer is None else int(trainer.fit_loop.epoch_loop.batch_progress.total.processed)
 
 
 def bucket_loader(dataset: Dataset, sampler: BucketBatchSampler, num_workers: int, collate_fn) -> DataLoader:

@@ -164,3 +164,5 @@ def silence_known_warnings() -> None:
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     # BucketBatchSampler's predict loader never drops items; Lightning cannot see that.
     warnings.filterwarnings("ignore", message="You are using a custom batch sampler")
+    # BucketBatchSampler(position=trained_batches) resumes a train loader in place from the loop's restored count.
+    warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")

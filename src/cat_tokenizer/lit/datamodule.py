@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -25,7 +26,7 @@ from cat_tokenizer.data.default_data import ensure_default_data
 from cat_tokenizer.data.flat import FlatFields
 from cat_tokenizer.data.images import UnreadableImage, list_images, partition_readable
 from cat_tokenizer.data.latent_cache import LatentCache
-from cat_tokenizer.data.sampler import BucketBatchSampler, balanced_weights, bucket_loader, world_and_rank
+from cat_tokenizer.data.sampler import BucketBatchSampler, balanced_weights, bucket_loader, trained_batches, world_and_rank
 from cat_tokenizer.data.transforms import CropPolicy, image_transform
 from cat_tokenizer.errors import InputNotFound, UserInputError
 from cat_tokenizer.ratios import DEFAULT_RATIOS, RatioAssignment, check_ratio
@@ -265,7 +266,7 @@ class CATDataModule(L.LightningDataModule):
             len(self.train_set), self.batch_size, self.ratios, item_ratios=self.train_set.ratios,
             fixed_ratio=self.fixed_ratio, shuffle=True, weights=self.train_weights,
             drop_last=self.drop_last and len(self.train_set) >= self.batch_size * world,
-            seed=self.seed, num_replicas=world, rank=rank,
+            seed=self.seed, num_replicas=world, rank=rank, position=partial(trained_batches, self),
         )
         return self._loader(self.train_set, sampler, self.flat_share)
 
