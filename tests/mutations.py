@@ -65,6 +65,14 @@ MUTATIONS = [
     Mutation("decode writes over the source image", "src/cat_tokenizer/codec.py",
              'refuse_inputs(t, [*latents, *sources], "decode: output", "an input latent or the source image of one")', "pass",
              "tests/test_no_data_loss.py", "source_image"),
+    Mutation("every epoch replays epoch 0's draw", "src/cat_tokenizer/lit/datamodule.py",
+             "seed=self.seed, num_replicas=world, rank=rank, position=partial(trained_batches, self),",
+             "seed=self.seed, num_replicas=world, rank=rank,",
+             "tests/test_real_data_recipe.py", "new_order"),
+    Mutation("a resumed run starts its epoch again", "src/cat_tokenizer/data/sampler.py",
+             "self.epoch, done = divmod(max(0, int(trained)), len(self))",
+             "self.epoch, done = divmod(max(0, int(trained)), len(self))[0], 0",
+             "tests/test_real_data_recipe.py", "new_order"),
 ]
 
 
