@@ -19,11 +19,14 @@ from cat_tokenizer.data.sampler import BucketBatchSampler
 from cat_tokenizer.markdown import md_header, md_row
 
 
-def _drawn(sampler: BucketBatchSampler, epochs: range) -> set[int]:
-    seen: set[int] = set()
+def _drawn(sampler: BucketBatchSampler, epochs: range) -> dict[int, set[int]]:
+    """Each image reached in these epochs -> the ratios it was trained at."""
+    seen: dict[int, set[int]] = {}
     for epoch in epochs:
         sampler.set_epoch(epoch)
-        seen.update(i for batch in sampler for i, _ in batch)
+        for batch in sampler:
+            for i, ratio in batch:
+                seen.setdefault(i, set()).add(ratio)
     return seen
 
 
@@ -40,12 +43,14 @@ def main() -> None:
     kinds = np.asarray(dm.train_kinds)
     sampler = BucketBatchSampler(len(kinds), dm.batch_size, weights=dm.train_weights, drop_last=dm.drop_last, seed=dm.seed)
     reused, fresh = _drawn(sampler, range(1)), _drawn(sampler, range(args.epochs))
+    one_ratio = sum(len(r) == 1 for r in reused.values()) / len(reused)
     print(f"{len(kinds)} training images, {len(sampler)} batches an epoch ({args.config}: balance "
-          f"{dm.balance}, kind shares {dm.kind_shares})\n")
+          f"{dm.balance}, kind shares {dm.kind_shares}); with one draw every epoch {one_ratio:.0%} of the images "
+          f"reached are only ever trained at one ratio\n")
     print("\n".join(md_header("kind", "images", "reached: one draw every epoch", f"a new draw each of {args.epochs} epochs")))
     for kind in [*sorted(set(kinds.tolist())), "all"]:
         ids = set(np.flatnonzero((kinds == kind) | (kind == "all")).tolist())
-        print(md_row(kind, len(ids), f"{len(ids & reused) / len(ids):.1%}", f"{len(ids & fresh) / len(ids):.1%}"))
+        print(md_row(kind, len(ids), f"{len(ids & reused.keys()) / len(ids):.1%}", f"{len(ids & fresh.keys()) / len(ids):.1%}"))
 
 
 if __name__ == "__main__":
