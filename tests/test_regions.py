@@ -277,6 +277,31 @@ def test_region_maps_refined_by_real_decodes_keep_the_budget(tiny_vae, images):
         region_maps(tiny_vae, images, "variance", budget=30, probes=4)
 
 
+def test_rd_regions_probe_from_the_block_heads_map_when_the_tokenizer_has_one(tmp_path, tiny_vae):
+    """``regions: head, probed`` starts from the head's own map (its first decode is the ``regions: head`` map, not
+    the oracle's), probes it with 8 decodes and keeps the budget."""
+    from conftest import write_kind_folder
+
+    from cat_tokenizer.cli import tools
+    from cat_tokenizer.regions.block_head import BlockHead
+
+    torch.manual_seed(0)
+    tiny_vae.attach_block_head(BlockHead(tiny_vae.trunk_channels(), tiny_vae.ratios, 32, hidden=8, image_size=64))
+    torch.nn.init.normal_(tiny_vae.block_head.out.weight)  # a head whose map is its own, not the oracle's
+    tiny_vae.save_pretrained(tmp_path / "tok")
+    write_kind_folder(tmp_path / "data", kinds=("flat", "natural"), n=3, size=(64, 64))
+    out = tmp_path / "rd"
+    assert tools.main(["rd", str(tmp_path / "data"), "--ckpt", str(tmp_path / "tok"), "--out", str(out), "--image-size", "64",
+                       "--features", "off", "--device", "cpu", "-q", "--regions", "--region-budgets", "16"]) == 0
+    rows = {r["method"]: r for r in csv.DictReader(open(out / "regions.csv"))}
+    assert float(rows["regions: head, probed"]["mean_tokens"]) <= 16 + 1e-9 and "regions: head" in rows
+    cache = next((out / "region_cache").iterdir())
+    first = np.load(cache / "regions_head_probed-16-round0.npz")["maps"]
+    assert np.array_equal(first, np.load(cache / "regions_head-16.npz")["maps"])
+    assert not np.array_equal(first, np.load(cache / "regions_oracle_probed-16-round0.npz")["maps"])
+    assert len(list(cache.glob("regions_head_probed-16-round0-probe*.npz"))) == 8  # 4 cosets x 2 other ratios
+
+
 def test_rd_regions_decode_every_map_and_the_refined_oracle_keeps_its_rounds(tmp_path, tiny_vae):
     from conftest import write_kind_folder
 

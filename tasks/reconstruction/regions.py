@@ -12,6 +12,8 @@ decodes; region maps are then allocated under a mean token budget per image (``c
   2x2 coset of blocks moved to each other ratio: ``probe_choices``), so the ratios not chosen are measured in context too;
 * ``regions: oracle, per image``: the whole-image oracle, each image held to the budget;
 * ``regions: head``: the tokenizer's block head (``cat-tokenizer block-head``) when it has one, shared budget;
+* ``regions: head, probed``: the head's map with the oracle's probed round on top: the search an encoder can run
+  (``encode --ratio regions --region-refine 1 --region-probes 4``), starting from what the head predicts;
 * ``regions: variance`` / ``regions: edges``: a cheap signal per block times a per-ratio factor, shared budget.
 
 Each map is then *decoded for real* (``vae.decode_regions``: a seam or a context effect shows up here, not
@@ -63,9 +65,10 @@ log = logging.getLogger(__name__)
 REFINE_ROUNDS = 3  # 96 dev images, 64 tokens: +0.33 / +0.41 / +0.49 / +0.53 dB after 0 / 1 / 2 / 3 rounds
 # v2, 96 dev images, 64 tokens (docs/regions.md "Probes"): plain rounds +0.44 / +0.44 / +0.48 / +0.48 after 0-3;
 # one round with 2x2-coset probes (9 decodes) +0.50
-REFINED = {"regions: oracle, refined": (REFINE_ROUNDS, 0), "regions: oracle, probed": (1, 4)}  # method: (rounds, probes)
+REFINED = {"regions: oracle, refined": (REFINE_ROUNDS, 0), "regions: oracle, probed": (1, 4),  # method: (rounds, probes)
+           "regions: head, probed": (1, 4)}
 REGION_METHODS = ("regions: oracle", "regions: oracle, refined", "regions: oracle, probed", "regions: oracle, per image",
-                  "regions: head", "regions: variance", "regions: edges")
+                  "regions: head", "regions: head, probed", "regions: variance", "regions: edges")
 
 
 def _images(root: Path, table: ReconTable, crop: str) -> torch.Tensor:
@@ -112,7 +115,8 @@ def _maps(method: str, d: np.ndarray, signals: dict[str, np.ndarray], cost: np.n
 
 
 def _refined_maps(d: np.ndarray, cost: np.ndarray, budget: float, decoded, rounds: int = REFINE_ROUNDS, probes: int = 0) -> np.ndarray:
-    """The shared-budget oracle corrected by ``rounds`` real decodes (``refined_choice``), each with its ``probes``
+    """The shared-budget allocation from the estimate ``d`` (N, nb, R) (the oracle's or the head's) corrected by
+    ``rounds`` real decodes (``refined_choice``), each with its ``probes``
     (``probe_choices``) if any; ``decoded(tag, maps)`` decodes (cached under ``round{i}`` or ``round{i}-probe{k}``) and
     returns ``_decode``'s dict, whose ``blocks`` are the errors measured in context."""
     side = int(round(d.shape[1] ** 0.5))
@@ -193,7 +197,7 @@ def region_rows(vae, table: ReconTable, root: Path, out: Path, crop: str, budget
     if table.feats is not None:
         inception = InceptionFeatures().eval().to(dev)
     if "head" not in base:
-        methods = [m for m in methods if m != "regions: head"]
+        methods = [m for m in methods if not m.startswith("regions: head")]
     rows, per_image = [], {}
     ref = ratios.index(16) if 16 in ratios else len(ratios) // 2
     items = [("fixed 16x", float(cost[ref] * base["d"].shape[1]))] + [(m, float(b)) for b in budgets for m in methods]
@@ -212,7 +216,8 @@ def region_rows(vae, table: ReconTable, root: Path, out: Path, crop: str, budget
             maps = np.full(base["d"].shape[:2], ref)
         elif method in REFINED:
             rounds, probes = REFINED[method]
-            maps = _refined_maps(base["d"], cost, budget, lambda t, m, name=name: decoded(f"{name}-{t}", m, feats=False), rounds, probes)
+            start = signals["head"] if method.startswith("regions: head") else base["d"]
+            maps = _refined_maps(start, cost, budget, lambda t, m, name=name: decoded(f"{name}-{t}", m, feats=False), rounds, probes)
         else:
             maps = _maps(method, base["d"], signals, cost, budget)
         res = decoded(name, maps)
