@@ -73,6 +73,12 @@ MUTATIONS = [
              "self.epoch, done = divmod(max(0, int(trained)), len(self))",
              "self.epoch, done = divmod(max(0, int(trained)), len(self))[0], 0",
              "tests/test_real_data_recipe.py", "new_order"),
+    Mutation("probe decodes never reach the estimate", "src/cat_tokenizer/regions/maps.py",
+             "ctx.observe(alt, observe(alt, i, k), moved)", "observe(alt, i, k)",
+             "tests/test_regions.py", "cheap_ratio"),
+    Mutation("the head's probed row starts from the oracle", "tasks/reconstruction/regions.py",
+             'start = signals["head"] if method.startswith("regions: head") else base["d"]', 'start = base["d"]',
+             "tests/test_regions.py", "block_heads_map"),
 ]
 
 
