@@ -45,6 +45,7 @@ def test_position_places_each_pass_in_the_endless_order_of_epochs():
     outside_a_fit = BucketBatchSampler(23, 4, seed=3, item_ratios=[8, 16, 32] * 7 + [8, 8], weights=[1.0] * 23,
                                        position=lambda: None)
     assert _epoch(outside_a_fit, 2) == endless[2 * n :]  # no trainer: set_epoch decides
+    assert list(BucketBatchSampler(3, 4, drop_last=True, position=lambda: 5)) == []  # no batch an epoch: nothing to place
     ranks = [list(BucketBatchSampler(23, 2, seed=1, num_replicas=2, rank=r, position=lambda: 13)) for r in (0, 1)]
     assert len(ranks[0]) == len(ranks[1]) and [b[0][1] for b in ranks[0]] == [b[0][1] for b in ranks[1]]
 

@@ -128,7 +128,7 @@ class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
     def _start(self) -> int:
         """Set this pass's epoch from ``position``; the batches of it the run already trained on."""
         trained = None if self.position is None else self.position()
-        if trained is None:  # not in a fit: set_epoch decides
+        if trained is None or not len(self):  # not in a fit (set_epoch decides), or an empty epoch
             return 0
         self.epoch, done = divmod(max(0, int(trained)), len(self))
         return done
