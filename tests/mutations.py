@@ -77,7 +77,8 @@ MUTATIONS = [
              "ctx.observe(alt, observe(alt, i, k), moved)", "observe(alt, i, k)",
              "tests/test_regions.py", "cheap_ratio"),
     Mutation("the head's probed row starts from the oracle", "tasks/reconstruction/regions.py",
-             'start = signals["head"] if method.startswith("regions: head") else base["d"]', 'start = base["d"]',
+             'start = _estimate(method, base["d"], signals)  # refined rows start from their source: oracle or head',
+             'start = base["d"]',
              "tests/test_regions.py", "block_heads_map"),
 ]
 

@@ -99,19 +99,22 @@ def seam_ratio(sums: np.ndarray) -> float:
     return float((s[0] / s[2]) / (s[1] / s[3]))
 
 
+def _estimate(method: str, d: np.ndarray, signals: dict[str, np.ndarray]) -> np.ndarray:
+    """(N, nb, R) block errors a method allocates from (a refined method: its source's, which its rounds correct):
+    the measured ones (oracle), the block head's, or a cheap signal's."""
+    source = method.split(": ")[1].split(", ")[0]  # "regions: head, probed" -> "head"
+    if source == "oracle":
+        return d
+    if source == "head":
+        return signals["head"]
+    return signal_distortion(torch.from_numpy(signals[source]), SIGNAL_FACTORS[source][: d.shape[-1]]).numpy()
+
+
 def _maps(method: str, d: np.ndarray, signals: dict[str, np.ndarray], cost: np.ndarray, budget: float) -> np.ndarray:
     """(N, nb) ratio indices for one method at a mean budget per image."""
-    n, nb, _ = d.shape
     if method == "regions: oracle, per image":
-        return np.stack([allocate(d[i], cost, budget) for i in range(n)])
-    if method == "regions: oracle":
-        est = d
-    elif method == "regions: head":
-        est = signals["head"]
-    else:
-        kind = method.split(": ")[1]
-        est = signal_distortion(torch.from_numpy(signals[kind]), SIGNAL_FACTORS[kind][: d.shape[-1]]).numpy()
-    return allocate_mean_psnr(est, cost, budget)
+        return np.stack([allocate(d[i], cost, budget) for i in range(len(d))])
+    return allocate_mean_psnr(_estimate(method, d, signals), cost, budget)
 
 
 def _refined_maps(d: np.ndarray, cost: np.ndarray, budget: float, decoded, rounds: int = REFINE_ROUNDS, probes: int = 0) -> np.ndarray:
@@ -216,7 +219,7 @@ def region_rows(vae, table: ReconTable, root: Path, out: Path, crop: str, budget
             maps = np.full(base["d"].shape[:2], ref)
         elif method in REFINED:
             rounds, probes = REFINED[method]
-            start = signals["head"] if method.startswith("regions: head") else base["d"]
+            start = _estimate(method, base["d"], signals)  # refined rows start from their source: oracle or head
             maps = _refined_maps(start, cost, budget, lambda t, m, name=name: decoded(f"{name}-{t}", m, feats=False), rounds, probes)
         else:
             maps = _maps(method, base["d"], signals, cost, budget)
