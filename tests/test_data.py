@@ -34,16 +34,15 @@ def test_uniform_batches_have_one_ratio_and_cover_everything():
 
 def test_position_places_each_pass_in_the_endless_order_of_epochs():
     """``position`` = batches trained so far: the pass is the rest of the epoch that count falls in, on every rank."""
-    plain = BucketBatchSampler(23, 4, seed=3, item_ratios=[8, 16, 32] * 7 + [8, 8], weights=[1.0] * 23)
+    kw = dict(num_items=23, batch_size=4, seed=3, item_ratios=[8, 16, 32] * 7 + [8, 8], weights=[1.0] * 23)
+    plain = BucketBatchSampler(**kw)
     n = len(plain)
     endless = [b for e in range(3) for b in _epoch(plain, e)]
     for trained in (0, 1, n - 1, n, n + 2, 2 * n):
-        s = BucketBatchSampler(23, 4, seed=3, item_ratios=[8, 16, 32] * 7 + [8, 8], weights=[1.0] * 23,
-                               position=lambda t=trained: t)
+        s = BucketBatchSampler(**kw, position=lambda t=trained: t)
         s.set_epoch(7)  # position wins over a stale set_epoch
         assert list(s) == endless[trained : (trained // n + 1) * n]
-    outside_a_fit = BucketBatchSampler(23, 4, seed=3, item_ratios=[8, 16, 32] * 7 + [8, 8], weights=[1.0] * 23,
-                                       position=lambda: None)
+    outside_a_fit = BucketBatchSampler(**kw, position=lambda: None)
     assert _epoch(outside_a_fit, 2) == endless[2 * n :]  # no trainer: set_epoch decides
     assert list(BucketBatchSampler(3, 4, drop_last=True, position=lambda: 5)) == []  # no batch an epoch: nothing to place
     ranks = [list(BucketBatchSampler(23, 2, seed=1, num_replicas=2, rank=r, position=lambda: 13)) for r in (0, 1)]

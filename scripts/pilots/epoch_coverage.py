@@ -41,7 +41,7 @@ def main() -> None:
     dm = CATDataModule(root=args.train, verify_images=False, **{k: init[k] for k in keep if k in init})
     dm.setup("fit")
     kinds = np.asarray(dm.train_kinds)
-    sampler = BucketBatchSampler(len(kinds), dm.batch_size, weights=dm.train_weights, drop_last=dm.drop_last, seed=dm.seed)
+    sampler = dm.train_dataloader().batch_sampler  # the run's own sampler; without a trainer set_epoch decides
     reused, fresh = _drawn(sampler, range(1)), _drawn(sampler, range(args.epochs))
     one_ratio = sum(len(r) == 1 for r in reused.values()) / len(reused)
     print(f"{len(kinds)} training images, {len(sampler)} batches an epoch ({args.config}: balance "
