@@ -102,6 +102,28 @@ def test_palette_check_tells_exact_colour_from_a_shift():
     assert all(s["min_psnr"] < 36 for s in summary)
 
 
+class _Blur(_Shift):
+    """A stand-in tokenizer that blurs every edge by one pixel and keeps each colour exact."""
+
+    def reconstruct(self, x: torch.Tensor, ratio: int) -> torch.Tensor:
+        return torch.nn.functional.avg_pool2d(torch.nn.functional.pad(x, (1,) * 4, mode="replicate"), 3, 1)
+
+
+def test_palette_check_tells_a_blurred_edge_from_a_wrong_colour():
+    from cat_tokenizer.metrics.palette import measure_palette, palette_markdown
+
+    blurred = [r for r in measure_palette(_Blur(1.0), layouts=("square",)) if r["colour"] != "white"]
+    assert all(r["edge_share"] == pytest.approx(1.0) and r["psnr_off_edge"] == 100.0 for r in blurred)
+    assert min(r["psnr"] for r in blurred) < 30  # the blur costs dB: red's square at 27 dB
+    shifted = [r for r in measure_palette(_Shift(1.1), layouts=("square", "whole")) if r["colour"] != "white"]
+    # a colour shift spreads over the square: its 2 px inner band is 12% of its pixels, (64^2 - 60^2) / 64^2
+    square = [r for r in shifted if r["layout"] == "square" and r["levels"] > 0]
+    assert square and all(r["edge_share"] == pytest.approx(0.121, abs=0.01) and r["psnr_off_edge"] - r["psnr"] < 1 for r in square)
+    assert all(r["edge_share"] == 0 and r["psnr_off_edge"] == pytest.approx(r["psnr"], abs=0.01) for r in shifted if r["layout"] == "whole")
+    edges = palette_markdown(measure_palette(_Blur(1.0))).split("where the error lies")[1]
+    assert "| 32 | 24.6 | 96% | 100.0 |" in edges  # 23 colours all on the edge, white without error
+
+
 @pytest.mark.slow
 @pytest.mark.xfail(_shipped_fingerprint() in SHORT_ON_WHOLE_IMAGES, reason="v1 and the fifth release shift a whole flat "
                    "image's colour (19-28 dB at worst); v2 (issue 24) fixed it", strict=True)

@@ -4,17 +4,21 @@ A latent of 256 tokens should carry one colour exactly, and CAT's premise (simpl
 needs it. The check encodes 24 uniform colours (saturated, pastel, dark and mid, greys) as whole
 images at 128 px and at a non-square size that needs padding, and as a 64 px square on white, at
 every ratio, and reports per image the PSNR (torchmetrics) and how far the mean colour of the
-coloured area moved, in 8-bit levels per channel.
+coloured area moved, in 8-bit levels per channel. For a square it also says where the error lies: the
+share of the squared error within ``EDGE_PX`` of the square's border (6% of the pixels) and the PSNR
+the image would reach with those pixels exact, which tells a blurred edge from a wrong colour.
 
 Targets (issue 24): every colour at every ratio >= 36 dB, mean colour within 3 levels.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.functional.image import peak_signal_noise_ratio
 
@@ -40,6 +44,8 @@ PALETTE: dict[str, tuple[int, int, int]] = {
 # layout -> (height, width); "square" is a 64 px square of the colour on white at 128 px.
 LAYOUTS: dict[str, tuple[int, int]] = {"whole": (128, 128), "whole 96x176": (96, 176), "square": (128, 128)}
 PSNR_CAP = 100.0  # an exact reconstruction (MSE 0) reads as this
+SQUARE = slice(32, 96)  # the square's rows and columns (cell-aligned at every ratio)
+EDGE_PX = 2  # the edge band: pixels with another colour within this many px (2 rows of pixels on each side of a border)
 
 
 @dataclass(frozen=True)
@@ -60,33 +66,53 @@ def _images(layout: str) -> tuple[Tensor, Tensor]:
     mask = torch.ones(h, w, dtype=torch.bool)
     if layout == "square":
         x = torch.ones(len(rgb), 3, h, w)  # white
-        x[:, :, 32:96, 32:96] = rgb[:, :, None, None]
+        x[:, :, SQUARE, SQUARE] = rgb[:, :, None, None]
         mask = torch.zeros(h, w, dtype=torch.bool)
         mask[40:88, 40:88] = True  # the square's inside, 8 px from its edges
         return x, mask
     return rgb[:, :, None, None].expand(-1, -1, h, w).contiguous(), mask
 
 
+def _edge_band(x: Tensor) -> Tensor:
+    """(N, H, W) bool: the pixels of (N, 3, H, W) images with another colour within ``EDGE_PX`` (none in a
+    whole image of one colour)."""
+    k = 2 * EDGE_PX + 1
+    hi, lo = F.max_pool2d(x, k, 1, EDGE_PX), -F.max_pool2d(-x, k, 1, EDGE_PX)  # neighbourhood max and min
+    return (hi > lo).any(1)
+
+
 @torch.no_grad()
 def measure_palette(vae, ratios: Sequence[int] | None = None, layouts: Sequence[str] = tuple(LAYOUTS),
                     device: torch.device | str = "cpu") -> list[dict]:
-    """One row per colour, layout and ratio: ``colour, layout, ratio, psnr, levels, r, g, b`` where
-    ``levels`` is the largest per-channel shift of the coloured area's mean colour (8-bit levels) and
-    ``r, g, b`` that mean as reconstructed."""
+    """One row per colour, layout and ratio: ``colour, layout, ratio, psnr, levels, r, g, b, edge_share,
+    psnr_off_edge`` where ``levels`` is the largest per-channel shift of the coloured area's mean colour
+    (8-bit levels), ``r, g, b`` that mean as reconstructed, ``edge_share`` the share of the squared error
+    within ``EDGE_PX`` of a colour edge (0 for a whole image) and ``psnr_off_edge`` the PSNR with those
+    pixels exact."""
     rows = []
+    want = torch.tensor(list(PALETTE.values()), dtype=torch.float32)
     for layout in layouts:
         x, mask = _images(layout)
         x = x.to(device)
+        edge = _edge_band(x)  # (24, H, W)
         for ratio in ratios or vae.ratios:
             y = vae.reconstruct(x, ratio).float()  # (24, 3, H, W) in [-1, 1], clamped
             mean = ((y[:, :, mask] + 1) * 127.5).mean(-1).cpu()  # (24, 3) in levels
-            want = torch.tensor(list(PALETTE.values()), dtype=torch.float32)
+            se = ((y - x) / 2).pow(2).mean(1)  # (24, H, W) squared error in [0, 1] units
+            on_edge, total = (se * edge).sum((1, 2)).cpu(), se.sum((1, 2)).cpu()  # (24,) each
             for i, name in enumerate(PALETTE):
                 psnr = float(peak_signal_noise_ratio((y[i] + 1) / 2, (x[i] + 1) / 2, data_range=1.0))
+                off_edge = float((total[i] - on_edge[i]).clamp_min(0) / se[i].numel())
                 r, g, b = (round(float(v)) for v in mean[i])
                 rows.append(dict(colour=name, layout=layout, ratio=int(ratio), psnr=min(psnr, PSNR_CAP),
-                                 levels=float((mean[i] - want[i]).abs().max()), r=r, g=g, b=b))
+                                 levels=float((mean[i] - want[i]).abs().max()), r=r, g=g, b=b,
+                                 edge_share=float(on_edge[i] / total[i]) if total[i] > 0 else 0.0,
+                                 psnr_off_edge=_psnr(off_edge)))
     return rows
+
+
+def _psnr(mse: float) -> float:  # data range 1, capped as PSNR_CAP
+    return min(-10 * math.log10(mse), PSNR_CAP) if mse > 0 else PSNR_CAP
 
 
 def summarise_palette(rows: Sequence[dict]) -> list[dict]:
@@ -117,4 +143,23 @@ def palette_markdown(rows: Sequence[dict], target: PaletteTarget = PaletteTarget
     whole = [dict(r, want="({}, {}, {})".format(*PALETTE[r["colour"]]), got=f"({r['r']}, {r['g']}, {r['b']})")
              for r in rows if r["layout"] == "whole" and r["ratio"] == top]
     lines += md_records(whole, ["colour", "want", "got", "psnr", "levels"], formats={"psnr": "{:.1f}", "levels": "{:.1f}"})
+    squares = _edges(rows)
+    if squares:
+        band = float(_edge_band(_images("square")[0][:1]).float().mean())
+        lines += ["", f"Squares on white, where the error lies: the share of the squared error within {EDGE_PX} px of the "
+                  f"square's border ({band:.0%} of the pixels; mean over colours), and the worst PSNR with those pixels "
+                  "exact: a blurred edge alone would score high there, a wrong colour does not.", ""]
+        lines += md_records(squares, ["ratio", "min_psnr", "edge_share", "min_psnr_off_edge"],
+                            formats={"min_psnr": "{:.1f}", "edge_share": "{:.0%}", "min_psnr_off_edge": "{:.1f}"})
     return "\n".join(lines) + "\n"
+
+
+def _edges(rows: Sequence[dict]) -> list[dict]:
+    """Per ratio, for the square layout: min PSNR, mean edge share, min PSNR with the edge band exact."""
+    out = []
+    for ratio in sorted({r["ratio"] for r in rows if r["layout"] == "square"}):
+        sel = [r for r in rows if r["layout"] == "square" and r["ratio"] == ratio]
+        out.append(dict(ratio=ratio, min_psnr=min(r["psnr"] for r in sel),
+                        edge_share=sum(r["edge_share"] for r in sel) / len(sel),
+                        min_psnr_off_edge=min(r["psnr_off_edge"] for r in sel)))
+    return out
