@@ -185,9 +185,10 @@ mutants: install
 	$(PY) tests/mutations.py --out docs/mutations.md
 
 # Rewrite docs/reports/ for the tokenizer CKPT, each report by the command that measures it (scripts/reports.sh;
-# hours on 2 cores, a killed step resumes from its caches):  make reports [REPORTS="demo palette classify"]
+# hours on 2 cores, a killed step resumes from its caches, a finished one is not run again for the same tokenizer
+# unless REDO=1):  make reports [REPORTS="demo palette classify"] [REDO=1]
 reports: need-real-data install
-	REAL_DATA=$(REAL_DATA) CKPT=$(CKPT) RUN=$(TRAIN_RUN) VENV=$(VENV) scripts/reports.sh $(REPORTS)
+	REAL_DATA=$(REAL_DATA) CKPT=$(CKPT) RUN=$(TRAIN_RUN) VENV=$(VENV) REDO=$(REDO) scripts/reports.sh $(REPORTS)
 
 bench: install
 	$(VENV)/bin/cat-tokenizer bench-train

@@ -7,7 +7,11 @@
 #
 # Knobs (environment): REAL_DATA (real-v1: train/ and dev/), CKPT (tokenizer, default cat-small), RUN (a training run's
 # log folder, for run-curve; default outputs/train_small/run/version_0), VENV, WORK (the
-# commands' own folders with their caches, default outputs/reports: a killed step resumes from its caches).
+# commands' own folders with their caches, default outputs/reports: a killed step resumes from its caches), DOCS (where
+# the reports go, default docs/reports), REDO=1 (run steps already done for this tokenizer).
+# A chain longer than a session: a finished step leaves WORK/done/STEP with the tokenizer's fingerprint (its weights
+# without add-ons) and is skipped when the same tokenizer comes again, so the same command, run again, goes on where
+# it stopped. A new region fill or head on the same weights is not a new tokenizer: REDO=1 (or delete the marker).
 # Times here, one step at a time on 2 cores: curve 1 s, picture 30 s, demo 1 min, palette 25 s, classify 3 min, gen-demo 2 min, bench-gen
 # 4.5 min, bench-regions 20 s, region-decodes 10 min, region-refine 10 min, region-probes 35 min (beside a training run), block-head-targets 40 min, distill-oracle 11 min, distill-teacher 3 min, dhead about 40 min cold (reconstructing all 8,463 training images: 24 min; then trunk statistics, 7 head fits and dev: 14 min on v2), dhead-arms 25 min after it, tail-pilot 50 min, block-head 25 min, rd 25 min + about 1 h 20 min for --regions (one budget: 30 map decodes, 21 of them refinement rounds and probes; an estimate from the 96-image pilots), analyse 4 min.
 set -euo pipefail
@@ -18,7 +22,7 @@ CKPT=${CKPT:-cat-small}
 WORK=${WORK:-outputs/reports}
 RUN=${RUN:-outputs/train_small/run/version_0}
 CT=${VENV:-.venv}/bin/cat-tokenizer
-DOCS=docs/reports
+DOCS=${DOCS:-docs/reports}
 DEV=$REAL_DATA/dev
 TRAIN=$REAL_DATA/train
 
@@ -153,8 +157,17 @@ for s in "${STEPS[@]}"; do
   declare -F "step_$s" >/dev/null || { echo "reports: unknown step '$s'; steps: ${ALL[*]}"; exit 2; }
 done
 need_real_data
-mkdir -p "$DOCS" "$WORK"
+mkdir -p "$DOCS" "$WORK/done"
+FP=$(fingerprint)
 for s in "${STEPS[@]}"; do
+  # run-curve reads a training run (RUN), not only the tokenizer: no marker, it always runs (a second)
+  marker="$WORK/done/$s"
+  [ "$s" = run-curve ] && marker=/dev/null
+  if [ -z "${REDO:-}" ] && [ "$(cut -d' ' -f2 "$marker" 2>/dev/null)" = "$FP" ]; then
+    echo "== reports: $s done already for tokenizer $FP ($(cut -d' ' -f1 "$marker"); REDO=1 runs it again)"
+    continue
+  fi
   echo "== reports: $s ($(date +%H:%M:%S))"
   "step_$s"
+  echo "$(date -Is) $FP" > "$marker"
 done

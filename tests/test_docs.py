@@ -72,3 +72,36 @@ def test_the_ship_script_checks_its_arguments_and_skips_finished_steps(tmp_path)
     assert again.returncode == 0 and "== ship: card done already (2026-12-04 abc)" in again.stdout, again
     fresh = run(str(tmp_path), "card", SHIP=str(tmp_path / "ship2"), VENV=str(tmp_path / "no-venv"))
     assert fresh.returncode != 0 and "== ship: card (" in fresh.stdout  # no marker: the step runs (and fails here)
+
+
+def test_the_reports_script_goes_on_where_it_stopped_for_the_same_tokenizer(tmp_path):
+    """scripts/reports.sh: a finished step leaves a marker with the tokenizer's fingerprint and is skipped when the
+    same tokenizer comes again; REDO=1 or another tokenizer runs it (a chain longer than a session resumes).
+    The tools are stand-ins: a python that prints the fingerprint FP, a cat-tokenizer that logs its call."""
+    import subprocess
+
+    venv = tmp_path / "venv" / "bin"
+    venv.mkdir(parents=True)
+    (venv / "python").write_text('#!/bin/sh\necho "$FP"\n')
+    (venv / "cat-tokenizer").write_text('#!/bin/sh\necho "$@" >> "$WORK/calls"\n')
+    for tool in venv.iterdir():
+        tool.chmod(0o755)
+    for d in ("data/train", "data/dev"):
+        (tmp_path / d).mkdir(parents=True)
+    env = {"PATH": "/usr/bin:/bin", "REAL_DATA": str(tmp_path / "data"), "DOCS": str(tmp_path / "docs"),
+           "WORK": str(tmp_path / "work"), "VENV": str(venv.parent), "FP": "0123456789abcdef"}
+    calls = tmp_path / "work" / "calls"
+
+    def run(**more) -> int:  # how many times the curve step's command ran
+        out = subprocess.run(["bash", str(ROOT / "scripts" / "reports.sh"), "curve", "run-curve"], capture_output=True,
+                             text=True, env={**env, **more})
+        assert out.returncode == 0, out
+        return calls.read_text().count("curve cat-small --report") if calls.exists() else 0
+
+    assert run() == 1
+    assert (tmp_path / "work" / "done" / "curve").read_text().split()[1] == "0123456789abcdef"
+    assert run() == 1  # the same tokenizer: skipped
+    assert run(REDO="1") == 2
+    assert run(FP="fedcba9876543210") == 3  # another tokenizer
+    assert run(FP="fedcba9876543210") == 3
+    assert not (tmp_path / "work" / "done" / "run-curve").exists()  # it reads a training run: never skipped
