@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Ship a trained cat-small run into the package with every add-on retrained on it, in the order docs/training.md gives
 # (the add-ons read the tokenizer frozen, so each is redone on new weights), after the release check on every dev image.
-# Resumable: a finished step (but the check) leaves a marker in SHIP, the two region-fill trainings resume from their last.ckpt, and
+# Resumable: a finished step (but the check) leaves a marker in SHIP (valid while the package holds the same tokenizer), the two region-fill trainings resume from their last.ckpt, and
 # SHIP_TIME (DD:HH:MM:SS) stops each training process in time (exit 3: run the same command again to go on).
 #
 #   scripts/ship_release.sh TRAIN_OUT [STEP ...]        (make ship-release TRAIN_OUT=... [SHIP_TIME=...])
@@ -27,8 +27,14 @@ TAIL=$SHIP/region_fill_tail
 PIXELS=$SHIP/region_fill_pixels
 TIME_ARG=${SHIP_TIME:+FILL_TIME=$SHIP_TIME}
 
-done_already() { [ -f "$SHIP/$1.done" ] && echo "== ship: $1 done already ($(cat "$SHIP/$1.done"))"; }
-mark() { echo "$(date -Is) $("$VENV/bin/python" -c "from cat_tokenizer.io import load_vae; print(load_vae('$PKG').fingerprint())")" > "$SHIP/$1.done"; }
+# a marker holds the packaged tokenizer's fingerprint (weights without add-ons) after its step: a step counts as done only
+# while the package holds those weights (a checkout that put the previous release back runs every step again)
+tokenizer_fp() { "$VENV/bin/python" -c "from cat_tokenizer.io import load_vae; print(load_vae('$PKG').fingerprint(with_head=False))"; }
+done_already() {
+  [ -f "$SHIP/$1.done" ] && [ "$(cut -d' ' -f2 "$SHIP/$1.done")" = "$(tokenizer_fp 2>/dev/null)" ] \
+    && echo "== ship: $1 done already ($(cat "$SHIP/$1.done"))"
+}
+mark() { echo "$(date -Is) $(tokenizer_fp)" > "$SHIP/$1.done"; }
 # did FILL_OUT's run reach MAX_STEPS? (a SessionTimer stop exits 0 as a finished run does)
 reached() {
   "$VENV/bin/python" - "$1/run/version_0/checkpoints/last.ckpt" "$2" <<'EOF'

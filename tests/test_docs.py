@@ -65,13 +65,17 @@ def test_the_ship_script_checks_its_arguments_and_skips_finished_steps(tmp_path)
                          ((str(tmp_path), "nope"), "unknown step 'nope'; steps: check tokenizer fill")):
         bad = run(*args)
         assert bad.returncode == 2 and len(bad.stdout.strip().splitlines()) == 1 and needle in bad.stdout, bad
-    ship = tmp_path / "ship"
+    ship, venv = tmp_path / "ship", tmp_path / "venv" / "bin"
     ship.mkdir()
+    venv.mkdir(parents=True)
+    (venv / "python").write_text('#!/bin/sh\necho "$FP"\n')  # a stand-in: the packaged tokenizer's fingerprint is FP
+    (venv / "python").chmod(0o755)
     (ship / "card.done").write_text("2026-12-04 abc\n")
-    again = run(str(tmp_path), "card", SHIP=str(ship), VENV=str(tmp_path / "no-venv"))  # no tool is called
+    again = run(str(tmp_path), "card", SHIP=str(ship), VENV=str(venv.parent), FP="abc")  # no tool is called
     assert again.returncode == 0 and "== ship: card done already (2026-12-04 abc)" in again.stdout, again
-    fresh = run(str(tmp_path), "card", SHIP=str(tmp_path / "ship2"), VENV=str(tmp_path / "no-venv"))
-    assert fresh.returncode != 0 and "== ship: card (" in fresh.stdout  # no marker: the step runs (and fails here)
+    for where, fp in ((ship, "other"), (tmp_path / "ship2", "abc")):  # another tokenizer in the package; no marker
+        fresh = run(str(tmp_path), "card", SHIP=str(where), VENV=str(venv.parent), FP=fp)
+        assert fresh.returncode != 0 and "== ship: card (" in fresh.stdout  # the step runs (and fails here: no cat-tokenizer)
 
 
 def test_the_reports_script_goes_on_where_it_stopped_for_the_same_tokenizer(tmp_path):
