@@ -13,7 +13,6 @@ Targets (issue 24): every colour at every ratio >= 36 dB, mean colour within 3 l
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -98,21 +97,21 @@ def measure_palette(vae, ratios: Sequence[int] | None = None, layouts: Sequence[
         for ratio in ratios or vae.ratios:
             y = vae.reconstruct(x, ratio).float()  # (24, 3, H, W) in [-1, 1], clamped
             mean = ((y[:, :, mask] + 1) * 127.5).mean(-1).cpu()  # (24, 3) in levels
-            se = ((y - x) / 2).pow(2).mean(1)  # (24, H, W) squared error in [0, 1] units
+            se = (y - x).pow(2).sum(1)  # (24, H, W)
             on_edge, total = (se * edge).sum((1, 2)).cpu(), se.sum((1, 2)).cpu()  # (24,) each
+            y_off_edge = torch.where(edge[:, None], x, y)  # the edge band exact
             for i, name in enumerate(PALETTE):
-                psnr = float(peak_signal_noise_ratio((y[i] + 1) / 2, (x[i] + 1) / 2, data_range=1.0))
-                off_edge = float((total[i] - on_edge[i]).clamp_min(0) / se[i].numel())
                 r, g, b = (round(float(v)) for v in mean[i])
-                rows.append(dict(colour=name, layout=layout, ratio=int(ratio), psnr=min(psnr, PSNR_CAP),
+                rows.append(dict(colour=name, layout=layout, ratio=int(ratio), psnr=_psnr(y[i], x[i]),
                                  levels=float((mean[i] - want[i]).abs().max()), r=r, g=g, b=b,
                                  edge_share=float(on_edge[i] / total[i]) if total[i] > 0 else 0.0,
-                                 psnr_off_edge=_psnr(off_edge)))
+                                 psnr_off_edge=_psnr(y_off_edge[i], x[i])))
     return rows
 
 
-def _psnr(mse: float) -> float:  # data range 1, capped as PSNR_CAP
-    return min(-10 * math.log10(mse), PSNR_CAP) if mse > 0 else PSNR_CAP
+def _psnr(y: Tensor, x: Tensor) -> float:
+    """PSNR (torchmetrics) of images in [-1, 1], capped as ``PSNR_CAP``."""
+    return min(float(peak_signal_noise_ratio((y + 1) / 2, (x + 1) / 2, data_range=1.0)), PSNR_CAP)
 
 
 def summarise_palette(rows: Sequence[dict]) -> list[dict]:
