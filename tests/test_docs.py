@@ -53,6 +53,16 @@ def test_the_reports_script_refuses_unknown_steps_and_missing_data_in_one_line(t
     assert none.returncode == 2 and len(none.stdout.strip().splitlines()) == 1 and "set REAL_DATA=" in none.stdout
 
 
+def _stand_in_venv(root: Path, **tools: str) -> str:
+    """A venv folder under root whose bin/ holds each tool as a one-line shell script (the scripts' VENV)."""
+    for name, line in tools.items():
+        tool = root / "venv" / "bin" / name
+        tool.parent.mkdir(parents=True, exist_ok=True)
+        tool.write_text(f"#!/bin/sh\n{line}\n")
+        tool.chmod(0o755)
+    return str(root / "venv")
+
+
 def test_the_ship_script_checks_its_arguments_and_skips_finished_steps(tmp_path):
     """scripts/ship_release.sh (make ship-release): one line for a bad call; a step with a marker is not run again."""
     import subprocess
@@ -65,16 +75,13 @@ def test_the_ship_script_checks_its_arguments_and_skips_finished_steps(tmp_path)
                          ((str(tmp_path), "nope"), "unknown step 'nope'; steps: check tokenizer fill")):
         bad = run(*args)
         assert bad.returncode == 2 and len(bad.stdout.strip().splitlines()) == 1 and needle in bad.stdout, bad
-    ship, venv = tmp_path / "ship", tmp_path / "venv" / "bin"
+    ship, venv = tmp_path / "ship", _stand_in_venv(tmp_path, python='echo "$FP"')  # the package's fingerprint is FP
     ship.mkdir()
-    venv.mkdir(parents=True)
-    (venv / "python").write_text('#!/bin/sh\necho "$FP"\n')  # a stand-in: the packaged tokenizer's fingerprint is FP
-    (venv / "python").chmod(0o755)
     (ship / "card.done").write_text("2026-12-04 abc\n")
-    again = run(str(tmp_path), "card", SHIP=str(ship), VENV=str(venv.parent), FP="abc")  # no tool is called
+    again = run(str(tmp_path), "card", SHIP=str(ship), VENV=venv, FP="abc")  # no tool is called
     assert again.returncode == 0 and "== ship: card done already (2026-12-04 abc)" in again.stdout, again
     for where, fp in ((ship, "other"), (tmp_path / "ship2", "abc")):  # another tokenizer in the package; no marker
-        fresh = run(str(tmp_path), "card", SHIP=str(where), VENV=str(venv.parent), FP=fp)
+        fresh = run(str(tmp_path), "card", SHIP=str(where), VENV=venv, FP=fp)
         assert fresh.returncode != 0 and "== ship: card (" in fresh.stdout  # the step runs (and fails here: no cat-tokenizer)
 
 
@@ -84,16 +91,11 @@ def test_the_reports_script_goes_on_where_it_stopped_for_the_same_tokenizer(tmp_
     The tools are stand-ins: a python that prints the fingerprint FP, a cat-tokenizer that logs its call."""
     import subprocess
 
-    venv = tmp_path / "venv" / "bin"
-    venv.mkdir(parents=True)
-    (venv / "python").write_text('#!/bin/sh\necho "$FP"\n')
-    (venv / "cat-tokenizer").write_text('#!/bin/sh\necho "$@" >> "$WORK/calls"\n')
-    for tool in venv.iterdir():
-        tool.chmod(0o755)
+    venv = _stand_in_venv(tmp_path, python='echo "$FP"', **{"cat-tokenizer": 'echo "$@" >> "$WORK/calls"'})
     for d in ("data/train", "data/dev"):
         (tmp_path / d).mkdir(parents=True)
     env = {"PATH": "/usr/bin:/bin", "REAL_DATA": str(tmp_path / "data"), "DOCS": str(tmp_path / "docs"),
-           "WORK": str(tmp_path / "work"), "VENV": str(venv.parent), "FP": "0123456789abcdef"}
+           "WORK": str(tmp_path / "work"), "VENV": venv, "FP": "0123456789abcdef"}
     calls = tmp_path / "work" / "calls"
 
     def run(**more) -> int:  # how many times the curve step's command ran
