@@ -148,7 +148,8 @@ step_analyse-256() {
 }
 
 # gen-demo's latent cache belongs to one tokenizer: a folder per weight fingerprint
-fingerprint() { "${VENV:-.venv}/bin/python" -c "from cat_tokenizer.io import load_vae; print(load_vae('$CKPT').fingerprint(with_head=False))"; }
+source scripts/markers.sh
+fingerprint() { fingerprint_of "$CKPT"; }
 
 ALL=(curve run-curve picture demo palette classify gen-demo bench-gen bench-regions region-decodes region-refine region-probes block-head-targets distill-oracle distill-teacher dhead dhead-arms tail-pilot block-head rd analyse dhead-256 rd-256 analyse-256 rd-256-regions)
 STEPS=("$@")
@@ -163,11 +164,11 @@ for s in "${STEPS[@]}"; do
   # run-curve reads a training run (RUN), not only the tokenizer: no marker, it always runs (a second)
   marker="$WORK/done/$s"
   [ "$s" = run-curve ] && marker=/dev/null
-  if [ -z "${REDO:-}" ] && [ "$(cut -d' ' -f2 "$marker" 2>/dev/null)" = "$FP" ]; then
+  if [ -z "${REDO:-}" ] && marked_for "$marker" "$FP"; then
     echo "== reports: $s done already for tokenizer $FP ($(cut -d' ' -f1 "$marker"); REDO=1 runs it again)"
     continue
   fi
   echo "== reports: $s ($(date +%H:%M:%S))"
   "step_$s"
-  echo "$(date -Is) $FP" > "$marker"
+  mark_for "$marker" "$FP"
 done

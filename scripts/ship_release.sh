@@ -29,12 +29,10 @@ TIME_ARG=${SHIP_TIME:+FILL_TIME=$SHIP_TIME}
 
 # a marker holds the packaged tokenizer's fingerprint (weights without add-ons) after its step: a step counts as done only
 # while the package holds those weights (a checkout that put the previous release back runs every step again)
-tokenizer_fp() { "$VENV/bin/python" -c "from cat_tokenizer.io import load_vae; print(load_vae('$PKG').fingerprint(with_head=False))"; }
-done_already() {
-  [ -f "$SHIP/$1.done" ] && [ "$(cut -d' ' -f2 "$SHIP/$1.done")" = "$(tokenizer_fp 2>/dev/null)" ] \
-    && echo "== ship: $1 done already ($(cat "$SHIP/$1.done"))"
-}
-mark() { echo "$(date -Is) $(tokenizer_fp)" > "$SHIP/$1.done"; }
+source scripts/markers.sh
+tokenizer_fp() { fingerprint_of "$PKG"; }
+done_already() { marked_for "$SHIP/$1.done" "$(tokenizer_fp 2>/dev/null)" && echo "== ship: $1 done already ($(cat "$SHIP/$1.done"))"; }
+mark() { mark_for "$SHIP/$1.done" "$(tokenizer_fp)"; }
 # did FILL_OUT's run reach MAX_STEPS? (a SessionTimer stop exits 0 as a finished run does)
 reached() {
   "$VENV/bin/python" - "$1/run/version_0/checkpoints/last.ckpt" "$2" <<'EOF'
