@@ -9,8 +9,9 @@
 #
 # Knobs (environment): REAL_DATA, SHIP (markers and fill runs, default outputs/ship/<TRAIN_OUT's name>), SHIP_TIME, VENV.
 # Times alone on 2 cores: check 2 min (every dev image against the shipped report; exit 4 if below), tokenizer 5 min
-# (latent statistics, dev report, card), fill 70 min (4,000 batches), fill-tail 30 min (1,500 batches with the merge adapter and decoder tail), fill-pixels 16 min
-# (300 batches through the pixel merge, with another job running), attach-fill 1 min, block-head 25 min, dhead about 40 min cold.
+# (latent statistics, dev report, card), fill 38 min (4,000 batches at 1.75/s), fill-tail 16 min (1,500 batches with the merge adapter and
+# decoder tail), fill-pixels 8 min (300 batches through the pixel merge), attach-fill 1 min, block-head 25 min, dhead about 40 min cold
+# (the fill steps measured on v3, 2026-12-05, beside a niced reports chain).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
