@@ -62,11 +62,13 @@ def test_commands_default_to_cat_small(name, tmp_path, capsys):
 # Shipped tokenizers known to miss the palette target, keyed by the fingerprint whole-image decodes depend on (a region
 # fill or a head attached later does not change them). A new release that is not listed must pass the test.
 # Whole 128-px images of one colour: v1 (the fourth release: 19-20 dB, shifts up to 38 levels) and the fifth (v1
-# warm-started with the colour path and flat fields: 20-25 dB, 29 levels) miss; v2 (the sixth) must keep >= 36 dB there.
+# warm-started with the colour path and flat fields: 20-25 dB, 29 levels) miss; v2 (the sixth) and v3 (the seventh) must
+# keep >= 36 dB there.
 SHORT_ON_WHOLE_IMAGES = {"63e87c250ec6da4e", "a7d539e217d21270"}
 # The whole target (whole images at 128 px and 96x176, squares on white): v2 misses it on squares at every ratio
-# (24.7 dB and 14 levels at worst, at 32x) and on 96x176 at 32x (3.1 levels, cyan).
-SHORT_OF_THE_PALETTE = SHORT_ON_WHOLE_IMAGES | {"677d35f5c9a82fe2"}
+# (24.7 dB and 14 levels at worst, at 32x) and on 96x176 at 32x (3.1 levels, cyan); v3 passes whole images at both
+# sizes and misses on squares only (29.4 dB and 9 levels at worst, at 32x; 70-74% of the error on the square's edge).
+SHORT_OF_THE_PALETTE = SHORT_ON_WHOLE_IMAGES | {"677d35f5c9a82fe2", "add6a363089dbff2"}
 
 
 @functools.cache
@@ -137,7 +139,7 @@ def test_shipped_tokenizer_returns_whole_flat_images_exactly():
 
 @pytest.mark.slow
 @pytest.mark.xfail(_shipped_fingerprint() in SHORT_OF_THE_PALETTE, reason="squares on white drift at 32x on every release "
-                   "so far (v2: 24.7 dB, 14 levels); issue 24's full target", strict=True)
+                   "so far (v2: 24.7 dB, 14 levels; v3: 29.4 dB, 9 levels); issue 24's full target", strict=True)
 def test_shipped_tokenizer_returns_flat_colours_exactly():
     """Every palette colour, whole (128 px and 96x176) and as a square on white, at every ratio: >= 36 dB, within 3 levels."""
     from cat_tokenizer.metrics.palette import PaletteTarget, measure_palette, summarise_palette

@@ -42,6 +42,24 @@ def test_every_report_is_written_by_a_step_of_the_reports_script():
     assert _written_by_reports_script('x --report "$DOCS/rd-dev-128"; cp a "$DOCS/b.md"') == ["rd-dev-128", "b.md"]
 
 
+KIND_ROW = re.compile(r"^\| (?:charts|flat|natural|text|all) \| \d+ \| [\d.]+ / [\d.]+ \|.*$", re.M)
+
+
+def _rows_not_in_report(page: str, report: str) -> list[str]:
+    """The per-kind PSNR / SSIM rows a page quotes that the report does not hold verbatim."""
+    return [row for row in KIND_ROW.findall(page) if row not in report]
+
+
+def test_the_readme_quotes_the_shipped_tokenizers_dev_table_as_the_demo_report_wrote_it():
+    """The README's first table is copied from docs/reports/demo-dev-128.md: a new release that rewrote the report
+    but not the README would show the previous weights' figures as cat-small's."""
+    report = (ROOT / "docs" / "reports" / "demo-dev-128.md").read_text()
+    readme = (ROOT / "README.md").read_text()
+    assert len(KIND_ROW.findall(readme)) == 5 and not _rows_not_in_report(readme, report), _rows_not_in_report(readme, report)
+    stale = "| flat | 197 | 29.60 / 0.904 | 26.03 / 0.849 | 21.82 / 0.764 |"
+    assert _rows_not_in_report(f"text\n{stale}\n", "| flat | 197 | 32.76 / 0.946 |") == [stale]
+
+
 def test_the_reports_script_refuses_unknown_steps_and_missing_data_in_one_line(tmp_path):
     import subprocess
 
