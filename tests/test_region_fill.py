@@ -192,6 +192,7 @@ def test_bench_regions_times_the_fill_under_each_merge_against_whole_decodes(tin
     assert {"decode 8x", "decode 16x", "decode_regions, region fill, features merge", "decode_regions, region fill, pixels merge"} <= set(rows)
     assert rows["decode 16x"]["cost_vs_16x"] == 1.0 and rows["decode 8x"]["tokens"] == 64
     assert rows["decode_regions, region fill, pixels merge"]["tokens"] == rows["decode_regions, refine 0"]["tokens"]
+    assert rows["decode_regions, region fill + 1 context pass, pixels merge"]["tokens"] == rows["decode_regions, refine 0"]["tokens"]
     from cat_tokenizer.cli import tools
 
     report = tmp_path / "docs" / "bench-regions.md"
