@@ -55,7 +55,8 @@ def test_the_readme_quotes_the_shipped_tokenizers_dev_table_as_the_demo_report_w
     but not the README would show the previous weights' figures as cat-small's."""
     report = (ROOT / "docs" / "reports" / "demo-dev-128.md").read_text()
     readme = (ROOT / "README.md").read_text()
-    assert len(KIND_ROW.findall(readme)) == 5 and not _rows_not_in_report(readme, report), _rows_not_in_report(readme, report)
+    missing = _rows_not_in_report(readme, report)
+    assert len(KIND_ROW.findall(readme)) == 5 and not missing, missing
     stale = "| flat | 197 | 29.60 / 0.904 | 26.03 / 0.849 | 21.82 / 0.764 |"
     assert _rows_not_in_report(f"text\n{stale}\n", "| flat | 197 | 32.76 / 0.946 |") == [stale]
 
