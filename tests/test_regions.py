@@ -74,6 +74,30 @@ def test_a_pixel_merge_blends_whole_decodes_with_weights_that_sum_to_one(tiny_va
         tiny_vae.decode_regions(lat, merge="latents")
 
 
+@pytest.mark.parametrize("merge", ["pixels", "features"])
+def test_a_context_pass_on_some_grids_fills_only_those_again(tiny_vae, images, merge):
+    """``refine_ratios`` limits a context pass to some grids: every grid is the full pass, one grid is the first
+    decode's other grids with that one refilled from the re-encoded image, and a ratio the tokenizer lacks is refused."""
+    from cat_tokenizer.regions.latent import exit_latents, mixed_decode, pixel_merge_decode
+
+    rmap = torch.tensor([[8, 16, 32], [32, 32, 16]])
+    with torch.no_grad():
+        lat = tiny_vae.encode_regions(images, rmap)
+        full = tiny_vae.decode_regions(lat, 1, merge=merge)
+        assert torch.equal(tiny_vae.decode_regions(lat, 1, merge=merge, refine_ratios=(8, 16, 32)), full)
+        first = {r: lat.filled(r) for r in lat.ratios()}
+        decode = pixel_merge_decode if merge == "pixels" else mixed_decode
+        x = decode(tiny_vae, lat, first).clamp(-1, 1)
+        want = decode(tiny_vae, lat, {**first, 32: lat.filled(32, exit_latents(tiny_vae, x, [32])[32])})
+        got = tiny_vae.decode_regions(lat, 1, merge=merge, refine_ratios=(32,))
+        assert torch.allclose(got, want[..., :64, :96], atol=1e-5)
+        assert not torch.allclose(got, full, atol=1e-3)  # the other grids kept their first fill
+        one = tiny_vae.encode_regions(images, torch.where(rmap == 32, 16, rmap))  # no 32x block: nothing to refill
+        assert torch.equal(tiny_vae.decode_regions(one, 1, merge=merge, refine_ratios=(32,)), tiny_vae.decode_regions(one, 0, merge=merge))
+    with pytest.raises(UserInputError, match="refine_ratios: 64 is not a ratio"):
+        tiny_vae.decode_regions(lat, 1, refine_ratios=(64,))
+
+
 def test_a_mixed_decode_blends_each_ratios_colour_path_across_block_borders(images):
     """With the tail's output conv zeroed, a mixed decode is the colour path alone: each block keeps its own
     ratio's colour inside and ramps to its neighbour's over 2 * COLOUR_FEATHER + 1 pixels (a hard mask made a

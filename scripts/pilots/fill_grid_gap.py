@@ -3,7 +3,9 @@
 Each image's oracle map at a budget is decoded with the pixel merge (each ratio's grid decoded whole, blended by
 the map) from the region fill's grids, from every ratio's true full latents (the bound: not transmittable), and
 from the fill's grids with one ratio's grid swapped for its true latents. What each swap wins is what that grid's
-fill costs. Prints one markdown table, per kind.
+fill costs. Then one context pass (re-encode the first decode, fill the missing cells from it: ``decode_regions(...,
+refine=1)``) on every grid, and on one grid at a time: a pass that re-decodes one ratio costs one encode and one
+decode instead of one encode and a decode per ratio. Prints one markdown table, per kind.
 
     .venv/bin/python scripts/pilots/fill_grid_gap.py ../shared/data/real-v1/dev --ckpt cat-small [--per-kind 12]
 
@@ -22,7 +24,7 @@ from cat_tokenizer.io import load_vae
 from cat_tokenizer.lit.kind_eval import load_kind_sample
 from cat_tokenizer.markdown import md_header, md_row
 from cat_tokenizer.metrics.image import psnr_per_image
-from cat_tokenizer.regions.latent import pixel_merge_decode
+from cat_tokenizer.regions.latent import exit_latents, pixel_merge_decode
 
 
 @torch.no_grad()
@@ -34,8 +36,12 @@ def grid_gap(vae, x: torch.Tensor, budget: float, batch: int = 16) -> dict[str, 
         h, w = xb.shape[-2:]
         _, lat, true = oracle_region_latent(vae, xb, budget)
         filled = vae.region_fill(lat)
+        first = pixel_merge_decode(vae, lat, filled).clamp(-1, 1)
+        context = {r: lat.filled(r, c) for r, c in exit_latents(vae, first, lat.ratios()).items()}
         grids = {"region fill": filled, "true full latents (bound)": true}
         grids.update({f"region fill, true {r}x grid": {**filled, r: true[r]} for r in lat.ratios()})
+        grids["region fill + 1 context pass"] = context
+        grids.update({f"region fill + 1 context pass on the {r}x grid": {**filled, r: context[r]} for r in lat.ratios()})
         for name, g in grids.items():
             y = pixel_merge_decode(vae, lat, g)[..., :h, :w].clamp(-1, 1)
             rows.setdefault(name, []).append(psnr_per_image(y, xb).cpu())

@@ -340,7 +340,9 @@ def _variants(vae) -> dict[str, dict]:
         out.update({"region fill": {"refine": 0, "use_fill": True, "merge": "features"},
                     "region fill + 1 context pass": {"refine": 1, "use_fill": True, "merge": "features"},
                     "region fill, each ratio decoded whole, blended": {"refine": 0, "use_fill": True, "merge": "pixels"},
-                    "region fill + 1 context pass, each ratio decoded whole, blended": {"refine": 1, "use_fill": True, "merge": "pixels"}})
+                    "region fill + 1 context pass, each ratio decoded whole, blended": {"refine": 1, "use_fill": True, "merge": "pixels"},
+                    f"region fill + 1 context pass on the {max(vae.ratios)}x grid, each ratio decoded whole, blended":
+                        {"refine": 1, "use_fill": True, "merge": "pixels", "refine_ratios": (max(vae.ratios),)}})
     out["2 context passes, each ratio decoded whole, blended"] = {"refine": 2, "use_fill": False, "merge": "pixels"}
     return out
 

@@ -561,13 +561,15 @@ class NestedVAE(ModelMixin, ConfigMixin):
         Returns a ``cat_tokenizer.regions.RegionLatent`` (``.tokens()`` per image); see that module."""
         return encode_regions(self, x, ratio_map, sample)
 
-    def decode_regions(self, latent, refine: int | None = None, use_fill: bool = True, merge: str | None = None) -> Tensor:
+    def decode_regions(self, latent, refine: int | None = None, use_fill: bool = True, merge: str | None = None,
+                       refine_ratios: tuple[int, ...] | None = None) -> Tensor:
         """A ``RegionLatent`` -> (B, 3, H, W) images at its recorded size: the mixed decode, its missing
         cells from the attached region fill, then ``refine`` context passes (default 0 with a region
         fill, 2 without; ``use_fill=False`` ignores the fill; ``merge="pixels"`` decodes each ratio whole
         and blends the images by the map, ``"features"`` merges the paths at the shared 8x stages; default:
-        the merge the fill was trained for; ``cat_tokenizer.regions.latent``)."""
-        return decode_regions(self, latent, refine, use_fill, merge)
+        the merge the fill was trained for; ``refine_ratios``: the grids a pass fills again, default all;
+        ``cat_tokenizer.regions.latent``)."""
+        return decode_regions(self, latent, refine, use_fill, merge, refine_ratios)
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor, ratio: int) -> Tensor:
