@@ -326,8 +326,8 @@ def test_rd_regions_probe_from_the_block_heads_map_when_the_tokenizer_has_one(tm
     assert len(list(cache.glob("regions_head_probed-16-round0-probe*.npz"))) == 8  # 4 cosets x 2 other ratios
 
 
-def test_rd_regions_decode_every_map_and_the_refined_oracle_keeps_its_rounds(tmp_path, tiny_vae):
-    from conftest import write_kind_folder
+def test_rd_regions_decode_every_map_and_the_refined_oracle_keeps_its_rounds(tmp_path, tiny_vae, capsys):
+    from conftest import one_line_error, write_kind_folder
 
     from cat_tokenizer.cli import tools
 
@@ -351,6 +351,14 @@ def test_rd_regions_decode_every_map_and_the_refined_oracle_keeps_its_rounds(tmp
     assert pixels["regions: oracle"]["psnr"] != rows["regions: oracle"]["psnr"]  # a mixed map: another decode
     assert len(list((out / "region_cache").rglob("*-pixels.npz"))) >= len(rows)  # cached beside, not over, the features decodes
     assert "merge='pixels'" in (out / "rd.md").read_text()
+    assert tools.main([*args, "--region-merge", "pixels", "--region-context", "32"]) == 0  # + a context pass on the 32x grid
+    ctx = {r["method"]: r for r in csv.DictReader(open(out / "regions.csv"))}
+    assert ctx["fixed 16x"]["psnr"] == rows["fixed 16x"]["psnr"] and ctx["regions: oracle"]["psnr"] != pixels["regions: oracle"]["psnr"]
+    assert len(list((out / "region_cache").rglob("*-pixels-ctx32.npz"))) >= len(rows)  # beside the decodes without the pass
+    assert "refine_ratios=(32,)" in (out / "rd.md").read_text()
+    capsys.readouterr()
+    assert tools.main([*args, "--region-context", "64"]) != 0
+    one_line_error(capsys, "--region-context", "64 is not a ratio")
 
 
 def test_encode_refines_a_region_map_on_request_and_refuses_it_elsewhere(tmp_path, tiny_vae, capsys):

@@ -36,7 +36,7 @@ from cat_tasks.reconstruction.rate_control import (
     rate_headline_line,
     rate_markdown,
 )
-from cat_tasks.reconstruction.regions import examples_figure, plot_regions, region_markdown, region_rows
+from cat_tasks.reconstruction.regions import RegionDecode, examples_figure, plot_regions, region_markdown, region_rows
 from cat_tasks.reconstruction.table import ReconTable, measure_folder
 from cat_tokenizer.complexity import ComplexityEvaluator, EvaluatorSpec, RatioMapper
 from cat_tokenizer.devices import resolve_device
@@ -451,6 +451,8 @@ class RDOptions:
         region_merge: how --regions decodes a map: features (one decode, the paths merged at the shared 8x stages, with
             the region fill's adapter and tail), pixels (each ratio present decoded whole, blended by the map), or auto
             (the merge the tokenizer's region fill was trained for: decode_regions' default)
+        region_context: comma-separated ratios whose grids one context pass refills after the region fill (re-encoding
+            the first decode; under the pixel merge only those grids are decoded again), e.g. 32; default none
         device: auto, cpu, cuda ...
         quiet: no progress bars
     """
@@ -471,6 +473,7 @@ class RDOptions:
     regions: bool = False
     region_budgets: str | None = None
     region_merge: Literal["auto", "features", "pixels"] = "auto"
+    region_context: str | None = None
     device: str = "auto"
     quiet: bool = False
 
@@ -485,6 +488,7 @@ def run_rd(data: str | Path, o: RDOptions = RDOptions()) -> Path:
     budgets = parse_numbers(o.budgets, "--budgets", float)
     region_budgets = parse_numbers(o.region_budgets, "--region-budgets", float)
     vae = load_vae(o.ckpt).to(resolve_device(o.device))
+    decode = _region_decode(vae, o)  # checked before hours of work
     table = measure_folder(root, vae, out / "recon_cache", o.image_size, crop, features=FEATURES[o.features], progress=progress)
     if len(table) < 3:
         raise UserInputError(f"need at least 3 readable images for a rate-distortion curve, found {len(table)} under {root}")
@@ -499,11 +503,20 @@ def run_rd(data: str | Path, o: RDOptions = RDOptions()) -> Path:
     if head is not None:
         _append_head_error(md, head, table)
     if o.regions:
-        merge = default_merge(vae) if o.region_merge == "auto" else o.region_merge
-        _add_regions(md, vae, table, root, out, crop, rows, region_budgets, progress, merge, o.rfid_boots)
+        _add_regions(md, vae, table, root, out, crop, rows, region_budgets, progress, decode, o.rfid_boots)
     if o.report is not None:
         publish_report(out, REPORT_FILES, o.report)
     return md
+
+
+def _region_decode(vae, o: RDOptions) -> RegionDecode:
+    """How ``--regions`` decodes a map, from ``--region-merge`` and ``--region-context``; a one-line error for a ratio
+    the tokenizer lacks."""
+    merge = default_merge(vae) if o.region_merge == "auto" else o.region_merge
+    context = tuple(parse_numbers(o.region_context, "--region-context", int) or ())
+    if bad := sorted(set(context) - set(vae.ratios)):
+        raise UserInputError(f"--region-context: {bad[0]} is not a ratio of {o.ckpt} ({', '.join(map(str, vae.ratios))})")
+    return RegionDecode(merge, context)
 
 
 def _head_for(head: HeadPrediction | None, metric: str) -> tuple[dict, dict]:
@@ -516,19 +529,19 @@ def _head_for(head: HeadPrediction | None, metric: str) -> tuple[dict, dict]:
 
 
 def _add_regions(md: Path, vae, table: ReconTable, root: Path, out: Path, crop: str, image_rows: list[dict],
-                 budgets: Sequence[float] | None, progress: bool, merge: str = "features", boots: int = 100) -> None:
+                 budgets: Sequence[float] | None, progress: bool, decode: RegionDecode = RegionDecode(), boots: int = 100) -> None:
     """Region-adaptive rows (real decodes), regions.csv / .png / _examples.png, and their section of rd.md
     (the headline line under the title)."""
 
     scale = (table.image_size / 128) ** 2  # the default budgets are per 128-px image
     budgets = list(budgets) if budgets else [b * scale for b in DEFAULT_REGION_BUDGETS]
-    rows, per_image = region_rows(vae, table, root, out, crop, budgets, progress=progress, merge=merge)
+    rows, per_image = region_rows(vae, table, root, out, crop, budgets, progress=progress, decode=decode)
     write_csv(out / "regions.csv", [_rounded(r) for r in rows])
     plot_regions(rows, image_rows, out / "regions.png", table.image_size)
     ref = next(r for r in rows if r["method"] == "fixed 16x")
     if ("regions: oracle", ref["budget"]) in per_image:
-        examples_figure(vae, table, root, crop, per_image, ref["budget"], out / "regions_examples.png", merge)
-    section = region_markdown(rows, per_image, table, image_rows, merge, boots)
+        examples_figure(vae, table, root, crop, per_image, ref["budget"], out / "regions_examples.png", decode)
+    section = region_markdown(rows, per_image, table, image_rows, decode, boots)
     lines = md.read_text().split("\n")
     lines[2:2] = [section[0], ""]
     text = "\n".join(lines)

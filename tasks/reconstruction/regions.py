@@ -29,6 +29,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -57,10 +58,39 @@ from cat_tokenizer.regions.maps import (
     signal_distortion,
 )
 
-__all__ = ["REGION_METHODS", "region_rows", "seam_sums", "seam_ratio", "region_markdown", "plot_regions", "examples_figure", "region_decodes",
+__all__ = ["REGION_METHODS", "RegionDecode", "region_rows", "seam_sums", "seam_ratio", "region_markdown", "plot_regions", "examples_figure", "region_decodes",
            "region_decodes_markdown"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RegionDecode:
+    """How ``rd --regions`` decodes a map: ``decode_regions``' ``merge``, and the grids one context pass refills
+    after the fill (``context``; none by default, ``(32,)``: the coarsest grid, docs/regions.md)."""
+
+    merge: str = "features"
+    context: tuple[int, ...] = ()
+
+    def __call__(self, vae, lat: RegionLatent) -> torch.Tensor:
+        if self.context:
+            return vae.decode_regions(lat, 1, merge=self.merge, refine_ratios=self.context)
+        return vae.decode_regions(lat, merge=self.merge)
+
+    @property
+    def tag(self) -> str:
+        """Suffix of the cached decodes (none for the features merge without a pass: the older files' names)."""
+        return ("" if self.merge == "features" else f"-{self.merge}") + "".join(f"-ctx{r}" for r in self.context)
+
+    @property
+    def call(self) -> str:
+        extra = f", refine=1, refine_ratios={self.context}" if self.context else ""
+        return f"vae.decode_regions(..., merge={self.merge!r}{extra})"
+
+    @property
+    def how(self) -> str:
+        how = "real mixed decodes" if self.merge == "features" else "real decodes, each ratio whole, blended by the map"
+        return how + (f", one context pass on the {' / '.join(f'{r}x' for r in self.context)} grid" if self.context else "")
 
 REFINE_ROUNDS = 3  # 96 dev images, 64 tokens: +0.33 / +0.41 / +0.49 / +0.53 dB after 0 / 1 / 2 / 3 rounds
 # v2, 96 dev images, 64 tokens (docs/regions.md "Probes"): plain rounds +0.44 / +0.44 / +0.48 / +0.48 after 0-3;
@@ -132,7 +162,8 @@ def _refined_maps(d: np.ndarray, cost: np.ndarray, budget: float, decoded, round
 
 
 @torch.no_grad()
-def _decode(vae, x: torch.Tensor, maps: np.ndarray, ratios: Sequence[int], inception, merge: str = "features", batch: int = 16) -> dict:
+def _decode(vae, x: torch.Tensor, maps: np.ndarray, ratios: Sequence[int], inception, decode: RegionDecode = RegionDecode(),
+            batch: int = 16) -> dict:
     """Real mixed decodes of every image under its map: PSNR, SSIM, seam sums, Inception features."""
     dev = next(vae.parameters()).device
     side = int(round(maps.shape[1] ** 0.5))
@@ -140,7 +171,7 @@ def _decode(vae, x: torch.Tensor, maps: np.ndarray, ratios: Sequence[int], incep
     for s in range(0, len(x), batch):
         xb = x[s : s + batch].to(dev)
         rmap = torch.as_tensor(np.asarray(ratios)[maps[s : s + batch]]).reshape(-1, side, side)
-        y = vae.decode_regions(vae.encode_regions(xb, rmap), merge=merge).clamp(-1, 1).float()
+        y = decode(vae, vae.encode_regions(xb, rmap)).clamp(-1, 1).float()
         a, b = (y + 1) / 2, (xb.float() + 1) / 2
         out["psnr"].append(psnr_per_image(y, xb).cpu().numpy())
         out["ssim"].append(structural_similarity_index_measure(a, b, data_range=1.0, reduction="none").cpu().numpy())
@@ -186,10 +217,11 @@ def _block_table(vae, x: torch.Tensor, ratios: Sequence[int], block: int) -> dic
 
 
 def region_rows(vae, table: ReconTable, root: Path, out: Path, crop: str, budgets: Sequence[float],
-                methods: Sequence[str] = REGION_METHODS, progress: bool = True, merge: str = "features") -> tuple[list[dict], dict]:
+                methods: Sequence[str] = REGION_METHODS, progress: bool = True,
+                decode: RegionDecode = RegionDecode()) -> tuple[list[dict], dict]:
     """One row per (method, budget) plus ``fixed 16x`` decoded the same way (its seam statistic), and the
-    per-image results keyed by (method, budget) for the per-kind table and the figure; ``merge``: how each map is
-    decoded (``decode_regions``)."""
+    per-image results keyed by (method, budget) for the per-kind table and the figure; ``decode``: how each map is
+    decoded."""
     ratios, block = list(table.ratios), max(table.ratios)
     cost = np.array([block_tokens(r, block) for r in ratios], float)
     folder = _cache_dir(out, vae, table, crop)
@@ -207,9 +239,8 @@ def region_rows(vae, table: ReconTable, root: Path, out: Path, crop: str, budget
     signals = {s: base[s] for s in (*SIGNAL_FACTORS, "head") if s in base}
 
     def decoded(name: str, maps: np.ndarray, feats: bool = True) -> dict:
-        tag = "" if merge == "features" else f"-{merge}"
-        return _cached(folder / f"{name}{tag}.npz",
-                       lambda: {"maps": maps, **_decode(vae, x, maps, ratios, inception if feats else None, merge)})
+        return _cached(folder / f"{name}{decode.tag}.npz",
+                       lambda: {"maps": maps, **_decode(vae, x, maps, ratios, inception if feats else None, decode)})
 
     for k, (method, budget) in enumerate(items):
         name = f"{method}-{budget:g}".replace(": ", "_").replace(", ", "_").replace(" ", "_")
@@ -250,8 +281,8 @@ def _rfid_vs(per_image: dict, row: dict, ref: dict, table: ReconTable, boots: in
     return f"{row['rfid'] - ref['rfid']:+.1f} [{lo:+.1f}, {hi:+.1f}]"
 
 
-def region_markdown(rows: list[dict], per_image: dict, table: ReconTable, image_rows: list[dict], merge: str = "features",
-                    boots: int = 100) -> list[str]:
+def region_markdown(rows: list[dict], per_image: dict, table: ReconTable, image_rows: list[dict],
+                    decode: RegionDecode = RegionDecode(), boots: int = 100) -> list[str]:
     """The region section of rd.md: headline, the table at fixed 16x's budget (per kind, rFID with its paired
     difference from fixed 16x), every budget."""
     ref = next(r for r in rows if r["method"] == "fixed 16x")
@@ -260,12 +291,11 @@ def region_markdown(rows: list[dict], per_image: dict, table: ReconTable, image_
     kind_arr = np.array(table.kinds)
     at_ref = [r for r in rows if r["budget"] == ref["budget"]]
     head = [f"{r['method'].split(': ')[1]} {r['psnr'] - ref['psnr']:+.2f} dB" for r in at_ref if r is not ref]
-    how = "real mixed decodes" if merge == "features" else "real decodes, each ratio whole, blended by the map"
-    lines = [f"**Region-adaptive, equal tokens** ({how}): at fixed 16x's {ref['mean_tokens']:.0f} tokens, "
+    lines = [f"**Region-adaptive, equal tokens** ({decode.how}): at fixed 16x's {ref['mean_tokens']:.0f} tokens, "
              + ", ".join(head) + " over fixed 16x" + (f" (image-level oracle {img_oracle['psnr'] - ref['psnr']:+.2f} dB)."
                                                      if img_oracle else "."), "",
              "## Region-adaptive CAT at fixed 16x's budget (`rd --regions`)", "",
-             f"Real decodes of each region map (`vae.decode_regions(..., merge={merge!r})`), beside the estimate from pasting blocks of whole-image "
+             f"Real decodes of each region map (`{decode.call}`), beside the estimate from pasting blocks of whole-image "
              "decodes; seams: mean |gradient| across 32-px block borders over that inside blocks (fixed 16x decoded whole "
              f"for comparison); rFID on the same Inception features as above, and its difference from fixed 16x with a 95% "
              f"bootstrap interval over images ({boots} resamples, paired: an interval that holds 0 is no difference).", "",
@@ -309,7 +339,7 @@ def plot_regions(rows: list[dict], image_rows: list[dict], path: Path, image_siz
 
 @torch.no_grad()
 def examples_figure(vae, table: ReconTable, root: Path, crop: str, per_image: dict, budget: float, path: Path,
-                    merge: str = "features", per_kind: int = 1) -> None:
+                    decode: RegionDecode = RegionDecode(), per_kind: int = 1) -> None:
     """A few images (``per_kind`` of each kind): the original with the oracle map drawn on it (the refined oracle's
     when ``rd`` made one; 8x red, 16x yellow, 32x blue), the region decode, and fixed 16x at the same tokens."""
     from torchvision.utils import save_image
@@ -321,7 +351,7 @@ def examples_figure(vae, table: ReconTable, root: Path, crop: str, per_image: di
     side = int(round(res["maps"].shape[1] ** 0.5))
     rmap = torch.as_tensor(np.asarray(table.ratios)[res["maps"][picks]]).reshape(-1, side, side)
     dev = next(vae.parameters()).device
-    region = vae.decode_regions(vae.encode_regions(x.to(dev), rmap), merge=merge).clamp(-1, 1).cpu()
+    region = decode(vae, vae.encode_regions(x.to(dev), rmap)).clamp(-1, 1).cpu()
     fixed = vae.reconstruct(x.to(dev), 16).cpu()
     colours = {8: (1.0, -1.0, -1.0), 16: (1.0, 1.0, -1.0), 32: (-1.0, -1.0, 1.0)}
     tint = torch.stack([torch.tensor(colours.get(int(r), (0, 0, 0))) for r in rmap.flatten()]).reshape(*rmap.shape, 3)
