@@ -58,8 +58,8 @@ from cat_tokenizer.regions.maps import (
     signal_distortion,
 )
 
-__all__ = ["REGION_METHODS", "RegionDecode", "region_rows", "seam_sums", "seam_ratio", "region_markdown", "plot_regions", "examples_figure", "region_decodes",
-           "region_decodes_markdown"]
+__all__ = ["REGION_METHODS", "RegionDecode", "region_rows", "seam_sums", "seam_ratio", "region_markdown", "plot_regions",
+           "examples_figure", "region_decodes", "region_decodes_markdown"]
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,7 @@ class RegionDecode:
     def how(self) -> str:
         how = "real mixed decodes" if self.merge == "features" else "real decodes, each ratio whole, blended by the map"
         return how + (f", one context pass on the {' / '.join(f'{r}x' for r in self.context)} grid" if self.context else "")
+
 
 REFINE_ROUNDS = 3  # 96 dev images, 64 tokens: +0.33 / +0.41 / +0.49 / +0.53 dB after 0 / 1 / 2 / 3 rounds
 # v2, 96 dev images, 64 tokens (docs/regions.md "Probes"): plain rounds +0.44 / +0.44 / +0.48 / +0.48 after 0-3;
