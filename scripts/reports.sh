@@ -13,7 +13,7 @@
 # without add-ons) and is skipped when the same tokenizer comes again, so the same command, run again, goes on where
 # it stopped. A new region fill or head on the same weights is not a new tokenizer: REDO=1 (or delete the marker).
 # Times here, one step at a time on 2 cores: curve 1 s, picture 30 s, demo 1 min, palette 25 s, classify 3 min, gen-demo 2 min, bench-gen
-# 4.5 min, bench-regions 20 s, region-decodes 10 min, region-refine 10 min, region-probes 35 min (beside a training run), block-head-targets 40 min, distill-oracle 11 min, distill-teacher 3 min, dhead about 40 min cold (reconstructing all 8,463 training images: 24 min; then trunk statistics, 7 head fits and dev: 14 min on v2), dhead-arms 25 min after it, tail-pilot 50 min, block-head 25 min, rd 25 min + about 1 h 20 min for --regions (one budget: 30 map decodes, 21 of them refinement rounds and probes; an estimate from the 96-image pilots), rd-context about 1 h 45 min (every region map decoded again with the pass: 1.5x the decode), analyse 4 min.
+# 4.5 min, bench-regions 20 s, region-decodes 10 min, region-refine 10 min, region-probes 35 min (beside a training run), block-head-targets 40 min, distill-oracle 11 min, distill-teacher 3 min, dhead about 40 min cold (reconstructing all 8,463 training images: 24 min; then trunk statistics, 7 head fits and dev: 14 min on v2), dhead-arms 25 min after it, tail-pilot 50 min, block-head 25 min, rd 25 min + about 1 h 20 min for --regions (one budget: 30 map decodes, 21 of them refinement rounds and probes; an estimate from the 96-image pilots), rd-context 42 min after rd (its caches; every region map decoded again with the pass), analyse 4 min.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
