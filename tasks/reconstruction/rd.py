@@ -47,7 +47,7 @@ from cat_tokenizer.markdown import md_header
 from cat_tokenizer.metrics.fid import bias_corrected_interval, bootstrap_fids, frechet_distance
 from cat_tokenizer.options import FEATURES, parse_numbers
 from cat_tokenizer.outputs import publish_report
-from cat_tokenizer.regions.latent import default_merge
+from cat_tokenizer.regions.latent import check_refine_ratios, default_merge
 
 __all__ = ["Allocation", "oracle_allocation", "score_allocation", "rd_curves", "headline", "write_rd", "run_rd", "RD_COLUMNS"]
 
@@ -513,9 +513,7 @@ def _region_decode(vae, o: RDOptions) -> RegionDecode:
     """How ``--regions`` decodes a map, from ``--region-merge`` and ``--region-context``; a one-line error for a ratio
     the tokenizer lacks."""
     merge = default_merge(vae) if o.region_merge == "auto" else o.region_merge
-    context = tuple(parse_numbers(o.region_context, "--region-context", int) or ())
-    if bad := sorted(set(context) - set(vae.ratios)):
-        raise UserInputError(f"--region-context: {bad[0]} is not a ratio of {o.ckpt} ({', '.join(map(str, vae.ratios))})")
+    context = check_refine_ratios(vae, parse_numbers(o.region_context, "--region-context", int) or (), "--region-context")
     return RegionDecode(merge, context)
 
 

@@ -32,7 +32,7 @@ from cat_tokenizer.errors import UserInputError
 from cat_tokenizer.ratios import ratio_level
 
 __all__ = ["RegionLatent", "encode_regions", "decode_regions", "block_tokens", "exit_latents", "mixed_decode", "pixel_merge_decode",
-           "whole_decodes", "blend_pixels", "default_merge"]
+           "whole_decodes", "blend_pixels", "default_merge", "check_refine_ratios"]
 
 MERGES = ("features", "pixels")
 FEATHER = 8  # pixels a block's weight spreads across its borders in a pixel merge
@@ -264,6 +264,13 @@ def default_merge(vae, use_fill: bool = True) -> str:
     return fill.config["merge"] if fill is not None else "features"  # a fill saved before the key: RegionFill's default
 
 
+def check_refine_ratios(vae, ratios, name: str = "refine_ratios") -> tuple[int, ...]:
+    """``ratios`` as a tuple, or a one-line error naming ``name`` for one the tokenizer lacks."""
+    if bad := sorted(set(ratios) - set(vae.ratios)):
+        raise UserInputError(f"{name}: {bad[0]} is not a ratio of this tokenizer ({', '.join(map(str, vae.ratios))})")
+    return tuple(ratios)
+
+
 def decode_regions(vae, lat: RegionLatent, refine: int | None = None, use_fill: bool = True, merge: str | None = None,
                    refine_ratios: tuple[int, ...] | None = None) -> Tensor:
     """(B, 3, H, W) images from a region latent (cropped to its size): the mixed decode, its missing cells
@@ -283,8 +290,8 @@ def decode_regions(vae, lat: RegionLatent, refine: int | None = None, use_fill: 
     merge = default_merge(vae, use_fill) if merge is None else merge
     if merge not in MERGES:
         raise UserInputError(f"region merge must be one of {', '.join(MERGES)}, got {merge!r}")
-    if refine_ratios is not None and (bad := sorted(set(refine_ratios) - set(vae.ratios))):
-        raise UserInputError(f"refine_ratios: {bad[0]} is not a ratio of this tokenizer ({', '.join(map(str, vae.ratios))})")
+    if refine_ratios is not None:
+        check_refine_ratios(vae, refine_ratios)
     if not mixed:
         refine = 0
     elif refine is None:
