@@ -109,7 +109,8 @@ ship-release: need-real-data install
 
 # A region fill for cat-small (issue 26, docs/regions.md): the tokenizer frozen, one forward pass fills a region
 # latent's missing cells. Resumes from last.ckpt (FILL_TIME=DD:HH:MM:SS stops this process, as TRAIN_TIME does);
-# ship-region-fill puts tokenizer + fill into the package (fp16).
+# ship-region-fill puts tokenizer + fill into the package (fp16; EXPORT_ARGS="--region-context 32": decode_regions'
+# default context pass, as cat-small ships).
 FILL_OUT ?= outputs/region_fill
 FILL_RUN = $(FILL_OUT)/run/version_0
 train-region-fill: need-real-data install
@@ -117,7 +118,7 @@ train-region-fill: need-real-data install
 		$(call run_in,$(FILL_OUT),CSVLogger) $(if $(wildcard $(FILL_RUN)/checkpoints/last.ckpt),--ckpt_path $(FILL_RUN)/checkpoints/last.ckpt) \
 		$(if $(FILL_TIME),--trainer.callbacks+=cat_tokenizer.callbacks.SessionTimer --trainer.callbacks.duration $(FILL_TIME)) $(FILL_ARGS)
 ship-region-fill: install
-	$(VENV)/bin/cat-tokenizer export --ckpt $(FILL_RUN)/pretrained --out $(PKG) --fp16 --overwrite
+	$(VENV)/bin/cat-tokenizer export --ckpt $(FILL_RUN)/pretrained --out $(PKG) --fp16 --overwrite $(EXPORT_ARGS)
 	$(VENV)/bin/cat-tokenizer card $(PKG) --measured docs/reports/demo-dev-128.md --notes $(PKG)/NOTES.md
 
 # Training cat-small on a lent GPU machine (docs/training.md): scripts/gpu_train_small.sh, its knobs in the environment

@@ -3,7 +3,7 @@
 # command that measures it (no figure is copied by hand). Run it after a new cat-small ships (make reports).
 #
 #   scripts/reports.sh [STEP ...]        default: every step, in this order (hours on 2 CPU cores)
-#   steps: curve run-curve picture demo palette classify gen-demo bench-gen bench-regions region-decodes region-refine region-probes block-head-targets distill-oracle distill-teacher dhead dhead-arms tail-pilot block-head rd rd-context analyse dhead-256 rd-256 analyse-256 rd-256-regions
+#   steps: curve run-curve picture demo palette classify gen-demo bench-gen bench-regions region-decodes region-refine region-probes block-head-targets distill-oracle distill-teacher dhead dhead-arms tail-pilot block-head rd rd-no-context analyse dhead-256 rd-256 analyse-256 rd-256-regions
 #
 # Knobs (environment): REAL_DATA (real-v1: train/ and dev/), CKPT (tokenizer, default cat-small), RUN (a training run's
 # log folder, for run-curve; default outputs/train_small/run/version_0), VENV, WORK (the
@@ -13,7 +13,7 @@
 # without add-ons) and is skipped when the same tokenizer comes again, so the same command, run again, goes on where
 # it stopped. A new region fill or head on the same weights is not a new tokenizer: REDO=1 (or delete the marker).
 # Times here, one step at a time on 2 cores: curve 1 s, picture 30 s, demo 1 min, palette 25 s, classify 3 min, gen-demo 2 min, bench-gen
-# 4.5 min, bench-regions 20 s, region-decodes 10 min, region-refine 10 min, region-probes 35 min (beside a training run), block-head-targets 40 min, distill-oracle 11 min, distill-teacher 3 min, dhead about 40 min cold (reconstructing all 8,463 training images: 24 min; then trunk statistics, 7 head fits and dev: 14 min on v2), dhead-arms 25 min after it, tail-pilot 50 min, block-head 25 min, rd 25 min + about 1 h 20 min for --regions (one budget: 30 map decodes, 21 of them refinement rounds and probes; an estimate from the 96-image pilots), rd-context 42 min after rd (its caches; every region map decoded again with the pass), analyse 4 min.
+# 4.5 min, bench-regions 20 s, region-decodes 10 min, region-refine 10 min, region-probes 35 min (beside a training run), block-head-targets 40 min, distill-oracle 11 min, distill-teacher 3 min, dhead about 40 min cold (reconstructing all 8,463 training images: 24 min; then trunk statistics, 7 head fits and dev: 14 min on v2), dhead-arms 25 min after it, tail-pilot 50 min, block-head 25 min, rd 25 min + about 1 h 20 min for --regions (one budget: 30 map decodes, 21 of them refinement rounds and probes; an estimate from the 96-image pilots), rd-no-context 40 min after rd (its caches; every region map decoded again without the pass), analyse 4 min.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -124,11 +124,12 @@ step_block-head() {
   "$CT" block-head "$TRAIN" --ckpt "$CKPT" --dev "$DEV" --out "$WORK/bhead" --targets context
   cp "$WORK/bhead/block_head.md" "$DOCS/block-head-128.md"
 }
-# region maps at fixed 16x's 64 tokens (each budget costs about 20 min of pixel-merge decodes; --region-budgets 32,64,128 for the curve)
+# region maps at fixed 16x's 64 tokens, decode_regions' default decode (cat-small: the pixel merge and one context pass on
+# the 32x grid; each budget costs about 30 min of decodes; --region-budgets 32,64,128 for the curve)
 rd128() { "$CT" rd "$DEV" --ckpt "$CKPT" --distortion-head "$WORK/dhead" --regions --region-budgets 64 --out "$WORK/rd128" --quiet "$@"; }
 step_rd() { rd128 --report "$DOCS/rd-dev-128"; }
-# the same maps decoded with one context pass on the 32x grid (docs/regions.md): the test of making it decode_regions' default
-step_rd-context() { rd128 --region-context 32 --report "$DOCS/rd-dev-128-context"; }
+# the same maps decoded without the context pass (docs/regions.md): what the default's pass adds
+step_rd-no-context() { rd128 --region-context none --report "$DOCS/rd-dev-128-no-context"; }
 step_analyse() {
   "$CT" analyse "$DEV" --ckpt "$CKPT" --recon-cache "$WORK/rd128/recon_cache" --distortion-head "$WORK/dhead" \
     --out "$WORK/analyse128" --report "$DOCS/analyse-dev-128" --quiet
@@ -151,7 +152,7 @@ step_analyse-256() {
 source scripts/markers.sh
 fingerprint() { fingerprint_of "$CKPT"; }
 
-ALL=(curve run-curve picture demo palette classify gen-demo bench-gen bench-regions region-decodes region-refine region-probes block-head-targets distill-oracle distill-teacher dhead dhead-arms tail-pilot block-head rd rd-context analyse dhead-256 rd-256 analyse-256 rd-256-regions)
+ALL=(curve run-curve picture demo palette classify gen-demo bench-gen bench-regions region-decodes region-refine region-probes block-head-targets distill-oracle distill-teacher dhead dhead-arms tail-pilot block-head rd rd-no-context analyse dhead-256 rd-256 analyse-256 rd-256-regions)
 STEPS=("$@")
 [ ${#STEPS[@]} -gt 0 ] || STEPS=("${ALL[@]}")
 for s in "${STEPS[@]}"; do

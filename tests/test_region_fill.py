@@ -233,3 +233,42 @@ def test_a_deeper_fill_grows_from_a_shallower_one_and_starts_by_filling_as_it_di
     assert deep.fill.mid.resnets[3].conv2.weight.abs().sum() == 0 and deep.fill.mid.resnets[1].conv2.weight.abs().sum() > 0
     with pytest.raises(UserInputError, match="is not this run's"):  # another width cannot start from it
         RegionFillModule(str(tmp_path / "tok"), width=64, groups=8, ema_decay=0.0, init_fill=str(tmp_path / "shallow"))
+
+
+@torch.no_grad()
+def test_a_fills_context_grids_make_one_pass_on_them_the_default_decode_and_save_with_it(tiny_vae, images, tmp_path, capsys):
+    """A fill that names context grids (cat-small: the 32x grid) makes one context pass on them ``decode_regions``'
+    default; explicit arguments still win, a map of one ratio still decodes as that ratio, the setting saves with
+    the tokenizer, ``export --region-context`` sets or clears it, and ``rd --regions`` takes it unless told otherwise."""
+    from conftest import one_line_error
+
+    from cat_tasks.reconstruction.rd import RDOptions, _region_decode
+    from cat_tokenizer.cli import tools
+
+    vae = _with_fill(tiny_vae).eval()
+    lat = vae.encode_regions(images, RMAP)
+    plain = vae.decode_regions(lat)
+    assert torch.equal(plain, vae.decode_regions(lat, 0)) and _region_decode(vae, RDOptions()).context == ()
+    vae.set_region_context([32])
+    assert vae.config.region_fill["context"] == [32]
+    got = vae.decode_regions(lat)
+    assert torch.equal(got, vae.decode_regions(lat, 1, refine_ratios=(32,))) and not torch.allclose(got, plain, atol=1e-4)
+    assert torch.equal(vae.decode_regions(lat, 0), plain)  # refine=0: no pass
+    assert not torch.allclose(vae.decode_regions(lat, 1, refine_ratios=(8, 16, 32)), got, atol=1e-4)  # every grid: another pass
+    assert torch.equal(vae.decode_regions(lat, use_fill=False), vae.decode_regions(lat, 2, use_fill=False, refine_ratios=(8, 16, 32)))  # no fill, no context
+    one = vae.encode_regions(images, torch.full((2, 3), 32))
+    assert torch.equal(vae.decode_regions(one), vae.decode(vae.encode(images, 32).mode(), 32))
+    assert _region_decode(vae, RDOptions()).context == (32,) and _region_decode(vae, RDOptions(region_context="none")).context == ()
+
+    vae.save_pretrained(tmp_path / "tok")
+    assert torch.allclose(NestedVAE.from_pretrained(tmp_path / "tok").decode_regions(lat), got, atol=1e-4)
+    assert tools.main(["export", "--ckpt", str(tmp_path / "tok"), "--out", str(tmp_path / "none"), "--region-context", "none"]) == 0
+    cleared = NestedVAE.from_pretrained(tmp_path / "none")
+    assert cleared.region_fill.config["context"] == [] and torch.allclose(cleared.decode_regions(lat), plain, atol=1e-4)
+    capsys.readouterr()
+    assert tools.main(["export", "--ckpt", str(tmp_path / "tok"), "--out", str(tmp_path / "bad"), "--region-context", "64"]) != 0
+    one_line_error(capsys, "region context: 64 is not a ratio")
+    with pytest.raises(UserInputError, match="no region fill"):
+        copy.deepcopy(tiny_vae).set_region_context([32])
+    with pytest.raises(UserInputError, match="context ratio 64"):
+        RegionFill(tiny_vae.latent_channels, tiny_vae.ratios, width=32, groups=8, context=(64,))

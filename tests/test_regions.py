@@ -205,7 +205,7 @@ def test_oracle_maps_spend_the_budget_where_decodes_lose_most(tiny_vae):
 def test_refinement_and_the_shipped_region_fill_bring_a_mixed_decode_closer_to_the_image():
     """On the shipped tokenizer and a real photo: the first pass of a mixed map sees wrong context; each
     refinement pass re-encodes its image to fill it (cat_tokenizer.regions.latent); the shipped region fill
-    does as well in one pass."""
+    does as well in one pass, and its default decode adds one context pass on the 32x grid."""
     from skimage import data
     from torchmetrics.functional.image import peak_signal_noise_ratio
     from torchvision.transforms.v2 import functional as TF
@@ -219,6 +219,7 @@ def test_refinement_and_the_shipped_region_fill_bring_a_mixed_decode_closer_to_t
         lat = vae.encode_regions(x, rmap)
         psnr = [float(peak_signal_noise_ratio((vae.decode_regions(lat, k, use_fill=f).clamp(-1, 1) + 1) / 2, (x + 1) / 2,
                                               data_range=1.0)) for k, f in ((0, False), (2, False), (0, True))]
+        assert torch.equal(vae.decode_regions(lat), vae.decode_regions(lat, 1, refine_ratios=(32,)))  # cat-small's default pass
     assert vae.region_fill is not None
     assert psnr[1] > psnr[0] + 0.5
     assert psnr[2] > psnr[0] + 0.5 and psnr[2] > psnr[1] - 0.3, psnr

@@ -163,10 +163,12 @@ def bench_regions(ckpt: str = "cat-small", size: int = 128, batch: int = 8, repe
         calls.update({f"decode_regions, region fill, {m} merge": (lambda m=m: vae.decode_regions(lat, 0, merge=m)) for m in MERGES})
         # one context pass: on v3's oracle maps it recovers 0.30 of the fill's 0.51 dB gap to the true latents, the
         # pass on the coarsest grid alone 0.28 of it (docs/regions.md)
-        calls["decode_regions, region fill + 1 context pass, pixels merge"] = lambda: vae.decode_regions(lat, 1, merge="pixels")
+        calls["decode_regions, region fill + 1 context pass, pixels merge"] = (
+            lambda: vae.decode_regions(lat, 1, merge="pixels", refine_ratios=tuple(vae.ratios)))
         coarsest = (max(vae.ratios),)
         calls[f"decode_regions, region fill + 1 context pass on the {coarsest[0]}x grid, pixels merge"] = (
             lambda: vae.decode_regions(lat, 1, merge="pixels", refine_ratios=coarsest))
+        calls["decode_regions, its defaults (the fill's merge and context)"] = lambda: vae.decode_regions(lat)
     rows = [{"call": name, "tokens": int(lat.tokens()[0]) if "regions" in name else token_count(size, size, int(name.split()[1][:-1])),
              "ms_per_image": 1e3 / items_per_second(f, batch, repeat, warmup=True)} for name, f in calls.items()]
     ref = next(r for r in rows if r["call"] == "decode 16x")["ms_per_image"]

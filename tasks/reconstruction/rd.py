@@ -47,7 +47,7 @@ from cat_tokenizer.markdown import md_header
 from cat_tokenizer.metrics.fid import bias_corrected_interval, bootstrap_fids, frechet_distance
 from cat_tokenizer.options import FEATURES, parse_numbers
 from cat_tokenizer.outputs import publish_report
-from cat_tokenizer.regions.latent import check_refine_ratios, default_merge
+from cat_tokenizer.regions.latent import check_refine_ratios, default_context, default_merge
 
 __all__ = ["Allocation", "oracle_allocation", "score_allocation", "rd_curves", "headline", "write_rd", "run_rd", "RD_COLUMNS"]
 
@@ -452,7 +452,8 @@ class RDOptions:
             the region fill's adapter and tail), pixels (each ratio present decoded whole, blended by the map), or auto
             (the merge the tokenizer's region fill was trained for: decode_regions' default)
         region_context: comma-separated ratios whose grids one context pass refills after the region fill (re-encoding
-            the first decode; under the pixel merge only those grids are decoded again), e.g. 32; default none
+            the first decode; under the pixel merge only those grids are decoded again), e.g. 32; none: no pass; auto:
+            the fill's own context (decode_regions' default; cat-small: 32)
         device: auto, cpu, cuda ...
         quiet: no progress bars
     """
@@ -473,7 +474,7 @@ class RDOptions:
     regions: bool = False
     region_budgets: str | None = None
     region_merge: Literal["auto", "features", "pixels"] = "auto"
-    region_context: str | None = None
+    region_context: str = "auto"
     device: str = "auto"
     quiet: bool = False
 
@@ -513,6 +514,8 @@ def _region_decode(vae, o: RDOptions) -> RegionDecode:
     """How ``--regions`` decodes a map, from ``--region-merge`` and ``--region-context``; a one-line error for a ratio
     the tokenizer lacks."""
     merge = default_merge(vae) if o.region_merge == "auto" else o.region_merge
+    if o.region_context in ("auto", "none"):
+        return RegionDecode(merge, default_context(vae) if o.region_context == "auto" else ())
     context = check_refine_ratios(vae, parse_numbers(o.region_context, "--region-context", int) or (), "--region-context")
     return RegionDecode(merge, context)
 

@@ -67,7 +67,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class RegionDecode:
     """How ``rd --regions`` decodes a map: ``decode_regions``' ``merge``, and the grids one context pass refills
-    after the fill (``context``; none by default, ``(32,)``: the coarsest grid, docs/regions.md)."""
+    after the fill (``context``: none here; ``(32,)``, the coarsest grid, is cat-small's default, docs/regions.md)."""
 
     merge: str = "features"
     context: tuple[int, ...] = ()
@@ -75,7 +75,7 @@ class RegionDecode:
     def __call__(self, vae, lat: RegionLatent) -> torch.Tensor:
         if self.context:
             return vae.decode_regions(lat, 1, merge=self.merge, refine_ratios=self.context)
-        return vae.decode_regions(lat, merge=self.merge)
+        return vae.decode_regions(lat, 0 if vae.region_fill is not None else None, merge=self.merge)  # no pass after a fill
 
     @property
     def tag(self) -> str:
@@ -367,11 +367,13 @@ def _variants(vae) -> dict[str, dict]:
     out = {"first pass (tokens repeated / averaged)": {"refine": 0, "use_fill": False, "merge": "features"},
            "1 context pass": {"refine": 1, "use_fill": False, "merge": "features"},
            "2 context passes": {"refine": 2, "use_fill": False, "merge": "features"}}
-    if getattr(vae, "region_fill", None) is not None:
+    if getattr(vae, "region_fill", None) is not None:  # every grid named: a fill's own context default is one grid
+        every = tuple(vae.ratios)
         out.update({"region fill": {"refine": 0, "use_fill": True, "merge": "features"},
-                    "region fill + 1 context pass": {"refine": 1, "use_fill": True, "merge": "features"},
+                    "region fill + 1 context pass": {"refine": 1, "use_fill": True, "merge": "features", "refine_ratios": every},
                     "region fill, each ratio decoded whole, blended": {"refine": 0, "use_fill": True, "merge": "pixels"},
-                    "region fill + 1 context pass, each ratio decoded whole, blended": {"refine": 1, "use_fill": True, "merge": "pixels"},
+                    "region fill + 1 context pass, each ratio decoded whole, blended":
+                        {"refine": 1, "use_fill": True, "merge": "pixels", "refine_ratios": every},
                     f"region fill + 1 context pass on the {max(vae.ratios)}x grid, each ratio decoded whole, blended":
                         {"refine": 1, "use_fill": True, "merge": "pixels", "refine_ratios": (max(vae.ratios),)}})
     out["2 context passes, each ratio decoded whole, blended"] = {"refine": 2, "use_fill": False, "merge": "pixels"}

@@ -22,7 +22,7 @@ from cat_tokenizer.io import load_vae
 from cat_tokenizer.lit.stash import stash_run, unstash_run
 from cat_tokenizer.metrics.palette import PaletteTarget, measure_palette, palette_markdown
 from cat_tokenizer.models.hub import BUNDLED_TOKENIZERS, CONFIG_NAME, WEIGHTS_NAME, weights_file, write_model_card
-from cat_tokenizer.options import print_table
+from cat_tokenizer.options import parse_numbers, print_table
 from cat_tokenizer.outputs import check_out_dir, resolved
 
 __all__ = ["encode", "decode", "variety", "export", "card", "palette", "latent_stats", "stash", "unstash"]
@@ -74,7 +74,7 @@ def variety(*, out: str, n: int = 2000, size: int = 128, seed: int = 0) -> int:
     return 0
 
 
-def export(*, ckpt: str, out: str, fp16: bool = False, overwrite: bool = False) -> int:
+def export(*, ckpt: str, out: str, fp16: bool = False, overwrite: bool = False, region_context: str | None = None) -> int:
     """a tokenizer (.ckpt: its EMA weights) as a from_pretrained folder, optionally fp16
 
     Args:
@@ -82,6 +82,8 @@ def export(*, ckpt: str, out: str, fp16: bool = False, overwrite: bool = False) 
         out: output folder (config.json + diffusion_pytorch_model.safetensors + a model card)
         fp16: store the weights in float16 (loading casts them back)
         overwrite: replace a tokenizer already in the output folder
+        region_context: the grids decode_regions' default context pass refills after the region fill: comma-separated
+            ratios (cat-small: 32) or none (default: as the source has it)
     """
     target = check_out_dir(out)
     source = Path(ckpt).expanduser()
@@ -89,7 +91,10 @@ def export(*, ckpt: str, out: str, fp16: bool = False, overwrite: bool = False) 
         raise UserInputError(f"--out {out} is the tokenizer being exported (--ckpt {ckpt}); it is never overwritten")
     if not overwrite and (weights_file(target) is not None or (target / CONFIG_NAME).exists()):
         raise UserInputError(f"--out {out} already holds a tokenizer; pass --overwrite to replace it")
-    folder = load_vae(ckpt).save_pretrained(target, dtype=torch.float16 if fp16 else None)
+    vae = load_vae(ckpt)
+    if region_context is not None:
+        vae.set_region_context(() if region_context == "none" else parse_numbers(region_context, "--region-context", int))
+    folder = vae.save_pretrained(target, dtype=torch.float16 if fp16 else None)
     size = weights_file(folder).stat().st_size / 2**20
     print(f"wrote {folder}/{CONFIG_NAME} and {WEIGHTS_NAME} ({size:.1f} MiB, {'fp16' if fp16 else 'fp32'}); "
           f"load it with NestedVAE.from_pretrained('{folder}')")

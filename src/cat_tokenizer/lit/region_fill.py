@@ -98,7 +98,8 @@ class RegionFillModule(L.LightningModule):
         if other.fingerprint(with_head=False) != self.vae.fingerprint(with_head=False):
             log.warning("init_fill %s: its fill was trained for tokenizer %s, this run's is %s", source,
                         other.fingerprint(with_head=False), self.vae.fingerprint(with_head=False))
-        extras = ("merge_channels", "tail", "merge", "layers")  # the merge's own parts: a fill may start from one made for another merge
+        # the merge's own parts (a fill may start from one made for another merge) and the decode's context setting
+        extras = ("merge_channels", "tail", "merge", "layers", "context")
         mine, theirs = ({k: v for k, v in c.items() if k not in extras} for c in (self.fill.config, other.region_fill.config))
         if mine != theirs or other.region_fill.config["layers"] > self.fill.config["layers"]:
             raise UserInputError(f"init_fill {source}: its fill {other.region_fill.config} is not this run's {self.fill.config}")

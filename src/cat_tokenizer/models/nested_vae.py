@@ -40,7 +40,7 @@ from cat_tokenizer.models.ratio_head import RatioHead
 from cat_tokenizer.ratios import DEFAULT_RATIOS, check_ratio, ratio_level
 from cat_tokenizer.regions.block_head import BlockHead
 from cat_tokenizer.regions.fill import RegionFill
-from cat_tokenizer.regions.latent import decode_regions, encode_regions
+from cat_tokenizer.regions.latent import check_refine_ratios, decode_regions, encode_regions
 
 __all__ = ["NestedVAE", "LatentPosterior", "NESTED_VAE_PRESETS", "BUNDLED_TOKENIZERS", "bundled_path", "check_weights"]
 
@@ -308,6 +308,15 @@ class NestedVAE(ModelMixin, ConfigMixin):
         self.register_to_config(region_fill=dict(fill.config))
         return self
 
+    def set_region_context(self, ratios) -> NestedVAE:
+        """The grids ``decode_regions``' default context pass refills after the attached region fill (empty: no
+        pass); a setting of the decode, saved in the fill's config."""
+        if self.region_fill is None:
+            raise UserInputError("this tokenizer has no region fill: a region context is a setting of its fill")
+        self.region_fill.config["context"] = sorted(check_refine_ratios(self, ratios, "region context"))
+        self.register_to_config(region_fill=dict(self.region_fill.config))
+        return self
+
     def attach_block_head(self, head) -> NestedVAE:
         """Carry a trained ``BlockHead`` (saved with the tokenizer): the ``head`` region-map policy then works."""
         trunk_ch = self.trunk_channels()
@@ -564,10 +573,11 @@ class NestedVAE(ModelMixin, ConfigMixin):
     def decode_regions(self, latent, refine: int | None = None, use_fill: bool = True, merge: str | None = None,
                        refine_ratios: tuple[int, ...] | None = None) -> Tensor:
         """A ``RegionLatent`` -> (B, 3, H, W) images at its recorded size: the mixed decode, its missing
-        cells from the attached region fill, then ``refine`` context passes (default 0 with a region
-        fill, 2 without; ``use_fill=False`` ignores the fill; ``merge="pixels"`` decodes each ratio whole
-        and blends the images by the map, ``"features"`` merges the paths at the shared 8x stages; default:
-        the merge the fill was trained for; ``refine_ratios``: the grids a pass fills again, default all;
+        cells from the attached region fill, then ``refine`` context passes (default: 1 on the fill's
+        ``context`` grids, cat-small's 32x grid; 0 with a fill that names none, 2 without a fill;
+        ``use_fill=False`` ignores the fill; ``merge="pixels"`` decodes each ratio whole and blends the images
+        by the map, ``"features"`` merges the paths at the shared 8x stages; default: the merge the fill was
+        trained for; ``refine_ratios``: the grids a pass fills again, default the fill's context, else all;
         ``cat_tokenizer.regions.latent``)."""
         return decode_regions(self, latent, refine, use_fill, merge, refine_ratios)
 

@@ -53,12 +53,19 @@ class RegionFill(nn.Module):
         merge: the region decode the fill was trained for, and ``decode_regions``' default with it:
             ``features`` (the paths merged at the shared 8x stages: the adapter and tail belong to it) or
             ``pixels`` (each ratio's filled grid decoded whole, the images blended by the map).
+        context: the grids ``decode_regions`` fills again by default in one context pass after the fill (the
+            decode re-encoded at those ratios; empty: no pass). ``(32,)``, the coarsest grid, adds 0.05-0.12 dB
+            to every region map on v3's dev for 1.5x the pixel merge's decode (docs/regions.md); a setting of
+            the decode, not of the weights (``cat-tokenizer export --region-context``).
     """
 
     def __init__(self, latent_channels: int, ratios: Sequence[int] = (8, 16, 32), width: int = 128, layers: int = 1,
-                 groups: int = 32, merge_channels: int = 0, tail: dict | None = None, merge: str = "features"):
+                 groups: int = 32, merge_channels: int = 0, tail: dict | None = None, merge: str = "features",
+                 context: Sequence[int] = ()):
         super().__init__()
         ratios = sorted(int(r) for r in ratios)
+        if bad := sorted(set(int(r) for r in context) - set(ratios)):
+            raise UserInputError(f"region fill: context ratio {bad[0]} is not one of its ratios ({', '.join(map(str, ratios))})")
         if width % groups:
             raise UserInputError(f"region fill: groups={groups} must divide width={width}")
         if merge not in MERGES:
@@ -67,7 +74,7 @@ class RegionFill(nn.Module):
             raise UserInputError("region fill: a merge adapter or decoder tail works on merged features; merge='pixels' has none")
         self.config = {"latent_channels": int(latent_channels), "ratios": ratios, "width": int(width),
                        "layers": int(layers), "groups": int(groups), "merge_channels": int(merge_channels), "tail": tail,
-                       "merge": merge}
+                       "merge": merge, "context": sorted(int(r) for r in context)}
         c, fine = latent_channels, ratios[0]
         self.conv_in = nn.Conv2d(len(ratios) * (c + 1), width, 3, padding=1)
         self.mid = UNetMidBlock2D(width, temb_channels=None, num_layers=layers, resnet_groups=groups,

@@ -32,7 +32,7 @@ from cat_tokenizer.errors import UserInputError
 from cat_tokenizer.ratios import ratio_level
 
 __all__ = ["RegionLatent", "encode_regions", "decode_regions", "block_tokens", "exit_latents", "mixed_decode", "pixel_merge_decode",
-           "whole_decodes", "blend_pixels", "default_merge", "check_refine_ratios"]
+           "whole_decodes", "blend_pixels", "default_merge", "default_context", "check_refine_ratios"]
 
 MERGES = ("features", "pixels")
 FEATHER = 8  # pixels a block's weight spreads across its borders in a pixel merge
@@ -264,6 +264,13 @@ def default_merge(vae, use_fill: bool = True) -> str:
     return fill.config["merge"] if fill is not None else "features"  # a fill saved before the key: RegionFill's default
 
 
+def default_context(vae, use_fill: bool = True) -> tuple[int, ...]:
+    """The grids ``decode_regions``' default context pass fills again: the region fill's ``context`` (none
+    without a fill, or a fill saved before the key)."""
+    fill = getattr(vae, "region_fill", None) if use_fill else None
+    return tuple(fill.config.get("context", ())) if fill is not None else ()
+
+
 def check_refine_ratios(vae, ratios, name: str = "refine_ratios") -> tuple[int, ...]:
     """``ratios`` as a tuple, or a one-line error naming ``name`` for one the tokenizer lacks."""
     if bad := sorted(set(ratios) - set(vae.ratios)):
@@ -275,14 +282,16 @@ def decode_regions(vae, lat: RegionLatent, refine: int | None = None, use_fill: 
                    refine_ratios: tuple[int, ...] | None = None) -> Tensor:
     """(B, 3, H, W) images from a region latent (cropped to its size): the mixed decode, its missing cells
     from the tokenizer's region fill when it has one (``cat_tokenizer.regions.fill``), then ``refine``
-    passes that re-encode the previous image to fill them again (module doc); ``refine`` defaults to 0
-    with a region fill and 2 without. A map of one ratio needs neither (it decodes exactly as ``decode``).
+    passes that re-encode the previous image to fill them again (module doc); ``refine`` defaults to 1
+    with a region fill that names ``context`` grids (cat-small: the 32x grid), 0 with one that names none,
+    2 without a fill. A map of one ratio needs neither (it decodes exactly as ``decode``).
     ``use_fill=False`` decodes as a tokenizer without a region fill would (for comparisons). ``merge``:
     ``features`` (the paths merged at the shared 8x stages: one decode) or ``pixels`` (each ratio decoded
     whole and blended by the map: ``pixel_merge_decode``); by default the one the region fill was trained
-    for (``features`` without a fill). ``refine_ratios``: the grids a pass fills again (default every ratio
-    present; ratios the map lacks are skipped); under the pixel merge only those are decoded again, so
-    ``(32,)`` costs one encode and one decode a pass (on v3's oracle maps it keeps 0.28 of the full pass's 0.30 dB)."""
+    for (``features`` without a fill). ``refine_ratios``: the grids a pass fills again (default the fill's
+    ``context`` grids, else every ratio present; ratios the map lacks are skipped); under the pixel merge only
+    those are decoded again, so ``(32,)`` costs one encode and one decode a pass (on v3's oracle maps it keeps
+    0.28 of the full pass's 0.30 dB)."""
     dtype = vae.decoder.conv_in.weight.dtype
     ratios = lat.ratios()
     mixed = len(ratios) > 1  # a map of one ratio has no missing cells
@@ -290,12 +299,14 @@ def decode_regions(vae, lat: RegionLatent, refine: int | None = None, use_fill: 
     merge = default_merge(vae, use_fill) if merge is None else merge
     if merge not in MERGES:
         raise UserInputError(f"region merge must be one of {', '.join(MERGES)}, got {merge!r}")
+    context = default_context(vae) if fill is not None else ()
     if refine_ratios is not None:
         check_refine_ratios(vae, refine_ratios)
+    refine_ratios = refine_ratios if refine_ratios is not None else (context or None)
     if not mixed:
         refine = 0
     elif refine is None:
-        refine = 0 if fill is not None else 2
+        refine = 2 if fill is None else int(bool(context))
     again = [r for r in ratios if refine_ratios is None or r in refine_ratios]
     grids = {r: g.to(dtype) for r, g in (fill(lat) if fill is not None else {r: lat.filled(r) for r in ratios}).items()}
     images = whole_decodes(vae, lat, grids) if merge == "pixels" and mixed else None
