@@ -182,6 +182,21 @@ def test_a_budget_is_met_within_one_blocks_worth_and_beats_brute_force_never():
         allocate(np.ones((4, 3)), COST, 3)
 
 
+def test_the_shared_budgets_beta_moves_tokens_from_images_decoded_well_to_those_decoded_badly():
+    """beta 1 weights a block by one over its image's error (the mean PSNR), beta 0 not at all (the total squared
+    error: the same as ``allocate`` on every block at once); lowering it moves tokens to the image with the most error."""
+    rng = np.random.default_rng(1)
+    scale = np.array([0.01, 0.1, 1.0, 10.0])[:, None, None]  # four images, from flat art to a hard photo
+    d = np.sort(rng.random((4, 6, 3)), axis=2) * np.array([1.0, 8.0, 30.0]) * scale  # (N, nb, R), coarser loses more
+    cost = np.array(COST, float)
+    flat = allocate(d.reshape(-1, 3), COST, 4 * 24.0).reshape(4, 6)
+    assert np.array_equal(allocate_mean_psnr(d, COST, 24.0, beta=0.0), flat)
+    assert np.array_equal(allocate_mean_psnr(d, COST, 24.0), allocate_mean_psnr(d, COST, 24.0, beta=1.0))
+    spent = [cost[allocate_mean_psnr(d, COST, 24.0, beta=b)].sum(1) for b in (1.0, 0.5, 0.0)]  # (N,) tokens per image
+    assert all(s.sum() <= 4 * 24.0 for s in spent)
+    assert spent[0][-1] < spent[1][-1] < spent[2][-1] and spent[0][0] > spent[2][0]  # the hard photo gains, flat art pays
+
+
 def test_a_target_is_met_with_the_fewest_tokens_the_lagrangian_finds():
     d = np.array([[1.0, 5, 20], [1, 1.5, 2], [2, 8, 30]])
     pick = allocate_target(d, COST, 10.0)
@@ -343,8 +358,10 @@ def test_rd_regions_decode_every_map_and_the_refined_oracle_keeps_its_rounds(tmp
     assert float(rows["regions: oracle, refined"]["mean_tokens"]) <= 16 + 1e-9
     rounds = sorted(p.name for p in (out / "region_cache").rglob("*refined*round*.npz"))
     assert len(rounds) == 3  # REFINE_ROUNDS decodes, each cached: a killed run resumes after the last one
-    probes = sorted(p.name for p in (out / "region_cache").rglob("*probed*round0-probe*.npz"))
+    probes = sorted(p.name for p in (out / "region_cache").rglob("*oracle_probed-*round0-probe*.npz"))
     assert len(probes) == 8 and float(rows["regions: oracle, probed"]["mean_tokens"]) <= 16 + 1e-9  # 4 cosets x 2 ratios
+    beta = sorted(p.name for p in (out / "region_cache").rglob("*probed_beta_0.5*round0-probe*.npz"))  # its own decodes
+    assert len(beta) == 8 and float(rows["regions: oracle, probed, beta 0.5"]["mean_tokens"]) <= 16 + 1e-9
     assert "oracle, refined" in (out / "rd.md").read_text()
     assert tools.main([*args, "--region-merge", "pixels"]) == 0  # the same maps, each ratio decoded whole and blended
     pixels = {r["method"]: r for r in csv.DictReader(open(out / "regions.csv"))}
