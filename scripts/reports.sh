@@ -3,7 +3,7 @@
 # command that measures it (no figure is copied by hand). Run it after a new cat-small ships (make reports).
 #
 #   scripts/reports.sh [STEP ...]        default: every step, in this order (hours on 2 CPU cores)
-#   steps: curve run-curve picture demo palette classify gen-demo bench-gen bench-regions region-decodes region-refine region-probes block-head-targets distill-oracle distill-teacher dhead dhead-arms tail-pilot block-head rd rd-no-context analyse dhead-256 rd-256 analyse-256 rd-256-regions
+#   steps: curve run-curve picture demo palette classify gen-demo bench-gen bench-regions region-decodes region-fid region-refine region-probes block-head-targets distill-oracle distill-teacher dhead dhead-arms tail-pilot block-head rd rd-no-context analyse dhead-256 rd-256 analyse-256 rd-256-regions
 #
 # Knobs (environment): REAL_DATA (real-v1: train/ and dev/), CKPT (tokenizer, default cat-small), RUN (a training run's
 # log folder, for run-curve; default outputs/train_small/run/version_0), VENV, WORK (the
@@ -13,7 +13,7 @@
 # without add-ons) and is skipped when the same tokenizer comes again, so the same command, run again, goes on where
 # it stopped. A new region fill or head on the same weights is not a new tokenizer: REDO=1 (or delete the marker).
 # Times here, one step at a time on 2 cores: curve 1 s, picture 30 s, demo 1 min, palette 25 s, classify 3 min, gen-demo 2 min, bench-gen
-# 4.5 min, bench-regions 20 s, region-decodes 10 min, region-refine 10 min, region-probes 35 min (beside a training run), block-head-targets 40 min, distill-oracle 11 min, distill-teacher 3 min, dhead about 40 min cold (reconstructing all 8,463 training images: 24 min; then trunk statistics, 7 head fits and dev: 14 min on v2), dhead-arms 25 min after it, tail-pilot 50 min, block-head 25 min, rd 25 min + about 1 h 20 min for --regions (one budget: 30 map decodes, 21 of them refinement rounds and probes; an estimate from the 96-image pilots), rd-no-context 40 min after rd (its caches; every region map decoded again without the pass), analyse 4 min.
+# 4.5 min, bench-regions 20 s, region-decodes 10 min, region-fid 25 min, region-refine 10 min, region-probes 35 min (beside a training run), block-head-targets 40 min, distill-oracle 11 min, distill-teacher 3 min, dhead about 40 min cold (reconstructing all 8,463 training images: 24 min; then trunk statistics, 7 head fits and dev: 14 min on v2), dhead-arms 25 min after it, tail-pilot 50 min, block-head 25 min, rd 25 min + about 1 h 20 min for --regions (one budget: 30 map decodes, 21 of them refinement rounds and probes; an estimate from the 96-image pilots), rd-no-context 40 min after rd (its caches; every region map decoded again without the pass), analyse 4 min.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -46,6 +46,11 @@ step_gen-demo() { "$CT" gen-demo --ckpt "$CKPT" --out "$WORK/gen-demo-$(fingerpr
 step_bench-regions() { "$CT" bench-regions --ckpt "$CKPT" --out "$DOCS/bench-regions-cpu.md"; }
 step_bench-gen() { "$CT" bench-gen --preset S/2 --images 128 --mix paper --mix embedded --report "$DOCS/bench-gen-cpu.md"; }
 step_region-decodes() { "$CT" region-decodes "$DEV" --ckpt "$CKPT" --per-kind 12 --out "$DOCS/region-decodes-dev-128.md"; }
+# rFID of region maps against the shared budget's image weight (allocate_mean_psnr's beta), each beta decoded for real
+step_region-fid() {
+  "${VENV:-.venv}/bin/python" scripts/pilots/region_fid.py "$DEV" --ckpt "$CKPT" --cache "$WORK/rd128/recon_cache" \
+    --betas 1,0.75,0.5,0.25,0 --real 1,0.75,0.5,0.25,0 --report "$DOCS/region-fid-pilot-128.md"
+}
 # region maps from errors in mixed decodes (Latin maps, rounds of real decodes): the pilot behind rd's "oracle, refined"
 step_region-refine() {
   "${VENV:-.venv}/bin/python" scripts/pilots/region_refine.py "$DEV" --per-kind 24 --ckpt "$CKPT" --report "$DOCS/region-refine-pilot-128.md"
@@ -152,7 +157,7 @@ step_analyse-256() {
 source scripts/markers.sh
 fingerprint() { fingerprint_of "$CKPT"; }
 
-ALL=(curve run-curve picture demo palette classify gen-demo bench-gen bench-regions region-decodes region-refine region-probes block-head-targets distill-oracle distill-teacher dhead dhead-arms tail-pilot block-head rd rd-no-context analyse dhead-256 rd-256 analyse-256 rd-256-regions)
+ALL=(curve run-curve picture demo palette classify gen-demo bench-gen bench-regions region-decodes region-fid region-refine region-probes block-head-targets distill-oracle distill-teacher dhead dhead-arms tail-pilot block-head rd rd-no-context analyse dhead-256 rd-256 analyse-256 rd-256-regions)
 STEPS=("$@")
 [ ${#STEPS[@]} -gt 0 ] || STEPS=("${ALL[@]}")
 for s in "${STEPS[@]}"; do

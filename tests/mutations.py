@@ -77,9 +77,17 @@ MUTATIONS = [
              "ctx.observe(alt, observe(alt, i, k), moved)", "observe(alt, i, k)",
              "tests/test_regions.py", "cheap_ratio"),
     Mutation("the head's probed row starts from the oracle", "tasks/reconstruction/regions.py",
-             'start = _estimate(method, base["d"], signals)  # refined rows start from their source: oracle or head',
+             'start = _estimate(plain, base["d"], signals)  # refined rows start from their source: oracle or head',
              'start = base["d"]',
              "tests/test_regions.py", "block_heads_map"),
+    Mutation("decode_regions ignores the region fill's context grids", "src/cat_tokenizer/regions/latent.py",
+             "refine_ratios = refine_ratios if refine_ratios is not None else (context or None)",
+             "refine_ratios = refine_ratios",
+             "tests/test_region_fill.py", "context_grids"),
+    Mutation("the shared budget ignores beta", "src/cat_tokenizer/regions/maps.py",
+             "w = np.maximum(sse, 1e-6 * max(float(sse.max()), 1e-12)) ** -beta",
+             "w = 1.0 / np.maximum(sse, 1e-6 * max(float(sse.max()), 1e-12))",
+             "tests/test_regions.py", "beta"),
 ]
 
 
