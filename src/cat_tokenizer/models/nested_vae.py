@@ -295,7 +295,8 @@ class NestedVAE(ModelMixin, ConfigMixin):
         return self
 
     def attach_region_fill(self, fill) -> NestedVAE:
-        """Carry a trained ``RegionFill`` (saved with the tokenizer): ``decode_regions`` then needs no context passes."""
+        """Carry a trained ``RegionFill`` (saved with the tokenizer): ``decode_regions`` then fills in one pass
+        (plus one context pass on the grids its ``context`` names)."""
         merge = fill.config.get("merge_channels", 0)
         if (fill.config["latent_channels"] != self.latent_channels or fill.config["ratios"] != list(self.ratios)
                 or merge not in (0, self.decoder.merge_channels())):
