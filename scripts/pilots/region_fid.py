@@ -24,13 +24,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cat_tasks.reconstruction.regions import _images
+from cat_tasks.reconstruction.regions import RegionDecode, _decode, _images
 from cat_tasks.reconstruction.table import measure_folder
 from cat_tokenizer.io import load_vae
 from cat_tokenizer.markdown import md_header, md_row
 from cat_tokenizer.metrics.fid import InceptionFeatures, frechet_distance
 from cat_tokenizer.metrics.image import psnr_per_image
-from cat_tokenizer.regions.latent import block_tokens
+from cat_tokenizer.regions.latent import block_tokens, default_context, default_merge
 from cat_tokenizer.regions.maps import allocate_mean_psnr, block_distortion
 
 
@@ -45,14 +45,6 @@ def paste(recons: list[torch.Tensor], choice: np.ndarray, block: int) -> torch.T
 @torch.no_grad()
 def features(inception, y: torch.Tensor, batch: int = 32) -> np.ndarray:
     return np.concatenate([inception((y[s : s + batch] + 1) / 2).numpy() for s in range(0, len(y), batch)]).astype(np.float64)
-
-
-@torch.no_grad()
-def real_decode(vae, x: torch.Tensor, choice: np.ndarray, ratios: list[int], batch: int = 16) -> torch.Tensor:
-    side = x.shape[-1] // max(ratios)
-    rmap = torch.as_tensor(np.asarray(ratios)[choice]).reshape(len(x), -1, side)
-    return torch.cat([vae.decode_regions(vae.encode_regions(x[s : s + batch], rmap[s : s + batch])).clamp(-1, 1)
-                      for s in range(0, len(x), batch)])
 
 
 def main() -> None:
@@ -87,8 +79,7 @@ def main() -> None:
     p16, f16 = psnr_per_image(ref, x).numpy(), features(inception, ref)
     fid16 = frechet_distance(fo, f16)
 
-    def row(label: str, y: torch.Tensor, choice: np.ndarray) -> list:
-        p, f = psnr_per_image(y, x).numpy(), features(inception, y)
+    def row(label: str, p: np.ndarray, f: np.ndarray, choice: np.ndarray) -> list:  # per-image PSNR and Inception features
         per_kind = [f"{(p - p16)[kinds == k].mean():+.2f}" for k in names]
         by_kind = [f"{frechet_distance(fo, np.where((kinds == k)[:, None], f, f16)) - fid16:+.1f}" for k in names]
         tokens = cost[choice].sum(1).mean()
@@ -107,11 +98,14 @@ def main() -> None:
                           f"rFID vs 16x from {' / '.join(names)} alone"):
         say(line)
     real = {float(b) for b in a.real.split(",") if b}
+    decode = RegionDecode(default_merge(vae), default_context(vae))  # decode_regions' default, as rd --regions runs it
     for beta in (float(b) for b in a.betas.split(",")):
         choice = allocate_mean_psnr(d, cost, budget, beta=beta)
-        say(md_row(*row(f"beta {beta:g}, pasted", paste(recons, choice, block), choice)))
+        y = paste(recons, choice, block)
+        say(md_row(*row(f"beta {beta:g}, pasted", psnr_per_image(y, x).numpy(), features(inception, y), choice)))
         if beta in real:
-            say(md_row(*row(f"beta {beta:g}, real decode", real_decode(vae, x, choice, ratios), choice)))
+            res = _decode(vae, x, choice, ratios, inception, decode)  # rd's real decodes: PSNR, Inception features, ...
+            say(md_row(*row(f"beta {beta:g}, real decode", res["psnr"], res["feats"].astype(np.float64), choice)))
     if a.report:
         Path(a.report).parent.mkdir(parents=True, exist_ok=True)
         Path(a.report).write_text("\n".join(lines) + "\n")
