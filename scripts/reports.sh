@@ -3,7 +3,7 @@
 # command that measures it (no figure is copied by hand). Run it after a new cat-small ships (make reports).
 #
 #   scripts/reports.sh [STEP ...]        default: every step, in this order (hours on 2 CPU cores)
-#   steps: curve run-curve picture demo palette classify gen-demo bench-gen bench-regions region-decodes region-fid region-refine region-probes block-head-targets distill-oracle distill-teacher dhead dhead-arms tail-pilot block-head rd rd-no-context analyse dhead-256 rd-256 analyse-256 rd-256-regions
+#   steps: curve run-curve picture demo palette classify gen-demo bench-gen bench-regions region-decodes region-fid region-refine region-probes block-head-targets distill-oracle distill-teacher dhead dhead-arms tail-pilot block-head rd rd-no-context analyse dhead-256 rd-256 analyse-256 rd-256-regions rd-256-regions-beta
 #
 # Knobs (environment): REAL_DATA (real-v1: train/ and dev/), CKPT (tokenizer, default cat-small), RUN (a training run's
 # log folder, for run-curve; default outputs/train_small/run/version_0), VENV, WORK (the
@@ -147,7 +147,12 @@ step_dhead-256() {
 }
 rd256() { "$CT" rd "$DEV" --ckpt "$CKPT" --image-size 256 --crop resize --distortion-head "$WORK/dhead256" --out "$WORK/rd256" --quiet "$@"; }
 step_rd-256() { rd256 --report "$DOCS/rd-dev-256"; }
-step_rd-256-regions() { rd256 --regions --region-budgets 256 --report "$DOCS/rd-dev-256"; }
+# at 256 px a map decode of all dev takes about 5 min alone: the beta-0.5 rows (about 18 decodes) are a step of their own
+step_rd-256-regions() {
+  rd256 --regions --region-budgets 256 --report "$DOCS/rd-dev-256" \
+    --region-methods "oracle; oracle, refined; oracle, probed; oracle, per image; head; head, probed; variance; edges"
+}
+step_rd-256-regions-beta() { rd256 --regions --region-budgets 256 --report "$DOCS/rd-dev-256"; }
 step_analyse-256() {
   "$CT" analyse "$DEV" --ckpt "$CKPT" --image-size 256 --crop resize --recon-cache "$WORK/rd256/recon_cache" \
     --distortion-head "$WORK/dhead256" --out "$WORK/analyse256" --report "$DOCS/analyse-dev-256" --quiet
@@ -157,7 +162,7 @@ step_analyse-256() {
 source scripts/markers.sh
 fingerprint() { fingerprint_of "$CKPT"; }
 
-ALL=(curve run-curve picture demo palette classify gen-demo bench-gen bench-regions region-decodes region-fid region-refine region-probes block-head-targets distill-oracle distill-teacher dhead dhead-arms tail-pilot block-head rd rd-no-context analyse dhead-256 rd-256 analyse-256 rd-256-regions)
+ALL=(curve run-curve picture demo palette classify gen-demo bench-gen bench-regions region-decodes region-fid region-refine region-probes block-head-targets distill-oracle distill-teacher dhead dhead-arms tail-pilot block-head rd rd-no-context analyse dhead-256 rd-256 analyse-256 rd-256-regions rd-256-regions-beta)
 STEPS=("$@")
 [ ${#STEPS[@]} -gt 0 ] || STEPS=("${ALL[@]}")
 for s in "${STEPS[@]}"; do

@@ -342,6 +342,36 @@ def test_rd_regions_probe_from_the_block_heads_map_when_the_tokenizer_has_one(tm
     assert len(list(cache.glob("regions_head_probed-16-round0-probe*.npz"))) == 8  # 4 cosets x 2 other ratios
 
 
+def test_rd_region_methods_run_the_named_rows_and_decode_each_map_once(tmp_path, tiny_vae, capsys, monkeypatch):
+    """``--region-methods`` picks rows; a map already decoded (a refinement's first round is the oracle's map) is
+    copied, not decoded again; an unknown row is a one-line error before any work."""
+    from conftest import one_line_error, write_kind_folder
+
+    import cat_tasks.reconstruction.regions as regions
+    from cat_tokenizer.cli import tools
+
+    tiny_vae.save_pretrained(tmp_path / "tok")
+    write_kind_folder(tmp_path / "data", kinds=("flat", "natural"), n=3, size=(64, 64))
+    out = tmp_path / "rd"
+    args = ["rd", str(tmp_path / "data"), "--ckpt", str(tmp_path / "tok"), "--out", str(out), "--image-size", "64",
+            "--features", "off", "--device", "cpu", "-q", "--regions", "--region-budgets", "16"]
+    calls = []
+    real = regions._decode
+    monkeypatch.setattr(regions, "_decode", lambda vae, x, maps, *a, **k: calls.append(maps.copy()) or real(vae, x, maps, *a, **k))
+    assert tools.main([*args, "--region-methods", "oracle; regions: oracle, refined"]) == 0
+    rows = [r["method"] for r in csv.DictReader(open(out / "regions.csv"))]
+    assert rows == ["fixed 16x", "regions: oracle", "regions: oracle, refined"]
+    cache = next((out / "region_cache").iterdir())
+    files = sorted(cache.glob("*.npz"))
+    assert len(files) == 1 + 1 + 1 + 3 + 1  # blocks, fixed, oracle, refined rounds 0-2 and its final map
+    first = np.load(cache / "regions_oracle_refined-16-round0.npz")["maps"]
+    assert np.array_equal(first, np.load(cache / "regions_oracle-16.npz")["maps"])
+    distinct = {np.load(f)["maps"].tobytes() for f in files if f.name != "blocks.npz"}
+    assert len(calls) == len(distinct) < len(files) - 1  # one decode per distinct map set, none twice
+    assert tools.main([*args, "--region-methods", "oracle; head, sideways"]) == 2
+    one_line_error(capsys, "--region-methods", "head, sideways", "oracle, probed")
+
+
 def test_rd_regions_decode_every_map_and_the_refined_oracle_keeps_its_rounds(tmp_path, tiny_vae, capsys):
     from conftest import one_line_error, write_kind_folder
 

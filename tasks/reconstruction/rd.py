@@ -36,7 +36,15 @@ from cat_tasks.reconstruction.rate_control import (
     rate_headline_line,
     rate_markdown,
 )
-from cat_tasks.reconstruction.regions import RegionDecode, examples_figure, plot_regions, region_markdown, region_rows
+from cat_tasks.reconstruction.regions import (
+    REGION_METHODS,
+    RegionDecode,
+    examples_figure,
+    parse_region_methods,
+    plot_regions,
+    region_markdown,
+    region_rows,
+)
 from cat_tasks.reconstruction.table import ReconTable, measure_folder
 from cat_tokenizer.complexity import ComplexityEvaluator, EvaluatorSpec, RatioMapper
 from cat_tokenizer.devices import resolve_device
@@ -448,6 +456,8 @@ class RDOptions:
         regions: also region-adaptive CAT (one ratio per 32-px block), decoded for real: oracle, oracle refined by real decodes, per-image oracle, the block
             head when the tokenizer has one, variance, edges
         region_budgets: comma-separated mean tokens per image for --regions (default: fixed 16x's, half and twice it)
+        region_methods: the region rows to run, semicolon-separated as rd.md names them ("regions: " optional), e.g.
+            "oracle, probed; head, probed; oracle, per image" (default: every row; fixed 16x always)
         region_merge: how --regions decodes a map: features (one decode, the paths merged at the shared 8x stages, with
             the region fill's adapter and tail), pixels (each ratio present decoded whole, blended by the map), or auto
             (the merge the tokenizer's region fill was trained for: decode_regions' default)
@@ -473,6 +483,7 @@ class RDOptions:
     report: str | None = None
     regions: bool = False
     region_budgets: str | None = None
+    region_methods: str | None = None
     region_merge: Literal["auto", "features", "pixels"] = "auto"
     region_context: str = "auto"
     device: str = "auto"
@@ -488,6 +499,7 @@ def run_rd(data: str | Path, o: RDOptions = RDOptions()) -> Path:
     root, out = Path(data).expanduser(), Path(o.out)
     budgets = parse_numbers(o.budgets, "--budgets", float)
     region_budgets = parse_numbers(o.region_budgets, "--region-budgets", float)
+    methods = parse_region_methods(o.region_methods)
     vae = load_vae(o.ckpt).to(resolve_device(o.device))
     decode = _region_decode(vae, o)  # checked before hours of work
     table = measure_folder(root, vae, out / "recon_cache", o.image_size, crop, features=FEATURES[o.features], progress=progress)
@@ -504,7 +516,7 @@ def run_rd(data: str | Path, o: RDOptions = RDOptions()) -> Path:
     if head is not None:
         _append_head_error(md, head, table)
     if o.regions:
-        _add_regions(md, vae, table, root, out, crop, rows, region_budgets, progress, decode, o.rfid_boots)
+        _add_regions(md, vae, table, root, out, crop, rows, region_budgets, progress, decode, o.rfid_boots, methods)
     if o.report is not None:
         publish_report(out, REPORT_FILES, o.report)
     return md
@@ -530,13 +542,14 @@ def _head_for(head: HeadPrediction | None, metric: str) -> tuple[dict, dict]:
 
 
 def _add_regions(md: Path, vae, table: ReconTable, root: Path, out: Path, crop: str, image_rows: list[dict],
-                 budgets: Sequence[float] | None, progress: bool, decode: RegionDecode = RegionDecode(), boots: int = 100) -> None:
+                 budgets: Sequence[float] | None, progress: bool, decode: RegionDecode = RegionDecode(), boots: int = 100,
+                 methods: Sequence[str] = REGION_METHODS) -> None:
     """Region-adaptive rows (real decodes), regions.csv / .png / _examples.png, and their section of rd.md
     (the headline line under the title)."""
 
     scale = (table.image_size / 128) ** 2  # the default budgets are per 128-px image
     budgets = list(budgets) if budgets else [b * scale for b in DEFAULT_REGION_BUDGETS]
-    rows, per_image = region_rows(vae, table, root, out, crop, budgets, progress=progress, decode=decode)
+    rows, per_image = region_rows(vae, table, root, out, crop, budgets, methods, progress, decode)
     write_csv(out / "regions.csv", [_rounded(r) for r in rows])
     plot_regions(rows, image_rows, out / "regions.png", table.image_size)
     ref = next(r for r in rows if r["method"] == "fixed 16x")

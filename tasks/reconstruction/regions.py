@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ from torchmetrics.functional.image import structural_similarity_index_measure
 from cat_tasks.reconstruction.table import ReconTable
 from cat_tokenizer.data.images import load_rgb
 from cat_tokenizer.data.transforms import image_transform
+from cat_tokenizer.errors import UserInputError
 from cat_tokenizer.files import atomic_write
 from cat_tokenizer.markdown import md_header
 from cat_tokenizer.metrics.fid import InceptionFeatures, bootstrap_fid, frechet_distance
@@ -58,8 +60,8 @@ from cat_tokenizer.regions.maps import (
     signal_distortion,
 )
 
-__all__ = ["REGION_METHODS", "RegionDecode", "region_rows", "seam_sums", "seam_ratio", "region_markdown", "plot_regions",
-           "examples_figure", "region_decodes", "region_decodes_markdown"]
+__all__ = ["REGION_METHODS", "RegionDecode", "parse_region_methods", "region_rows", "seam_sums", "seam_ratio", "region_markdown",
+           "plot_regions", "examples_figure", "region_decodes", "region_decodes_markdown"]
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +104,21 @@ REFINED = {"regions: oracle, refined": (REFINE_ROUNDS, 0), "regions: oracle, pro
 REGION_METHODS = ("regions: oracle", "regions: oracle, refined", "regions: oracle, probed", "regions: oracle, per image",
                   "regions: head", "regions: head, probed", "regions: variance", "regions: edges",
                   "regions: oracle, probed, beta 0.5", "regions: head, probed, beta 0.5")
+
+
+def parse_region_methods(text: str | None) -> tuple[str, ...]:
+    """``--region-methods``: semicolon-separated row names as in rd.md, ``regions: `` optional (``"oracle, probed;
+    head"``); None: every row. A name rd does not make: a one-line error that lists them."""
+    if text is None:
+        return REGION_METHODS
+    names = [n.strip() for n in text.split(";") if n.strip()]
+    full = [n if n.startswith("regions: ") else f"regions: {n}" for n in names]
+    unknown = [n for n, f in zip(names, full) if f not in REGION_METHODS]
+    if unknown or not full:
+        known = "; ".join(m.removeprefix("regions: ") for m in REGION_METHODS)
+        raise UserInputError(f"--region-methods: unknown row {unknown[0]!r} (rows: {known})" if unknown else
+                             f"--region-methods: no rows named (rows: {known})")
+    return tuple(dict.fromkeys(full))
 
 
 def _split_beta(method: str) -> tuple[str, float]:
@@ -248,9 +265,17 @@ def region_rows(vae, table: ReconTable, root: Path, out: Path, crop: str, budget
     items = [("fixed 16x", float(cost[ref] * base["d"].shape[1]))] + [(m, float(b)) for b in budgets for m in methods]
     signals = {s: base[s] for s in (*SIGNAL_FACTORS, "head") if s in base}
 
+    whole: dict[str, Path] = {}  # a map set's digest -> its decode with every field (a refinement's first round is often a row's map)
+
     def decoded(name: str, maps: np.ndarray, feats: bool = True) -> dict:
-        return _cached(folder / f"{name}{decode.tag}.npz",
-                       lambda: {"maps": maps, **_decode(vae, x, maps, ratios, inception if feats else None, decode)})
+        path, key = folder / f"{name}{decode.tag}.npz", hashlib.sha1(np.asarray(maps, np.int64).tobytes()).hexdigest()
+        if not path.is_file() and key in whole:  # the same maps decode the same way: copy, do not decode again
+            with atomic_write(path) as tmp:
+                shutil.copyfile(whole[key], tmp)
+        res = _cached(path, lambda: {"maps": maps, **_decode(vae, x, maps, ratios, inception if feats else None, decode)})
+        if "feats" in res or inception is None:
+            whole.setdefault(key, path)
+        return res
 
     for k, (method, budget) in enumerate(items):
         name = f"{method}-{budget:g}".replace(": ", "_").replace(", ", "_").replace(" ", "_")
