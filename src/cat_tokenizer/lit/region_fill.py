@@ -66,7 +66,7 @@ class RegionFillModule(L.LightningModule):
             ``tail``; starts as the decoder's own; pixel loss only). Single-ratio decodes keep the tokenizer's.
         tail_lr_ratio: the tail's learning rate as a share of ``lr`` (it starts trained; the fill does not).
         merge: the region decode the pixel loss goes through, saved with the fill as ``decode_regions``'
-            default: ``features`` (one mixed decode; the adapter and tail belong to it) or ``pixels`` (each
+            default: ``features`` (one mixed decode; the adapter belongs to it) or ``pixels`` (each
             ratio's filled grid decoded whole, blended by the map).
     """
 
@@ -175,7 +175,7 @@ class RegionFillModule(L.LightningModule):
     def _decode(self, lat: RegionLatent, grids: dict[int, Tensor], fill: RegionFill | None = None) -> Tensor:
         """The region decode of full grids that the fill trains for: (B, 3, H', W')."""
         if self.hparams.merge == "pixels":
-            return pixel_merge_decode(self.vae, lat, grids)
+            return pixel_merge_decode(self.vae, lat, grids, tail=fill.tail if fill is not None else None)
         return mixed_decode(self.vae, lat, grids, fill)
 
     def training_step(self, batch: dict | None, batch_idx: int):

@@ -49,9 +49,10 @@ class RegionFill(nn.Module):
             the merge itself costs: the shared stages' GroupNorms see a patchwork of paths.
         tail: a ``DecoderTail`` config (``DecoderTail.config_for``): the fill carries its own copy of the
             decoder's shared up-stages, fine-tuned on mixed maps, which decodes a map that mixes ratios
-            (a map of one ratio still takes the tokenizer's own stages, so it decodes exactly as before).
+            (a map of one ratio still takes the tokenizer's own stages, so it decodes exactly as before):
+            the merged features under the features merge, each ratio's whole decode under the pixel merge.
         merge: the region decode the fill was trained for, and ``decode_regions``' default with it:
-            ``features`` (the paths merged at the shared 8x stages: the adapter and tail belong to it) or
+            ``features`` (the paths merged at the shared 8x stages: the adapter belongs to it) or
             ``pixels`` (each ratio's filled grid decoded whole, the images blended by the map).
         context: the grids ``decode_regions`` fills again by default in one context pass after the fill (the
             decode re-encoded at those ratios; empty: no pass). ``(32,)``, the coarsest grid, adds 0.05-0.12 dB
@@ -70,8 +71,8 @@ class RegionFill(nn.Module):
             raise UserInputError(f"region fill: groups={groups} must divide width={width}")
         if merge not in MERGES:
             raise UserInputError(f"region fill: merge must be one of {', '.join(MERGES)}, got {merge!r}")
-        if merge == "pixels" and (merge_channels or tail):
-            raise UserInputError("region fill: a merge adapter or decoder tail works on merged features; merge='pixels' has none")
+        if merge == "pixels" and merge_channels:
+            raise UserInputError("region fill: a merge adapter works on merged features; merge='pixels' has none")
         self.config = {"latent_channels": int(latent_channels), "ratios": ratios, "width": int(width),
                        "layers": int(layers), "groups": int(groups), "merge_channels": int(merge_channels), "tail": tail,
                        "merge": merge, "context": sorted(int(r) for r in context)}

@@ -234,19 +234,28 @@ def feathered(mask: Tensor, feather: int) -> Tensor:
     return F.avg_pool2d(mask.float(), 2 * feather + 1, stride=1, padding=feather, count_include_pad=False)
 
 
-def pixel_merge_decode(vae, lat: RegionLatent, grids: dict[int, Tensor], feather: int = FEATHER) -> Tensor:
+def pixel_merge_decode(vae, lat: RegionLatent, grids: dict[int, Tensor], feather: int = FEATHER, tail=None) -> Tensor:
     """Full grids (ratio -> (B, C, H'/r, W'/r), one per ratio present) -> (B, 3, H', W') at the padded size:
-    each ratio's grid decoded whole (``decode``), the images blended per pixel by the map, each block's
-    weight spread ``feather`` pixels across its borders (a box blur of the block mask; the weights still
-    sum to one). One whole decode per ratio present instead of one mixed decode, and no merged features
-    for the shared stages' GroupNorm to see."""
-    return blend_pixels(lat, whole_decodes(vae, lat, grids), feather)
+    each ratio's grid decoded whole (``decode``, or through ``tail``: ``whole_decodes``), the images blended per
+    pixel by the map, each block's weight spread ``feather`` pixels across its borders (a box blur of the block
+    mask; the weights still sum to one). One whole decode per ratio present instead of one mixed decode, and no
+    merged features for the shared stages' GroupNorm to see."""
+    return blend_pixels(lat, whole_decodes(vae, lat, grids, tail), feather)
 
 
-def whole_decodes(vae, lat: RegionLatent, grids: dict[int, Tensor]) -> dict[int, Tensor]:
-    """Each ratio's full grid decoded whole: ratio -> (B, 3, H', W') at the padded size."""
+def whole_decodes(vae, lat: RegionLatent, grids: dict[int, Tensor], tail=None) -> dict[int, Tensor]:
+    """Each ratio's full grid decoded whole: ratio -> (B, 3, H', W') at the padded size; ``tail`` (a region
+    fill's ``DecoderTail``) runs the shared up-stages in place of the decoder's own."""
     hp, wp = (s * lat.block for s in lat.ratio_map.shape[1:])
-    return {r: vae.decode(z, r, size=(hp, wp)) for r, z in grids.items()}
+    if tail is None:
+        return {r: vae.decode(z, r, size=(hp, wp)) for r, z in grids.items()}
+    dec, stop = vae.decoder, ratio_level(min(vae.ratios))
+    out = {}
+    for r, z in grids.items():
+        x = tail(dec.features(z, r, stop))[..., :hp, :wp]  # (B, 3, H', W')
+        colour = dec.colour_of(z, x.shape[-2:])
+        out[r] = x if colour is None else x + colour
+    return out
 
 
 def blend_pixels(lat: RegionLatent, images: dict[int, Tensor], feather: int = FEATHER) -> Tensor:
@@ -309,12 +318,13 @@ def decode_regions(vae, lat: RegionLatent, refine: int | None = None, use_fill: 
         refine = 2 if fill is None else int(bool(context))
     again = [r for r in ratios if refine_ratios is None or r in refine_ratios]
     grids = {r: g.to(dtype) for r, g in (fill(lat) if fill is not None else {r: lat.filled(r) for r in ratios}).items()}
-    images = whole_decodes(vae, lat, grids) if merge == "pixels" and mixed else None
+    tail = fill.tail if fill is not None else None
+    images = whole_decodes(vae, lat, grids, tail) if merge == "pixels" and mixed else None
 
     def merged(g: dict[int, Tensor]) -> Tensor:
         if images is None:
             return mixed_decode(vae, lat, {**grids, **g}, fill)
-        images.update(whole_decodes(vae, lat, g))  # only the grids that changed are decoded again
+        images.update(whole_decodes(vae, lat, g, tail))  # only the grids that changed are decoded again
         return blend_pixels(lat, images)
 
     x = merged({})
