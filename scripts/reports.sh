@@ -109,7 +109,9 @@ step_dhead-arms() {
   } > "$WORK/distortion-head-arms.md"
   cp "$WORK/distortion-head-arms.md" "$DOCS/distortion-head-arms.md"
 }
-# the decoder-tail pilot (docs/regions.md): 300 more batches of the tokenizer's region fill with and without a tail
+# the decoder-tail pilot (docs/regions.md, "A decoder tail under the pixel merge"): 600 more batches of the tokenizer's
+# region fill through the pixel merge (cat-small's), with and without a tail (its own copy of the decoder's shared
+# up-stages for mixed maps), then region-decodes on each
 step_tail-pilot() {
   local arm extra report fp
   fp=$(fingerprint)  # a run folder per tokenizer: make train-region-fill resumes whatever run its folder holds
@@ -118,10 +120,10 @@ step_tail-pilot() {
     if [ "$arm" = tail ]; then
       extra="--model.init_args.tail true --model.init_args.tail_lr_ratio 0.5" report="$DOCS/region-decodes-tail-pilot-tail.md"
     fi
-    make train-region-fill REAL_DATA="$REAL_DATA" FILL_OUT="$WORK/tail-pilot-$arm-$fp" FILL_ARGS="--model.init_args.tokenizer $CKPT \
-      --model.init_args.init_fill $CKPT --model.init_args.merge_adapter true --model.init_args.lr 2e-4 --model.init_args.warmup_steps 20 \
-      --model.init_args.decay_steps 300 --trainer.max_steps 300 --trainer.val_check_interval 300 $extra"
-    "$CT" region-decodes "$DEV" --ckpt "$WORK/tail-pilot-$arm-$fp/run/version_0/pretrained" --per-kind 12 \
+    make train-region-fill REAL_DATA="$REAL_DATA" FILL_OUT="$WORK/tail-pilot-px-$arm-$fp" FILL_ARGS="--model.init_args.tokenizer $CKPT \
+      --model.init_args.init_fill $CKPT --model.init_args.merge pixels --model.init_args.lr 2e-4 --model.init_args.warmup_steps 20 \
+      --model.init_args.decay_steps 900 --trainer.max_steps 600 --trainer.val_check_interval 300 $extra"
+    "$CT" region-decodes "$DEV" --ckpt "$WORK/tail-pilot-px-$arm-$fp/run/version_0/pretrained" --per-kind 12 \
       --out "$report"
   done
 }
