@@ -265,18 +265,7 @@ def region_rows(vae, table: ReconTable, root: Path, out: Path, crop: str, budget
     items = [("fixed 16x", float(cost[ref] * base["d"].shape[1]))] + [(m, float(b)) for b in budgets for m in methods]
     signals = {s: base[s] for s in (*SIGNAL_FACTORS, "head") if s in base}
 
-    whole: dict[str, Path] = {}  # a map set's digest -> its decode with every field (a refinement's first round is often a row's map)
-
-    def decoded(name: str, maps: np.ndarray, feats: bool = True) -> dict:
-        path, key = folder / f"{name}{decode.tag}.npz", hashlib.sha1(np.asarray(maps, np.int64).tobytes()).hexdigest()
-        if not path.is_file() and key in whole:  # the same maps decode the same way: copy, do not decode again
-            with atomic_write(path) as tmp:
-                shutil.copyfile(whole[key], tmp)
-        res = _cached(path, lambda: {"maps": maps, **_decode(vae, x, maps, ratios, inception if feats else None, decode)})
-        if "feats" in res or inception is None:
-            whole.setdefault(key, path)
-        return res
-
+    decoded = _Decodes(folder, vae, x, ratios, inception, decode)
     for k, (method, budget) in enumerate(items):
         name = f"{method}-{budget:g}".replace(": ", "_").replace(", ", "_").replace(" ", "_")
         if progress:
@@ -297,6 +286,27 @@ def region_rows(vae, table: ReconTable, root: Path, out: Path, crop: str, budget
         per_image[(method, budget)] = res
         rows.append(_row(method, budget, res, table))
     return rows, per_image
+
+
+class _Decodes:
+    """``decoded(name, maps, feats)``: ``_decode`` of a map set, cached under ``folder`` by name (``feats``: with
+    Inception features); a map set decoded before under another name, with every field asked for, is copied, not
+    decoded again (a refinement's first round is its source row's map)."""
+
+    def __init__(self, folder: Path, vae, x: torch.Tensor, ratios: Sequence[int], inception, decode: RegionDecode):
+        self.folder, self.vae, self.x, self.ratios, self.inception, self.decode = folder, vae, x, ratios, inception, decode
+        self.whole: dict[str, Path] = {}  # a map set's digest -> a decode of it with every field
+
+    def __call__(self, name: str, maps: np.ndarray, feats: bool = True) -> dict:
+        path, key = self.folder / f"{name}{self.decode.tag}.npz", hashlib.sha1(np.asarray(maps, np.int64).tobytes()).hexdigest()
+        if not path.is_file() and key in self.whole:  # the same maps decode the same way
+            with atomic_write(path) as tmp:
+                shutil.copyfile(self.whole[key], tmp)
+        inception = self.inception if feats else None
+        res = _cached(path, lambda: {"maps": maps, **_decode(self.vae, self.x, maps, self.ratios, inception, self.decode)})
+        if "feats" in res or self.inception is None:
+            self.whole.setdefault(key, path)
+        return res
 
 
 def _row(method: str, budget: float, res: dict, table: ReconTable) -> dict:
