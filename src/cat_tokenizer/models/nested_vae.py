@@ -188,9 +188,12 @@ class _Decoder(nn.Module):
             return None
         return F.interpolate(self.colour(z), size=size, mode="bilinear", align_corners=False)
 
-    def forward(self, z: Tensor, ratio: int) -> Tensor:
-        level = ratio_level(ratio)
-        x = self.pixels(self.features(z, ratio, level), level)  # (B, 3, H, W)
+    def forward(self, z: Tensor, ratio: int, tail: nn.Module | None = None) -> Tensor:
+        """Latents of one ratio -> (B, 3, H, W); ``tail`` (a ``DecoderTail``) runs the shared up-stages from its
+        ``start`` in place of this decoder's own."""
+        level = ratio_level(ratio) if tail is None else tail.start
+        h = self.features(z, ratio, level)
+        x = self.pixels(h, level) if tail is None else tail(h)  # (B, 3, H, W)
         colour = self.colour_of(z, x.shape[-2:])  # the per-token colour, around every normalisation
         return x if colour is None else x + colour
 

@@ -249,13 +249,7 @@ def whole_decodes(vae, lat: RegionLatent, grids: dict[int, Tensor], tail=None) -
     hp, wp = (s * lat.block for s in lat.ratio_map.shape[1:])
     if tail is None:
         return {r: vae.decode(z, r, size=(hp, wp)) for r, z in grids.items()}
-    dec, stop = vae.decoder, ratio_level(min(vae.ratios))
-    out = {}
-    for r, z in grids.items():
-        x = tail(dec.features(z, r, stop))[..., :hp, :wp]  # (B, 3, H', W')
-        colour = dec.colour_of(z, x.shape[-2:])
-        out[r] = x if colour is None else x + colour
-    return out
+    return {r: vae.decoder(z, r, tail)[..., :hp, :wp] for r, z in grids.items()}
 
 
 def blend_pixels(lat: RegionLatent, images: dict[int, Tensor], feather: int = FEATHER) -> Tensor:
