@@ -54,6 +54,17 @@ def test_oracle_beats_or_equals_every_method_at_every_budget():
     assert h["CAT (good)"]["token_saving"] > 0  # reaches fixed 16x's PSNR with fewer tokens
 
 
+def test_no_share_of_an_oracle_gain_within_noise_of_zero():
+    # at 256 px the image-level oracle gains +0.00 dB: a share of it (once "-147992%") is no figure
+    row = lambda m, t, p: {"method": m, "mean_tokens": t, "psnr": p}  # noqa: E731
+    rows = [row("fixed 16x", 64, 28.0), *(row(m, t, 28.0 + d * (t - 64) / 64) for m, d in (("oracle", 0.01), ("CAT", -1.0))
+                                          for t in (32, 64, 128))]
+    h = headline(rows, (8, 16, 32))
+    assert h["oracle"]["psnr_gain_db"] == pytest.approx(0.0) and np.isnan(h["CAT"]["oracle_capture"])
+    rows = [r if r["method"] != "oracle" or r["mean_tokens"] != 64 else row("oracle", 64, 28.2) for r in rows]
+    assert headline(rows, (8, 16, 32))["CAT"]["oracle_capture"] == pytest.approx(0.0)
+
+
 @pytest.mark.parametrize("target", [16, 30, 64, 100, 180, 256])
 def test_budget_calibration_within_one_image(target):
     scores = np.random.default_rng(0).normal(5, 2, 50)

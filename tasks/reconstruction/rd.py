@@ -65,6 +65,7 @@ REPORT_FILES = ("rd.md", "rd.csv", "rd.png", "rate_control.csv", "rate_control.p
                 "regions_examples.png")
 DEFAULT_REGION_BUDGETS = (32.0, 64.0, 128.0)  # mean tokens per image (at 128 px: 16x's 64, and half and twice it)
 RD_COLUMNS = ["method", "budget", "mean_tokens", "psnr", "ssim", "ocr_conf", "rfid", "share_8x", "share_16x", "share_32x"]
+MIN_ORACLE_GAIN_DB = 0.05  # below it the oracle's gain is within noise: no method's share of it is reported
 
 
 @dataclass
@@ -236,8 +237,8 @@ def headline(rows: list[dict], ratios: Sequence[int], ref_ratio: int = 16) -> di
         t_eq = float(np.interp(ref["psnr"], p[order], t[order])) if p.min() <= ref["psnr"] <= p.max() else float("nan")
         out[name] = {"psnr_gain_db": gain, "token_saving": 1 - t_eq / ref["mean_tokens"], "tokens_at_equal_psnr": t_eq}
     oracle_gain = out.get("oracle", {}).get("psnr_gain_db", float("nan"))
-    for v in out.values():
-        v["oracle_capture"] = v["psnr_gain_db"] / oracle_gain if oracle_gain and oracle_gain > 0 else float("nan")
+    for v in out.values():  # a share of a gain within noise of zero (256 px: +0.00 dB) is no figure
+        v["oracle_capture"] = v["psnr_gain_db"] / oracle_gain if oracle_gain >= MIN_ORACLE_GAIN_DB else float("nan")
     return out
 
 
@@ -260,8 +261,10 @@ def write_rd(out: Path, table: ReconTable, rows: list[dict], allocs: dict, root:
     lines = [f"# Rate-distortion on {len(table)} images of {root} ({table.image_size} px, tokenizer {ckpt})", ""]
     for m in (m for m in heads if m.startswith("CAT") or m == "distortion head"):
         h = heads[m]
+        share = (f"{_pct(h['oracle_capture'])} of the oracle's gain" if not np.isnan(h["oracle_capture"]) else
+                 f"the oracle gains {heads.get('oracle', {}).get('psnr_gain_db', float('nan')):+.2f} dB: no share to state")
         lines.append(f"**Equal tokens, {m}**: at fixed {ref_ratio}x's {ref['mean_tokens']:.0f} tokens, {h['psnr_gain_db']:+.2f} dB PSNR "
-                     f"({_pct(h['oracle_capture'])} of the oracle's gain); at fixed {ref_ratio}x's PSNR "
+                     f"({share}); at fixed {ref_ratio}x's PSNR "
                      f"({ref['psnr']:.2f} dB) it uses {_fmt(h['tokens_at_equal_psnr'], 1)} tokens ({_saving(h['token_saving'])}).")
     rate_heads = rate_headline(rate_rows, ratios) if rate_rows else []
     if rate_heads:
