@@ -473,3 +473,26 @@ def test_region_rows_rfid_is_compared_with_fixed_16x_on_paired_resamples():
     diff, lo, hi = (float(v.strip("[],")) for v in _rfid_vs(per_image, rows[1], ref, table, 50).split())
     assert 0 < lo <= diff <= hi  # worse decodes: an interval above 0
     assert _rfid_vs(per_image, ref, ref, table, 50) == "" and _rfid_vs(per_image, rows[1], ref, table, 0) == ""
+
+
+def test_region_rfid_per_kind_shows_the_kind_a_map_costs():
+    from types import SimpleNamespace
+
+    from cat_tasks.reconstruction.regions import _rfid_kind_lines
+
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(60, 6))
+    kinds = ["flat"] * 30 + ["text"] * 30
+    near = real + 0.1 * rng.normal(size=real.shape)
+    text_off = near.copy()
+    text_off[30:] += 3.0  # a map that spoils the text images only
+    table = SimpleNamespace(feats_orig=real, kinds=kinds)
+    at_ref = [{"method": m, "budget": 16.0} for m in ("fixed 16x", "regions: x")]
+    per_image = {("fixed 16x", 16.0): {"feats": near}, ("regions: x", 16.0): {"feats": text_off}}
+    lines = _rfid_kind_lines(at_ref, at_ref[0], per_image, table, ["flat", "text"])
+    row = next(line for line in lines if line.startswith("| regions: x"))
+    flat, text = (float(c.split("(")[1].rstrip(") ")) for c in row.strip("| ").split(" | ")[1:])
+    assert flat == 0.0 and text > 10  # (its difference from fixed 16x) per kind
+    assert "flat 30, text 30" in "\n".join(lines)
+    del per_image[("regions: x", 16.0)]["feats"]
+    assert _rfid_kind_lines(at_ref, at_ref[0], per_image, table, ["flat", "text"]) == []  # no features: no table

@@ -327,6 +327,24 @@ def _rfid_vs(per_image: dict, row: dict, ref: dict, table: ReconTable, boots: in
     return f"{row['rfid'] - ref['rfid']:+.1f} [{lo:+.1f}, {hi:+.1f}]"
 
 
+def _rfid_kind_lines(at_ref: list[dict], ref: dict, per_image: dict, table: ReconTable, kinds: list[str]) -> list[str]:
+    """rFID of each kind's images alone, and its difference from ``ref``'s (fixed 16x): where a map's rFID cost
+    sits. Few images per kind bias an FID upwards; compare rows, not kinds."""
+    if table.feats_orig is None or any("feats" not in per_image[(r["method"], r["budget"])] for r in at_ref):
+        return []
+    kind_arr = np.array(table.kinds)
+    counts = ", ".join(f"{k} {int((kind_arr == k).sum())}" for k in kinds)
+    fid = {r["method"]: [frechet_distance(table.feats_orig[kind_arr == k], per_image[(r["method"], r["budget"])]["feats"][kind_arr == k])
+                         for k in kinds] for r in at_ref}
+    base = fid[ref["method"]]
+    lines = ["", f"rFID per kind (images: {counts}; an FID of so few images is biased upwards: compare rows, not kinds), "
+             f"and its difference from {ref['method']}:", "", *md_header("method", *kinds)]
+    for m, vals in fid.items():
+        lines.append(f"| {m} | " + " | ".join(f"{v:.1f}" + (f" ({v - b:+.1f})" if m != ref["method"] else "")
+                                             for v, b in zip(vals, base)) + " |")
+    return lines
+
+
 def region_markdown(rows: list[dict], per_image: dict, table: ReconTable, image_rows: list[dict],
                     decode: RegionDecode = RegionDecode(), boots: int = 100) -> list[str]:
     """The region section of rd.md: headline, the table at fixed 16x's budget (per kind, rFID with its paired
@@ -351,6 +369,7 @@ def region_markdown(rows: list[dict], per_image: dict, table: ReconTable, image_
         cells = [f"{res['psnr'][kind_arr == k].mean():.2f}" for k in kinds]
         lines.append(f"| {r['method']} | {r['mean_tokens']:.1f} | {r['psnr']:.2f} | {r['paste_psnr']:.2f} | {r['ssim']:.3f} | "
                      f"{r['rfid']:.1f} | {_rfid_vs(per_image, r, ref, table, boots)} | {r['seam_ratio']:.3f} | " + " | ".join(cells) + " |")
+    lines += _rfid_kind_lines(at_ref, ref, per_image, table, kinds)
     lines += ["", "Every budget:", "", *md_header("method", "budget", "mean tokens", "PSNR", "pasted", "SSIM", "rFID", "seams")]
     for r in rows:
         lines.append(f"| {r['method']} | {r['budget']:g} | {r['mean_tokens']:.1f} | {r['psnr']:.2f} | {r['paste_psnr']:.2f} | "
