@@ -3,7 +3,7 @@
 # command that measures it (no figure is copied by hand). Run it after a new cat-small ships (make reports).
 #
 #   scripts/reports.sh [STEP ...]        default: every step, in this order (hours on 2 CPU cores)
-#   steps: curve run-curve picture demo palette classify gen-demo bench-gen bench-regions region-decodes region-fid region-refine region-probes block-head-targets distill-oracle distill-teacher dhead dhead-arms tail-pilot block-head rd rd-no-context analyse dhead-256 rd-256 analyse-256 rd-256-regions rd-256-regions-beta
+#   steps: curve run-curve picture demo palette classify gen-demo bench-gen bench-regions region-decodes region-fid region-refine region-probes block-head-targets distill-oracle distill-teacher dhead dhead-arms tail-pilot block-head rd rd-no-context analyse dhead-256 rd-256 analyse-256 rd-256-regions rd-256-regions-beta block-head-256 rd-256-head256
 #
 # Knobs (environment): REAL_DATA (real-v1: train/ and dev/), CKPT (tokenizer, default cat-small), RUN (a training run's
 # log folder, for run-curve; default outputs/train_small/run/version_0), VENV, WORK (the
@@ -155,6 +155,16 @@ step_rd-256-regions() {
     --region-methods "oracle; oracle, refined; oracle, probed; oracle, per image; head; head, probed; variance; edges"
 }
 step_rd-256-regions-beta() { rd256 --regions --region-budgets 256 --report "$DOCS/rd-dev-256"; }
+# a block head of its own size for the predicted 256-px rows (cat-small's is a 128-px head): 500 train images resized to
+# 256 px (32,000 blocks; the 128-px head had 24,000), then its two map rows on dev (a new head is a new region cache)
+step_block-head-256() {
+  "$CT" block-head "$TRAIN" --ckpt "$CKPT" --dev "$DEV" --image-size 256 --crop resize --max-images 500 --budget 256 \
+    --targets context --out "$WORK/bhead256"
+  cp "$WORK/bhead256/block_head.md" "$DOCS/block-head-256.md"
+}
+step_rd-256-head256() {
+  rd256 --ckpt "$WORK/bhead256" --regions --region-budgets 256 --region-methods "head; head, probed" --report "$DOCS/rd-dev-256-head256"
+}
 step_analyse-256() {
   "$CT" analyse "$DEV" --ckpt "$CKPT" --image-size 256 --crop resize --recon-cache "$WORK/rd256/recon_cache" \
     --distortion-head "$WORK/dhead256" --out "$WORK/analyse256" --report "$DOCS/analyse-dev-256" --quiet
@@ -164,7 +174,7 @@ step_analyse-256() {
 source scripts/markers.sh
 fingerprint() { fingerprint_of "$CKPT"; }
 
-ALL=(curve run-curve picture demo palette classify gen-demo bench-gen bench-regions region-decodes region-fid region-refine region-probes block-head-targets distill-oracle distill-teacher dhead dhead-arms tail-pilot block-head rd rd-no-context analyse dhead-256 rd-256 analyse-256 rd-256-regions rd-256-regions-beta)
+ALL=(curve run-curve picture demo palette classify gen-demo bench-gen bench-regions region-decodes region-fid region-refine region-probes block-head-targets distill-oracle distill-teacher dhead dhead-arms tail-pilot block-head rd rd-no-context analyse dhead-256 rd-256 analyse-256 rd-256-regions rd-256-regions-beta block-head-256 rd-256-head256)
 STEPS=("$@")
 [ ${#STEPS[@]} -gt 0 ] || STEPS=("${ALL[@]}")
 for s in "${STEPS[@]}"; do

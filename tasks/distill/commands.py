@@ -63,6 +63,6 @@ def block_head(data: str, *, options: BlockHeadConfig) -> int:
     """
     m = run_block_head(data, options)
     print((Path(options.out) / "block_head.md").read_text())
-    print(f"wrote {options.out} (region_maps(NestedVAE.from_pretrained('{options.out}'), x, 'head', budget=64)), "
+    print(f"wrote {options.out} (region_maps(NestedVAE.from_pretrained('{options.out}'), x, 'head', budget={options.budget:g})), "
           "block_head.json, block_head.md")
     return 0 if m["held_out"] else 1
