@@ -88,6 +88,10 @@ MUTATIONS = [
              "w = np.maximum(sse, 1e-6 * max(float(sse.max()), 1e-12)) ** -beta",
              "w = 1.0 / np.maximum(sse, 1e-6 * max(float(sse.max()), 1e-12))",
              "tests/test_regions.py", "beta"),
+    Mutation("the shared budget ignores gamma", "src/cat_tokenizer/regions/maps.py",
+             "d, cost = np.asarray(d, np.float64) ** gamma, np.asarray(cost, np.float64)",
+             "d, cost = np.asarray(d, np.float64), np.asarray(cost, np.float64)",
+             "tests/test_regions.py", "gamma"),
 ]
 
 

@@ -197,6 +197,27 @@ def test_the_shared_budgets_beta_moves_tokens_from_images_decoded_well_to_those_
     assert spent[0][-1] < spent[1][-1] < spent[2][-1] and spent[0][0] > spent[2][0]  # the hard photo gains, flat art pays
 
 
+def test_gamma_spreads_quality_over_an_images_blocks():
+    """gamma 1 spends on the block with the most error removed per token; gamma below 1 counts a clean block spoiled
+    at 32x more against a poor block improved at 8x, and keeps both at 16x."""
+    d = np.array([[[0.001, 0.002, 0.05], [0.1, 0.3, 0.6]]])  # one image: a clean block and a poor one; 8x, 16x, 32x
+    assert allocate_mean_psnr(d, COST, 17.0).tolist() == [[2, 0]]  # 32x + 8x: 0.15 against 16x + 16x's 0.302
+    assert allocate_mean_psnr(d, COST, 17.0, gamma=0.25).tolist() == [[1, 1]]
+    assert np.array_equal(allocate_mean_psnr(d, COST, 17.0, gamma=1.0), allocate_mean_psnr(d, COST, 17.0))
+
+
+def test_region_rows_take_beta_and_gamma_by_name():
+    from cat_tasks.reconstruction.regions import _dials, parse_region_methods
+
+    assert _dials("regions: head, probed, beta 0.5, gamma 0.25") == ("regions: head, probed", {"beta": 0.5, "gamma": 0.25})
+    assert _dials("regions: oracle, per image") == ("regions: oracle, per image", {"beta": 1.0, "gamma": 1.0})
+    assert parse_region_methods("oracle, gamma 0.5; head, probed, beta 0.5, gamma 0.5") == (
+        "regions: oracle, gamma 0.5", "regions: head, probed, beta 0.5, gamma 0.5")
+    for bad in ("oracle, gamma x", "oracle, delta 0.5"):
+        with pytest.raises(UserInputError, match="unknown row.*gamma G"):
+            parse_region_methods(bad)
+
+
 def test_a_target_is_met_with_the_fewest_tokens_the_lagrangian_finds():
     d = np.array([[1.0, 5, 20], [1, 1.5, 2], [2, 8, 30]])
     pick = allocate_target(d, COST, 10.0)

@@ -100,7 +100,9 @@ REFINE_ROUNDS = 3  # 96 dev images, 64 tokens: +0.33 / +0.41 / +0.49 / +0.53 dB 
 # one round with 2x2-coset probes (9 decodes) +0.50
 REFINED = {"regions: oracle, refined": (REFINE_ROUNDS, 0), "regions: oracle, probed": (1, 4),  # method: (rounds, probes)
            "regions: head, probed": (1, 4)}
-# ", beta B": the shared budget's image weight to the power B (allocate_mean_psnr; 1 without): 0.5 trades mean PSNR for rFID
+# ", beta B": the shared budget's image weight to the power B (allocate_mean_psnr; 1 without): 0.5 trades mean PSNR for rFID;
+# ", gamma G": each block's error to the power G inside an image (1 without). Any row takes either dial by name in
+# --region-methods ("oracle, gamma 0.5"); the default rows are these:
 REGION_METHODS = ("regions: oracle", "regions: oracle, refined", "regions: oracle, probed", "regions: oracle, per image",
                   "regions: head", "regions: head, probed", "regions: variance", "regions: edges",
                   "regions: oracle, probed, beta 0.5", "regions: head, probed, beta 0.5")
@@ -113,18 +115,32 @@ def parse_region_methods(text: str | None) -> tuple[str, ...]:
         return REGION_METHODS
     names = [n.strip() for n in text.split(";") if n.strip()]
     full = [n if n.startswith("regions: ") else f"regions: {n}" for n in names]
-    unknown = [n for n, f in zip(names, full) if f not in REGION_METHODS]
+    unknown = [n for n, f in zip(names, full) if _dials(f)[0] not in REGION_METHODS]
     if unknown or not full:
-        known = "; ".join(m.removeprefix("regions: ") for m in REGION_METHODS)
+        known = "; ".join(m.removeprefix("regions: ") for m in REGION_METHODS) + "; each with ', beta B' or ', gamma G'"
         raise UserInputError(f"--region-methods: unknown row {unknown[0]!r} (rows: {known})" if unknown else
                              f"--region-methods: no rows named (rows: {known})")
     return tuple(dict.fromkeys(full))
 
 
-def _split_beta(method: str) -> tuple[str, float]:
-    """``"regions: head, probed, beta 0.5"`` -> ``("regions: head, probed", 0.5)``; no suffix: beta 1 (mean PSNR)."""
-    base, sep, beta = method.rpartition(", beta ")
-    return (base, float(beta)) if sep else (method, 1.0)
+def _dials(method: str) -> tuple[str, dict[str, float]]:
+    """``"regions: head, probed, beta 0.5, gamma 0.5"`` -> ``("regions: head, probed", {"beta": 0.5, "gamma": 0.5})``
+    (``allocate_mean_psnr``'s dials; each 1 when not named); a dial that is not a number stays in the name."""
+    dials, parts = {"beta": 1.0, "gamma": 1.0}, method.split(", ")
+    while len(parts) > 1:
+        key, _, value = parts[-1].partition(" ")
+        if key not in dials or (number := _number(value)) is None:
+            break
+        dials[key] = number
+        parts.pop()
+    return ", ".join(parts), dials
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
 
 
 def _images(root: Path, table: ReconTable, crop: str) -> torch.Tensor:
@@ -166,15 +182,15 @@ def _estimate(method: str, d: np.ndarray, signals: dict[str, np.ndarray]) -> np.
     return signal_distortion(torch.from_numpy(signals[source]), SIGNAL_FACTORS[source][: d.shape[-1]]).numpy()
 
 
-def _maps(method: str, d: np.ndarray, signals: dict[str, np.ndarray], cost: np.ndarray, budget: float, beta: float = 1.0) -> np.ndarray:
-    """(N, nb) ratio indices for one method at a mean budget per image."""
+def _maps(method: str, d: np.ndarray, signals: dict[str, np.ndarray], cost: np.ndarray, budget: float, **dials) -> np.ndarray:
+    """(N, nb) ratio indices for one method at a mean budget per image (``dials``: ``allocate_mean_psnr``'s)."""
     if method == "regions: oracle, per image":
-        return np.stack([allocate(d[i], cost, budget) for i in range(len(d))])
-    return allocate_mean_psnr(_estimate(method, d, signals), cost, budget, beta=beta)
+        return np.stack([allocate(d[i] ** dials.get("gamma", 1.0), cost, budget) for i in range(len(d))])
+    return allocate_mean_psnr(_estimate(method, d, signals), cost, budget, **dials)
 
 
 def _refined_maps(d: np.ndarray, cost: np.ndarray, budget: float, decoded, rounds: int = REFINE_ROUNDS, probes: int = 0,
-                  beta: float = 1.0) -> np.ndarray:
+                  **dials) -> np.ndarray:
     """The shared-budget allocation from the estimate ``d`` (N, nb, R) (the oracle's or the head's) corrected by
     ``rounds`` real decodes (``refined_choice``), each with its ``probes``
     (``probe_choices``) if any; ``decoded(tag, maps)`` decodes (cached under ``round{i}`` or ``round{i}-probe{k}``) and
@@ -185,7 +201,7 @@ def _refined_maps(d: np.ndarray, cost: np.ndarray, budget: float, decoded, round
         return decoded(f"round{i}" + (f"-probe{k}" if k else ""), maps)["blocks"]
 
     probe = (lambda c: probe_choices(c, (side, side), d.shape[-1], probes)) if probes else None
-    return refined_choice(d, lambda est: allocate_mean_psnr(est, cost, budget, beta=beta), observe, rounds, probe)
+    return refined_choice(d, lambda est: allocate_mean_psnr(est, cost, budget, **dials), observe, rounds, probe)
 
 
 @torch.no_grad()
@@ -270,15 +286,15 @@ def region_rows(vae, table: ReconTable, root: Path, out: Path, crop: str, budget
         name = f"{method}-{budget:g}".replace(": ", "_").replace(", ", "_").replace(" ", "_")
         if progress:
             log.info("regions: %s at %g tokens (%d of %d)", method, budget, k + 1, len(items))
-        plain, beta = _split_beta(method)
+        plain, dials = _dials(method)
         if method.startswith("fixed"):
             maps = np.full(base["d"].shape[:2], ref)
         elif plain in REFINED:
             rounds, probes = REFINED[plain]
             start = _estimate(plain, base["d"], signals)  # refined rows start from their source: oracle or head
-            maps = _refined_maps(start, cost, budget, lambda t, m, name=name: decoded(f"{name}-{t}", m, feats=False), rounds, probes, beta)
+            maps = _refined_maps(start, cost, budget, lambda t, m, name=name: decoded(f"{name}-{t}", m, feats=False), rounds, probes, **dials)
         else:
-            maps = _maps(plain, base["d"], signals, cost, budget, beta)
+            maps = _maps(plain, base["d"], signals, cost, budget, **dials)
         res = decoded(name, maps)
         paste = base["d"][np.arange(len(x))[:, None], np.arange(maps.shape[1])[None], res["maps"]].sum(1)
         res["paste_psnr"] = 10 * np.log10(3 * table.image_size**2 / np.maximum(paste, 1e-12))
