@@ -3,7 +3,7 @@
 # command that measures it (no figure is copied by hand). Run it after a new cat-small ships (make reports).
 #
 #   scripts/reports.sh [STEP ...]        default: every step, in this order (hours on 2 CPU cores)
-#   steps: curve run-curve picture demo palette classify gen-demo bench-gen bench-regions region-decodes region-fid region-refine region-probes block-head-targets distill-oracle distill-teacher dhead dhead-arms tail-pilot block-head rd rd-no-context analyse dhead-256 rd-256 analyse-256 rd-256-regions rd-256-regions-beta block-head-256 rd-256-head256
+#   steps: curve run-curve picture demo palette classify gen-demo bench-gen bench-regions region-decodes region-fid region-refine region-probes block-head-targets distill-oracle distill-teacher dhead dhead-arms tail-pilot block-head rd rd-dials rd-no-context analyse dhead-256 rd-256 analyse-256 rd-256-regions rd-256-regions-beta block-head-256 rd-256-head256
 #
 # Knobs (environment): REAL_DATA (real-v1: train/ and dev/), CKPT (tokenizer, default cat-small), RUN (a training run's
 # log folder, for run-curve; default outputs/train_small/run/version_0), VENV, WORK (the
@@ -135,6 +135,11 @@ step_block-head() {
 # the 32x grid; each budget costs about 30 min of decodes; --region-budgets 32,64,128 for the curve)
 rd128() { "$CT" rd "$DEV" --ckpt "$CKPT" --distortion-head "$WORK/dhead" --regions --region-budgets 64 --out "$WORK/rd128" --quiet "$@"; }
 step_rd() { rd128 --report "$DOCS/rd-dev-128"; }
+# the dials against rFID at 64 tokens (docs/regions.md): beta (across images) and gamma (inside an image) on the oracle map;
+# a report of its own, since it runs only these rows (the oracle's decode is rd's, cached)
+step_rd-dials() {
+  rd128 --region-methods "oracle; oracle, beta 0.5; oracle, gamma 0.5; oracle, gamma 0.25" --report "$DOCS/rd-dev-128-dials"
+}
 # the same maps decoded without the context pass (docs/regions.md): what the default's pass adds
 step_rd-no-context() { rd128 --region-context none --report "$DOCS/rd-dev-128-no-context"; }
 step_analyse() {
@@ -174,7 +179,7 @@ step_analyse-256() {
 source scripts/markers.sh
 fingerprint() { fingerprint_of "$CKPT"; }
 
-ALL=(curve run-curve picture demo palette classify gen-demo bench-gen bench-regions region-decodes region-fid region-refine region-probes block-head-targets distill-oracle distill-teacher dhead dhead-arms tail-pilot block-head rd rd-no-context analyse dhead-256 rd-256 analyse-256 rd-256-regions rd-256-regions-beta block-head-256 rd-256-head256)
+ALL=(curve run-curve picture demo palette classify gen-demo bench-gen bench-regions region-decodes region-fid region-refine region-probes block-head-targets distill-oracle distill-teacher dhead dhead-arms tail-pilot block-head rd rd-dials rd-no-context analyse dhead-256 rd-256 analyse-256 rd-256-regions rd-256-regions-beta block-head-256 rd-256-head256)
 STEPS=("$@")
 [ ${#STEPS[@]} -gt 0 ] || STEPS=("${ALL[@]}")
 for s in "${STEPS[@]}"; do
