@@ -342,6 +342,9 @@ def test_a_report_copy_takes_the_named_files_only(tmp_path):
     copies = publish_report(out, ("rd.md", "rd.png"), tmp_path / "docs" / "rd")  # rd.png not written this run
     assert [p.name for p in copies] == ["rd.md"] and sorted(p.name for p in (tmp_path / "docs" / "rd").iterdir()) == ["rd.md"]
     assert publish_report(out, ("rd.md",), out) == [out / "rd.md"]  # the report folder itself: nothing to copy
+    (tmp_path / "docs" / "rd" / "rd.png").write_text("an earlier run's figure")
+    publish_report(out, ("rd.md", "rd.png"), tmp_path / "docs" / "rd")  # this run wrote no rd.png: the old one goes
+    assert sorted(p.name for p in (tmp_path / "docs" / "rd").iterdir()) == ["rd.md"]
     (tmp_path / "afile").write_text("")
     with pytest.raises(UserInputError, match="--report .*afile is a file"):
         publish_report(out, ("rd.md",), tmp_path / "afile")

@@ -389,6 +389,10 @@ def test_rd_region_methods_run_the_named_rows_and_decode_each_map_once(tmp_path,
     assert np.array_equal(first, np.load(cache / "regions_oracle-16.npz")["maps"])
     distinct = {np.load(f)["maps"].tobytes() for f in files if f.name != "blocks.npz"}
     assert len(calls) == len(distinct) < len(files) - 1  # one decode per distinct map set, none twice
+    assert (out / "regions_examples.png").is_file()  # drawn from the oracle's map
+    report = tmp_path / "docs" / "rd"
+    assert tools.main([*args, "--region-methods", "variance", "--report", str(report)]) == 0  # no oracle row: no figure
+    assert not (out / "regions_examples.png").exists() and not (report / "regions_examples.png").exists()
     assert tools.main([*args, "--region-methods", "oracle; head, sideways"]) == 2
     one_line_error(capsys, "--region-methods", "head, sideways", "oracle, probed")
 

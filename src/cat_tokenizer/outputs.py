@@ -84,7 +84,8 @@ def split_existing(targets: Sequence[Path], overwrite: bool) -> tuple[list[int],
 
 def publish_report(out_dir: str | Path, names: Iterable[str], dest: str | Path, flag: str = "--report") -> list[Path]:
     """Copy a command's report files (``names`` under ``out_dir``, those that exist; never its caches) into
-    ``dest``, a folder under docs/ say, each atomically. Returns the copies."""
+    ``dest``, a folder under docs/ say, each atomically; one of ``names`` that ``out_dir`` lacks is removed from
+    ``dest`` (a report is this run's files, not an earlier run's beside them). Returns the copies."""
     folder = check_out_dir(dest, flag)
     if resolved(folder) == resolved(out_dir):
         return [Path(out_dir) / n for n in names if (Path(out_dir) / n).is_file()]
@@ -95,4 +96,6 @@ def publish_report(out_dir: str | Path, names: Iterable[str], dest: str | Path, 
             with atomic_write(folder / name) as tmp:
                 shutil.copyfile(src, tmp)
             copies.append(folder / name)
+        else:
+            (folder / name).unlink(missing_ok=True)
     return copies

@@ -515,6 +515,8 @@ def run_rd(data: str | Path, o: RDOptions = RDOptions()) -> Path:
     rows, allocs = rd_curves(table, scores, budgets, predicted=predicted)
     targets = [Target("psnr", float(t)) for t in o.target_psnr] + [Target("ssim", float(t)) for t in o.target_ssim]
     rate_rows = [row for t in targets for row in rate_curves(table, t, allocs, *_head_for(head, t.metric), o.rate_rule)]
+    for name in REPORT_FILES:  # an earlier run's files (its region figure, say) are not this run's
+        (out / name).unlink(missing_ok=True)
     md = write_rd(out, table, rows, allocs, root, f"{o.ckpt}, fingerprint {vae.fingerprint(with_head=False)}", rate_rows, o.rfid_boots)
     if head is not None:
         _append_head_error(md, head, table)
