@@ -3,7 +3,7 @@
 # command that measures it (no figure is copied by hand). Run it after a new cat-small ships (make reports).
 #
 #   scripts/reports.sh [STEP ...]        default: every step, in this order (hours on 2 CPU cores)
-#   steps: curve run-curve picture demo palette classify gen-demo bench-gen bench-regions region-decodes region-fid region-refine region-probes block-head-targets distill-oracle distill-teacher dhead dhead-arms tail-pilot block-head rd rd-dials rd-no-context analyse dhead-256 rd-256 analyse-256 rd-256-regions rd-256-regions-beta block-head-256 rd-256-head256
+#   steps: curve run-curve picture demo palette classify gen-demo bench-gen bench-regions region-decodes region-fid region-refine region-probes block-head-targets distill-oracle distill-teacher dhead dhead-arms tail-pilot block-head rd rd-dials rd-no-context analyse dhead-256 rd-256 analyse-256 rd-256-regions rd-256-regions-beta block-head-256 rd-256-head256 latent-opt
 #
 # Knobs (environment): REAL_DATA (real-v1: train/ and dev/), CKPT (tokenizer, default cat-small), RUN (a training run's
 # log folder, for run-curve; default outputs/train_small/run/version_0), VENV, WORK (the
@@ -13,7 +13,7 @@
 # without add-ons) and is skipped when the same tokenizer comes again, so the same command, run again, goes on where
 # it stopped. A new region fill or head on the same weights is not a new tokenizer: REDO=1 (or delete the marker).
 # Times here, one step at a time on 2 cores: curve 1 s, picture 30 s, demo 1 min, palette 25 s, classify 3 min, gen-demo 2 min, bench-gen
-# 4.5 min, bench-regions 20 s, region-decodes 10 min, region-fid 25 min, region-refine 10 min, region-probes 35 min (beside a training run), block-head-targets 40 min, distill-oracle 11 min, distill-teacher 3 min, dhead about 40 min cold (reconstructing all 8,463 training images: 24 min; then trunk statistics, 7 head fits and dev: 14 min on v2), dhead-arms 25 min after it, tail-pilot 50 min, block-head 25 min, rd 25 min + about 1 h 20 min for --regions (one budget: 30 map decodes, 21 of them refinement rounds and probes; an estimate from the 96-image pilots), rd-no-context 40 min after rd (its caches; every region map decoded again without the pass), rd-dials 5 min after rd, analyse 4 min; rd-256-regions-beta 70 min after rd-256-regions, block-head-256 48 min, rd-256-head256 about 45 min.
+# 4.5 min, bench-regions 20 s, region-decodes 10 min, region-fid 25 min, region-refine 10 min, region-probes 35 min (beside a training run), block-head-targets 40 min, distill-oracle 11 min, distill-teacher 3 min, dhead about 40 min cold (reconstructing all 8,463 training images: 24 min; then trunk statistics, 7 head fits and dev: 14 min on v2), dhead-arms 25 min after it, tail-pilot 50 min, block-head 25 min, rd 25 min + about 1 h 20 min for --regions (one budget: 30 map decodes, 21 of them refinement rounds and probes; an estimate from the 96-image pilots), rd-no-context 40 min after rd (its caches; every region map decoded again without the pass), rd-dials 5 min after rd, analyse 4 min; rd-256-regions-beta 70 min after rd-256-regions, block-head-256 48 min, rd-256-head256 about 45 min, latent-opt 25 min.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -170,6 +170,11 @@ step_block-head-256() {
 step_rd-256-head256() {
   rd256 --ckpt "$WORK/bhead256" --regions --region-budgets 256 --region-methods "head; head, probed" --report "$DOCS/rd-dev-256-head256"
 }
+# encoder-side optimisation of the sent cells, fixed 16x and region latents at equal steps (48 dev images)
+step_latent-opt() {
+  "${VENV:-.venv}/bin/python" scripts/pilots/latent_opt.py "$DEV" --ckpt "$CKPT" --per-kind 12 --steps 0,10,30 --lr 0.05 \
+    --report "$DOCS/latent-opt-pilot-128.md"
+}
 step_analyse-256() {
   "$CT" analyse "$DEV" --ckpt "$CKPT" --image-size 256 --crop resize --recon-cache "$WORK/rd256/recon_cache" \
     --distortion-head "$WORK/dhead256" --out "$WORK/analyse256" --report "$DOCS/analyse-dev-256" --quiet
@@ -179,7 +184,7 @@ step_analyse-256() {
 source scripts/markers.sh
 fingerprint() { fingerprint_of "$CKPT"; }
 
-ALL=(curve run-curve picture demo palette classify gen-demo bench-gen bench-regions region-decodes region-fid region-refine region-probes block-head-targets distill-oracle distill-teacher dhead dhead-arms tail-pilot block-head rd rd-dials rd-no-context analyse dhead-256 rd-256 analyse-256 rd-256-regions rd-256-regions-beta block-head-256 rd-256-head256)
+ALL=(curve run-curve picture demo palette classify gen-demo bench-gen bench-regions region-decodes region-fid region-refine region-probes block-head-targets distill-oracle distill-teacher dhead dhead-arms tail-pilot block-head rd rd-dials rd-no-context analyse dhead-256 rd-256 analyse-256 rd-256-regions rd-256-regions-beta block-head-256 rd-256-head256 latent-opt)
 STEPS=("$@")
 [ ${#STEPS[@]} -gt 0 ] || STEPS=("${ALL[@]}")
 for s in "${STEPS[@]}"; do
