@@ -3,7 +3,7 @@
 # command that measures it (no figure is copied by hand). Run it after a new cat-small ships (make reports).
 #
 #   scripts/reports.sh [STEP ...]        default: every step, in this order (hours on 2 CPU cores)
-#   steps: curve run-curve picture demo palette classify gen-demo bench-gen bench-regions region-decodes region-fid region-refine region-probes block-head-targets distill-oracle distill-teacher dhead dhead-arms tail-pilot block-head rd rd-dials rd-no-context analyse dhead-256 rd-256 analyse-256 rd-256-regions rd-256-regions-beta block-head-256 rd-256-head256 latent-opt
+#   steps: curve run-curve picture demo palette classify gen-demo bench-gen bench-regions region-decodes region-fid region-refine region-probes block-head-targets distill-oracle distill-teacher dhead dhead-arms tail-pilot block-head rd rd-dials rd-no-context analyse dhead-256 rd-256 analyse-256 rd-256-regions rd-256-regions-beta block-head-256 rd-256-head256 latent-opt rd-curve
 #
 # Knobs (environment): REAL_DATA (real-v1: train/ and dev/), CKPT (tokenizer, default cat-small), RUN (a training run's
 # log folder, for run-curve; default outputs/train_small/run/version_0), VENV, WORK (the
@@ -13,7 +13,7 @@
 # without add-ons) and is skipped when the same tokenizer comes again, so the same command, run again, goes on where
 # it stopped. A new region fill or head on the same weights is not a new tokenizer: REDO=1 (or delete the marker).
 # Times here, one step at a time on 2 cores: curve 1 s, picture 30 s, demo 1 min, palette 25 s, classify 3 min, gen-demo 2 min, bench-gen
-# 4.5 min, bench-regions 20 s, region-decodes 10 min, region-fid 25 min, region-refine 10 min, region-probes 35 min (beside a training run), block-head-targets 40 min, distill-oracle 11 min, distill-teacher 3 min, dhead about 40 min cold (reconstructing all 8,463 training images: 24 min; then trunk statistics, 7 head fits and dev: 14 min on v2), dhead-arms 25 min after it, tail-pilot 50 min, block-head 25 min, rd 25 min + about 1 h 20 min for --regions (one budget: 30 map decodes, 21 of them refinement rounds and probes; an estimate from the 96-image pilots), rd-no-context 40 min after rd (its caches; every region map decoded again without the pass), rd-dials 5 min after rd, analyse 4 min; rd-256-regions-beta 70 min after rd-256-regions, block-head-256 48 min, rd-256-head256 about 45 min, latent-opt 25 min.
+# 4.5 min, bench-regions 20 s, region-decodes 10 min, region-fid 25 min, region-refine 10 min, region-probes 35 min (beside a training run), block-head-targets 40 min, distill-oracle 11 min, distill-teacher 3 min, dhead about 40 min cold (reconstructing all 8,463 training images: 24 min; then trunk statistics, 7 head fits and dev: 14 min on v2), dhead-arms 25 min after it, tail-pilot 50 min, block-head 25 min, rd 25 min + about 1 h 20 min for --regions (one budget: 30 map decodes, 21 of them refinement rounds and probes; an estimate from the 96-image pilots), rd-no-context 40 min after rd (its caches; every region map decoded again without the pass), rd-dials 5 min after rd, analyse 4 min; rd-256-regions-beta 70 min after rd-256-regions, block-head-256 48 min, rd-256-head256 about 45 min, latent-opt 25 min, rd-curve 47 min cold (about 30 min after rd: its caches).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -140,6 +140,12 @@ step_rd() { rd128 --report "$DOCS/rd-dev-128"; }
 step_rd-dials() {
   rd128 --region-methods "oracle; oracle, beta 0.5; oracle, gamma 0.5; oracle, gamma 0.25" --report "$DOCS/rd-dev-128-dials"
 }
+# the region curve: the decode-free maps and the oracle at half, one and twice fixed 16x's tokens (rd's cache; no distortion
+# head: the image-level head rows are rd's report, this one is about the region rows)
+step_rd-curve() {
+  "$CT" rd "$DEV" --ckpt "$CKPT" --regions --region-budgets 32,64,128 --region-methods "oracle; head; variance; edges" \
+    --out "$WORK/rd128" --quiet --report "$DOCS/rd-dev-128-curve"
+}
 # the same maps decoded without the context pass (docs/regions.md): what the default's pass adds
 step_rd-no-context() { rd128 --region-context none --report "$DOCS/rd-dev-128-no-context"; }
 step_analyse() {
@@ -184,7 +190,7 @@ step_analyse-256() {
 source scripts/markers.sh
 fingerprint() { fingerprint_of "$CKPT"; }
 
-ALL=(curve run-curve picture demo palette classify gen-demo bench-gen bench-regions region-decodes region-fid region-refine region-probes block-head-targets distill-oracle distill-teacher dhead dhead-arms tail-pilot block-head rd rd-dials rd-no-context analyse dhead-256 rd-256 analyse-256 rd-256-regions rd-256-regions-beta block-head-256 rd-256-head256 latent-opt)
+ALL=(curve run-curve picture demo palette classify gen-demo bench-gen bench-regions region-decodes region-fid region-refine region-probes block-head-targets distill-oracle distill-teacher dhead dhead-arms tail-pilot block-head rd rd-dials rd-no-context analyse dhead-256 rd-256 analyse-256 rd-256-regions rd-256-regions-beta block-head-256 rd-256-head256 latent-opt rd-curve)
 STEPS=("$@")
 [ ${#STEPS[@]} -gt 0 ] || STEPS=("${ALL[@]}")
 for s in "${STEPS[@]}"; do
