@@ -386,10 +386,13 @@ def region_markdown(rows: list[dict], per_image: dict, table: ReconTable, image_
         lines.append(f"| {r['method']} | {r['mean_tokens']:.1f} | {r['psnr']:.2f} | {r['paste_psnr']:.2f} | {r['ssim']:.3f} | "
                      f"{r['rfid']:.1f} | {_rfid_vs(per_image, r, ref, table, boots)} | {r['seam_ratio']:.3f} | " + " | ".join(cells) + " |")
     lines += _rfid_kind_lines(at_ref, ref, per_image, table, kinds)
-    lines += ["", "Every budget:", "", *md_header("method", "budget", "mean tokens", "PSNR", "pasted", "SSIM", "rFID", "seams")]
+    lines += ["", "Every budget (PSNR per kind on the right):", "",
+              *md_header("method", "budget", "mean tokens", "PSNR", "pasted", "SSIM", "rFID", "seams", *kinds)]
     for r in rows:
+        res = per_image[(r["method"], r["budget"])]
         lines.append(f"| {r['method']} | {r['budget']:g} | {r['mean_tokens']:.1f} | {r['psnr']:.2f} | {r['paste_psnr']:.2f} | "
-                     f"{r['ssim']:.3f} | {r['rfid']:.1f} | {r['seam_ratio']:.3f} |")
+                     f"{r['ssim']:.3f} | {r['rfid']:.1f} | {r['seam_ratio']:.3f} | "
+                     + " | ".join(f"{res['psnr'][kind_arr == k].mean():.2f}" for k in kinds) + " |")
     return lines + [""]
 
 
