@@ -36,13 +36,16 @@ from cat_tokenizer.regions.maps import block_distortion, maps_from_distortion
 
 
 def optimise(decode, grids: dict[int, torch.Tensor], masks: dict[int, torch.Tensor], x: torch.Tensor, steps: int,
-             lr: float, record: list[int]) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
-    """Adam on the sent cells of ``grids`` against mean squared error of ``decode(grids)``: PSNR (B,) at each step in
-    ``record``, and the sent cells' RMS change over their RMS (B,) at the end."""
+             lr: float, record: list[int], keep: int | None = None) -> tuple[dict[int, torch.Tensor], torch.Tensor, dict]:
+    """Adam on the sent cells of ``grids`` against mean squared error of ``decode(grids)``. Returns PSNR (B,) at each
+    step in ``record``, the sent cells' RMS change over their RMS (B,) at the end, and the cells after ``keep`` steps
+    (the last step's when None)."""
     params = {r: g.detach().clone().requires_grad_(True) for r, g in grids.items()}
     opt = torch.optim.Adam(params.values(), lr=lr)
-    out = {}
+    out, kept = {}, None
     for step in range(steps + 1):
+        if step == keep:
+            kept = {r: p.detach().clone() for r, p in params.items()}
         y = decode({r: p * masks[r] for r, p in params.items()})
         if step in record:
             out[step] = psnr_per_image(y.detach().clamp(-1, 1).float(), x)
@@ -55,7 +58,7 @@ def optimise(decode, grids: dict[int, torch.Tensor], masks: dict[int, torch.Tens
     with torch.no_grad():
         moved = sum(((params[r] - g) * masks[r]).square().flatten(1).sum(1) for r, g in grids.items())
         size = sum((g * masks[r]).square().flatten(1).sum(1) for r, g in grids.items())
-    return out, (moved / size).sqrt(), {r: p.detach() for r, p in params.items()}
+    return out, (moved / size).sqrt(), kept if kept is not None else {r: p.detach() for r, p in params.items()}
 
 
 ARMS = ("fixed 16x", "oracle map", "oracle map of optimised decodes")
@@ -104,12 +107,14 @@ def batch_arms(vae, x: torch.Tensor, budget: float, steps: int, lr: float, recor
     def fixed(r: int, n: int, rec: list[int]) -> tuple:
         with torch.no_grad():
             z = vae.encode(x, r).mode()
-        return optimise(lambda g: vae.decode(g[r], r, size=size), {r: z}, {r: torch.ones_like(z)}, x, n, lr, rec)
+        return optimise(lambda g: vae.decode(g[r], r, size=size), {r: z}, {r: torch.ones_like(z)}, x, n, lr, rec, keep=steps)
 
     for r in ratios:  # each ratio's whole latent after ``steps`` steps: the errors the last arm's map is chosen from
-        whole[r] = fixed(r, steps, [])[2][r]
-    got, m, _ = fixed(16, 2 * steps, sorted({*record, *(steps + k for k in record)}))
-    out["fixed 16x"] = (got, m)
+        n, rec = (2 * steps, sorted({*record, *(steps + k for k in record)})) if r == 16 else (steps, [])
+        got, m, kept = fixed(r, n, rec)  # fixed 16x's arm runs on past ``steps``: its cells at ``steps`` are kept
+        whole[r] = kept[r]
+        if r == 16:
+            out["fixed 16x"] = (got, m)
     _, lat, _ = oracle_region_latent(vae, x, budget)
     with torch.no_grad():
         recons = [vae.decode(whole[r], r, size=size).clamp(-1, 1) for r in ratios]

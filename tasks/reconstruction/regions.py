@@ -370,6 +370,10 @@ def region_markdown(rows: list[dict], per_image: dict, table: ReconTable, image_
     kinds = sorted(set(table.kinds))
     kind_arr = np.array(table.kinds)
     at_ref = [r for r in rows if r["budget"] == ref["budget"]]
+
+    def kind_cells(r: dict) -> str:  # the row's PSNR per kind
+        return " | ".join(f"{per_image[(r['method'], r['budget'])]['psnr'][kind_arr == k].mean():.2f}" for k in kinds)
+
     head = [f"{r['method'].split(': ')[1]} {r['psnr'] - ref['psnr']:+.2f} dB" for r in at_ref if r is not ref]
     lines = [f"**Region-adaptive, equal tokens** ({decode.how}): at fixed 16x's {ref['mean_tokens']:.0f} tokens, "
              + ", ".join(head) + " over fixed 16x" + (f" (image-level oracle {img_oracle['psnr'] - ref['psnr']:+.2f} dB)."
@@ -381,18 +385,14 @@ def region_markdown(rows: list[dict], per_image: dict, table: ReconTable, image_
              f"bootstrap interval over images ({boots} resamples, paired: an interval that holds 0 is no difference).", "",
              *md_header("method", "mean tokens", "PSNR", "pasted estimate", "SSIM", "rFID", "rFID vs fixed 16x", "seams", *kinds)]
     for r in at_ref:
-        res = per_image[(r["method"], r["budget"])]
-        cells = [f"{res['psnr'][kind_arr == k].mean():.2f}" for k in kinds]
         lines.append(f"| {r['method']} | {r['mean_tokens']:.1f} | {r['psnr']:.2f} | {r['paste_psnr']:.2f} | {r['ssim']:.3f} | "
-                     f"{r['rfid']:.1f} | {_rfid_vs(per_image, r, ref, table, boots)} | {r['seam_ratio']:.3f} | " + " | ".join(cells) + " |")
+                     f"{r['rfid']:.1f} | {_rfid_vs(per_image, r, ref, table, boots)} | {r['seam_ratio']:.3f} | {kind_cells(r)} |")
     lines += _rfid_kind_lines(at_ref, ref, per_image, table, kinds)
     lines += ["", "Every budget (PSNR per kind on the right):", "",
               *md_header("method", "budget", "mean tokens", "PSNR", "pasted", "SSIM", "rFID", "seams", *kinds)]
     for r in rows:
-        res = per_image[(r["method"], r["budget"])]
         lines.append(f"| {r['method']} | {r['budget']:g} | {r['mean_tokens']:.1f} | {r['psnr']:.2f} | {r['paste_psnr']:.2f} | "
-                     f"{r['ssim']:.3f} | {r['rfid']:.1f} | {r['seam_ratio']:.3f} | "
-                     + " | ".join(f"{res['psnr'][kind_arr == k].mean():.2f}" for k in kinds) + " |")
+                     f"{r['ssim']:.3f} | {r['rfid']:.1f} | {r['seam_ratio']:.3f} | {kind_cells(r)} |")
     return lines + [""]
 
 
